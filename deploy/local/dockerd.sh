@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# dockerd from Debian's docker.io, with its embedded BuildKit: our BuildKit.
+# Everything it owns lives under the state directory; there is no bridge, so builds use network none or host.
+# Usage: dockerd.sh start|stop|status
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+data_root="$STEPRUNNER_STATE_DIR/docker"
+exec_root="$STEPRUNNER_RUN_DIR/docker-exec"
+
+answering() { curl -sf --unix-socket "$DOCKER_SOCK" http://docker/_ping; }
+
+case "${1:-}" in
+  start)
+    if daemon_running dockerd && answering >/dev/null; then log "dockerd already running"; exit 0; fi
+    command -v dockerd >/dev/null || die "dockerd is not installed; run deploy/local/install.sh"
+    mkdir -p "$data_root" "$exec_root"
+    # An empty config file keeps a host-wide /etc/docker/daemon.json from changing our daemon.
+    echo '{}' >"$STEPRUNNER_RUN_DIR/dockerd.json"
+    start_daemon dockerd "$STEPRUNNER_STATE_DIR/logs/dockerd.log" \
+      dockerd --config-file "$STEPRUNNER_RUN_DIR/dockerd.json" \
+        --data-root "$data_root" --exec-root "$exec_root" \
+        --pidfile "$STEPRUNNER_RUN_DIR/dockerd.daemon.pid" --host "unix://$DOCKER_SOCK" \
+        --bridge=none --iptables=false --ip-masq=false --ip6tables=false \
+        --storage-driver overlay2
+    wait_for dockerd 60 answering
+    log "dockerd answering on $DOCKER_SOCK"
+    ;;
+  stop)
+    stop_daemon dockerd 30
+    rm -f "$DOCKER_SOCK" "$STEPRUNNER_RUN_DIR/dockerd.json"
+    ;;
+  status)
+    daemon_running dockerd && answering >/dev/null && echo "dockerd running on $DOCKER_SOCK" || { echo "dockerd stopped"; exit 1; }
+    ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

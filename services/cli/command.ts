@@ -1,0 +1,25 @@
+/** A subcommand of the steprunner CLI. run() returns the process exit code. */
+export interface Command {
+  summary: string;
+  usage: string;
+  options: Record<string, { type: "string" | "boolean"; description: string; default?: string }>;
+  run(values: Record<string, string | boolean | undefined>): Promise<number>;
+}
+
+export const serviceAddressOptions = {
+  "context-addr": {
+    type: "string",
+    description: "context-service address, HOST:PORT or unix:/path (env STEPRUNNER_CONTEXT_ADDR)",
+    default: process.env.STEPRUNNER_CONTEXT_ADDR || "127.0.0.1:7701",
+  },
+  "image-addr": {
+    type: "string",
+    description: "image-service address (env STEPRUNNER_IMAGE_ADDR)",
+    default: process.env.STEPRUNNER_IMAGE_ADDR || "127.0.0.1:7702",
+  },
+  "step-addr": {
+    type: "string",
+    description: "step-service address (env STEPRUNNER_STEP_ADDR)",
+    default: process.env.STEPRUNNER_STEP_ADDR || "127.0.0.1:7703",
+  },
+} as const satisfies Command["options"];

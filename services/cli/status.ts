@@ -1,0 +1,92 @@
+import { createClient } from "@connectrpc/connect";
+import { ConnectError } from "@connectrpc/connect";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
+import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
+import { StepService } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { serviceTransport } from "../shared/client/transport.js";
+import { type Command, serviceAddressOptions } from "./command.js";
+
+const CALL_TIMEOUT_MS = 10_000;
+
+interface ServiceHealth {
+  name: string;
+  address: string;
+  status: string;
+  ok: boolean;
+}
+
+export const statusCommand: Command = {
+  summary: "show the health of each service, BuildKit's workers, the registry and runc",
+  usage: "[--json]",
+  options: {
+    ...serviceAddressOptions,
+    json: { type: "boolean", description: "print one JSON object instead of text" },
+  },
+  async run(values) {
+    const addresses = {
+      "context-service": String(values["context-addr"]),
+      "image-service": String(values["image-addr"]),
+      "step-service": String(values["step-addr"]),
+    };
+    const transports = Object.fromEntries(Object.entries(addresses).map(([name, address]) => [name, serviceTransport(address)]));
+    try {
+      const health = await Promise.all(
+        Object.entries(addresses).map(([name, address]) => checkHealth(name, address, transports[name]!.transport)),
+      );
+      const image = createClient(ImageService, transports["image-service"]!.transport);
+      const step = createClient(StepService, transports["step-service"]!.transport);
+      const [builder, runtime] = await Promise.all([
+        image.getBuilderInfo({}, { timeoutMs: CALL_TIMEOUT_MS }).catch((error: unknown) => ConnectError.from(error)),
+        step.getRuntimeInfo({}, { timeoutMs: CALL_TIMEOUT_MS }).catch((error: unknown) => ConnectError.from(error)),
+      ]);
+      const ok =
+        health.every((service) => service.ok) &&
+        !(builder instanceof ConnectError) &&
+        builder.workers.length > 0 &&
+        builder.registryApiVersion !== "" &&
+        !(runtime instanceof ConnectError);
+
+      if (values.json) {
+        console.log(JSON.stringify({ ok, services: health, builder: plain(builder), runtime: plain(runtime) }, bigintAsText, 2));
+        return ok ? 0 : 1;
+      }
+      for (const service of health) console.log(`${service.name.padEnd(16)} ${service.address.padEnd(22)} ${service.status}`);
+      if (builder instanceof ConnectError) {
+        console.log(`${"BuildKit".padEnd(16)} unknown: ${builder.message}`);
+      } else {
+        console.log(`${"BuildKit".padEnd(16)} ${builder.buildkitAddress} (version ${builder.buildkitVersion || "not reported: no Info call before v0.11"})`);
+        if (builder.workers.length === 0) console.log(`${"".padEnd(16)} no workers`);
+        for (const worker of builder.workers) console.log(`${"  worker".padEnd(16)} ${worker.id}: ${worker.platforms.join(", ")}`);
+        console.log(`${"registry".padEnd(16)} ${builder.registryAddress.padEnd(22)} ${builder.registryApiVersion || "not answering"}`);
+        console.log(`${"base runner".padEnd(16)} ${builder.defaultBaseRunner}`);
+      }
+      if (runtime instanceof ConnectError) {
+        console.log(`${"runc".padEnd(16)} unknown: ${runtime.message}`);
+      } else {
+        console.log(`${"runc".padEnd(16)} ${runtime.runcVersion} (OCI spec ${runtime.ociSpecVersion}, cgroup v${runtime.cgroupVersion})`);
+      }
+      return ok ? 0 : 1;
+    } finally {
+      for (const transport of Object.values(transports)) transport.close();
+    }
+  },
+};
+
+async function checkHealth(name: string, address: string, transport: Parameters<typeof createClient>[1]): Promise<ServiceHealth> {
+  try {
+    const response = await createClient(Health, transport).check({ service: "" }, { timeoutMs: CALL_TIMEOUT_MS });
+    return { name, address, status: ServingStatus[response.status], ok: response.status === ServingStatus.SERVING };
+  } catch (error) {
+    return { name, address, status: `unreachable: ${ConnectError.from(error).message}`, ok: false };
+  }
+}
+
+function plain(value: unknown): unknown {
+  if (value instanceof ConnectError) return { error: value.message, code: value.code };
+  return value;
+}
+
+function bigintAsText(key: string, value: unknown): unknown {
+  if (key === "$typeName") return undefined;
+  return typeof value === "bigint" ? value.toString() : value;
+}

@@ -1,0 +1,157 @@
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Control } from "../../../gen/moby/buildkit/v1/control_pb.js";
+import { type BuildKitAddress, parseBuildKitAddress } from "./address.js";
+import { upgradeDockerConnection } from "./docker-upgrade.js";
+import { UpgradedHttp2SessionManager } from "./session-manager.js";
+
+export interface BuildKitWorker {
+  id: string;
+  /** "os/architecture[/variant]" */
+  platforms: string[];
+  labels: Record<string, string>;
+}
+
+export interface CacheUsageRecord {
+  id: string;
+  description: string;
+  sizeBytes: bigint;
+  inUse: boolean;
+  shared: boolean;
+  recordType: string;
+  lastUsedAt: Date | undefined;
+  usageCount: bigint;
+}
+
+export interface PruneOptions {
+  all?: boolean;
+  keepBytes?: bigint;
+  keepDurationMs?: number;
+}
+
+/**
+ * A BuildKit client in TypeScript: the moby.buildkit.v1.Control API over any of the addresses in
+ * address.ts. Every call takes an AbortSignal; aborting it cancels the call on the daemon.
+ */
+export class BuildKitClient {
+  readonly address: BuildKitAddress;
+  private readonly control: Client<typeof Control>;
+  private readonly closeTransport: () => void;
+
+  constructor(addressText: string) {
+    this.address = parseBuildKitAddress(addressText);
+    const { transport, close } = createControlTransport(this.address);
+    this.control = createClient(Control, transport);
+    this.closeTransport = close;
+  }
+
+  async listWorkers(signal?: AbortSignal): Promise<BuildKitWorker[]> {
+    const response = await this.call(() => this.control.listWorkers({}, { signal }));
+    return response.record.map((record) => ({
+      id: record.ID,
+      platforms: record.platforms.map((p) => [p.OS, p.Architecture, p.Variant].filter(Boolean).join("/")),
+      labels: { ...record.Labels },
+    }));
+  }
+
+  async diskUsage(signal?: AbortSignal): Promise<CacheUsageRecord[]> {
+    const response = await this.call(() => this.control.diskUsage({}, { signal }));
+    return response.record.map((record) => ({
+      id: record.ID,
+      description: record.Description,
+      sizeBytes: record.Size,
+      inUse: record.InUse,
+      shared: record.Shared,
+      recordType: record.RecordType,
+      lastUsedAt: record.LastUsedAt ? timestampDate(record.LastUsedAt) : undefined,
+      usageCount: record.UsageCount,
+    }));
+  }
+
+  /** Frees build cache; returns what was removed. */
+  async prune(options: PruneOptions, signal?: AbortSignal): Promise<CacheUsageRecord[]> {
+    const removed: CacheUsageRecord[] = [];
+    await this.call(async () => {
+      const stream = this.control.prune(
+        {
+          all: options.all ?? false,
+          keepBytes: options.keepBytes ?? 0n,
+          keepDuration: BigInt(Math.round((options.keepDurationMs ?? 0) * 1e6)),
+        },
+        { signal },
+      );
+      for await (const record of stream) {
+        removed.push({
+          id: record.ID,
+          description: record.Description,
+          sizeBytes: record.Size,
+          inUse: record.InUse,
+          shared: record.Shared,
+          recordType: record.RecordType,
+          lastUsedAt: record.LastUsedAt ? timestampDate(record.LastUsedAt) : undefined,
+          usageCount: record.UsageCount,
+        });
+      }
+    });
+    return removed;
+  }
+
+  /** BuildKit's version, or undefined from daemons older than v0.11, which have no Info call. */
+  async version(signal?: AbortSignal): Promise<string | undefined> {
+    try {
+      const info = await this.control.info({}, { signal });
+      return info.buildkitVersion?.version || undefined;
+    } catch (error) {
+      if (ConnectError.from(error).code === Code.Unimplemented) return undefined;
+      throw describeFailure(this.address, error);
+    }
+  }
+
+  close(): void {
+    this.closeTransport();
+  }
+
+  private async call<T>(run: () => Promise<T>): Promise<T> {
+    try {
+      return await run();
+    } catch (error) {
+      throw describeFailure(this.address, error);
+    }
+  }
+}
+
+function createControlTransport(address: BuildKitAddress): { transport: Transport; close: () => void } {
+  switch (address.kind) {
+    case "docker-unix": {
+      const manager = new UpgradedHttp2SessionManager("http://docker", () =>
+        upgradeDockerConnection(address.socketPath, "/grpc", []),
+      );
+      const transport = createGrpcTransport({ baseUrl: "http://docker", sessionManager: manager });
+      return { transport, close: () => manager.close() };
+    }
+    case "unix": {
+      const manager = new Http2SessionManager("http://buildkitd", {}, {
+        createConnection: () => net.connect(address.socketPath),
+      } satisfies http2.ClientSessionOptions);
+      const transport = createGrpcTransport({ baseUrl: "http://buildkitd", sessionManager: manager });
+      return { transport, close: () => manager.abort() };
+    }
+    case "tcp": {
+      const authority = `http://${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`;
+      const manager = new Http2SessionManager(authority);
+      const transport = createGrpcTransport({ baseUrl: authority, sessionManager: manager });
+      return { transport, close: () => manager.abort() };
+    }
+  }
+}
+
+/** Adds where BuildKit was expected to an error, keeping its code. */
+function describeFailure(address: BuildKitAddress, error: unknown): ConnectError {
+  const failure = ConnectError.from(error);
+  if (failure.code === Code.Canceled) return failure;
+  const where = address.kind === "tcp" ? `${address.host}:${address.port}` : address.socketPath;
+  return new ConnectError(`BuildKit (${address.kind} ${where}): ${failure.rawMessage}`, failure.code, failure.metadata);
+}

@@ -1,0 +1,116 @@
+import * as http from "node:http";
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import { rm } from "node:fs/promises";
+import { Duplex } from "node:stream";
+import type { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { ListenAddress } from "./listen-address.js";
+
+type NodeHandlerFn = ReturnType<typeof connectNodeAdapter>;
+
+const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+/**
+ * One plaintext port for every client: gRPC needs HTTP/2 with prior knowledge (h2c), while curl, browsers
+ * and Connect's HTTP/1.1 clients speak HTTP/1.1. Each connection's first bytes tell which it is.
+ */
+export class DualProtocolServer {
+  private readonly socketServer: net.Server;
+  private readonly http1: http.Server;
+  private readonly http2: http2.Http2Server;
+  private readonly sockets = new Set<net.Socket>();
+  private readonly sessions = new Set<http2.ServerHttp2Session>();
+
+  constructor(handler: NodeHandlerFn) {
+    this.http1 = http.createServer(handler);
+    this.http2 = http2.createServer({}, handler);
+    this.http2.on("session", (session) => {
+      this.sessions.add(session);
+      session.once("close", () => this.sessions.delete(session));
+    });
+    this.socketServer = net.createServer((socket) => this.route(socket));
+  }
+
+  private route(socket: net.Socket): void {
+    this.sockets.add(socket);
+    socket.once("close", () => this.sockets.delete(socket));
+    socket.once("error", () => socket.destroy());
+    let received = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      const compared = Math.min(received.length, HTTP2_PREFACE.length);
+      const isHttp2 = received.subarray(0, compared).equals(HTTP2_PREFACE.subarray(0, compared));
+      if (isHttp2 && received.length < HTTP2_PREFACE.length) return; // need more bytes to decide
+      socket.off("data", onData);
+      socket.pause();
+      if (isHttp2) {
+        this.http2.emit("connection", replaying(socket, received));
+      } else {
+        socket.unshift(received);
+        this.http1.emit("connection", socket);
+      }
+      socket.resume();
+    };
+    socket.on("data", onData);
+  }
+
+  async listen(address: ListenAddress): Promise<void> {
+    if (address.kind === "unix") await rm(address.path, { force: true });
+    await new Promise<void>((resolve, reject) => {
+      this.socketServer.once("error", reject);
+      const onListening = () => {
+        this.socketServer.off("error", reject);
+        resolve();
+      };
+      if (address.kind === "unix") this.socketServer.listen(address.path, onListening);
+      else this.socketServer.listen(address.port, address.host, onListening);
+    });
+  }
+
+  /** The port actually bound (useful when listening on port 0). */
+  port(): number | undefined {
+    const bound = this.socketServer.address();
+    return typeof bound === "object" && bound ? bound.port : undefined;
+  }
+
+  /**
+   * Stops accepting connections, lets requests in flight finish for up to graceMs, then ends the rest.
+   * HTTP/2 clients are told to go away so that they reconnect elsewhere.
+   */
+  async close(graceMs: number): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.socketServer.close(() => resolve()));
+    for (const session of this.sessions) session.close();
+    this.http1.closeIdleConnections();
+    const deadline = setTimeout(() => {
+      for (const socket of this.sockets) socket.destroy();
+    }, graceMs);
+    await closed;
+    clearTimeout(deadline);
+  }
+}
+
+/**
+ * Node's HTTP/2 server reads a net.Socket's native handle directly, past anything pushed back with unshift().
+ * A JS duplex in front of the socket replays the bytes read while sniffing, then relays the rest.
+ */
+function replaying(socket: net.Socket, head: Buffer): Duplex {
+  const duplex = new Duplex({
+    read: () => void socket.resume(),
+    write: (chunk, encoding, callback) => void socket.write(chunk, encoding, callback),
+    final: (callback) => {
+      socket.end();
+      callback();
+    },
+    destroy: (error, callback) => {
+      socket.destroy(error ?? undefined);
+      callback(error);
+    },
+  });
+  duplex.push(head);
+  socket.on("data", (chunk: Buffer) => {
+    if (!duplex.push(chunk)) socket.pause();
+  });
+  socket.once("end", () => duplex.push(null));
+  socket.once("close", () => duplex.destroy());
+  return duplex;
+}

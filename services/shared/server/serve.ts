@@ -1,0 +1,90 @@
+import type { ConnectRouter } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { DescService } from "@bufbuild/protobuf";
+import type { Logger } from "../log.js";
+import { DualProtocolServer } from "./dual-protocol-server.js";
+import { HealthRegistry, ServingStatus } from "./health.js";
+import { type ListenAddress, formatListenAddress } from "./listen-address.js";
+import { registerReflection } from "./reflection.js";
+import { Health } from "../../../gen/grpc/health/v1/health_pb.js";
+import { ServerReflection } from "../../../gen/grpc/reflection/v1/reflection_pb.js";
+
+/** A plain HTTP handler, for both HTTP/1.1 and HTTP/2 requests. */
+export type HttpHandler = ReturnType<typeof connectNodeAdapter>;
+
+export interface ServerOptions {
+  address: ListenAddress;
+  /** The services this server implements; health and reflection are added for them. */
+  services: DescService[];
+  routes: (router: ConnectRouter) => void;
+  /** Plain HTTP routes beside the RPCs, by exact path (e.g. GET /downloads/Dockerfile). */
+  httpRoutes?: Record<string, HttpHandler>;
+  logger: Logger;
+}
+
+export interface RunningServer {
+  address: ListenAddress;
+  /** The bound TCP port (differs from the requested one when that was 0). */
+  port: number | undefined;
+  health: HealthRegistry;
+  /** Drains: health says NOT_SERVING, new connections are refused, calls in flight get graceMs to finish. */
+  close(graceMs: number): Promise<void>;
+}
+
+/** Serves gRPC, gRPC-Web and Connect on one address, with the gRPC health check and server reflection. */
+export async function startServer(options: ServerOptions): Promise<RunningServer> {
+  const health = new HealthRegistry();
+  for (const service of options.services) health.set(service.typeName, ServingStatus.SERVING);
+  const handler = connectNodeAdapter({
+    routes: (router) => {
+      options.routes(router);
+      health.register(router);
+      registerReflection(router, [...options.services, Health, ServerReflection]);
+    },
+    fallback: (req, res) => {
+      const path = (req.url ?? "").split("?")[0]!;
+      const route = options.httpRoutes?.[path];
+      if (route) return route(req, res);
+      res.writeHead(404, { "content-type": "text/plain" });
+      res.end(`not found: ${path}\n`);
+    },
+  });
+  const server = new DualProtocolServer(handler);
+  await server.listen(options.address);
+  const port = server.port();
+  const bound: ListenAddress = options.address.kind === "tcp" && port ? { ...options.address, port } : options.address;
+  options.logger.info("listening", { address: formatListenAddress(bound) });
+  return {
+    address: bound,
+    port,
+    health,
+    close: async (graceMs) => {
+      health.drain();
+      await server.close(graceMs);
+    },
+  };
+}
+
+/**
+ * Runs until SIGTERM or SIGINT, then drains the server and calls onStop (to end the service's own work)
+ * before the process exits.
+ */
+export function stopOnSignals(server: RunningServer, logger: Logger, graceMs: number, onStop?: () => Promise<void>): void {
+  let stopping = false;
+  const stop = async (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info("stopping", { signal, graceMs });
+    try {
+      await server.close(graceMs);
+      await onStop?.();
+      logger.info("stopped");
+      process.exit(0);
+    } catch (error) {
+      logger.error("stop failed", { error });
+      process.exit(1);
+    }
+  };
+  process.on("SIGTERM", (signal) => void stop(signal));
+  process.on("SIGINT", (signal) => void stop(signal));
+}
