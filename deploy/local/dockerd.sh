@@ -28,6 +28,10 @@ case "${1:-}" in
     ;;
   stop)
     stop_daemon dockerd 30
+    # dockerd's own containerd leaves its sockets behind, and a daemon that died leaves its mounts.
+    unmount_under "$exec_root"
+    unmount_under "$data_root"
+    rm -rf "$exec_root"
     rm -f "$DOCKER_SOCK" "$STEPRUNNER_RUN_DIR/dockerd.json"
     ;;
   status)

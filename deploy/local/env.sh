@@ -52,6 +52,14 @@ stop_daemon() {
   rm -f "$pidfile"
 }
 
+# unmount_under DIR: lazily unmounts everything mounted below DIR (and DIR itself), deepest first.
+unmount_under() {
+  local target="${1%/}" mnt
+  for mnt in $(awk -v t="$target" '$2 == t || index($2, t "/") == 1 { print $2 }' /proc/mounts | sort -r); do
+    umount -l "$mnt" || true
+  done
+}
+
 # wait_for DESCRIPTION SECONDS CMD...: polls CMD until it succeeds.
 wait_for() {
   local what="$1" seconds="$2"; shift 2

@@ -30,17 +30,11 @@ json_field() {
   node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);const v='"$1"';if(v!==undefined)console.log(v)})'
 }
 
-unmount_under() { # debootstrap mounts proc and sys inside the target; never leave them behind
-  local target="$1"
-  local mnt
-  for mnt in $(awk -v t="$target/" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r); do umount -l "$mnt" || true; done
-}
-
 build_rootfs() {
   local rootfs="$1"
   rm -rf "$rootfs"; mkdir -p "$rootfs"
   # shellcheck disable=SC2064 # expand now: the trap may fire after this function has returned
-  trap "unmount_under '$rootfs'" EXIT
+  trap "unmount_under '$rootfs'" EXIT # debootstrap mounts proc and sys inside the target
   log "debootstrap $STEPRUNNER_DEBIAN_SUITE (minbase + $packages) from $STEPRUNNER_DEBIAN_MIRROR"
   debootstrap --variant=minbase --include="$packages" "$STEPRUNNER_DEBIAN_SUITE" "$rootfs" "$STEPRUNNER_DEBIAN_MIRROR" \
     >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; die "debootstrap failed (log: $work/debootstrap.log)"; }

@@ -6,14 +6,14 @@ import { startServer, stopOnSignals } from "../shared/server/serve.js";
 import { imageServiceAdapter } from "./api/image-service-adapter.js";
 import { BuildKitClient } from "./buildkit/client.js";
 import { Builder } from "./core/builder.js";
-import { HttpRegistryProbe } from "./core/registry.js";
+import { RegistryClient } from "../shared/registry/registry-client.js";
 import { STEPRUNNER_VERSION } from "../shared/version.js";
 
 const logger = createLogger("image-service");
 const registryAddress = setting("STEPRUNNER_REGISTRY_ADDR", "127.0.0.1:5000");
 const buildkitAddress = setting("STEPRUNNER_BUILDKIT_ADDR", "docker-unix:///var/lib/steprunner/run/docker.sock");
 const buildkit = new BuildKitClient(buildkitAddress);
-const builder = new Builder(buildkit, new HttpRegistryProbe(registryAddress), {
+const builder = new Builder(buildkit, new RegistryClient(registryAddress), {
   buildkitAddress,
   defaultBaseRunner: setting("OPSCHAIN_BASE_RUNNER", `${registryAddress}/steprunner/runner:${STEPRUNNER_VERSION}`),
 });

@@ -8,8 +8,9 @@ export interface Logger {
   child(fields: Fields): Logger;
 }
 
-export function createLogger(service: string, base: Fields = {}): Logger {
+export function createLogger(service: string, base: Fields = {}, options: { quiet?: boolean } = {}): Logger {
   const write = (level: string, message: string, fields?: Fields) => {
+    if (options.quiet) return;
     const line = { time: new Date().toISOString(), level, service, message, ...base, ...fields };
     process.stderr.write(JSON.stringify(line, errorsAsText) + "\n");
   };
@@ -17,7 +18,7 @@ export function createLogger(service: string, base: Fields = {}): Logger {
     info: (message, fields) => write("info", message, fields),
     warn: (message, fields) => write("warn", message, fields),
     error: (message, fields) => write("error", message, fields),
-    child: (fields) => createLogger(service, { ...base, ...fields }),
+    child: (fields) => createLogger(service, { ...base, ...fields }, options),
   };
 }
 

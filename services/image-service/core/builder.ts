@@ -1,5 +1,11 @@
 import type { BuildKitWorker, CacheUsageRecord, PruneOptions } from "../buildkit/client.js";
-import type { RegistryProbe } from "./registry.js";
+
+/** What the image-service needs to know of the registry that images are handed over through. */
+export interface RegistryProbe {
+  readonly address: string;
+  /** The registry's Docker-Distribution-Api-Version (e.g. "registry/2.0"); rejects when it does not answer. */
+  apiVersion(signal?: AbortSignal): Promise<string>;
+}
 
 /** The BuildKit calls the image-service core uses; BuildKitClient is the real one. */
 export interface BuildKitApi {
@@ -35,7 +41,10 @@ export class Builder {
     const [workers, buildkitVersion, registryApiVersion] = await Promise.all([
       this.buildkit.listWorkers(signal),
       this.buildkit.version(signal),
-      this.registry.apiVersion(signal),
+      this.registry.apiVersion(signal).catch((error) => {
+        if (signal?.aborted) throw error;
+        return undefined;
+      }),
     ]);
     return {
       buildkitAddress: this.settings.buildkitAddress,

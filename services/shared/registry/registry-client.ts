@@ -1,0 +1,126 @@
+import { createHash } from "node:crypto";
+import { Readable, Transform } from "node:stream";
+import type { ReadableStream as WebReadableStream } from "node:stream/web";
+
+export const MANIFEST_MEDIA_TYPES = [
+  "application/vnd.docker.distribution.manifest.v2+json",
+  "application/vnd.oci.image.manifest.v1+json",
+] as const;
+
+export interface Descriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+}
+
+export interface ImageManifest {
+  schemaVersion: number;
+  mediaType?: string;
+  config: Descriptor;
+  layers: Descriptor[];
+}
+
+/** The parts of an image config (OCI image spec) that running a container needs. */
+export interface ImageConfigFile {
+  architecture?: string;
+  os?: string;
+  config?: {
+    User?: string;
+    Env?: string[];
+    Entrypoint?: string[] | null;
+    Cmd?: string[] | null;
+    WorkingDir?: string;
+    Labels?: Record<string, string> | null;
+  };
+  rootfs: { type: string; diff_ids: string[] };
+}
+
+export class RegistryError extends Error {
+  constructor(
+    message: string,
+    /** The HTTP status, or 0 when the registry could not be reached. */
+    readonly status: number,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * A client of the OCI distribution API (anonymous, plain HTTP unless told otherwise): manifests, configs
+ * and blobs, each verified against its digest.
+ */
+export class RegistryClient {
+  private readonly base: string;
+
+  constructor(
+    readonly address: string,
+    scheme: "http" | "https" = "http",
+  ) {
+    this.base = `${scheme}://${address}/v2`;
+  }
+
+  /** The registry's Docker-Distribution-Api-Version, e.g. "registry/2.0". */
+  async apiVersion(signal?: AbortSignal): Promise<string> {
+    const response = await this.get("/", {}, signal);
+    await response.body?.cancel();
+    return response.headers.get("docker-distribution-api-version") ?? "unknown";
+  }
+
+  async manifest(repository: string, reference: string, signal?: AbortSignal): Promise<{ digest: string; manifest: ImageManifest }> {
+    const response = await this.get(`/${repository}/manifests/${reference}`, { accept: MANIFEST_MEDIA_TYPES.join(", ") }, signal);
+    const bytes = Buffer.from(await response.arrayBuffer());
+    const digest = sha256(bytes);
+    if (reference.startsWith("sha256:") && digest !== reference) {
+      throw new RegistryError(`manifest ${repository}@${reference} arrived with digest ${digest}`, 502);
+    }
+    const manifest = JSON.parse(bytes.toString("utf8")) as ImageManifest;
+    if (manifest.schemaVersion !== 2 || !manifest.config || !Array.isArray(manifest.layers)) {
+      throw new RegistryError(`${repository}:${reference} is not a single-platform image manifest (schema 2)`, 415);
+    }
+    return { digest, manifest };
+  }
+
+  async config(repository: string, descriptor: Descriptor, signal?: AbortSignal): Promise<ImageConfigFile> {
+    const response = await this.get(`/${repository}/blobs/${descriptor.digest}`, {}, signal);
+    const bytes = Buffer.from(await response.arrayBuffer());
+    if (sha256(bytes) !== descriptor.digest) throw new RegistryError(`config ${descriptor.digest} failed its digest check`, 502);
+    return JSON.parse(bytes.toString("utf8")) as ImageConfigFile;
+  }
+
+  /** Streams a blob; the stream fails at its end when the bytes do not match the digest. */
+  async blob(repository: string, digest: string, signal?: AbortSignal): Promise<Readable> {
+    const response = await this.get(`/${repository}/blobs/${digest}`, {}, signal);
+    if (!response.body) throw new RegistryError(`blob ${digest} has no body`, 502);
+    const hash = createHash("sha256");
+    const verify = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        hash.update(chunk);
+        callback(null, chunk);
+      },
+      flush(callback) {
+        const actual = `sha256:${hash.digest("hex")}`;
+        callback(actual === digest ? null : new RegistryError(`blob ${digest} arrived with digest ${actual}`, 502));
+      },
+    });
+    return Readable.fromWeb(response.body as WebReadableStream<Uint8Array>).pipe(verify);
+  }
+
+  private async get(path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Response> {
+    let response: Response;
+    try {
+      response = await fetch(this.base + path, { headers, signal });
+    } catch (error) {
+      if (signal?.aborted) throw error;
+      throw new RegistryError(`registry ${this.address} is unreachable: ${(error as Error).message}`, 0);
+    }
+    if (!response.ok) {
+      const text = await response.text().catch(() => "");
+      throw new RegistryError(`registry ${this.address}: GET ${path} answered ${response.status} ${text.slice(0, 200).trim()}`, response.status);
+    }
+    return response;
+  }
+}
+
+function sha256(bytes: Uint8Array): string {
+  return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+}

@@ -1,0 +1,53 @@
+import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+
+/** The repository root (tests run from dist/test/…). */
+export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+
+const env = (name: string, fallback: string) => process.env[name] || fallback;
+
+/** The local stack's settings, with the same defaults as deploy/local/env.sh. */
+export const stack = {
+  stateDir: env("STEPRUNNER_STATE_DIR", "/var/lib/steprunner"),
+  registry: env("STEPRUNNER_REGISTRY_ADDR", "127.0.0.1:5000"),
+  contextAddr: env("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"),
+  imageAddr: env("STEPRUNNER_IMAGE_ADDR", "127.0.0.1:7702"),
+  stepAddr: env("STEPRUNNER_STEP_ADDR", "127.0.0.1:7703"),
+  get runDir() {
+    return env("STEPRUNNER_RUN_DIR", `${this.stateDir}/run`);
+  },
+  get buildkitAddr() {
+    return env("STEPRUNNER_BUILDKIT_ADDR", `docker-unix://${this.runDir}/docker.sock`);
+  },
+  get baseRunner() {
+    return env("OPSCHAIN_BASE_RUNNER", `${this.registry}/steprunner/runner:${packageVersion()}`);
+  },
+};
+
+function packageVersion(): string {
+  return JSON.parse(readFileSync(`${ROOT}/package.json`, "utf8")).version;
+}
+
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to its end; never throws for a non-zero exit. */
+export async function run(file: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Run> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(file, args, {
+      cwd: options.cwd ?? ROOT,
+      env: { ...process.env, ...options.env },
+      timeout: options.timeoutMs ?? 120_000,
+      maxBuffer: 64 * 1024 * 1024,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const failure = error as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof failure.code === "number" ? failure.code : -1, stdout: failure.stdout ?? "", stderr: failure.stderr ?? String(error) };
+  }
+}
