@@ -20,7 +20,7 @@ case "${1:-}" in
     start_daemon dockerd "$STEPRUNNER_STATE_DIR/logs/dockerd.log" \
       dockerd --config-file "$STEPRUNNER_RUN_DIR/dockerd.json" \
         --data-root "$data_root" --exec-root "$exec_root" \
-        --pidfile "$STEPRUNNER_RUN_DIR/dockerd.daemon.pid" --host "unix://$DOCKER_SOCK" \
+        --pidfile "$exec_root/dockerd.pid" --host "unix://$DOCKER_SOCK" \
         --bridge=none --iptables=false --ip-masq=false --ip6tables=false \
         --storage-driver overlay2
     wait_for dockerd 60 answering

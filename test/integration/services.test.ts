@@ -1,0 +1,89 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { createClient } from "@connectrpc/connect";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
+import { ContextService } from "../../gen/steprunner/context/v1/context_service_pb.js";
+import { serviceTransport } from "../../services/shared/client/transport.js";
+import { ROOT, run, stack } from "../support/stack.js";
+
+const services = [
+  { name: "context-service", address: stack.contextAddr, service: "steprunner.context.v1.ContextService" },
+  { name: "image-service", address: stack.imageAddr, service: "steprunner.image.v1.ImageService" },
+  { name: "step-service", address: stack.stepAddr, service: "steprunner.step.v1.StepService" },
+];
+const BUF = join(ROOT, "node_modules/.bin/buf");
+const CLI = join(ROOT, "dist/services/cli/main.js");
+
+describe("the running services", () => {
+  const transports = services.map((service) => serviceTransport(service.address));
+  after(() => transports.forEach((transport) => transport.close()));
+
+  services.forEach((service, index) => {
+    it(`${service.name} answers the gRPC health check for itself and its service`, async () => {
+      const health = createClient(Health, transports[index]!.transport);
+      assert.equal((await health.check({ service: "" }, { timeoutMs: 10_000 })).status, ServingStatus.SERVING);
+      assert.equal((await health.check({ service: service.service }, { timeoutMs: 10_000 })).status, ServingStatus.SERVING);
+    });
+
+    it(`${service.name} is callable through reflection by buf curl, a client that is not ours`, async () => {
+      const listed = await run(BUF, ["curl", "--http2-prior-knowledge", "--protocol", "grpc", "--list-services", `http://${service.address}`]);
+      assert.equal(listed.code, 0, listed.stderr);
+      assert.deepEqual(listed.stdout.trim().split("\n").sort(), ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", service.service]);
+      const checked = await run(BUF, ["curl", "--http2-prior-knowledge", "--protocol", "grpc", `http://${service.address}/grpc.health.v1.Health/Check`]);
+      assert.equal(checked.code, 0, checked.stderr);
+      assert.equal(JSON.parse(checked.stdout).status, "SERVING");
+    });
+  });
+
+  it("steprunner status shows every service serving, BuildKit's workers, the registry and runc", async () => {
+    const result = await run("node", [CLI, "status"], {
+      env: { STEPRUNNER_CONTEXT_ADDR: stack.contextAddr, STEPRUNNER_IMAGE_ADDR: stack.imageAddr, STEPRUNNER_STEP_ADDR: stack.stepAddr },
+    });
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    for (const service of services) assert.match(result.stdout, new RegExp(`^${service.name} +\\S+ +SERVING$`, "m"));
+    assert.match(result.stdout, /^ +worker +moby: linux\/amd64/m);
+    assert.match(result.stdout, /^registry +\S+ +registry\/2\.0$/m);
+    assert.match(result.stdout, /^runc +runc version \d+\.\d+\.\d+/m);
+
+    const json = await run("node", [CLI, "status", "--json", "--image-addr", stack.imageAddr, "--step-addr", stack.stepAddr, "--context-addr", stack.contextAddr]);
+    assert.equal(json.code, 0, json.stderr);
+    const status = JSON.parse(json.stdout);
+    assert.equal(status.ok, true);
+    assert.equal(status.builder.workers[0].id, "moby");
+  });
+
+  it("steprunner status fails, naming the service, when one does not answer", async () => {
+    const result = await run("node", [CLI, "status", "--step-addr", "127.0.0.1:1"]);
+    assert.equal(result.code, 1);
+    assert.match(result.stdout, /^step-service +127\.0\.0\.1:1 +unreachable/m);
+  });
+
+  it("every CLI command has --help, and a wrong one says so", async () => {
+    const help = await run("node", [CLI, "--help"]);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /status/);
+    const statusHelp = await run("node", [CLI, "status", "--help"]);
+    assert.equal(statusHelp.code, 0);
+    assert.match(statusHelp.stdout, /--json/);
+    const unknown = await run("node", [CLI, "no-such-command"]);
+    assert.equal(unknown.code, 2);
+    assert.match(unknown.stderr, /unknown command "no-such-command"/);
+    const badOption = await run("node", [CLI, "status", "--no-such-option"]);
+    assert.equal(badOption.code, 2);
+  });
+
+  it("GET /downloads/Dockerfile serves the default Dockerfile with an ETag, the same as the RPC", async () => {
+    const response = await fetch(`http://${stack.contextAddr}/downloads/Dockerfile`);
+    assert.equal(response.status, 200);
+    const text = await response.text();
+    assert.match(text, /^FROM \$\{OPSCHAIN_BASE_RUNNER\}$/m);
+    assert.match(text, /^ARG GIT_SHA$/m);
+    const etag = response.headers.get("etag");
+    const rpc = await createClient(ContextService, transports[0]!.transport).getDefaultDockerfile({});
+    assert.equal(rpc.dockerfile, text);
+    assert.equal(etag, `"${rpc.digest}"`);
+    const again = await fetch(`http://${stack.contextAddr}/downloads/Dockerfile`, { headers: { "if-none-match": etag! } });
+    assert.equal(again.status, 304);
+  });
+});
