@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source deploy/local/env.sh
 
-deploy/local/up.sh
 trap 'deploy/local/down.sh >/dev/null 2>&1 || true' EXIT
+deploy/local/up.sh
 
 status=0
 node --test --test-concurrency=1 dist/test/unit/ dist/test/integration/ || status=$?

@@ -12,7 +12,8 @@ packages=ruby,rake,git,unzip,ca-certificates
 
 inputs_digest() {
   { cat "${BASH_SOURCE[0]}"; echo "$STEPRUNNER_DEBIAN_SUITE $packages $STEPRUNNER_VERSION"
-    (cd "$runner_src" && find . -type f | LC_ALL=C sort | xargs sha256sum); } | sha256sum | cut -c1-64
+    if [[ -d "$runner_src" ]]; then (cd "$runner_src" && find . -type f | LC_ALL=C sort | xargs -r sha256sum); fi
+  } | sha256sum | cut -c1-64
 }
 
 # The inputs digest recorded in the registry's copy of the image, or nothing.
