@@ -3,10 +3,12 @@ import * as net from "node:net";
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { Control } from "../../../gen/moby/buildkit/v1/control_pb.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { Control, type SolveRequestSchema, type SolveResponse, type StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
 import { type BuildKitAddress, parseBuildKitAddress } from "./address.js";
 import { upgradeDockerConnection } from "./docker-upgrade.js";
 import { UpgradedHttp2SessionManager } from "./session-manager.js";
+import { BuildKitSession, type SessionOptions } from "./session/session.js";
 
 export interface BuildKitWorker {
   id: string;
@@ -106,6 +108,26 @@ export class BuildKitClient {
       return info.buildkitVersion?.version || undefined;
     } catch (error) {
       if (ConnectError.from(error).code === Code.Unimplemented) return undefined;
+      throw describeFailure(this.address, error);
+    }
+  }
+
+  /** Opens a session that serves local sources and secrets to the builds that name it. */
+  openSession(options: SessionOptions, signal?: AbortSignal): Promise<BuildKitSession> {
+    return BuildKitSession.open(this.address, options, signal).catch((error) => {
+      throw describeFailure(this.address, error);
+    });
+  }
+
+  solve(request: MessageInitShape<typeof SolveRequestSchema>, signal?: AbortSignal): Promise<SolveResponse> {
+    return this.call(() => this.control.solve(request, { signal }));
+  }
+
+  /** The progress of the build with this ref, until it ends. */
+  async *status(ref: string, signal?: AbortSignal): AsyncGenerator<StatusResponse> {
+    try {
+      yield* this.control.status({ Ref: ref }, { signal });
+    } catch (error) {
       throw describeFailure(this.address, error);
     }
   }

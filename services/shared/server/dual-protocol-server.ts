@@ -2,9 +2,9 @@ import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import { rm } from "node:fs/promises";
-import { Duplex } from "node:stream";
 import type { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { ListenAddress } from "./listen-address.js";
+import { replaying } from "./replaying-duplex.js";
 
 type NodeHandlerFn = ReturnType<typeof connectNodeAdapter>;
 
@@ -87,30 +87,4 @@ export class DualProtocolServer {
     await closed;
     clearTimeout(deadline);
   }
-}
-
-/**
- * Node's HTTP/2 server reads a net.Socket's native handle directly, past anything pushed back with unshift().
- * A JS duplex in front of the socket replays the bytes read while sniffing, then relays the rest.
- */
-function replaying(socket: net.Socket, head: Buffer): Duplex {
-  const duplex = new Duplex({
-    read: () => void socket.resume(),
-    write: (chunk, encoding, callback) => void socket.write(chunk, encoding, callback),
-    final: (callback) => {
-      socket.end();
-      callback();
-    },
-    destroy: (error, callback) => {
-      socket.destroy(error ?? undefined);
-      callback(error);
-    },
-  });
-  duplex.push(head);
-  socket.on("data", (chunk: Buffer) => {
-    if (!duplex.push(chunk)) socket.pause();
-  });
-  socket.once("end", () => duplex.push(null));
-  socket.once("close", () => duplex.destroy());
-  return duplex;
 }
