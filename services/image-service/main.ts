@@ -1,27 +1,63 @@
+import { join } from "node:path";
 import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
+import { serviceTransport } from "../shared/client/transport.js";
 import { numberSetting, setting } from "../shared/config/env.js";
 import { createLogger } from "../shared/log.js";
+import { RegistryClient } from "../shared/registry/registry-client.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
+import { STEPRUNNER_VERSION } from "../shared/version.js";
+import { ContextServiceProvider } from "./api/context-service-provider.js";
 import { imageServiceAdapter } from "./api/image-service-adapter.js";
 import { BuildKitClient } from "./buildkit/client.js";
+import { buildDockerfile } from "./buildkit/dockerfile-build.js";
 import { Builder } from "./core/builder.js";
-import { RegistryClient } from "../shared/registry/registry-client.js";
-import { STEPRUNNER_VERSION } from "../shared/version.js";
+import { ContextCache } from "./core/context-cache.js";
+import { ImageBuilder } from "./core/image-builder.js";
+import type { Handoff } from "./core/model.js";
+import { ReuseRecords } from "./core/reuse-records.js";
+import { DockerApi } from "./docker/docker-api.js";
 
 const logger = createLogger("image-service");
+const stateDir = setting("STEPRUNNER_IMAGE_STATE_DIR", join(setting("STEPRUNNER_STATE_DIR", "/var/lib/steprunner"), "image"));
 const registryAddress = setting("STEPRUNNER_REGISTRY_ADDR", "127.0.0.1:5000");
 const buildkitAddress = setting("STEPRUNNER_BUILDKIT_ADDR", "docker-unix:///var/lib/steprunner/run/docker.sock");
+const dockerSocket = setting(
+  "STEPRUNNER_DOCKER_SOCKET",
+  buildkitAddress.startsWith("docker-unix://") ? buildkitAddress.slice("docker-unix://".length) : "/var/lib/steprunner/run/docker.sock",
+);
+const handoff = setting("STEPRUNNER_IMAGE_HANDOFF", "layer-store");
+if (handoff !== "layer-store" && handoff !== "registry") throw new Error(`STEPRUNNER_IMAGE_HANDOFF must be layer-store or registry, got "${handoff}"`);
+const defaultBaseRunner = setting("OPSCHAIN_BASE_RUNNER", `${registryAddress}/steprunner/runner:${STEPRUNNER_VERSION}`);
+
 const buildkit = new BuildKitClient(buildkitAddress);
-const builder = new Builder(buildkit, new RegistryClient(registryAddress), {
-  buildkitAddress,
-  defaultBaseRunner: setting("OPSCHAIN_BASE_RUNNER", `${registryAddress}/steprunner/runner:${STEPRUNNER_VERSION}`),
-});
+const registry = new RegistryClient(registryAddress);
+const contextService = serviceTransport(setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"));
+const builder = new Builder(buildkit, registry, { buildkitAddress, defaultBaseRunner });
+const images = new ImageBuilder(
+  new ContextCache(new ContextServiceProvider(contextService.transport), join(stateDir, "contexts")),
+  { build: (build, onStatus, signal) => buildDockerfile(buildkit, build, onStatus, signal) },
+  new DockerApi(dockerSocket),
+  registry,
+  new ReuseRecords(join(stateDir, "images")),
+  {
+    defaultBaseRunner,
+    version: STEPRUNNER_VERSION,
+    stepsRepository: "steprunner/steps",
+    defaultHandoff: handoff as Handoff,
+    reuseTtlMs: numberSetting("STEPRUNNER_IMAGE_REUSE_TTL_HOURS", 168) * 3_600_000,
+    maxConcurrentBuilds: numberSetting("STEPRUNNER_MAX_CONCURRENT_BUILDS", 8),
+    transportAttempts: 3,
+  },
+);
 
 const server = await startServer({
   address: parseListenAddress(setting("STEPRUNNER_IMAGE_ADDR", "127.0.0.1:7702")),
   services: [ImageService],
-  routes: (router) => router.service(ImageService, imageServiceAdapter(builder)),
+  routes: (router) => router.service(ImageService, imageServiceAdapter(builder, images)),
   logger,
 });
-stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), async () => buildkit.close());
+stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), async () => {
+  buildkit.close();
+  contextService.close();
+});

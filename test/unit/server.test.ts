@@ -13,6 +13,8 @@ import { ServerReflection as ReflectionV1Alpha } from "../../gen/grpc/reflection
 import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { imageServiceAdapter } from "../../services/image-service/api/image-service-adapter.js";
 import { type BuildKitApi, Builder } from "../../services/image-service/core/builder.js";
+import { ImageBuilder } from "../../services/image-service/core/image-builder.js";
+import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { createLogger } from "../../services/shared/log.js";
 import { type RunningServer, startServer } from "../../services/shared/server/serve.js";
@@ -32,10 +34,18 @@ function startImageService(address: Parameters<typeof startServer>[0]["address"]
     buildkitAddress: "docker-unix:///fake.sock",
     defaultBaseRunner: "registry.test:5000/runner:1",
   });
+  const unusedImages = new ImageBuilder(
+    { materialize: async () => assert.fail("no build in these tests") },
+    { build: async () => assert.fail("no build in these tests") },
+    { inspectImage: async () => undefined, tagImage: async () => {}, pushImage: async () => assert.fail("no push") },
+    { address: "registry.test:5000", manifest: async () => assert.fail("no registry"), config: async () => assert.fail("no registry") },
+    new ReuseRecords("/nonexistent"),
+    { defaultBaseRunner: "", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 0, maxConcurrentBuilds: 1, transportAttempts: 1 },
+  );
   return startServer({
     address,
     services: [ImageService],
-    routes: (router) => router.service(ImageService, imageServiceAdapter(builder)),
+    routes: (router) => router.service(ImageService, imageServiceAdapter(builder, unusedImages)),
     logger: createLogger("test", {}, { quiet: true }),
   });
 }
@@ -82,13 +92,14 @@ describe("a service server (gRPC, gRPC-Web and Connect on one port)", () => {
     assert.match(failure.message, /keep_bytes/);
   });
 
-  it("answers UNIMPLEMENTED for an RPC a later version adds", async () => {
+  it("refuses a build of something that is not a context id, before any work", async () => {
     const image = createClient(ImageService, grpc.transport);
     const failure = await (async () => {
       for await (const _ of image.buildImage({ contextId: "sha256:0" })) void _;
     })().catch((error) => ConnectError.from(error));
     assert.ok(failure instanceof ConnectError);
-    assert.equal(failure.code, Code.Unimplemented);
+    assert.equal(failure.code, Code.InvalidArgument);
+    assert.match(failure.message, /context_id/);
   });
 
   it("answers the gRPC health check for the server and each service", async () => {

@@ -98,7 +98,7 @@ export class BuildKitSession {
     const socket = await upgradeDockerConnection(address.socketPath, "/session", headers, signal);
     const session = http2.performServerHandshake(replaying(socket, Buffer.alloc(0)));
     session.on("error", (error) => (this.failure ??= error));
-    serveGrpc(session, methods, (error) => { console.error("SESSION ERR", error); this.failure ??= error; });
+    serveGrpc(session, methods, (error) => (this.failure ??= error));
     this.http2Session = session;
     this.socket = socket;
   }
