@@ -8,7 +8,7 @@ import { Control, type SolveRequestSchema, type SolveResponse, type StatusRespon
 import { type BuildKitAddress, parseBuildKitAddress } from "./address.js";
 import { upgradeDockerConnection } from "./docker-upgrade.js";
 import { UpgradedHttp2SessionManager } from "./session-manager.js";
-import { BuildKitSession, type SessionOptions } from "./session/session.js";
+import { BuildKitSession, type SessionOptions, type SessionTransport } from "./session/session.js";
 
 export interface BuildKitWorker {
   id: string;
@@ -113,8 +113,8 @@ export class BuildKitClient {
   }
 
   /** Opens a session that serves local sources and secrets to the builds that name it. */
-  openSession(options: SessionOptions, signal?: AbortSignal): Promise<BuildKitSession> {
-    return BuildKitSession.open(this.address, options, signal).catch((error) => {
+  openSession(options: SessionOptions, signal?: AbortSignal, via?: SessionTransport): Promise<BuildKitSession> {
+    return BuildKitSession.open(this.address, options, signal, via).catch((error) => {
       throw describeFailure(this.address, error);
     });
   }

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import type { StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
 import type { BuildKitClient } from "./client.js";
 import type { TransferObserver } from "./session/file-sync.js";
+import type { SessionTransport } from "./session/session.js";
 
 export interface CacheEntry {
   type: string;
@@ -26,6 +27,8 @@ export interface DockerfileBuild {
   sessionName: string;
   sharedKey: string;
   observer?: TransferObserver;
+  /** Defaults to dockerd's session endpoint when talking to dockerd, the Control.Session tunnel otherwise. */
+  sessionTransport?: SessionTransport;
 }
 
 /**
@@ -50,6 +53,7 @@ export async function buildDockerfile(
       observer: build.observer,
     },
     controller.signal,
+    build.sessionTransport,
   );
   const ref = randomBytes(16).toString("hex");
   const progress = (async () => {

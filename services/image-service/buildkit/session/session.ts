@@ -1,5 +1,7 @@
 import { randomUUID } from "node:crypto";
 import * as http2 from "node:http2";
+import * as net from "node:net";
+import type { Duplex } from "node:stream";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { HealthCheckResponseSchema, HealthCheckResponse_ServingStatus } from "../../../../gen/grpc/health/v1/health_pb.js";
@@ -9,6 +11,10 @@ import type { BuildKitAddress } from "../address.js";
 import { upgradeDockerConnection } from "../docker-upgrade.js";
 import { type TransferObserver, sendDirectory } from "./file-sync.js";
 import { type SessionMethod, serveGrpc } from "./grpc-server.js";
+import { openSessionTunnel } from "./tunnel.js";
+
+/** How a session reaches the daemon: dockerd's POST /session, or the Control.Session tunnel. */
+export type SessionTransport = "docker-session-endpoint" | "control-tunnel";
 
 export interface SessionOptions {
   /** Shown by BuildKit as the session's name. */
@@ -32,14 +38,14 @@ export interface SessionOptions {
 export class BuildKitSession {
   readonly id = randomUUID();
   private http2Session: http2.ServerHttp2Session | undefined;
-  private socket: import("node:net").Socket | undefined;
+  private socket: Duplex | undefined;
   private failure: unknown;
 
   private constructor(private readonly options: SessionOptions) {}
 
-  static async open(address: BuildKitAddress, options: SessionOptions, signal?: AbortSignal): Promise<BuildKitSession> {
+  static async open(address: BuildKitAddress, options: SessionOptions, signal?: AbortSignal, via: SessionTransport = "docker-session-endpoint"): Promise<BuildKitSession> {
     const session = new BuildKitSession(options);
-    await session.attach(address, signal);
+    await session.attach(address, via, signal);
     return session;
   }
 
@@ -83,10 +89,7 @@ export class BuildKitSession {
     return methods;
   }
 
-  private async attach(address: BuildKitAddress, signal?: AbortSignal): Promise<void> {
-    if (address.kind !== "docker-unix") {
-      throw new ConnectError(`BuildKit sessions over ${address.kind}:// (Control.Session) are not implemented yet; use docker-unix://`, Code.Unimplemented);
-    }
+  private async attach(address: BuildKitAddress, via: SessionTransport, signal?: AbortSignal): Promise<void> {
     const methods = this.methods();
     const headers: Array<[string, string]> = [
       ["X-Docker-Expose-Session-Uuid", this.id],
@@ -95,8 +98,13 @@ export class BuildKitSession {
       // One header per method: a joined value makes the daemon see no methods at all.
       ...[...methods.keys()].map((method): [string, string] => ["X-Docker-Expose-Session-Grpc-Method", method]),
     ];
-    const socket = await upgradeDockerConnection(address.socketPath, "/session", headers, signal);
-    const session = http2.performServerHandshake(replaying(socket, Buffer.alloc(0)));
+    // dockerd takes sessions on its own endpoint, with the metadata as HTTP headers of the upgrade;
+    // any BuildKit (dockerd's too) also takes them through the Control.Session tunnel.
+    const socket =
+      via === "docker-session-endpoint" && address.kind === "docker-unix"
+        ? await upgradeDockerConnection(address.socketPath, "/session", headers, signal)
+        : await openSessionTunnel(address, headers, signal);
+    const session = http2.performServerHandshake(socket instanceof net.Socket ? replaying(socket, Buffer.alloc(0)) : socket);
     session.on("error", (error) => (this.failure ??= error));
     serveGrpc(session, methods, (error) => (this.failure ??= error));
     this.http2Session = session;
