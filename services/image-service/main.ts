@@ -51,6 +51,15 @@ const images = new ImageBuilder(
   },
 );
 
+// Expired step images are removed regularly so that disk does not grow by one image per step.
+const pruneTimer = setInterval(
+  () => images.prune().then(
+    (removed) => removed.length && logger.info("removed expired step images", { count: removed.length }),
+    (error) => logger.warn("removing expired step images failed", { error }),
+  ),
+  numberSetting("STEPRUNNER_IMAGE_PRUNE_INTERVAL_MINUTES", 60) * 60_000,
+).unref();
+
 const server = await startServer({
   address: parseListenAddress(setting("STEPRUNNER_IMAGE_ADDR", "127.0.0.1:7702")),
   services: [ImageService],
@@ -58,6 +67,7 @@ const server = await startServer({
   logger,
 });
 stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), async () => {
+  clearInterval(pruneTimer);
   buildkit.close();
   contextService.close();
 });

@@ -215,6 +215,24 @@ describe("building step images on the real BuildKit", () => {
     });
   }
 
+  it("removes images past their TTL from dockerd and the registry, whose garbage collection frees their blobs", async () => {
+    const marker = randomBytes(8).toString("hex");
+    const contextId = await context({ dockerfile: `ARG OPSCHAIN_BASE_RUNNER\nFROM \${OPSCHAIN_BASE_RUNNER}\nRUN echo ${marker} > /tmp/marker\n` });
+    const image = await images.build(request(contextId, { handoff: "registry" }), () => {});
+    const registry = new RegistryClient(stack.registry);
+    const topLayer = image.layers.at(-1)!.digest;
+    const removed = await images.prune(0);
+    assert.ok(removed.includes(image.contentKey));
+    assert.equal(await docker.inspectImage(image.imageId), undefined, "gone from dockerd");
+    await assert.rejects(registry.manifest(STEPS_REPOSITORY, image.manifestDigest), /404/);
+    const gc = await run("deploy/local/registry.sh", ["gc"]);
+    assert.equal(gc.code, 0, gc.stderr);
+    const blob = await fetch(`http://${stack.registry}/v2/${STEPS_REPOSITORY}/blobs/${topLayer}`, { method: "HEAD" });
+    assert.equal(blob.status, 404, "the layer's blob was collected");
+    const rebuilt = await images.build(request(contextId), () => {});
+    assert.equal(rebuilt.reused, false, "a pruned image is built again, not reused");
+  });
+
   it("cancelled during a long RUN, leaves no process of the build running", async () => {
     const marker = `${1000 + Math.floor(Math.random() * 8000)}.${randomBytes(3).readUIntBE(0, 3)}`;
     const contextId = await context({ dockerfile: `ARG OPSCHAIN_BASE_RUNNER\nFROM \${OPSCHAIN_BASE_RUNNER}\nRUN sleep ${marker}\n` });

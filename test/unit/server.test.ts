@@ -37,8 +37,13 @@ function startImageService(address: Parameters<typeof startServer>[0]["address"]
   const unusedImages = new ImageBuilder(
     { materialize: async () => assert.fail("no build in these tests") },
     { build: async () => assert.fail("no build in these tests") },
-    { inspectImage: async () => undefined, tagImage: async () => {}, pushImage: async () => assert.fail("no push") },
-    { address: "registry.test:5000", manifest: async () => assert.fail("no registry"), config: async () => assert.fail("no registry") },
+    { inspectImage: async () => undefined, removeImage: async () => {}, tagImage: async () => {}, pushImage: async () => assert.fail("no push") },
+    {
+      address: "registry.test:5000",
+      manifest: async () => assert.fail("no registry"),
+      config: async () => assert.fail("no registry"),
+      deleteManifest: async () => assert.fail("no registry"),
+    },
     new ReuseRecords("/nonexistent"),
     { defaultBaseRunner: "", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 0, maxConcurrentBuilds: 1, transportAttempts: 1 },
   );

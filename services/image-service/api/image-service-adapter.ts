@@ -83,6 +83,13 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
       };
     },
 
+    async pruneImages(request, context) {
+      const olderThanMs = request.olderThan ? Number(request.olderThan.seconds) * 1000 + request.olderThan.nanos / 1e6 : undefined;
+      if (olderThanMs !== undefined && olderThanMs < 0) throw new ConnectError("older_than must not be negative", Code.InvalidArgument);
+      const contentKeys = await images.prune(olderThanMs, context.signal);
+      return { imagesRemoved: contentKeys.length, contentKeys };
+    },
+
     async pruneCache(request, context) {
       if (request.keepBytes < 0n || request.keepBytes > MAX_KEEP_BYTES) {
         throw new ConnectError(`keep_bytes must be between 0 and ${MAX_KEEP_BYTES}, got ${request.keepBytes}`, Code.InvalidArgument);

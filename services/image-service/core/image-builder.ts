@@ -20,6 +20,7 @@ export interface DockerfileBuilder {
 /** dockerd's image store, where BuildKit's moby exporter leaves images. */
 export interface ImageStore {
   inspectImage(name: string, signal?: AbortSignal): Promise<ImageInspect | undefined>;
+  removeImage(name: string, signal?: AbortSignal): Promise<void>;
   tagImage(image: string, repository: string, tag: string, signal?: AbortSignal): Promise<void>;
   pushImage(repository: string, tag: string, signal?: AbortSignal): Promise<PushResult>;
 }
@@ -29,6 +30,7 @@ export interface Registry {
   readonly address: string;
   manifest(repository: string, reference: string, signal?: AbortSignal): Promise<{ digest: string; manifest: ImageManifest }>;
   config(repository: string, descriptor: ImageManifest["config"], signal?: AbortSignal): Promise<ImageConfigFile>;
+  deleteManifest(repository: string, digest: string, signal?: AbortSignal): Promise<void>;
 }
 
 export interface ImageBuilderSettings {
@@ -255,6 +257,30 @@ export class ImageBuilder {
       })),
       layerDirectories: [],
     };
+  }
+
+  /**
+   * Removes the images built longer ago than olderThanMs (default: the reuse TTL): their names in dockerd
+   * (the image goes with its last name) and their manifests in the registry. Images a build in flight is
+   * producing are not touched. Returns the content keys removed.
+   */
+  async prune(olderThanMs = this.settings.reuseTtlMs, signal?: AbortSignal): Promise<string[]> {
+    const removed: string[] = [];
+    const now = Date.now();
+    for (const record of await this.records.list()) {
+      if (now - record.builtAt < olderThanMs) continue;
+      if ([...this.inFlight.keys()].some((key) => key.startsWith(record.contentKey))) continue;
+      const tag = record.contentKey.replace(/^sha256:/, "");
+      await this.images.removeImage(`${this.settings.stepsRepository}:${tag}`, signal);
+      if (record.reference) {
+        const { repository } = parseImageReference(record.reference);
+        await this.images.removeImage(`${this.registry.address}/${repository}:${tag}`, signal);
+        await this.registry.deleteManifest(repository, record.manifestDigest!, signal);
+      }
+      await this.records.remove(record.contentKey);
+      removed.push(record.contentKey);
+    }
+    return removed;
   }
 
   private async resolveBaseImage(baseRunner: string, signal?: AbortSignal): Promise<string> {
