@@ -215,6 +215,21 @@ describe("building step images on the real BuildKit", () => {
     });
   }
 
+  it("imports layers from the last pushed image when BuildKit has no local cache (inline cache)", async () => {
+    const marker = randomBytes(8).toString("hex");
+    const dockerfile = `ARG OPSCHAIN_BASE_RUNNER\nFROM \${OPSCHAIN_BASE_RUNNER}\nRUN echo ${marker} > /tmp/marker\nCOPY repo.tar /tmp/\n`;
+    const pushed = await images.build(request(await context({ dockerfile }), { handoff: "registry" }), () => {});
+    // Forget everything local: the images in dockerd and all of BuildKit's cache.
+    await docker.removeImage(`${STEPS_REPOSITORY}:${pushed.contentKey.slice(7)}`);
+    await docker.removeImage(`${stack.registry}/${STEPS_REPOSITORY}:${pushed.contentKey.slice(7)}`);
+    await client.prune({ all: true });
+    const progress = collect();
+    const image = await images.build(request(await context({ dockerfile })), progress.emit);
+    assert.equal(image.reused, false);
+    const run = progress.vertices().filter((vertex) => vertex.name.includes(`RUN echo ${marker}`)).pop();
+    assert.equal(run?.state, "cached", "the RUN layer came from the registry's inline cache");
+  });
+
   it("removes images past their TTL from dockerd and the registry, whose garbage collection frees their blobs", async () => {
     const marker = randomBytes(8).toString("hex");
     const contextId = await context({ dockerfile: `ARG OPSCHAIN_BASE_RUNNER\nFROM \${OPSCHAIN_BASE_RUNNER}\nRUN echo ${marker} > /tmp/marker\n` });

@@ -152,6 +152,8 @@ export class ImageBuilder {
   ): Promise<ImageResult> {
     const started = Date.now();
     const tag = contentKey.replace(/^sha256:/, "");
+    const scope = cacheScope(context);
+    const cacheSource = request.buildWithoutCache ? undefined : await this.records.cacheSource(scope);
     const tracker = new ProgressTracker();
     const logTails = new Map<string, string>();
     const onStatus = (status: StatusResponse) => {
@@ -169,10 +171,12 @@ export class ImageBuilder {
       noCache: request.buildWithoutCache,
       secrets: { env_context_zip: () => readFile(context.secretZipPath) },
       exporter: { type: "moby", attrs: { name: `${this.settings.stepsRepository}:${tag}` } },
+      // Pushed images carry their build cache, and builds import it from the last one pushed for the same
+      // Dockerfile, so that a BuildKit without local cache (a new node, a pruned one) still reuses layers.
+      cacheExports: [{ type: "inline", attrs: {} }],
+      cacheImports: cacheSource ? [{ type: "registry", attrs: { ref: cacheSource } }] : [],
       sessionName: `steprunner ${context.gitSha.slice(0, 12)}`,
-      // One key per repository contents lineage would be better; the Dockerfile digest keeps unrelated
-      // builds from evicting each other's snapshot while staying stable across commits.
-      sharedKey: `steprunner-${context.dockerfile.digest.slice(7, 23)}`,
+      sharedKey: `steprunner-${scope}`,
     };
     let exporterResponse: Record<string, string> | undefined;
     for (let attempt = 1; !exporterResponse; attempt++) {
@@ -190,7 +194,7 @@ export class ImageBuilder {
     }
     const imageId = exporterResponse["containerimage.digest"];
     if (!imageId) throw new ConnectError("BuildKit finished without naming the image it exported", Code.Internal);
-    const record: ReuseRecord = { contentKey, imageId, handoffs: ["layer-store"], builtAt: Date.now(), buildDurationMs: Date.now() - started };
+    const record: ReuseRecord = { contentKey, imageId, cacheScope: scope, handoffs: ["layer-store"], builtAt: Date.now(), buildDurationMs: Date.now() - started };
     await this.records.put(record);
     return this.describe(record, "layer-store", false, signal);
   }
@@ -217,6 +221,7 @@ export class ImageBuilder {
       const pushed = await this.images.pushImage(repository, tag, signal);
       record = { ...record, reference: `${repository}@${pushed.digest}`, manifestDigest: pushed.digest, handoffs: ["layer-store", "registry"] };
       await this.records.put(record);
+      await this.records.setCacheSource(record.cacheScope, `${repository}:${tag}`);
     }
     return this.describe(record, "registry", image.reused, signal);
   }
@@ -316,6 +321,14 @@ export class ImageBuilder {
     };
     return `sha256:${createHash("sha256").update(JSON.stringify(inputs)).digest("hex")}`;
   }
+}
+
+/**
+ * Builds of one Dockerfile share BuildKit's snapshot of their local sources (unchanged files are not sent
+ * again) and their registry cache; unrelated Dockerfiles do not evict each other's.
+ */
+function cacheScope(context: LocalContext): string {
+  return context.dockerfile.digest.slice(7, 23);
 }
 
 /** dockerd's overlay2 directories of an image, bottom layer first. */

@@ -6,6 +6,8 @@ import type { Handoff } from "./model.js";
 export interface ReuseRecord {
   contentKey: string;
   imageId: string;
+  /** Builds in one scope share the context snapshot and the registry cache (see cacheScope). */
+  cacheScope: string;
   /** The registry reference ("host/repo@sha256:…") once pushed. */
   reference?: string;
   manifestDigest?: string;
@@ -36,6 +38,24 @@ export class ReuseRecords {
 
   async remove(contentKey: string): Promise<void> {
     await rm(this.path(contentKey), { force: true });
+  }
+
+  /** The last image pushed for a cache scope: where a BuildKit without local cache imports layers from. */
+  async cacheSource(scope: string): Promise<string | undefined> {
+    try {
+      return (JSON.parse(await readFile(join(this.dir, "cache-sources", `${scope}.json`), "utf8")) as { reference: string }).reference;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw error;
+    }
+  }
+
+  async setCacheSource(scope: string, reference: string): Promise<void> {
+    const dir = join(this.dir, "cache-sources");
+    await mkdir(dir, { recursive: true });
+    const temporary = join(dir, `${scope}.${process.pid}.tmp`);
+    await writeFile(temporary, JSON.stringify({ reference }));
+    await rename(temporary, join(dir, `${scope}.json`));
   }
 
   async list(): Promise<ReuseRecord[]> {
