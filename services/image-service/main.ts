@@ -1,3 +1,4 @@
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { serviceTransport } from "../shared/client/transport.js";
@@ -9,6 +10,7 @@ import { startServer, stopOnSignals } from "../shared/server/serve.js";
 import { STEPRUNNER_VERSION } from "../shared/version.js";
 import { ContextServiceProvider } from "./api/context-service-provider.js";
 import { imageServiceAdapter } from "./api/image-service-adapter.js";
+import type { BuildKitTls } from "./buildkit/address.js";
 import { BuildKitClient } from "./buildkit/client.js";
 import { buildDockerfile } from "./buildkit/dockerfile-build.js";
 import { Builder } from "./core/builder.js";
@@ -30,7 +32,7 @@ const handoff = setting("STEPRUNNER_IMAGE_HANDOFF", "layer-store");
 if (handoff !== "layer-store" && handoff !== "registry") throw new Error(`STEPRUNNER_IMAGE_HANDOFF must be layer-store or registry, got "${handoff}"`);
 const defaultBaseRunner = setting("OPSCHAIN_BASE_RUNNER", `${registryAddress}/steprunner/runner:${STEPRUNNER_VERSION}`);
 
-const buildkit = new BuildKitClient(buildkitAddress);
+const buildkit = new BuildKitClient(buildkitAddress, { tls: await buildkitTls() });
 const registry = new RegistryClient(registryAddress);
 const contextService = serviceTransport(setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"));
 const builder = new Builder(buildkit, registry, { buildkitAddress, defaultBaseRunner });
@@ -71,3 +73,17 @@ stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_0
   buildkit.close();
   contextService.close();
 });
+
+/** TLS for a tcp:// BuildKit, from PEM files named by the settings (none: plain TCP). */
+async function buildkitTls(): Promise<BuildKitTls | undefined> {
+  const ca = setting("STEPRUNNER_BUILDKIT_TLS_CA", "");
+  if (!ca) return undefined;
+  const cert = setting("STEPRUNNER_BUILDKIT_TLS_CERT", "");
+  const key = setting("STEPRUNNER_BUILDKIT_TLS_KEY", "");
+  return {
+    ca: await readFile(ca, "utf8"),
+    cert: cert ? await readFile(cert, "utf8") : undefined,
+    key: key ? await readFile(key, "utf8") : undefined,
+    serverName: setting("STEPRUNNER_BUILDKIT_TLS_SERVER_NAME", "") || undefined,
+  };
+}

@@ -8,6 +8,8 @@ import { BuildKitClient } from "../../services/image-service/buildkit/client.js"
 import { buildDockerfile } from "../../services/image-service/buildkit/dockerfile-build.js";
 import type { SessionTransport } from "../../services/image-service/buildkit/session/session.js";
 import { startBuildKitProxy } from "../support/buildkit-socket-proxy.js";
+import { type Certificates, makeCertificates } from "../support/certificates.js";
+import type { BuildKitTls } from "../../services/image-service/buildkit/address.js";
 import { stack } from "../support/stack.js";
 
 describe("BuildKit inside dockerd, through our TypeScript transport (POST /grpc upgraded to h2c)", () => {
@@ -54,7 +56,7 @@ describe("BuildKit inside dockerd, through our TypeScript transport (POST /grpc 
     try {
       const failure = await missing.listWorkers(AbortSignal.timeout(15_000)).catch((error) => ConnectError.from(error));
       assert.ok(failure instanceof ConnectError);
-      assert.equal(failure.code, Code.Unavailable);
+      assert.equal(failure.code, Code.Unavailable, failure.message);
       assert.match(failure.message, /no-such-docker\.sock/);
     } finally {
       missing.close();
@@ -81,8 +83,8 @@ describe("builds through each way of reaching BuildKit", () => {
     await new BuildKitClient(stack.buildkitAddr).close();
   });
 
-  async function build(address: string, via: SessionTransport | undefined) {
-    const client = new BuildKitClient(address);
+  async function build(address: string, via: SessionTransport | undefined, tls?: BuildKitTls) {
+    const client = new BuildKitClient(address, { tls });
     const sent: string[] = [];
     let output = "";
     try {
@@ -134,4 +136,37 @@ describe("builds through each way of reaching BuildKit", () => {
       }
     });
   }
+});
+
+describe("BuildKit over tcp:// with mutual TLS", () => {
+  let work: string;
+  let certificates: Certificates;
+  before(async () => {
+    await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
+    work = await mkdtemp(join(stack.stateDir, "tmp", "buildkit-tls-test-"));
+    certificates = await makeCertificates(join(work, "certs"));
+  });
+  after(() => rm(work, { recursive: true, force: true }));
+
+  it("answers with our client certificate and refuses a connection without it", async () => {
+    const proxy = await startBuildKitProxy(`${stack.runDir}/docker.sock`, { port: 0, host: "127.0.0.1" }, {
+      cert: certificates.serverCert,
+      key: certificates.serverKey,
+      ca: certificates.ca,
+      requestCert: true,
+      rejectUnauthorized: true,
+    });
+    try {
+      const trusted = new BuildKitClient(proxy.address, { tls: { ca: certificates.ca, cert: certificates.clientCert, key: certificates.clientKey } });
+      assert.equal((await trusted.listWorkers(AbortSignal.timeout(15_000)))[0]?.id, "moby");
+      trusted.close();
+      const anonymous = new BuildKitClient(proxy.address, { tls: { ca: certificates.ca } });
+      const failure = await anonymous.listWorkers(AbortSignal.timeout(15_000)).catch((error) => ConnectError.from(error));
+      anonymous.close();
+      assert.ok(failure instanceof ConnectError, "a client without a certificate is refused");
+      assert.equal(failure.code, Code.Unavailable, failure.message);
+    } finally {
+      await proxy.close();
+    }
+  });
 });

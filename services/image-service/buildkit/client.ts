@@ -5,7 +5,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Control, type SolveRequestSchema, type SolveResponse, type StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
-import { type BuildKitAddress, parseBuildKitAddress } from "./address.js";
+import { type BuildKitAddress, type BuildKitTls, parseBuildKitAddress, tlsOptions } from "./address.js";
 import { upgradeDockerConnection } from "./docker-upgrade.js";
 import { UpgradedHttp2SessionManager } from "./session-manager.js";
 import { BuildKitSession, type SessionOptions, type SessionTransport } from "./session/session.js";
@@ -43,8 +43,10 @@ export class BuildKitClient {
   private readonly control: Client<typeof Control>;
   private readonly closeTransport: () => void;
 
-  constructor(addressText: string) {
-    this.address = parseBuildKitAddress(addressText);
+  constructor(addressText: string, options: { tls?: BuildKitTls } = {}) {
+    const address = parseBuildKitAddress(addressText);
+    if (options.tls && address.kind !== "tcp") throw new Error(`TLS applies to tcp:// BuildKit addresses only, not ${address.kind}://`);
+    this.address = address.kind === "tcp" ? { ...address, tls: options.tls } : address;
     const { transport, close } = createControlTransport(this.address);
     this.control = createClient(Control, transport);
     this.closeTransport = close;
@@ -162,18 +164,22 @@ function createControlTransport(address: BuildKitAddress): { transport: Transpor
       return { transport, close: () => manager.abort() };
     }
     case "tcp": {
-      const authority = `http://${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`;
-      const manager = new Http2SessionManager(authority);
+      const host = address.host.includes(":") ? `[${address.host}]` : address.host;
+      const authority = `${address.tls ? "https" : "http"}://${host}:${address.port}`;
+      const manager = new Http2SessionManager(authority, {}, address.tls ? tlsOptions(address.tls) : undefined);
       const transport = createGrpcTransport({ baseUrl: authority, sessionManager: manager });
       return { transport, close: () => manager.abort() };
     }
   }
 }
 
-/** Adds where BuildKit was expected to an error, keeping its code. */
+/** Adds where BuildKit was expected to an error; a failed TLS handshake is an unreachable daemon. */
 function describeFailure(address: BuildKitAddress, error: unknown): ConnectError {
   const failure = ConnectError.from(error);
   if (failure.code === Code.Canceled) return failure;
   const where = address.kind === "tcp" ? `${address.host}:${address.port}` : address.socketPath;
-  return new ConnectError(`BuildKit (${address.kind} ${where}): ${failure.rawMessage}`, failure.code, failure.metadata);
+  const tlsRefused = /SSL routines|alert|certificate|handshake/i.test(failure.rawMessage);
+  const code = tlsRefused ? Code.Unavailable : failure.code;
+  const message = tlsRefused ? `the TLS handshake failed (check the CA, client certificate and key): ${failure.rawMessage}` : failure.rawMessage;
+  return new ConnectError(`BuildKit (${address.kind} ${where}): ${message}`, code, failure.metadata);
 }

@@ -1,10 +1,11 @@
 import * as http2 from "node:http2";
 import * as net from "node:net";
+import * as tls from "node:tls";
 import { Duplex } from "node:stream";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { BytesMessageSchema } from "../../../../gen/moby/buildkit/v1/control_pb.js";
-import type { BuildKitAddress } from "../address.js";
+import { type BuildKitAddress, tlsOptions } from "../address.js";
 import { upgradeDockerConnection } from "../docker-upgrade.js";
 import { frame, readMessages } from "./grpc-server.js";
 
@@ -16,7 +17,8 @@ import { frame, readMessages } from "./grpc-server.js";
  */
 export async function openSessionTunnel(address: BuildKitAddress, headers: Array<[string, string]>, signal?: AbortSignal): Promise<Duplex> {
   const socket = await connectToDaemon(address, signal);
-  const connection = http2.connect(address.kind === "tcp" ? `http://${address.host}:${address.port}` : "http://buildkitd", { createConnection: () => socket });
+  const authority = address.kind === "tcp" ? `${address.tls ? "https" : "http"}://${address.host}:${address.port}` : "http://buildkitd";
+  const connection = http2.connect(authority, { createConnection: () => socket });
   connection.on("error", () => {});
   const metadata: http2.OutgoingHttpHeaders = { ":method": "POST", ":path": "/moby.buildkit.v1.Control/Session", "content-type": "application/grpc", te: "trailers" };
   for (const [name, value] of headers) {
@@ -57,8 +59,13 @@ export async function openSessionTunnel(address: BuildKitAddress, headers: Array
 function connectToDaemon(address: BuildKitAddress, signal?: AbortSignal): Promise<net.Socket> {
   if (address.kind === "docker-unix") return upgradeDockerConnection(address.socketPath, "/grpc", [], signal);
   return new Promise((resolve, reject) => {
-    const socket = address.kind === "unix" ? net.connect(address.socketPath) : net.connect(address.port, address.host);
-    socket.once("connect", () => resolve(socket));
+    const socket =
+      address.kind === "unix"
+        ? net.connect(address.socketPath)
+        : address.tls
+          ? tls.connect({ host: address.host, port: address.port, ...tlsOptions(address.tls) })
+          : net.connect(address.port, address.host);
+    socket.once(socket instanceof tls.TLSSocket ? "secureConnect" : "connect", () => resolve(socket));
     socket.once("error", (error) => reject(new ConnectError(`cannot reach BuildKit: ${error.message}`, Code.Unavailable)));
   });
 }
