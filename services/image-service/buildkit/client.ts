@@ -5,6 +5,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Control, type SolveRequestSchema, type SolveResponse, type StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
+import { isTlsHandshakeFailure } from "../../shared/client/transport.js";
 import { type BuildKitAddress, type BuildKitTls, parseBuildKitAddress, tlsOptions } from "./address.js";
 import { upgradeDockerConnection } from "./docker-upgrade.js";
 import { UpgradedHttp2SessionManager } from "./session-manager.js";
@@ -178,7 +179,7 @@ function describeFailure(address: BuildKitAddress, error: unknown): ConnectError
   const failure = ConnectError.from(error);
   if (failure.code === Code.Canceled) return failure;
   const where = address.kind === "tcp" ? `${address.host}:${address.port}` : address.socketPath;
-  const tlsRefused = /SSL routines|alert|certificate|handshake/i.test(failure.rawMessage);
+  const tlsRefused = isTlsHandshakeFailure(failure.rawMessage);
   const code = tlsRefused ? Code.Unavailable : failure.code;
   const message = tlsRefused ? `the TLS handshake failed (check the CA, client certificate and key): ${failure.rawMessage}` : failure.rawMessage;
   return new ConnectError(`BuildKit (${address.kind} ${where}): ${message}`, code, failure.metadata);
