@@ -4,6 +4,7 @@ import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js"
 import { serviceTransport } from "../shared/client/transport.js";
 import { numberSetting, setting } from "../shared/config/env.js";
 import { createLogger } from "../shared/log.js";
+import { ServiceMetrics } from "../shared/metrics.js";
 import { RegistryClient } from "../shared/registry/registry-client.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
@@ -32,6 +33,9 @@ const handoff = setting("STEPRUNNER_IMAGE_HANDOFF", "layer-store");
 if (handoff !== "layer-store" && handoff !== "registry") throw new Error(`STEPRUNNER_IMAGE_HANDOFF must be layer-store or registry, got "${handoff}"`);
 const defaultBaseRunner = setting("OPSCHAIN_BASE_RUNNER", `${registryAddress}/steprunner/runner:${STEPRUNNER_VERSION}`);
 
+const metrics = new ServiceMetrics("image-service");
+const builds = metrics.histogram("steprunner_image_builds_seconds", "Image requests by outcome (built, reused, failed, cancelled) and their time", ["outcome"], [0.05, 0.2, 1, 5, 20, 60, 300, 1200]);
+const retries = metrics.counter("steprunner_buildkit_retries_total", "Builds tried again after the connection to BuildKit failed", []);
 const buildkit = new BuildKitClient(buildkitAddress, { tls: await buildkitTls() });
 const registry = new RegistryClient(registryAddress);
 const contextService = serviceTransport(setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"));
@@ -51,7 +55,12 @@ const images = new ImageBuilder(
     maxConcurrentBuilds: numberSetting("STEPRUNNER_MAX_CONCURRENT_BUILDS", 8),
     transportAttempts: 3,
   },
+  {
+    buildEnded: (outcome, seconds) => builds.observe({ outcome }, seconds),
+    transportRetried: () => retries.inc(),
+  },
 );
+metrics.gauge("steprunner_image_build_queue_depth", "Builds waiting for a build slot", () => images.queueDepth);
 
 // Expired step images are removed regularly so that disk does not grow by one image per step.
 const pruneTimer = setInterval(
@@ -67,6 +76,7 @@ const server = await startServer({
   services: [ImageService],
   routes: (router) => router.service(ImageService, imageServiceAdapter(builder, images)),
   logger,
+  metrics,
 });
 stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), async () => {
   clearInterval(pruneTimer);

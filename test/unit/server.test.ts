@@ -145,3 +145,29 @@ describe("draining", () => {
     await assert.rejects(fetch(`http://127.0.0.1:${server.port}/`), /fetch failed/);
   });
 });
+
+describe("metrics", () => {
+  it("serves Prometheus metrics at /metrics, counting each RPC by method and code", async () => {
+    const server = await startImageService({ kind: "tcp", host: "127.0.0.1", port: 0 });
+    const client = serviceTransport(`127.0.0.1:${server.port}`);
+    try {
+      const image = createClient(ImageService, client.transport);
+      await image.getBuilderInfo({});
+      await image.getBuilderInfo({});
+      await image.pruneCache({ keepBytes: -1n }).catch(() => {});
+      const response = await fetch(`http://127.0.0.1:${server.port}/metrics`);
+      assert.equal(response.status, 200);
+      assert.match(response.headers.get("content-type") ?? "", /^text\/plain/);
+      const text = await response.text();
+      const sample = (method: string, code: string) =>
+        Number(new RegExp(`^steprunner_rpc_requests_total\\{method="steprunner.image.v1.ImageService/${method}",code="${code}"[^}]*\\} (\\d+)$`, "m").exec(text)?.[1]);
+      assert.equal(sample("GetBuilderInfo", "OK"), 2);
+      assert.equal(sample("PruneCache", "InvalidArgument"), 1);
+      assert.match(text, /^steprunner_rpc_duration_seconds_bucket\{/m);
+      assert.match(text, /^steprunner_process_resident_memory_bytes/m);
+    } finally {
+      client.close();
+      await server.close(100);
+    }
+  });
+});

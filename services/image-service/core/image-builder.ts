@@ -49,6 +49,14 @@ export interface ImageBuilderSettings {
 
 type Listener = (event: BuildEvent) => void;
 
+export type BuildOutcome = "built" | "reused" | "failed" | "cancelled";
+
+/** Told of every build's end and of each retry, for metrics. */
+export interface BuildObserver {
+  buildEnded(outcome: BuildOutcome, seconds: number): void;
+  transportRetried(): void;
+}
+
 interface SharedBuild {
   result: Promise<ImageResult>;
   listeners: Set<Listener>;
@@ -73,6 +81,7 @@ export class ImageBuilder {
     private readonly registry: Registry,
     private readonly records: ReuseRecords,
     private readonly settings: ImageBuilderSettings,
+    private readonly observer: BuildObserver = { buildEnded: () => {}, transportRetried: () => {} },
   ) {
     this.queue = new BuildQueue(settings.maxConcurrentBuilds);
   }
@@ -82,6 +91,18 @@ export class ImageBuilder {
   }
 
   async build(request: BuildRequest, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
+    const started = Date.now();
+    try {
+      const image = await this.buildOrReuse(request, emit, signal);
+      this.observer.buildEnded(image.reused ? "reused" : "built", (Date.now() - started) / 1000);
+      return image;
+    } catch (error) {
+      this.observer.buildEnded(signal?.aborted ? "cancelled" : "failed", (Date.now() - started) / 1000);
+      throw error;
+    }
+  }
+
+  private async buildOrReuse(request: BuildRequest, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
     const context = await this.contexts.materialize(request.contextId, signal);
     const baseRunner = request.baseRunner || this.settings.defaultBaseRunner;
     const baseDigest = await this.resolveBaseImage(baseRunner, signal);
@@ -185,6 +206,7 @@ export class ImageBuilder {
       } catch (error) {
         if (signal.aborted) throw new ConnectError("the build was cancelled", Code.Canceled);
         if (isTransient(error) && attempt < this.settings.transportAttempts) {
+          this.observer.transportRetried();
           emit({ kind: "warning", message: `BuildKit connection failed (${ConnectError.from(error).rawMessage}); trying again (${attempt + 1}/${this.settings.transportAttempts})` });
           continue;
         }

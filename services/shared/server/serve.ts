@@ -3,6 +3,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import type { Logger } from "../log.js";
 import { numberSetting } from "../config/env.js";
+import { ServiceMetrics } from "../metrics.js";
 import { type ServerSecurity, serverSecurityFromSettings } from "../security.js";
 import { DualProtocolServer } from "./dual-protocol-server.js";
 import { HealthRegistry, ServingStatus } from "./health.js";
@@ -29,6 +30,8 @@ export interface ServerOptions {
   security?: ServerSecurity;
   /** By default STEPRUNNER_MAX_REQUEST_BYTES (4 MiB) and STEPRUNNER_MAX_CONCURRENT_STREAMS (100). */
   limits?: ServerLimits;
+  /** Served at GET /metrics, with every RPC counted; by default a registry of the RPC metrics alone. */
+  metrics?: ServiceMetrics;
 }
 
 export interface ServerLimits {
@@ -63,9 +66,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const limits = options.limits ?? limitsFromSettings();
   const security = options.security ?? serverSecurityFromSettings();
   const tokens = security.tokens;
+  const metrics = options.metrics ?? new ServiceMetrics(options.services[0]?.typeName ?? "unknown");
+  const httpRoutes: Record<string, HttpHandler> = { "/metrics": metrics.handler(), ...options.httpRoutes };
   const handler = connectNodeAdapter({
     readMaxBytes: limits.maxRequestBytes,
-    interceptors: tokens ? [requireToken(tokens)] : [],
+    interceptors: [metrics.interceptor(), ...(tokens ? [requireToken(tokens)] : [])],
     routes: (router) => {
       options.routes(router);
       health.register(router);
@@ -73,13 +78,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     },
     fallback: (req, res) => {
       const path = (req.url ?? "").split("?")[0]!;
-      const route = options.httpRoutes?.[path];
-      if (route && tokens && !tokens.includes(bearerToken(req.headers.authorization) ?? "")) {
+      const route = Object.hasOwn(httpRoutes, path) ? httpRoutes[path] : undefined;
+      if (route !== undefined && tokens !== undefined && !tokens.includes(bearerToken(req.headers.authorization) ?? "")) {
         res.writeHead(401, { "content-type": "text/plain", "www-authenticate": "Bearer" });
         res.end("a bearer token is required\n");
         return;
       }
-      if (route) return route(req, res);
+      if (route !== undefined) return route(req, res);
       res.writeHead(404, { "content-type": "text/plain" });
       res.end(`not found: ${path}\n`);
     },
