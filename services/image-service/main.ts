@@ -14,6 +14,7 @@ import { imageServiceAdapter } from "./api/image-service-adapter.js";
 import type { BuildKitTls } from "./buildkit/address.js";
 import { BuildKitClient } from "./buildkit/client.js";
 import { buildDockerfile } from "./buildkit/dockerfile-build.js";
+import { ShardedBuilder } from "./buildkit/sharded-builder.js";
 import { Builder } from "./core/builder.js";
 import { ContextCache } from "./core/context-cache.js";
 import { ImageBuilder } from "./core/image-builder.js";
@@ -25,9 +26,11 @@ const logger = createLogger("image-service");
 const stateDir = setting("STEPRUNNER_IMAGE_STATE_DIR", join(setting("STEPRUNNER_STATE_DIR", "/var/lib/steprunner"), "image"));
 const registryAddress = setting("STEPRUNNER_REGISTRY_ADDR", "127.0.0.1:5000");
 const buildkitAddress = setting("STEPRUNNER_BUILDKIT_ADDR", "docker-unix:///var/lib/steprunner/run/docker.sock");
+// Several comma-separated addresses spread builds over several daemons (a buildkitd StatefulSet).
+const buildkitAddresses = buildkitAddress.split(",").map((address) => address.trim()).filter(Boolean);
 const dockerSocket = setting(
   "STEPRUNNER_DOCKER_SOCKET",
-  buildkitAddress.startsWith("docker-unix://") ? buildkitAddress.slice("docker-unix://".length) : "/var/lib/steprunner/run/docker.sock",
+  buildkitAddresses[0]!.startsWith("docker-unix://") ? buildkitAddresses[0]!.slice("docker-unix://".length) : "/var/lib/steprunner/run/docker.sock",
 );
 const handoff = setting("STEPRUNNER_IMAGE_HANDOFF", "layer-store");
 if (handoff !== "layer-store" && handoff !== "registry") throw new Error(`STEPRUNNER_IMAGE_HANDOFF must be layer-store or registry, got "${handoff}"`);
@@ -36,13 +39,21 @@ const defaultBaseRunner = setting("OPSCHAIN_BASE_RUNNER", `${registryAddress}/st
 const metrics = new ServiceMetrics("image-service");
 const builds = metrics.histogram("steprunner_image_builds_seconds", "Image requests by outcome (built, reused, failed, cancelled) and their time", ["outcome"], [0.05, 0.2, 1, 5, 20, 60, 300, 1200]);
 const retries = metrics.counter("steprunner_buildkit_retries_total", "Builds tried again after the connection to BuildKit failed", []);
-const buildkit = new BuildKitClient(buildkitAddress, { tls: await buildkitTls() });
+const tls = await buildkitTls();
+const buildkits = buildkitAddresses.map((address) => new BuildKitClient(address, { tls: address.startsWith("tcp://") ? tls : undefined }));
+const buildkit = buildkits[0]!;
+const sharded = new ShardedBuilder(
+  buildkits.map((client, index) => ({
+    address: buildkitAddresses[index]!,
+    build: (build, onStatus, signal) => buildDockerfile(client, build, onStatus, signal),
+  })),
+);
 const registry = new RegistryClient(registryAddress);
 const contextService = serviceTransport(setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"));
-const builder = new Builder(buildkit, registry, { buildkitAddress, defaultBaseRunner });
+const builder = new Builder(buildkit, registry, { buildkitAddress: buildkitAddresses[0]!, defaultBaseRunner });
 const images = new ImageBuilder(
   new ContextCache(new ContextServiceProvider(contextService.transport), join(stateDir, "contexts")),
-  { build: (build, onStatus, signal) => buildDockerfile(buildkit, build, onStatus, signal) },
+  sharded,
   new DockerApi(dockerSocket),
   registry,
   new ReuseRecords(join(stateDir, "images")),
@@ -80,7 +91,7 @@ const server = await startServer({
 });
 stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), async () => {
   clearInterval(pruneTimer);
-  buildkit.close();
+  for (const client of buildkits) client.close();
   contextService.close();
 });
 
