@@ -16,6 +16,8 @@ export interface DockerfileBuild {
   dockerfileDir: string;
   buildArgs: Record<string, string>;
   labels?: Record<string, string>;
+  /** The stage to build; the last one when absent. */
+  target?: string;
   /** There is no bridge network on our daemons: RUN gets no network, or the host's. */
   network: "none" | "host";
   /** Ignore BuildKit's cache for every stage. */
@@ -67,6 +69,7 @@ export async function buildDockerfile(
     for (const [name, value] of Object.entries(build.buildArgs)) frontendAttrs[`build-arg:${name}`] = value;
     for (const [name, value] of Object.entries(build.labels ?? {})) frontendAttrs[`label:${name}`] = value;
     if (build.noCache) frontendAttrs["no-cache"] = "";
+    if (build.target) frontendAttrs.target = build.target;
     // BuildKit v0.8's Dockerfile frontend reads cache imports from this attribute, later ones from Cache.
     if (build.cacheImports?.length) {
       frontendAttrs["cache-imports"] = JSON.stringify(build.cacheImports.map((entry) => ({ Type: entry.type, Attrs: entry.attrs })));
