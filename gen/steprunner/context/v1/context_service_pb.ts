@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file steprunner/context/v1/context_service.proto.
  */
 export const file_steprunner_context_v1_context_service: GenFile = /*@__PURE__*/
-  fileDesc("CitzdGVwcnVubmVyL2NvbnRleHQvdjEvY29udGV4dF9zZXJ2aWNlLnByb3RvEhVzdGVwcnVubmVyLmNvbnRleHQudjEiSQoLUHJvcGVydHlTZXQSDQoFb3duZXIYASABKAkSKwoKcHJvcGVydGllcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QizgEKDENoYW5nZVZhbHVlcxIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSFAoMcHJvamVjdF9jb2RlGAMgASgJEhQKDHByb2plY3RfbmFtZRgEIAEoCRIYChBlbnZpcm9ubWVudF9jb2RlGAUgASgJEhgKEGVudmlyb25tZW50X25hbWUYBiABKAkSEgoKY3JlYXRlZF9ieRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK4AQoKU3RlcFZhbHVlcxIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSEQoJZnVsbF9wYXRoGAMgASgJEk8KGGNoaWxkX2V4ZWN1dGlvbl9zdHJhdGVneRgEIAEoDjItLnN0ZXBydW5uZXIuY29udGV4dC52MS5DaGlsZEV4ZWN1dGlvblN0cmF0ZWd5EioKCWFyZ3VtZW50cxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiGgoKVXNlclZhbHVlcxIMCgRuYW1lGAEgASgJIqoBChFTdGVwQ29udGV4dFZhbHVlcxIzCgZjaGFuZ2UYASABKAsyIy5zdGVwcnVubmVyLmNvbnRleHQudjEuQ2hhbmdlVmFsdWVzEi8KBHN0ZXAYAiABKAsyIS5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcFZhbHVlcxIvCgR1c2VyGAMgASgLMiEuc3RlcHJ1bm5lci5jb250ZXh0LnYxLlVzZXJWYWx1ZXMihQIKFVByZXBhcmVDb250ZXh0UmVxdWVzdBIWCg5yZXBvc2l0b3J5X3VybBgBIAEoCRIPCgdnaXRfcmV2GAIgASgJEhMKC3JlcG9fZm9sZGVyGAMgASgJEhsKE2V4Y2x1ZGVfZ2l0X2hpc3RvcnkYBCABKAgSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMiUQoWUHJlcGFyZUNvbnRleHRSZXNwb25zZRI3Cgdjb250ZXh0GAEgASgLMiYuc3RlcHJ1bm5lci5jb250ZXh0LnYxLlByZXBhcmVkQ29udGV4dCJ1CgtDb250ZXh0RmlsZRI0CgRraW5kGAEgASgOMiYuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNvbnRleHRGaWxlS2luZBIMCgRuYW1lGAIgASgJEg4KBmRpZ2VzdBgDIAEoCRISCgpzaXplX2J5dGVzGAQgASgDIuUBCg9QcmVwYXJlZENvbnRleHQSEgoKY29udGV4dF9pZBgBIAEoCRIPCgdnaXRfcmV2GAIgASgJEg8KB2dpdF9zaGEYAyABKAkSEwoLcmVwb19mb2xkZXIYBCABKAkSMQoFZmlsZXMYBSADKAsyIi5zdGVwcnVubmVyLmNvbnRleHQudjEuQ29udGV4dEZpbGUSQgoRZG9ja2VyZmlsZV9zb3VyY2UYBiABKA4yJy5zdGVwcnVubmVyLmNvbnRleHQudjEuRG9ja2VyZmlsZVNvdXJjZRIQCgh3YXJuaW5ncxgHIAMoCSJyChZSZWFkQ29udGV4dEZpbGVSZXF1ZXN0EhIKCmNvbnRleHRfaWQYASABKAkSNAoEa2luZBgCIAEoDjImLnN0ZXBydW5uZXIuY29udGV4dC52MS5Db250ZXh0RmlsZUtpbmQSDgoGb2Zmc2V0GAMgASgDIigKF1JlYWRDb250ZXh0RmlsZVJlc3BvbnNlEg0KBWNodW5rGAEgASgMIkEKFlJlc29sdmVSZXZpc2lvblJlcXVlc3QSFgoOcmVwb3NpdG9yeV91cmwYASABKAkSDwoHZ2l0X3JldhgCIAEoCSI+ChdSZXNvbHZlUmV2aXNpb25SZXNwb25zZRIPCgdnaXRfc2hhGAEgASgJEhIKCm1vdmluZ19yZWYYAiABKAgiHQobR2V0RGVmYXVsdERvY2tlcmZpbGVSZXF1ZXN0IlMKHEdldERlZmF1bHREb2NrZXJmaWxlUmVzcG9uc2USEgoKZG9ja2VyZmlsZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEg4KBmRpZ2VzdBgDIAEoCSqSAQoWQ2hpbGRFeGVjdXRpb25TdHJhdGVneRIoCiRDSElMRF9FWEVDVVRJT05fU1RSQVRFR1lfVU5TUEVDSUZJRUQQABInCiNDSElMRF9FWEVDVVRJT05fU1RSQVRFR1lfU0VRVUVOVElBTBABEiUKIUNISUxEX0VYRUNVVElPTl9TVFJBVEVHWV9QQVJBTExFTBACKs0BCg9Db250ZXh0RmlsZUtpbmQSIQodQ09OVEVYVF9GSUxFX0tJTkRfVU5TUEVDSUZJRUQQABIeChpDT05URVhUX0ZJTEVfS0lORF9SRVBPX1RBUhABEiYKIkNPTlRFWFRfRklMRV9LSU5EX1NURVBfQ09OVEVYVF9aSVAQAhIgChxDT05URVhUX0ZJTEVfS0lORF9ET0NLRVJGSUxFEAMSLQopQ09OVEVYVF9GSUxFX0tJTkRfU0VDUkVUX1NURVBfQ09OVEVYVF9aSVAQBCp2ChBEb2NrZXJmaWxlU291cmNlEiEKHURPQ0tFUkZJTEVfU09VUkNFX1VOU1BFQ0lGSUVEEAASHQoZRE9DS0VSRklMRV9TT1VSQ0VfREVGQVVMVBABEiAKHERPQ0tFUkZJTEVfU09VUkNFX1JFUE9TSVRPUlkQAjLxAwoOQ29udGV4dFNlcnZpY2USbQoOUHJlcGFyZUNvbnRleHQSLC5zdGVwcnVubmVyLmNvbnRleHQudjEuUHJlcGFyZUNvbnRleHRSZXF1ZXN0Gi0uc3RlcHJ1bm5lci5jb250ZXh0LnYxLlByZXBhcmVDb250ZXh0UmVzcG9uc2USdwoPUmVhZENvbnRleHRGaWxlEi0uc3RlcHJ1bm5lci5jb250ZXh0LnYxLlJlYWRDb250ZXh0RmlsZVJlcXVlc3QaLi5zdGVwcnVubmVyLmNvbnRleHQudjEuUmVhZENvbnRleHRGaWxlUmVzcG9uc2UiA5ACATABEnAKD1Jlc29sdmVSZXZpc2lvbhItLnN0ZXBydW5uZXIuY29udGV4dC52MS5SZXNvbHZlUmV2aXNpb25SZXF1ZXN0Gi4uc3RlcHJ1bm5lci5jb250ZXh0LnYxLlJlc29sdmVSZXZpc2lvblJlc3BvbnNlEoQBChRHZXREZWZhdWx0RG9ja2VyZmlsZRIyLnN0ZXBydW5uZXIuY29udGV4dC52MS5HZXREZWZhdWx0RG9ja2VyZmlsZVJlcXVlc3QaMy5zdGVwcnVubmVyLmNvbnRleHQudjEuR2V0RGVmYXVsdERvY2tlcmZpbGVSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CitzdGVwcnVubmVyL2NvbnRleHQvdjEvY29udGV4dF9zZXJ2aWNlLnByb3RvEhVzdGVwcnVubmVyLmNvbnRleHQudjEiSQoLUHJvcGVydHlTZXQSDQoFb3duZXIYASABKAkSKwoKcHJvcGVydGllcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QizgEKDENoYW5nZVZhbHVlcxIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSFAoMcHJvamVjdF9jb2RlGAMgASgJEhQKDHByb2plY3RfbmFtZRgEIAEoCRIYChBlbnZpcm9ubWVudF9jb2RlGAUgASgJEhgKEGVudmlyb25tZW50X25hbWUYBiABKAkSEgoKY3JlYXRlZF9ieRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK4AQoKU3RlcFZhbHVlcxIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSEQoJZnVsbF9wYXRoGAMgASgJEk8KGGNoaWxkX2V4ZWN1dGlvbl9zdHJhdGVneRgEIAEoDjItLnN0ZXBydW5uZXIuY29udGV4dC52MS5DaGlsZEV4ZWN1dGlvblN0cmF0ZWd5EioKCWFyZ3VtZW50cxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiGgoKVXNlclZhbHVlcxIMCgRuYW1lGAEgASgJIqoBChFTdGVwQ29udGV4dFZhbHVlcxIzCgZjaGFuZ2UYASABKAsyIy5zdGVwcnVubmVyLmNvbnRleHQudjEuQ2hhbmdlVmFsdWVzEi8KBHN0ZXAYAiABKAsyIS5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcFZhbHVlcxIvCgR1c2VyGAMgASgLMiEuc3RlcHJ1bm5lci5jb250ZXh0LnYxLlVzZXJWYWx1ZXMiogIKFVByZXBhcmVDb250ZXh0UmVxdWVzdBIWCg5yZXBvc2l0b3J5X3VybBgBIAEoCRIPCgdnaXRfcmV2GAIgASgJEhMKC3JlcG9fZm9sZGVyGAMgASgJEhsKE2V4Y2x1ZGVfZ2l0X2hpc3RvcnkYBCABKAgSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMSGwoTaG9ub3JfZXhwb3J0X2lnbm9yZRgIIAEoCCJRChZQcmVwYXJlQ29udGV4dFJlc3BvbnNlEjcKB2NvbnRleHQYASABKAsyJi5zdGVwcnVubmVyLmNvbnRleHQudjEuUHJlcGFyZWRDb250ZXh0InUKC0NvbnRleHRGaWxlEjQKBGtpbmQYASABKA4yJi5zdGVwcnVubmVyLmNvbnRleHQudjEuQ29udGV4dEZpbGVLaW5kEgwKBG5hbWUYAiABKAkSDgoGZGlnZXN0GAMgASgJEhIKCnNpemVfYnl0ZXMYBCABKAMipgIKD1ByZXBhcmVkQ29udGV4dBISCgpjb250ZXh0X2lkGAEgASgJEg8KB2dpdF9yZXYYAiABKAkSDwoHZ2l0X3NoYRgDIAEoCRITCgtyZXBvX2ZvbGRlchgEIAEoCRIxCgVmaWxlcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Db250ZXh0RmlsZRJCChFkb2NrZXJmaWxlX3NvdXJjZRgGIAEoDjInLnN0ZXBydW5uZXIuY29udGV4dC52MS5Eb2NrZXJmaWxlU291cmNlEhAKCHdhcm5pbmdzGAcgAygJEj8KE3NlY3JldF9zdGVwX2NvbnRleHQYCCABKAsyIi5zdGVwcnVubmVyLmNvbnRleHQudjEuQ29udGV4dEZpbGUiJwoRR2V0Q29udGV4dFJlcXVlc3QSEgoKY29udGV4dF9pZBgBIAEoCSJNChJHZXRDb250ZXh0UmVzcG9uc2USNwoHY29udGV4dBgBIAEoCzImLnN0ZXBydW5uZXIuY29udGV4dC52MS5QcmVwYXJlZENvbnRleHQicgoWUmVhZENvbnRleHRGaWxlUmVxdWVzdBISCgpjb250ZXh0X2lkGAEgASgJEjQKBGtpbmQYAiABKA4yJi5zdGVwcnVubmVyLmNvbnRleHQudjEuQ29udGV4dEZpbGVLaW5kEg4KBm9mZnNldBgDIAEoAyIoChdSZWFkQ29udGV4dEZpbGVSZXNwb25zZRINCgVjaHVuaxgBIAEoDCJBChZSZXNvbHZlUmV2aXNpb25SZXF1ZXN0EhYKDnJlcG9zaXRvcnlfdXJsGAEgASgJEg8KB2dpdF9yZXYYAiABKAkiPgoXUmVzb2x2ZVJldmlzaW9uUmVzcG9uc2USDwoHZ2l0X3NoYRgBIAEoCRISCgptb3ZpbmdfcmVmGAIgASgIIh0KG0dldERlZmF1bHREb2NrZXJmaWxlUmVxdWVzdCJTChxHZXREZWZhdWx0RG9ja2VyZmlsZVJlc3BvbnNlEhIKCmRvY2tlcmZpbGUYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIOCgZkaWdlc3QYAyABKAkqkgEKFkNoaWxkRXhlY3V0aW9uU3RyYXRlZ3kSKAokQ0hJTERfRVhFQ1VUSU9OX1NUUkFURUdZX1VOU1BFQ0lGSUVEEAASJwojQ0hJTERfRVhFQ1VUSU9OX1NUUkFURUdZX1NFUVVFTlRJQUwQARIlCiFDSElMRF9FWEVDVVRJT05fU1RSQVRFR1lfUEFSQUxMRUwQAirNAQoPQ29udGV4dEZpbGVLaW5kEiEKHUNPTlRFWFRfRklMRV9LSU5EX1VOU1BFQ0lGSUVEEAASHgoaQ09OVEVYVF9GSUxFX0tJTkRfUkVQT19UQVIQARImCiJDT05URVhUX0ZJTEVfS0lORF9TVEVQX0NPTlRFWFRfWklQEAISIAocQ09OVEVYVF9GSUxFX0tJTkRfRE9DS0VSRklMRRADEi0KKUNPTlRFWFRfRklMRV9LSU5EX1NFQ1JFVF9TVEVQX0NPTlRFWFRfWklQEAQqdgoQRG9ja2VyZmlsZVNvdXJjZRIhCh1ET0NLRVJGSUxFX1NPVVJDRV9VTlNQRUNJRklFRBAAEh0KGURPQ0tFUkZJTEVfU09VUkNFX0RFRkFVTFQQARIgChxET0NLRVJGSUxFX1NPVVJDRV9SRVBPU0lUT1JZEAIy2QQKDkNvbnRleHRTZXJ2aWNlEm0KDlByZXBhcmVDb250ZXh0Eiwuc3RlcHJ1bm5lci5jb250ZXh0LnYxLlByZXBhcmVDb250ZXh0UmVxdWVzdBotLnN0ZXBydW5uZXIuY29udGV4dC52MS5QcmVwYXJlQ29udGV4dFJlc3BvbnNlEmYKCkdldENvbnRleHQSKC5zdGVwcnVubmVyLmNvbnRleHQudjEuR2V0Q29udGV4dFJlcXVlc3QaKS5zdGVwcnVubmVyLmNvbnRleHQudjEuR2V0Q29udGV4dFJlc3BvbnNlIgOQAgESdwoPUmVhZENvbnRleHRGaWxlEi0uc3RlcHJ1bm5lci5jb250ZXh0LnYxLlJlYWRDb250ZXh0RmlsZVJlcXVlc3QaLi5zdGVwcnVubmVyLmNvbnRleHQudjEuUmVhZENvbnRleHRGaWxlUmVzcG9uc2UiA5ACATABEnAKD1Jlc29sdmVSZXZpc2lvbhItLnN0ZXBydW5uZXIuY29udGV4dC52MS5SZXNvbHZlUmV2aXNpb25SZXF1ZXN0Gi4uc3RlcHJ1bm5lci5jb250ZXh0LnYxLlJlc29sdmVSZXZpc2lvblJlc3BvbnNlEoQBChRHZXREZWZhdWx0RG9ja2VyZmlsZRIyLnN0ZXBydW5uZXIuY29udGV4dC52MS5HZXREZWZhdWx0RG9ja2VyZmlsZVJlcXVlc3QaMy5zdGVwcnVubmVyLmNvbnRleHQudjEuR2V0RGVmYXVsdERvY2tlcmZpbGVSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * PropertySet is one owner's properties (project, environment, change, ...), a JSON object.
@@ -233,6 +233,14 @@ export type PrepareContextRequest = Message<"steprunner.context.v1.PrepareContex
    * @generated from field: steprunner.context.v1.StepContextValues context_values = 7;
    */
   contextValues?: StepContextValues | undefined;
+
+  /**
+   * Leave out of repo.tar the paths that .gitattributes marks export-ignore (OpsChain's later behaviour).
+   * With .git included, those paths stay in the index marked skip-worktree, so `git status` stays clean.
+   *
+   * @generated from field: bool honor_export_ignore = 8;
+   */
+  honorExportIgnore: boolean;
 };
 
 /**
@@ -300,7 +308,8 @@ export const ContextFileSchema: GenMessage<ContextFile> = /*@__PURE__*/
  */
 export type PreparedContext = Message<"steprunner.context.v1.PreparedContext"> & {
   /**
-   * The content digest of the build context ("sha256:<hex>"); it changes exactly when the context's bytes do.
+   * The content digest of the context ("sha256:<hex>") over the digests of files and of secret_step_context,
+   * so it changes exactly when any of their bytes do, and one id never stands for two different secret zips.
    *
    * @generated from field: string context_id = 1;
    */
@@ -337,6 +346,14 @@ export type PreparedContext = Message<"steprunner.context.v1.PreparedContext"> &
    * @generated from field: repeated string warnings = 7;
    */
   warnings: string[];
+
+  /**
+   * The full step_context.json.zip (kind CONTEXT_FILE_KIND_SECRET_STEP_CONTEXT_ZIP). Not part of the build
+   * context, so never in files; only ever handed to a build as the BuildKit secret env_context_zip.
+   *
+   * @generated from field: steprunner.context.v1.ContextFile secret_step_context = 8;
+   */
+  secretStepContext?: ContextFile | undefined;
 };
 
 /**
@@ -345,6 +362,40 @@ export type PreparedContext = Message<"steprunner.context.v1.PreparedContext"> &
  */
 export const PreparedContextSchema: GenMessage<PreparedContext> = /*@__PURE__*/
   messageDesc(file_steprunner_context_v1_context_service, 8);
+
+/**
+ * @generated from message steprunner.context.v1.GetContextRequest
+ */
+export type GetContextRequest = Message<"steprunner.context.v1.GetContextRequest"> & {
+  /**
+   * @generated from field: string context_id = 1;
+   */
+  contextId: string;
+};
+
+/**
+ * Describes the message steprunner.context.v1.GetContextRequest.
+ * Use `create(GetContextRequestSchema)` to create a new message.
+ */
+export const GetContextRequestSchema: GenMessage<GetContextRequest> = /*@__PURE__*/
+  messageDesc(file_steprunner_context_v1_context_service, 9);
+
+/**
+ * @generated from message steprunner.context.v1.GetContextResponse
+ */
+export type GetContextResponse = Message<"steprunner.context.v1.GetContextResponse"> & {
+  /**
+   * @generated from field: steprunner.context.v1.PreparedContext context = 1;
+   */
+  context?: PreparedContext | undefined;
+};
+
+/**
+ * Describes the message steprunner.context.v1.GetContextResponse.
+ * Use `create(GetContextResponseSchema)` to create a new message.
+ */
+export const GetContextResponseSchema: GenMessage<GetContextResponse> = /*@__PURE__*/
+  messageDesc(file_steprunner_context_v1_context_service, 10);
 
 /**
  * @generated from message steprunner.context.v1.ReadContextFileRequest
@@ -371,7 +422,7 @@ export type ReadContextFileRequest = Message<"steprunner.context.v1.ReadContextF
  * Use `create(ReadContextFileRequestSchema)` to create a new message.
  */
 export const ReadContextFileRequestSchema: GenMessage<ReadContextFileRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 9);
+  messageDesc(file_steprunner_context_v1_context_service, 11);
 
 /**
  * @generated from message steprunner.context.v1.ReadContextFileResponse
@@ -388,7 +439,7 @@ export type ReadContextFileResponse = Message<"steprunner.context.v1.ReadContext
  * Use `create(ReadContextFileResponseSchema)` to create a new message.
  */
 export const ReadContextFileResponseSchema: GenMessage<ReadContextFileResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 10);
+  messageDesc(file_steprunner_context_v1_context_service, 12);
 
 /**
  * @generated from message steprunner.context.v1.ResolveRevisionRequest
@@ -410,7 +461,7 @@ export type ResolveRevisionRequest = Message<"steprunner.context.v1.ResolveRevis
  * Use `create(ResolveRevisionRequestSchema)` to create a new message.
  */
 export const ResolveRevisionRequestSchema: GenMessage<ResolveRevisionRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 11);
+  messageDesc(file_steprunner_context_v1_context_service, 13);
 
 /**
  * @generated from message steprunner.context.v1.ResolveRevisionResponse
@@ -434,7 +485,7 @@ export type ResolveRevisionResponse = Message<"steprunner.context.v1.ResolveRevi
  * Use `create(ResolveRevisionResponseSchema)` to create a new message.
  */
 export const ResolveRevisionResponseSchema: GenMessage<ResolveRevisionResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 12);
+  messageDesc(file_steprunner_context_v1_context_service, 14);
 
 /**
  * @generated from message steprunner.context.v1.GetDefaultDockerfileRequest
@@ -447,7 +498,7 @@ export type GetDefaultDockerfileRequest = Message<"steprunner.context.v1.GetDefa
  * Use `create(GetDefaultDockerfileRequestSchema)` to create a new message.
  */
 export const GetDefaultDockerfileRequestSchema: GenMessage<GetDefaultDockerfileRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 13);
+  messageDesc(file_steprunner_context_v1_context_service, 15);
 
 /**
  * @generated from message steprunner.context.v1.GetDefaultDockerfileResponse
@@ -476,7 +527,7 @@ export type GetDefaultDockerfileResponse = Message<"steprunner.context.v1.GetDef
  * Use `create(GetDefaultDockerfileResponseSchema)` to create a new message.
  */
 export const GetDefaultDockerfileResponseSchema: GenMessage<GetDefaultDockerfileResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 14);
+  messageDesc(file_steprunner_context_v1_context_service, 16);
 
 /**
  * ChildExecutionStrategy says how a step's child steps run.
@@ -597,6 +648,16 @@ export const ContextService: GenService<{
     methodKind: "unary";
     input: typeof PrepareContextRequestSchema;
     output: typeof PrepareContextResponseSchema;
+  },
+  /**
+   * GetContext describes a prepared context by its id: its commit, files and their digests.
+   *
+   * @generated from rpc steprunner.context.v1.ContextService.GetContext
+   */
+  getContext: {
+    methodKind: "unary";
+    input: typeof GetContextRequestSchema;
+    output: typeof GetContextResponseSchema;
   },
   /**
    * ReadContextFile streams one file of a prepared context, from an optional byte offset.
