@@ -62,15 +62,20 @@ export function spawnGit(args: string[], options: GitOptions = {}): { child: Chi
   return { child, finished };
 }
 
-/** Runs git to its end and returns its stdout (for commands with small output). */
-export async function git(args: string[], options: GitOptions & { input?: string } = {}): Promise<string> {
+/** Runs git to its end and returns its stdout as bytes (for commands with small output). */
+export async function gitBytes(args: string[], options: GitOptions = {}): Promise<Buffer> {
   const { child, finished } = spawnGit(args, options);
   const chunks: Buffer[] = [];
   child.stdout.on("data", (chunk: Buffer) => chunks.push(chunk));
   child.stdin.on("error", () => undefined);
-  child.stdin.end(options.input ?? "");
+  child.stdin.end();
   await finished;
-  return Buffer.concat(chunks).toString("utf8");
+  return Buffer.concat(chunks);
+}
+
+/** Runs git to its end and returns its stdout as text. */
+export async function git(args: string[], options: GitOptions = {}): Promise<string> {
+  return (await gitBytes(args, options)).toString("utf8");
 }
 
 /** Like git(), but answers undefined instead of throwing when git exits non-zero (e.g. "no such ref"). */

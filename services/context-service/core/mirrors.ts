@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { failedPrecondition, invalidArgument, notFound, unavailable } from "./errors.js";
 import { GitFailure, git, gitMaybe } from "./git.js";
 import { checkRepositoryUrl, checkRevision } from "./repository-url.js";
+import { SingleFlight } from "./single-flight.js";
 
 export interface ResolvedRevision {
   /** The bare mirror holding the commit and everything reachable from it. */
@@ -22,19 +23,14 @@ interface Lookup {
   moving: boolean;
 }
 
-interface Flight {
-  promise: Promise<void>;
-  controller: AbortController;
-  waiters: number;
-}
-
 /**
  * One bare mirror per repository under root/mirrors. A revision is fetched only when the mirror does not know
  * it or it is a moving ref. Fetches of one repository are single-flight: a request that arrives while a
  * fetch runs waits for that fetch instead of starting another, so the mirror is never fetched twice at once.
+ * (One service process owns a state directory; git's own ref locks guard the rest.)
  */
 export class MirrorStore {
-  private readonly flights = new Map<string, Flight>();
+  private readonly fetches = new SingleFlight<void>();
 
   constructor(
     private readonly root: string,
@@ -63,35 +59,9 @@ export class MirrorStore {
     return { mirror, gitSha: found.sha, movingRef: found.moving };
   }
 
-  /** Joins the fetch in flight for this mirror or starts one; it is aborted only when all its waiters are. */
+  /** Joins the fetch in flight for this mirror or starts one. */
   private fetch(url: string, mirror: string, signal?: AbortSignal): Promise<void> {
-    let flight = this.flights.get(mirror);
-    if (!flight) {
-      const controller = new AbortController();
-      const started: Flight = { controller, waiters: 0, promise: Promise.resolve() };
-      started.promise = this.fetchNow(url, mirror, controller.signal).finally(() => this.flights.delete(mirror));
-      this.flights.set(mirror, started);
-      flight = started;
-    }
-    const joined = flight;
-    joined.waiters++;
-    return new Promise<void>((resolve, reject) => {
-      const leave = () => {
-        signal?.removeEventListener("abort", onAbort);
-        joined.waiters--;
-      };
-      const onAbort = () => {
-        leave();
-        if (joined.waiters === 0) joined.controller.abort(signal?.reason);
-        reject(signal?.reason);
-      };
-      if (signal?.aborted) return onAbort();
-      signal?.addEventListener("abort", onAbort, { once: true });
-      joined.promise.then(
-        () => (leave(), resolve()),
-        (error: unknown) => (leave(), reject(error)),
-      );
-    });
+    return this.fetches.run(mirror, (fetchSignal) => this.fetchNow(url, mirror, fetchSignal), signal);
   }
 
   private async fetchNow(url: string, mirror: string, signal: AbortSignal): Promise<void> {
