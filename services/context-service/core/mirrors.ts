@@ -135,13 +135,14 @@ async function lookupShortSha(mirror: string, prefix: string, signal?: AbortSign
 /** Turns git's words into what the caller can act on. */
 function fetchError(url: string, error: unknown): Error {
   if (!(error instanceof GitFailure)) return error as Error;
-  const why = error.stderr.trim().split("\n").filter(Boolean).slice(-2).join(" / ") || `exit ${error.code}`;
+  const said = error.stderr;
+  const why = said.trim().split("\n").filter(Boolean).slice(-2).join(" / ") || `exit ${error.code}`;
   if (error.code === null) return unavailable(`fetching ${url} did not finish in time or was stopped: ${why}`);
-  if (/couldn't find remote ref HEAD/i.test(why)) return notFound(`repository ${url} has no commits`);
-  if (/not found|does not appear to be a git repository|does not exist|no such file/i.test(why)) {
+  if (/couldn't find remote ref HEAD/i.test(said)) return notFound(`repository ${url} has no commits`);
+  if (/not found|does not appear to be a git repository|does not exist|no such file|not exported/i.test(said)) {
     return notFound(`repository ${url} was not found: ${why}`);
   }
-  if (/authentication failed|could not read (username|password)|permission denied|terminal prompts disabled/i.test(why)) {
+  if (/authentication failed|could not read (username|password)|permission denied|terminal prompts disabled/i.test(said)) {
     return failedPrecondition(`repository ${url} needs credentials the context-service does not have: ${why}`);
   }
   return unavailable(`repository ${url} could not be fetched (retry when it is reachable): ${why}`);
