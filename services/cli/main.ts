@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 import { parseArgs } from "node:util";
 import type { Command } from "./command.js";
+import { contextCommand } from "./context.js";
 import { statusCommand } from "./status.js";
 
-const commands: Record<string, Command> = { status: statusCommand };
+const commands: Record<string, Command> = { status: statusCommand, context: contextCommand };
 
 function programHelp(): string {
   const lines = ["steprunner: run each step of a change in its own fresh container", "", "Usage: steprunner <command> [options]", "", "Commands:"];
