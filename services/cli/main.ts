@@ -2,9 +2,10 @@
 import { parseArgs } from "node:util";
 import type { Command } from "./command.js";
 import { buildCommand } from "./build.js";
+import { contextCommand } from "./context.js";
 import { statusCommand } from "./status.js";
 
-const commands: Record<string, Command> = { status: statusCommand, build: buildCommand };
+const commands: Record<string, Command> = { status: statusCommand, context: contextCommand, build: buildCommand };
 
 function programHelp(): string {
   const lines = ["steprunner: run each step of a change in its own fresh container", "", "Usage: steprunner <command> [options]", "", "Commands:"];

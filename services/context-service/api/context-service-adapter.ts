@@ -1,15 +1,152 @@
-import type { ServiceImpl } from "@connectrpc/connect";
-import { ContextService } from "../../../gen/steprunner/context/v1/context_service_pb.js";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import {
+  ChildExecutionStrategy,
+  ContextFileKind,
+  ContextFileSchema,
+  ContextService,
+  DockerfileSource,
+  type PrepareContextRequest,
+  PreparedContextSchema,
+} from "../../../gen/steprunner/context/v1/context_service_pb.js";
+import type { Logger } from "../../shared/log.js";
 import type { HttpHandler } from "../../shared/server/serve.js";
+import type { ContextFileKind as CoreFileKind, ContextFileRecord, ContextPreparer, PrepareInput, PreparedContextRecord } from "../core/context-preparer.js";
 import type { DefaultDockerfile } from "../core/default-dockerfile.js";
+import { ContextError, type ContextErrorKind } from "../core/errors.js";
+import type { JsonObject } from "../core/step-context.js";
 
-/** The Connect adapter of ContextService. */
-export function contextServiceAdapter(dockerfile: DefaultDockerfile): Partial<ServiceImpl<typeof ContextService>> {
+/** ReadContextFile's chunk size: small enough for any gRPC message limit, big enough to stream fast. */
+export const READ_CHUNK_BYTES = 64 * 1024;
+
+const CODES: Record<ContextErrorKind, Code> = {
+  "not-found": Code.NotFound,
+  unavailable: Code.Unavailable,
+  "invalid-argument": Code.InvalidArgument,
+  "failed-precondition": Code.FailedPrecondition,
+  "out-of-range": Code.OutOfRange,
+};
+
+const TO_CORE_KIND: Partial<Record<ContextFileKind, CoreFileKind>> = {
+  [ContextFileKind.REPO_TAR]: "repo-tar",
+  [ContextFileKind.STEP_CONTEXT_ZIP]: "step-context-zip",
+  [ContextFileKind.DOCKERFILE]: "dockerfile",
+  [ContextFileKind.SECRET_STEP_CONTEXT_ZIP]: "secret-step-context-zip",
+};
+const FROM_CORE_KIND = Object.fromEntries(Object.entries(TO_CORE_KIND).map(([api, core]) => [core, Number(api)])) as Record<CoreFileKind, ContextFileKind>;
+
+const STRATEGIES: Record<ChildExecutionStrategy, string | null> = {
+  [ChildExecutionStrategy.UNSPECIFIED]: null,
+  [ChildExecutionStrategy.SEQUENTIAL]: "sequential",
+  [ChildExecutionStrategy.PARALLEL]: "parallel",
+};
+
+/** The Connect adapter of ContextService: it checks requests' shape, calls the core and maps its errors to codes. */
+export function contextServiceAdapter(dockerfile: DefaultDockerfile, preparer: ContextPreparer, logger: Logger): ServiceImpl<typeof ContextService> {
   return {
     getDefaultDockerfile() {
       return { dockerfile: dockerfile.text, version: dockerfile.version, digest: dockerfile.digest };
     },
+
+    async resolveRevision(request, context) {
+      return mapErrors(logger, "ResolveRevision", async () => {
+        const revision = await preparer.resolve(request.repositoryUrl, request.gitRev, context.signal);
+        return { gitSha: revision.gitSha, movingRef: revision.movingRef };
+      });
+    },
+
+    async prepareContext(request, context) {
+      return mapErrors(logger, "PrepareContext", async () => {
+        const record = await preparer.prepare(prepareInput(request), context.signal);
+        logger.info("context prepared", { contextId: record.contextId, gitSha: record.gitSha, warnings: record.warnings.length });
+        return { context: preparedContext(record) };
+      });
+    },
+
+    async getContext(request) {
+      return mapErrors(logger, "GetContext", async () => ({ context: preparedContext(await preparer.describe(request.contextId)) }));
+    },
+
+    async *readContextFile(request, context: HandlerContext) {
+      const kind = TO_CORE_KIND[request.kind];
+      if (!kind) throw new ConnectError("kind must name a context file (CONTEXT_FILE_KIND_REPO_TAR, …)", Code.InvalidArgument);
+      const stream = await mapErrors(logger, "ReadContextFile", () => preparer.read(request.contextId, kind, Number(request.offset), READ_CHUNK_BYTES));
+      const destroy = () => (stream as unknown as { destroy(): void }).destroy();
+      context.signal.addEventListener("abort", destroy, { once: true });
+      try {
+        for await (const chunk of stream) yield { chunk: chunk as Buffer };
+      } finally {
+        context.signal.removeEventListener("abort", destroy);
+        destroy();
+      }
+    },
   };
+}
+
+function prepareInput(request: PrepareContextRequest): PrepareInput {
+  const values = request.contextValues;
+  const change = values?.change;
+  const step = values?.step;
+  return {
+    repositoryUrl: request.repositoryUrl,
+    gitRev: request.gitRev,
+    repoFolder: request.repoFolder,
+    excludeGitHistory: request.excludeGitHistory,
+    honorExportIgnore: request.honorExportIgnore,
+    properties: request.properties.map((set) => ({ owner: set.owner, properties: (set.properties ?? {}) as JsonObject })),
+    secretPointers: request.secretPointers,
+    values: {
+      change: {
+        id: change?.id ?? "",
+        action: change?.action ?? "",
+        project_code: change?.projectCode ?? "",
+        project_name: change?.projectName ?? "",
+        environment_code: change?.environmentCode ?? "",
+        environment_name: change?.environmentName ?? "",
+        created_by: change?.createdBy ?? "",
+        created_at: change?.createdAt ? timestampDate(change.createdAt).toISOString() : null,
+      },
+      step: {
+        id: step?.id ?? "",
+        action: step?.action ?? "",
+        change_id: change?.id ?? "",
+        full_path: step?.fullPath ?? "",
+        child_execution_strategy: STRATEGIES[step?.childExecutionStrategy ?? ChildExecutionStrategy.UNSPECIFIED] ?? null,
+        arguments: (step?.arguments ?? {}) as JsonObject,
+      },
+      user: { name: values?.user?.name ?? "" },
+    },
+  };
+}
+
+function contextFile(file: ContextFileRecord) {
+  return create(ContextFileSchema, { kind: FROM_CORE_KIND[file.kind], name: file.name, digest: file.digest, sizeBytes: BigInt(file.size) });
+}
+
+function preparedContext(record: PreparedContextRecord) {
+  return create(PreparedContextSchema, {
+    contextId: record.contextId,
+    gitRev: record.gitRev,
+    gitSha: record.gitSha,
+    repoFolder: record.repoFolder,
+    files: record.files.map(contextFile),
+    secretStepContext: contextFile(record.secretStepContext),
+    dockerfileSource: record.dockerfileSource === "repository" ? DockerfileSource.REPOSITORY : DockerfileSource.DEFAULT,
+    warnings: record.warnings,
+  });
+}
+
+/** Core errors become their gRPC codes; anything else is an INTERNAL error, logged with its detail. */
+async function mapErrors<T>(logger: Logger, rpc: string, call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    if (error instanceof ContextError) throw new ConnectError(error.message, CODES[error.kind]);
+    if (error instanceof ConnectError) throw error;
+    logger.error("call failed", { rpc, error });
+    throw new ConnectError(`${rpc} failed: ${(error as Error).message}`, Code.Internal);
+  }
 }
 
 /** GET /downloads/Dockerfile: the default Dockerfile as text, as the seed's API server serves it. */

@@ -25,10 +25,11 @@ export class ContextServiceProvider implements ContextProvider {
     const { context } = await this.client.getContext({ contextId }, { signal });
     if (!context) throw new Error(`the context-service described ${contextId} as nothing`);
     const files = {} as RemoteContext["files"];
+    const listed = context.secretStepContext ? [...context.files, context.secretStepContext] : context.files;
     for (const [kind, apiKind] of Object.entries(KINDS) as Array<[ContextFileKind, ApiFileKind]>) {
-      const file = context.files.find((candidate) => candidate.kind === apiKind);
-      // Unlisted files are taken as they come (the secret zip need not be listed).
-      files[kind] = file ? { digest: file.digest, size: file.sizeBytes } : { digest: "", size: -1n };
+      const file = listed.find((candidate) => candidate.kind === apiKind);
+      if (!file) throw new Error(`the context-service described ${contextId} without its ${kind}`);
+      files[kind] = { digest: file.digest, size: file.sizeBytes };
     }
     return {
       contextId: context.contextId,

@@ -92,8 +92,7 @@ export class ContextCache implements ContextSource {
       { signal },
     );
     const digest = `sha256:${hash.digest("hex")}`;
-    const listed = expected.digest !== "";
-    if (listed && (digest !== expected.digest || size !== expected.size)) {
+    if (digest !== expected.digest || size !== expected.size) {
       throw new ConnectError(`context ${contextId}: ${kind} arrived as ${digest} (${size} bytes), expected ${expected.digest} (${expected.size} bytes)`, Code.DataLoss);
     }
     const mtime = mtimeOf(digest);

@@ -1,0 +1,118 @@
+import { createHash } from "node:crypto";
+import { createWriteStream } from "node:fs";
+import { mkdir, readFile, rename, rm } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { once } from "node:events";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import type { JsonObject } from "@bufbuild/protobuf";
+import { ContextService, DockerfileSource } from "../../gen/steprunner/context/v1/context_service_pb.js";
+import { serviceTransport } from "../shared/client/transport.js";
+import { type Command, serviceAddressOptions } from "./command.js";
+
+const LOCAL_PATH = /^(?![a-z][a-z0-9+.-]*:\/\/)(?![^/]+@[^/]+:)/i;
+
+export const contextCommand: Command = {
+  summary: "prepare a step's build context (repo.tar, step_context.json.zip, Dockerfile) into a directory",
+  usage: "--repo REPO --rev REV --out DIR [--properties FILE] [--secrets POINTERS] [--repo-folder DIR] [--exclude-git-history] [--honor-export-ignore] [--json]",
+  options: {
+    repo: { type: "string", description: "repository: a path, file://, http(s)://, git:// or ssh:// URL, as the context-service sees it" },
+    rev: { type: "string", description: "GIT_REV: branch, tag, short or full SHA, or HEAD" },
+    out: { type: "string", description: "directory to write repo.tar, step_context.json.zip and Dockerfile into" },
+    properties: { type: "string", description: 'JSON file {"<owner>": {...}, ...}, owners in merge order (e.g. project, environment)' },
+    secrets: { type: "string", description: "comma-separated JSON pointers into the properties whose values are secret" },
+    "repo-folder": { type: "string", description: "OPSCHAIN_REPO_FOLDER inside the repository (default: the service's, .mintpress)" },
+    "exclude-git-history": { type: "boolean", description: "leave .git out of repo.tar" },
+    "honor-export-ignore": { type: "boolean", description: "leave out paths .gitattributes marks export-ignore" },
+    json: { type: "boolean", description: "print one JSON object instead of text" },
+    "context-addr": serviceAddressOptions["context-addr"],
+  },
+  async run(values) {
+    const [repo, rev, out] = [values.repo, values.rev, values.out].map((value) => (typeof value === "string" ? value : undefined));
+    if (!repo || !rev || !out) {
+      console.error("steprunner context: --repo, --rev and --out are required (see --help)");
+      return 2;
+    }
+    let properties: Array<{ owner: string; properties: JsonObject }> = [];
+    if (typeof values.properties === "string") {
+      try {
+        properties = parseProperties(await readFile(values.properties, "utf8"));
+      } catch (error) {
+        console.error(`steprunner context: --properties ${values.properties}: ${(error as Error).message}`);
+        return 2;
+      }
+    }
+    const connection = serviceTransport(String(values["context-addr"]));
+    const client = createClient(ContextService, connection.transport);
+    try {
+      const { context } = await client.prepareContext({
+        repositoryUrl: LOCAL_PATH.test(repo) ? resolve(repo) : repo,
+        gitRev: rev,
+        repoFolder: typeof values["repo-folder"] === "string" ? values["repo-folder"] : "",
+        excludeGitHistory: values["exclude-git-history"] === true,
+        honorExportIgnore: values["honor-export-ignore"] === true,
+        properties,
+        secretPointers: typeof values.secrets === "string" ? values.secrets.split(",").filter(Boolean) : [],
+      });
+      if (!context) throw new Error("the context-service answered without a context");
+      await mkdir(out, { recursive: true });
+      for (const file of context.files) {
+        const path = join(out, file.name);
+        const partial = `${path}.partial`;
+        const hash = createHash("sha256");
+        const sink = createWriteStream(partial);
+        try {
+          for await (const { chunk } of client.readContextFile({ contextId: context.contextId, kind: file.kind })) {
+            hash.update(chunk);
+            if (!sink.write(chunk)) await once(sink, "drain");
+          }
+          sink.end();
+          await once(sink, "finish");
+          const written = `sha256:${hash.digest("hex")}`;
+          if (written !== file.digest) throw new Error(`${file.name} arrived as ${written}, not ${file.digest}`);
+          await rename(partial, path);
+        } finally {
+          sink.destroy();
+          await rm(partial, { force: true });
+        }
+      }
+      const summary = {
+        gitSha: context.gitSha,
+        contextId: context.contextId,
+        dockerfile: context.dockerfileSource === DockerfileSource.REPOSITORY ? `${context.repoFolder}/Dockerfile` : "default",
+        files: context.files.map((file) => ({ name: file.name, digest: file.digest, size: Number(file.sizeBytes) })),
+        warnings: context.warnings,
+      };
+      if (values.json) {
+        console.log(JSON.stringify(summary, null, 2));
+      } else {
+        console.log(`GIT_SHA     ${summary.gitSha}`);
+        console.log(`context     ${summary.contextId}`);
+        console.log(`Dockerfile  ${summary.dockerfile}`);
+        for (const file of summary.files) console.log(`${file.name.padEnd(22)} ${file.digest} ${file.size} bytes`);
+        for (const warning of summary.warnings) console.log(`warning: ${warning}`);
+      }
+      return 0;
+    } catch (error) {
+      const failure = ConnectError.from(error);
+      console.error(`steprunner context: ${Code[failure.code] ?? failure.code}: ${failure.rawMessage}`);
+      return 1;
+    } finally {
+      connection.close();
+    }
+  },
+};
+
+/** The --properties file: a JSON object of owner → properties object, in merge order. */
+function parseProperties(text: string): Array<{ owner: string; properties: JsonObject }> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new Error(`not JSON: ${(error as Error).message}`);
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) throw new Error('must be a JSON object {"<owner>": {...}}');
+  return Object.entries(parsed).map(([owner, properties]) => {
+    if (properties === null || typeof properties !== "object" || Array.isArray(properties)) throw new Error(`the properties of "${owner}" must be a JSON object`);
+    return { owner, properties: properties as JsonObject };
+  });
+}

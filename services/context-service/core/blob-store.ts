@@ -1,0 +1,131 @@
+import { createHash, randomBytes } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import { mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { Transform, type Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { notFound } from "./errors.js";
+
+export interface BlobInfo {
+  /** "sha256:<hex>" of the bytes. */
+  digest: string;
+  size: number;
+}
+
+/**
+ * Content-addressed files under root/blobs (mode 0600 in a 0700 directory: secret zips live here too), with
+ * named keys pointing at them (e.g. a repo.tar's (commit, options)). Total size is capped: the least recently
+ * used blobs are evicted first, except those a request in flight has pinned.
+ */
+export class BlobStore {
+  private readonly pinned = new Map<string, number>();
+
+  constructor(
+    private readonly root: string,
+    private readonly maxBytes: number,
+  ) {}
+
+  async init(): Promise<void> {
+    await mkdir(join(this.root, "blobs"), { recursive: true, mode: 0o700 });
+    await mkdir(join(this.root, "keys"), { recursive: true, mode: 0o700 });
+    await mkdir(join(this.root, "tmp"), { recursive: true, mode: 0o700 });
+  }
+
+  path(digest: string): string {
+    return join(this.root, "blobs", digest.replace(":", "-"));
+  }
+
+  /** Streams what produce writes into a new blob, hashing on the way; nothing is kept in memory. */
+  async put(produce: (destination: Writable) => Promise<void>): Promise<BlobInfo> {
+    const partial = join(this.root, "tmp", `${Date.now()}-${randomBytes(6).toString("hex")}`);
+    const hash = createHash("sha256");
+    let size = 0;
+    const hashing = new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        hash.update(chunk);
+        size += chunk.length;
+        done(null, chunk);
+      },
+    });
+    try {
+      const writing = pipeline(hashing, createWriteStream(partial, { mode: 0o600 }));
+      writing.catch(() => undefined);
+      await produce(hashing);
+      await writing;
+      const info = { digest: `sha256:${hash.digest("hex")}`, size };
+      await rename(partial, this.path(info.digest));
+      return info;
+    } finally {
+      await rm(partial, { force: true });
+    }
+  }
+
+  putBuffer(bytes: Buffer): Promise<BlobInfo> {
+    return this.put(async (destination) => {
+      destination.end(bytes);
+    });
+  }
+
+  /** The blob a key names, if both are still there; marks it used. */
+  async lookup(key: string): Promise<BlobInfo | undefined> {
+    const text = await readFile(this.keyPath(key), "utf8").catch(() => undefined);
+    if (text === undefined) return undefined;
+    const info = JSON.parse(text) as BlobInfo;
+    return (await this.touch(info.digest)) ? info : undefined;
+  }
+
+  async remember(key: string, info: BlobInfo): Promise<void> {
+    await writeFile(this.keyPath(key), JSON.stringify(info), { mode: 0o600 });
+  }
+
+  /** Opens a blob from an offset; NOT_FOUND when it was evicted. */
+  async open(digest: string, offset: number, chunkBytes: number): Promise<NodeJS.ReadableStream> {
+    if (!(await this.touch(digest))) throw notFound(`${digest} is no longer cached (evicted or never prepared); call PrepareContext again`);
+    return createReadStream(this.path(digest), { start: offset, highWaterMark: chunkBytes });
+  }
+
+  /** Keeps blobs from eviction while a request uses them; call the returned function when done. */
+  pin(digests: string[]): () => void {
+    for (const digest of digests) this.pinned.set(digest, (this.pinned.get(digest) ?? 0) + 1);
+    return () => {
+      for (const digest of digests) {
+        const count = (this.pinned.get(digest) ?? 1) - 1;
+        if (count === 0) this.pinned.delete(digest);
+        else this.pinned.set(digest, count);
+      }
+    };
+  }
+
+  /** Evicts the least recently used blobs until the total is within the cap; returns what was removed. */
+  async evict(): Promise<string[]> {
+    const dir = join(this.root, "blobs");
+    const blobs = [];
+    for (const name of await readdir(dir)) {
+      const info = await stat(join(dir, name)).catch(() => undefined);
+      if (info) blobs.push({ name, size: info.size, used: info.mtimeMs });
+    }
+    let total = blobs.reduce((sum, blob) => sum + blob.size, 0);
+    const removed: string[] = [];
+    for (const blob of blobs.sort((a, b) => a.used - b.used)) {
+      if (total <= this.maxBytes) break;
+      const digest = blob.name.replace("-", ":");
+      if (this.pinned.has(digest)) continue;
+      await rm(join(dir, blob.name), { force: true });
+      total -= blob.size;
+      removed.push(digest);
+    }
+    return removed;
+  }
+
+  private keyPath(key: string): string {
+    return join(this.root, "keys", createHash("sha256").update(key).digest("hex"));
+  }
+
+  private async touch(digest: string): Promise<boolean> {
+    const now = new Date();
+    return utimes(this.path(digest), now, now).then(
+      () => true,
+      () => false,
+    );
+  }
+}

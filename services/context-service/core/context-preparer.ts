@@ -1,0 +1,178 @@
+import { createHash, randomBytes } from "node:crypto";
+import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { BlobInfo, BlobStore } from "./blob-store.js";
+import type { DefaultDockerfile } from "./default-dockerfile.js";
+import { checkCustomDockerfile, checkRepoFolder, findRepositoryDockerfile } from "./dockerfile.js";
+import { ContextError, invalidArgument, notFound } from "./errors.js";
+import type { RepoTarOptions } from "./repo-tar.js";
+import type { Commit, Repositories, Revision } from "./repositories.js";
+import { SingleFlight } from "./single-flight.js";
+import {
+  type PropertySetInput,
+  type StepContextValues,
+  checkStepContextInput,
+  redactSecrets,
+  stepContextDocument,
+  zipStepContext,
+} from "./step-context.js";
+
+export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip";
+
+export interface ContextFileRecord extends BlobInfo {
+  kind: ContextFileKind;
+  /** The name in the build context. */
+  name: string;
+}
+
+export interface PreparedContextRecord {
+  contextId: string;
+  gitRev: string;
+  gitSha: string;
+  repoFolder: string;
+  /** The build context: repo.tar, the redacted step_context.json.zip and the Dockerfile. */
+  files: ContextFileRecord[];
+  /** The full zip, never part of the build context. */
+  secretStepContext: ContextFileRecord;
+  dockerfileSource: "default" | "repository";
+  warnings: string[];
+}
+
+export interface PrepareInput extends RepoTarOptions {
+  repositoryUrl: string;
+  gitRev: string;
+  /** Empty: the service's OPSCHAIN_REPO_FOLDER. */
+  repoFolder: string;
+  properties: PropertySetInput[];
+  secretPointers: string[];
+  values: StepContextValues;
+}
+
+export interface PreparerSettings {
+  repoFolder: string;
+  maxDockerfileBytes: number;
+  maxPropertiesBytes: number;
+}
+
+const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
+/** Part of every repo.tar cache key: bump it when repo.tar's layout changes, so old entries are not reused. */
+const REPO_TAR_FORMAT = "repo.tar/1";
+
+/** Turns (repository, revision, properties, values) into a prepared context, and serves its files. */
+export class ContextPreparer {
+  private readonly repoTars = new SingleFlight<BlobInfo>();
+
+  constructor(
+    private readonly repositories: Repositories,
+    private readonly blobs: BlobStore,
+    private readonly contextsDir: string,
+    private readonly defaultDockerfile: DefaultDockerfile,
+    private readonly settings: PreparerSettings,
+  ) {}
+
+  async init(): Promise<void> {
+    await mkdir(this.contextsDir, { recursive: true, mode: 0o700 });
+  }
+
+  resolve(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<Revision> {
+    return this.repositories.resolve(repositoryUrl, gitRev, signal);
+  }
+
+  async prepare(input: PrepareInput, signal?: AbortSignal): Promise<PreparedContextRecord> {
+    // Everything the request says is checked before git is asked anything: bad input changes nothing.
+    const repoFolder = checkRepoFolder(input.repoFolder || this.settings.repoFolder);
+    checkStepContextInput({ ...input, gitSha: "" }, input.secretPointers, this.settings);
+    const commit = await this.repositories.open(input.repositoryUrl, input.gitRev, signal);
+    const warnings = [...commit.warnings];
+
+    const custom = await findRepositoryDockerfile(commit.lookup, repoFolder, this.settings.maxDockerfileBytes);
+    if (custom) warnings.push(...checkCustomDockerfile(custom.toString("utf8"), `${repoFolder}/Dockerfile`));
+    const document = stepContextDocument({ ...input, gitSha: commit.gitSha });
+    const { redacted, unmatched } = redactSecrets(document, input.secretPointers);
+    for (const pointer of unmatched) warnings.push(`secret pointer ${pointer} names no property; nothing was redacted for it`);
+
+    const repoTar = await this.repoTar(commit, input, signal);
+    const unpin = this.blobs.pin([repoTar.digest]);
+    try {
+      const file = async (kind: ContextFileKind, name: string, bytes: Buffer): Promise<ContextFileRecord> => ({ kind, name, ...(await this.blobs.putBuffer(bytes)) });
+      const files = [
+        { kind: "repo-tar" as const, name: "repo.tar", ...repoTar },
+        await file("step-context-zip", "step_context.json.zip", zipStepContext(redacted)),
+        await file("dockerfile", "Dockerfile", custom ?? Buffer.from(this.defaultDockerfile.text)),
+      ];
+      const secretStepContext = await file("secret-step-context-zip", "step_context.json.zip", zipStepContext(document));
+      const record: PreparedContextRecord = {
+        contextId: contextId(files, secretStepContext),
+        gitRev: input.gitRev,
+        gitSha: commit.gitSha,
+        repoFolder,
+        files,
+        secretStepContext,
+        dockerfileSource: custom ? "repository" : "default",
+        warnings,
+      };
+      await this.saveManifest(record);
+      const unpinFiles = this.blobs.pin([...files, secretStepContext].map((candidate) => candidate.digest));
+      try {
+        await this.blobs.evict();
+      } finally {
+        unpinFiles();
+      }
+      return record;
+    } finally {
+      unpin();
+    }
+  }
+
+  async describe(id: string): Promise<PreparedContextRecord> {
+    if (!CONTEXT_ID.test(id)) throw invalidArgument(`context_id "${id}" is not "sha256:<64 hex digits>" as PrepareContext returns it`);
+    const text = await readFile(this.manifestPath(id), "utf8").catch(() => undefined);
+    if (text === undefined) throw notFound(`context ${id} is not known here; call PrepareContext first`);
+    return JSON.parse(text) as PreparedContextRecord;
+  }
+
+  /** A file of a prepared context from an offset, read in chunks. */
+  async read(id: string, kind: ContextFileKind, offset: number, chunkBytes: number): Promise<NodeJS.ReadableStream> {
+    const record = await this.describe(id);
+    const file = kind === "secret-step-context-zip" ? record.secretStepContext : record.files.find((candidate) => candidate.kind === kind);
+    if (!file) throw notFound(`context ${id} has no ${kind}`);
+    if (offset < 0) throw invalidArgument(`offset ${offset} is negative`);
+    if (offset > file.size) throw new ContextError("out-of-range", `offset ${offset} is past the end of ${file.name} (${file.size} bytes)`);
+    return this.blobs.open(file.digest, offset, chunkBytes);
+  }
+
+  /** repo.tar from the cache, or written once however many requests ask for it at the same time. */
+  private async repoTar(commit: Commit, options: RepoTarOptions, signal?: AbortSignal): Promise<BlobInfo> {
+    const key = `${REPO_TAR_FORMAT} ${commit.gitSha} git-history=${!options.excludeGitHistory} export-ignore=${options.honorExportIgnore}`;
+    const cached = await this.blobs.lookup(key);
+    if (cached) return cached;
+    return this.repoTars.run(
+      key,
+      async (workSignal) => {
+        const info = await this.blobs.put((destination) =>
+          commit.writeRepoTar({ excludeGitHistory: options.excludeGitHistory, honorExportIgnore: options.honorExportIgnore }, destination, workSignal),
+        );
+        await this.blobs.remember(key, info);
+        return info;
+      },
+      signal,
+    );
+  }
+
+  private manifestPath(id: string): string {
+    return join(this.contextsDir, `${id.replace(":", "-")}.json`);
+  }
+
+  private async saveManifest(record: PreparedContextRecord): Promise<void> {
+    const path = this.manifestPath(record.contextId);
+    const partial = `${path}.${process.pid}-${randomBytes(6).toString("hex")}.partial`;
+    await writeFile(partial, JSON.stringify(record), { mode: 0o600 });
+    await rename(partial, path);
+  }
+}
+
+/** A digest over the files' digests: it changes exactly when any file's bytes do. */
+function contextId(files: ContextFileRecord[], secret: ContextFileRecord): string {
+  const lines = [...files, secret].map((file) => `${file.kind} ${file.name} ${file.digest}\n`).join("");
+  return `sha256:${createHash("sha256").update(lines).digest("hex")}`;
+}

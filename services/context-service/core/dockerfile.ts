@@ -1,0 +1,111 @@
+import { posix } from "node:path";
+import { failedPrecondition, invalidArgument } from "./errors.js";
+
+export const DEFAULT_REPO_FOLDER = ".mintpress";
+const MAX_SYMLINK_HOPS = 8;
+
+/** Checks OPSCHAIN_REPO_FOLDER: a relative path inside the repository, e.g. ".mintpress" or "ops/.opschain". */
+export function checkRepoFolder(folder: string): string {
+  const trimmed = folder.replace(/\/+$/, "");
+  if (trimmed === "") throw invalidArgument("repo_folder is empty");
+  if (trimmed.length > 255) throw invalidArgument("repo_folder is longer than 255 characters");
+  if (trimmed.startsWith("/")) throw invalidArgument(`repo_folder "${folder}" is absolute; give a folder inside the repository, e.g. ".mintpress"`);
+  const parts = trimmed.split("/");
+  if (parts.some((part) => part === ".." || part === "." || part === "" || part === ".git")) {
+    throw invalidArgument(`repo_folder "${folder}" leaves the repository or names .git ('..', '.', '//' or '.git'); give a folder inside it, e.g. ".mintpress"`);
+  }
+  if (/[\u0000-\u001f\\]/.test(trimmed)) throw invalidArgument(`repo_folder "${folder}" contains a control character or '\\'`);
+  return trimmed;
+}
+
+/** One entry of a commit's tree, as the repository's Dockerfile lookup needs it. */
+export interface TreeFile {
+  /** "file", "executable", "symlink", "directory" or "submodule". */
+  kind: "file" | "executable" | "symlink" | "directory" | "submodule";
+  size: number;
+  read(): Promise<Buffer>;
+}
+
+/** Looks an exact path up in a commit, without following symlinks; undefined when there is nothing there. */
+export type TreeLookup = (path: string) => Promise<TreeFile | undefined>;
+
+/**
+ * Finds <repo folder>/Dockerfile in a commit. A symlink is followed while it stays inside the repository; one
+ * that leaves it, a Dockerfile above the size limit or something that is not a file is refused.
+ */
+export async function findRepositoryDockerfile(lookup: TreeLookup, repoFolder: string, maxBytes: number): Promise<Buffer | undefined> {
+  const parts = repoFolder.split("/");
+  for (let i = 1; i <= parts.length; i++) {
+    const prefix = parts.slice(0, i).join("/");
+    const entry = await lookup(prefix);
+    if (!entry) return undefined;
+    if (entry.kind !== "directory") throw failedPrecondition(`the repo folder ${prefix} is a ${entry.kind}, not a directory; the repository is refused`);
+  }
+  let path = `${repoFolder}/Dockerfile`;
+  for (let hop = 0; hop <= MAX_SYMLINK_HOPS; hop++) {
+    const entry = await lookup(path);
+    if (!entry) {
+      if (hop === 0) return undefined;
+      throw failedPrecondition(`${repoFolder}/Dockerfile is a symlink to ${path}, which is not in the commit`);
+    }
+    if (entry.kind === "symlink") {
+      const target = (await entry.read()).toString();
+      const resolved = posix.normalize(posix.join(posix.dirname(path), target));
+      if (target.startsWith("/") || resolved === ".." || resolved.startsWith("../")) {
+        throw failedPrecondition(`${repoFolder}/Dockerfile is a symlink out of the repository (to "${target}"); the repository is refused`);
+      }
+      path = resolved;
+      continue;
+    }
+    if (entry.kind !== "file" && entry.kind !== "executable") throw failedPrecondition(`${path} is a ${entry.kind}, not a file; the repository is refused`);
+    if (entry.size > maxBytes) throw failedPrecondition(`${path} is ${entry.size} bytes; a Dockerfile may have at most ${maxBytes}`);
+    return entry.read();
+  }
+  throw failedPrecondition(`${repoFolder}/Dockerfile is a chain of more than ${MAX_SYMLINK_HOPS} symlinks`);
+}
+
+/**
+ * The seed's rules for a custom Dockerfile, as warnings: the image must come from OPSCHAIN_BASE_RUNNER and keep
+ * its ENTRYPOINT. Only the final stage and the stages it builds on count; other stages may use anything.
+ */
+export function checkCustomDockerfile(text: string, path: string): string[] {
+  interface Stage {
+    base: string;
+    name: string | undefined;
+    entrypointLine: number | undefined;
+  }
+  const stages: Stage[] = [];
+  const lines = text.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    const lineNumber = i + 1;
+    let instruction = lines[i]!;
+    while (instruction.trimEnd().endsWith("\\") && i + 1 < lines.length) instruction = instruction.trimEnd().slice(0, -1) + " " + lines[++i];
+    const trimmed = instruction.trim();
+    if (trimmed === "" || trimmed.startsWith("#")) continue;
+    const [keyword = "", ...args] = trimmed.split(/\s+/);
+    const word = keyword.toUpperCase();
+    if (word === "FROM") {
+      const operands = args.filter((arg) => !arg.startsWith("--"));
+      const asAt = operands.findIndex((arg) => arg.toUpperCase() === "AS");
+      stages.push({ base: operands[0] ?? "", name: asAt >= 0 ? operands[asAt + 1]?.toLowerCase() : undefined, entrypointLine: undefined });
+    } else if (word === "ENTRYPOINT" && stages.length > 0) {
+      stages[stages.length - 1]!.entrypointLine = lineNumber;
+    }
+  }
+  const warnings: string[] = [];
+  const chain: Stage[] = [];
+  let stage: Stage | undefined = stages[stages.length - 1];
+  while (stage && !chain.includes(stage)) {
+    chain.push(stage);
+    const base = stage.base.toLowerCase();
+    stage = stages.slice(0, stages.indexOf(stage)).reverse().find((earlier) => earlier.name === base);
+  }
+  const root = chain[chain.length - 1];
+  if (!root || !/^\$(\{OPSCHAIN_BASE_RUNNER\}|OPSCHAIN_BASE_RUNNER)$/.test(root.base)) {
+    warnings.push(`${path}: the image does not start FROM \${OPSCHAIN_BASE_RUNNER} (it starts from "${root?.base ?? "nothing"}"); steps may lack opschain-exec and opschain-action`);
+  }
+  for (const withEntrypoint of chain.filter((candidate) => candidate.entrypointLine !== undefined)) {
+    warnings.push(`${path}: line ${withEntrypoint.entrypointLine} sets ENTRYPOINT; the step runner's entry point must not change`);
+  }
+  return warnings;
+}

@@ -1,0 +1,156 @@
+import { createHash } from "node:crypto";
+import { mkdir, rename, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { failedPrecondition, invalidArgument, notFound, unavailable } from "./errors.js";
+import { GitFailure, git, gitMaybe } from "./git.js";
+import { checkRepositoryUrl, checkRevision } from "./repository-url.js";
+import { SingleFlight } from "./single-flight.js";
+
+export interface ResolvedRevision {
+  /** The bare mirror holding the commit and everything reachable from it. */
+  mirror: string;
+  gitSha: string;
+  /** A branch or HEAD, which may resolve differently later; tags and SHAs are taken as fixed. */
+  movingRef: boolean;
+}
+
+/** Where the remote's HEAD is kept in a mirror (git fetch does not update a bare repository's HEAD). */
+const REMOTE_HEAD = "refs/steprunner/HEAD";
+const REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", `+HEAD:${REMOTE_HEAD}`];
+
+interface Lookup {
+  sha: string;
+  moving: boolean;
+}
+
+/**
+ * One bare mirror per repository under root/mirrors. A revision is fetched only when the mirror does not know
+ * it or it is a moving ref. Fetches of one repository are single-flight: a request that arrives while a
+ * fetch runs waits for that fetch instead of starting another, so the mirror is never fetched twice at once.
+ * (One service process owns a state directory; git's own ref locks guard the rest.)
+ */
+export class MirrorStore {
+  private readonly fetches = new SingleFlight<void>();
+
+  constructor(
+    private readonly root: string,
+    private readonly fetchTimeoutMs: number,
+  ) {}
+
+  mirrorPath(url: string): string {
+    return join(this.root, "mirrors", `${createHash("sha256").update(url).digest("hex").slice(0, 32)}.git`);
+  }
+
+  async resolve(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<ResolvedRevision> {
+    const url = checkRepositoryUrl(repositoryUrl);
+    const rev = checkRevision(gitRev);
+    const mirror = this.mirrorPath(url);
+    let fetched = false;
+    if (!(await isDirectory(mirror))) {
+      await this.fetch(url, mirror, signal);
+      fetched = true;
+    }
+    let found = await lookup(mirror, rev, signal);
+    if (!fetched && (found === undefined || found.moving)) {
+      await this.fetch(url, mirror, signal);
+      found = await lookup(mirror, rev, signal);
+    }
+    if (!found) throw notFound(`revision "${rev}" is not a branch, tag or commit of ${url}`);
+    return { mirror, gitSha: found.sha, movingRef: found.moving };
+  }
+
+  /** Joins the fetch in flight for this mirror or starts one. */
+  private fetch(url: string, mirror: string, signal?: AbortSignal): Promise<void> {
+    return this.fetches.run(mirror, (fetchSignal) => this.fetchNow(url, mirror, fetchSignal), signal);
+  }
+
+  private async fetchNow(url: string, mirror: string, signal: AbortSignal): Promise<void> {
+    const options = { signal, timeoutMs: this.fetchTimeoutMs };
+    const args = ["fetch", "--quiet", "--prune", "--force", "--no-write-fetch-head", url, ...REFSPECS];
+    if (await isDirectory(mirror)) {
+      await git(args, { ...options, gitDir: mirror }).catch((error: unknown) => {
+        throw fetchError(url, error);
+      });
+      return;
+    }
+    // A new mirror is made beside its final place and renamed in when complete, so a failed first fetch
+    // leaves nothing behind.
+    const partial = `${mirror}.partial-${process.pid}-${Date.now()}`;
+    await mkdir(join(this.root, "mirrors"), { recursive: true });
+    try {
+      await git(["init", "--quiet", "--bare", partial], options);
+      for (const [key, value] of [
+        ["gc.auto", "0"], // a fetch must not repack while another request streams objects
+        ["core.logAllRefUpdates", "false"],
+        ["steprunner.url", url],
+      ]) {
+        await git(["config", key!, value!], { ...options, gitDir: partial });
+      }
+      await git(args, { ...options, gitDir: partial }).catch((error: unknown) => {
+        throw fetchError(url, error);
+      });
+      await rename(partial, mirror);
+    } finally {
+      await rm(partial, { recursive: true, force: true });
+    }
+  }
+}
+
+async function lookup(mirror: string, rev: string, signal?: AbortSignal): Promise<Lookup | undefined> {
+  const commitOf = async (name: string) => (await gitMaybe(["rev-parse", "--verify", "--quiet", `${name}^{commit}`], { gitDir: mirror, signal }))?.trim();
+  if (rev === "HEAD") {
+    const sha = await commitOf(REMOTE_HEAD);
+    return sha ? { sha, moving: true } : undefined;
+  }
+  if (/^[0-9a-f]{40}$/.test(rev)) {
+    const sha = await commitOf(rev);
+    return sha ? { sha, moving: false } : undefined;
+  }
+  if (rev.startsWith("refs/heads/") || rev.startsWith("refs/tags/")) {
+    const sha = await commitOf(rev);
+    return sha ? { sha, moving: rev.startsWith("refs/heads/") } : undefined;
+  }
+  const [branch, tag] = await Promise.all([commitOf(`refs/heads/${rev}`), commitOf(`refs/tags/${rev}`)]);
+  if (branch && tag && branch !== tag) {
+    throw invalidArgument(`git_rev "${rev}" is ambiguous: both a branch and a tag; give refs/heads/${rev} or refs/tags/${rev}`);
+  }
+  if (branch) return { sha: branch, moving: true };
+  if (tag) return { sha: tag, moving: false };
+  if (/^[0-9a-f]{4,39}$/.test(rev)) return lookupShortSha(mirror, rev, signal);
+  return undefined;
+}
+
+async function lookupShortSha(mirror: string, prefix: string, signal?: AbortSignal): Promise<Lookup | undefined> {
+  const candidates = ((await gitMaybe(["rev-parse", `--disambiguate=${prefix}`], { gitDir: mirror, signal })) ?? "").split("\n").filter(Boolean);
+  const commits: string[] = [];
+  for (const candidate of candidates) {
+    if ((await gitMaybe(["cat-file", "-t", candidate], { gitDir: mirror, signal }))?.trim() === "commit") commits.push(candidate);
+  }
+  if (commits.length > 1) {
+    throw invalidArgument(`git_rev "${prefix}" is ambiguous: it starts ${commits.length} commits (${commits.slice(0, 5).join(", ")}); give more digits`);
+  }
+  return commits[0] ? { sha: commits[0], moving: false } : undefined;
+}
+
+/** Turns git's words into what the caller can act on. */
+function fetchError(url: string, error: unknown): Error {
+  if (!(error instanceof GitFailure)) return error as Error;
+  const said = error.stderr;
+  const why = said.trim().split("\n").filter(Boolean).slice(-2).join(" / ") || `exit ${error.code}`;
+  if (error.code === null) return unavailable(`fetching ${url} did not finish in time or was stopped: ${why}`);
+  if (/couldn't find remote ref HEAD/i.test(said)) return notFound(`repository ${url} has no commits`);
+  if (/not found|does not appear to be a git repository|does not exist|no such file|not exported/i.test(said)) {
+    return notFound(`repository ${url} was not found: ${why}`);
+  }
+  if (/authentication failed|could not read (username|password)|permission denied|terminal prompts disabled/i.test(said)) {
+    return failedPrecondition(`repository ${url} needs credentials the context-service does not have: ${why}`);
+  }
+  return unavailable(`repository ${url} could not be fetched (retry when it is reachable): ${why}`);
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  return stat(path).then(
+    (info) => info.isDirectory(),
+    () => false,
+  );
+}

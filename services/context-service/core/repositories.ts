@@ -1,0 +1,69 @@
+import type { Writable } from "node:stream";
+import type { TreeLookup } from "./dockerfile.js";
+import { gitBytes, gitMaybe } from "./git.js";
+import type { MirrorStore } from "./mirrors.js";
+import type { RepoTarOptions, RepoTarWriter } from "./repo-tar.js";
+
+export interface Revision {
+  gitSha: string;
+  movingRef: boolean;
+}
+
+/** A resolved commit: what the context preparer reads from it. */
+export interface Commit extends Revision {
+  /** Things the user should know about the commit (submodules, LFS pointers). */
+  warnings: string[];
+  lookup: TreeLookup;
+  writeRepoTar(options: RepoTarOptions, destination: Writable, signal?: AbortSignal): Promise<void>;
+}
+
+/** Where commits come from: git mirrors in the service, in-memory trees in unit tests. */
+export interface Repositories {
+  resolve(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<Revision>;
+  open(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<Commit>;
+}
+
+const KINDS: Record<string, "file" | "executable" | "symlink" | "directory" | "submodule"> = {
+  "100644": "file",
+  "100755": "executable",
+  "120000": "symlink",
+  "040000": "directory",
+  "160000": "submodule",
+};
+
+/** Repositories backed by bare mirrors and `git` itself. */
+export class GitRepositories implements Repositories {
+  constructor(
+    private readonly mirrors: MirrorStore,
+    private readonly repoTars: RepoTarWriter,
+  ) {}
+
+  resolve(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<Revision> {
+    return this.mirrors.resolve(repositoryUrl, gitRev, signal);
+  }
+
+  async open(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<Commit> {
+    const { mirror, gitSha, movingRef } = await this.mirrors.resolve(repositoryUrl, gitRev, signal);
+    const { tree, warnings } = await this.repoTars.inspect(mirror, gitSha, signal);
+    return {
+      gitSha,
+      movingRef,
+      warnings,
+      lookup: async (path) => {
+        const listing = await gitMaybe(["ls-tree", "-z", "--long", gitSha, "--", path], { gitDir: mirror, signal });
+        // "<mode> <type> <oid> <size>\t<path>\0"; a path inside a symlinked directory lists nothing.
+        const record = listing?.split("\0").find((line) => line.endsWith(`\t${path}`));
+        if (!record) return undefined;
+        const [mode = "", , oid = "", size = "0"] = record.slice(0, record.indexOf("\t")).trim().split(/\s+/);
+        const kind = KINDS[mode];
+        if (!kind) return undefined;
+        return {
+          kind,
+          size: Number(size) || 0,
+          read: () => gitBytes(["cat-file", "blob", oid], { gitDir: mirror, signal }),
+        };
+      },
+      writeRepoTar: (options, destination, writeSignal) => this.repoTars.write(mirror, gitSha, tree, options, destination, writeSignal ?? signal),
+    };
+  }
+}

@@ -1,0 +1,62 @@
+import { join } from "node:path";
+import type { ConnectRouter } from "@connectrpc/connect";
+import { ContextService } from "../../gen/steprunner/context/v1/context_service_pb.js";
+import { numberSetting, setting } from "../shared/config/env.js";
+import type { Logger } from "../shared/log.js";
+import type { HttpHandler } from "../shared/server/serve.js";
+import { contextServiceAdapter, downloadDockerfileHandler } from "./api/context-service-adapter.js";
+import { BlobStore } from "./core/blob-store.js";
+import { ContextPreparer } from "./core/context-preparer.js";
+import { type DefaultDockerfile, loadDefaultDockerfile } from "./core/default-dockerfile.js";
+import { DEFAULT_REPO_FOLDER, checkRepoFolder } from "./core/dockerfile.js";
+import { MirrorStore } from "./core/mirrors.js";
+import { RepoTarWriter } from "./core/repo-tar.js";
+import { GitRepositories } from "./core/repositories.js";
+
+export interface ContextServiceSettings {
+  stateDir: string;
+  repoFolder: string;
+  cacheMaxBytes: number;
+  fetchTimeoutMs: number;
+  maxDockerfileBytes: number;
+  maxPropertiesBytes: number;
+}
+
+/** The settings from the environment, with the defaults the README documents. */
+export function contextServiceSettings(): ContextServiceSettings {
+  const repoFolder = setting("OPSCHAIN_REPO_FOLDER", DEFAULT_REPO_FOLDER);
+  checkRepoFolder(repoFolder);
+  return {
+    stateDir: setting("STEPRUNNER_CONTEXT_STATE_DIR", join(setting("STEPRUNNER_STATE_DIR", "/var/lib/steprunner"), "context")),
+    repoFolder,
+    cacheMaxBytes: numberSetting("STEPRUNNER_CONTEXT_CACHE_MAX_BYTES", 10 * 1024 ** 3),
+    fetchTimeoutMs: numberSetting("STEPRUNNER_CONTEXT_FETCH_TIMEOUT_MS", 600_000),
+    maxDockerfileBytes: numberSetting("STEPRUNNER_CONTEXT_MAX_DOCKERFILE_BYTES", 1024 * 1024),
+    maxPropertiesBytes: numberSetting("STEPRUNNER_CONTEXT_MAX_PROPERTIES_BYTES", 4 * 1024 * 1024),
+  };
+}
+
+export interface ContextServiceParts {
+  dockerfile: DefaultDockerfile;
+  preparer: ContextPreparer;
+  routes: (router: ConnectRouter) => void;
+  httpRoutes: Record<string, HttpHandler>;
+}
+
+/** Builds the context-service on a state directory: mirrors, the blob cache, contexts and the RPC routes. */
+export async function openContextService(settings: ContextServiceSettings, version: string, logger: Logger): Promise<ContextServiceParts> {
+  const dockerfile = loadDefaultDockerfile(version);
+  const repoTars = new RepoTarWriter(settings.stateDir);
+  await repoTars.init();
+  const blobs = new BlobStore(join(settings.stateDir, "cache"), settings.cacheMaxBytes);
+  await blobs.init();
+  const repositories = new GitRepositories(new MirrorStore(settings.stateDir, settings.fetchTimeoutMs), repoTars);
+  const preparer = new ContextPreparer(repositories, blobs, join(settings.stateDir, "contexts"), dockerfile, settings);
+  await preparer.init();
+  return {
+    dockerfile,
+    preparer,
+    routes: (router) => router.service(ContextService, contextServiceAdapter(dockerfile, preparer, logger)),
+    httpRoutes: { "/downloads/Dockerfile": downloadDockerfileHandler(dockerfile) },
+  };
+}

@@ -1,0 +1,325 @@
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { unzipSync } from "fflate";
+import {
+  ContextFileKind,
+  DockerfileSource,
+  type PreparedContext,
+  type PrepareContextRequestSchema,
+} from "../../gen/steprunner/context/v1/context_service_pb.js";
+import { type TestContextService, startTestContextService } from "../support/context-service.js";
+import { type GitDaemon, freePort, startGitDaemon } from "../support/git-daemon.js";
+import { type Fixture, commitFiles, gitIn, makeFixture } from "../support/git-fixture.js";
+
+type PrepareInit = MessageInitShape<typeof PrepareContextRequestSchema>;
+
+async function readAll(service: TestContextService, contextId: string, kind: ContextFileKind): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const response of service.client.readContextFile({ contextId, kind })) chunks.push(Buffer.from(response.chunk));
+  return Buffer.concat(chunks);
+}
+
+function stepContextJson(zip: Buffer): any {
+  const entries = unzipSync(zip);
+  assert.deepEqual(Object.keys(entries), ["step_context.json"]);
+  return JSON.parse(Buffer.from(entries["step_context.json"]!).toString("utf8"));
+}
+
+function digest(context: PreparedContext, kind: ContextFileKind): string {
+  return context.files.find((file) => file.kind === kind)!.digest;
+}
+
+async function failure(call: Promise<unknown>): Promise<ConnectError> {
+  const error = await call.then(
+    () => undefined,
+    (caught: unknown) => ConnectError.from(caught),
+  );
+  assert.ok(error, "the call should have failed");
+  return error;
+}
+
+describe("context-service over gRPC with real git repositories", () => {
+  let work: string;
+  let fixture: Fixture;
+  let service: TestContextService;
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), "context-service-"));
+    fixture = await makeFixture(join(work, "fixture"));
+    service = await startTestContextService();
+  });
+  after(async () => {
+    await service?.stop();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  describe("repositories behind a git server on loopback", () => {
+    let daemon: GitDaemon;
+    before(async () => {
+      await gitIn(work, ["clone", "-q", "--bare", fixture.path, join(work, "served", "fixture.git")]);
+      daemon = await startGitDaemon(join(work, "served"));
+    });
+    after(async () => daemon?.stop());
+
+    it("clones once for concurrent first requests, and fetches again only for moving refs", async () => {
+      const remote = await startTestContextService();
+      try {
+        const url = `${daemon.url}fixture.git`;
+        const before = daemon.uploadPacks();
+        const answers = await Promise.all(Array.from({ length: 6 }, () => remote.client.resolveRevision({ repositoryUrl: url, gitRev: "main" })));
+        for (const answer of answers) assert.deepEqual([answer.gitSha, answer.movingRef], [fixture.second, true]);
+        assert.equal(daemon.uploadPacks() - before, 1, "one fetch for six concurrent requests");
+
+        const tag = await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "v1" });
+        const full = await remote.client.resolveRevision({ repositoryUrl: url, gitRev: fixture.first });
+        const short = await remote.client.resolveRevision({ repositoryUrl: url, gitRev: fixture.first.slice(0, 8) });
+        assert.deepEqual([tag.gitSha, tag.movingRef, full.gitSha, short.gitSha], [fixture.first, false, fixture.first, fixture.first]);
+        assert.equal(daemon.uploadPacks() - before, 1, "known tags and SHAs need no fetch");
+
+        assert.equal((await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "HEAD" })).gitSha, fixture.second);
+        assert.equal(daemon.uploadPacks() - before, 2, "HEAD is a moving ref");
+
+        const context = (await remote.client.prepareContext({ repositoryUrl: url, gitRev: "main" })).context!;
+        const local = (await service.client.prepareContext({ repositoryUrl: fixture.path, gitRev: "main" })).context!;
+        assert.equal(digest(context, ContextFileKind.REPO_TAR), digest(local, ContextFileKind.REPO_TAR));
+        assert.equal(context.contextId, local.contextId);
+      } finally {
+        await remote.stop();
+      }
+    });
+
+    it("answers UNAVAILABLE for a git server that does not answer, and keeps no mirror", async () => {
+      const port = await freePort();
+      const error = await failure(service.client.resolveRevision({ repositoryUrl: `git://127.0.0.1:${port}/nothing.git`, gitRev: "main" }));
+      assert.equal(error.code, Code.Unavailable, error.message);
+      assert.match(error.message, /could not be fetched/);
+      const mirrors = await readdir(join(service.stateDir, "mirrors"));
+      assert.ok(mirrors.every((name) => !name.includes("partial")), mirrors.join(","));
+    });
+
+    it("answers NOT_FOUND for a repository the git server does not have", async () => {
+      const error = await failure(service.client.resolveRevision({ repositoryUrl: `${daemon.url}missing.git`, gitRev: "main" }));
+      assert.equal(error.code, Code.NotFound, error.message);
+    });
+  });
+
+  describe("the Dockerfile", () => {
+    it("is the repository's <repo folder>/Dockerfile when the commit has one", async () => {
+      const context = (await service.client.prepareContext({ repositoryUrl: fixture.path, gitRev: "main" })).context!;
+      assert.equal(context.dockerfileSource, DockerfileSource.REPOSITORY);
+      assert.equal(context.repoFolder, ".mintpress");
+      assert.deepEqual(context.warnings, []);
+      assert.match((await readAll(service, context.contextId, ContextFileKind.DOCKERFILE)).toString(), /RUN echo custom/);
+    });
+
+    it("is the default one when the commit has none, or another repo folder is asked for", async () => {
+      const { dockerfile } = await service.client.getDefaultDockerfile({});
+      for (const request of [
+        { repositoryUrl: fixture.path, gitRev: "v1" },
+        { repositoryUrl: fixture.path, gitRev: "main", repoFolder: ".opschain" },
+      ]) {
+        const context = (await service.client.prepareContext(request)).context!;
+        assert.equal(context.dockerfileSource, DockerfileSource.DEFAULT);
+        assert.equal((await readAll(service, context.contextId, ContextFileKind.DOCKERFILE)).toString(), dockerfile);
+      }
+    });
+
+    it("warns, without refusing, about a Dockerfile that leaves the base runner or sets ENTRYPOINT", async () => {
+      const repo = join(work, "custom-warnings");
+      await makeFixture(repo);
+      await commitFiles(repo, { ".mintpress/Dockerfile": "FROM debian:12\nENTRYPOINT [\"/bin/sh\"]\n" }, "own base", "2024-03-01T00:00:00Z");
+      const context = (await service.client.prepareContext({ repositoryUrl: repo, gitRev: "main" })).context!;
+      assert.equal(context.dockerfileSource, DockerfileSource.REPOSITORY);
+      assert.equal(context.warnings.length, 2, context.warnings.join("\n"));
+      assert.match(context.warnings[0]!, /does not start FROM \$\{OPSCHAIN_BASE_RUNNER\}/);
+      assert.match(context.warnings[1]!, /line 2 sets ENTRYPOINT/);
+    });
+
+    it("is served at GET /downloads/Dockerfile with an ETag", async () => {
+      const response = await fetch(`http://${service.address}/downloads/Dockerfile`);
+      assert.equal(response.status, 200);
+      const text = await response.text();
+      assert.match(text, /FROM \$\{OPSCHAIN_BASE_RUNNER\}/);
+      const again = await fetch(`http://${service.address}/downloads/Dockerfile`, { headers: { "if-none-match": response.headers.get("etag")! } });
+      assert.equal(again.status, 304);
+    });
+  });
+
+  describe("step_context.json.zip", () => {
+    const request: PrepareInit = {
+      repositoryUrl: "",
+      gitRev: "main",
+      properties: [
+        { owner: "project", properties: { opschain: { env: { API_TOKEN: "s3cret", REGION: "au" } }, size: 3 } },
+        { owner: "environment", properties: { opschain: { env: { REGION: "nz" } } } },
+      ],
+      secretPointers: ["/project/opschain/env/API_TOKEN"],
+      contextValues: {
+        change: { id: "change-1", action: "deploy", projectCode: "demo", environmentCode: "dev", createdBy: "ann" },
+        step: { id: "step-1", action: "deploy", fullPath: "deploy" },
+        user: { name: "ann" },
+      },
+    };
+
+    it("redacts secrets in the build context's copy and keeps them in the secret copy only", async () => {
+      const context = (await service.client.prepareContext({ ...request, repositoryUrl: fixture.path })).context!;
+      assert.deepEqual(
+        context.files.map((file) => [ContextFileKind[file.kind], file.name]),
+        [["REPO_TAR", "repo.tar"], ["STEP_CONTEXT_ZIP", "step_context.json.zip"], ["DOCKERFILE", "Dockerfile"]],
+      );
+      const redacted = stepContextJson(await readAll(service, context.contextId, ContextFileKind.STEP_CONTEXT_ZIP));
+      const full = stepContextJson(await readAll(service, context.contextId, ContextFileKind.SECRET_STEP_CONTEXT_ZIP));
+      assert.equal(redacted.properties.project.opschain.env.API_TOKEN, "[REDACTED]");
+      assert.equal(full.properties.project.opschain.env.API_TOKEN, "s3cret");
+      assert.ok(!(await readAll(service, context.contextId, ContextFileKind.STEP_CONTEXT_ZIP)).includes("s3cret"));
+      assert.equal(redacted.properties.environment.opschain.env.REGION, "nz");
+      assert.deepEqual(redacted.context.parent_order, ["project", "environment"]);
+      assert.equal(redacted.context.change.git_rev, "main");
+      assert.equal(redacted.context.change.commit_sha, fixture.second);
+      assert.equal(redacted.context.step.change_id, "change-1");
+      assert.equal(context.secretStepContext?.kind, ContextFileKind.SECRET_STEP_CONTEXT_ZIP);
+    });
+
+    it("is byte-identical for the same inputs, and the context id changes exactly when a file does", async () => {
+      const one = (await service.client.prepareContext({ ...request, repositoryUrl: fixture.path })).context!;
+      const two = (await service.client.prepareContext({ ...request, repositoryUrl: fixture.path })).context!;
+      assert.equal(one.contextId, two.contextId);
+      assert.equal(digest(one, ContextFileKind.STEP_CONTEXT_ZIP), digest(two, ContextFileKind.STEP_CONTEXT_ZIP));
+      const described = (await service.client.getContext({ contextId: one.contextId })).context!;
+      assert.deepEqual(described.files, one.files);
+
+      const changed = structuredClone(request);
+      changed.properties![1]!.properties = { opschain: { env: { REGION: "uk" } } };
+      const three = (await service.client.prepareContext({ ...changed, repositoryUrl: fixture.path })).context!;
+      assert.notEqual(three.contextId, one.contextId);
+      assert.notEqual(digest(three, ContextFileKind.STEP_CONTEXT_ZIP), digest(one, ContextFileKind.STEP_CONTEXT_ZIP));
+      assert.equal(digest(three, ContextFileKind.REPO_TAR), digest(one, ContextFileKind.REPO_TAR));
+
+      const rotated = structuredClone(request);
+      rotated.properties![0]!.properties = { opschain: { env: { API_TOKEN: "rotated", REGION: "au" } }, size: 3 };
+      const four = (await service.client.prepareContext({ ...rotated, repositoryUrl: fixture.path })).context!;
+      assert.equal(digest(four, ContextFileKind.STEP_CONTEXT_ZIP), digest(one, ContextFileKind.STEP_CONTEXT_ZIP), "the redacted copy is unchanged");
+      assert.notEqual(four.contextId, one.contextId, "one id never stands for two different secret zips");
+    });
+  });
+
+  describe("bad input gets a clear error and changes nothing", () => {
+    const cases: Array<[string, () => PrepareInit, Code, RegExp]> = [
+      ["an unknown local repository", () => ({ repositoryUrl: join(work, "nothing-here"), gitRev: "main" }), Code.NotFound, /does not exist/],
+      ["a path that is not a repository", () => ({ repositoryUrl: work, gitRev: "main" }), Code.NotFound, /not found/],
+      ["a relative path", () => ({ repositoryUrl: "some/repo", gitRev: "main" }), Code.InvalidArgument, /not an absolute path/],
+      ["a transport we do not allow", () => ({ repositoryUrl: "ext::sh -c touch% /tmp/pwned", gitRev: "main" }), Code.InvalidArgument, /not an absolute path/],
+      ["an oversized repository URL", () => ({ repositoryUrl: `/${"a".repeat(3000)}`, gitRev: "main" }), Code.InvalidArgument, /longer than/],
+      ["a revision that does not exist", () => ({ repositoryUrl: fixture.path, gitRev: "no-such-branch" }), Code.NotFound, /not a branch, tag or commit/],
+      ["a SHA that is not in the repository", () => ({ repositoryUrl: fixture.path, gitRev: "0".repeat(40) }), Code.NotFound, /not a branch, tag or commit/],
+      ["a revision expression", () => ({ repositoryUrl: fixture.path, gitRev: "main~1" }), Code.InvalidArgument, /git_rev/],
+      ["an option-like revision", () => ({ repositoryUrl: fixture.path, gitRev: "--upload-pack=touch" }), Code.InvalidArgument, /starts with '-'/],
+      ["an empty revision", () => ({ repositoryUrl: fixture.path, gitRev: "" }), Code.InvalidArgument, /git_rev is required/],
+      ["a repo folder with '..'", () => ({ repositoryUrl: fixture.path, gitRev: "main", repoFolder: "../outside" }), Code.InvalidArgument, /leaves the repository/],
+      ["an absolute repo folder", () => ({ repositoryUrl: fixture.path, gitRev: "main", repoFolder: "/etc" }), Code.InvalidArgument, /is absolute/],
+      [
+        "properties above the size limit",
+        () => ({ repositoryUrl: fixture.path, gitRev: "main", properties: [{ owner: "project", properties: { big: "x".repeat(70_000) } }] }),
+        Code.InvalidArgument,
+        /at most 65536/,
+      ],
+      [
+        "an owner name that is not one",
+        () => ({ repositoryUrl: fixture.path, gitRev: "main", properties: [{ owner: "../project", properties: {} }] }),
+        Code.InvalidArgument,
+        /owner/,
+      ],
+      [
+        "env var properties that are not name: value",
+        () => ({ repositoryUrl: fixture.path, gitRev: "main", properties: [{ owner: "project", properties: { opschain: { env: { A: { nested: true } } } } }] }),
+        Code.InvalidArgument,
+        /opschain.env.A must be a string/,
+      ],
+      ["a malformed secret pointer", () => ({ repositoryUrl: fixture.path, gitRev: "main", secretPointers: ["project/x"] }), Code.InvalidArgument, /not a JSON pointer/],
+    ];
+    for (const [name, request, code, message] of cases) {
+      it(`${name}: ${Code[code]}`, async () => {
+        const mirrorsBefore = await readdir(join(service.stateDir, "mirrors")).catch(() => []);
+        const error = await failure(service.client.prepareContext(request()));
+        assert.equal(error.code, code, error.message);
+        assert.match(error.message, message);
+        assert.deepEqual(await readdir(join(service.stateDir, "mirrors")).catch(() => []), mirrorsBefore);
+      });
+    }
+
+    it("an ambiguous revision (a branch and a tag of one name): INVALID_ARGUMENT", async () => {
+      const repo = join(work, "ambiguous");
+      await makeFixture(repo);
+      await gitIn(repo, ["branch", "release", fixture.second]);
+      await gitIn(repo, ["tag", "release", fixture.first]);
+      const error = await failure(service.client.resolveRevision({ repositoryUrl: repo, gitRev: "release" }));
+      assert.equal(error.code, Code.InvalidArgument);
+      assert.match(error.message, /ambiguous.*refs\/heads\/release or refs\/tags\/release/);
+      assert.equal((await service.client.resolveRevision({ repositoryUrl: repo, gitRev: "refs/tags/release" })).gitSha, fixture.first);
+    });
+
+    it("a Dockerfile that is a symlink out of the repository: FAILED_PRECONDITION", async () => {
+      const repo = join(work, "symlink-out");
+      await makeFixture(repo);
+      await gitIn(repo, ["rm", "-q", ".mintpress/Dockerfile"]);
+      await commitFiles(repo, { ".mintpress/Dockerfile": "->../../../etc/passwd" }, "escape", "2024-03-02T00:00:00Z");
+      const error = await failure(service.client.prepareContext({ repositoryUrl: repo, gitRev: "main" }));
+      assert.equal(error.code, Code.FailedPrecondition);
+      assert.match(error.message, /symlink out of the repository/);
+    });
+
+    it("a Dockerfile symlink inside the repository is followed", async () => {
+      const repo = join(work, "symlink-in");
+      await makeFixture(repo);
+      await gitIn(repo, ["rm", "-q", ".mintpress/Dockerfile"]);
+      await commitFiles(repo, { "build/Dockerfile": "ARG OPSCHAIN_BASE_RUNNER\nFROM ${OPSCHAIN_BASE_RUNNER}\nRUN echo linked\n", ".mintpress/Dockerfile": "->../build/Dockerfile" }, "link", "2024-03-02T00:00:00Z");
+      const context = (await service.client.prepareContext({ repositoryUrl: repo, gitRev: "main" })).context!;
+      assert.match((await readAll(service, context.contextId, ContextFileKind.DOCKERFILE)).toString(), /RUN echo linked/);
+    });
+
+    it("a Dockerfile above the size limit: FAILED_PRECONDITION", async () => {
+      const repo = join(work, "big-dockerfile");
+      await makeFixture(repo);
+      await commitFiles(repo, { ".mintpress/Dockerfile": `FROM \${OPSCHAIN_BASE_RUNNER}\n# ${"x".repeat(1024 * 1024)}\n` }, "big", "2024-03-03T00:00:00Z");
+      const error = await failure(service.client.prepareContext({ repositoryUrl: repo, gitRev: "main" }));
+      assert.equal(error.code, Code.FailedPrecondition);
+      assert.match(error.message, /a Dockerfile may have at most 1048576/);
+    });
+
+    it("submodules and LFS pointers: prepared, with a warning that says what is (not) in repo.tar", async () => {
+      const repo = join(work, "submodule-lfs");
+      await makeFixture(repo);
+      await mkdir(join(repo, "vendor", "lib"), { recursive: true });
+      await gitIn(repo, ["update-index", "--add", "--cacheinfo", `160000,${fixture.first},vendor/lib`]);
+      await gitIn(repo, ["config", "-f", ".gitmodules", "submodule.lib.path", "vendor/lib"]);
+      await gitIn(repo, ["config", "-f", ".gitmodules", "submodule.lib.url", "https://example.invalid/lib.git"]);
+      await commitFiles(
+        repo,
+        {
+          ".gitattributes": "*.bin filter=lfs diff=lfs merge=lfs -text\n",
+          "big.bin": "version https://git-lfs.github.com/spec/v1\noid sha256:0000000000000000000000000000000000000000000000000000000000000000\nsize 1\n",
+        },
+        "submodule and lfs",
+        "2024-03-04T00:00:00Z",
+      );
+      const context = (await service.client.prepareContext({ repositoryUrl: repo, gitRev: "main" })).context!;
+      assert.equal(context.warnings.length, 2, context.warnings.join("\n"));
+      assert.match(context.warnings[0]!, /submodules are not included: vendor\/lib appear in repo.tar as empty directories/);
+      assert.match(context.warnings[1]!, /Git LFS: LFS files are in repo.tar as their pointer files/);
+    });
+
+    it("an unknown or malformed context id: NOT_FOUND or INVALID_ARGUMENT", async () => {
+      const unknown = await failure(service.client.getContext({ contextId: `sha256:${"0".repeat(64)}` }));
+      assert.equal(unknown.code, Code.NotFound);
+      const malformed = await failure(readAll(service, "../../etc/passwd", ContextFileKind.REPO_TAR));
+      assert.equal(malformed.code, Code.InvalidArgument);
+      const noKind = await failure(readAll(service, `sha256:${"0".repeat(64)}`, ContextFileKind.UNSPECIFIED));
+      assert.equal(noKind.code, Code.InvalidArgument);
+    });
+  });
+});
