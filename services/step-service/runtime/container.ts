@@ -5,6 +5,7 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { constants } from "node:os";
 import { StringDecoder } from "node:string_decoder";
+import { setTimeout as delay } from "node:timers/promises";
 import { promisify } from "node:util";
 import type { Logger } from "../../shared/log.js";
 import type { ImageRootfs } from "../images/images.js";
@@ -196,13 +197,20 @@ export class ContainerRuntime {
 
     let timedOut = false;
     let cancelled = false;
+    let stopping = false;
+    let ended = false;
+    void exited.finally(() => (ended = true)).catch(() => undefined);
+    // TERM, then KILL after the grace period; repeated, because the container may not exist yet when asked.
     const stop = async (reason: "timeout" | "cancel") => {
+      if (stopping) return;
+      stopping = true;
       if (reason === "timeout") timedOut = true;
       else cancelled = true;
-      await this.kill(id, "TERM");
-      const killTimer = setTimeout(() => void this.kill(id, "KILL"), this.settings.killGraceMs);
-      await exited.catch(() => undefined);
-      clearTimeout(killTimer);
+      const killAt = Date.now() + this.settings.killGraceMs;
+      while (!ended) {
+        await this.kill(id, Date.now() < killAt ? "TERM" : "KILL");
+        await Promise.race([exited.catch(() => undefined), delay(200)]);
+      }
     };
     const timer = setTimeout(() => void stop("timeout"), request.timeoutMs);
     const onAbort = () => void stop("cancel");
@@ -239,10 +247,15 @@ export class ContainerRuntime {
   }
 }
 
-/** Whether the memory cgroup ever hit its limit: with a SIGKILL, that is the OOM killer's doing. */
+/**
+ * Whether the memory cgroup's usage ever reached its limit: together with a SIGKILL, that is the OOM killer's
+ * doing. (cgroup v1 counts oom_kill on the container's own cgroup, which runc removes when it exits, and this
+ * kernel leaves memory.failcnt at 0, so the high-water mark of our parent cgroup is what survives.)
+ */
 async function memoryLimitHit(path: string): Promise<boolean> {
-  const failcnt = await readFile(join(path, "memory.failcnt"), "utf8").catch(() => "0");
-  return Number(failcnt.trim()) > 0;
+  const read = async (name: string) => Number((await readFile(join(path, name), "utf8").catch(() => "0")).trim());
+  const limit = await read("memory.limit_in_bytes");
+  return (await read("memory.failcnt")) > 0 || (limit > 0 && (await read("memory.max_usage_in_bytes")) >= limit);
 }
 
 async function runcError(logFile: string): Promise<string | undefined> {

@@ -85,11 +85,14 @@ export async function* readLog(path: string, from: number): AsyncGenerator<LogLi
  */
 export async function* followLog(path: string, from: number, live: StepLog | undefined, signal: AbortSignal): AsyncGenerator<LogLine> {
   const controller = new AbortController();
-  const stop = () => controller.abort();
+  let wake: (() => void) | undefined;
+  const stop = () => {
+    controller.abort();
+    wake?.();
+  };
   signal.addEventListener("abort", stop, { once: true });
   live?.once("end", stop);
   const queue: LogLine[] = [];
-  let wake: (() => void) | undefined;
   const onLine = (line: LogLine) => {
     queue.push(line);
     wake?.();
@@ -111,10 +114,7 @@ export async function* followLog(path: string, from: number, live: StepLog | und
         }
       }
       if (controller.signal.aborted) return;
-      await new Promise<void>((resolve) => {
-        wake = resolve;
-        controller.signal.addEventListener("abort", () => resolve(), { once: true });
-      });
+      await new Promise<void>((resolve) => (wake = resolve));
       wake = undefined;
     }
   } finally {

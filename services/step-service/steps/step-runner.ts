@@ -55,6 +55,7 @@ export class StepRunner {
   private readonly active = new Map<string, Active>();
   private readonly queue: { id: string; start: () => void }[] = [];
   private running = 0;
+  private readonly executions = new Set<Promise<void>>();
 
   constructor(
     private readonly settings: StepRunnerSettings,
@@ -148,11 +149,13 @@ export class StepRunner {
     const start = () => {
       this.running++;
       this.phaseDone(active, "queue", queuedAt);
-      void this.execute(request, active).finally(() => {
+      const execution = this.execute(request, active).finally(() => {
         signal.removeEventListener("abort", onCallerGone);
+        this.executions.delete(execution);
         this.running--;
         this.queue.shift()?.start();
       });
+      this.executions.add(execution);
     };
     if (this.running < this.settings.maxConcurrentSteps) start();
     else this.queue.push({ id, start });
@@ -178,8 +181,10 @@ export class StepRunner {
     return { ...active.record };
   }
 
-  close(): void {
+  /** Cancels every step, waits for their teardown, and closes the database. */
+  async close(): Promise<void> {
     for (const id of [...this.active.keys()]) this.cancel(id, "the step-service is shutting down");
+    await Promise.all([...this.executions]);
     this.records.close();
   }
 
