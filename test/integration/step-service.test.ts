@@ -66,11 +66,11 @@ describe("step-service with real runc and the base runner", () => {
     const first = await runStep(service.client, request("whoami"));
     assert.equal(first.step.state, StepState.SUCCESS, first.step.reason);
     assert.ok(first.lines.includes("uid=10001 gid=10001"), first.lines.join("\n"));
-    const before = await service.runner["parts"].layers.stats();
+    const before = await service.layers.stats();
     const second = await runStep(service.client, request("ok"));
     assert.equal(second.step.state, StepState.SUCCESS);
     assert.ok(second.lines.includes("hello from the action"));
-    const afterStats = await service.runner["parts"].layers.stats();
+    const afterStats = await service.layers.stats();
     assert.equal(afterStats.unpacked, before.unpacked, "no layer was unpacked again");
     assert.ok(before.unpacked >= 1);
   });

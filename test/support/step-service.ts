@@ -8,6 +8,7 @@ import { createLogger } from "../../services/shared/log.js";
 import { parseListenAddress } from "../../services/shared/server/listen-address.js";
 import { type RunningServer, startServer } from "../../services/shared/server/serve.js";
 import { stepServiceAdapter } from "../../services/step-service/api/step-service-adapter.js";
+import type { LayerStore } from "../../services/step-service/images/layer-store.js";
 import { instanceTagOf } from "../../services/step-service/runtime/container.js";
 import { createStepRunner, type StepServiceConfig } from "../../services/step-service/service.js";
 import type { StepRunner } from "../../services/step-service/steps/step-runner.js";
@@ -40,6 +41,7 @@ export async function testConfig(overrides: Partial<StepServiceConfig> = {}): Pr
 export interface TestStepService {
   config: StepServiceConfig;
   runner: StepRunner;
+  layers: LayerStore;
   server: RunningServer;
   client: Client<typeof StepService>;
   stop(): Promise<void>;
@@ -48,7 +50,7 @@ export interface TestStepService {
 /** Runs a real step-service in this process on 127.0.0.1, port 0. */
 export async function startStepService(config: StepServiceConfig): Promise<TestStepService> {
   const logger = createLogger("step-service", {}, { quiet: true });
-  const { runner } = createStepRunner(config, logger);
+  const { runner, layers } = createStepRunner(config, logger);
   await runner.recover();
   const server = await startServer({
     address: parseListenAddress("127.0.0.1:0"),
@@ -60,6 +62,7 @@ export async function startStepService(config: StepServiceConfig): Promise<TestS
   return {
     config,
     runner,
+    layers,
     server,
     client: createClient(StepService, transport.transport),
     async stop() {

@@ -131,6 +131,7 @@ export class ContainerRuntime {
   async teardown(stepId: string): Promise<void> {
     const id = this.containerId(stepId);
     const dir = join(this.settings.workDir, stepId);
+    await killOrphanedRunc(join(dir, "runc.pid"), id);
     await exec(this.settings.runcPath, ["--root", this.settings.runcRoot, "delete", "--force", id]).catch(() => undefined);
     await exec("umount", [join(dir, "rootfs")]).catch(() => undefined);
     await rm(dir, { recursive: true, force: true });
@@ -188,6 +189,8 @@ export class ContainerRuntime {
       ["--root", this.settings.runcRoot, "--log", logFile, "--log-format", "json", "run", "--bundle", bundle, id],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
+    // Recorded so that a restart after a crash can stop the `runc run` this process left behind.
+    if (child.pid) await writeFile(join(bundle, "runc.pid"), String(child.pid));
     request.onStarted();
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
       child.once("error", (error) => reject(new RuntimeError(`runc could not be started: ${error.message}`)));
@@ -245,6 +248,20 @@ export class ContainerRuntime {
     }
     return { text: await readFile(path, "utf8") };
   }
+}
+
+/** Kills a `runc run` left by a crashed service, if that pid is still the runc of this container. */
+async function killOrphanedRunc(pidFile: string, id: string): Promise<void> {
+  const pid = Number(await readFile(pidFile, "utf8").catch(() => "0"));
+  if (!pid) return;
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+  if (!cmdline.split("\0").includes(id)) return;
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    return; // it has just exited
+  }
+  for (let i = 0; i < 50 && (await stat(`/proc/${pid}`).catch(() => undefined)); i++) await delay(20);
 }
 
 /**

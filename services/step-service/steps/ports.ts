@@ -1,5 +1,6 @@
 import type { BuildProgress } from "../../../gen/steprunner/image/v1/image_service_pb.js";
-import type { StepImage } from "../images/images.js";
+import type { ImageRootfs, StepImage } from "../images/images.js";
+import type { ContainerExit, ContainerRun } from "../runtime/container.js";
 import type { Limits } from "../runtime/spec.js";
 
 /** A property owner's values, in merge order (lowest precedence first). */
@@ -58,4 +59,21 @@ export interface ImageBuilder {
     onProgress: (progress: BuildProgress) => void,
     signal: AbortSignal,
   ): Promise<BuiltStepImage>;
+}
+
+/** Turns a hand-off into lower directories (ImageMaterialiser). */
+export interface ImageSource {
+  materialise(image: StepImage, signal: AbortSignal): Promise<ImageRootfs>;
+}
+
+/** The layer store's upkeep (LayerStore). */
+export interface LayerUpkeep {
+  init(): Promise<void>;
+  collect(): Promise<string[]>;
+}
+
+/** Runs one container and cleans up after it, and after a crash (ContainerRuntime). */
+export interface ContainerRunner {
+  run(request: ContainerRun): Promise<ContainerExit>;
+  reap(): Promise<string[]>;
 }

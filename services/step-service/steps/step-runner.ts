@@ -3,11 +3,10 @@ import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { BuildProgress } from "../../../gen/steprunner/image/v1/image_service_pb.js";
 import type { Logger } from "../../shared/log.js";
-import type { ImageMaterialiser, ImageRootfs } from "../images/images.js";
-import type { LayerStore } from "../images/layer-store.js";
-import { type ContainerRuntime, RuntimeError } from "../runtime/container.js";
+import type { ImageRootfs } from "../images/images.js";
+import { RuntimeError } from "../runtime/container.js";
 import { followLog, type LogLine, logPath, StepLog } from "./logs.js";
-import type { ContextPreparer, ImageBuilder, StepRequest } from "./ports.js";
+import type { ContainerRunner, ContextPreparer, ImageBuilder, ImageSource, LayerUpkeep, StepRequest } from "./ports.js";
 import { FINAL_STATES, type PhaseName, type StepRecord, StepRecords, type StepState } from "./records.js";
 import { InvalidResultError, parseStepResult } from "./result.js";
 import { SecretMasker } from "./secrets.js";
@@ -29,9 +28,9 @@ export interface StepRunnerSettings {
 export interface StepRunnerParts {
   contexts: ContextPreparer;
   images: ImageBuilder;
-  materialiser: ImageMaterialiser;
-  layers: LayerStore;
-  runtime: ContainerRuntime;
+  materialiser: ImageSource;
+  layers: LayerUpkeep;
+  runtime: ContainerRunner;
   logger: Logger;
 }
 
