@@ -1,7 +1,7 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { chmod, chown, lchown, link, lutimes, mkdir, readdir, readFile, rename, rm, symlink, utimes, writeFile } from "node:fs/promises";
+import { chmod, chown, lchown, link, lstat, lutimes, mkdir, readdir, readFile, rename, rm, symlink, utimes, writeFile } from "node:fs/promises";
 import { dirname, join, normalize } from "node:path";
 import { type Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -195,14 +195,26 @@ class TarUnpacker {
     });
   }
 
-  private target(name: string): string {
-    const clean = normalize(`/${name}`);
-    if (clean.split("/").includes("..")) throw new Error(`layer entry "${name}" escapes the layer`);
+  /** Directories under the root known not to be symlinks: writing through a symlink could leave the layer. */
+  private readonly safeDirs = new Set<string>();
+
+  /** The entry's path under the root ("../" cannot climb above "/"), refusing parents that are symlinks. */
+  private async target(name: string): Promise<string> {
+    const clean = normalize(`/${name}`).replace(/\/+$/, "");
+    const parts = clean.split("/").filter(Boolean);
+    let dir = this.root;
+    for (const part of parts.slice(0, -1)) {
+      dir = join(dir, part);
+      if (this.safeDirs.has(dir)) continue;
+      const info = await lstat(dir).catch(() => undefined);
+      if (info?.isSymbolicLink()) throw new Error(`layer entry "${name}" goes through a symlink, which could lead out of the layer`);
+      if (info) this.safeDirs.add(dir);
+    }
     return join(this.root, clean);
   }
 
   private async entry(header: tar.Header, stream: Readable): Promise<void> {
-    const path = this.target(header.name);
+    const path = await this.target(header.name);
     const base = path.slice(path.lastIndexOf("/") + 1);
     const mode = header.mode ?? 0o644;
     const uid = header.uid ?? 0;
@@ -238,13 +250,14 @@ class TarUnpacker {
         return;
       case "symlink":
         await rm(path, { force: true, recursive: true });
+        this.safeDirs.delete(path);
         await symlink(header.linkname ?? "", path);
         await lchown(path, uid, gid);
         await lutimes(path, mtime, mtime);
         return;
       case "link":
         await rm(path, { force: true, recursive: true });
-        await link(this.target(header.linkname ?? ""), path);
+        await link(await this.target(header.linkname ?? ""), path);
         return;
       case "character-device":
       case "block-device":
