@@ -33,7 +33,9 @@ export class StepLog extends EventEmitter<{ line: [LogLine]; end: [] }> {
     this.truncated = start.truncated;
   }
 
+  /** Appends a line; past the cap only steprunner's own (few, short) system lines are still kept. */
   append(stream: LogStreamName, text: string, time = Date.now()): void {
+    if (stream === "system") return this.write(stream, text, time);
     if (this.truncated) return;
     if (this.bytes + text.length > this.capBytes) {
       this.truncated = true;

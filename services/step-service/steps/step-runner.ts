@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { BuildProgress } from "../../../gen/steprunner/image/v1/image_service_pb.js";
 import type { Logger } from "../../shared/log.js";
 import type { ImageRootfs } from "../images/images.js";
-import { RuntimeError } from "../runtime/container.js";
+import { type ContainerExit, RuntimeError } from "../runtime/container.js";
 import { followLog, type LogLine, logPath, StepLog } from "./logs.js";
 import type { ContainerRunner, ContextPreparer, ImageBuilder, ImageSource, LayerUpkeep, StepRequest } from "./ports.js";
 import { FINAL_STATES, type PhaseName, type StepRecord, StepRecords, type StepState } from "./records.js";
@@ -188,6 +188,7 @@ export class StepRunner {
   }
 
   private async execute(request: StepRequest, active: Active): Promise<void> {
+    let end: { state: StepState; reason: string };
     const { record, log, controller } = active;
     const signal = controller.signal;
     const masker = new SecretMasker(request.properties, request.secretPointers);
@@ -234,29 +235,26 @@ export class StepRunner {
       });
       this.phaseDone(active, "run", started);
       Object.assign(record, { exitCode: exit.exitCode, signal: exit.signal, oomKilled: exit.oomKilled });
-      if (exit.cancelled) return this.finish(active, { state: "cancelled", reason: active.cancelReason ?? "cancelled" });
-      if (exit.timedOut) return this.finish(active, { state: "timed_out", reason: `timed out after ${request.timeoutMs / 1000} s` });
-      if (exit.oomKilled) return this.finish(active, { state: "error", reason: `killed: out of memory (limit ${request.limits.memoryBytes} bytes)` });
-      if (exit.signal) return this.finish(active, { state: "error", reason: `killed by ${exit.signal}` });
-      if (exit.result && "problem" in exit.result) return this.finish(active, { state: "error", reason: `invalid step_result.json: ${exit.result.problem}` });
-      if (exit.result) record.result = masker.json(parseStepResult(exit.result.text));
-      if (exit.exitCode !== 0) return this.finish(active, { state: "error", reason: `exit status ${exit.exitCode}` });
-      this.finish(active, { state: "success", reason: "exit status 0" });
+      if (exit.result && "text" in exit.result) record.result = masker.json(parseStepResult(exit.result.text));
+      end = outcome(exit, request);
+      if (end.state === "cancelled" && active.cancelReason) end.reason = active.cancelReason;
     } catch (error) {
-      if (error instanceof InvalidResultError) return this.finish(active, { state: "error", reason: `invalid ${error.message}` });
-      if (signal.aborted) return this.finish(active, { state: "cancelled", reason: active.cancelReason ?? "cancelled" });
-      const message = masker.text((error as Error).message);
-      const part = error instanceof RuntimeError ? "the container runtime failed" : `the ${record.state === "preparing" ? "context" : record.state === "building" ? "image build" : "runtime"} failed`;
-      this.parts.logger.error("step failed in the service", { step: record.id, error: message });
-      this.finish(active, { state: "system_error", reason: `${part}: ${message}` });
-    } finally {
-      const started = Date.now();
-      image?.release();
-      await rm(contextFile, { force: true });
-      await this.parts.layers.collect().catch((error: Error) => this.parts.logger.warn("layer collection failed", { error }));
-      record.phases.push({ phase: "teardown", startedAt: started, durationMs: Date.now() - started });
-      this.records.save(record);
+      if (error instanceof InvalidResultError) end = { state: "error", reason: `invalid ${error.message}` };
+      else if (signal.aborted) end = { state: "cancelled", reason: active.cancelReason ?? "cancelled" };
+      else {
+        const message = masker.text((error as Error).message);
+        const part = error instanceof RuntimeError ? "the container runtime failed" : `the ${record.state === "preparing" ? "context" : record.state === "building" ? "image build" : "runtime"} failed`;
+        this.parts.logger.error("step failed in the service", { step: record.id, error: message });
+        end = { state: "system_error", reason: `${part}: ${message}` };
+      }
     }
+    // The container is gone by now (the runtime tears it down); what is left is ours, then the step ends.
+    const started = Date.now();
+    image?.release();
+    await rm(contextFile, { force: true });
+    await this.parts.layers.collect().catch((error: Error) => this.parts.logger.warn("layer collection failed", { error }));
+    record.phases.push({ phase: "teardown", startedAt: started, durationMs: Date.now() - started });
+    this.finish(active, end);
   }
 
   private enter(active: Active, state: StepState, phase: PhaseName): void {
@@ -287,6 +285,17 @@ export class StepRunner {
     active.record.logTruncated = active.log.truncated;
     for (const listener of active.listeners) listener(event);
   }
+}
+
+/** The final state of a step whose container ran to its end. */
+function outcome(exit: ContainerExit, request: StepRequest): { state: StepState; reason: string } {
+  if (exit.cancelled) return { state: "cancelled", reason: "cancelled" };
+  if (exit.timedOut) return { state: "timed_out", reason: `timed out after ${request.timeoutMs / 1000} s` };
+  if (exit.oomKilled) return { state: "error", reason: `killed: out of memory (limit ${request.limits.memoryBytes} bytes)` };
+  if (exit.signal) return { state: "error", reason: `killed by ${exit.signal}` };
+  if (exit.result && "problem" in exit.result) return { state: "error", reason: `invalid step_result.json: ${exit.result.problem}` };
+  if (exit.exitCode !== 0) return { state: "error", reason: `exit status ${exit.exitCode}` };
+  return { state: "success", reason: "exit status 0" };
 }
 
 /** The env var properties (opschain.env of each owner), later owners winning. */
