@@ -1,23 +1,22 @@
+import { mkdir } from "node:fs/promises";
 import { StepService } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { numberSetting, setting } from "../shared/config/env.js";
 import { createLogger } from "../shared/log.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
 import { stepServiceAdapter } from "./api/step-service-adapter.js";
+import { configFromEnv, createStepRunner } from "./service.js";
 
 const logger = createLogger("step-service");
+const config = configFromEnv();
+await mkdir(config.stateDir, { recursive: true });
+const { runner } = createStepRunner(config, logger);
+await runner.recover();
 
 const server = await startServer({
   address: parseListenAddress(setting("STEPRUNNER_STEP_ADDR", "127.0.0.1:7703")),
   services: [StepService],
-  routes: (router) =>
-    router.service(
-      StepService,
-      stepServiceAdapter({
-        runcPath: setting("STEPRUNNER_RUNC", "runc"),
-        maxConcurrentSteps: numberSetting("STEPRUNNER_MAX_CONCURRENT_STEPS", 4),
-      }),
-    ),
+  routes: (router) => router.service(StepService, stepServiceAdapter(config, runner)),
   logger,
 });
-stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000));
+stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), () => runner.close());
