@@ -114,7 +114,7 @@ export class ContainerRuntime {
         hostname: "step",
         limits: request.limits,
         hostNetwork: request.hostNetwork,
-        cgroupsPath: `/${this.cgroupName(request.stepId)}/container`,
+        cgroupsPath: `/${this.containerId(request.stepId)}/container`,
         binds: request.binds,
       });
       await writeFile(join(dir, "config.json"), JSON.stringify(spec));
@@ -155,13 +155,9 @@ export class ContainerRuntime {
     return [...stepIds];
   }
 
-  private cgroupName(stepId: string): string {
-    return this.containerId(stepId);
-  }
-
   /** A parent memory cgroup of our own that holds the limit and outlives runc's container cgroup. */
   private async memoryCgroup(stepId: string, memoryBytes: number): Promise<string> {
-    const path = join(CGROUP_ROOT, "memory", this.cgroupName(stepId));
+    const path = join(CGROUP_ROOT, "memory", this.containerId(stepId));
     await mkdir(path, { recursive: true });
     await writeFile(join(path, "memory.limit_in_bytes"), String(memoryBytes));
     // Without swap accounting the file is absent and the limit holds for RAM alone.
@@ -170,7 +166,7 @@ export class ContainerRuntime {
   }
 
   private async removeCgroups(stepId: string): Promise<void> {
-    const name = this.cgroupName(stepId);
+    const name = this.containerId(stepId);
     for (const controller of await readdir(CGROUP_ROOT).catch(() => [] as string[])) {
       const path = join(CGROUP_ROOT, controller, name);
       for (const child of await readdir(path, { withFileTypes: true }).catch(() => [])) {
