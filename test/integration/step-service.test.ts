@@ -31,6 +31,7 @@ end
 task(:large) { OpsChain.properties_for(:change)['blob'] = 'y' * (6 * 1024 * 1024) }
 task(:badresult) { exec('sh', '-c', 'echo "{not json" > /opt/opschain/.mintpress/step_result.json') }
 task(:sleep) { puts 'sleeping'; $stdout.flush; sleep 120 }
+task(:stubborn) { Signal.trap('TERM') { puts 'ignoring TERM' }; sleep 120 }
 task(:lines) { 200.times { |i| puts "line #{i}"; $stdout.flush; sleep 0.005 }; warn 'done' }
 `;
 
@@ -181,9 +182,12 @@ describe("step-service with real runc and the base runner", () => {
 
   it("times out (TERM, grace, KILL) and leaves no container, mount, cgroup or directory", async () => {
     assert.deepEqual(await leftovers(service.config), { containers: [], mounts: [], cgroups: [], dirs: [] });
-    const { step } = await runStep(service.client, request("sleep", { timeout: { seconds: 2n } }));
+    const started = Date.now();
+    const { step, lines } = await runStep(service.client, request("stubborn", { timeout: { seconds: 2n } }));
     assert.equal(step.state, StepState.TIMED_OUT);
     assert.equal(step.reason, "timed out after 2 s");
+    assert.ok(lines.includes("ignoring TERM"), "TERM came first");
+    assert.ok(Date.now() - started >= 2000 + service.config.killGraceMs, "KILL came after the grace period");
     assert.deepEqual(await leftovers(service.config), { containers: [], mounts: [], cgroups: [], dirs: [] });
   });
 
