@@ -31,7 +31,7 @@ end
 task(:large) { OpsChain.properties_for(:change)['blob'] = 'y' * (6 * 1024 * 1024) }
 task(:badresult) { exec('sh', '-c', 'echo "{not json" > /opt/opschain/.mintpress/step_result.json') }
 task(:sleep) { puts 'sleeping'; $stdout.flush; sleep 120 }
-task(:stubborn) { Signal.trap('TERM') { puts 'ignoring TERM' }; sleep 120 }
+task(:stubborn) { $stdout.sync = true; Signal.trap('TERM') { puts 'ignoring TERM' }; sleep 120 }
 task(:lines) { 200.times { |i| puts "line #{i}"; $stdout.flush; sleep 0.005 }; warn 'done' }
 `;
 
