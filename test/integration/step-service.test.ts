@@ -29,6 +29,7 @@ task(:properties) do
   OpsChain.child_steps('verify', 'notify', strategy: :parallel)
 end
 task(:large) { OpsChain.properties_for(:change)['blob'] = 'y' * (6 * 1024 * 1024) }
+task(:symlinkresult) { exec('ln', '-sf', '/etc/passwd', '/opt/opschain/.mintpress/step_result.json') }
 task(:badresult) { exec('sh', '-c', 'echo "{not json" > /opt/opschain/.mintpress/step_result.json') }
 task(:sleep) { puts 'sleeping'; $stdout.flush; sleep 120 }
 task(:stubborn) { $stdout.sync = true; Signal.trap('TERM') { puts 'ignoring TERM' }; sleep 120 }
@@ -178,6 +179,13 @@ describe("step-service with real runc and the base runner", () => {
     const { step } = await runStep(service.client, request("badresult"));
     assert.equal(step.state, StepState.ERROR);
     assert.match(step.reason, /invalid step_result\.json is not JSON/);
+  });
+
+  it("refuses a step_result.json that is a symlink, which would be read on the host", async () => {
+    const { step } = await runStep(service.client, request("symlinkresult"));
+    assert.equal(step.state, StepState.ERROR);
+    assert.match(step.reason, /invalid step_result\.json: .*symlink/);
+    assert.doesNotMatch(step.reason, /root:/);
   });
 
   it("times out (TERM, grace, KILL) and leaves no container, mount, cgroup or directory", async () => {
