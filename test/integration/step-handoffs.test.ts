@@ -5,9 +5,9 @@ import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { createLogger } from "../../services/shared/log.js";
-import { ImageMaterialiser, type StepImage } from "../../services/step-service/images/images.js";
+import { type ImageRootfs, ImageMaterialiser, type StepImage } from "../../services/step-service/images/images.js";
 import { LayerStore } from "../../services/step-service/images/layer-store.js";
-import { ContainerRuntime, type ContainerRun } from "../../services/step-service/runtime/container.js";
+import { instanceTagOf, ContainerRuntime, type ContainerRun, RuntimeError } from "../../services/step-service/runtime/container.js";
 import { stack } from "../support/stack.js";
 import { leftovers, removeState, repository, startStepService, type TestStepService, testConfig } from "../support/step-service.js";
 import { ROOT } from "../support/stack.js";
@@ -30,10 +30,25 @@ describe("both image hand-offs run the same step", () => {
     await layers.init();
     const materialiser = new ImageMaterialiser(layers);
     const runtime = new ContainerRuntime(
-      { runcPath: "runc", runcRoot: config.runcRoot, workDir: join(config.stateDir, "work"), instanceTag: "handoff", killGraceMs: 1000, maxResultBytes: 1024 },
+      { runcPath: "runc", runcRoot: config.runcRoot, workDir: join(config.stateDir, "work"), instanceTag: instanceTagOf(config.stateDir), killGraceMs: 1000, maxResultBytes: 1024 },
       logger,
     );
     const docker = await dockerLayerDirectories(stack.baseRunner);
+    const base = (image: ImageRootfs): ContainerRun => ({
+      stepId: "handoff",
+      image,
+      args: [],
+      env: {},
+      limits: config.defaultLimits,
+      hostNetwork: false,
+      binds: [],
+      userDirs: [],
+      resultPath: "opt/opschain/none.json",
+      timeoutMs: 30_000,
+      onOutput: () => {},
+      onStarted: () => {},
+      signal: new AbortController().signal,
+    });
     const images: Record<string, StepImage> = {
       registry: { kind: "registry", reference: stack.baseRunner },
       "layer directories": { kind: "layer-directories", imageId: "dockerd", directories: docker.directories, config: { env: docker.env, entrypoint: [], cmd: [], workingDir: docker.workingDir, user: docker.user } },
@@ -47,19 +62,10 @@ describe("both image hand-offs run the same step", () => {
           const ready = Date.now();
           const lines: string[] = [];
           const run: ContainerRun = {
+            ...base(rootfs),
             stepId: `handoff-${name.replace(/ /g, "-")}`,
-            image: rootfs,
             args: ["sh", "-c", "id -u; touch /opt/opschain/written && echo wrote"],
-            env: {},
-            limits: config.defaultLimits,
-            hostNetwork: false,
-            binds: [],
-            userDirs: [],
-            resultPath: "opt/opschain/none.json",
-            timeoutMs: 30_000,
             onOutput: (_stream, text) => lines.push(text),
-            onStarted: () => {},
-            signal,
           };
           const exit = await runtime.run(run);
           rootfs.release();
@@ -72,6 +78,15 @@ describe("both image hand-offs run the same step", () => {
         await assert.rejects(exec("test", ["-e", join(dir, "opt/opschain/written")]), "the step wrote to its own upper directory, not dockerd's layer");
       }
       assert.equal((await layers.stats()).unpacked, 1, "the registry image's one layer was unpacked once");
+
+      // runc's own failure is an error of the runtime, not an exit status of the step.
+      const rootfs = await materialiser.materialise(images.registry!, new AbortController().signal);
+      await assert.rejects(
+        runtime.run({ ...base(rootfs), args: ["/no/such/binary"] }),
+        (error: Error) => error instanceof RuntimeError && /runc failed: .*no\/such\/binary/.test(error.message),
+      );
+      rootfs.release();
+      assert.deepEqual(await leftovers(config), { containers: [], mounts: [], cgroups: [], dirs: [] });
     } finally {
       await removeState(config);
     }

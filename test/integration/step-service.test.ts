@@ -29,8 +29,10 @@ task(:properties) do
   OpsChain.child_steps('verify', 'notify', strategy: :parallel)
 end
 task(:large) { OpsChain.properties_for(:change)['blob'] = 'y' * (6 * 1024 * 1024) }
+task(:symlinkresult) { exec('ln', '-sf', '/etc/passwd', '/opt/opschain/.mintpress/step_result.json') }
 task(:badresult) { exec('sh', '-c', 'echo "{not json" > /opt/opschain/.mintpress/step_result.json') }
 task(:sleep) { puts 'sleeping'; $stdout.flush; sleep 120 }
+task(:stubborn) { $stdout.sync = true; Signal.trap('TERM') { puts 'ignoring TERM' }; sleep 120 }
 task(:lines) { 200.times { |i| puts "line #{i}"; $stdout.flush; sleep 0.005 }; warn 'done' }
 `;
 
@@ -179,11 +181,21 @@ describe("step-service with real runc and the base runner", () => {
     assert.match(step.reason, /invalid step_result\.json is not JSON/);
   });
 
+  it("refuses a step_result.json that is a symlink, which would be read on the host", async () => {
+    const { step } = await runStep(service.client, request("symlinkresult"));
+    assert.equal(step.state, StepState.ERROR);
+    assert.match(step.reason, /invalid step_result\.json: .*symlink/);
+    assert.doesNotMatch(step.reason, /root:/);
+  });
+
   it("times out (TERM, grace, KILL) and leaves no container, mount, cgroup or directory", async () => {
     assert.deepEqual(await leftovers(service.config), { containers: [], mounts: [], cgroups: [], dirs: [] });
-    const { step } = await runStep(service.client, request("sleep", { timeout: { seconds: 2n } }));
+    const started = Date.now();
+    const { step, lines } = await runStep(service.client, request("stubborn", { timeout: { seconds: 2n } }));
     assert.equal(step.state, StepState.TIMED_OUT);
     assert.equal(step.reason, "timed out after 2 s");
+    assert.ok(lines.includes("ignoring TERM"), "TERM came first");
+    assert.ok(Date.now() - started >= 2000 + service.config.killGraceMs, "KILL came after the grace period");
     assert.deepEqual(await leftovers(service.config), { containers: [], mounts: [], cgroups: [], dirs: [] });
   });
 

@@ -12,6 +12,7 @@ import type { LayerStore } from "../../services/step-service/images/layer-store.
 import { instanceTagOf } from "../../services/step-service/runtime/container.js";
 import { createStepRunner, type StepServiceConfig } from "../../services/step-service/service.js";
 import type { StepRunner } from "../../services/step-service/steps/step-runner.js";
+import { testRunnerImage } from "./runner-image.js";
 import { stack } from "./stack.js";
 
 const MiB = 1024 * 1024;
@@ -33,7 +34,7 @@ export async function testConfig(overrides: Partial<StepServiceConfig> = {}): Pr
     logCapBytes: 4 * MiB,
     killGraceMs: 1000,
     maxResultBytes: 64 * MiB,
-    stepImage: stack.baseRunner,
+    stepImage: await testRunnerImage(),
     ...overrides,
   };
 }

@@ -4,6 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
+import { type BuildProgress, BuildProgressSchema } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { createLogger } from "../../services/shared/log.js";
 import { stepServiceAdapter, type StepServiceSettings } from "../../services/step-service/api/step-service-adapter.js";
@@ -43,8 +45,24 @@ class FakeImages implements ImageSource, LayerUpkeep {
   }
 }
 
+const request = (repositoryUrl: string) => ({
+  stepId: "",
+  repositoryUrl,
+  gitRev: "",
+  action: "go",
+  properties: [],
+  secretPointers: [],
+  contextValues: {},
+  repoFolder: ".mintpress",
+  excludeGitHistory: false,
+  timeoutMs: 10_000,
+  hostNetwork: false,
+  limits: { memoryBytes: 64 * 1024 * 1024, cpuMillis: 1000, pids: 64 },
+  buildWithoutCache: false,
+});
+
 const settings: StepServiceSettings = {
-  runcPath: "true",
+  runcPath: "runc",
   maxConcurrentSteps: 1,
   defaultLimits: { memoryBytes: 64 * 1024 * 1024, cpuMillis: 1000, pids: 64 },
   defaultTimeoutMs: 10_000,
@@ -108,6 +126,54 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     assert.equal(runtime.runs.at(-1)?.args.join(" "), "opschain-action go");
   });
 
+  it("answers a retry with the same step_id with that step's events instead of running it again", async () => {
+    const runs = runtime.runs.length;
+    const events = await collect("s1");
+    assert.equal(runtime.runs.length, runs);
+    assert.deepEqual(
+      events.map((e) => e.event.case),
+      ["accepted", "logLine", "logLine", "logLine", "finished"],
+    );
+  });
+
+  it("forwards build progress, and a failing part is a system_error that names it", async () => {
+    const contexts = { prepare: async () => Promise.reject(new Error("git fetch failed")) };
+    const builder = {
+      async build(_context: unknown, _request: unknown, onProgress: (progress: BuildProgress) => void) {
+        onProgress(create(BuildProgressSchema, { vertexes: [{ name: "[1/2] FROM base" }] }));
+        throw new Error("solve failed");
+      },
+    };
+    for (const [parts, reason] of [
+      [{ contexts }, /^the context failed: git fetch failed$/],
+      [{ images: builder }, /^the image build failed: solve failed$/],
+    ] as const) {
+      const dir = await mkdtemp(join(tmpdir(), "steprunner-parts-"));
+      const failing = new StepRunner(
+        { stateDir: dir, maxConcurrentSteps: 1, logCapBytes: 1000 },
+        {
+          contexts: "contexts" in parts ? parts.contexts : new LocalDirectoryContextPreparer(),
+          images: "images" in parts ? parts.images : new PrebuiltImageBuilder("127.0.0.1:5000/x:1"),
+          materialiser: images,
+          layers: images,
+          runtime,
+          logger: createLogger("test", {}, { quiet: true }),
+        },
+      );
+      await failing.recover();
+      const events: StepEvent[] = [];
+      await new Promise<void>((resolve) =>
+        failing.submit({ ...request(dir), stepId: "p" }, (event) => (events.push(event), event.type === "finished" && resolve()), new AbortController().signal),
+      );
+      const finished = events.at(-1) as Extract<StepEvent, { type: "finished" }>;
+      assert.equal(finished.step.state, "system_error");
+      assert.match(finished.step.reason, reason);
+      if ("images" in parts) assert.ok(events.some((event) => event.type === "build" && event.progress.vertexes[0]?.name === "[1/2] FROM base"));
+      await failing.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("maps exits to final states with reasons", async () => {
     const cases: [Partial<ContainerExit>, StepState, RegExp][] = [
       [{ exitCode: 2 }, StepState.ERROR, /^exit status 2$/],
@@ -145,18 +211,17 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
       if (event.type === "phase" && event.phase === "run") order.push(id);
     };
     const signal = new AbortController().signal;
-    const base = { repositoryUrl: stateDir, gitRev: "", action: "go", properties: [], secretPointers: [], contextValues: {}, repoFolder: ".mintpress", excludeGitHistory: false, timeoutMs: 10_000, hostNetwork: false, limits: settings.defaultLimits, buildWithoutCache: false };
+    const base = request(stateDir);
     const finished = ["q1", "q2", "q3"].map(
       (id) => new Promise<void>((resolve) => runner.submit({ ...base, stepId: id }, (event) => (listen(id)(event), event.type === "finished" && resolve()), signal)),
     );
     await new Promise((resolve) => setTimeout(resolve, 20));
-    const info = await client.getRuntimeInfo({}).catch((error: ConnectError) => error);
-    assert.ok(info instanceof ConnectError || (info.runningSteps === 1 && info.queuedSteps === 2));
-    assert.deepEqual(runner.counts(), { running: 1, queued: 2 });
+    const info = await client.getRuntimeInfo({});
+    assert.deepEqual([info.runningSteps, info.queuedSteps, info.maxConcurrentSteps], [1, 2, 1]);
     const cancelled = await client.cancelStep({ stepId: "q2" });
     assert.equal(cancelled.step?.state, StepState.CANCELLED);
     release();
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    while (!order.includes("q3")) await new Promise((resolve) => setTimeout(resolve, 5));
     release();
     await Promise.all(finished);
     assert.deepEqual(order, ["q1", "q3"]);
@@ -206,9 +271,9 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
   });
 
   it("marks steps a crash interrupted as system_error at restart", async () => {
-    runtime.script = () => new Promise(() => {});
+    runtime.script = (request) => new Promise((resolve) => request.signal.addEventListener("abort", () => resolve({ cancelled: true })));
     const signal = new AbortController().signal;
-    runner.submit({ stepId: "interrupted", repositoryUrl: stateDir, gitRev: "", action: "go", properties: [], secretPointers: [], contextValues: {}, repoFolder: ".mintpress", excludeGitHistory: false, timeoutMs: 10_000, hostNetwork: false, limits: settings.defaultLimits, buildWithoutCache: false }, () => {}, signal);
+    runner.submit({ ...request(stateDir), stepId: "interrupted" }, () => {}, signal);
     await new Promise((resolve) => setTimeout(resolve, 20));
     // A second runner on the same state directory is what a restart after SIGKILL sees.
     const restarted = newRunner();
@@ -217,5 +282,6 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     assert.equal(record?.state, "system_error");
     assert.match(record!.reason, /stopped while the step was running/);
     assert.ok(runtime.reaped >= 2);
+    await restarted.close();
   });
 });

@@ -1,6 +1,6 @@
 import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chown, cp, mkdir, readFile, readdir, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import { chown, cp, lstat, mkdir, readFile, readdir, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { constants } from "node:os";
@@ -9,6 +9,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { promisify } from "node:util";
 import type { Logger } from "../../shared/log.js";
 import type { ImageRootfs } from "../images/images.js";
+import { insideRoot } from "./paths.js";
 import { buildSpec, type Limits, resolveUser } from "./spec.js";
 
 const exec = promisify(execFile);
@@ -97,12 +98,14 @@ export class ContainerRuntime {
       await exec("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${upper},workdir=${join(dir, "work")}`, rootfs]);
       const user = await resolveUser(rootfs, request.image.config.user);
       if (request.repositoryDir) {
-        await cp(request.repositoryDir, join(rootfs, "opt/opschain"), { recursive: true, filter: (source) => !source.endsWith("/.git") });
-        await exec("chown", ["-R", `${user.uid}:${user.gid}`, join(rootfs, "opt/opschain")]);
+        const target = await insideRoot(rootfs, "/opt/opschain");
+        await cp(request.repositoryDir, target, { recursive: true, filter: (source) => !source.endsWith("/.git") });
+        await exec("chown", ["-R", "--no-dereference", `${user.uid}:${user.gid}`, target]);
       }
       for (const userDir of request.userDirs) {
-        await mkdir(join(rootfs, userDir), { recursive: true });
-        await chown(join(rootfs, userDir), user.uid, user.gid);
+        const target = await insideRoot(rootfs, userDir);
+        await mkdir(target, { recursive: true });
+        await chown(target, user.uid, user.gid);
       }
       const memoryCgroup = await this.memoryCgroup(request.stepId, request.limits.memoryBytes);
       const spec = buildSpec({
@@ -114,7 +117,7 @@ export class ContainerRuntime {
         hostname: "step",
         limits: request.limits,
         hostNetwork: request.hostNetwork,
-        cgroupsPath: `/${this.cgroupName(request.stepId)}/container`,
+        cgroupsPath: `/${this.containerId(request.stepId)}/container`,
         binds: request.binds,
       });
       await writeFile(join(dir, "config.json"), JSON.stringify(spec));
@@ -155,13 +158,9 @@ export class ContainerRuntime {
     return [...stepIds];
   }
 
-  private cgroupName(stepId: string): string {
-    return this.containerId(stepId);
-  }
-
   /** A parent memory cgroup of our own that holds the limit and outlives runc's container cgroup. */
   private async memoryCgroup(stepId: string, memoryBytes: number): Promise<string> {
-    const path = join(CGROUP_ROOT, "memory", this.cgroupName(stepId));
+    const path = join(CGROUP_ROOT, "memory", this.containerId(stepId));
     await mkdir(path, { recursive: true });
     await writeFile(join(path, "memory.limit_in_bytes"), String(memoryBytes));
     // Without swap accounting the file is absent and the limit holds for RAM alone.
@@ -170,7 +169,7 @@ export class ContainerRuntime {
   }
 
   private async removeCgroups(stepId: string): Promise<void> {
-    const name = this.cgroupName(stepId);
+    const name = this.containerId(stepId);
     for (const controller of await readdir(CGROUP_ROOT).catch(() => [] as string[])) {
       const path = join(CGROUP_ROOT, controller, name);
       for (const child of await readdir(path, { withFileTypes: true }).catch(() => [])) {
@@ -239,10 +238,15 @@ export class ContainerRuntime {
   }
 
   private async readResult(upper: string, resultPath: string): Promise<ContainerExit["result"]> {
-    const path = join(upper, resultPath);
-    const info = await stat(path).catch(() => undefined);
+    let path: string;
+    try {
+      path = await insideRoot(upper, resultPath);
+    } catch (error) {
+      return { problem: (error as Error).message };
+    }
+    const info = await lstat(path).catch(() => undefined);
     if (!info) return null;
-    if (!info.isFile()) return { problem: `${resultPath} is not a regular file` };
+    if (!info.isFile()) return { problem: `/${resultPath} is not a regular file` };
     if (info.size > this.settings.maxResultBytes) {
       return { problem: `${resultPath} is ${info.size} bytes, more than the ${this.settings.maxResultBytes} bytes a result may have` };
     }

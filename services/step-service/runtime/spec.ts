@@ -1,6 +1,6 @@
 import { lstat, readFile } from "node:fs/promises";
-import { join } from "node:path";
 import type { ImageRunConfig } from "../images/images.js";
+import { insideRoot } from "./paths.js";
 
 export interface ResolvedUser {
   uid: number;
@@ -31,9 +31,9 @@ export async function resolveUser(rootfs: string, user: string): Promise<Resolve
   return { uid, gid, additionalGids, home: entry?.[5] || "/" };
 }
 
-/** Reads /etc/NAME of the rootfs, refusing a symlink, which would resolve on the host. */
+/** Reads /etc/NAME of the rootfs, refusing symlinks, which would resolve on the host. */
 async function readEtc(rootfs: string, name: string): Promise<string> {
-  const path = join(rootfs, "etc", name);
+  const path = await insideRoot(rootfs, `/etc/${name}`);
   const info = await lstat(path).catch(() => undefined);
   if (!info) return "";
   if (!info.isFile()) throw new Error(`/etc/${name} of the image is not a regular file`);

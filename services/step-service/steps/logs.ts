@@ -37,12 +37,13 @@ export class StepLog extends EventEmitter<{ line: [LogLine]; end: [] }> {
   append(stream: LogStreamName, text: string, time = Date.now()): void {
     if (stream === "system") return this.write(stream, text, time);
     if (this.truncated) return;
-    if (this.bytes + text.length > this.capBytes) {
+    const size = Buffer.byteLength(text);
+    if (this.bytes + size > this.capBytes) {
       this.truncated = true;
       this.write("system", `[steprunner] log truncated: the step wrote more than ${this.capBytes} bytes; later output was dropped`, time);
       return;
     }
-    this.bytes += text.length;
+    this.bytes += size;
     this.write(stream, text, time);
   }
 

@@ -235,8 +235,16 @@ export class StepRunner {
       });
       this.phaseDone(active, "run", started);
       Object.assign(record, { exitCode: exit.exitCode, signal: exit.signal, oomKilled: exit.oomKilled });
-      if (exit.result && "text" in exit.result) record.result = masker.json(parseStepResult(exit.result.text));
       end = outcome(exit, request);
+      if (exit.result && "text" in exit.result) {
+        try {
+          record.result = masker.json(parseStepResult(exit.result.text));
+        } catch (error) {
+          // A step that failed anyway keeps its own reason; the bad result is only noted.
+          if (end.state === "success" || !(error instanceof InvalidResultError)) throw error;
+          log.append("system", `[steprunner] ignored an invalid ${error.message}`);
+        }
+      }
       if (end.state === "cancelled" && active.cancelReason) end.reason = active.cancelReason;
     } catch (error) {
       if (error instanceof InvalidResultError) end = { state: "error", reason: `invalid ${error.message}` };
