@@ -5,6 +5,7 @@ import { ConnectError, createClient } from "@connectrpc/connect";
 import { LogStream } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { type LogLine, RunStepResponseSchema, type Step, StepService, StepState, StepSchema } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../shared/client/transport.js";
+import { BuildProgressPrinter } from "./build-progress.js";
 import { type Command, serviceAddressOptions } from "./command.js";
 
 const stepAddr = { "step-addr": serviceAddressOptions["step-addr"] };
@@ -94,6 +95,7 @@ export const runCommand: Command = {
     process.once("SIGINT", () => abort.abort());
     try {
       const client = createClient(StepService, transport.transport);
+      const builds = new BuildProgressPrinter("plain", (text) => process.stderr.write(text));
       let finished: Step | undefined;
       for await (const response of client.runStep(
         {
@@ -115,9 +117,11 @@ export const runCommand: Command = {
         else if (event.case === "phaseChanged") console.error(`${StepState[event.value.state].toLowerCase()}…`);
         else if (event.case === "warning") console.error(`warning: ${event.value}`);
         else if (event.case === "logLine") printLine(event.value);
+        else if (event.case === "buildProgress") builds.print(event.value);
       }
       if (!finished) throw new Error("the step-service ended the stream without a finished event");
       if (progress !== "json") {
+        if (finished.imageId) console.error(`image ${finished.imageId} ${finished.imageReused ? "reused: nothing to build" : "built"}`);
         console.error(`step ${finished.id}: ${StepState[finished.state].toLowerCase()} (${finished.reason})`);
         if (finished.result) console.log(JSON.stringify((toJson(StepSchema, finished) as JsonObject).result, null, 2));
       }
