@@ -4,7 +4,7 @@ import { Code, ConnectError, createClient, type Client, type Transport } from "@
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Control, type SolveRequestSchema, type SolveResponse, type StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
+import { Control, type SolveRequestSchema, type SolveResponse, type StatusResponse, type UsageRecord } from "../../../gen/moby/buildkit/v1/control_pb.js";
 import { isTlsHandshakeFailure } from "../../shared/client/transport.js";
 import { type BuildKitAddress, type BuildKitTls, parseBuildKitAddress, tlsOptions } from "./address.js";
 import { upgradeDockerConnection } from "./docker-upgrade.js";
@@ -64,16 +64,7 @@ export class BuildKitClient {
 
   async diskUsage(signal?: AbortSignal): Promise<CacheUsageRecord[]> {
     const response = await this.call(() => this.control.diskUsage({}, { signal }));
-    return response.record.map((record) => ({
-      id: record.ID,
-      description: record.Description,
-      sizeBytes: record.Size,
-      inUse: record.InUse,
-      shared: record.Shared,
-      recordType: record.RecordType,
-      lastUsedAt: record.LastUsedAt ? timestampDate(record.LastUsedAt) : undefined,
-      usageCount: record.UsageCount,
-    }));
+    return response.record.map(toUsageRecord);
   }
 
   /** Frees build cache; returns what was removed. */
@@ -88,18 +79,7 @@ export class BuildKitClient {
         },
         { signal },
       );
-      for await (const record of stream) {
-        removed.push({
-          id: record.ID,
-          description: record.Description,
-          sizeBytes: record.Size,
-          inUse: record.InUse,
-          shared: record.Shared,
-          recordType: record.RecordType,
-          lastUsedAt: record.LastUsedAt ? timestampDate(record.LastUsedAt) : undefined,
-          usageCount: record.UsageCount,
-        });
-      }
+      for await (const record of stream) removed.push(toUsageRecord(record));
     });
     return removed;
   }
@@ -146,6 +126,19 @@ export class BuildKitClient {
       throw describeFailure(this.address, error);
     }
   }
+}
+
+function toUsageRecord(record: UsageRecord): CacheUsageRecord {
+  return {
+    id: record.ID,
+    description: record.Description,
+    sizeBytes: record.Size,
+    inUse: record.InUse,
+    shared: record.Shared,
+    recordType: record.RecordType,
+    lastUsedAt: record.LastUsedAt ? timestampDate(record.LastUsedAt) : undefined,
+    usageCount: record.UsageCount,
+  };
 }
 
 function createControlTransport(address: BuildKitAddress): { transport: Transport; close: () => void } {
