@@ -135,7 +135,11 @@ async function bareRunc(work: string, imageRef: string): Promise<number> {
   const lower = [data.UpperDir, ...(data.LowerDir ? data.LowerDir.split(":") : [])].join(":");
   const bundle = join(work, "bare");
   await mkdir(join(bundle, "rootfs"), { recursive: true });
-  await mkdir(join(bundle, "upper"));
+  // The step context, where the step-service mounts it, owned like the repository around it.
+  const repoFolder = join(bundle, "upper/opt/opschain/.mintpress");
+  await mkdir(repoFolder, { recursive: true });
+  await writeFile(join(repoFolder, "step_context.json"), JSON.stringify({ context: { parent_order: Object.keys(properties) }, properties }));
+  await must("chown", ["-R", "10001:10001", join(bundle, "upper/opt/opschain")]);
   await mkdir(join(bundle, "work"));
   await must("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${join(bundle, "upper")},workdir=${join(bundle, "work")}`, join(bundle, "rootfs")]);
   try {
@@ -154,10 +158,18 @@ async function bareRunc(work: string, imageRef: string): Promise<number> {
 
 interface Row { name: string; steprunner: number; stock: number; unit: string; target: string; note?: string }
 
+const formatRow = (row: Row) =>
+  `| ${row.name} | ${row.steprunner.toFixed(3)} ${row.unit} | ${row.stock.toFixed(3)} ${row.unit} | ${(row.steprunner / row.stock).toFixed(2)}× | ${row.target}${row.note ? ` (${row.note})` : ""} |`;
+
 async function main(): Promise<void> {
   await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
   const work = await mkdtemp(join(stack.stateDir, "tmp", "bench-"));
   const rows: Row[] = [];
+  // Each row is printed as soon as it is measured, so that a failure later keeps what was measured.
+  const record = (row: Row) => {
+    console.error(formatRow(row));
+    rows.push(row);
+  };
   const rss: Array<{ service: string; small: number; huge: number }> = [];
   try {
     const sample = join(work, "sample");
@@ -183,19 +195,19 @@ async function main(): Promise<void> {
     };
 
     const warm = await interleave(() => steprunnerStep(sample, "main", properties), () => stock(sample, properties));
-    rows.push({ name: "1. warm step (same commit and properties)", ...warm, unit: "s", target: "≤ 0.2×" });
+    record({ name: "1. warm step (same commit and properties)", ...warm, unit: "s", target: "≤ 0.2×" });
 
     const big = join(work, "big");
     await bigRepository(big, 2000, Number(args["big-mb"]));
     await steprunnerStep(big, "main", properties);
     await (await stock(big, properties))();
     const commit = await interleave(() => steprunnerStep(big, "main", properties), () => stock(big, properties), () => newCommit(big));
-    rows.push({ name: `2. new commit, 2,000 files / ${args["big-mb"]} MB`, ...commit, unit: "s", target: "≤ 0.7×" });
+    record({ name: `2. new commit, 2,000 files / ${args["big-mb"]} MB`, ...commit, unit: "s", target: "≤ 0.7×" });
 
     let n = 0;
     const changed = () => ({ ...properties, environment: { ...properties.environment, run: ++n } });
     const propsOnly = await interleave(() => steprunnerStep(sample, "main", changed()), () => stock(sample, changed()));
-    rows.push({ name: "3. only the properties changed", ...propsOnly, unit: "s", target: "as fast as warm", note: `warm: ${warm.steprunner.toFixed(3)} s` });
+    record({ name: "3. only the properties changed", ...propsOnly, unit: "s", target: "as fast as warm", note: `warm: ${warm.steprunner.toFixed(3)} s` });
 
     const concurrent = 20;
     const ours = await seconds(() => Promise.all(Array.from({ length: concurrent }, () => steprunnerStep(sample, "main", properties))));
@@ -203,11 +215,11 @@ async function main(): Promise<void> {
     const theirs = await seconds(async () => {
       for (let i = 0; i < concurrent; i++) await stockStep(work, source, "main");
     });
-    rows.push({ name: `4. ${concurrent} steps: steps per second (steprunner at once, stock one after another)`, steprunner: concurrent / ours, stock: concurrent / theirs, unit: "steps/s", target: "≥ 3×" });
+    record({ name: `4. ${concurrent} steps: steps per second (steprunner at once, stock one after another)`, steprunner: concurrent / ours, stock: concurrent / theirs, unit: "steps/s", target: "≥ 3×" });
 
     const imageRef = JSON.parse(await must(DOCKER[0]!, [...DOCKER.slice(1), "images", "--format", "{{json .}}", "steprunner/steps"]).then((out) => out.split("\n")[0]!)).ID;
     const bare = await bareRunc(work, imageRef);
-    rows.push({ name: "action alone in a bare runc container", steprunner: warm.steprunner, stock: bare, unit: "s", target: "overhead ≤ 100 ms", note: `overhead ${((warm.steprunner - bare) * 1000).toFixed(0)} ms` });
+    record({ name: "action alone in a bare runc container", steprunner: warm.steprunner, stock: bare, unit: "s", target: "overhead ≤ 100 ms", note: `overhead ${((warm.steprunner - bare) * 1000).toFixed(0)} ms` });
 
     const rssSmall = await peakRss(() => steprunnerStep(big, "main", properties).then(() => newCommit(big)).then(() => steprunnerStep(big, "main", properties)));
     const huge = join(work, "huge");
@@ -225,7 +237,7 @@ async function main(): Promise<void> {
     "",
     "| measure | steprunner | stock pipeline | ratio | target |",
     "|---|---|---|---|---|",
-    ...rows.map((row) => `| ${row.name} | ${row.steprunner.toFixed(3)} ${row.unit} | ${row.stock.toFixed(3)} ${row.unit} | ${(row.steprunner / row.stock).toFixed(2)}× | ${row.target}${row.note ? ` (${row.note})` : ""} |`),
+    ...rows.map(formatRow),
     "",
     `5. Peak RSS of each service during a step (target: flat within 20%):`,
     "",
