@@ -8,7 +8,7 @@ import { LayerStore } from "./images/layer-store.js";
 import { ContainerRuntime, instanceTagOf } from "./runtime/container.js";
 import { LocalDirectoryContextPreparer, PrebuiltImageBuilder } from "./steps/local.js";
 import type { ContextPreparer, ImageBuilder } from "./steps/ports.js";
-import { StepRunner } from "./steps/step-runner.js";
+import { type StepObserver, StepRunner } from "./steps/step-runner.js";
 
 const MiB = 1024 * 1024;
 
@@ -52,7 +52,7 @@ export function configFromEnv(): StepServiceConfig {
 export function createStepRunner(
   config: StepServiceConfig,
   logger: Logger,
-  ports: { contexts?: ContextPreparer; images?: ImageBuilder } = {},
+  ports: { contexts?: ContextPreparer; images?: ImageBuilder; observer?: StepObserver } = {},
 ): { runner: StepRunner; layers: LayerStore; runtime: ContainerRuntime } {
   const layers = new LayerStore(join(config.stateDir, "layers"), config.layerCacheBytes, logger);
   const runtime = new ContainerRuntime(
@@ -75,6 +75,7 @@ export function createStepRunner(
       layers,
       runtime,
       logger,
+      observer: ports.observer,
     },
   );
   return { runner, layers, runtime };

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { createClient } from "@connectrpc/connect";
 import type { JsonObject } from "@bufbuild/protobuf";
-import { StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { Phase, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { ROOT, run, stack } from "../support/stack.js";
 
@@ -38,6 +38,10 @@ async function must(file: string, argv: string[], options: Parameters<typeof run
 const steps = serviceTransport(stack.stepAddr, {});
 const stepClient = createClient(StepService, steps.transport);
 
+/** Phase durations (seconds) of the steps run so far, by phase name, for the "where the time goes" table. */
+const phaseTimes = new Map<string, Map<string, number[]>>();
+let currentScenario = "";
+
 /** One step through steprunner (RunStep over gRPC, to its finished event). */
 async function steprunnerStep(repository: string, gitRev: string, props: JsonObject): Promise<{ reused: boolean }> {
   for await (const response of stepClient.runStep({
@@ -49,6 +53,12 @@ async function steprunnerStep(repository: string, gitRev: string, props: JsonObj
     if (response.event.case === "finished") {
       const step = response.event.value.step!;
       if (step.state !== StepState.SUCCESS) throw new Error(`step failed: ${step.reason}`);
+      const byPhase = phaseTimes.get(currentScenario) ?? new Map<string, number[]>();
+      phaseTimes.set(currentScenario, byPhase);
+      for (const phase of step.phases) {
+        const name = Phase[phase.phase].toLowerCase();
+        byPhase.set(name, [...(byPhase.get(name) ?? []), Number(phase.duration?.seconds ?? 0n) + (phase.duration?.nanos ?? 0) / 1e9]);
+      }
       return { reused: step.imageReused };
     }
   }
@@ -194,6 +204,7 @@ async function main(): Promise<void> {
       return { steprunner: median(ours), stock: median(theirs) };
     };
 
+    currentScenario = "1. warm";
     const warm = await interleave(() => steprunnerStep(sample, "main", properties), () => stock(sample, properties));
     record({ name: "1. warm step (same commit and properties)", ...warm, unit: "s", target: "≤ 0.2×" });
 
@@ -201,14 +212,17 @@ async function main(): Promise<void> {
     await bigRepository(big, 2000, Number(args["big-mb"]));
     await steprunnerStep(big, "main", properties);
     await (await stock(big, properties))();
+    currentScenario = "2. new commit";
     const commit = await interleave(() => steprunnerStep(big, "main", properties), () => stock(big, properties), () => newCommit(big));
     record({ name: `2. new commit, 2,000 files / ${args["big-mb"]} MB`, ...commit, unit: "s", target: "≤ 0.7×" });
 
     let n = 0;
     const changed = () => ({ ...properties, environment: { ...properties.environment, run: ++n } });
+    currentScenario = "3. properties only";
     const propsOnly = await interleave(() => steprunnerStep(sample, "main", changed()), () => stock(sample, changed()));
     record({ name: "3. only the properties changed", ...propsOnly, unit: "s", target: "as fast as warm", note: `warm: ${warm.steprunner.toFixed(3)} s` });
 
+    currentScenario = "";
     const concurrent = 20;
     const ours = await seconds(() => Promise.all(Array.from({ length: concurrent }, () => steprunnerStep(sample, "main", properties))));
     const source = await stockContext(work, sample, "main", properties);
@@ -238,6 +252,13 @@ async function main(): Promise<void> {
     "| measure | steprunner | stock pipeline | ratio | target |",
     "|---|---|---|---|---|",
     ...rows.map(formatRow),
+    "",
+    "Where steprunner's time goes: the median of each phase, in seconds (the step-service's own records).",
+    "",
+    "| scenario | queue | context | build | pull | run | teardown |",
+    "|---|---|---|---|---|---|---|",
+    ...[...phaseTimes].filter(([scenario]) => scenario).map(([scenario, byPhase]) =>
+      `| ${scenario} | ${["queue", "context", "build", "pull", "run", "teardown"].map((phase) => (byPhase.get(phase) ? median(byPhase.get(phase)!).toFixed(3) : "–")).join(" | ")} |`),
     "",
     `5. Peak RSS of each service during a step (target: flat within 20%):`,
     "",

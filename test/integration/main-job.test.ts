@@ -125,6 +125,15 @@ describe("the main job: the sample repository's actions through the running serv
     assert.match(output(outcome, LogStream.STDOUT), /sample-tool 1\.0, built into the runner image/);
   });
 
+  it("counts the steps and their phases in the step-service's Prometheus metrics", async () => {
+    const text = await (await fetch(`http://${stack.stepAddr}/metrics`)).text();
+    const count = (state: string) => Number(new RegExp(`^steprunner_steps_total\\{state="${state}"[^}]*\\} (\\d+)$`, "m").exec(text)?.[1] ?? 0);
+    assert.ok(count("success") >= 5, `successful steps counted: ${count("success")}`);
+    assert.ok(count("error") >= 1, "the failing step is counted");
+    assert.match(text, /^steprunner_step_phase_seconds_count\{phase="run"[^}]*\} \d+$/m);
+    assert.match(text, /^steprunner_layer_store_bytes\{[^}]*\} \d+/m);
+  });
+
   it("runs a whole step through StepService with buf curl, a client that is not ours, using reflection", async () => {
     const body = JSON.stringify({ repositoryUrl: repository, gitRev: "v1", action: "show_env", properties: [{ owner: "project", properties: properties.project }], secretPointers: ["/project/opschain/env/API_TOKEN"] });
     const requestFile = join(work, "run-step.json");

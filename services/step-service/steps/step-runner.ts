@@ -32,6 +32,12 @@ export interface StepRunnerParts {
   layers: LayerUpkeep;
   runtime: ContainerRunner;
   logger: Logger;
+  /** Told of each step's end, for metrics. */
+  observer?: StepObserver;
+}
+
+export interface StepObserver {
+  stepFinished(record: Readonly<StepRecord>): void;
 }
 
 export class StepNotFoundError extends Error {}
@@ -284,6 +290,7 @@ export class StepRunner {
     Object.assign(record, { ...end, finishedAt: Date.now(), logLines: log.lines, logTruncated: log.truncated });
     this.records.save(record);
     log.end();
+    this.parts.observer?.stepFinished(record);
     this.emit(active, { type: "finished", step: { ...record } });
     this.active.delete(record.id);
   }
