@@ -5,6 +5,7 @@ import { serviceTransport } from "../shared/client/transport.js";
 import { numberSetting, setting } from "../shared/config/env.js";
 import { createLogger } from "../shared/log.js";
 import { ServiceMetrics } from "../shared/metrics.js";
+import { readRegistryCredentials } from "../shared/registry/credentials.js";
 import { RegistryClient } from "../shared/registry/registry-client.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
@@ -42,6 +43,8 @@ const retries = metrics.counter("steprunner_buildkit_retries_total", "Builds tri
 const tls = await buildkitTls();
 const buildkits = buildkitAddresses.map((address) => new BuildKitClient(address, { tls: address.startsWith("tcp://") ? tls : undefined }));
 const buildkit = buildkits[0]!;
+const authFile = setting("STEPRUNNER_REGISTRY_AUTH_FILE", "");
+const registryCredentials = authFile ? readRegistryCredentials(authFile) : undefined;
 const sharded = new ShardedBuilder(
   buildkits.map((client, index) => ({
     address: buildkitAddresses[index]!,
@@ -54,7 +57,7 @@ const builder = new Builder(buildkit, registry, { buildkitAddress: buildkitAddre
 const images = new ImageBuilder(
   new ContextCache(new ContextServiceProvider(contextService.transport), join(stateDir, "contexts")),
   sharded,
-  new DockerApi(dockerSocket),
+  new DockerApi(dockerSocket, registryCredentials),
   registry,
   new ReuseRecords(join(stateDir, "images")),
   {
@@ -65,6 +68,7 @@ const images = new ImageBuilder(
     reuseTtlMs: numberSetting("STEPRUNNER_IMAGE_REUSE_TTL_HOURS", 168) * 3_600_000,
     maxConcurrentBuilds: numberSetting("STEPRUNNER_MAX_CONCURRENT_BUILDS", 8),
     transportAttempts: 3,
+    registryCredentials,
   },
   {
     buildEnded: (outcome, seconds) => builds.observe({ outcome }, seconds),

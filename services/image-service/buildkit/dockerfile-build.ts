@@ -3,6 +3,7 @@ import type { StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js
 import type { BuildKitClient } from "./client.js";
 import type { TransferObserver } from "./session/file-sync.js";
 import type { SessionTransport } from "./session/session.js";
+import type { RegistryCredentials } from "../../shared/registry/credentials.js";
 
 export interface CacheEntry {
   type: string;
@@ -29,6 +30,7 @@ export interface DockerfileBuild {
   sessionName: string;
   sharedKey: string;
   observer?: TransferObserver;
+  registryCredentials?: RegistryCredentials;
   /** Defaults to dockerd's session endpoint when talking to dockerd, the Control.Session tunnel otherwise. */
   sessionTransport?: SessionTransport;
 }
@@ -53,6 +55,7 @@ export async function buildDockerfile(
       localDirs: { context: build.contextDir, dockerfile: build.dockerfileDir },
       secrets: build.secrets,
       observer: build.observer,
+      registryCredentials: build.registryCredentials,
     },
     controller.signal,
     build.sessionTransport,

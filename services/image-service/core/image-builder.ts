@@ -5,6 +5,7 @@ import type { StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js
 import type { DockerfileBuild } from "../buildkit/dockerfile-build.js";
 import { ProgressTracker } from "../buildkit/progress.js";
 import type { ImageInspect, PushResult } from "../docker/docker-api.js";
+import type { RegistryCredentials } from "../../shared/registry/credentials.js";
 import { parseImageReference } from "../../shared/registry/image-reference.js";
 import type { ImageConfigFile, ImageManifest } from "../../shared/registry/registry-client.js";
 import { BuildQueue } from "./build-queue.js";
@@ -45,6 +46,8 @@ export interface ImageBuilderSettings {
   maxConcurrentBuilds: number;
   /** Attempts for a build whose connection to BuildKit fails (not for a failing build). */
   transportAttempts: number;
+  /** Credentials by registry host for BuildKit's pulls; none: anonymous. */
+  registryCredentials?: RegistryCredentials;
 }
 
 type Listener = (event: BuildEvent) => void;
@@ -198,6 +201,7 @@ export class ImageBuilder {
       cacheImports: cacheSource ? [{ type: "registry", attrs: { ref: cacheSource } }] : [],
       sessionName: `steprunner ${context.gitSha.slice(0, 12)}`,
       sharedKey: `steprunner-${scope}`,
+      registryCredentials: this.settings.registryCredentials,
     };
     let exporterResponse: Record<string, string> | undefined;
     for (let attempt = 1; !exporterResponse; attempt++) {

@@ -1,5 +1,6 @@
 import * as http from "node:http";
 import { Code, ConnectError } from "@connectrpc/connect";
+import type { RegistryCredentials } from "../../shared/registry/credentials.js";
 
 /** What `GET /images/{name}/json` tells of an image. */
 export interface ImageInspect {
@@ -26,7 +27,10 @@ export interface PushResult {
 
 /** The few Docker Engine API calls the image-service needs, over dockerd's unix socket. */
 export class DockerApi {
-  constructor(private readonly socketPath: string) {}
+  constructor(
+    private readonly socketPath: string,
+    private readonly credentials: RegistryCredentials = new Map(),
+  ) {}
 
   /** The image, or undefined when dockerd does not have it. */
   async inspectImage(name: string, signal?: AbortSignal): Promise<ImageInspect | undefined> {
@@ -51,8 +55,10 @@ export class DockerApi {
    */
   async pushImage(repository: string, tag: string, signal?: AbortSignal): Promise<PushResult> {
     const query = new URLSearchParams({ tag });
-    // Anonymous: the registry on loopback needs no credentials; X-Registry-Auth must still be present.
-    const auth = Buffer.from("{}").toString("base64");
+    // X-Registry-Auth must be present even when empty (anonymous, as the registry on loopback is).
+    const host = repository.slice(0, repository.indexOf("/"));
+    const credential = this.credentials.get(host);
+    const auth = Buffer.from(JSON.stringify(credential ? { username: credential.username, password: credential.password, serveraddress: host } : {})).toString("base64");
     const response = await this.request("POST", `/images/${encodeURIComponent(repository)}/push?${query}`, { "X-Registry-Auth": auth }, signal);
     let result: PushResult | undefined;
     for (const line of response.body.split("\n")) {

@@ -5,16 +5,56 @@
 // @generated from file moby/filesync/v1/filesync.proto (package moby.filesync.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { PacketSchema } from "../../../fsutil/types/wire_pb.js";
 import { file_fsutil_types_wire } from "../../../fsutil/types/wire_pb.js";
+import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file moby/filesync/v1/filesync.proto.
  */
 export const file_moby_filesync_v1_filesync: GenFile = /*@__PURE__*/
-  fileDesc("Ch9tb2J5L2ZpbGVzeW5jL3YxL2ZpbGVzeW5jLnByb3RvEhBtb2J5LmZpbGVzeW5jLnYxMkYKCEZpbGVTeW5jEjoKCERpZmZDb3B5EhQuZnN1dGlsLnR5cGVzLlBhY2tldBoULmZzdXRpbC50eXBlcy5QYWNrZXQoATABYgZwcm90bzM", [file_fsutil_types_wire]);
+  fileDesc("Ch9tb2J5L2ZpbGVzeW5jL3YxL2ZpbGVzeW5jLnByb3RvEhBtb2J5LmZpbGVzeW5jLnYxIiIKEkNyZWRlbnRpYWxzUmVxdWVzdBIMCgRIb3N0GAEgASgJIjcKE0NyZWRlbnRpYWxzUmVzcG9uc2USEAoIVXNlcm5hbWUYASABKAkSDgoGU2VjcmV0GAIgASgJMkYKCEZpbGVTeW5jEjoKCERpZmZDb3B5EhQuZnN1dGlsLnR5cGVzLlBhY2tldBoULmZzdXRpbC50eXBlcy5QYWNrZXQoATABMmIKBEF1dGgSWgoLQ3JlZGVudGlhbHMSJC5tb2J5LmZpbGVzeW5jLnYxLkNyZWRlbnRpYWxzUmVxdWVzdBolLm1vYnkuZmlsZXN5bmMudjEuQ3JlZGVudGlhbHNSZXNwb25zZWIGcHJvdG8z", [file_fsutil_types_wire]);
+
+/**
+ * @generated from message moby.filesync.v1.CredentialsRequest
+ */
+export type CredentialsRequest = Message<"moby.filesync.v1.CredentialsRequest"> & {
+  /**
+   * @generated from field: string Host = 1;
+   */
+  Host: string;
+};
+
+/**
+ * Describes the message moby.filesync.v1.CredentialsRequest.
+ * Use `create(CredentialsRequestSchema)` to create a new message.
+ */
+export const CredentialsRequestSchema: GenMessage<CredentialsRequest> = /*@__PURE__*/
+  messageDesc(file_moby_filesync_v1_filesync, 0);
+
+/**
+ * @generated from message moby.filesync.v1.CredentialsResponse
+ */
+export type CredentialsResponse = Message<"moby.filesync.v1.CredentialsResponse"> & {
+  /**
+   * @generated from field: string Username = 1;
+   */
+  Username: string;
+
+  /**
+   * @generated from field: string Secret = 2;
+   */
+  Secret: string;
+};
+
+/**
+ * Describes the message moby.filesync.v1.CredentialsResponse.
+ * Use `create(CredentialsResponseSchema)` to create a new message.
+ */
+export const CredentialsResponseSchema: GenMessage<CredentialsResponse> = /*@__PURE__*/
+  messageDesc(file_moby_filesync_v1_filesync, 1);
 
 /**
  * @generated from service moby.filesync.v1.FileSync
@@ -30,4 +70,21 @@ export const FileSync: GenService<{
   },
 }> = /*@__PURE__*/
   serviceDesc(file_moby_filesync_v1_filesync, 0);
+
+/**
+ * Registry credentials for the daemon's pulls and pushes, asked of the client by host.
+ *
+ * @generated from service moby.filesync.v1.Auth
+ */
+export const Auth: GenService<{
+  /**
+   * @generated from rpc moby.filesync.v1.Auth.Credentials
+   */
+  credentials: {
+    methodKind: "unary";
+    input: typeof CredentialsRequestSchema;
+    output: typeof CredentialsResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_moby_filesync_v1_filesync, 1);
 

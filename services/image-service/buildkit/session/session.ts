@@ -6,6 +6,8 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { HealthCheckResponseSchema, HealthCheckResponse_ServingStatus } from "../../../../gen/grpc/health/v1/health_pb.js";
 import { GetSecretRequestSchema, GetSecretResponseSchema } from "../../../../gen/moby/buildkit/secrets/v1/secrets_pb.js";
+import { CredentialsRequestSchema, CredentialsResponseSchema } from "../../../../gen/moby/filesync/v1/filesync_pb.js";
+import type { RegistryCredentials } from "../../../shared/registry/credentials.js";
 import { replaying } from "../../../shared/server/replaying-duplex.js";
 import type { BuildKitAddress } from "../address.js";
 import { upgradeDockerConnection } from "../docker-upgrade.js";
@@ -29,6 +31,8 @@ export interface SessionOptions {
   /** Secrets by id, for RUN --mount=type=secret; read only when a build asks. */
   secrets?: Record<string, () => Promise<Uint8Array>>;
   observer?: TransferObserver;
+  /** Registry credentials by host, for the daemon's pulls (FROM) and pushes; absent: anonymous. */
+  registryCredentials?: RegistryCredentials;
 }
 
 /**
@@ -74,6 +78,18 @@ export class BuildKitSession {
         await sendDirectory(call, dirName, dir, this.options.observer);
       },
     });
+    const credentials = this.options.registryCredentials;
+    if (credentials) {
+      methods.set("/moby.filesync.v1.Auth/Credentials", {
+        kind: "unary",
+        handle: async (request) => {
+          const { Host } = fromBinary(CredentialsRequestSchema, request);
+          // An unknown host gets empty credentials: the daemon then tries anonymously.
+          const credential = credentials.get(Host);
+          return toBinary(CredentialsResponseSchema, create(CredentialsResponseSchema, { Username: credential?.username ?? "", Secret: credential?.password ?? "" }));
+        },
+      });
+    }
     if (this.options.secrets) {
       const secrets = this.options.secrets;
       methods.set("/moby.buildkit.secrets.v1.Secrets/GetSecret", {
