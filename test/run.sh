@@ -7,6 +7,8 @@ source deploy/local/env.sh
 
 trap 'deploy/local/down.sh >/dev/null 2>&1 || true' EXIT
 deploy/local/up.sh
+# The base of our own service images, which the container tests build and run.
+deploy/local/service-base-image.sh ensure
 
 status=0
 node --test --test-concurrency=1 dist/test/unit/ dist/test/integration/ || status=$?

@@ -3,7 +3,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
-packages=(docker.io docker-registry runc debootstrap git ca-certificates curl)
+packages=(docker.io docker-registry runc debootstrap git ca-certificates curl openssl attr python3-grpc-tools docker-compose)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")

@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
-# The README's first command: brings the local stack up and shows what it runs on.
+# The README's first command: brings the local stack up, makes the sample repository and runs one of its
+# actions as a real step (context, image build, runc), showing live build progress, the step's logs and its
+# result; then runs it again, which is fast and reuses the image.
 set -euo pipefail
 here="$(dirname "${BASH_SOURCE[0]}")"
 "$here/up.sh"
 source "$here/env.sh"
-exec node "$STEPRUNNER_ROOT/dist/services/cli/main.js" status
+
+sample="$STEPRUNNER_STATE_DIR/sample-repo"
+"$STEPRUNNER_ROOT/deploy/sample/make-sample-repo.sh" "$sample"
+steprunner() { node "$STEPRUNNER_ROOT/dist/services/cli/main.js" "$@"; }
+step=(run --repo "$sample" --rev main --action hello --properties "$STEPRUNNER_ROOT/deploy/sample/properties.json"
+  --secret /project/opschain/env/API_TOKEN)
+
+log "running the sample's 'hello' action as a step"
+steprunner "${step[@]}"
+log "the same step again: nothing changed, so the image is reused"
+time steprunner "${step[@]}"

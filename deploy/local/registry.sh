@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Debian's docker-registry (distribution 2.8), on loopback only, storing under the state directory.
-# Usage: registry.sh start|stop|status
+# Usage: registry.sh start|stop|status|gc
+# gc reclaims the blobs of deleted manifests (the image-service deletes expired step images); the registry
+# is stopped for it, as distribution's garbage collector requires.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
@@ -35,8 +37,18 @@ YAML
     stop_daemon registry 10
     rm -f "$config"
     ;;
+  gc)
+    was_running=false
+    if daemon_running registry; then was_running=true; stop_daemon registry 10; fi
+    mkdir -p "$STEPRUNNER_RUN_DIR"
+    printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\n' "$storage" >"$STEPRUNNER_RUN_DIR/registry-gc.yml"
+    docker-registry garbage-collect --delete-untagged "$STEPRUNNER_RUN_DIR/registry-gc.yml" >>"$STEPRUNNER_STATE_DIR/logs/registry-gc.log" 2>&1 ||
+      log "registry garbage collection failed (log: $STEPRUNNER_STATE_DIR/logs/registry-gc.log)"
+    rm -f "$STEPRUNNER_RUN_DIR/registry-gc.yml"
+    if $was_running; then "$0" start; fi
+    ;;
   status)
     daemon_running registry && answering >/dev/null && echo "registry running on $STEPRUNNER_REGISTRY_ADDR" || { echo "registry stopped"; exit 1; }
     ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|gc" >&2; exit 2 ;;
 esac

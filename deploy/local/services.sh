@@ -14,12 +14,18 @@ address_of() {
   esac
 }
 
-# Asks the service's gRPC health check over the Connect protocol (plain HTTP/1.1 POST with JSON).
+# Asks the service's gRPC health check over the Connect protocol (HTTP/1.1 POST with JSON); over TLS, with
+# the client's CA and certificate, when the settings turn TLS on.
 serving() {
-  local address; address="$(address_of "$1")"
-  local curl_target=(--max-time 3 "http://$address/grpc.health.v1.Health/Check")
-  if [[ "$address" == unix:* ]]; then curl_target=(--max-time 3 --unix-socket "${address#unix:}" "http://localhost/grpc.health.v1.Health/Check"); fi
-  curl -sf -X POST -H 'content-type: application/json' -d '{}' "${curl_target[@]}" | grep -q '"SERVING"'
+  local address scheme=http tls=()
+  address="$(address_of "$1")"
+  if [[ -n "${STEPRUNNER_CLIENT_TLS_CA:-}" ]]; then
+    scheme=https; tls=(--cacert "$STEPRUNNER_CLIENT_TLS_CA")
+    [[ -n "${STEPRUNNER_CLIENT_TLS_CERT:-}" ]] && tls+=(--cert "$STEPRUNNER_CLIENT_TLS_CERT" --key "$STEPRUNNER_CLIENT_TLS_KEY")
+  fi
+  local target=("$scheme://$address/grpc.health.v1.Health/Check")
+  if [[ "$address" == unix:* ]]; then target=(--unix-socket "${address#unix:}" "$scheme://localhost/grpc.health.v1.Health/Check"); fi
+  curl -sf --max-time 3 "${tls[@]}" -X POST -H 'content-type: application/json' -d '{}' "${target[@]}" | grep -q '"SERVING"'
 }
 
 case "${1:-}" in

@@ -2,8 +2,10 @@
 export interface Command {
   summary: string;
   usage: string;
-  options: Record<string, { type: "string" | "boolean"; description: string; default?: string }>;
-  run(values: Record<string, string | boolean | undefined>): Promise<number>;
+  options: Record<string, { type: "string" | "boolean"; description: string; default?: string; multiple?: boolean }>;
+  /** Whether the command takes positional arguments (e.g. a step ID). */
+  positionals?: boolean;
+  run(values: Record<string, string | boolean | string[] | undefined>, positionals?: string[]): Promise<number>;
 }
 
 export const serviceAddressOptions = {

@@ -1,10 +1,19 @@
 #!/usr/bin/env node
 import { parseArgs } from "node:util";
 import type { Command } from "./command.js";
+import { buildCommand } from "./build.js";
 import { contextCommand } from "./context.js";
 import { statusCommand } from "./status.js";
+import { cancelCommand, logsCommand, runCommand } from "./step.js";
 
-const commands: Record<string, Command> = { status: statusCommand, context: contextCommand };
+const commands: Record<string, Command> = {
+  status: statusCommand,
+  context: contextCommand,
+  build: buildCommand,
+  run: runCommand,
+  logs: logsCommand,
+  cancel: cancelCommand,
+};
 
 function programHelp(): string {
   const lines = ["steprunner: run each step of a change in its own fresh container", "", "Usage: steprunner <command> [options]", "", "Commands:"];
@@ -36,11 +45,11 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const options = Object.fromEntries(
-    Object.entries(command.options).map(([option, spec]) => [option, { type: spec.type, default: spec.default }]),
+    Object.entries(command.options).map(([option, spec]) => [option, { type: spec.type, default: spec.default, ...(spec.multiple ? { multiple: true } : {}) }]),
   );
   let parsed;
   try {
-    parsed = parseArgs({ args: rest, options: { ...options, help: { type: "boolean", short: "h" } }, allowPositionals: false });
+    parsed = parseArgs({ args: rest, options: { ...options, help: { type: "boolean", short: "h" } }, allowPositionals: command.positionals === true });
   } catch (error) {
     console.error(`steprunner ${name}: ${(error as Error).message}\n\n${commandHelp(name, command)}`);
     return 2;
@@ -49,7 +58,7 @@ async function main(argv: string[]): Promise<number> {
     console.log(commandHelp(name, command));
     return 0;
   }
-  return command.run(parsed.values as Record<string, string | boolean | undefined>);
+  return command.run(parsed.values as Record<string, string | boolean | string[] | undefined>, parsed.positionals);
 }
 
 process.exitCode = await main(process.argv.slice(2));

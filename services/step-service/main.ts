@@ -1,23 +1,49 @@
+import { mkdir } from "node:fs/promises";
 import { StepService } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { numberSetting, setting } from "../shared/config/env.js";
 import { createLogger } from "../shared/log.js";
+import { ServiceMetrics } from "../shared/metrics.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
+import { serviceTransport } from "../shared/client/transport.js";
 import { stepServiceAdapter } from "./api/step-service-adapter.js";
+import { ContextServicePreparer } from "./clients/context-service-preparer.js";
+import { ImageServiceBuilder } from "./clients/image-service-builder.js";
+import { configFromEnv, createStepRunner } from "./service.js";
 
 const logger = createLogger("step-service");
+const config = configFromEnv();
+await mkdir(config.stateDir, { recursive: true });
+// Contexts and images come from the context- and image-service.
+const contextService = serviceTransport(setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"));
+const imageService = serviceTransport(setting("STEPRUNNER_IMAGE_ADDR", "127.0.0.1:7702"));
+const metrics = new ServiceMetrics("step-service");
+const steps = metrics.counter("steprunner_steps_total", "Steps that ended, by final state", ["state"]);
+const phases = metrics.histogram("steprunner_step_phase_seconds", "Time of each phase of a step (queue, context, build, pull, run, teardown)", ["phase"], [0.01, 0.05, 0.2, 1, 5, 30, 120, 600]);
+const { runner, layers } = createStepRunner(config, logger, {
+  contexts: new ContextServicePreparer(contextService.transport),
+  images: new ImageServiceBuilder(imageService.transport),
+  observer: {
+    stepFinished: (record) => {
+      steps.inc({ state: record.state });
+      for (const phase of record.phases) phases.observe({ phase: phase.phase }, phase.durationMs / 1000);
+    },
+  },
+});
+metrics.gauge("steprunner_steps_running", "Steps running now", () => runner.counts().running);
+metrics.gauge("steprunner_steps_queued", "Steps waiting for a slot", () => runner.counts().queued);
+metrics.gauge("steprunner_layer_store_bytes", "Size of the unpacked-layer store", async () => (await layers.stats()).totalBytes);
+await runner.recover();
 
 const server = await startServer({
   address: parseListenAddress(setting("STEPRUNNER_STEP_ADDR", "127.0.0.1:7703")),
   services: [StepService],
-  routes: (router) =>
-    router.service(
-      StepService,
-      stepServiceAdapter({
-        runcPath: setting("STEPRUNNER_RUNC", "runc"),
-        maxConcurrentSteps: numberSetting("STEPRUNNER_MAX_CONCURRENT_STEPS", 4),
-      }),
-    ),
+  routes: (router) => router.service(StepService, stepServiceAdapter(config, runner)),
   logger,
+  metrics,
 });
-stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000));
+stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), async () => {
+  await runner.close();
+  contextService.close();
+  imageService.close();
+});

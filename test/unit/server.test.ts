@@ -11,34 +11,9 @@ import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../.
 import { ServerReflection as ReflectionV1 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ReflectionV1Alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
-import { imageServiceAdapter } from "../../services/image-service/api/image-service-adapter.js";
-import { type BuildKitApi, Builder } from "../../services/image-service/core/builder.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
-import { createLogger } from "../../services/shared/log.js";
-import { type RunningServer, startServer } from "../../services/shared/server/serve.js";
-
-const fakeBuildKit: BuildKitApi = {
-  listWorkers: async () => [{ id: "fake", platforms: ["linux/amd64"], labels: {} }],
-  diskUsage: async () => [
-    { id: "a", description: "one", sizeBytes: 100n, inUse: false, shared: false, recordType: "regular", lastUsedAt: undefined, usageCount: 1n },
-    { id: "b", description: "two", sizeBytes: 50n, inUse: true, shared: false, recordType: "regular", lastUsedAt: new Date(0), usageCount: 2n },
-  ],
-  prune: async () => [],
-  version: async () => undefined,
-};
-
-function startImageService(address: Parameters<typeof startServer>[0]["address"]): Promise<RunningServer> {
-  const builder = new Builder(fakeBuildKit, { address: "registry.test:5000", apiVersion: async () => "registry/2.0" }, {
-    buildkitAddress: "docker-unix:///fake.sock",
-    defaultBaseRunner: "registry.test:5000/runner:1",
-  });
-  return startServer({
-    address,
-    services: [ImageService],
-    routes: (router) => router.service(ImageService, imageServiceAdapter(builder)),
-    logger: createLogger("test", {}, { quiet: true }),
-  });
-}
+import type { RunningServer } from "../../services/shared/server/serve.js";
+import { startImageService } from "../support/fake-image-service.js";
 
 async function* oneRequest<T>(request: T): AsyncIterable<T> {
   yield request;
@@ -82,13 +57,14 @@ describe("a service server (gRPC, gRPC-Web and Connect on one port)", () => {
     assert.match(failure.message, /keep_bytes/);
   });
 
-  it("answers UNIMPLEMENTED for an RPC a later version adds", async () => {
+  it("refuses a build of something that is not a context id, before any work", async () => {
     const image = createClient(ImageService, grpc.transport);
     const failure = await (async () => {
       for await (const _ of image.buildImage({ contextId: "sha256:0" })) void _;
     })().catch((error) => ConnectError.from(error));
     assert.ok(failure instanceof ConnectError);
-    assert.equal(failure.code, Code.Unimplemented);
+    assert.equal(failure.code, Code.InvalidArgument);
+    assert.match(failure.message, /context_id/);
   });
 
   it("answers the gRPC health check for the server and each service", async () => {
@@ -167,5 +143,31 @@ describe("draining", () => {
     assert.deepEqual(seen, [ServingStatus.SERVING, ServingStatus.NOT_SERVING]);
     client.close();
     await assert.rejects(fetch(`http://127.0.0.1:${server.port}/`), /fetch failed/);
+  });
+});
+
+describe("metrics", () => {
+  it("serves Prometheus metrics at /metrics, counting each RPC by method and code", async () => {
+    const server = await startImageService({ kind: "tcp", host: "127.0.0.1", port: 0 });
+    const client = serviceTransport(`127.0.0.1:${server.port}`);
+    try {
+      const image = createClient(ImageService, client.transport);
+      await image.getBuilderInfo({});
+      await image.getBuilderInfo({});
+      await image.pruneCache({ keepBytes: -1n }).catch(() => {});
+      const response = await fetch(`http://127.0.0.1:${server.port}/metrics`);
+      assert.equal(response.status, 200);
+      assert.match(response.headers.get("content-type") ?? "", /^text\/plain/);
+      const text = await response.text();
+      const sample = (method: string, code: string) =>
+        Number(new RegExp(`^steprunner_rpc_requests_total\\{method="steprunner.image.v1.ImageService/${method}",code="${code}"[^}]*\\} (\\d+)$`, "m").exec(text)?.[1]);
+      assert.equal(sample("GetBuilderInfo", "OK"), 2);
+      assert.equal(sample("PruneCache", "InvalidArgument"), 1);
+      assert.match(text, /^steprunner_rpc_duration_seconds_bucket\{/m);
+      assert.match(text, /^steprunner_process_resident_memory_bytes/m);
+    } finally {
+      client.close();
+      await server.close(100);
+    }
   });
 });

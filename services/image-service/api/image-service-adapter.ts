@@ -1,14 +1,59 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { ImageService } from "../../../gen/steprunner/image/v1/image_service_pb.js";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import {
+  type BuildImageResponseSchema,
+  type BuildProgress,
+  BuildProgressSchema,
+  ImageHandoff,
+  ImageService,
+  LogStream,
+  NetworkMode,
+  VertexState,
+} from "../../../gen/steprunner/image/v1/image_service_pb.js";
+import type { ProgressEvent } from "../buildkit/progress.js";
 import type { Builder } from "../core/builder.js";
+import type { ImageBuilder } from "../core/image-builder.js";
+import type { BuildEvent, Handoff, ImageResult } from "../core/model.js";
+import { EventChannel } from "../../shared/event-channel.js";
 
 const MAX_KEEP_BYTES = 1n << 50n;
 
 /** The Connect adapter of ImageService: validates requests and translates between the API and the core. */
-export function imageServiceAdapter(builder: Builder): Partial<ServiceImpl<typeof ImageService>> {
+export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Partial<ServiceImpl<typeof ImageService>> {
   return {
+    async *buildImage(request, context) {
+      if (!/^sha256:[0-9a-f]{64}$/.test(request.contextId)) {
+        throw new ConnectError(`context_id must be a prepared context's id ("sha256:" and 64 hex digits), got "${request.contextId}"`, Code.InvalidArgument);
+      }
+      if (!(request.networkMode in NetworkMode) || !(request.handoff in ImageHandoff)) {
+        throw new ConnectError("network_mode or handoff has an unknown value", Code.InvalidArgument);
+      }
+      const events = new EventChannel<MessageInitShape<typeof BuildImageResponseSchema>>();
+      images
+        .build(
+          {
+            contextId: request.contextId,
+            baseRunner: request.baseRunner,
+            network: request.networkMode === NetworkMode.HOST ? "host" : "none",
+            buildWithoutCache: request.buildWithoutCache,
+            handoff: HANDOFFS[request.handoff],
+          },
+          (event) => events.push(toResponse(event)),
+          context.signal,
+        )
+        .then(
+          (image) => {
+            events.push({ event: { case: "image", value: toBuiltImage(image) } });
+            events.close();
+          },
+          (error) => events.close(error),
+        );
+      yield* events;
+    },
+
     async getBuilderInfo(_request, context) {
       const info = await builder.info(context.signal);
       return {
@@ -38,6 +83,13 @@ export function imageServiceAdapter(builder: Builder): Partial<ServiceImpl<typeo
       };
     },
 
+    async pruneImages(request, context) {
+      const olderThanMs = request.olderThan ? Number(request.olderThan.seconds) * 1000 + request.olderThan.nanos / 1e6 : undefined;
+      if (olderThanMs !== undefined && olderThanMs < 0) throw new ConnectError("older_than must not be negative", Code.InvalidArgument);
+      const contentKeys = await images.prune(olderThanMs, context.signal);
+      return { imagesRemoved: contentKeys.length, contentKeys };
+    },
+
     async pruneCache(request, context) {
       if (request.keepBytes < 0n || request.keepBytes > MAX_KEEP_BYTES) {
         throw new ConnectError(`keep_bytes must be between 0 and ${MAX_KEEP_BYTES}, got ${request.keepBytes}`, Code.InvalidArgument);
@@ -52,5 +104,80 @@ export function imageServiceAdapter(builder: Builder): Partial<ServiceImpl<typeo
         recordsRemoved: removed.length,
       };
     },
+  };
+}
+
+const HANDOFFS: Record<ImageHandoff, Handoff | undefined> = {
+  [ImageHandoff.UNSPECIFIED]: undefined,
+  [ImageHandoff.REGISTRY]: "registry",
+  [ImageHandoff.LAYER_STORE]: "layer-store",
+};
+
+const VERTEX_STATES = {
+  started: VertexState.STARTED,
+  completed: VertexState.COMPLETED,
+  cached: VertexState.CACHED,
+  errored: VertexState.ERRORED,
+  canceled: VertexState.CANCELED,
+} as const;
+
+function toResponse(event: BuildEvent): MessageInitShape<typeof BuildImageResponseSchema> {
+  switch (event.kind) {
+    case "queued":
+      return { event: { case: "queued", value: { position: event.position } } };
+    case "warning":
+      return { event: { case: "warning", value: { message: event.message } } };
+    case "progress":
+      return { event: { case: "progress", value: toProgress(event.events) } };
+  }
+}
+
+/** Build progress in the API's form; the step-service forwards it as is. */
+export function toProgress(events: ProgressEvent[]): BuildProgress {
+  return create(BuildProgressSchema, {
+    vertexes: events.flatMap((event) =>
+      event.kind !== "vertex"
+        ? []
+        : [{
+            digest: event.digest,
+            number: event.number,
+            name: event.name,
+            state: VERTEX_STATES[event.state],
+            startedAt: event.startedAt !== undefined ? timestampFromMs(event.startedAt) : undefined,
+            completedAt: event.completedAt !== undefined ? timestampFromMs(event.completedAt) : undefined,
+            error: event.error ?? "",
+          }],
+    ),
+    statuses: events.flatMap((event) =>
+      event.kind !== "status"
+        ? []
+        : [{ vertexDigest: event.digest, id: event.id, current: event.current, total: event.total, completed: event.completed }],
+    ),
+    logs: events.flatMap((event) =>
+      event.kind !== "log"
+        ? []
+        : [{
+            vertexDigest: event.digest,
+            stream: event.stream === "stderr" ? LogStream.STDERR : LogStream.STDOUT,
+            data: event.data,
+            time: timestampFromMs(event.time),
+          }],
+    ),
+  });
+}
+
+function toBuiltImage(image: ImageResult) {
+  return {
+    imageId: image.imageId,
+    handoff: image.handoff === "registry" ? ImageHandoff.REGISTRY : ImageHandoff.LAYER_STORE,
+    reference: image.reference,
+    manifestDigest: image.manifestDigest,
+    config: image.config,
+    layers: image.layers.map((layer) => ({ digest: layer.digest, diffId: layer.diffId, sizeBytes: layer.size, mediaType: layer.mediaType })),
+    layerDirectories: image.layerDirectories,
+    contentKey: image.contentKey,
+    reused: image.reused,
+    builtAt: timestampFromMs(image.builtAt),
+    buildDuration: { seconds: BigInt(Math.floor(image.buildDurationMs / 1000)), nanos: (image.buildDurationMs % 1000) * 1_000_000 },
   };
 }

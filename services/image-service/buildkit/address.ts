@@ -1,3 +1,5 @@
+import type { ConnectionOptions } from "node:tls";
+
 /**
  * Where BuildKit is reached:
  * - docker-unix:///path/docker.sock: the BuildKit inside dockerd, through the Docker API's POST /grpc upgraded to h2c;
@@ -7,7 +9,20 @@
 export type BuildKitAddress =
   | { kind: "docker-unix"; socketPath: string }
   | { kind: "unix"; socketPath: string }
-  | { kind: "tcp"; host: string; port: number };
+  | { kind: "tcp"; host: string; port: number; tls?: BuildKitTls };
+
+/** TLS for tcp://: the CA that signed buildkitd's certificate, and ours for mutual TLS. PEM contents. */
+export interface BuildKitTls {
+  ca: string;
+  cert?: string;
+  key?: string;
+  /** The name buildkitd's certificate is for, when it is not the address's host. */
+  serverName?: string;
+}
+
+export function tlsOptions(settings: BuildKitTls): ConnectionOptions {
+  return { ca: settings.ca, cert: settings.cert, key: settings.key, servername: settings.serverName, ALPNProtocols: ["h2"] };
+}
 
 export function parseBuildKitAddress(text: string): BuildKitAddress {
   const [scheme, rest] = splitScheme(text);

@@ -3,10 +3,13 @@ import * as net from "node:net";
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { Control } from "../../../gen/moby/buildkit/v1/control_pb.js";
-import { type BuildKitAddress, parseBuildKitAddress } from "./address.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { Control, type SolveRequestSchema, type SolveResponse, type StatusResponse, type UsageRecord } from "../../../gen/moby/buildkit/v1/control_pb.js";
+import { isTlsHandshakeFailure } from "../../shared/client/transport.js";
+import { type BuildKitAddress, type BuildKitTls, parseBuildKitAddress, tlsOptions } from "./address.js";
 import { upgradeDockerConnection } from "./docker-upgrade.js";
 import { UpgradedHttp2SessionManager } from "./session-manager.js";
+import { BuildKitSession, type SessionOptions, type SessionTransport } from "./session/session.js";
 
 export interface BuildKitWorker {
   id: string;
@@ -41,8 +44,10 @@ export class BuildKitClient {
   private readonly control: Client<typeof Control>;
   private readonly closeTransport: () => void;
 
-  constructor(addressText: string) {
-    this.address = parseBuildKitAddress(addressText);
+  constructor(addressText: string, options: { tls?: BuildKitTls } = {}) {
+    const address = parseBuildKitAddress(addressText);
+    if (options.tls && address.kind !== "tcp") throw new Error(`TLS applies to tcp:// BuildKit addresses only, not ${address.kind}://`);
+    this.address = address.kind === "tcp" ? { ...address, tls: options.tls } : address;
     const { transport, close } = createControlTransport(this.address);
     this.control = createClient(Control, transport);
     this.closeTransport = close;
@@ -59,16 +64,7 @@ export class BuildKitClient {
 
   async diskUsage(signal?: AbortSignal): Promise<CacheUsageRecord[]> {
     const response = await this.call(() => this.control.diskUsage({}, { signal }));
-    return response.record.map((record) => ({
-      id: record.ID,
-      description: record.Description,
-      sizeBytes: record.Size,
-      inUse: record.InUse,
-      shared: record.Shared,
-      recordType: record.RecordType,
-      lastUsedAt: record.LastUsedAt ? timestampDate(record.LastUsedAt) : undefined,
-      usageCount: record.UsageCount,
-    }));
+    return response.record.map(toUsageRecord);
   }
 
   /** Frees build cache; returns what was removed. */
@@ -83,18 +79,7 @@ export class BuildKitClient {
         },
         { signal },
       );
-      for await (const record of stream) {
-        removed.push({
-          id: record.ID,
-          description: record.Description,
-          sizeBytes: record.Size,
-          inUse: record.InUse,
-          shared: record.Shared,
-          recordType: record.RecordType,
-          lastUsedAt: record.LastUsedAt ? timestampDate(record.LastUsedAt) : undefined,
-          usageCount: record.UsageCount,
-        });
-      }
+      for await (const record of stream) removed.push(toUsageRecord(record));
     });
     return removed;
   }
@@ -110,6 +95,26 @@ export class BuildKitClient {
     }
   }
 
+  /** Opens a session that serves local sources and secrets to the builds that name it. */
+  openSession(options: SessionOptions, signal?: AbortSignal, via?: SessionTransport): Promise<BuildKitSession> {
+    return BuildKitSession.open(this.address, options, signal, via).catch((error) => {
+      throw describeFailure(this.address, error);
+    });
+  }
+
+  solve(request: MessageInitShape<typeof SolveRequestSchema>, signal?: AbortSignal): Promise<SolveResponse> {
+    return this.call(() => this.control.solve(request, { signal }));
+  }
+
+  /** The progress of the build with this ref, until it ends. */
+  async *status(ref: string, signal?: AbortSignal): AsyncGenerator<StatusResponse> {
+    try {
+      yield* this.control.status({ Ref: ref }, { signal });
+    } catch (error) {
+      throw describeFailure(this.address, error);
+    }
+  }
+
   close(): void {
     this.closeTransport();
   }
@@ -121,6 +126,19 @@ export class BuildKitClient {
       throw describeFailure(this.address, error);
     }
   }
+}
+
+function toUsageRecord(record: UsageRecord): CacheUsageRecord {
+  return {
+    id: record.ID,
+    description: record.Description,
+    sizeBytes: record.Size,
+    inUse: record.InUse,
+    shared: record.Shared,
+    recordType: record.RecordType,
+    lastUsedAt: record.LastUsedAt ? timestampDate(record.LastUsedAt) : undefined,
+    usageCount: record.UsageCount,
+  };
 }
 
 function createControlTransport(address: BuildKitAddress): { transport: Transport; close: () => void } {
@@ -140,18 +158,22 @@ function createControlTransport(address: BuildKitAddress): { transport: Transpor
       return { transport, close: () => manager.abort() };
     }
     case "tcp": {
-      const authority = `http://${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`;
-      const manager = new Http2SessionManager(authority);
+      const host = address.host.includes(":") ? `[${address.host}]` : address.host;
+      const authority = `${address.tls ? "https" : "http"}://${host}:${address.port}`;
+      const manager = new Http2SessionManager(authority, {}, address.tls ? tlsOptions(address.tls) : undefined);
       const transport = createGrpcTransport({ baseUrl: authority, sessionManager: manager });
       return { transport, close: () => manager.abort() };
     }
   }
 }
 
-/** Adds where BuildKit was expected to an error, keeping its code. */
+/** Adds where BuildKit was expected to an error; a failed TLS handshake is an unreachable daemon. */
 function describeFailure(address: BuildKitAddress, error: unknown): ConnectError {
   const failure = ConnectError.from(error);
   if (failure.code === Code.Canceled) return failure;
   const where = address.kind === "tcp" ? `${address.host}:${address.port}` : address.socketPath;
-  return new ConnectError(`BuildKit (${address.kind} ${where}): ${failure.rawMessage}`, failure.code, failure.metadata);
+  const tlsRefused = isTlsHandshakeFailure(failure.rawMessage);
+  const code = tlsRefused ? Code.Unavailable : failure.code;
+  const message = tlsRefused ? `the TLS handshake failed (check the CA, client certificate and key): ${failure.rawMessage}` : failure.rawMessage;
+  return new ConnectError(`BuildKit (${address.kind} ${where}): ${message}`, code, failure.metadata);
 }

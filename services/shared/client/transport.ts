@@ -1,5 +1,6 @@
 import * as net from "node:net";
-import type { Transport } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
+import { type ClientSecurity, clientSecurityFromSettings } from "../security.js";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { parseListenAddress } from "../server/listen-address.js";
 
@@ -8,18 +9,42 @@ export interface ServiceTransport {
   close(): void;
 }
 
-/** A gRPC transport (HTTP/2 with prior knowledge) to one of our services at "HOST:PORT" or "unix:/path". */
-export function serviceTransport(addressText: string): ServiceTransport {
+/**
+ * A gRPC transport to one of our services at "HOST:PORT" or "unix:/path": HTTP/2 with prior knowledge, or
+ * over TLS when a CA is given; a bearer token when one is given. By default the security comes from the
+ * settings (clientSecurityFromSettings).
+ */
+export function serviceTransport(addressText: string, security: ClientSecurity = clientSecurityFromSettings()): ServiceTransport {
   const address = parseListenAddress(addressText);
+  const scheme = security.ca ? "https" : "http";
   const authority =
-    address.kind === "unix" ? "http://localhost" : `http://${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`;
-  const manager = new Http2SessionManager(
-    authority,
-    {},
-    address.kind === "unix" ? { createConnection: () => net.connect(address.path) } : undefined,
-  );
+    address.kind === "unix" ? `${scheme}://localhost` : `${scheme}://${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`;
+  const tlsOptions = security.ca ? { ca: security.ca, cert: security.cert, key: security.key } : {};
+  const manager = new Http2SessionManager(authority, {}, {
+    ...tlsOptions,
+    ...(address.kind === "unix" ? { createConnection: () => net.connect(address.path) } : {}),
+  });
+  const token = security.token;
+  const addToken: Interceptor = (next) => (request) => {
+    request.header.set("authorization", `Bearer ${token}`);
+    return next(request);
+  };
+  const explainTlsFailure: Interceptor = (next) => async (request) => {
+    try {
+      return await next(request);
+    } catch (error) {
+      const failure = ConnectError.from(error);
+      if (!isTlsHandshakeFailure(failure.rawMessage)) throw failure;
+      throw new ConnectError(`the TLS handshake with ${addressText} failed (check STEPRUNNER_CLIENT_TLS_*): ${failure.rawMessage}`, Code.Unavailable);
+    }
+  };
   return {
-    transport: createGrpcTransport({ baseUrl: authority, sessionManager: manager }),
+    transport: createGrpcTransport({ baseUrl: authority, sessionManager: manager, interceptors: [explainTlsFailure, ...(token ? [addToken] : [])] }),
     close: () => manager.abort(),
   };
+}
+
+/** OpenSSL's words for a refused or failed handshake, as Node passes them on. */
+export function isTlsHandshakeFailure(message: string): boolean {
+  return /SSL routines|tlsv1\d? alert|certificate|handshake/i.test(message);
 }

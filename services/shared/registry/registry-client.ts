@@ -105,6 +105,19 @@ export class RegistryClient {
     return Readable.fromWeb(response.body as WebReadableStream<Uint8Array>).pipe(verify);
   }
 
+  /** Deletes a manifest by digest (its blobs go at the registry's next garbage collection). */
+  async deleteManifest(repository: string, digest: string, signal?: AbortSignal): Promise<void> {
+    let response: Response;
+    try {
+      response = await fetch(`${this.base}/${repository}/manifests/${digest}`, { method: "DELETE", signal });
+    } catch (error) {
+      if (signal?.aborted) throw error;
+      throw new RegistryError(`registry ${this.address} is unreachable: ${(error as Error).message}`, 0);
+    }
+    await response.body?.cancel();
+    if (!response.ok && response.status !== 404) throw new RegistryError(`registry ${this.address}: DELETE of ${repository}@${digest} answered ${response.status}`, response.status);
+  }
+
   private async get(path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Response> {
     let response: Response;
     try {

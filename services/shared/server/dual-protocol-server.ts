@@ -2,41 +2,71 @@ import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import { rm } from "node:fs/promises";
-import { Duplex } from "node:stream";
 import type { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { ServerTls } from "../security.js";
 import type { ListenAddress } from "./listen-address.js";
+import { replaying } from "./replaying-duplex.js";
 
 type NodeHandlerFn = ReturnType<typeof connectNodeAdapter>;
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
+export interface ProtocolLimits {
+  /** HTTP/2 streams one connection may have open at once. */
+  maxConcurrentStreams: number;
+}
+
 /**
- * One plaintext port for every client: gRPC needs HTTP/2 with prior knowledge (h2c), while curl, browsers
- * and Connect's HTTP/1.1 clients speak HTTP/1.1. Each connection's first bytes tell which it is.
+ * One port for every client. In plaintext, gRPC needs HTTP/2 with prior knowledge (h2c), while curl,
+ * browsers and Connect's HTTP/1.1 clients speak HTTP/1.1: each connection's first bytes tell which it is.
+ * With TLS, ALPN tells.
  */
 export class DualProtocolServer {
   private readonly socketServer: net.Server;
   private readonly http1: http.Server;
-  private readonly http2: http2.Http2Server;
+  private readonly http2: http2.Http2Server | http2.Http2SecureServer;
   private readonly sockets = new Set<net.Socket>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
 
-  constructor(handler: NodeHandlerFn) {
+  constructor(handler: NodeHandlerFn, limits: ProtocolLimits, tls?: ServerTls) {
+    const settings = { maxConcurrentStreams: limits.maxConcurrentStreams };
     this.http1 = http.createServer(handler);
-    this.http2 = http2.createServer({}, handler);
+    if (tls) {
+      const secure = http2.createSecureServer(
+        {
+          cert: tls.cert,
+          key: tls.key,
+          ca: tls.clientCa,
+          requestCert: tls.clientCa !== undefined,
+          rejectUnauthorized: tls.clientCa !== undefined,
+          allowHTTP1: true,
+          settings,
+        },
+        handler,
+      );
+      secure.on("secureConnection", (socket: net.Socket) => this.track(socket));
+      this.http2 = secure;
+      this.socketServer = secure;
+    } else {
+      this.http2 = http2.createServer({ settings }, handler);
+      this.socketServer = net.createServer((socket) => this.route(socket));
+    }
     this.http2.on("session", (session) => {
       this.sessions.add(session);
       session.once("close", () => this.sessions.delete(session));
     });
-    this.socketServer = net.createServer((socket) => this.route(socket));
   }
 
-  private route(socket: net.Socket): void {
+  private track(socket: net.Socket): void {
     // Without it, Nagle's algorithm holds HTTP/2's small frame writes for the peer's delayed ACK (~40 ms each):
     // streaming a file over gRPC ran at about 1 MB/s.
     socket.setNoDelay(true);
     this.sockets.add(socket);
     socket.once("close", () => this.sockets.delete(socket));
+  }
+
+  private route(socket: net.Socket): void {
+    this.track(socket);
     socket.once("error", () => socket.destroy());
     let received = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
@@ -90,30 +120,4 @@ export class DualProtocolServer {
     await closed;
     clearTimeout(deadline);
   }
-}
-
-/**
- * Node's HTTP/2 server reads a net.Socket's native handle directly, past anything pushed back with unshift().
- * A JS duplex in front of the socket replays the bytes read while sniffing, then relays the rest.
- */
-function replaying(socket: net.Socket, head: Buffer): Duplex {
-  const duplex = new Duplex({
-    read: () => void socket.resume(),
-    write: (chunk, encoding, callback) => void socket.write(chunk, encoding, callback),
-    final: (callback) => {
-      socket.end();
-      callback();
-    },
-    destroy: (error, callback) => {
-      socket.destroy(error ?? undefined);
-      callback(error);
-    },
-  });
-  duplex.push(head);
-  socket.on("data", (chunk: Buffer) => {
-    if (!duplex.push(chunk)) socket.pause();
-  });
-  socket.once("end", () => duplex.push(null));
-  socket.once("close", () => duplex.destroy());
-  return duplex;
 }

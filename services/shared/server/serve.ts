@@ -1,7 +1,10 @@
-import type { ConnectRouter } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import type { Logger } from "../log.js";
+import { numberSetting } from "../config/env.js";
+import { ServiceMetrics } from "../metrics.js";
+import { type ServerSecurity, serverSecurityFromSettings } from "../security.js";
 import { DualProtocolServer } from "./dual-protocol-server.js";
 import { HealthRegistry, ServingStatus } from "./health.js";
 import { type ListenAddress, formatListenAddress } from "./listen-address.js";
@@ -20,7 +23,32 @@ export interface ServerOptions {
   /** Plain HTTP routes beside the RPCs, by exact path (e.g. GET /downloads/Dockerfile). */
   httpRoutes?: Record<string, HttpHandler>;
   logger: Logger;
+  /**
+   * TLS, mutual TLS and bearer tokens; by default from the settings (serverSecurityFromSettings), which
+   * leave a service plaintext and open: the local default, on loopback.
+   */
+  security?: ServerSecurity;
+  /** By default STEPRUNNER_MAX_REQUEST_BYTES (4 MiB) and STEPRUNNER_MAX_CONCURRENT_STREAMS (100). */
+  limits?: ServerLimits;
+  /** Served at GET /metrics, with every RPC counted; by default a registry of the RPC metrics alone. */
+  metrics?: ServiceMetrics;
 }
+
+export interface ServerLimits {
+  /** The largest request message accepted; larger ones get RESOURCE_EXHAUSTED. */
+  maxRequestBytes: number;
+  maxConcurrentStreams: number;
+}
+
+function limitsFromSettings(): ServerLimits {
+  return {
+    maxRequestBytes: numberSetting("STEPRUNNER_MAX_REQUEST_BYTES", 4 * 1024 * 1024),
+    maxConcurrentStreams: numberSetting("STEPRUNNER_MAX_CONCURRENT_STREAMS", 100),
+  };
+}
+
+/** The health check answers without credentials, so that probes and load balancers need none. */
+const OPEN_SERVICES = new Set([Health.typeName]);
 
 export interface RunningServer {
   address: ListenAddress;
@@ -35,7 +63,14 @@ export interface RunningServer {
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const health = new HealthRegistry();
   for (const service of options.services) health.set(service.typeName, ServingStatus.SERVING);
+  const limits = options.limits ?? limitsFromSettings();
+  const security = options.security ?? serverSecurityFromSettings();
+  const tokens = security.tokens;
+  const metrics = options.metrics ?? new ServiceMetrics(options.services[0]?.typeName ?? "unknown");
+  const httpRoutes: Record<string, HttpHandler> = { "/metrics": metrics.handler(), ...options.httpRoutes };
   const handler = connectNodeAdapter({
+    readMaxBytes: limits.maxRequestBytes,
+    interceptors: [metrics.interceptor(), ...(tokens ? [requireToken(tokens)] : [])],
     routes: (router) => {
       options.routes(router);
       health.register(router);
@@ -43,17 +78,22 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     },
     fallback: (req, res) => {
       const path = (req.url ?? "").split("?")[0]!;
-      const route = options.httpRoutes?.[path];
-      if (route) return route(req, res);
+      const route = Object.hasOwn(httpRoutes, path) ? httpRoutes[path] : undefined;
+      if (route !== undefined && tokens !== undefined && !tokens.includes(bearerToken(req.headers.authorization) ?? "")) {
+        res.writeHead(401, { "content-type": "text/plain", "www-authenticate": "Bearer" });
+        res.end("a bearer token is required\n");
+        return;
+      }
+      if (route !== undefined) return route(req, res);
       res.writeHead(404, { "content-type": "text/plain" });
       res.end(`not found: ${path}\n`);
     },
   });
-  const server = new DualProtocolServer(handler);
+  const server = new DualProtocolServer(handler, limits, security.tls);
   await server.listen(options.address);
   const port = server.port();
   const bound: ListenAddress = options.address.kind === "tcp" && port ? { ...options.address, port } : options.address;
-  options.logger.info("listening", { address: formatListenAddress(bound) });
+  options.logger.info("listening", { address: formatListenAddress(bound), tls: security.tls ? (security.tls.clientCa ? "mutual" : "server") : "off", tokens: Boolean(tokens) });
   return {
     address: bound,
     port,
@@ -63,6 +103,22 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       await server.close(graceMs);
     },
   };
+}
+
+function requireToken(tokens: string[]): Interceptor {
+  return (next) => async (request) => {
+    if (!OPEN_SERVICES.has(request.service.typeName)) {
+      const token = bearerToken(request.header.get("authorization") ?? undefined);
+      if (!token) throw new ConnectError("this service requires a bearer token (Authorization: Bearer …)", Code.Unauthenticated);
+      if (!tokens.includes(token)) throw new ConnectError("the bearer token is not valid", Code.Unauthenticated);
+    }
+    return next(request);
+  };
+}
+
+function bearerToken(header: string | string[] | undefined): string | undefined {
+  const value = Array.isArray(header) ? header[0] : header;
+  return /^Bearer (\S+)$/i.exec(value ?? "")?.[1];
 }
 
 /**

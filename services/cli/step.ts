@@ -1,0 +1,190 @@
+import { readFile } from "node:fs/promises";
+import { resolve } from "node:path";
+import { type JsonObject, toJson } from "@bufbuild/protobuf";
+import { ConnectError, createClient } from "@connectrpc/connect";
+import { LogStream } from "../../gen/steprunner/image/v1/image_service_pb.js";
+import { type LogLine, RunStepResponseSchema, type Step, StepService, StepState, StepSchema } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { serviceTransport } from "../shared/client/transport.js";
+import { BuildProgressPrinter } from "./build-progress.js";
+import { type Command, serviceAddressOptions } from "./command.js";
+
+const stepAddr = { "step-addr": serviceAddressOptions["step-addr"] };
+
+/** The CLI's exit status for a finished step: the action's own, or a conventional code for the other ends. */
+export function exitStatusOf(step: Step): number {
+  switch (step.state) {
+    case StepState.SUCCESS:
+      return 0;
+    case StepState.ERROR:
+      if (step.signal) return 128 + (signalNumbers[step.signal] ?? 9);
+      return step.exitCode || 1;
+    case StepState.TIMED_OUT:
+      return 124;
+    case StepState.CANCELLED:
+      return 130;
+    default:
+      return 70;
+  }
+}
+const signalNumbers: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 };
+
+function printLine(line: LogLine): void {
+  const out = line.stream === LogStream.STDERR || line.stream === LogStream.SYSTEM ? process.stderr : process.stdout;
+  out.write(`${line.text}\n`);
+}
+
+function fail(error: unknown): number {
+  const connect = ConnectError.from(error);
+  console.error(`steprunner: ${connect.rawMessage} (${connect.code})`);
+  return 1;
+}
+
+export const runCommand: Command = {
+  summary: "run a step: stream its progress and logs, print its result, exit with its exit status",
+  usage: "--repo R --action A [--rev V] [--env K=V …] [--properties F] [--timeout S] [--network] [--progress plain|tty|json]",
+  options: {
+    ...stepAddr,
+    repo: { type: "string", description: "the repository: a local path or a git URL" },
+    rev: { type: "string", description: "GIT_REV: a branch, tag or commit", default: "HEAD" },
+    action: { type: "string", description: "the action (a Rake task of actions.rb)" },
+    env: { type: "string", multiple: true, description: "an env var property K=V for the step (repeatable; owner \"change\")" },
+    properties: { type: "string", description: "a JSON file: {\"<owner>\": {…properties…}, …} in merge order" },
+    secret: { type: "string", multiple: true, description: "a JSON pointer to a secret property, e.g. /project/opschain/env/TOKEN (repeatable)" },
+    timeout: { type: "string", description: "seconds before the step is stopped (default: the service's)" },
+    network: { type: "boolean", description: "run with the host's network instead of none" },
+    progress: { type: "string", description: "plain or tty (log lines and phases as text) or json (one event a line)", default: "plain" },
+  },
+  async run(values) {
+    if (!values.repo || !values.action) {
+      console.error("steprunner run: --repo and --action are required");
+      return 2;
+    }
+    const progress = String(values.progress);
+    if (!["plain", "tty", "json"].includes(progress)) {
+      console.error("steprunner run: --progress must be plain, tty or json");
+      return 2;
+    }
+    const properties: { owner: string; properties: JsonObject }[] = [];
+    if (typeof values.properties === "string") {
+      const file = JSON.parse(await readFile(values.properties, "utf8")) as Record<string, JsonObject>;
+      for (const [owner, set] of Object.entries(file)) properties.push({ owner, properties: set });
+    }
+    const env = (values.env as string[] | undefined) ?? [];
+    if (env.length > 0) {
+      let change = properties.find((set) => set.owner === "change");
+      if (!change) properties.push((change = { owner: "change", properties: {} }));
+      const opschain = ((change.properties.opschain ??= {}) as JsonObject);
+      const vars = ((opschain.env ??= {}) as JsonObject);
+      for (const pair of env) {
+        const eq = pair.indexOf("=");
+        if (eq <= 0) {
+          console.error(`steprunner run: --env ${pair} is not K=V`);
+          return 2;
+        }
+        vars[pair.slice(0, eq)] = pair.slice(eq + 1);
+      }
+    }
+    const timeout = values.timeout === undefined ? undefined : Number(values.timeout);
+    if (timeout !== undefined && !(timeout > 0)) {
+      console.error("steprunner run: --timeout must be a positive number of seconds");
+      return 2;
+    }
+    const repo = String(values.repo);
+    const transport = serviceTransport(String(values["step-addr"]));
+    const abort = new AbortController();
+    process.once("SIGINT", () => abort.abort());
+    try {
+      const client = createClient(StepService, transport.transport);
+      const builds = new BuildProgressPrinter("plain", (text) => process.stderr.write(text));
+      let finished: Step | undefined;
+      for await (const response of client.runStep(
+        {
+          repositoryUrl: /^[a-z]+:\/\//.test(repo) ? repo : resolve(repo),
+          gitRev: String(values.rev),
+          action: String(values.action),
+          properties,
+          secretPointers: (values.secret as string[] | undefined) ?? [],
+          hostNetwork: values.network === true,
+          ...(timeout ? { timeout: { seconds: BigInt(Math.floor(timeout)), nanos: Math.round((timeout % 1) * 1e9) } } : {}),
+        },
+        { signal: abort.signal },
+      )) {
+        if (progress === "json") console.log(JSON.stringify(toJson(RunStepResponseSchema, response)));
+        const event = response.event;
+        if (event.case === "finished") finished = event.value.step;
+        if (progress === "json") continue;
+        if (event.case === "accepted") console.error(`step ${event.value.step?.id} accepted`);
+        else if (event.case === "phaseChanged") console.error(`${StepState[event.value.state].toLowerCase()}…`);
+        else if (event.case === "warning") console.error(`warning: ${event.value}`);
+        else if (event.case === "logLine") printLine(event.value);
+        else if (event.case === "buildProgress") builds.print(event.value);
+      }
+      if (!finished) throw new Error("the step-service ended the stream without a finished event");
+      if (progress !== "json") {
+        if (finished.imageId) console.error(`image ${finished.imageId} ${finished.imageReused ? "reused: nothing to build" : "built"}`);
+        console.error(`step ${finished.id}: ${StepState[finished.state].toLowerCase()} (${finished.reason})`);
+        if (finished.result) console.log(JSON.stringify((toJson(StepSchema, finished) as JsonObject).result, null, 2));
+      }
+      return exitStatusOf(finished);
+    } catch (error) {
+      return fail(error);
+    } finally {
+      transport.close();
+    }
+  },
+};
+
+export const logsCommand: Command = {
+  summary: "print a step's log, from an offset, and with --follow until the step ends",
+  usage: "ID [--follow] [--from N]",
+  positionals: true,
+  options: {
+    ...stepAddr,
+    follow: { type: "boolean", description: "keep printing until the step ends" },
+    from: { type: "string", description: "the first line to print (offset from 0)", default: "0" },
+  },
+  async run(values, positionals = []) {
+    const [id] = positionals;
+    const from = Number(values.from);
+    if (!id || !Number.isInteger(from) || from < 0) {
+      console.error("steprunner logs: give a step ID, and --from a non-negative line offset");
+      return 2;
+    }
+    const transport = serviceTransport(String(values["step-addr"]));
+    try {
+      const client = createClient(StepService, transport.transport);
+      for await (const response of client.followLogs({ stepId: id, fromOffset: BigInt(from), follow: values.follow === true })) {
+        if (response.line) printLine(response.line);
+      }
+      return 0;
+    } catch (error) {
+      return fail(error);
+    } finally {
+      transport.close();
+    }
+  },
+};
+
+export const cancelCommand: Command = {
+  summary: "cancel a step (a step that has ended stays as it is)",
+  usage: "ID",
+  positionals: true,
+  options: { ...stepAddr },
+  async run(_values, positionals = []) {
+    const [id] = positionals;
+    if (!id) {
+      console.error("steprunner cancel: give a step ID");
+      return 2;
+    }
+    const transport = serviceTransport(String(_values["step-addr"]));
+    try {
+      const { step } = await createClient(StepService, transport.transport).cancelStep({ stepId: id });
+      console.log(`step ${id}: ${StepState[step!.state].toLowerCase()} (${step!.reason || "cancelling"})`);
+      return 0;
+    } catch (error) {
+      return fail(error);
+    } finally {
+      transport.close();
+    }
+  },
+};

@@ -1,0 +1,106 @@
+import { type BigIntStats, createReadStream } from "node:fs";
+import { lstat, readdir, readlink } from "node:fs/promises";
+import { join } from "node:path";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { type Packet, Packet_PacketType as PacketType, PacketSchema, type Stat, StatSchema } from "../../../../gen/fsutil/types/wire_pb.js";
+import type { BidiCall } from "./grpc-server.js";
+import { PathPatterns } from "./path-patterns.js";
+
+/** Go's os.FileMode type bits, which fsutil puts on the wire. */
+const GO_MODE_DIR = 0x80000000;
+const GO_MODE_SYMLINK = 0x08000000;
+const DATA_CHUNK_BYTES = 32 * 1024;
+
+/** Counts what a DiffCopy sent, so that callers (and tests) can see what BuildKit asked for again. */
+export interface TransferObserver {
+  fileSent(dirName: string, path: string, bytes: number): void;
+}
+
+interface Entry {
+  stat: Stat;
+  absolutePath: string;
+}
+
+/**
+ * The sending side of fsutil's DiffCopy: lists a local directory as STAT packets (depth first, names sorted
+ * byte-wise, directories before their children, then an empty STAT), answers each REQ with the file's DATA
+ * and an empty DATA, and ends with FIN when the daemon says FIN.
+ */
+export async function sendDirectory(call: BidiCall, dirName: string, root: string, observer?: TransferObserver): Promise<void> {
+  const include = new PathPatterns([...header(call, "include-patterns"), ...header(call, "followpaths")]);
+  const exclude = new PathPatterns(header(call, "exclude-patterns"));
+  const entries = await walk(root, "", include, exclude);
+  const send = (packet: Packet) => call.send(toBinary(PacketSchema, packet));
+
+  const listing = (async () => {
+    for (const entry of entries) await send(create(PacketSchema, { type: PacketType.PACKET_STAT, stat: entry.stat }));
+    await send(create(PacketSchema, { type: PacketType.PACKET_STAT }));
+  })();
+
+  // REQs can arrive before the listing is done; answer them in order once it is.
+  for await (const bytes of call.messages) {
+    const packet = fromBinary(PacketSchema, bytes);
+    await listing;
+    switch (packet.type) {
+      case PacketType.PACKET_REQ: {
+        const entry = entries[packet.ID];
+        if (!entry) throw new ConnectError(`BuildKit asked for file #${packet.ID}, which was never listed`, Code.InvalidArgument);
+        let sent = 0;
+        for await (const chunk of createReadStream(entry.absolutePath, { highWaterMark: DATA_CHUNK_BYTES, signal: call.signal })) {
+          sent += (chunk as Buffer).length;
+          await send(create(PacketSchema, { type: PacketType.PACKET_DATA, ID: packet.ID, data: chunk as Buffer }));
+        }
+        await send(create(PacketSchema, { type: PacketType.PACKET_DATA, ID: packet.ID }));
+        observer?.fileSent(dirName, entry.stat.path, sent);
+        break;
+      }
+      case PacketType.PACKET_FIN:
+        await send(create(PacketSchema, { type: PacketType.PACKET_FIN }));
+        return;
+      case PacketType.PACKET_ERR:
+        throw new ConnectError(`BuildKit failed receiving "${dirName}": ${Buffer.from(packet.data).toString("utf8")}`, Code.Aborted);
+      default:
+        throw new ConnectError(`unexpected DiffCopy packet type ${packet.type} from BuildKit`, Code.InvalidArgument);
+    }
+  }
+  await listing;
+}
+
+function header(call: BidiCall, name: string): string[] {
+  return call.headers.get(name) ?? [];
+}
+
+async function walk(root: string, relative: string, include: PathPatterns, exclude: PathPatterns): Promise<Entry[]> {
+  const names = (await readdir(join(root, relative))).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+  const entries: Entry[] = [];
+  for (const name of names) {
+    const path = relative ? `${relative}/${name}` : name;
+    const absolutePath = join(root, path);
+    const info = await lstat(absolutePath, { bigint: true });
+    if (!exclude.empty && exclude.matches(path)) continue;
+    const included = include.empty || include.matches(path);
+    if (info.isDirectory()) {
+      if (!included && !include.mayMatchBelow(path)) continue;
+      const below = await walk(root, path, included ? new PathPatterns([]) : include, exclude);
+      if (!included && below.length === 0) continue;
+      entries.push({ stat: statOf(path, info, GO_MODE_DIR, ""), absolutePath }, ...below);
+    } else if (included && (info.isFile() || info.isSymbolicLink())) {
+      const linkname = info.isSymbolicLink() ? await readlink(absolutePath) : "";
+      entries.push({ stat: statOf(path, info, info.isSymbolicLink() ? GO_MODE_SYMLINK : 0, linkname), absolutePath });
+    }
+  }
+  return entries;
+}
+
+function statOf(path: string, info: BigIntStats, typeBits: number, linkname: string): Stat {
+  return create(StatSchema, {
+    path,
+    mode: (typeBits | (Number(info.mode) & 0o7777)) >>> 0,
+    uid: Number(info.uid),
+    gid: Number(info.gid),
+    size: info.isFile() ? info.size : 0n,
+    modTime: info.mtimeNs,
+    linkname,
+  });
+}

@@ -1,0 +1,362 @@
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
+import type { DockerfileBuild } from "../buildkit/dockerfile-build.js";
+import { ProgressTracker } from "../buildkit/progress.js";
+import type { ImageInspect, PushResult } from "../docker/docker-api.js";
+import { parseImageReference } from "../../shared/registry/image-reference.js";
+import type { ImageConfigFile, ImageManifest } from "../../shared/registry/registry-client.js";
+import { BuildQueue } from "./build-queue.js";
+import { explainBuildFailure, isTransient } from "./build-errors.js";
+import type { BuildEvent, BuildRequest, ContextSource, Handoff, ImageResult, LocalContext } from "./model.js";
+import type { ReuseRecord, ReuseRecords } from "./reuse-records.js";
+
+/** Runs a Dockerfile build on BuildKit (buildDockerfile over a BuildKitClient in production). */
+export interface DockerfileBuilder {
+  build(build: DockerfileBuild, onStatus: (status: StatusResponse) => void, signal?: AbortSignal): Promise<Record<string, string>>;
+}
+
+/** dockerd's image store, where BuildKit's moby exporter leaves images. */
+export interface ImageStore {
+  inspectImage(name: string, signal?: AbortSignal): Promise<ImageInspect | undefined>;
+  removeImage(name: string, signal?: AbortSignal): Promise<void>;
+  tagImage(image: string, repository: string, tag: string, signal?: AbortSignal): Promise<void>;
+  pushImage(repository: string, tag: string, signal?: AbortSignal): Promise<PushResult>;
+}
+
+/** The registry images are handed over through. */
+export interface Registry {
+  readonly address: string;
+  manifest(repository: string, reference: string, signal?: AbortSignal): Promise<{ digest: string; manifest: ImageManifest }>;
+  config(repository: string, descriptor: ImageManifest["config"], signal?: AbortSignal): Promise<ImageConfigFile>;
+  deleteManifest(repository: string, digest: string, signal?: AbortSignal): Promise<void>;
+}
+
+export interface ImageBuilderSettings {
+  defaultBaseRunner: string;
+  /** OPSCHAIN_VERSION. */
+  version: string;
+  /** Repository (in dockerd and the registry) that step images are named in. */
+  stepsRepository: string;
+  defaultHandoff: Handoff;
+  /** Images older than this are built again rather than reused. */
+  reuseTtlMs: number;
+  maxConcurrentBuilds: number;
+  /** Attempts for a build whose connection to BuildKit fails (not for a failing build). */
+  transportAttempts: number;
+}
+
+type Listener = (event: BuildEvent) => void;
+
+export type BuildOutcome = "built" | "reused" | "failed" | "cancelled";
+
+/** Told of every build's end and of each retry, for metrics. */
+export interface BuildObserver {
+  buildEnded(outcome: BuildOutcome, seconds: number): void;
+  transportRetried(): void;
+}
+
+interface SharedBuild {
+  result: Promise<ImageResult>;
+  listeners: Set<Listener>;
+  subscribers: number;
+  controller: AbortController;
+}
+
+const LOG_TAIL_BYTES = 4096;
+
+/**
+ * Builds the image of a prepared context, or reuses the one built before for the same inputs. Identical
+ * builds in flight are merged into one; builds beyond the limit wait in FIFO order.
+ */
+export class ImageBuilder {
+  private readonly queue: BuildQueue;
+  private readonly inFlight = new Map<string, SharedBuild>();
+
+  constructor(
+    private readonly contexts: ContextSource,
+    private readonly buildkit: DockerfileBuilder,
+    private readonly images: ImageStore,
+    private readonly registry: Registry,
+    private readonly records: ReuseRecords,
+    private readonly settings: ImageBuilderSettings,
+    private readonly observer: BuildObserver = { buildEnded: () => {}, transportRetried: () => {} },
+  ) {
+    this.queue = new BuildQueue(settings.maxConcurrentBuilds);
+  }
+
+  get queueDepth(): number {
+    return this.queue.depth;
+  }
+
+  async build(request: BuildRequest, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
+    const started = Date.now();
+    try {
+      const image = await this.buildOrReuse(request, emit, signal);
+      this.observer.buildEnded(image.reused ? "reused" : "built", (Date.now() - started) / 1000);
+      return image;
+    } catch (error) {
+      this.observer.buildEnded(signal?.aborted ? "cancelled" : "failed", (Date.now() - started) / 1000);
+      throw error;
+    }
+  }
+
+  private async buildOrReuse(request: BuildRequest, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
+    const context = await this.contexts.materialize(request.contextId, signal);
+    const baseRunner = request.baseRunner || this.settings.defaultBaseRunner;
+    const baseDigest = await this.resolveBaseImage(baseRunner, signal);
+    const buildArgs = {
+      GIT_REV: context.gitRev,
+      GIT_SHA: context.gitSha,
+      OPSCHAIN_BASE_RUNNER: baseRunner,
+      OPSCHAIN_VERSION: this.settings.version,
+    };
+    const contentKey = this.contentKey(context, baseDigest, buildArgs, request.network);
+    const handoff = request.handoff ?? this.settings.defaultHandoff;
+
+    if (!request.buildWithoutCache) {
+      const reused = await this.reuse(contentKey, handoff, signal);
+      if (reused) return reused;
+    }
+    const key = `${contentKey}/${request.buildWithoutCache}`;
+    let shared = this.inFlight.get(key);
+    if (!shared) {
+      const controller = new AbortController();
+      const listeners = new Set<Listener>();
+      const fanOut = (event: BuildEvent) => listeners.forEach((listener) => listener(event));
+      const result = this.queue
+        .run(
+          () => this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, controller.signal),
+          (position) => fanOut({ kind: "queued", position }),
+          controller.signal,
+        )
+        .finally(() => this.inFlight.delete(key));
+      shared = { result, listeners, subscribers: 0, controller };
+      this.inFlight.set(key, shared);
+    }
+    return this.follow(shared, emit, signal).then((built) => this.handOver(built, handoff, signal));
+  }
+
+  /** Waits for a shared build; it is cancelled only when every caller waiting for it has gone. */
+  private async follow(shared: SharedBuild, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
+    shared.subscribers++;
+    shared.listeners.add(emit);
+    let left = false;
+    const leave = () => {
+      if (left) return;
+      left = true;
+      shared.listeners.delete(emit);
+      if (--shared.subscribers === 0 && signal?.aborted) shared.controller.abort(signal.reason);
+    };
+    const cancelled = new Promise<never>((_, reject) => {
+      const onAbort = () => reject(new ConnectError("the build was cancelled", Code.Canceled));
+      if (signal?.aborted) onAbort();
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+    signal?.addEventListener("abort", leave, { once: true });
+    try {
+      return await Promise.race([shared.result, cancelled]);
+    } finally {
+      signal?.removeEventListener("abort", leave);
+      leave();
+    }
+  }
+
+  private async solve(
+    context: LocalContext,
+    buildArgs: Record<string, string>,
+    contentKey: string,
+    request: BuildRequest,
+    emit: Listener,
+    signal: AbortSignal,
+  ): Promise<ImageResult> {
+    const started = Date.now();
+    const tag = contentKey.replace(/^sha256:/, "");
+    const scope = cacheScope(context);
+    const cacheSource = request.buildWithoutCache ? undefined : await this.records.cacheSource(scope);
+    const tracker = new ProgressTracker();
+    const logTails = new Map<string, string>();
+    const onStatus = (status: StatusResponse) => {
+      const events = tracker.update(status);
+      for (const event of events) {
+        if (event.kind === "log") logTails.set(event.digest, ((logTails.get(event.digest) ?? "") + Buffer.from(event.data).toString("utf8")).slice(-LOG_TAIL_BYTES));
+      }
+      if (events.length) emit({ kind: "progress", events });
+    };
+    const build: DockerfileBuild = {
+      contextDir: context.contextDir,
+      dockerfileDir: context.dockerfileDir,
+      buildArgs,
+      network: request.network,
+      noCache: request.buildWithoutCache,
+      secrets: { env_context_zip: () => readFile(context.secretZipPath) },
+      exporter: { type: "moby", attrs: { name: `${this.settings.stepsRepository}:${tag}` } },
+      // Pushed images carry their build cache, and builds import it from the last one pushed for the same
+      // Dockerfile, so that a BuildKit without local cache (a new node, a pruned one) still reuses layers.
+      cacheExports: [{ type: "inline", attrs: {} }],
+      cacheImports: cacheSource ? [{ type: "registry", attrs: { ref: cacheSource } }] : [],
+      sessionName: `steprunner ${context.gitSha.slice(0, 12)}`,
+      sharedKey: `steprunner-${scope}`,
+    };
+    let exporterResponse: Record<string, string> | undefined;
+    for (let attempt = 1; !exporterResponse; attempt++) {
+      try {
+        exporterResponse = await this.buildkit.build(build, onStatus, signal);
+      } catch (error) {
+        if (signal.aborted) throw new ConnectError("the build was cancelled", Code.Canceled);
+        if (isTransient(error) && attempt < this.settings.transportAttempts) {
+          this.observer.transportRetried();
+          emit({ kind: "warning", message: `BuildKit connection failed (${ConnectError.from(error).rawMessage}); trying again (${attempt + 1}/${this.settings.transportAttempts})` });
+          continue;
+        }
+        const failedVertex = [...logTails.keys()].pop();
+        throw explainBuildFailure(error, failedVertex ? logTails.get(failedVertex)! : "");
+      }
+    }
+    const imageId = exporterResponse["containerimage.digest"];
+    if (!imageId) throw new ConnectError("BuildKit finished without naming the image it exported", Code.Internal);
+    const record: ReuseRecord = { contentKey, imageId, cacheScope: scope, handoffs: ["layer-store"], builtAt: Date.now(), buildDurationMs: Date.now() - started };
+    await this.records.put(record);
+    return this.describe(record, "layer-store", false, signal);
+  }
+
+  private async reuse(contentKey: string, handoff: Handoff, signal?: AbortSignal): Promise<ImageResult | undefined> {
+    const record = await this.records.get(contentKey);
+    if (!record) return undefined;
+    const expired = Date.now() - record.builtAt > this.settings.reuseTtlMs;
+    if (expired || !(await this.images.inspectImage(record.imageId, signal))) {
+      await this.records.remove(contentKey);
+      return undefined;
+    }
+    return this.handOver(await this.describe(record, "layer-store", true, signal), handoff, signal);
+  }
+
+  /** Pushes the image when the registry hand-off is asked for and it is not there yet. */
+  private async handOver(image: ImageResult, handoff: Handoff, signal?: AbortSignal): Promise<ImageResult> {
+    if (handoff === "layer-store") return image;
+    let record = (await this.records.get(image.contentKey))!;
+    if (!record.reference) {
+      const tag = image.contentKey.replace(/^sha256:/, "");
+      const repository = `${this.registry.address}/${this.settings.stepsRepository}`;
+      await this.images.tagImage(image.imageId, repository, tag, signal);
+      const pushed = await this.images.pushImage(repository, tag, signal);
+      record = { ...record, reference: `${repository}@${pushed.digest}`, manifestDigest: pushed.digest, handoffs: ["layer-store", "registry"] };
+      await this.records.put(record);
+      await this.records.setCacheSource(record.cacheScope, `${repository}:${tag}`);
+    }
+    return this.describe(record, "registry", image.reused, signal);
+  }
+
+  private async describe(record: ReuseRecord, handoff: Handoff, reused: boolean, signal?: AbortSignal): Promise<ImageResult> {
+    const inspect = await this.images.inspectImage(record.imageId, signal);
+    if (!inspect) throw new ConnectError(`image ${record.imageId} vanished from dockerd`, Code.Unavailable);
+    const config = {
+      env: inspect.Config?.Env ?? [],
+      entrypoint: inspect.Config?.Entrypoint ?? [],
+      cmd: inspect.Config?.Cmd ?? [],
+      workingDir: inspect.Config?.WorkingDir ?? "",
+      user: inspect.Config?.User ?? "",
+      labels: inspect.Config?.Labels ?? {},
+    };
+    const common = { imageId: record.imageId, handoff, config, contentKey: record.contentKey, reused, builtAt: record.builtAt, buildDurationMs: record.buildDurationMs };
+    if (handoff === "layer-store") {
+      return {
+        ...common,
+        reference: "",
+        manifestDigest: "",
+        layers: (inspect.RootFS.Layers ?? []).map((diffId) => ({ digest: "", diffId, size: 0n, mediaType: "" })),
+        layerDirectories: layerDirectories(inspect),
+      };
+    }
+    const { repository } = parseImageReference(record.reference!);
+    const { manifest } = await this.registry.manifest(repository, record.manifestDigest!, signal);
+    const configFile = await this.registry.config(repository, manifest.config, signal);
+    return {
+      ...common,
+      reference: record.reference!,
+      manifestDigest: record.manifestDigest!,
+      layers: manifest.layers.map((layer, index) => ({
+        digest: layer.digest,
+        diffId: configFile.rootfs.diff_ids[index] ?? "",
+        size: BigInt(layer.size),
+        mediaType: layer.mediaType,
+      })),
+      layerDirectories: [],
+    };
+  }
+
+  /**
+   * Removes the images built longer ago than olderThanMs (default: the reuse TTL): their names in dockerd
+   * (the image goes with its last name) and their manifests in the registry. Images a build in flight is
+   * producing are not touched. Returns the content keys removed.
+   */
+  async prune(olderThanMs = this.settings.reuseTtlMs, signal?: AbortSignal): Promise<string[]> {
+    const removed: string[] = [];
+    const now = Date.now();
+    for (const record of await this.records.list()) {
+      if (now - record.builtAt < olderThanMs) continue;
+      if ([...this.inFlight.keys()].some((key) => key.startsWith(record.contentKey))) continue;
+      const tag = record.contentKey.replace(/^sha256:/, "");
+      await this.images.removeImage(`${this.settings.stepsRepository}:${tag}`, signal);
+      if (record.reference) {
+        const { repository } = parseImageReference(record.reference);
+        await this.images.removeImage(`${this.registry.address}/${repository}:${tag}`, signal);
+        await this.registry.deleteManifest(repository, record.manifestDigest!, signal);
+      }
+      await this.records.remove(record.contentKey);
+      removed.push(record.contentKey);
+    }
+    return removed;
+  }
+
+  private async resolveBaseImage(baseRunner: string, signal?: AbortSignal): Promise<string> {
+    let reference;
+    try {
+      reference = parseImageReference(baseRunner);
+    } catch (error) {
+      throw new ConnectError(`base_runner: ${(error as Error).message}`, Code.InvalidArgument);
+    }
+    if (reference.registry !== this.registry.address) {
+      throw new ConnectError(`base_runner must be in the registry ${this.registry.address}, got ${baseRunner}`, Code.InvalidArgument);
+    }
+    try {
+      return (await this.registry.manifest(reference.repository, reference.reference, signal)).digest;
+    } catch (error) {
+      if ((error as { status?: number }).status === 404) {
+        throw new ConnectError(`the base runner image ${baseRunner} is not in the registry; run deploy/local/runner-image.sh ensure`, Code.FailedPrecondition);
+      }
+      throw new ConnectError(`cannot resolve the base runner image ${baseRunner}: ${(error as Error).message}`, Code.Unavailable);
+    }
+  }
+
+  private contentKey(context: LocalContext, baseDigest: string, buildArgs: Record<string, string>, network: string): string {
+    const inputs = {
+      gitSha: context.gitSha,
+      dockerfile: context.dockerfile.digest,
+      baseImage: baseDigest,
+      buildArgs,
+      repoTar: context.repoTar.digest,
+      // The default Dockerfile never puts the properties in a layer: a change of properties reuses the image.
+      stepContextZip: context.defaultDockerfile ? null : context.stepContextZip.digest,
+      network,
+    };
+    return `sha256:${createHash("sha256").update(JSON.stringify(inputs)).digest("hex")}`;
+  }
+}
+
+/**
+ * Builds of one Dockerfile share BuildKit's snapshot of their local sources (unchanged files are not sent
+ * again) and their registry cache; unrelated Dockerfiles do not evict each other's.
+ */
+function cacheScope(context: LocalContext): string {
+  return context.dockerfile.digest.slice(7, 23);
+}
+
+/** dockerd's overlay2 directories of an image, bottom layer first. */
+function layerDirectories(inspect: ImageInspect): string[] {
+  const data = inspect.GraphDriver.Data ?? {};
+  if (inspect.GraphDriver.Name !== "overlay2" || !data.UpperDir) return [];
+  const lower = data.LowerDir ? data.LowerDir.split(":").reverse() : [];
+  return [...lower, data.UpperDir];
+}

@@ -1,0 +1,67 @@
+import type { ProgressEvent } from "../buildkit/progress.js";
+
+export type Handoff = "registry" | "layer-store";
+
+export interface ContextFileInfo {
+  digest: string;
+  size: bigint;
+}
+
+/** A prepared context as the image-service needs it, its files on local disk. */
+export interface LocalContext {
+  contextId: string;
+  gitRev: string;
+  gitSha: string;
+  /** Whether the Dockerfile is this version's default (then properties do not enter the reuse key). */
+  defaultDockerfile: boolean;
+  repoTar: ContextFileInfo;
+  stepContextZip: ContextFileInfo;
+  dockerfile: ContextFileInfo;
+  /** Holds repo.tar and the redacted step_context.json.zip: the build context. */
+  contextDir: string;
+  /** Holds the Dockerfile. */
+  dockerfileDir: string;
+  /** The unredacted zip, given to builds only as the secret env_context_zip. */
+  secretZipPath: string;
+}
+
+/** Where prepared contexts come from (the context-service, or a fake in unit tests). */
+export interface ContextSource {
+  materialize(contextId: string, signal?: AbortSignal): Promise<LocalContext>;
+}
+
+export interface BuildRequest {
+  contextId: string;
+  /** Empty: the service's default base runner. */
+  baseRunner: string;
+  network: "none" | "host";
+  buildWithoutCache: boolean;
+  /** Undefined: the service's default. */
+  handoff: Handoff | undefined;
+}
+
+export interface ImageLayer {
+  digest: string;
+  diffId: string;
+  size: bigint;
+  mediaType: string;
+}
+
+export interface ImageResult {
+  imageId: string;
+  handoff: Handoff;
+  reference: string;
+  manifestDigest: string;
+  config: { env: string[]; entrypoint: string[]; cmd: string[]; workingDir: string; user: string; labels: Record<string, string> };
+  layers: ImageLayer[];
+  layerDirectories: string[];
+  contentKey: string;
+  reused: boolean;
+  builtAt: number;
+  buildDurationMs: number;
+}
+
+export type BuildEvent =
+  | { kind: "queued"; position: number }
+  | { kind: "progress"; events: ProgressEvent[] }
+  | { kind: "warning"; message: string };

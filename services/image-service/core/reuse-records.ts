@@ -1,0 +1,70 @@
+import { mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { Handoff } from "./model.js";
+
+/** What was built for a content key, so that the same inputs get the same image without a solve. */
+export interface ReuseRecord {
+  contentKey: string;
+  imageId: string;
+  /** Builds in one scope share the context snapshot and the registry cache (see cacheScope). */
+  cacheScope: string;
+  /** The registry reference ("host/repo@sha256:…") once pushed. */
+  reference?: string;
+  manifestDigest?: string;
+  handoffs: Handoff[];
+  builtAt: number;
+  buildDurationMs: number;
+}
+
+/** Records on disk, one JSON file per content key, written atomically. */
+export class ReuseRecords {
+  constructor(private readonly dir: string) {}
+
+  async get(contentKey: string): Promise<ReuseRecord | undefined> {
+    try {
+      return JSON.parse(await readFile(this.path(contentKey), "utf8")) as ReuseRecord;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw error;
+    }
+  }
+
+  async put(record: ReuseRecord): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    const temporary = `${this.path(record.contentKey)}.${process.pid}.tmp`;
+    await writeFile(temporary, JSON.stringify(record));
+    await rename(temporary, this.path(record.contentKey));
+  }
+
+  async remove(contentKey: string): Promise<void> {
+    await rm(this.path(contentKey), { force: true });
+  }
+
+  /** The last image pushed for a cache scope: where a BuildKit without local cache imports layers from. */
+  async cacheSource(scope: string): Promise<string | undefined> {
+    try {
+      return (JSON.parse(await readFile(join(this.dir, "cache-sources", `${scope}.json`), "utf8")) as { reference: string }).reference;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw error;
+    }
+  }
+
+  async setCacheSource(scope: string, reference: string): Promise<void> {
+    const dir = join(this.dir, "cache-sources");
+    await mkdir(dir, { recursive: true });
+    const temporary = join(dir, `${scope}.${process.pid}.tmp`);
+    await writeFile(temporary, JSON.stringify({ reference }));
+    await rename(temporary, join(dir, `${scope}.json`));
+  }
+
+  async list(): Promise<ReuseRecord[]> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    const records = await Promise.all(names.filter((name) => name.endsWith(".json")).map((name) => this.get(name.slice(0, -5))));
+    return records.filter((record): record is ReuseRecord => record !== undefined);
+  }
+
+  private path(contentKey: string): string {
+    return join(this.dir, `${contentKey.replace(/^sha256:/, "")}.json`);
+  }
+}

@@ -1,0 +1,58 @@
+import { createClient, type Client, type Transport } from "@connectrpc/connect";
+import { fromJson, type JsonObject } from "@bufbuild/protobuf";
+import { unzipSync } from "fflate";
+import { ContextFileKind, ContextService, StepContextValuesSchema } from "../../../gen/steprunner/context/v1/context_service_pb.js";
+import type { ContextPreparer, PreparedStepContext, StepRequest } from "../steps/ports.js";
+
+/** The largest step context read back (the context-service limits properties far below this). */
+const MAX_STEP_CONTEXT_ZIP_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Prepares a step's context with the context-service: the revision resolved, the build context made, and
+ * the full step_context.json (secrets included) read back for the run-time mount.
+ */
+export class ContextServicePreparer implements ContextPreparer {
+  private readonly client: Client<typeof ContextService>;
+
+  constructor(transport: Transport) {
+    this.client = createClient(ContextService, transport);
+  }
+
+  async prepare(request: StepRequest, signal: AbortSignal): Promise<PreparedStepContext> {
+    const { context } = await this.client.prepareContext(
+      {
+        repositoryUrl: request.repositoryUrl,
+        gitRev: request.gitRev,
+        repoFolder: request.repoFolder,
+        excludeGitHistory: request.excludeGitHistory,
+        properties: request.properties.map((set) => ({ owner: set.owner, properties: set.properties as JsonObject })),
+        secretPointers: request.secretPointers,
+        contextValues: fromJson(StepContextValuesSchema, request.contextValues as JsonObject),
+      },
+      { signal },
+    );
+    if (!context) throw new Error("the context-service prepared no context");
+    return {
+      contextId: context.contextId,
+      gitRev: context.gitRev,
+      gitSha: context.gitSha,
+      repoFolder: context.repoFolder,
+      stepContext: await this.readStepContext(context.contextId, signal),
+      warnings: context.warnings,
+    };
+  }
+
+  private async readStepContext(contextId: string, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    for await (const { chunk } of this.client.readContextFile({ contextId, kind: ContextFileKind.SECRET_STEP_CONTEXT_ZIP }, { signal })) {
+      size += chunk.length;
+      if (size > MAX_STEP_CONTEXT_ZIP_BYTES) throw new Error(`step_context.json.zip of ${contextId} is larger than ${MAX_STEP_CONTEXT_ZIP_BYTES} bytes`);
+      chunks.push(chunk);
+    }
+    const files = unzipSync(Buffer.concat(chunks));
+    const json = files["step_context.json"];
+    if (!json) throw new Error(`step_context.json.zip of ${contextId} holds no step_context.json`);
+    return JSON.parse(Buffer.from(json).toString("utf8")) as Record<string, unknown>;
+  }
+}

@@ -1,0 +1,321 @@
+import { execFile, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { chown, cp, lstat, mkdir, readFile, readdir, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { Readable } from "node:stream";
+import { constants } from "node:os";
+import { StringDecoder } from "node:string_decoder";
+import { setTimeout as delay } from "node:timers/promises";
+import { promisify } from "node:util";
+import type { Logger } from "../../shared/log.js";
+import type { ImageRootfs } from "../images/images.js";
+import { insideRoot } from "./paths.js";
+import { buildSpec, type Limits, resolveUser } from "./spec.js";
+
+const exec = promisify(execFile);
+const CGROUP_ROOT = "/sys/fs/cgroup";
+/** Longest line kept whole; longer output is cut into lines of this size so memory stays bounded. */
+const MAX_LINE_BYTES = 64 * 1024;
+
+export interface RuntimeSettings {
+  runcPath: string;
+  /** runc's --root: the service's own, so that a restart can list and reap exactly its containers. */
+  runcRoot: string;
+  /** Where each step's bundle, upper and work directories live. */
+  workDir: string;
+  /** Distinguishes this service's cgroups and containers from any other's on the host. */
+  instanceTag: string;
+  killGraceMs: number;
+  /** Largest step_result.json read back. */
+  maxResultBytes: number;
+}
+
+export type OutputStream = "stdout" | "stderr";
+
+export interface ContainerRun {
+  stepId: string;
+  image: ImageRootfs;
+  /** The command (replaces the image's Cmd). */
+  args: string[];
+  env: Record<string, string>;
+  limits: Limits;
+  hostNetwork: boolean;
+  /** Files mounted read-only at a path inside the container (e.g. the step context). */
+  binds: { source: string; destination: string }[];
+  /** Directories created owned by the image's user before the step starts (e.g. /opt/opschain/.mintpress). */
+  userDirs: string[];
+  /** A host directory whose content is copied to /opt/opschain, for images that do not carry the repository. */
+  repositoryDir?: string;
+  /** A file the step writes, read back from the upper directory after it exits. */
+  resultPath: string;
+  timeoutMs: number;
+  onOutput(stream: OutputStream, text: string, time: Date): void;
+  /** Called once runc has been started. */
+  onStarted(): void;
+  signal: AbortSignal;
+}
+
+export interface ContainerExit {
+  /** The process's exit code, or null when a signal ended it. */
+  exitCode: number | null;
+  signal: string | null;
+  oomKilled: boolean;
+  timedOut: boolean;
+  cancelled: boolean;
+  /** The result file's text; or why it could not be read; null when the step wrote none. */
+  result: { text: string } | { problem: string } | null;
+}
+
+/** runc failed (not the step): the container could not be created or run. */
+export class RuntimeError extends Error {}
+
+/**
+ * Runs steps in runc containers: overlayfs over the image's lower directories with a fresh upper directory,
+ * a spec from the image config and the step, and a teardown that always runs.
+ */
+export class ContainerRuntime {
+  constructor(
+    private readonly settings: RuntimeSettings,
+    private readonly logger: Logger,
+  ) {}
+
+  containerId(stepId: string): string {
+    return `steprunner-${this.settings.instanceTag}-${stepId}`;
+  }
+
+  async run(request: ContainerRun): Promise<ContainerExit> {
+    const id = this.containerId(request.stepId);
+    const dir = join(this.settings.workDir, request.stepId);
+    const rootfs = join(dir, "rootfs");
+    const upper = join(dir, "upper");
+    try {
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(rootfs, { recursive: true });
+      await mkdir(upper);
+      await mkdir(join(dir, "work"));
+      // overlayfs lists lower directories top first.
+      const lower = [...request.image.lowerDirs].reverse().join(":");
+      await exec("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${upper},workdir=${join(dir, "work")}`, rootfs]);
+      const user = await resolveUser(rootfs, request.image.config.user);
+      if (request.repositoryDir) {
+        const target = await insideRoot(rootfs, "/opt/opschain");
+        await cp(request.repositoryDir, target, { recursive: true, filter: (source) => !source.endsWith("/.git") });
+        await exec("chown", ["-R", "--no-dereference", `${user.uid}:${user.gid}`, target]);
+      }
+      for (const userDir of request.userDirs) {
+        const target = await insideRoot(rootfs, userDir);
+        await mkdir(target, { recursive: true });
+        await chown(target, user.uid, user.gid);
+      }
+      const memoryCgroup = await this.memoryCgroup(request.stepId, request.limits.memoryBytes);
+      const spec = buildSpec({
+        rootfs,
+        image: request.image.config,
+        user,
+        args: request.args,
+        env: request.env,
+        hostname: "step",
+        limits: request.limits,
+        hostNetwork: request.hostNetwork,
+        cgroupsPath: `/${this.containerId(request.stepId)}/container`,
+        binds: request.binds,
+      });
+      await writeFile(join(dir, "config.json"), JSON.stringify(spec));
+      const exit = await this.runc(id, dir, request);
+      const oomKilled = exit.signal === "SIGKILL" && (await memoryLimitHit(memoryCgroup));
+      const result = await this.readResult(upper, request.resultPath);
+      return { ...exit, oomKilled, result };
+    } finally {
+      await this.teardown(request.stepId);
+    }
+  }
+
+  /** Removes everything a step's container left: runc state, cgroups, mounts and directories. Idempotent. */
+  async teardown(stepId: string): Promise<void> {
+    const id = this.containerId(stepId);
+    const dir = join(this.settings.workDir, stepId);
+    await killOrphanedRunc(join(dir, "runc.pid"), id);
+    await exec(this.settings.runcPath, ["--root", this.settings.runcRoot, "delete", "--force", id]).catch(() => undefined);
+    await exec("umount", [join(dir, "rootfs")]).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+    await this.removeCgroups(stepId);
+  }
+
+  /** Reaps what a crashed service left: containers under our runc root, our cgroups, mounts and step dirs. */
+  async reap(): Promise<string[]> {
+    const stepIds = new Set<string>();
+    const prefix = `steprunner-${this.settings.instanceTag}-`;
+    const listed = await exec(this.settings.runcPath, ["--root", this.settings.runcRoot, "list", "-q"]).catch(() => ({ stdout: "" }));
+    for (const id of listed.stdout.split("\n")) if (id.startsWith(prefix)) stepIds.add(id.slice(prefix.length));
+    for (const name of await readdir(this.settings.workDir).catch(() => [] as string[])) stepIds.add(name);
+    for (const controller of await readdir(CGROUP_ROOT).catch(() => [] as string[])) {
+      for (const name of await readdir(join(CGROUP_ROOT, controller)).catch(() => [] as string[])) {
+        if (name.startsWith(prefix)) stepIds.add(name.slice(prefix.length));
+      }
+    }
+    for (const stepId of stepIds) await this.teardown(stepId);
+    if (stepIds.size > 0) this.logger.warn("reaped containers left by an earlier run", { steps: [...stepIds] });
+    return [...stepIds];
+  }
+
+  /** A parent memory cgroup of our own that holds the limit and outlives runc's container cgroup. */
+  private async memoryCgroup(stepId: string, memoryBytes: number): Promise<string> {
+    const path = join(CGROUP_ROOT, "memory", this.containerId(stepId));
+    await mkdir(path, { recursive: true });
+    await writeFile(join(path, "memory.limit_in_bytes"), String(memoryBytes));
+    // Without swap accounting the file is absent and the limit holds for RAM alone.
+    await writeFile(join(path, "memory.memsw.limit_in_bytes"), String(memoryBytes)).catch(() => undefined);
+    return path;
+  }
+
+  private async removeCgroups(stepId: string): Promise<void> {
+    const name = this.containerId(stepId);
+    for (const controller of await readdir(CGROUP_ROOT).catch(() => [] as string[])) {
+      const path = join(CGROUP_ROOT, controller, name);
+      for (const child of await readdir(path, { withFileTypes: true }).catch(() => [])) {
+        if (child.isDirectory()) await rmdir(join(path, child.name)).catch(() => undefined);
+      }
+      await rmdir(path).catch((error: NodeJS.ErrnoException) => {
+        if (error.code !== "ENOENT") this.logger.warn("could not remove a cgroup", { path, error });
+      });
+    }
+  }
+
+  private async runc(id: string, bundle: string, request: ContainerRun): Promise<Omit<ContainerExit, "oomKilled" | "result">> {
+    const logFile = join(bundle, "runc.log");
+    const child = spawn(
+      this.settings.runcPath,
+      ["--root", this.settings.runcRoot, "--log", logFile, "--log-format", "json", "run", "--bundle", bundle, id],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    // Recorded so that a restart after a crash can stop the `runc run` this process left behind.
+    if (child.pid) await writeFile(join(bundle, "runc.pid"), String(child.pid));
+    request.onStarted();
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
+      child.once("error", (error) => reject(new RuntimeError(`runc could not be started: ${error.message}`)));
+      child.once("close", (code, signal) => resolve({ code, signal }));
+    });
+    const drained = Promise.all([lines(child.stdout!, "stdout", request.onOutput), lines(child.stderr!, "stderr", request.onOutput)]);
+
+    let timedOut = false;
+    let cancelled = false;
+    let stopping = false;
+    let ended = false;
+    void exited.finally(() => (ended = true)).catch(() => undefined);
+    // TERM, then KILL after the grace period; repeated, because the container may not exist yet when asked.
+    const stop = async (reason: "timeout" | "cancel") => {
+      if (stopping) return;
+      stopping = true;
+      if (reason === "timeout") timedOut = true;
+      else cancelled = true;
+      const killAt = Date.now() + this.settings.killGraceMs;
+      while (!ended) {
+        await this.kill(id, Date.now() < killAt ? "TERM" : "KILL");
+        await Promise.race([exited.catch(() => undefined), delay(200)]);
+      }
+    };
+    const timer = setTimeout(() => void stop("timeout"), request.timeoutMs);
+    const onAbort = () => void stop("cancel");
+    if (request.signal.aborted) onAbort();
+    else request.signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      const { code, signal } = await exited;
+      await drained;
+      const failure = await runcError(logFile);
+      if (failure) throw new RuntimeError(`runc failed: ${failure}`);
+      if (signal) throw new RuntimeError(`runc itself was killed by ${signal}`);
+      // runc exits with 128+N when the process was killed by signal N.
+      const signalName = code !== null && code > 128 && code <= 128 + 64 ? signalNameOf(code - 128) : null;
+      return { exitCode: signalName ? null : code, signal: signalName, timedOut, cancelled };
+    } finally {
+      clearTimeout(timer);
+      request.signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  private async kill(id: string, signal: string): Promise<void> {
+    await exec(this.settings.runcPath, ["--root", this.settings.runcRoot, "kill", "--all", id, signal]).catch(() => undefined);
+  }
+
+  private async readResult(upper: string, resultPath: string): Promise<ContainerExit["result"]> {
+    let path: string;
+    try {
+      path = await insideRoot(upper, resultPath);
+    } catch (error) {
+      return { problem: (error as Error).message };
+    }
+    const info = await lstat(path).catch(() => undefined);
+    if (!info) return null;
+    if (!info.isFile()) return { problem: `/${resultPath} is not a regular file` };
+    if (info.size > this.settings.maxResultBytes) {
+      return { problem: `${resultPath} is ${info.size} bytes, more than the ${this.settings.maxResultBytes} bytes a result may have` };
+    }
+    return { text: await readFile(path, "utf8") };
+  }
+}
+
+/** Kills a `runc run` left by a crashed service, if that pid is still the runc of this container. */
+async function killOrphanedRunc(pidFile: string, id: string): Promise<void> {
+  const pid = Number(await readFile(pidFile, "utf8").catch(() => "0"));
+  if (!pid) return;
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+  if (!cmdline.split("\0").includes(id)) return;
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    return; // it has just exited
+  }
+  for (let i = 0; i < 50 && (await stat(`/proc/${pid}`).catch(() => undefined)); i++) await delay(20);
+}
+
+/**
+ * Whether the memory cgroup's usage ever reached its limit: together with a SIGKILL, that is the OOM killer's
+ * doing. (cgroup v1 counts oom_kill on the container's own cgroup, which runc removes when it exits, and this
+ * kernel leaves memory.failcnt at 0, so the high-water mark of our parent cgroup is what survives.)
+ */
+async function memoryLimitHit(path: string): Promise<boolean> {
+  const read = async (name: string) => Number((await readFile(join(path, name), "utf8").catch(() => "0")).trim());
+  const limit = await read("memory.limit_in_bytes");
+  return (await read("memory.failcnt")) > 0 || (limit > 0 && (await read("memory.max_usage_in_bytes")) >= limit);
+}
+
+async function runcError(logFile: string): Promise<string | undefined> {
+  const text = await readFile(logFile, "utf8").catch(() => "");
+  for (const line of text.split("\n")) {
+    if (!line) continue;
+    try {
+      const entry = JSON.parse(line) as { level?: string; msg?: string };
+      if (entry.level === "error" || entry.level === "fatal") return entry.msg;
+    } catch {
+      // runc writes only JSON lines with --log-format json; anything else is not an error report
+    }
+  }
+  return undefined;
+}
+
+function signalNameOf(number: number): string | null {
+  const entry = Object.entries(constants.signals).find(([, value]) => value === number);
+  return entry ? entry[0] : `signal ${number}`;
+}
+
+/** Splits a stream into lines (cut at MAX_LINE_BYTES), each timestamped as it arrives. */
+async function lines(stream: Readable, name: OutputStream, onOutput: ContainerRun["onOutput"]): Promise<void> {
+  let pending = "";
+  const decoder = new StringDecoder("utf8");
+  for await (const chunk of stream) {
+    pending += decoder.write(chunk as Buffer);
+    let newline: number;
+    while ((newline = pending.indexOf("\n")) >= 0 || pending.length >= MAX_LINE_BYTES) {
+      const end = newline >= 0 ? Math.min(newline, MAX_LINE_BYTES) : MAX_LINE_BYTES;
+      onOutput(name, pending.slice(0, end), new Date());
+      pending = pending.slice(newline >= 0 && newline <= MAX_LINE_BYTES ? end + 1 : end);
+    }
+  }
+  if (pending) onOutput(name, pending, new Date());
+}
+
+/** A short tag of a state directory, so that two services on one host never reap each other's containers. */
+export function instanceTagOf(stateDir: string): string {
+  return createHash("sha256").update(stateDir).digest("hex").slice(0, 8);
+}
+

@@ -1,0 +1,82 @@
+import { join } from "node:path";
+import type { Logger } from "../shared/log.js";
+import { numberSetting, setting } from "../shared/config/env.js";
+import { STEPRUNNER_VERSION } from "../shared/version.js";
+import type { StepServiceSettings } from "./api/step-service-adapter.js";
+import { ImageMaterialiser } from "./images/images.js";
+import { LayerStore } from "./images/layer-store.js";
+import { ContainerRuntime, instanceTagOf } from "./runtime/container.js";
+import { LocalDirectoryContextPreparer, PrebuiltImageBuilder } from "./steps/local.js";
+import type { ContextPreparer, ImageBuilder } from "./steps/ports.js";
+import { type StepObserver, StepRunner } from "./steps/step-runner.js";
+
+const MiB = 1024 * 1024;
+
+export interface StepServiceConfig extends StepServiceSettings {
+  stateDir: string;
+  runcRoot: string;
+  layerCacheBytes: number;
+  logCapBytes: number;
+  killGraceMs: number;
+  maxResultBytes: number;
+  /** The prebuilt image steps run in until the image-service client is wired in. */
+  stepImage: string;
+}
+
+/** The step-service's settings (README's settings table), from the environment. */
+export function configFromEnv(): StepServiceConfig {
+  const stateDir = setting("STEPRUNNER_STEP_STATE_DIR", "/var/lib/steprunner/step");
+  const registry = setting("STEPRUNNER_REGISTRY_ADDR", "127.0.0.1:5000");
+  return {
+    stateDir,
+    runcPath: setting("STEPRUNNER_RUNC", "runc"),
+    runcRoot: setting("STEPRUNNER_STEP_RUNC_ROOT", join(stateDir, "runc")),
+    maxConcurrentSteps: numberSetting("STEPRUNNER_MAX_CONCURRENT_STEPS", 4),
+    defaultLimits: {
+      memoryBytes: numberSetting("STEPRUNNER_STEP_MEMORY_MB", 1024) * MiB,
+      cpuMillis: numberSetting("STEPRUNNER_STEP_CPU_MILLIS", 2000),
+      pids: numberSetting("STEPRUNNER_STEP_PIDS", 512),
+    },
+    defaultTimeoutMs: numberSetting("STEPRUNNER_STEP_TIMEOUT_S", 3600) * 1000,
+    maxTimeoutMs: 24 * 3600 * 1000,
+    defaultRepoFolder: setting("OPSCHAIN_REPO_FOLDER", ".mintpress"),
+    layerCacheBytes: numberSetting("STEPRUNNER_LAYER_CACHE_MB", 20_480) * MiB,
+    logCapBytes: numberSetting("STEPRUNNER_STEP_LOG_CAP_MB", 16) * MiB,
+    killGraceMs: numberSetting("STEPRUNNER_STEP_KILL_GRACE_S", 10) * 1000,
+    maxResultBytes: numberSetting("STEPRUNNER_STEP_RESULT_MAX_MB", 64) * MiB,
+    stepImage: setting("STEPRUNNER_STEP_IMAGE", setting("OPSCHAIN_BASE_RUNNER", `${registry}/steprunner/runner:${STEPRUNNER_VERSION}`)),
+  };
+}
+
+/** Wires the core from its parts; contexts and images default to a local directory and the prebuilt image. */
+export function createStepRunner(
+  config: StepServiceConfig,
+  logger: Logger,
+  ports: { contexts?: ContextPreparer; images?: ImageBuilder; observer?: StepObserver } = {},
+): { runner: StepRunner; layers: LayerStore; runtime: ContainerRuntime } {
+  const layers = new LayerStore(join(config.stateDir, "layers"), config.layerCacheBytes, logger);
+  const runtime = new ContainerRuntime(
+    {
+      runcPath: config.runcPath,
+      runcRoot: config.runcRoot,
+      workDir: join(config.stateDir, "work"),
+      instanceTag: instanceTagOf(config.stateDir),
+      killGraceMs: config.killGraceMs,
+      maxResultBytes: config.maxResultBytes,
+    },
+    logger,
+  );
+  const runner = new StepRunner(
+    { stateDir: config.stateDir, maxConcurrentSteps: config.maxConcurrentSteps, logCapBytes: config.logCapBytes },
+    {
+      contexts: ports.contexts ?? new LocalDirectoryContextPreparer(),
+      images: ports.images ?? new PrebuiltImageBuilder(config.stepImage),
+      materialiser: new ImageMaterialiser(layers),
+      layers,
+      runtime,
+      logger,
+      observer: ports.observer,
+    },
+  );
+  return { runner, layers, runtime };
+}

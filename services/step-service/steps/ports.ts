@@ -1,0 +1,79 @@
+import type { BuildProgress } from "../../../gen/steprunner/image/v1/image_service_pb.js";
+import type { ImageRootfs, StepImage } from "../images/images.js";
+import type { ContainerExit, ContainerRun } from "../runtime/container.js";
+import type { Limits } from "../runtime/spec.js";
+
+/** A property owner's values, in merge order (lowest precedence first). */
+export interface PropertySet {
+  owner: string;
+  properties: Record<string, unknown>;
+}
+
+/** A validated RunStep request, in domain terms. */
+export interface StepRequest {
+  stepId: string;
+  repositoryUrl: string;
+  gitRev: string;
+  action: string;
+  properties: PropertySet[];
+  secretPointers: string[];
+  /** context.change / step / user of step_context.json. */
+  contextValues: Record<string, unknown>;
+  repoFolder: string;
+  excludeGitHistory: boolean;
+  timeoutMs: number;
+  hostNetwork: boolean;
+  limits: Limits;
+  buildWithoutCache: boolean;
+}
+
+/** What the context-service hands back for a step. */
+export interface PreparedStepContext {
+  contextId: string;
+  gitRev: string;
+  gitSha: string;
+  repoFolder: string;
+  /** step_context.json with secrets: mounted read-only into the container, never into an image. */
+  stepContext: Record<string, unknown>;
+  /** A host directory copied to /opt/opschain when the image does not carry the repository (prebuilt images). */
+  repositoryDir?: string;
+  warnings: string[];
+}
+
+/** Prepares a step's context (the context-service's PrepareContext, or a local stand-in). */
+export interface ContextPreparer {
+  prepare(request: StepRequest, signal: AbortSignal): Promise<PreparedStepContext>;
+}
+
+export interface BuiltStepImage {
+  image: StepImage;
+  imageId: string;
+  reused: boolean;
+}
+
+/** Builds or reuses a step's image (the image-service's BuildImage, or an image that is already built). */
+export interface ImageBuilder {
+  build(
+    context: PreparedStepContext,
+    request: StepRequest,
+    onProgress: (progress: BuildProgress) => void,
+    signal: AbortSignal,
+  ): Promise<BuiltStepImage>;
+}
+
+/** Turns a hand-off into lower directories (ImageMaterialiser). */
+export interface ImageSource {
+  materialise(image: StepImage, signal: AbortSignal): Promise<ImageRootfs>;
+}
+
+/** The layer store's upkeep (LayerStore). */
+export interface LayerUpkeep {
+  init(): Promise<void>;
+  collect(): Promise<string[]>;
+}
+
+/** Runs one container and cleans up after it, and after a crash (ContainerRuntime). */
+export interface ContainerRunner {
+  run(request: ContainerRun): Promise<ContainerExit>;
+  reap(): Promise<string[]>;
+}

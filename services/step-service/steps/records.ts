@@ -1,0 +1,96 @@
+import Database from "better-sqlite3";
+import { join } from "node:path";
+import type { StepResultData } from "./result.js";
+
+export type StepState = "queued" | "preparing" | "building" | "running" | "success" | "error" | "timed_out" | "cancelled" | "system_error";
+export type PhaseName = "queue" | "context" | "build" | "pull" | "run" | "teardown";
+
+export const FINAL_STATES: ReadonlySet<StepState> = new Set(["success", "error", "timed_out", "cancelled", "system_error"]);
+
+export interface PhaseTiming {
+  phase: PhaseName;
+  startedAt: number;
+  durationMs: number;
+}
+
+/** A step's durable record. Times are epoch milliseconds. */
+export interface StepRecord {
+  id: string;
+  state: StepState;
+  reason: string;
+  repositoryUrl: string;
+  gitRev: string;
+  gitSha: string;
+  action: string;
+  imageId: string;
+  imageReused: boolean;
+  createdAt: number;
+  finishedAt: number | null;
+  exitCode: number | null;
+  signal: string | null;
+  oomKilled: boolean;
+  phases: PhaseTiming[];
+  result: StepResultData | null;
+  logLines: number;
+  logTruncated: boolean;
+}
+
+/** Step records in SQLite (better-sqlite3: synchronous, so a record is on disk when a call returns). */
+export class StepRecords {
+  private readonly db: Database.Database;
+
+  constructor(stateDir: string) {
+    this.db = new Database(join(stateDir, "steps.db"));
+    this.db.pragma("journal_mode = WAL");
+    this.db.exec(`CREATE TABLE IF NOT EXISTS steps (
+      id TEXT PRIMARY KEY,
+      state TEXT NOT NULL,
+      created_at INTEGER NOT NULL,
+      record TEXT NOT NULL
+    ); CREATE INDEX IF NOT EXISTS steps_created ON steps (created_at DESC, id DESC);`);
+  }
+
+  /** False when a step with this id exists already. */
+  insert(record: StepRecord): boolean {
+    const result = this.db
+      .prepare("INSERT OR IGNORE INTO steps (id, state, created_at, record) VALUES (?, ?, ?, ?)")
+      .run(record.id, record.state, record.createdAt, JSON.stringify(record));
+    return result.changes === 1;
+  }
+
+  save(record: StepRecord): void {
+    this.db.prepare("UPDATE steps SET state = ?, record = ? WHERE id = ?").run(record.state, JSON.stringify(record), record.id);
+  }
+
+  get(id: string): StepRecord | undefined {
+    const row = this.db.prepare("SELECT record FROM steps WHERE id = ?").get(id) as { record: string } | undefined;
+    return row ? (JSON.parse(row.record) as StepRecord) : undefined;
+  }
+
+  /** Newest first; `after` is the (created_at, id) of the last record of the previous page. */
+  list(limit: number, states: StepState[], after?: { createdAt: number; id: string }): StepRecord[] {
+    const where: string[] = [];
+    const params: (string | number)[] = [];
+    if (states.length > 0) {
+      where.push(`state IN (${states.map(() => "?").join(", ")})`);
+      params.push(...states);
+    }
+    if (after) {
+      where.push("(created_at < ? OR (created_at = ? AND id < ?))");
+      params.push(after.createdAt, after.createdAt, after.id);
+    }
+    const sql = `SELECT record FROM steps ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY created_at DESC, id DESC LIMIT ?`;
+    return (this.db.prepare(sql).all(...params, limit) as { record: string }[]).map((row) => JSON.parse(row.record) as StepRecord);
+  }
+
+  unfinished(): StepRecord[] {
+    const finals = [...FINAL_STATES];
+    return (this.db.prepare(`SELECT record FROM steps WHERE state NOT IN (${finals.map(() => "?").join(", ")})`).all(...finals) as { record: string }[]).map(
+      (row) => JSON.parse(row.record) as StepRecord,
+    );
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

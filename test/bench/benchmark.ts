@@ -1,0 +1,273 @@
+// The benchmark of issue 6: steprunner against the stock pipeline a user would script on the same dockerd
+// (write repo.tar and step_context.json.zip, `docker build --network=none`, `docker run --rm --network=none`),
+// measured in one run on one machine, interleaved, medians of RUNS runs. Prints a table and writes it to
+// BENCHMARKS.md. Usage: npm run bench [-- --runs N --big-mb M]   (the stack must be up: deploy/local/up.sh)
+import { randomBytes } from "node:crypto";
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { cpus, totalmem } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { createClient } from "@connectrpc/connect";
+import type { JsonObject } from "@bufbuild/protobuf";
+import { Phase, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { serviceTransport } from "../../services/shared/client/transport.js";
+import { ROOT, run, stack } from "../support/stack.js";
+
+const { values: args } = parseArgs({ options: { runs: { type: "string", default: "5" }, "big-mb": { type: "string", default: "30" }, "rss-gb": { type: "string", default: "1" } } });
+const RUNS = Number(args.runs);
+const DOCKER = ["/usr/bin/docker", "--host", `unix://${stack.runDir}/docker.sock`];
+const CLI = join(ROOT, "dist/services/cli/main.js");
+const properties = {
+  project: { app: "bench", opschain: { env: { GREETING: "hello" } } },
+  environment: { region: "bench", opschain: { env: { REGION: "bench-1" } } },
+};
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+const seconds = async (work: () => Promise<unknown>) => {
+  const started = process.hrtime.bigint();
+  await work();
+  return Number(process.hrtime.bigint() - started) / 1e9;
+};
+
+async function must(file: string, argv: string[], options: Parameters<typeof run>[2] = {}): Promise<string> {
+  const result = await run(file, argv, { timeoutMs: 1_800_000, ...options });
+  if (result.code !== 0) throw new Error(`${file} ${argv.slice(0, 4).join(" ")} failed: ${result.stderr.slice(-2000)}`);
+  return result.stdout;
+}
+
+const steps = serviceTransport(stack.stepAddr, {});
+const stepClient = createClient(StepService, steps.transport);
+
+/** Phase durations (seconds) of the steps run so far, by phase name, for the "where the time goes" table. */
+const phaseTimes = new Map<string, Map<string, number[]>>();
+let currentScenario = "";
+
+/** One step through steprunner (RunStep over gRPC, to its finished event). */
+async function steprunnerStep(repository: string, gitRev: string, props: JsonObject): Promise<{ reused: boolean }> {
+  for await (const response of stepClient.runStep({
+    repositoryUrl: repository,
+    gitRev,
+    action: "hello",
+    properties: Object.entries(props).map(([owner, values]) => ({ owner, properties: values as JsonObject })),
+  })) {
+    if (response.event.case === "finished") {
+      const step = response.event.value.step!;
+      if (step.state !== StepState.SUCCESS) throw new Error(`step failed: ${step.reason}`);
+      const byPhase = phaseTimes.get(currentScenario) ?? new Map<string, number[]>();
+      phaseTimes.set(currentScenario, byPhase);
+      for (const phase of step.phases) {
+        const name = Phase[phase.phase].toLowerCase();
+        byPhase.set(name, [...(byPhase.get(name) ?? []), Number(phase.duration?.seconds ?? 0n) + (phase.duration?.nanos ?? 0) / 1e9]);
+      }
+      return { reused: step.imageReused };
+    }
+  }
+  throw new Error("no finished event");
+}
+
+/** The bytes the stock pipeline builds from: the same repo.tar, step_context.json.zip and Dockerfile. Not timed. */
+async function stockContext(work: string, repository: string, gitRev: string, props: JsonObject): Promise<string> {
+  const context = join(work, `stock-source-${randomBytes(4).toString("hex")}`);
+  await must("node", [CLI, "context", "--repo", repository, "--rev", gitRev, "--out", context, "--properties", await propertiesFile(work, props)]);
+  return context;
+}
+
+/** One step through the stock pipeline: write the bytes, docker build on a warm cache, docker run. Timed. */
+async function stockStep(work: string, source: string, gitRev: string): Promise<void> {
+  const context = join(work, `stock-${randomBytes(4).toString("hex")}`);
+  await cp(source, context, { recursive: true });
+  const tag = "steprunner-bench/stock:latest";
+  const buildArgs = { GIT_REV: gitRev, GIT_SHA: gitRev, OPSCHAIN_BASE_RUNNER: stack.baseRunner, OPSCHAIN_VERSION: "0.1.0" };
+  const argv = [...DOCKER.slice(1), "build", "--network=none", "-q", "-t", tag];
+  for (const [name, value] of Object.entries(buildArgs)) argv.push("--build-arg", `${name}=${value}`);
+  await must(DOCKER[0]!, [...argv, "--secret", `id=env_context_zip,src=${join(context, "step_context.json.zip")}`, context], { env: { DOCKER_BUILDKIT: "1" } });
+  await must(DOCKER[0]!, [...DOCKER.slice(1), "run", "--rm", "--network=none", "-v", `${join(context, "step_context.json.zip")}:/tmp/step_context.json.zip:ro`,
+    tag, "sh", "-c", "mkdir -p /opt/opschain/.mintpress && cd /opt/opschain/.mintpress && unzip -qo /tmp/step_context.json.zip && opschain-action hello"]);
+  await rm(context, { recursive: true, force: true });
+}
+
+async function propertiesFile(work: string, props: JsonObject): Promise<string> {
+  const path = join(work, `properties-${randomBytes(4).toString("hex")}.json`);
+  await writeFile(path, JSON.stringify(props));
+  return path;
+}
+
+/** A repository of about `files` files and `megabytes` MB of incompressible content, with the sample actions. */
+async function bigRepository(dir: string, files: number, megabytes: number): Promise<void> {
+  await must(join(ROOT, "deploy/sample/make-sample-repo.sh"), [dir]);
+  const perFile = Math.floor((megabytes * 1024 * 1024) / files);
+  for (let i = 0; i < files; i++) {
+    const sub = join(dir, "data", String(i % 50).padStart(2, "0"));
+    await mkdir(sub, { recursive: true });
+    await writeFile(join(sub, `file-${i}.bin`), randomBytes(perFile));
+  }
+  await must("git", ["-C", dir, "add", "-A"]);
+  await must("git", ["-C", dir, "-c", "commit.gpgsign=false", "commit", "-q", "-m", "data"], { env: { GIT_AUTHOR_NAME: "bench", GIT_AUTHOR_EMAIL: "b@x", GIT_COMMITTER_NAME: "bench", GIT_COMMITTER_EMAIL: "b@x" } });
+}
+
+async function newCommit(dir: string): Promise<void> {
+  await writeFile(join(dir, "data", "changed.txt"), randomBytes(16).toString("hex"));
+  await must("git", ["-C", dir, "add", "-A"]);
+  await must("git", ["-C", dir, "-c", "commit.gpgsign=false", "commit", "-q", "-m", "change"], { env: { GIT_AUTHOR_NAME: "bench", GIT_AUTHOR_EMAIL: "b@x", GIT_COMMITTER_NAME: "bench", GIT_COMMITTER_EMAIL: "b@x" } });
+}
+
+/** Peak resident memory of each service while work runs, sampled every 20 ms from /proc. */
+async function peakRss<T>(work: () => Promise<T>): Promise<Record<string, number>> {
+  const pids: Record<string, number> = {};
+  for (const service of ["context-service", "image-service", "step-service"]) {
+    pids[service] = Number((await readFile(join(stack.runDir, `${service}.pid`), "utf8")).trim());
+  }
+  const peaks: Record<string, number> = Object.fromEntries(Object.keys(pids).map((name) => [name, 0]));
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      for (const [name, pid] of Object.entries(pids)) {
+        const status = await readFile(`/proc/${pid}/status`, "utf8").catch(() => "");
+        const kb = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+        peaks[name] = Math.max(peaks[name]!, kb * 1024);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  })();
+  try {
+    await work();
+  } finally {
+    sampling = false;
+    await sampler;
+  }
+  return peaks;
+}
+
+/** The action alone in a bare runc container over the image's layers: the floor under any step runner. */
+async function bareRunc(work: string, imageRef: string): Promise<number> {
+  const inspect = JSON.parse(await must(DOCKER[0]!, [...DOCKER.slice(1), "image", "inspect", imageRef]))[0];
+  const data = inspect.GraphDriver.Data;
+  const lower = [data.UpperDir, ...(data.LowerDir ? data.LowerDir.split(":") : [])].join(":");
+  const bundle = join(work, "bare");
+  await mkdir(join(bundle, "rootfs"), { recursive: true });
+  // The step context, where the step-service mounts it, owned like the repository around it.
+  const repoFolder = join(bundle, "upper/opt/opschain/.mintpress");
+  await mkdir(repoFolder, { recursive: true });
+  await writeFile(join(repoFolder, "step_context.json"), JSON.stringify({ context: { parent_order: Object.keys(properties) }, properties }));
+  await must("chown", ["-R", "10001:10001", join(bundle, "upper/opt/opschain")]);
+  await mkdir(join(bundle, "work"));
+  await must("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${join(bundle, "upper")},workdir=${join(bundle, "work")}`, join(bundle, "rootfs")]);
+  try {
+    await must("runc", ["spec", "--bundle", bundle]);
+    const spec = JSON.parse(await readFile(join(bundle, "config.json"), "utf8"));
+    spec.process = { ...spec.process, terminal: false, user: { uid: 10001, gid: 10001 }, cwd: "/opt/opschain", args: ["opschain-action", "hello"], env: ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/opt/opschain"] };
+    spec.root.readonly = false;
+    await writeFile(join(bundle, "config.json"), JSON.stringify(spec));
+    const times: number[] = [];
+    for (let i = 0; i < RUNS; i++) times.push(await seconds(() => must("runc", ["--root", join(work, "runc"), "run", "--bundle", bundle, `bench-bare-${i}`])));
+    return median(times);
+  } finally {
+    await run("umount", [join(bundle, "rootfs")]);
+  }
+}
+
+interface Row { name: string; steprunner: number; stock: number; unit: string; target: string; note?: string }
+
+const formatRow = (row: Row) =>
+  `| ${row.name} | ${row.steprunner.toFixed(3)} ${row.unit} | ${row.stock.toFixed(3)} ${row.unit} | ${(row.steprunner / row.stock).toFixed(2)}× | ${row.target}${row.note ? ` (${row.note})` : ""} |`;
+
+async function main(): Promise<void> {
+  await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
+  const work = await mkdtemp(join(stack.stateDir, "tmp", "bench-"));
+  const rows: Row[] = [];
+  // Each row is printed as soon as it is measured, so that a failure later keeps what was measured.
+  const record = (row: Row) => {
+    console.error(formatRow(row));
+    rows.push(row);
+  };
+  const rss: Array<{ service: string; small: number; huge: number }> = [];
+  try {
+    const sample = join(work, "sample");
+    await must(join(ROOT, "deploy/sample/make-sample-repo.sh"), [sample]);
+    const stock = async (repository: string, props: JsonObject) => {
+      const source = await stockContext(work, repository, "main", props);
+      return () => stockStep(work, source, "main");
+    };
+    // Warm both: the image exists, BuildKit's cache is warm.
+    await steprunnerStep(sample, "main", properties);
+    await (await stock(sample, properties))();
+
+    const interleave = async (steprunnerRun: () => Promise<unknown>, stockRun: () => Promise<() => Promise<void>>, before?: () => Promise<void>) => {
+      const ours: number[] = [];
+      const theirs: number[] = [];
+      for (let i = 0; i < RUNS; i++) {
+        if (before) await before();
+        ours.push(await seconds(steprunnerRun));
+        const prepared = await stockRun();
+        theirs.push(await seconds(prepared));
+      }
+      return { steprunner: median(ours), stock: median(theirs) };
+    };
+
+    currentScenario = "1. warm";
+    const warm = await interleave(() => steprunnerStep(sample, "main", properties), () => stock(sample, properties));
+    record({ name: "1. warm step (same commit and properties)", ...warm, unit: "s", target: "≤ 0.2×" });
+
+    const big = join(work, "big");
+    await bigRepository(big, 2000, Number(args["big-mb"]));
+    await steprunnerStep(big, "main", properties);
+    await (await stock(big, properties))();
+    currentScenario = "2. new commit";
+    const commit = await interleave(() => steprunnerStep(big, "main", properties), () => stock(big, properties), () => newCommit(big));
+    record({ name: `2. new commit, 2,000 files / ${args["big-mb"]} MB`, ...commit, unit: "s", target: "≤ 0.7×" });
+
+    let n = 0;
+    const changed = () => ({ ...properties, environment: { ...properties.environment, run: ++n } });
+    currentScenario = "3. properties only";
+    const propsOnly = await interleave(() => steprunnerStep(sample, "main", changed()), () => stock(sample, changed()));
+    record({ name: "3. only the properties changed", ...propsOnly, unit: "s", target: "as fast as warm", note: `warm: ${warm.steprunner.toFixed(3)} s` });
+
+    currentScenario = "";
+    const concurrent = 20;
+    const ours = await seconds(() => Promise.all(Array.from({ length: concurrent }, () => steprunnerStep(sample, "main", properties))));
+    const source = await stockContext(work, sample, "main", properties);
+    const theirs = await seconds(async () => {
+      for (let i = 0; i < concurrent; i++) await stockStep(work, source, "main");
+    });
+    record({ name: `4. ${concurrent} steps: steps per second (steprunner at once, stock one after another)`, steprunner: concurrent / ours, stock: concurrent / theirs, unit: "steps/s", target: "≥ 3×" });
+
+    const imageRef = JSON.parse(await must(DOCKER[0]!, [...DOCKER.slice(1), "images", "--format", "{{json .}}", "steprunner/steps"]).then((out) => out.split("\n")[0]!)).ID;
+    const bare = await bareRunc(work, imageRef);
+    record({ name: "action alone in a bare runc container", steprunner: warm.steprunner, stock: bare, unit: "s", target: "overhead ≤ 100 ms", note: `overhead ${((warm.steprunner - bare) * 1000).toFixed(0)} ms` });
+
+    const rssSmall = await peakRss(() => steprunnerStep(big, "main", properties).then(() => newCommit(big)).then(() => steprunnerStep(big, "main", properties)));
+    const huge = join(work, "huge");
+    await bigRepository(huge, 2000, Number(args["rss-gb"]) * 1024);
+    const rssHuge = await peakRss(() => steprunnerStep(huge, "main", properties));
+    for (const service of Object.keys(rssSmall)) rss.push({ service, small: rssSmall[service]!, huge: rssHuge[service]! });
+  } finally {
+    steps.close();
+    await rm(work, { recursive: true, force: true });
+  }
+
+  const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, ${process.version}, ${new Date().toISOString().slice(0, 10)}`;
+  const lines = [
+    `Machine: ${machine}. Medians of ${RUNS} interleaved runs.`,
+    "",
+    "| measure | steprunner | stock pipeline | ratio | target |",
+    "|---|---|---|---|---|",
+    ...rows.map(formatRow),
+    "",
+    "Where steprunner's time goes: the median of each phase, in seconds (the step-service's own records).",
+    "",
+    "| scenario | queue | context | build | pull | run | teardown |",
+    "|---|---|---|---|---|---|---|",
+    ...[...phaseTimes].filter(([scenario]) => scenario).map(([scenario, byPhase]) =>
+      `| ${scenario} | ${["queue", "context", "build", "pull", "run", "teardown"].map((phase) => (byPhase.get(phase) ? median(byPhase.get(phase)!).toFixed(3) : "–")).join(" | ")} |`),
+    "",
+    `5. Peak RSS of each service during a step (target: flat within 20%):`,
+    "",
+    `| service | ${args["big-mb"]} MB repository | ${args["rss-gb"]} GB repository | ratio |`,
+    "|---|---|---|---|",
+    ...rss.map((row) => `| ${row.service} | ${(row.small / 1e6).toFixed(0)} MB | ${(row.huge / 1e6).toFixed(0)} MB | ${(row.huge / row.small).toFixed(2)}× |`),
+  ];
+  console.log(lines.join("\n"));
+  await writeFile(join(ROOT, "bench-results.md"), lines.join("\n") + "\n");
+}
+
+await main();

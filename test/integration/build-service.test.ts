@@ -1,0 +1,71 @@
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { createClient } from "@connectrpc/connect";
+import { ContextService } from "../../gen/steprunner/context/v1/context_service_pb.js";
+import { type BuiltImage, ImageHandoff, ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
+import { serviceTransport } from "../../services/shared/client/transport.js";
+import { ROOT, run, stack } from "../support/stack.js";
+
+describe("BuildImage over gRPC, from a context the context-service prepared (the running services)", () => {
+  let work: string;
+  let repository: string;
+  const contexts = serviceTransport(stack.contextAddr, {});
+  const images = serviceTransport(stack.imageAddr, {});
+
+  before(async () => {
+    await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
+    work = await mkdtemp(join(stack.stateDir, "tmp", "build-service-test-"));
+    repository = join(work, "sample");
+    const made = await run(join(ROOT, "deploy/sample/make-sample-repo.sh"), [repository]);
+    assert.equal(made.code, 0, made.stderr);
+  });
+  after(async () => {
+    contexts.close();
+    images.close();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  async function build(gitRev: string, properties: Record<string, unknown>, handoff = ImageHandoff.UNSPECIFIED): Promise<{ image: BuiltImage; progressEvents: number }> {
+    const { context } = await createClient(ContextService, contexts.transport).prepareContext({
+      repositoryUrl: repository,
+      gitRev,
+      properties: Object.entries(properties).map(([owner, values]) => ({ owner, properties: values as never })),
+    });
+    let progressEvents = 0;
+    for await (const response of createClient(ImageService, images.transport).buildImage({ contextId: context!.contextId, handoff })) {
+      if (response.event.case === "progress") progressEvents++;
+      if (response.event.case === "image") return { image: response.event.value, progressEvents };
+    }
+    throw new Error("the build stream ended without an image");
+  }
+
+  it("builds the default Dockerfile's image, then reuses it, also when only the properties change", async () => {
+    const first = await build("main", { project: { greeting: "one" } });
+    assert.match(first.image.imageId, /^sha256:/);
+    assert.equal(first.image.handoff, ImageHandoff.LAYER_STORE);
+    assert.equal(first.image.config?.user, "opschain");
+    assert.ok(first.image.layerDirectories.length > 0);
+    const again = await build("main", { project: { greeting: "two" } });
+    assert.equal(again.image.reused, true);
+    assert.equal(again.image.imageId, first.image.imageId);
+    assert.equal(again.progressEvents, 0, "a reused image needs no build");
+  });
+
+  it("builds the custom .mintpress/Dockerfile of a branch, and hands it over through the registry", async () => {
+    const { image } = await build("custom-dockerfile", {}, ImageHandoff.REGISTRY);
+    assert.equal(image.handoff, ImageHandoff.REGISTRY);
+    assert.ok(image.reference.startsWith(`${stack.registry}/steprunner/steps@sha256:`), image.reference);
+    assert.ok(image.layers.length >= 3 && image.layers.every((layer) => layer.digest.startsWith("sha256:")));
+  });
+
+  it("steprunner build shows the progress and names the image", async () => {
+    const result = await run("node", [join(ROOT, "dist/services/cli/main.js"), "build", "--repo", repository, "--rev", "v1", "--no-cache",
+      "--context-addr", stack.contextAddr, "--image-addr", stack.imageAddr]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stderr, /^GIT_SHA [0-9a-f]{40}$/m);
+    assert.match(result.stderr, /^#\d+ \[.*\] ADD repo\.tar \/$/m);
+    assert.match(result.stdout, /^built sha256:[0-9a-f]{64}$/m);
+  });
+});

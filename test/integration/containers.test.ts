@@ -1,0 +1,99 @@
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { createClient } from "@connectrpc/connect";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
+import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
+import { StepService } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { serviceTransport } from "../../services/shared/client/transport.js";
+import { buildServiceImages } from "../../deploy/images/build-images.js";
+import { run, stack } from "../support/stack.js";
+
+// testcontainers talks to our dockerd, and must not start its Ryuk helper: nothing is pulled here.
+process.env.DOCKER_HOST = `unix://${stack.runDir}/docker.sock`;
+process.env.TESTCONTAINERS_RYUK_DISABLED = "true";
+// Our daemon has no bridge network, which testcontainers would inspect to find the host.
+process.env.TESTCONTAINERS_HOST_OVERRIDE = "127.0.0.1";
+const { GenericContainer, Wait } = await import("testcontainers");
+type Started = Awaited<ReturnType<InstanceType<typeof GenericContainer>["start"]>>;
+
+const PORTS = { context: 7811, image: 7812, step: 7813 };
+
+describe("the service images, run as containers the way a deployment runs them (testcontainers)", () => {
+  let work: string;
+  const containers: Started[] = [];
+
+  before(async () => {
+    await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
+    work = await mkdtemp(join(stack.stateDir, "tmp", "containers-test-"));
+    const images = await buildServiceImages(() => {});
+    assert.deepEqual(Object.keys(images).sort(), ["context-service", "image-service", "step-service"]);
+    const environment = {
+      STEPRUNNER_STATE_DIR: "/var/lib/steprunner",
+      STEPRUNNER_CONTEXT_ADDR: `127.0.0.1:${PORTS.context}`,
+      STEPRUNNER_IMAGE_ADDR: `127.0.0.1:${PORTS.image}`,
+      STEPRUNNER_STEP_ADDR: `127.0.0.1:${PORTS.step}`,
+      STEPRUNNER_REGISTRY_ADDR: stack.registry,
+      STEPRUNNER_BUILDKIT_ADDR: `docker-unix://${stack.runDir}/docker.sock`,
+    };
+    for (const service of ["context-service", "image-service", "step-service"] as const) {
+      let container = new GenericContainer(`steprunner/${service}:0.1.0`)
+        .withNetworkMode("host")
+        .withEnvironment(environment)
+        .withBindMounts([
+          { source: join(work, service), target: "/var/lib/steprunner", mode: "rw" },
+          { source: stack.runDir, target: stack.runDir, mode: "rw" },
+        ])
+        .withWaitStrategy(Wait.forLogMessage(/"message":"listening"/))
+        .withStartupTimeout(60_000);
+      if (service === "step-service") {
+        // What a privileged container has, less CAP_SYS_RESOURCE, which this sandbox's bounding set lacks
+        // (--privileged asks for every capability and runc then fails): runc and overlayfs inside.
+        container = container
+          .withAddedCapabilities("ALL")
+          .withDroppedCapabilities("SYS_RESOURCE")
+          .withSecurityOpt("seccomp=unconfined", "apparmor=unconfined")
+          .withBindMounts([{ source: "/sys/fs/cgroup", target: "/sys/fs/cgroup", mode: "rw" }]);
+      }
+      await mkdir(join(work, service), { recursive: true });
+      containers.push(await container.start());
+    }
+  });
+
+  after(async () => {
+    for (const container of containers) await container.stop({ timeout: 10_000 }).catch(() => {});
+    // Also those that failed to start: testcontainers labels every container it creates.
+    const docker = ["--host", `unix://${stack.runDir}/docker.sock`];
+    const left = await run("/usr/bin/docker", [...docker, "ps", "-aq", "--filter", "label=org.testcontainers=true"]);
+    const ids = left.stdout.split("\n").filter(Boolean);
+    if (ids.length) await run("/usr/bin/docker", [...docker, "rm", "-f", ...ids]);
+    await rm(work, { recursive: true, force: true });
+  });
+
+  it("each answers its health check on the host's loopback", async () => {
+    for (const port of Object.values(PORTS)) {
+      const client = serviceTransport(`127.0.0.1:${port}`, {});
+      try {
+        assert.equal((await createClient(Health, client.transport).check({ service: "" }, { timeoutMs: 10_000 })).status, ServingStatus.SERVING);
+      } finally {
+        client.close();
+      }
+    }
+  });
+
+  it("reaches BuildKit, the registry and runc from inside the containers", async () => {
+    const image = serviceTransport(`127.0.0.1:${PORTS.image}`, {});
+    const step = serviceTransport(`127.0.0.1:${PORTS.step}`, {});
+    try {
+      const info = await createClient(ImageService, image.transport).getBuilderInfo({}, { timeoutMs: 15_000 });
+      assert.equal(info.workers[0]?.id, "moby");
+      assert.equal(info.registryApiVersion, "registry/2.0");
+      const runtime = await createClient(StepService, step.transport).getRuntimeInfo({}, { timeoutMs: 15_000 });
+      assert.match(runtime.runcVersion, /^runc version/);
+    } finally {
+      image.close();
+      step.close();
+    }
+  });
+});

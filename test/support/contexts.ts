@@ -1,0 +1,69 @@
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { zipSync } from "fflate";
+import type { ContextFileKind, ContextProvider, RemoteContext } from "../../services/image-service/core/context-cache.js";
+import { run } from "./stack.js";
+
+export interface ContextInput {
+  files: Record<string, string>;
+  properties: Record<string, unknown>;
+  /** Values replaced by "<redacted>" in the build context's copy of the zip. */
+  secrets?: string[];
+  dockerfile: string;
+  defaultDockerfile: boolean;
+  gitSha?: string;
+}
+
+/**
+ * Prepared contexts made on local disk, standing in for the context-service: a repo.tar of the given files
+ * (owned by the runner user), the step context zip (redacted and full) and a Dockerfile.
+ */
+export class LocalContextProvider implements ContextProvider {
+  private readonly contexts = new Map<string, { remote: RemoteContext; paths: Record<ContextFileKind, string> }>();
+
+  constructor(private readonly dir: string) {}
+
+  async add(input: ContextInput): Promise<string> {
+    const dir = await mkdtemp(join(this.dir, "context-"));
+    const tree = join(dir, "tree");
+    for (const [path, content] of Object.entries(input.files)) {
+      await mkdir(join(tree, path, ".."), { recursive: true });
+      await writeFile(join(tree, path), content);
+    }
+    const paths = {
+      "repo-tar": join(dir, "repo.tar"),
+      "step-context-zip": join(dir, "step_context.json.zip"),
+      dockerfile: join(dir, "Dockerfile"),
+      "secret-step-context-zip": join(dir, "secret.zip"),
+    };
+    const tar = await run("tar", ["--sort=name", "--mtime=@0", "--owner=10001", "--group=10001", "--numeric-owner", "-C", tree, "-cf", paths["repo-tar"], "."]);
+    if (tar.code !== 0) throw new Error(tar.stderr);
+    const json = JSON.stringify({ context: {}, properties: input.properties });
+    let redacted = json;
+    for (const secret of input.secrets ?? []) redacted = redacted.split(secret).join("<redacted>");
+    await writeFile(paths["secret-step-context-zip"], zipSync({ "step_context.json": Buffer.from(json) }, { mtime: new Date("1980-01-01T00:00:00Z") }));
+    await writeFile(paths["step-context-zip"], zipSync({ "step_context.json": Buffer.from(redacted) }, { mtime: new Date("1980-01-01T00:00:00Z") }));
+    await writeFile(paths.dockerfile, input.dockerfile);
+    const files = {} as RemoteContext["files"];
+    for (const [kind, path] of Object.entries(paths) as Array<[ContextFileKind, string]>) {
+      const bytes = await readFile(path);
+      files[kind] = { digest: `sha256:${createHash("sha256").update(bytes).digest("hex")}`, size: BigInt(bytes.length) };
+    }
+    const contextId = `sha256:${createHash("sha256").update(files["repo-tar"].digest + files["step-context-zip"].digest + files.dockerfile.digest).digest("hex")}`;
+    const gitSha = input.gitSha ?? createHash("sha1").update(files["repo-tar"].digest).digest("hex");
+    this.contexts.set(contextId, { remote: { contextId, gitRev: "main", gitSha, defaultDockerfile: input.defaultDockerfile, files }, paths });
+    return contextId;
+  }
+
+  async describe(contextId: string): Promise<RemoteContext> {
+    const context = this.contexts.get(contextId);
+    if (!context) throw new Error(`no context ${contextId}`);
+    return context.remote;
+  }
+
+  async *read(contextId: string, kind: ContextFileKind): AsyncIterable<Uint8Array> {
+    yield* createReadStream(this.contexts.get(contextId)!.paths[kind]);
+  }
+}

@@ -1,0 +1,287 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
+import { type BuildProgress, BuildProgressSchema } from "../../gen/steprunner/image/v1/image_service_pb.js";
+import { StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { createLogger } from "../../services/shared/log.js";
+import { stepServiceAdapter, type StepServiceSettings } from "../../services/step-service/api/step-service-adapter.js";
+import type { ImageRootfs } from "../../services/step-service/images/images.js";
+import type { ContainerExit, ContainerRun } from "../../services/step-service/runtime/container.js";
+import { LocalDirectoryContextPreparer, PrebuiltImageBuilder } from "../../services/step-service/steps/local.js";
+import type { ContainerRunner, ImageSource, LayerUpkeep } from "../../services/step-service/steps/ports.js";
+import { type StepEvent, StepRunner } from "../../services/step-service/steps/step-runner.js";
+
+/** A container runner that prints what it is told and exits as told; "block" waits for cancel or timeout. */
+class FakeRuntime implements ContainerRunner {
+  runs: ContainerRun[] = [];
+  reaped = 0;
+  script: (request: ContainerRun) => Promise<Partial<ContainerExit>> = async () => ({});
+
+  async run(request: ContainerRun): Promise<ContainerExit> {
+    this.runs.push(request);
+    request.onStarted();
+    const exit = await this.script(request);
+    return { exitCode: 0, signal: null, oomKilled: false, timedOut: false, cancelled: false, result: null, ...exit };
+  }
+  async reap(): Promise<string[]> {
+    this.reaped++;
+    return [];
+  }
+}
+
+class FakeImages implements ImageSource, LayerUpkeep {
+  held = 0;
+  async materialise(): Promise<ImageRootfs> {
+    this.held++;
+    return { imageId: "sha256:fake", config: { env: [], entrypoint: [], cmd: [], workingDir: "/", user: "" }, lowerDirs: ["/nonexistent"], release: () => this.held-- };
+  }
+  async init(): Promise<void> {}
+  async collect(): Promise<string[]> {
+    return [];
+  }
+}
+
+const request = (repositoryUrl: string) => ({
+  stepId: "",
+  repositoryUrl,
+  gitRev: "",
+  action: "go",
+  properties: [],
+  secretPointers: [],
+  contextValues: {},
+  repoFolder: ".mintpress",
+  excludeGitHistory: false,
+  timeoutMs: 10_000,
+  hostNetwork: false,
+  limits: { memoryBytes: 64 * 1024 * 1024, cpuMillis: 1000, pids: 64 },
+  buildWithoutCache: false,
+});
+
+const settings: StepServiceSettings = {
+  runcPath: "runc",
+  maxConcurrentSteps: 1,
+  defaultLimits: { memoryBytes: 64 * 1024 * 1024, cpuMillis: 1000, pids: 64 },
+  defaultTimeoutMs: 10_000,
+  maxTimeoutMs: 60_000,
+  defaultRepoFolder: ".mintpress",
+};
+
+describe("StepRunner and the StepService adapter (fakes for the runtime and images)", () => {
+  let stateDir: string;
+  let runtime: FakeRuntime;
+  let images: FakeImages;
+  let runner: StepRunner;
+  let client: ReturnType<typeof createClient<typeof StepService>>;
+
+  const newRunner = () =>
+    new StepRunner(
+      { stateDir, maxConcurrentSteps: 1, logCapBytes: 200 },
+      {
+        contexts: new LocalDirectoryContextPreparer(),
+        images: new PrebuiltImageBuilder("127.0.0.1:5000/fake:1"),
+        materialiser: images,
+        layers: images,
+        runtime,
+        logger: createLogger("test", {}, { quiet: true }),
+      },
+    );
+
+  before(async () => {
+    stateDir = await mkdtemp(join(tmpdir(), "steprunner-runner-"));
+    runtime = new FakeRuntime();
+    images = new FakeImages();
+    runner = newRunner();
+    await runner.recover();
+    client = createClient(StepService, createRouterTransport((router) => router.service(StepService, stepServiceAdapter(settings, runner))));
+  });
+  after(async () => {
+    await runner.close();
+    await rm(stateDir, { recursive: true, force: true });
+  });
+
+  const collect = async (stepId: string, action = "go", extra: object = {}) => {
+    const events = [];
+    for await (const event of client.runStep({ stepId, repositoryUrl: stateDir, action, ...extra })) events.push(event);
+    return events;
+  };
+
+  it("streams accepted, phases, logs and finished, and keeps the record", async () => {
+    runtime.script = async (request) => {
+      request.onOutput("stdout", "hello", new Date());
+      return { exitCode: 0, result: { text: JSON.stringify({ step: { properties: { a: 1 } } }) } };
+    };
+    const events = await collect("s1");
+    assert.equal(events[0]?.event.case, "accepted");
+    assert.equal(events.at(-1)?.event.case, "finished");
+    assert.ok(events.some((e) => e.event.case === "logLine" && e.event.value.text === "hello"));
+    const { step } = await client.getStep({ stepId: "s1" });
+    assert.equal(step?.state, StepState.SUCCESS);
+    assert.deepEqual(step?.result?.properties, { a: 1 });
+    assert.deepEqual(step?.phases.map((phase) => phase.phase), [1, 2, 3, 4, 5, 6]);
+    assert.equal(images.held, 0, "the image's layers were released");
+    assert.equal(runtime.runs.at(-1)?.args.join(" "), "opschain-action go");
+  });
+
+  it("answers a retry with the same step_id with that step's events instead of running it again", async () => {
+    const runs = runtime.runs.length;
+    const events = await collect("s1");
+    assert.equal(runtime.runs.length, runs);
+    assert.deepEqual(
+      events.map((e) => e.event.case),
+      ["accepted", "logLine", "logLine", "logLine", "finished"],
+    );
+  });
+
+  it("forwards build progress, and a failing part is a system_error that names it", async () => {
+    const contexts = { prepare: async () => Promise.reject(new Error("git fetch failed")) };
+    const builder = {
+      async build(_context: unknown, _request: unknown, onProgress: (progress: BuildProgress) => void) {
+        onProgress(create(BuildProgressSchema, { vertexes: [{ name: "[1/2] FROM base" }] }));
+        throw new Error("solve failed");
+      },
+    };
+    for (const [parts, reason] of [
+      [{ contexts }, /^the context failed: git fetch failed$/],
+      [{ images: builder }, /^the image build failed: solve failed$/],
+    ] as const) {
+      const dir = await mkdtemp(join(tmpdir(), "steprunner-parts-"));
+      const failing = new StepRunner(
+        { stateDir: dir, maxConcurrentSteps: 1, logCapBytes: 1000 },
+        {
+          contexts: "contexts" in parts ? parts.contexts : new LocalDirectoryContextPreparer(),
+          images: "images" in parts ? parts.images : new PrebuiltImageBuilder("127.0.0.1:5000/x:1"),
+          materialiser: images,
+          layers: images,
+          runtime,
+          logger: createLogger("test", {}, { quiet: true }),
+        },
+      );
+      await failing.recover();
+      const events: StepEvent[] = [];
+      await new Promise<void>((resolve) =>
+        failing.submit({ ...request(dir), stepId: "p" }, (event) => (events.push(event), event.type === "finished" && resolve()), new AbortController().signal),
+      );
+      const finished = events.at(-1) as Extract<StepEvent, { type: "finished" }>;
+      assert.equal(finished.step.state, "system_error");
+      assert.match(finished.step.reason, reason);
+      if ("images" in parts) assert.ok(events.some((event) => event.type === "build" && event.progress.vertexes[0]?.name === "[1/2] FROM base"));
+      await failing.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("maps exits to final states with reasons", async () => {
+    const cases: [Partial<ContainerExit>, StepState, RegExp][] = [
+      [{ exitCode: 2 }, StepState.ERROR, /^exit status 2$/],
+      [{ exitCode: null, signal: "SIGKILL", oomKilled: true }, StepState.ERROR, /out of memory/],
+      [{ exitCode: null, signal: "SIGSEGV" }, StepState.ERROR, /killed by SIGSEGV/],
+      [{ exitCode: null, signal: "SIGTERM", timedOut: true }, StepState.TIMED_OUT, /timed out/],
+      [{ exitCode: 0, result: { text: "{bad" } }, StepState.ERROR, /invalid step_result\.json is not JSON/],
+      [{ exitCode: 0, result: { problem: "too big" } }, StepState.ERROR, /too big/],
+    ];
+    for (const [index, [exit, state, reason]] of cases.entries()) {
+      runtime.script = async () => exit;
+      await collect(`map-${index}`);
+      const { step } = await client.getStep({ stepId: `map-${index}` });
+      assert.equal(step?.state, state, `case ${index}: ${step?.reason}`);
+      assert.match(step!.reason, reason);
+    }
+    runtime.script = async () => {
+      throw new Error("runc exploded");
+    };
+    await collect("sys");
+    const { step } = await client.getStep({ stepId: "sys" });
+    assert.equal(step?.state, StepState.SYSTEM_ERROR);
+    assert.match(step!.reason, /runc exploded/);
+  });
+
+  it("queues past the limit in order, cancels a queued step, and reports the counts", async () => {
+    let release!: () => void;
+    runtime.script = (request) =>
+      new Promise((resolve) => {
+        release = () => resolve({});
+        request.signal.addEventListener("abort", () => resolve({ cancelled: true }));
+      });
+    const order: string[] = [];
+    const listen = (id: string) => (event: StepEvent) => {
+      if (event.type === "phase" && event.phase === "run") order.push(id);
+    };
+    const signal = new AbortController().signal;
+    const base = request(stateDir);
+    const finished = ["q1", "q2", "q3"].map(
+      (id) => new Promise<void>((resolve) => runner.submit({ ...base, stepId: id }, (event) => (listen(id)(event), event.type === "finished" && resolve()), signal)),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const info = await client.getRuntimeInfo({});
+    assert.deepEqual([info.runningSteps, info.queuedSteps, info.maxConcurrentSteps], [1, 2, 1]);
+    const cancelled = await client.cancelStep({ stepId: "q2" });
+    assert.equal(cancelled.step?.state, StepState.CANCELLED);
+    release();
+    while (!order.includes("q3")) await new Promise((resolve) => setTimeout(resolve, 5));
+    release();
+    await Promise.all(finished);
+    assert.deepEqual(order, ["q1", "q3"]);
+  });
+
+  it("masks secrets in logs and caps the log with a marker", async () => {
+    runtime.script = async (request) => {
+      request.onOutput("stdout", "the token is hunter2", new Date());
+      for (let i = 0; i < 50; i++) request.onOutput("stdout", `line ${i} of filler`, new Date());
+      return {};
+    };
+    await collect("masked", "go", {
+      properties: [{ owner: "project", properties: { opschain: { env: { TOKEN: "hunter2" } } } }],
+      secretPointers: ["/project/opschain/env/TOKEN"],
+    });
+    const lines = [];
+    for await (const response of client.followLogs({ stepId: "masked" })) lines.push(response.line!.text);
+    assert.ok(lines.includes("the token is ***"));
+    assert.ok(!lines.join("\n").includes("hunter2"));
+    assert.match(lines.at(-2)!, /log truncated/);
+    const { step } = await client.getStep({ stepId: "masked" });
+    assert.equal(step?.logTruncated, true);
+  });
+
+  it("validates requests with actionable messages", async () => {
+    const invalid = async (request: object, message: RegExp) => {
+      const error = await collect("x", "go", request).catch((e: unknown) => ConnectError.from(e));
+      assert.ok(error instanceof ConnectError);
+      assert.equal(error.code, Code.InvalidArgument);
+      assert.match(error.rawMessage, message);
+    };
+    await invalid({ stepId: "bad id!" }, /step_id/);
+    await invalid({ action: "rm -rf" }, /action is required/);
+    await invalid({ repoFolder: "../x" }, /repo_folder/);
+    await invalid({ secretPointers: ["/nobody/x"] }, /secret pointer/);
+    await invalid({ limits: { memoryBytes: 1n } }, /memory_bytes/);
+    const notFound = await client.getStep({ stepId: "missing" }).catch((e: unknown) => ConnectError.from(e));
+    assert.equal((notFound as ConnectError).code, Code.NotFound);
+  });
+
+  it("lists newest first in pages", async () => {
+    const first = await client.listSteps({ pageSize: 2 });
+    assert.equal(first.steps.length, 2);
+    const second = await client.listSteps({ pageSize: 2, pageToken: first.nextPageToken });
+    assert.notEqual(second.steps[0]?.id, first.steps[0]?.id);
+    assert.ok(first.steps[0]!.createdAt!.seconds >= second.steps[0]!.createdAt!.seconds);
+  });
+
+  it("marks steps a crash interrupted as system_error at restart", async () => {
+    runtime.script = (request) => new Promise((resolve) => request.signal.addEventListener("abort", () => resolve({ cancelled: true })));
+    const signal = new AbortController().signal;
+    runner.submit({ ...request(stateDir), stepId: "interrupted" }, () => {}, signal);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    // A second runner on the same state directory is what a restart after SIGKILL sees.
+    const restarted = newRunner();
+    await restarted.recover();
+    const record = restarted.get("interrupted");
+    assert.equal(record?.state, "system_error");
+    assert.match(record!.reason, /stopped while the step was running/);
+    assert.ok(runtime.reaped >= 2);
+    await restarted.close();
+  });
+});
