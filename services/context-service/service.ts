@@ -50,7 +50,9 @@ export async function openContextService(settings: ContextServiceSettings, versi
   await repoTars.init();
   const blobs = new BlobStore(join(settings.stateDir, "cache"), settings.cacheMaxBytes);
   await blobs.init();
-  const repositories = new GitRepositories(new MirrorStore(settings.stateDir, settings.fetchTimeoutMs), repoTars);
+  const mirrors = new MirrorStore(settings.stateDir, settings.fetchTimeoutMs);
+  await mirrors.init();
+  const repositories = new GitRepositories(mirrors, repoTars);
   const preparer = new ContextPreparer(repositories, blobs, join(settings.stateDir, "contexts"), dockerfile, settings);
   await preparer.init();
   return {

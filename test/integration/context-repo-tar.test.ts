@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -8,6 +8,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { ContextFileKind, type PreparedContext } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { PrepareContextRequestSchema } from "../../gen/steprunner/context/v1/context_service_pb.js";
+import { COMPRESSED_OBJECT_LIMIT } from "../../services/context-service/core/git-objects.js";
 import { type Fixture, commitFiles, gitIn, makeFixture } from "../support/git-fixture.js";
 import { type TestContextService, startTestContextService } from "../support/context-service.js";
 import { run } from "../support/stack.js";
@@ -136,6 +137,20 @@ describe("context-service repo.tar from real git repositories", () => {
     assert.equal(await readFile(join(dir, "README.md"), "utf8"), "# fixture\n");
     const names = (await run("tar", ["-tvf", `${dir}.tar`])).stdout.trim().split("\n");
     for (const line of names) assert.match(line, /^(-rw[-x]r-[-x]r-[-x]|drwxr-xr-x|lrwxrwxrwx) opschain\/opschain .* 2000-01-01 00:00 /);
+  });
+
+  it("stores objects above the compression limit so that git reads them back", async () => {
+    const repo = join(work, "big-object");
+    await makeFixture(repo);
+    const big = randomBytes(COMPRESSED_OBJECT_LIMIT + 70_000).toString("base64");
+    const sha = await commitFiles(repo, { "big.txt": big }, "big", "2024-05-01T00:00:00Z");
+    const context = await prepare(service, { repositoryUrl: repo, gitRev: "main" });
+    assert.equal(context.gitSha, sha);
+    const dir = join(work, "big-object-unpacked");
+    await extract(await readFileOf(service, context, ContextFileKind.REPO_TAR), dir);
+    assert.equal((await run("git", ["fsck", "--strict"], { cwd: dir })).code, 0);
+    assert.equal(await gitIn(dir, ["status", "--porcelain"]), "");
+    assert.equal(await readFile(join(dir, "big.txt"), "utf8"), big);
   });
 
   it("streams a file from an offset, and refuses an offset past its end", async () => {

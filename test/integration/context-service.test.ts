@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
+import { once } from "node:events";
 import { mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
+import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -15,6 +17,7 @@ import {
 import { type TestContextService, startTestContextService } from "../support/context-service.js";
 import { type GitDaemon, freePort, startGitDaemon } from "../support/git-daemon.js";
 import { type Fixture, commitFiles, gitIn, makeFixture } from "../support/git-fixture.js";
+import { run } from "../support/stack.js";
 
 type PrepareInit = MessageInitShape<typeof PrepareContextRequestSchema>;
 
@@ -100,6 +103,31 @@ describe("context-service over gRPC with real git repositories", () => {
       assert.match(error.message, /could not be fetched/);
       const mirrors = await readdir(join(service.stateDir, "mirrors"));
       assert.ok(mirrors.every((name) => !name.includes("partial")), mirrors.join(","));
+    });
+
+    it("stops the git fetch when the caller goes away, and keeps no partial mirror", async () => {
+      // A server that accepts connections and never answers: git waits until it is killed.
+      const silent = net.createServer(() => undefined);
+      silent.listen(0, "127.0.0.1");
+      await once(silent, "listening");
+      try {
+        const { port } = silent.address() as net.AddressInfo;
+        const error = await failure(service.client.resolveRevision({ repositoryUrl: `git://127.0.0.1:${port}/slow.git`, gitRev: "main" }, { timeoutMs: 1000 }));
+        assert.equal(error.code, Code.DeadlineExceeded);
+        // The caller hears DEADLINE_EXCEEDED at once; the service's clean-up follows within moments.
+        let fetches = "";
+        let partial: string[] = [];
+        for (let attempt = 0; attempt < 50; attempt++) {
+          fetches = (await run("ps", ["-o", "pid=,args=", "--ppid", String(process.pid)])).stdout.split("\n").filter((line) => line.includes("slow.git")).join("\n");
+          partial = (await readdir(join(service.stateDir, "mirrors"))).filter((name) => name.includes("partial"));
+          if (!fetches && partial.length === 0) break;
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+        assert.equal(fetches, "", "the git fetch was killed");
+        assert.deepEqual(partial, [], "no partial mirror is kept");
+      } finally {
+        silent.close();
+      }
     });
 
     it("answers NOT_FOUND for a repository the git server does not have", async () => {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtemp, rm, utimes } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Writable } from "node:stream";
@@ -9,6 +9,7 @@ import { ContextPreparer, type PrepareInput } from "../../services/context-servi
 import { loadDefaultDockerfile } from "../../services/context-service/core/default-dockerfile.js";
 import { ContextError, notFound } from "../../services/context-service/core/errors.js";
 import type { Commit, Repositories, Revision } from "../../services/context-service/core/repositories.js";
+import { MirrorStore } from "../../services/context-service/core/mirrors.js";
 import { SingleFlight } from "../../services/context-service/core/single-flight.js";
 
 /** Commits in memory: each rev names a SHA and a repo.tar body; counts how often repo.tar is written. */
@@ -102,6 +103,24 @@ describe("ContextPreparer with fake repositories", () => {
     for await (const chunk of await subject.read(fresh.contextId, "repo-tar", 2990, 4)) chunks.push(chunk as Buffer);
     assert.equal(Buffer.concat(chunks).toString(), "n".repeat(10));
     assert.ok(chunks.length >= 3, "read in chunks of the asked size");
+  });
+});
+
+describe("state left by a crash", () => {
+  it("is removed when the stores start: half-written blobs and half-made mirrors", async () => {
+    const root = await mkdtemp(join(tmpdir(), "context-crash-"));
+    try {
+      await mkdir(join(root, "cache", "tmp"), { recursive: true });
+      await writeFile(join(root, "cache", "tmp", "123-abc"), "half a repo.tar");
+      await mkdir(join(root, "mirrors", "0123.git.partial-99-1"), { recursive: true });
+      await mkdir(join(root, "mirrors", "4567.git"), { recursive: true });
+      await new BlobStore(join(root, "cache"), 1024).init();
+      await new MirrorStore(root, 1000).init();
+      assert.deepEqual(await readdir(join(root, "cache", "tmp")), []);
+      assert.deepEqual(await readdir(join(root, "mirrors")), ["4567.git"]);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });
 

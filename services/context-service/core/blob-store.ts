@@ -25,7 +25,9 @@ export class BlobStore {
     private readonly maxBytes: number,
   ) {}
 
+  /** Creates the directories; what a crash left half-written in tmp/ is removed. */
   async init(): Promise<void> {
+    await rm(join(this.root, "tmp"), { recursive: true, force: true });
     await mkdir(join(this.root, "blobs"), { recursive: true, mode: 0o700 });
     await mkdir(join(this.root, "keys"), { recursive: true, mode: 0o700 });
     await mkdir(join(this.root, "tmp"), { recursive: true, mode: 0o700 });

@@ -1,25 +1,24 @@
-import { createReadStream, createWriteStream } from "node:fs";
-import { mkdtemp, rm, stat } from "node:fs/promises";
-import { join } from "node:path";
 import { once } from "node:events";
-import { Zlib, zlibSync } from "fflate";
+import { zlibSync } from "fflate";
 import { spawnGit } from "./git.js";
 
 /**
- * A fixed zlib level, with fflate pinned in package.json: the same object always compresses to the same
- * bytes, whichever git or zlib the machine has.
+ * Objects up to this size are compressed at a fixed level by fflate (pinned in package.json), so the same
+ * object always gives the same bytes, whichever git or zlib the machine has. Larger ones are stored in zlib's
+ * uncompressed ("stored") blocks: pure-JS deflate runs at a few MB/s on binary data, big blobs are usually
+ * compressed already, and a stored stream's size is known before it is written, so it streams straight into
+ * the tar with no temp file and no buffering.
  */
+export const COMPRESSED_OBJECT_LIMIT = 4 * 1024 * 1024;
 const COMPRESSION_LEVEL = 6;
-/** Objects above this are compressed through a temp file, so memory stays flat for big files. */
-export const IN_MEMORY_OBJECT_LIMIT = 4 * 1024 * 1024;
-/** Streamed compression is fed fixed-size chunks: its output then never depends on how the pipe split the data. */
-const COMPRESSION_CHUNK = 1024 * 1024;
+const STORED_BLOCK = 65535;
 
 export interface LooseObject {
   oid: string;
-  /** zlib("<type> <size>\0<content>"), as git stores a loose object. */
+  /** The size of zlib("<type> <size>\0<content>"), as git stores a loose object. */
   size: number;
-  body: Buffer | (() => NodeJS.ReadableStream);
+  /** The loose object's bytes; a stream must be read to its end before the next object comes. */
+  body: Buffer | AsyncIterable<Buffer>;
 }
 
 /** The ids of every object reachable from a commit (commits, trees, blobs), sorted. */
@@ -44,11 +43,9 @@ export async function reachableObjects(gitDir: string, sha: string, signal?: Abo
 export async function readLooseObjects(
   gitDir: string,
   ids: string[],
-  tmpRoot: string,
   onObject: (object: LooseObject) => Promise<void>,
   signal?: AbortSignal,
 ): Promise<void> {
-  const tmp = await mkdtemp(join(tmpRoot, "objects-"));
   const { child, finished } = spawnGit(["cat-file", "--batch"], { gitDir, signal });
   child.stdin.on("error", () => undefined);
   // Feed the ids as git asks for them: stdin is a stream with its own backpressure.
@@ -65,15 +62,12 @@ export async function readLooseObjects(
       const [, type, sizeText] = header as [string, string, string];
       const size = Number(sizeText);
       const prefix = Buffer.from(`${type} ${size}\0`, "latin1");
-      if (size <= IN_MEMORY_OBJECT_LIMIT) {
+      if (size <= COMPRESSED_OBJECT_LIMIT) {
         const compressed = Buffer.from(zlibSync(Buffer.concat([prefix, await reader.bytes(size)]), { level: COMPRESSION_LEVEL }));
         await onObject({ oid: expected, size: compressed.length, body: compressed });
       } else {
-        const path = join(tmp, expected);
-        await compressToFile(prefix, reader.stream(size), path);
-        const { size: compressedSize } = await stat(path);
-        await onObject({ oid: expected, size: compressedSize, body: () => createReadStream(path) });
-        await rm(path, { force: true });
+        const total = prefix.length + size;
+        await onObject({ oid: expected, size: storedZlibSize(total), body: storedZlib(prefix, reader.stream(size)) });
       }
       if ((await reader.bytes(1)).toString() !== "\n") throw new Error(`git cat-file: no newline after ${expected}`);
     }
@@ -82,42 +76,58 @@ export async function readLooseObjects(
   } catch (error) {
     child.kill("SIGKILL");
     throw error;
-  } finally {
-    await rm(tmp, { recursive: true, force: true });
   }
 }
 
-async function compressToFile(prefix: Buffer, content: AsyncIterable<Buffer>, path: string): Promise<void> {
-  const file = createWriteStream(path, { mode: 0o600 });
-  const failed = new Promise<never>((_, reject) => file.once("error", reject));
-  failed.catch(() => undefined);
-  let pending: Buffer[] = [];
-  const zlib = new Zlib({ level: COMPRESSION_LEVEL }, (data) => {
-    pending.push(Buffer.from(data));
-  });
-  const flush = async () => {
-    for (const data of pending) if (!file.write(data)) await Promise.race([once(file, "drain"), failed]);
-    pending = [];
+/** The size of a zlib stream of stored blocks holding length bytes: header, 5 bytes a block, Adler-32. */
+export function storedZlibSize(length: number): number {
+  return 2 + Math.max(1, Math.ceil(length / STORED_BLOCK)) * 5 + length + 4;
+}
+
+/** A zlib stream of stored blocks of exactly 65535 bytes (the last shorter), whatever chunks come in. */
+export async function* storedZlib(prefix: Buffer, content: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
+  yield Buffer.from([0x78, 0x01]);
+  let a = 1;
+  let b = 0;
+  let block = Buffer.alloc(STORED_BLOCK);
+  let filled = 0;
+  const blockOut = (final: boolean) => {
+    const head = Buffer.alloc(5);
+    head[0] = final ? 1 : 0;
+    head.writeUInt16LE(filled, 1);
+    head.writeUInt16LE(~filled & 0xffff, 3);
+    const out = Buffer.concat([head, block.subarray(0, filled)]);
+    block = Buffer.alloc(STORED_BLOCK);
+    filled = 0;
+    return out;
   };
-  let chunk = Buffer.alloc(COMPRESSION_CHUNK);
-  let filled = prefix.copy(chunk);
-  for await (let data of content) {
-    while (data.length > 0) {
-      const taken = data.copy(chunk, filled);
-      filled += taken;
-      data = data.subarray(taken);
-      if (filled === COMPRESSION_CHUNK) {
-        zlib.push(chunk);
-        chunk = Buffer.alloc(COMPRESSION_CHUNK);
-        filled = 0;
-        await flush();
+  const take = function* (data: Buffer) {
+    for (let i = 0; i < data.length; i++) {
+      a += data[i]!;
+      b += a;
+      // Reduce well before the sums could lose precision (zlib's NMAX is 5552 for 32-bit sums).
+      if ((i & 4095) === 4095) {
+        a %= 65521;
+        b %= 65521;
       }
     }
-  }
-  zlib.push(chunk.subarray(0, filled), true);
-  await flush();
-  file.end();
-  await Promise.race([once(file, "finish"), failed]);
+    a %= 65521;
+    b %= 65521;
+    let rest = data;
+    while (rest.length > 0) {
+      // A full block is written only once more data follows, so that the last block carries the final bit.
+      if (filled === STORED_BLOCK) yield blockOut(false);
+      const taken = rest.copy(block, filled);
+      filled += taken;
+      rest = rest.subarray(taken);
+    }
+  };
+  yield* take(prefix);
+  for await (const data of content) yield* take(data);
+  yield blockOut(true);
+  const trailer = Buffer.alloc(4);
+  trailer.writeUInt32BE(((b << 16) | a) >>> 0);
+  yield trailer;
 }
 
 /** Reads lines and exact byte counts from a stream of chunks without holding more than one chunk ahead. */

@@ -14,6 +14,8 @@ export function gitEnvironment(): NodeJS.ProcessEnv {
     GIT_ASKPASS: "/bin/false",
     GIT_SSH_COMMAND: "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
     GIT_ALLOW_PROTOCOL: "file:git:http:https:ssh",
+    // Paths we pass (e.g. .mintpress/Dockerfile) are names, never patterns.
+    GIT_LITERAL_PATHSPECS: "1",
     LC_ALL: "C",
     TZ: "UTC",
   };

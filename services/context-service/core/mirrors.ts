@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { mkdir, rename, rm, stat } from "node:fs/promises";
+import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition, invalidArgument, notFound, unavailable } from "./errors.js";
 import { GitFailure, git, gitMaybe } from "./git.js";
@@ -36,6 +36,13 @@ export class MirrorStore {
     private readonly root: string,
     private readonly fetchTimeoutMs: number,
   ) {}
+
+  /** Removes mirrors a crash left half-made (a first fetch that never finished). */
+  async init(): Promise<void> {
+    const dir = join(this.root, "mirrors");
+    await mkdir(dir, { recursive: true });
+    for (const name of await readdir(dir)) if (name.includes(".partial-")) await rm(join(dir, name), { recursive: true, force: true });
+  }
 
   mirrorPath(url: string): string {
     return join(this.root, "mirrors", `${createHash("sha256").update(url).digest("hex").slice(0, 32)}.git`);

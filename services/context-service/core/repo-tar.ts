@@ -49,7 +49,6 @@ export class RepoTarWriter {
       await writeFile(join(dir, "HEAD"), "ref: refs/heads/none\n");
       await writeFile(join(dir, "info", "attributes"), honor ? "* -export-subst\n" : "* -export-subst -export-ignore\n");
     }
-    await mkdir(join(this.stateDir, "tmp"), { recursive: true });
   }
 
   /** What the caller should tell the user about the commit (submodules, LFS), found without writing anything. */
@@ -140,14 +139,12 @@ export class RepoTarWriter {
     await readLooseObjects(
       mirror,
       ids,
-      join(this.stateDir, "tmp"),
       async (object) => {
         if (object.oid.slice(0, 2) !== directory) {
           directory = object.oid.slice(0, 2);
           await out.directory(`.git/objects/${directory}`);
         }
-        const body = Buffer.isBuffer(object.body) ? object.body : object.body();
-        await out.file(`.git/objects/${directory}/${object.oid.slice(2)}`, false, object.size, body as Buffer);
+        await out.file(`.git/objects/${directory}/${object.oid.slice(2)}`, false, object.size, object.body);
       },
       signal,
     );
