@@ -4,6 +4,8 @@ import { type ClientSecurity, clientSecurityFromSettings } from "../security.js"
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { parseListenAddress } from "../server/listen-address.js";
 
+const STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
+
 export interface ServiceTransport {
   transport: Transport;
   close(): void;
@@ -21,6 +23,9 @@ export function serviceTransport(addressText: string, security: ClientSecurity =
     address.kind === "unix" ? `${scheme}://localhost` : `${scheme}://${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`;
   const tlsOptions = security.ca ? { ca: security.ca, cert: security.cert, key: security.key } : {};
   const manager = new Http2SessionManager(authority, {}, {
+    // Node's default 64 KiB receive window makes a stream wait for a round trip per window: contexts and
+    // logs are streamed in larger amounts than that.
+    settings: { initialWindowSize: STREAM_WINDOW_BYTES },
     ...tlsOptions,
     ...(address.kind === "unix" ? { createConnection: () => net.connect(address.path) } : {}),
   });
