@@ -1,0 +1,132 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { BuildQueue } from "../../services/image-service/core/build-queue.js";
+import { type DockerfileBuilder, ImageBuilder } from "../../services/image-service/core/image-builder.js";
+import type { BuildEvent, LocalContext } from "../../services/image-service/core/model.js";
+import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
+
+describe("the build queue", () => {
+  it("runs at most the limit at once and starts the rest in arrival order, telling each its place", async () => {
+    const queue = new BuildQueue(2);
+    const started: number[] = [];
+    const positions = new Map<number, number[]>();
+    const releases: Array<() => void> = [];
+    const builds = [0, 1, 2, 3, 4].map((n) =>
+      queue.run(
+        () => new Promise<void>((resolve) => {
+          started.push(n);
+          releases[n] = resolve;
+        }),
+        (position) => positions.set(n, [...(positions.get(n) ?? []), position]),
+      ),
+    );
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(started, [0, 1]);
+    assert.equal(queue.depth, 3);
+    releases[1]!();
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(started, [0, 1, 2]);
+    releases[0]!();
+    releases[2]!();
+    await new Promise((resolve) => setImmediate(resolve));
+    releases[3]!();
+    releases[4]!();
+    await Promise.all(builds);
+    assert.deepEqual(started, [0, 1, 2, 3, 4]);
+    assert.deepEqual(positions.get(4), [3, 2, 1], "the last one moved up as the others started");
+  });
+
+  it("lets a waiting build leave when it is cancelled", async () => {
+    const queue = new BuildQueue(1);
+    let release!: () => void;
+    const first = queue.run(() => new Promise<void>((resolve) => (release = resolve)), () => {});
+    const controller = new AbortController();
+    const second = queue.run(async () => assert.fail("a cancelled build must not start"), () => {}, controller.signal);
+    controller.abort(new Error("cancelled"));
+    await assert.rejects(second, /cancelled/);
+    assert.equal(queue.depth, 0);
+    release();
+    await first;
+  });
+});
+
+describe("retries", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "steprunner-retries-"));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  const context: LocalContext = {
+    contextId: `sha256:${"1".repeat(64)}`,
+    gitRev: "main",
+    gitSha: "a".repeat(40),
+    defaultDockerfile: true,
+    repoTar: { digest: `sha256:${"2".repeat(64)}`, size: 1n },
+    stepContextZip: { digest: `sha256:${"3".repeat(64)}`, size: 1n },
+    dockerfile: { digest: `sha256:${"4".repeat(64)}`, size: 1n },
+    contextDir: "/nonexistent",
+    dockerfileDir: "/nonexistent",
+    secretZipPath: "/nonexistent",
+  };
+
+  function builderFailing(failures: ConnectError[]): { images: ImageBuilder; attempts: () => number; events: BuildEvent[] } {
+    let attempts = 0;
+    const buildkit: DockerfileBuilder = {
+      build: async () => {
+        const failure = failures[attempts++];
+        if (failure) throw failure;
+        return { "containerimage.digest": `sha256:${"5".repeat(64)}` };
+      },
+    };
+    const images = new ImageBuilder(
+      { materialize: async () => context },
+      buildkit,
+      {
+        inspectImage: async () => ({ Id: "x", RepoDigests: [], Config: {}, RootFS: { Type: "layers", Layers: [] }, GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } }, Size: 0 }),
+        removeImage: async () => {},
+        tagImage: async () => {},
+        pushImage: async () => assert.fail("no push"),
+      },
+      {
+        address: "registry.test:5000",
+        manifest: async () => ({ digest: `sha256:${"6".repeat(64)}`, manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } }),
+        config: async () => assert.fail("no config"),
+        deleteManifest: async () => {},
+      },
+      new ReuseRecords(join(dir, String(Math.random()))),
+      { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 60_000, maxConcurrentBuilds: 1, transportAttempts: 3 },
+    );
+    const events: BuildEvent[] = [];
+    return { images, attempts: () => attempts, events };
+  }
+
+  const request = { contextId: context.contextId, baseRunner: "", network: "none" as const, buildWithoutCache: false, handoff: undefined };
+
+  it("tries again after the connection to BuildKit fails, up to three attempts, saying so", async () => {
+    const { images, attempts, events } = builderFailing([new ConnectError("connection reset", Code.Unavailable), new ConnectError("connection reset", Code.Unavailable)]);
+    const image = await images.build(request, (event) => events.push(event));
+    assert.equal(attempts(), 3);
+    assert.match(image.imageId, /^sha256:5/);
+    assert.equal(events.filter((event) => event.kind === "warning").length, 2);
+  });
+
+  it("gives up after three failed attempts", async () => {
+    const unavailable = () => new ConnectError("connection reset", Code.Unavailable);
+    const { images, attempts } = builderFailing([unavailable(), unavailable(), unavailable(), unavailable()]);
+    await assert.rejects(images.build(request, () => {}));
+    assert.equal(attempts(), 3);
+  });
+
+  it("never repeats a build that failed on its own", async () => {
+    const { images, attempts } = builderFailing([new ConnectError("failed to solve: executor failed running [/bin/sh -c exit 1]: exit code: 1", Code.Unknown)]);
+    const failure = await images.build(request, () => {}).catch((error) => ConnectError.from(error));
+    assert.ok(failure instanceof ConnectError);
+    assert.equal(failure.code, Code.FailedPrecondition);
+    assert.equal(attempts(), 1);
+  });
+});
