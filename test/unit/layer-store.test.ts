@@ -86,6 +86,17 @@ describe("LayerStore", () => {
     assert.equal((await store.stats()).unpacked, before + 1);
   });
 
+  it("survives two unpacks of one layer racing to finish (a lookup that missed both)", async () => {
+    const blob = blobOf(await tarOf([{ name: "raced.txt", content: "raced" }]));
+    // A second store on the same root cannot see the first one's unpack in flight, as a request whose
+    // lookup was still pending could not: both unpack, and the second rename finds the layer there.
+    const other = new LayerStore(root, 1024 * 1024, createLogger("test", {}, { quiet: true }));
+    const [a, b] = await Promise.all([store.acquire([blob], signal), other.acquire([blob], signal)]);
+    assert.deepEqual(a, b);
+    assert.equal(await readFile(join(a[0]!, "raced.txt"), "utf8"), "raced");
+    assert.deepEqual(await readdir(join(root, "tmp")), [], "the loser's staging directory is gone");
+  });
+
   it("refuses a layer whose tar does not match its diff_id, leaving nothing behind", async () => {
     const blob = { ...blobOf(await tarOf([{ name: "a", content: "a" }])), diffId: `sha256:${"0".repeat(64)}` };
     await assert.rejects(store.acquire([blob], signal), /unpacked to a tar with digest/);

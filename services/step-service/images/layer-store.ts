@@ -109,8 +109,11 @@ export class LayerStore {
 
   private async layer(blob: LayerBlob, signal: AbortSignal): Promise<string> {
     const dir = this.dir(blob.diffId);
+    const unpacking = this.inFlight.get(blob.diffId);
+    if (unpacking) return unpacking;
     const existing = await this.touch(blob.diffId);
     if (existing) return join(dir, "root");
+    // touch() is asynchronous: an unpack may have started, or even finished, meanwhile.
     let pending = this.inFlight.get(blob.diffId);
     if (!pending) {
       pending = this.unpack(blob, signal).finally(() => this.inFlight.delete(blob.diffId));
@@ -152,7 +155,15 @@ export class LayerStore {
       await unpacker.finish();
       const meta: LayerMeta = { diffId: blob.diffId, sizeBytes: unpacker.bytes, lastUsedMs: Date.now() };
       await writeFile(join(staging, "meta.json"), JSON.stringify(meta));
-      await rename(staging, this.dir(blob.diffId));
+      try {
+        await rename(staging, this.dir(blob.diffId));
+      } catch (error) {
+        // Another unpack of the same layer finished first: the layer is there; ours is thrown away below.
+        const code = (error as NodeJS.ErrnoException).code;
+        if ((code !== "ENOTEMPTY" && code !== "EEXIST") || !(await this.touch(blob.diffId))) throw error;
+        await rm(staging, { recursive: true, force: true });
+        return join(this.dir(blob.diffId), "root");
+      }
       this.unpackedCount++;
       this.logger.info("unpacked layer", { diffId: blob.diffId, bytes: unpacker.bytes, ms: Date.now() - started });
       return join(this.dir(blob.diffId), "root");
