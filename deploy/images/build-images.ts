@@ -28,7 +28,14 @@ async function stageContext(dir: string): Promise<void> {
   for (const file of ["package.json", "package-lock.json"]) await copyFile(join(ROOT, file), join(app, file));
   for (const part of ["gen", "services"]) await cp(join(ROOT, "dist", part), join(app, "dist", part), { recursive: true });
   await promisify(execFile)("npm", ["ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"], { cwd: app });
+  // Native modules come already built from this checkout: the image runs this machine's Node.js, so their
+  // ABI matches, and no compiler is needed in the build.
+  for (const native of NATIVE_MODULES) {
+    await cp(join(ROOT, "node_modules", native, "build"), join(app, "node_modules", native, "build"), { recursive: true });
+  }
 }
+
+const NATIVE_MODULES = ["better-sqlite3"];
 
 export async function buildServiceImages(log: (text: string) => void): Promise<Record<string, string>> {
   const work = await mkdtemp(join(stateDir, "tmp", "service-images-"));

@@ -14,15 +14,19 @@ import { configFromEnv, createStepRunner } from "./service.js";
 const logger = createLogger("step-service");
 const config = configFromEnv();
 await mkdir(config.stateDir, { recursive: true });
-// Contexts and images come from the context- and image-service.
+// Contexts and images come from the context- and image-service; "local" runs a local directory in the
+// prebuilt STEPRUNNER_STEP_IMAGE without them (for trying the runtime alone).
+const sources = setting("STEPRUNNER_STEP_SOURCES", "services");
+if (sources !== "services" && sources !== "local") throw new Error(`STEPRUNNER_STEP_SOURCES must be services or local, got "${sources}"`);
 const contextService = serviceTransport(setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"));
 const imageService = serviceTransport(setting("STEPRUNNER_IMAGE_ADDR", "127.0.0.1:7702"));
 const metrics = new ServiceMetrics("step-service");
 const steps = metrics.counter("steprunner_steps_total", "Steps that ended, by final state", ["state"]);
 const phases = metrics.histogram("steprunner_step_phase_seconds", "Time of each phase of a step (queue, context, build, pull, run, teardown)", ["phase"], [0.01, 0.05, 0.2, 1, 5, 30, 120, 600]);
 const { runner, layers } = createStepRunner(config, logger, {
-  contexts: new ContextServicePreparer(contextService.transport),
-  images: new ImageServiceBuilder(imageService.transport),
+  ...(sources === "services"
+    ? { contexts: new ContextServicePreparer(contextService.transport), images: new ImageServiceBuilder(imageService.transport) }
+    : {}),
   observer: {
     stepFinished: (record) => {
       steps.inc({ state: record.state });

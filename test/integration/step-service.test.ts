@@ -251,7 +251,7 @@ describe("a step-service killed mid-step", () => {
     const config = await testConfig();
     const repo = await repository(config, ACTIONS);
     const child = spawn(process.execPath, [`${ROOT}/dist/services/step-service/main.js`], {
-      env: { ...process.env, STEPRUNNER_STEP_STATE_DIR: config.stateDir, STEPRUNNER_STEP_ADDR: "127.0.0.1:7713", STEPRUNNER_STEP_IMAGE: config.stepImage },
+      env: { ...process.env, STEPRUNNER_STEP_STATE_DIR: config.stateDir, STEPRUNNER_STEP_ADDR: "127.0.0.1:7713", STEPRUNNER_STEP_IMAGE: config.stepImage, STEPRUNNER_STEP_SOURCES: "local" },
       stdio: "ignore",
     });
     const transport = serviceTransport("127.0.0.1:7713");

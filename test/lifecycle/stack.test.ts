@@ -36,7 +36,7 @@ describe("the local stack's lifecycle", () => {
     for (const part of ["dockerd", "registry", "context-service", "image-service", "step-service"]) {
       assert.match(result.stderr, new RegExp(`${part} already running`));
     }
-    assert.match(result.stderr, /base runner .* is up to date/);
+    assert.match(result.stderr, /steprunner\/runner:\S+ is up to date/);
     assert.doesNotMatch(result.stderr, /installing/);
 
     assert.deepEqual(await daemonPids(), pidsBefore);
