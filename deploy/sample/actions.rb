@@ -3,7 +3,8 @@
 desc 'Print a greeting and record it in the environment properties'
 task :hello do
   greeting = ENV.fetch('GREETING', 'hello')
-  puts "#{greeting} from #{OpsChain.context.dig('change', 'environment_code') || 'an unknown environment'}"
+  environment_code = OpsChain.context.dig('change', 'environment_code').to_s
+  puts "#{greeting} from #{environment_code.empty? ? 'an unknown environment' : environment_code}"
   environment = OpsChain.properties_for(:environment)
   environment['greetings'] = environment.fetch('greetings', 0) + 1
   environment['last_greeting'] = greeting
