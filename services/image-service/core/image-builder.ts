@@ -60,8 +60,14 @@ export interface BuildObserver {
   transportRetried(): void;
 }
 
+/** A built image: its record and what dockerd says of it, inspected once. */
+interface Built {
+  record: ReuseRecord;
+  inspect: ImageInspect;
+}
+
 interface SharedBuild {
-  result: Promise<ImageResult>;
+  result: Promise<Built>;
   listeners: Set<Listener>;
   subscribers: number;
   controller: AbortController;
@@ -138,11 +144,12 @@ export class ImageBuilder {
       shared = { result, listeners, subscribers: 0, controller };
       this.inFlight.set(key, shared);
     }
-    return this.follow(shared, emit, signal).then((built) => this.handOver(built, handoff, signal));
+    const built = await this.follow(shared, emit, signal);
+    return this.handOver(built, handoff, false, signal);
   }
 
   /** Waits for a shared build; it is cancelled only when every caller waiting for it has gone. */
-  private async follow(shared: SharedBuild, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
+  private async follow(shared: SharedBuild, emit: Listener, signal?: AbortSignal): Promise<Built> {
     shared.subscribers++;
     shared.listeners.add(emit);
     let left = false;
@@ -173,7 +180,7 @@ export class ImageBuilder {
     request: BuildRequest,
     emit: Listener,
     signal: AbortSignal,
-  ): Promise<ImageResult> {
+  ): Promise<Built> {
     const started = Date.now();
     const tag = contentKey.replace(/^sha256:/, "");
     const scope = cacheScope(context);
@@ -222,39 +229,45 @@ export class ImageBuilder {
     if (!imageId) throw new ConnectError("BuildKit finished without naming the image it exported", Code.Internal);
     const record: ReuseRecord = { contentKey, imageId, cacheScope: scope, handoffs: ["layer-store"], builtAt: Date.now(), buildDurationMs: Date.now() - started };
     await this.records.put(record);
-    return this.describe(record, "layer-store", false, signal);
+    return { record, inspect: await this.inspect(record.imageId, signal) };
   }
 
   private async reuse(contentKey: string, handoff: Handoff, signal?: AbortSignal): Promise<ImageResult | undefined> {
     const record = await this.records.get(contentKey);
     if (!record) return undefined;
     const expired = Date.now() - record.builtAt > this.settings.reuseTtlMs;
-    if (expired || !(await this.images.inspectImage(record.imageId, signal))) {
+    const inspect = expired ? undefined : await this.images.inspectImage(record.imageId, signal);
+    if (!inspect) {
       await this.records.remove(contentKey);
       return undefined;
     }
-    return this.handOver(await this.describe(record, "layer-store", true, signal), handoff, signal);
+    return this.handOver({ record, inspect }, handoff, true, signal);
+  }
+
+  private async inspect(imageId: string, signal?: AbortSignal): Promise<ImageInspect> {
+    const inspect = await this.images.inspectImage(imageId, signal);
+    if (!inspect) throw new ConnectError(`image ${imageId} vanished from dockerd`, Code.Unavailable);
+    return inspect;
   }
 
   /** Pushes the image when the registry hand-off is asked for and it is not there yet. */
-  private async handOver(image: ImageResult, handoff: Handoff, signal?: AbortSignal): Promise<ImageResult> {
-    if (handoff === "layer-store") return image;
-    let record = (await this.records.get(image.contentKey))!;
-    if (!record.reference) {
-      const tag = image.contentKey.replace(/^sha256:/, "");
+  private async handOver({ record: built, inspect }: Built, handoff: Handoff, reused: boolean, signal?: AbortSignal): Promise<ImageResult> {
+    let record = built;
+    // Another caller of a merged build may have pushed it meanwhile.
+    if (handoff === "registry" && !record.reference) record = (await this.records.get(record.contentKey)) ?? record;
+    if (handoff === "registry" && !record.reference) {
+      const tag = record.contentKey.replace(/^sha256:/, "");
       const repository = `${this.registry.address}/${this.settings.stepsRepository}`;
-      await this.images.tagImage(image.imageId, repository, tag, signal);
+      await this.images.tagImage(record.imageId, repository, tag, signal);
       const pushed = await this.images.pushImage(repository, tag, signal);
       record = { ...record, reference: `${repository}@${pushed.digest}`, manifestDigest: pushed.digest, handoffs: ["layer-store", "registry"] };
       await this.records.put(record);
       await this.records.setCacheSource(record.cacheScope, `${repository}:${tag}`);
     }
-    return this.describe(record, "registry", image.reused, signal);
+    return this.describe(record, inspect, handoff, reused, signal);
   }
 
-  private async describe(record: ReuseRecord, handoff: Handoff, reused: boolean, signal?: AbortSignal): Promise<ImageResult> {
-    const inspect = await this.images.inspectImage(record.imageId, signal);
-    if (!inspect) throw new ConnectError(`image ${record.imageId} vanished from dockerd`, Code.Unavailable);
+  private async describe(record: ReuseRecord, inspect: ImageInspect, handoff: Handoff, reused: boolean, signal?: AbortSignal): Promise<ImageResult> {
     const config = {
       env: inspect.Config?.Env ?? [],
       entrypoint: inspect.Config?.Entrypoint ?? [],
