@@ -130,3 +130,53 @@ describe("retries", () => {
     assert.equal(attempts(), 1);
   });
 });
+
+describe("bad input to a build", () => {
+  const context: LocalContext = {
+    contextId: `sha256:${"1".repeat(64)}`,
+    gitRev: "main",
+    gitSha: "a".repeat(40),
+    defaultDockerfile: true,
+    repoTar: { digest: `sha256:${"2".repeat(64)}`, size: 1n },
+    stepContextZip: { digest: `sha256:${"3".repeat(64)}`, size: 1n },
+    dockerfile: { digest: `sha256:${"4".repeat(64)}`, size: 1n },
+    contextDir: "/nonexistent",
+    dockerfileDir: "/nonexistent",
+    secretZipPath: "/nonexistent",
+  };
+  const images = (materialize: () => Promise<LocalContext>) =>
+    new ImageBuilder(
+      { materialize },
+      { build: async () => assert.fail("no build for bad input") },
+      { inspectImage: async () => undefined, removeImage: async () => {}, tagImage: async () => {}, pushImage: async () => assert.fail("no push") },
+      {
+        address: "registry.test:5000",
+        manifest: async () => assert.fail("the registry is not asked"),
+        config: async () => assert.fail("no config"),
+        deleteManifest: async () => {},
+      },
+      new ReuseRecords("/nonexistent"),
+      { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 0, maxConcurrentBuilds: 1, transportAttempts: 1 },
+    );
+  const request = (baseRunner: string) => ({ contextId: context.contextId, baseRunner, network: "none" as const, buildWithoutCache: false, handoff: undefined });
+
+  for (const [name, baseRunner, expected] of [
+    ["a base runner that is not an image reference", "not an image", /base_runner: .*must start with a registry host/],
+    ["a base runner in another registry", "elsewhere.test:5000/runner:1", /base_runner must be in the registry registry\.test:5000/],
+  ] as const) {
+    it(`answers INVALID_ARGUMENT for ${name}, before any build`, async () => {
+      const failure = await images(async () => context).build(request(baseRunner), () => {}).catch((error) => ConnectError.from(error));
+      assert.ok(failure instanceof ConnectError);
+      assert.equal(failure.code, Code.InvalidArgument);
+      assert.match(failure.message, expected);
+    });
+  }
+
+  it("passes on the context-service's NOT_FOUND for a context it does not know", async () => {
+    const failure = await images(async () => {
+      throw new ConnectError("no prepared context sha256:111…", Code.NotFound);
+    }).build(request(""), () => {}).catch((error) => ConnectError.from(error));
+    assert.ok(failure instanceof ConnectError);
+    assert.equal(failure.code, Code.NotFound);
+  });
+});

@@ -10,7 +10,7 @@ import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection as ReflectionV1 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ReflectionV1Alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
-import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
+import { ImageService, type NetworkMode } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import type { RunningServer } from "../../services/shared/server/serve.js";
 import { startImageService } from "../support/fake-image-service.js";
@@ -55,6 +55,20 @@ describe("a service server (gRPC, gRPC-Web and Connect on one port)", () => {
     assert.ok(failure instanceof ConnectError);
     assert.equal(failure.code, Code.InvalidArgument);
     assert.match(failure.message, /keep_bytes/);
+  });
+
+  it("answers INVALID_ARGUMENT for enum values it does not know and for a negative age to prune", async () => {
+    const image = createClient(ImageService, grpc.transport);
+    const unknownEnum = await (async () => {
+      for await (const _ of image.buildImage({ contextId: `sha256:${"a".repeat(64)}`, networkMode: 7 as NetworkMode })) void _;
+    })().catch((error) => ConnectError.from(error));
+    assert.ok(unknownEnum instanceof ConnectError);
+    assert.equal(unknownEnum.code, Code.InvalidArgument);
+    assert.match(unknownEnum.message, /network_mode or handoff/);
+    const negative = await image.pruneImages({ olderThan: { seconds: -1n, nanos: 0 } }).catch((error) => ConnectError.from(error));
+    assert.ok(negative instanceof ConnectError);
+    assert.equal(negative.code, Code.InvalidArgument);
+    assert.match(negative.message, /older_than/);
   });
 
   it("refuses a build of something that is not a context id, before any work", async () => {
