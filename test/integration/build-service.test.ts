@@ -53,6 +53,15 @@ describe("BuildImage over gRPC, from a context the context-service prepared (the
     assert.equal(again.progressEvents, 0, "a reused image needs no build");
   });
 
+  it("counts built and reused images in the image-service's Prometheus metrics", async () => {
+    const text = await (await fetch(`http://${stack.imageAddr}/metrics`)).text();
+    const count = (outcome: string) => Number(new RegExp(`^steprunner_image_builds_seconds_count\\{[^}]*outcome="${outcome}"[^}]*\\} (\\d+)$`, "m").exec(text)?.[1] ?? 0);
+    // The two image requests of the test before, built or (on a machine that ran it before) reused.
+    assert.ok(count("built") + count("reused") >= 2, `counted: ${count("built")} built, ${count("reused")} reused`);
+    assert.ok(count("reused") >= 1, "the second request reused the image");
+    assert.match(text, /^steprunner_image_build_queue_depth\{[^}]*\} 0$/m);
+  });
+
   it("builds the custom .mintpress/Dockerfile of a branch, and hands it over through the registry", async () => {
     const { image } = await build("custom-dockerfile", {}, ImageHandoff.REGISTRY);
     assert.equal(image.handoff, ImageHandoff.REGISTRY);
