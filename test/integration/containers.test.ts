@@ -5,10 +5,11 @@ import { after, before, describe, it } from "node:test";
 import { createClient } from "@connectrpc/connect";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
-import { StepService } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { LogStream } from "../../gen/steprunner/image/v1/image_service_pb.js";
+import { type Step, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { buildServiceImages } from "../../deploy/images/build-images.js";
-import { run, stack } from "../support/stack.js";
+import { ROOT, run, stack } from "../support/stack.js";
 
 // testcontainers talks to our dockerd, and must not start its Ryuk helper: nothing is pulled here.
 process.env.DOCKER_HOST = `unix://${stack.runDir}/docker.sock`;
@@ -22,11 +23,15 @@ const PORTS = { context: 7811, image: 7812, step: 7813 };
 
 describe("the service images, run as containers the way a deployment runs them (testcontainers)", () => {
   let work: string;
+  let repository: string;
   const containers: Started[] = [];
 
   before(async () => {
     await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
     work = await mkdtemp(join(stack.stateDir, "tmp", "containers-test-"));
+    repository = join(work, "sample");
+    const made = await run(join(ROOT, "deploy/sample/make-sample-repo.sh"), [repository]);
+    assert.equal(made.code, 0, made.stderr);
     const images = await buildServiceImages(() => {});
     assert.deepEqual(Object.keys(images).sort(), ["context-service", "image-service", "step-service"]);
     const environment = {
@@ -36,15 +41,19 @@ describe("the service images, run as containers the way a deployment runs them (
       STEPRUNNER_STEP_ADDR: `127.0.0.1:${PORTS.step}`,
       STEPRUNNER_REGISTRY_ADDR: stack.registry,
       STEPRUNNER_BUILDKIT_ADDR: `docker-unix://${stack.runDir}/docker.sock`,
+      // Across nodes the step-service cannot read dockerd's layer store: images travel through the registry.
+      STEPRUNNER_IMAGE_HANDOFF: "registry",
     };
     for (const service of ["context-service", "image-service", "step-service"] as const) {
+      const mounts = [
+        { source: join(work, service), target: "/var/lib/steprunner", mode: "rw" as const },
+        { source: stack.runDir, target: stack.runDir, mode: "rw" as const },
+        // The repository the step names, where a deployment would mount its git server's checkouts.
+        { source: repository, target: repository, mode: "ro" as const },
+      ];
       let container = new GenericContainer(`steprunner/${service}:0.1.0`)
         .withNetworkMode("host")
         .withEnvironment(environment)
-        .withBindMounts([
-          { source: join(work, service), target: "/var/lib/steprunner", mode: "rw" },
-          { source: stack.runDir, target: stack.runDir, mode: "rw" },
-        ])
         .withWaitStrategy(Wait.forLogMessage(/"message":"listening"/))
         .withStartupTimeout(60_000);
       if (service === "step-service") {
@@ -53,9 +62,11 @@ describe("the service images, run as containers the way a deployment runs them (
         container = container
           .withAddedCapabilities("ALL")
           .withDroppedCapabilities("SYS_RESOURCE")
-          .withSecurityOpt("seccomp=unconfined", "apparmor=unconfined")
-          .withBindMounts([{ source: "/sys/fs/cgroup", target: "/sys/fs/cgroup", mode: "rw" }]);
+          .withSecurityOpt("seccomp=unconfined", "apparmor=unconfined");
+        mounts.push({ source: "/sys/fs/cgroup", target: "/sys/fs/cgroup", mode: "rw" });
       }
+      // One call: each withBindMounts replaces the mounts given before.
+      container = container.withBindMounts(mounts);
       await mkdir(join(work, service), { recursive: true });
       containers.push(await container.start());
     }
@@ -93,6 +104,31 @@ describe("the service images, run as containers the way a deployment runs them (
       assert.match(runtime.runcVersion, /^runc version/);
     } finally {
       image.close();
+      step.close();
+    }
+  });
+
+  it("runs a real step of the sample repository through the three containers", async () => {
+    const step = serviceTransport(`127.0.0.1:${PORTS.step}`, {});
+    try {
+      const stdout: string[] = [];
+      let finished: Step | undefined;
+      const request = {
+        repositoryUrl: repository,
+        gitRev: "main",
+        action: "hello",
+        properties: [{ owner: "environment", properties: { region: "containers" } }],
+        contextValues: { change: { id: "change-containers", environmentCode: "containers" } },
+      };
+      for await (const response of createClient(StepService, step.transport).runStep(request, { timeoutMs: 300_000 })) {
+        if (response.event.case === "logLine" && response.event.value.stream === LogStream.STDOUT) stdout.push(response.event.value.text);
+        if (response.event.case === "finished") finished = response.event.value.step;
+      }
+      assert.ok(finished, "the stream ended with the finished event");
+      assert.equal(finished.state, StepState.SUCCESS, finished.reason);
+      assert.match(stdout.join("\n"), /^hello from containers$/m);
+      assert.equal(finished.result?.properties?.last_greeting, "hello");
+    } finally {
       step.close();
     }
   });

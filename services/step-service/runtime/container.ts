@@ -1,5 +1,6 @@
 import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
+import { mkdirSync, statSync } from "node:fs";
 import { chown, cp, lstat, mkdir, readFile, readdir, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -314,8 +315,14 @@ async function lines(stream: Readable, name: OutputStream, onOutput: ContainerRu
   if (pending) onOutput(name, pending, new Date());
 }
 
-/** A short tag of a state directory, so that two services on one host never reap each other's containers. */
+/**
+ * A short tag of a state directory, so that two services on one host never reap each other's containers. The
+ * directory's identity (device and inode) goes in with its path: a service in a container sees its own state
+ * volume at the same path as the host's service sees another directory.
+ */
 export function instanceTagOf(stateDir: string): string {
-  return createHash("sha256").update(stateDir).digest("hex").slice(0, 8);
+  mkdirSync(stateDir, { recursive: true });
+  const { dev, ino } = statSync(stateDir);
+  return createHash("sha256").update(`${stateDir}\0${dev}:${ino}`).digest("hex").slice(0, 8);
 }
 
