@@ -22,6 +22,8 @@ export function exitStatusOf(step: Step): number {
       return 124;
     case StepState.CANCELLED:
       return 130;
+    case StepState.HANDED_BACK:
+      return 75; // EX_TEMPFAIL: run it again
     default:
       return 70;
   }

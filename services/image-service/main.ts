@@ -93,10 +93,12 @@ const server = await startServer({
   logger,
   metrics,
 });
-stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), async () => {
-  clearInterval(pruneTimer);
-  for (const client of buildkits) client.close();
-  contextService.close();
+stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), {
+  stop: async () => {
+    clearInterval(pruneTimer);
+    for (const client of buildkits) client.close();
+    contextService.close();
+  },
 });
 
 /** TLS for a tcp:// BuildKit, from PEM files named by the settings (none: plain TCP). */

@@ -46,8 +46,11 @@ const server = await startServer({
   logger,
   metrics,
 });
-stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), async () => {
-  await runner.close();
-  contextService.close();
-  imageService.close();
+stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), {
+  drain: (graceMs) => runner.drain(graceMs),
+  stop: async () => {
+    await runner.close();
+    contextService.close();
+    imageService.close();
+  },
 });

@@ -12,6 +12,7 @@ import { type RunStepRequestSchema, type RunStepResponse, type Step, StepService
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { instanceTagOf } from "../../services/step-service/runtime/container.js";
 import { leftovers, removeState, repository, startStepService, type TestStepService, testConfig } from "../support/step-service.js";
+import { ConnectError, Code } from "@connectrpc/connect";
 import { ROOT } from "../support/stack.js";
 
 const ACTIONS = `
@@ -32,6 +33,7 @@ task(:large) { OpsChain.properties_for(:change)['blob'] = 'y' * (6 * 1024 * 1024
 task(:symlinkresult) { exec('ln', '-sf', '/etc/passwd', '/opt/opschain/.mintpress/step_result.json') }
 task(:badresult) { exec('sh', '-c', 'echo "{not json" > /opt/opschain/.mintpress/step_result.json') }
 task(:sleep) { puts 'sleeping'; $stdout.flush; sleep 120 }
+task(:brief) { puts 'brief start'; $stdout.flush; sleep 2; puts 'brief done' }
 task(:stubborn) { $stdout.sync = true; Signal.trap('TERM') { puts 'ignoring TERM' }; sleep 120 }
 task(:lines) { 200.times { |i| puts "line #{i}"; $stdout.flush; sleep 0.005 }; warn 'done' }
 `;
@@ -275,6 +277,85 @@ describe("a step-service killed mid-step", () => {
         const { step } = await restarted.client.getStep({ stepId });
         assert.equal(step?.state, StepState.SYSTEM_ERROR);
         assert.match(step!.reason, /step-service stopped while the step was running/);
+      } finally {
+        await restarted.stop();
+      }
+    } finally {
+      transport.close();
+      child.kill("SIGKILL");
+      await removeState(config);
+    }
+  });
+
+  it("drains on SIGTERM: steps that end in the grace period finish, the rest are handed back and can run again", async () => {
+    const config = await testConfig();
+    const repo = await repository(config, ACTIONS);
+    const child = spawn(process.execPath, [`${ROOT}/dist/services/step-service/main.js`], {
+      env: {
+        ...process.env,
+        STEPRUNNER_STEP_STATE_DIR: config.stateDir,
+        STEPRUNNER_STEP_ADDR: "127.0.0.1:7714",
+        STEPRUNNER_STEP_IMAGE: config.stepImage,
+        STEPRUNNER_STEP_SOURCES: "local",
+        STEPRUNNER_MAX_CONCURRENT_STEPS: "2",
+        STEPRUNNER_SHUTDOWN_GRACE_MS: "6000",
+      },
+      stdio: "ignore",
+    });
+    const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+    const transport = serviceTransport("127.0.0.1:7714");
+    try {
+      const client = createClient(StepService, transport.transport);
+      for (let i = 0; i < 100; i++) {
+        if (await client.getRuntimeInfo({}).then(() => true, () => false)) break;
+        await sleep(100);
+      }
+      const started = (stepId: string, action: string, until: (event: RunStepResponse) => boolean) => {
+        const events: RunStepResponse[] = [];
+        let seen = () => {};
+        const reached = new Promise<void>((resolve) => (seen = resolve));
+        const done = (async () => {
+          for await (const event of client.runStep({ stepId, repositoryUrl: repo, action }, { timeoutMs: 60_000 })) {
+            events.push(event);
+            if (until(event)) seen();
+          }
+          const last = events[events.length - 1]!;
+          assert.equal(last.event.case, "finished");
+          return (last.event.value as { step: Step }).step;
+        })();
+        return { reached, done };
+      };
+      const logged = (text: string) => (event: RunStepResponse) => event.event.case === "logLine" && event.event.value.text === text;
+      const stubborn = started(`drain-long-${process.pid}`, "sleep", logged("sleeping"));
+      const brief = started(`drain-brief-${process.pid}`, "brief", logged("brief start"));
+      await Promise.all([stubborn.reached, brief.reached]);
+      const queued = started(`drain-queued-${process.pid}`, "ok", (event) => event.event.case === "accepted");
+      await queued.reached;
+
+      const signalled = Date.now();
+      child.kill("SIGTERM");
+      const handedBackQueued = await queued.done;
+      assert.equal(handedBackQueued.state, StepState.HANDED_BACK);
+      assert.match(handedBackQueued.reason, /shut down before the step started; run it again/);
+      await assert.rejects(client.runStep({ repositoryUrl: repo, action: "ok" })[Symbol.asyncIterator]().next(), (error: unknown) => {
+        const connect = ConnectError.from(error);
+        return connect.code === Code.Unavailable && /shutting down/.test(connect.rawMessage);
+      });
+      assert.equal((await brief.done).state, StepState.SUCCESS, "a step that ends within the grace period finishes");
+      const handedBackRunning = await stubborn.done;
+      assert.equal(handedBackRunning.state, StepState.HANDED_BACK);
+      assert.match(handedBackRunning.reason, /shut down before the step finished/);
+      assert.ok(Date.now() - signalled >= 5000, "the running step had its grace period");
+      assert.equal(await exited, 0);
+      assert.deepEqual(await leftovers(config), { containers: [], mounts: [], cgroups: [], dirs: [] });
+
+      const restarted = await startStepService(config);
+      try {
+        assert.equal((await restarted.client.getStep({ stepId: `drain-long-${process.pid}` })).step?.state, StepState.HANDED_BACK);
+        const again = await runStep(restarted.client, { stepId: `drain-long-${process.pid}`, repositoryUrl: repo, action: "ok" });
+        assert.equal(again.step.state, StepState.SUCCESS, "a handed-back step runs again under its id");
+        assert.ok(again.lines.includes("hello from the action"));
+        assert.ok(!again.lines.includes("sleeping"), "with a fresh log");
       } finally {
         await restarted.stop();
       }

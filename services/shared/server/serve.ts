@@ -121,19 +121,31 @@ function bearerToken(header: string | string[] | undefined): string | undefined 
   return /^Bearer (\S+)$/i.exec(value ?? "")?.[1];
 }
 
+/** What a service does itself when it stops, around the server's own drain. */
+export interface StopHooks {
+  /** Ends the service's own work in flight within graceMs, while the server still answers (health NOT_SERVING). */
+  drain?: (graceMs: number) => Promise<void>;
+  /** Releases what the service holds, once the server is closed. */
+  stop?: () => Promise<void>;
+}
+
 /**
- * Runs until SIGTERM or SIGINT, then drains the server and calls onStop (to end the service's own work)
- * before the process exits.
+ * Runs until SIGTERM or SIGINT, then drains: health says NOT_SERVING, the service's own drain runs, the
+ * server closes with what is left of the grace period (at least a second, for final messages), and the
+ * service stops before the process exits.
  */
-export function stopOnSignals(server: RunningServer, logger: Logger, graceMs: number, onStop?: () => Promise<void>): void {
+export function stopOnSignals(server: RunningServer, logger: Logger, graceMs: number, hooks: StopHooks = {}): void {
   let stopping = false;
   const stop = async (signal: NodeJS.Signals) => {
     if (stopping) return;
     stopping = true;
     logger.info("stopping", { signal, graceMs });
     try {
-      await server.close(graceMs);
-      await onStop?.();
+      const started = Date.now();
+      server.health.drain();
+      await hooks.drain?.(graceMs);
+      await server.close(Math.max(1000, graceMs - (Date.now() - started)));
+      await hooks.stop?.();
       logger.info("stopped");
       process.exit(0);
     } catch (error) {

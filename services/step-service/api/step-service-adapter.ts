@@ -18,7 +18,7 @@ import type { Limits } from "../runtime/spec.js";
 import type { LogLine } from "../steps/logs.js";
 import type { StepRequest } from "../steps/ports.js";
 import { FINAL_STATES, type StepRecord, type StepState as DomainState } from "../steps/records.js";
-import { type StepEvent, StepExistsError, StepNotFoundError, type StepRunner } from "../steps/step-runner.js";
+import { type StepEvent, StepExistsError, StepNotFoundError, type StepRunner, StepRunnerDrainingError } from "../steps/step-runner.js";
 
 export interface StepServiceSettings {
   runcPath: string;
@@ -40,6 +40,7 @@ const STATES: Record<DomainState, StepState> = {
   timed_out: StepState.TIMED_OUT,
   cancelled: StepState.CANCELLED,
   system_error: StepState.SYSTEM_ERROR,
+  handed_back: StepState.HANDED_BACK,
 };
 const PHASES = { queue: Phase.QUEUE, context: Phase.CONTEXT, build: Phase.BUILD, pull: Phase.PULL, run: Phase.RUN, teardown: Phase.TEARDOWN } as const;
 const STREAMS = { stdout: LogStream.STDOUT, stderr: LogStream.STDERR, system: LogStream.SYSTEM } as const;
@@ -50,7 +51,7 @@ export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRu
     async *runStep(request, context) {
       const domain = validateRunStep(request, settings);
       const existing = domain.stepId ? runner.get(domain.stepId) : undefined;
-      if (existing) {
+      if (existing && existing.state !== "handed_back") {
         // A retry with the same id: that step's events, not a second run.
         yield { event: { case: "accepted", value: { step: toStep(existing) } } };
         for await (const line of runner.logs(existing.id, 0, true, context.signal)) yield { event: { case: "logLine", value: toLogLine(line) } };
@@ -139,6 +140,7 @@ function find(runner: StepRunner, id: string): StepRecord {
 function mapError(error: unknown): ConnectError {
   if (error instanceof StepExistsError) return new ConnectError(error.message, Code.AlreadyExists);
   if (error instanceof StepNotFoundError) return new ConnectError(error.message, Code.NotFound);
+  if (error instanceof StepRunnerDrainingError) return new ConnectError(error.message, Code.Unavailable);
   return ConnectError.from(error);
 }
 

@@ -2,10 +2,10 @@ import Database from "better-sqlite3";
 import { join } from "node:path";
 import type { StepResultData } from "./result.js";
 
-export type StepState = "queued" | "preparing" | "building" | "running" | "success" | "error" | "timed_out" | "cancelled" | "system_error";
+export type StepState = "queued" | "preparing" | "building" | "running" | "success" | "error" | "timed_out" | "cancelled" | "system_error" | "handed_back";
 export type PhaseName = "queue" | "context" | "build" | "pull" | "run" | "teardown";
 
-export const FINAL_STATES: ReadonlySet<StepState> = new Set(["success", "error", "timed_out", "cancelled", "system_error"]);
+export const FINAL_STATES: ReadonlySet<StepState> = new Set(["success", "error", "timed_out", "cancelled", "system_error", "handed_back"]);
 
 export interface PhaseTiming {
   phase: PhaseName;
@@ -50,10 +50,14 @@ export class StepRecords {
     ); CREATE INDEX IF NOT EXISTS steps_created ON steps (created_at DESC, id DESC);`);
   }
 
-  /** False when a step with this id exists already. */
+  /** False when a step with this id exists already; a step that was handed back is replaced by its new run. */
   insert(record: StepRecord): boolean {
     const result = this.db
-      .prepare("INSERT OR IGNORE INTO steps (id, state, created_at, record) VALUES (?, ?, ?, ?)")
+      .prepare(
+        `INSERT INTO steps (id, state, created_at, record) VALUES (?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, created_at = excluded.created_at, record = excluded.record
+         WHERE steps.state = 'handed_back'`,
+      )
       .run(record.id, record.state, record.createdAt, JSON.stringify(record));
     return result.changes === 1;
   }

@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { rmSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { BuildProgress } from "../../../gen/steprunner/image/v1/image_service_pb.js";
@@ -42,12 +43,16 @@ export interface StepObserver {
 
 export class StepNotFoundError extends Error {}
 export class StepExistsError extends Error {}
+/** The service is shutting down and takes no new step. */
+export class StepRunnerDrainingError extends Error {}
 
 interface Active {
   record: StepRecord;
   log: StepLog;
   controller: AbortController;
   cancelReason?: string;
+  /** Set when a shutdown stopped the step: it ends handed back, for the caller to run again. */
+  handedBack?: boolean;
   listeners: Set<(event: StepEvent) => void>;
 }
 
@@ -61,6 +66,7 @@ export class StepRunner {
   private readonly queue: { id: string; start: () => void }[] = [];
   private running = 0;
   private readonly executions = new Set<Promise<void>>();
+  private draining = false;
 
   constructor(
     private readonly settings: StepRunnerSettings,
@@ -117,6 +123,7 @@ export class StepRunner {
    * "finished". Aborting `signal` (the caller went away) cancels the step.
    */
   submit(request: StepRequest, listener: (event: StepEvent) => void, signal: AbortSignal): StepRecord {
+    if (this.draining) throw new StepRunnerDrainingError("the step-service is shutting down and takes no new step; send it to another instance or retry");
     const id = request.stepId || randomUUID();
     const record: StepRecord = {
       id,
@@ -138,7 +145,10 @@ export class StepRunner {
       logLines: 0,
       logTruncated: false,
     };
+    const rerun = this.records.get(id)?.state === "handed_back";
     if (!this.records.insert(record)) throw new StepExistsError(`a step with id "${id}" exists already`);
+    // A step handed back at a shutdown runs again under its id, with a fresh log.
+    if (rerun) rmSync(logPath(this.logDir, id), { force: true });
     const active: Active = {
       record,
       log: new StepLog(logPath(this.logDir, id), this.settings.logCapBytes),
@@ -184,6 +194,27 @@ export class StepRunner {
     active.cancelReason ??= reason;
     active.controller.abort(new Error(reason));
     return { ...active.record };
+  }
+
+  /**
+   * Takes no new step, hands the queued ones back at once, lets running ones finish for graceMs and then
+   * stops them too, handed back (state handed_back: nothing of them is left, the caller runs them again).
+   */
+  async drain(graceMs: number): Promise<void> {
+    this.draining = true;
+    for (const { id } of this.queue.splice(0)) {
+      const active = this.active.get(id);
+      if (active) this.finish(active, { state: "handed_back", reason: HANDED_BACK_QUEUED });
+    }
+    const running = Promise.all([...this.executions]);
+    const deadline = setTimeout(() => {
+      for (const active of this.active.values()) {
+        active.handedBack = true;
+        active.controller.abort(new Error(HANDED_BACK_RUNNING));
+      }
+    }, graceMs);
+    await running;
+    clearTimeout(deadline);
   }
 
   /** Cancels every step, waits for their teardown, and closes the database. */
@@ -251,10 +282,10 @@ export class StepRunner {
           log.append("system", `[steprunner] ignored an invalid ${error.message}`);
         }
       }
-      if (end.state === "cancelled" && active.cancelReason) end.reason = active.cancelReason;
+      if (end.state === "cancelled") end = stopped(active);
     } catch (error) {
       if (error instanceof InvalidResultError) end = { state: "error", reason: `invalid ${error.message}` };
-      else if (signal.aborted) end = { state: "cancelled", reason: active.cancelReason ?? "cancelled" };
+      else if (signal.aborted) end = stopped(active);
       else {
         const message = masker.text((error as Error).message);
         const part = error instanceof RuntimeError ? "the container runtime failed" : `the ${record.state === "preparing" ? "context" : record.state === "building" ? "image build" : "runtime"} failed`;
@@ -300,6 +331,15 @@ export class StepRunner {
     active.record.logTruncated = active.log.truncated;
     for (const listener of active.listeners) listener(event);
   }
+}
+
+const HANDED_BACK_QUEUED = "handed back: the step-service shut down before the step started; run it again";
+const HANDED_BACK_RUNNING = "handed back: the step-service shut down before the step finished and stopped it; run it again";
+
+/** The end of a step that was stopped: cancelled by a caller, or handed back at a shutdown. */
+function stopped(active: Active): { state: StepState; reason: string } {
+  if (active.handedBack) return { state: "handed_back", reason: HANDED_BACK_RUNNING };
+  return { state: "cancelled", reason: active.cancelReason ?? "cancelled" };
 }
 
 /** The final state of a step whose container ran to its end. */
