@@ -12,6 +12,8 @@ describe("a Python client generated from our protos (python3-grpc-tools)", () =>
   let stubs: string;
   before(async () => {
     stubs = await mkdtemp(join(tmpdir(), "steprunner-python-"));
+    const made = await run(join(ROOT, "deploy/sample/make-sample-repo.sh"), [join(stubs, "sample")]);
+    assert.equal(made.code, 0, made.stderr);
     const wellKnown = (await run(PYTHON, ["-c", "import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), '_proto'))"])).stdout.trim();
     const protos = ["steprunner/context/v1/context_service.proto", "steprunner/image/v1/image_service.proto", "steprunner/step/v1/step_service.proto"];
     const ours = await run(PYTHON, ["-m", "grpc_tools.protoc", "-I", join(ROOT, "proto"), "-I", wellKnown, `--python_out=${stubs}`, `--grpc_python_out=${stubs}`, ...protos]);
@@ -24,8 +26,10 @@ describe("a Python client generated from our protos (python3-grpc-tools)", () =>
   });
   after(() => rm(stubs, { recursive: true, force: true }));
 
-  it("calls every service over gRPC and gets their answers and error codes", async () => {
-    const result = await run(PYTHON, [join(ROOT, "test/polyglot/python_client.py"), stubs, stack.contextAddr, stack.imageAddr, stack.stepAddr]);
+  it("calls every service over gRPC, gets their answers and error codes, and runs a whole step", async () => {
+    const result = await run(PYTHON, [join(ROOT, "test/polyglot/python_client.py"), stubs, stack.contextAddr, stack.imageAddr, stack.stepAddr, join(stubs, "sample")], {
+      timeoutMs: 300_000,
+    });
     assert.equal(result.code, 0, result.stderr);
     const answers = JSON.parse(result.stdout);
     assert.equal(answers.context_health, "SERVING");
@@ -34,5 +38,9 @@ describe("a Python client generated from our protos (python3-grpc-tools)", () =>
     assert.equal(answers.registry_api_version, "registry/2.0");
     assert.equal(answers.invalid_prune, "INVALID_ARGUMENT");
     assert.match(answers.runc_version, /^runc version/);
+    assert.equal(answers.step_state, "STEP_STATE_SUCCESS");
+    assert.ok(answers.step_stdout.includes("hello from python"), answers.step_stdout.join("\n"));
+    assert.equal(answers.step_result.last_greeting, "hello");
+    for (const kind of ["accepted", "phase_changed", "log_line", "finished"]) assert.ok(answers.step_events.includes(kind), `a ${kind} event: ${answers.step_events}`);
   });
 });
