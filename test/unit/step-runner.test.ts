@@ -7,7 +7,7 @@ import { Code, ConnectError, createClient, createRouterTransport } from "@connec
 import { create } from "@bufbuild/protobuf";
 import { type BuildProgress, BuildProgressSchema } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
-import { createLogger } from "../../services/shared/log.js";
+import { createLogger, type Fields, type Logger } from "../../services/shared/log.js";
 import { stepServiceAdapter, type StepServiceSettings } from "../../services/step-service/api/step-service-adapter.js";
 import type { ImageRootfs } from "../../services/step-service/images/images.js";
 import type { ContainerExit, ContainerRun } from "../../services/step-service/runtime/container.js";
@@ -124,6 +124,37 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     assert.deepEqual(step?.phases.map((phase) => phase.phase), [1, 2, 3, 4, 5, 6]);
     assert.equal(images.held, 0, "the image's layers were released");
     assert.equal(runtime.runs.at(-1)?.args.join(" "), "opschain-action go");
+  });
+
+  it("logs each step's start and end as JSON fields with the step's and its change's ids", async () => {
+    const lines: Array<{ message: string } & Fields> = [];
+    const capturing = (base: Fields): Logger => ({
+      info: (message, fields) => lines.push({ message, ...base, ...fields }),
+      warn: (message, fields) => lines.push({ message, ...base, ...fields }),
+      error: (message, fields) => lines.push({ message, ...base, ...fields }),
+      child: (fields) => capturing({ ...base, ...fields }),
+    });
+    const dir = await mkdtemp(join(tmpdir(), "steprunner-logs-"));
+    const logged = new StepRunner(
+      { stateDir: dir, maxConcurrentSteps: 1, logCapBytes: 200 },
+      { contexts: new LocalDirectoryContextPreparer(), images: new PrebuiltImageBuilder("127.0.0.1:5000/fake:1"), materialiser: images, layers: images, runtime, logger: capturing({}) },
+    );
+    try {
+      await logged.recover();
+      runtime.script = async () => ({ exitCode: 0 });
+      const finished = new Promise<void>((resolve) => {
+        logged.submit({ ...request(dir), stepId: "logged", contextValues: { change: { id: "change-7" } } }, (event) => event.type === "finished" && resolve(), new AbortController().signal);
+      });
+      await finished;
+      const mine = lines.filter((line) => line.step_id === "logged");
+      assert.deepEqual(mine.map((line) => line.message), ["step accepted", "step finished"]);
+      assert.ok(mine.every((line) => line.change_id === "change-7"));
+      assert.equal(mine[1]?.state, "success");
+      assert.equal(typeof mine[1]?.duration_ms, "number");
+    } finally {
+      await logged.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("answers a retry with the same step_id with that step's events instead of running it again", async () => {

@@ -48,6 +48,8 @@ export class StepRunnerDrainingError extends Error {}
 
 interface Active {
   record: StepRecord;
+  /** The service's logger with the step's and its change's ids on every line. */
+  logger: Logger;
   log: StepLog;
   controller: AbortController;
   cancelReason?: string;
@@ -149,8 +151,11 @@ export class StepRunner {
     if (!this.records.insert(record)) throw new StepExistsError(`a step with id "${id}" exists already`);
     // A step handed back at a shutdown runs again under its id, with a fresh log.
     if (rerun) rmSync(logPath(this.logDir, id), { force: true });
+    const logger = this.parts.logger.child({ step_id: id, ...changeIdOf(request) });
+    logger.info("step accepted", { action: request.action, repository: request.repositoryUrl, git_rev: request.gitRev });
     const active: Active = {
       record,
+      logger,
       log: new StepLog(logPath(this.logDir, id), this.settings.logCapBytes),
       controller: new AbortController(),
       listeners: new Set([listener]),
@@ -289,7 +294,7 @@ export class StepRunner {
       else {
         const message = masker.text((error as Error).message);
         const part = error instanceof RuntimeError ? "the container runtime failed" : `the ${record.state === "preparing" ? "context" : record.state === "building" ? "image build" : "runtime"} failed`;
-        this.parts.logger.error("step failed in the service", { step: record.id, error: message });
+        active.logger.error("step failed in the service", { error: message });
         end = { state: "system_error", reason: `${part}: ${message}` };
       }
     }
@@ -321,6 +326,13 @@ export class StepRunner {
     Object.assign(record, { ...end, finishedAt: Date.now(), logLines: log.lines, logTruncated: log.truncated });
     this.records.save(record);
     log.end();
+    active.logger.info("step finished", {
+      state: record.state,
+      reason: record.reason,
+      duration_ms: record.finishedAt! - record.createdAt,
+      image_reused: record.imageReused,
+      ...(record.exitCode !== null ? { exit_code: record.exitCode } : {}),
+    });
     this.parts.observer?.stepFinished(record);
     this.emit(active, { type: "finished", step: { ...record } });
     this.active.delete(record.id);
@@ -335,6 +347,12 @@ export class StepRunner {
 
 const HANDED_BACK_QUEUED = "handed back: the step-service shut down before the step started; run it again";
 const HANDED_BACK_RUNNING = "handed back: the step-service shut down before the step finished and stopped it; run it again";
+
+/** The change a step belongs to (context.change.id of step_context.json), for the service's logs. */
+function changeIdOf(request: StepRequest): { change_id?: string } {
+  const id = (request.contextValues.change as { id?: unknown } | undefined)?.id;
+  return typeof id === "string" && id ? { change_id: id } : {};
+}
 
 /** The end of a step that was stopped: cancelled by a caller, or handed back at a shutdown. */
 function stopped(active: Active): { state: StepState; reason: string } {
