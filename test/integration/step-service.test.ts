@@ -216,6 +216,27 @@ describe("step-service with real runc and the base runner", () => {
     assert.deepEqual(await leftovers(service.config), { containers: [], mounts: [], cgroups: [], dirs: [] });
   });
 
+  it("honours the caller's deadline: the step is cancelled down to runc and nothing is left", async () => {
+    const stepId = `deadline-${process.pid}`;
+    const started = Date.now();
+    await assert.rejects(
+      async () => {
+        for await (const _ of service.client.runStep(request("sleep", { stepId }), { timeoutMs: 3000 })) void _;
+      },
+      (error: unknown) => ConnectError.from(error).code === Code.DeadlineExceeded,
+    );
+    assert.ok(Date.now() - started < 10_000);
+    let step: Step | undefined;
+    for (let i = 0; i < 100; i++) {
+      step = (await service.client.getStep({ stepId })).step;
+      if (step?.state === StepState.CANCELLED) break;
+      await sleep(100);
+    }
+    assert.equal(step?.state, StepState.CANCELLED);
+    assert.match(step!.reason, /caller of RunStep went away/);
+    assert.deepEqual(await leftovers(service.config), { containers: [], mounts: [], cgroups: [], dirs: [] });
+  });
+
   it("streams logs in order while the step runs and follows them from an offset after it ended", async () => {
     const { step, events } = await runStep(service.client, request("lines"));
     const live = events.flatMap((e) => (e.event.case === "logLine" ? [e.event.value] : []));

@@ -102,7 +102,12 @@ export class RegistryClient {
         callback(actual === digest ? null : new RegistryError(`blob ${digest} arrived with digest ${actual}`, 502));
       },
     });
-    return Readable.fromWeb(response.body as WebReadableStream<Uint8Array>).pipe(verify);
+    const body = Readable.fromWeb(response.body as WebReadableStream<Uint8Array>);
+    // The body's own failures (an abort of the signal among them, even after the reader is done) end the
+    // stream handed out instead of going unheard, and the end of that stream releases the body.
+    body.on("error", (error) => verify.destroy(error));
+    verify.once("close", () => body.destroy());
+    return body.pipe(verify);
   }
 
   /** Deletes a manifest by digest (its blobs go at the registry's next garbage collection). */
