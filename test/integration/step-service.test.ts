@@ -227,7 +227,7 @@ describe("step-service with real runc and the base runner", () => {
     );
     assert.ok(Date.now() - started < 10_000);
     let step: Step | undefined;
-    for (let i = 0; i < 100; i++) {
+    for (let i = 0; i < 300; i++) {
       step = (await service.client.getStep({ stepId })).step;
       if (step?.state === StepState.CANCELLED) break;
       await sleep(100);
@@ -274,10 +274,10 @@ describe("a step-service killed mid-step", () => {
     const config = await testConfig();
     const repo = await repository(config, ACTIONS);
     const child = spawn(process.execPath, [`${ROOT}/dist/services/step-service/main.js`], {
-      env: { ...process.env, STEPRUNNER_STEP_STATE_DIR: config.stateDir, STEPRUNNER_STEP_ADDR: "127.0.0.1:7713", STEPRUNNER_STEP_IMAGE: config.stepImage, STEPRUNNER_STEP_SOURCES: "local" },
+      env: { ...process.env, STEPRUNNER_STEP_STATE_DIR: config.stateDir, STEPRUNNER_STEP_ADDR: `unix:${config.stateDir}/step.sock`, STEPRUNNER_STEP_IMAGE: config.stepImage, STEPRUNNER_STEP_SOURCES: "local" },
       stdio: "ignore",
     });
-    const transport = serviceTransport("127.0.0.1:7713");
+    const transport = serviceTransport(`unix:${config.stateDir}/step.sock`);
     try {
       const client = createClient(StepService, transport.transport);
       for (let i = 0; i < 100; i++) {
@@ -315,7 +315,7 @@ describe("a step-service killed mid-step", () => {
       env: {
         ...process.env,
         STEPRUNNER_STEP_STATE_DIR: config.stateDir,
-        STEPRUNNER_STEP_ADDR: "127.0.0.1:7714",
+        STEPRUNNER_STEP_ADDR: `unix:${config.stateDir}/step.sock`,
         STEPRUNNER_STEP_IMAGE: config.stepImage,
         STEPRUNNER_STEP_SOURCES: "local",
         STEPRUNNER_MAX_CONCURRENT_STEPS: "2",
@@ -324,7 +324,7 @@ describe("a step-service killed mid-step", () => {
       stdio: "ignore",
     });
     const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
-    const transport = serviceTransport("127.0.0.1:7714");
+    const transport = serviceTransport(`unix:${config.stateDir}/step.sock`);
     try {
       const client = createClient(StepService, transport.transport);
       for (let i = 0; i < 100; i++) {
