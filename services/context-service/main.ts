@@ -3,9 +3,11 @@ import { numberSetting, setting } from "../shared/config/env.js";
 import { createLogger } from "../shared/log.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
+import { startTracingFromSettings } from "../shared/tracing.js";
 import { STEPRUNNER_VERSION } from "../shared/version.js";
 import { contextServiceSettings, openContextService } from "./service.js";
 
+const tracing = startTracingFromSettings("context-service");
 const logger = createLogger("context-service");
 const settings = contextServiceSettings();
 const service = await openContextService(settings, STEPRUNNER_VERSION, logger);
@@ -18,4 +20,4 @@ const server = await startServer({
   httpRoutes: service.httpRoutes,
   logger,
 });
-stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000));
+stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), { stop: () => tracing.shutdown() });

@@ -9,6 +9,7 @@ import { readRegistryCredentials } from "../shared/registry/credentials.js";
 import { RegistryClient } from "../shared/registry/registry-client.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
+import { startTracingFromSettings } from "../shared/tracing.js";
 import { STEPRUNNER_VERSION } from "../shared/version.js";
 import { ContextServiceProvider } from "./api/context-service-provider.js";
 import { imageServiceAdapter } from "./api/image-service-adapter.js";
@@ -23,6 +24,7 @@ import type { Handoff } from "./core/model.js";
 import { ReuseRecords } from "./core/reuse-records.js";
 import { DockerApi } from "./docker/docker-api.js";
 
+const tracing = startTracingFromSettings("image-service");
 const logger = createLogger("image-service");
 const stateDir = setting("STEPRUNNER_IMAGE_STATE_DIR", join(setting("STEPRUNNER_STATE_DIR", "/var/lib/steprunner"), "image"));
 const registryAddress = setting("STEPRUNNER_REGISTRY_ADDR", "127.0.0.1:5000");
@@ -98,6 +100,7 @@ stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_0
     clearInterval(pruneTimer);
     for (const client of buildkits) client.close();
     contextService.close();
+    await tracing.shutdown();
   },
 });
 

@@ -1,3 +1,5 @@
+import { activeTraceIds } from "./tracing.js";
+
 /** Structured JSON logs on stderr, one object a line, so that log collectors need no parsing rules. */
 export type Fields = Record<string, unknown>;
 
@@ -11,7 +13,7 @@ export interface Logger {
 export function createLogger(service: string, base: Fields = {}, options: { quiet?: boolean } = {}): Logger {
   const write = (level: string, message: string, fields?: Fields) => {
     if (options.quiet) return;
-    const line = { time: new Date().toISOString(), level, service, message, ...base, ...fields };
+    const line = { time: new Date().toISOString(), level, service, message, ...activeTraceIds(), ...base, ...fields };
     process.stderr.write(JSON.stringify(line, errorsAsText) + "\n");
   };
   return {

@@ -6,11 +6,13 @@ import { ServiceMetrics } from "../shared/metrics.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
 import { serviceTransport } from "../shared/client/transport.js";
+import { startTracingFromSettings } from "../shared/tracing.js";
 import { stepServiceAdapter } from "./api/step-service-adapter.js";
 import { ContextServicePreparer } from "./clients/context-service-preparer.js";
 import { ImageServiceBuilder } from "./clients/image-service-builder.js";
 import { configFromEnv, createStepRunner } from "./service.js";
 
+const tracing = startTracingFromSettings("step-service");
 const logger = createLogger("step-service");
 const config = configFromEnv();
 await mkdir(config.stateDir, { recursive: true });
@@ -52,5 +54,6 @@ stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_0
     await runner.close();
     contextService.close();
     imageService.close();
+    await tracing.shutdown();
   },
 });

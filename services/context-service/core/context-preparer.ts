@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { inSpan } from "../../shared/tracing.js";
 import type { BlobInfo, BlobStore } from "./blob-store.js";
 import type { DefaultDockerfile } from "./default-dockerfile.js";
 import { checkCustomDockerfile, checkRepoFolder, findRepositoryDockerfile } from "./dockerfile.js";
@@ -78,11 +79,19 @@ export class ContextPreparer {
     return this.repositories.resolve(repositoryUrl, gitRev, signal);
   }
 
-  async prepare(input: PrepareInput, signal?: AbortSignal): Promise<PreparedContextRecord> {
+  prepare(input: PrepareInput, signal?: AbortSignal): Promise<PreparedContextRecord> {
+    return inSpan("context.prepare", { "git.rev": input.gitRev }, async (span) => {
+      const record = await this.assemble(input, signal);
+      span.setAttributes({ "git.sha": record.gitSha, "context.id": record.contextId, "context.dockerfile": record.dockerfileSource });
+      return record;
+    });
+  }
+
+  private async assemble(input: PrepareInput, signal?: AbortSignal): Promise<PreparedContextRecord> {
     // Everything the request says is checked before git is asked anything: bad input changes nothing.
     const repoFolder = checkRepoFolder(input.repoFolder || this.settings.repoFolder);
     checkStepContextInput({ ...input, gitSha: "" }, input.secretPointers, this.settings);
-    const commit = await this.repositories.open(input.repositoryUrl, input.gitRev, signal);
+    const commit = await inSpan("context.fetch", {}, () => this.repositories.open(input.repositoryUrl, input.gitRev, signal));
     const warnings = [...commit.warnings];
 
     const custom = await findRepositoryDockerfile(commit.lookup, repoFolder, this.settings.maxDockerfileBytes);
@@ -91,7 +100,7 @@ export class ContextPreparer {
     const { redacted, unmatched } = redactSecrets(document, input.secretPointers);
     for (const pointer of unmatched) warnings.push(`secret pointer ${pointer} names no property; nothing was redacted for it`);
 
-    const repoTar = await this.repoTar(commit, input, signal);
+    const repoTar = await inSpan("context.repo_tar", {}, () => this.repoTar(commit, input, signal));
     const unpin = this.blobs.pin([repoTar.digest]);
     try {
       const file = async (kind: ContextFileKind, name: string, bytes: Buffer): Promise<ContextFileRecord> => ({ kind, name, ...(await this.blobs.putBuffer(bytes)) });

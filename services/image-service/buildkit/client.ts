@@ -6,6 +6,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Control, type SolveRequestSchema, type SolveResponse, type StatusResponse, type UsageRecord } from "../../../gen/moby/buildkit/v1/control_pb.js";
 import { isTlsHandshakeFailure } from "../../shared/client/transport.js";
+import { injectTraceContext } from "../../shared/tracing.js";
 import { type BuildKitAddress, type BuildKitTls, parseBuildKitAddress, tlsOptions } from "./address.js";
 import { upgradeDockerConnection } from "./docker-upgrade.js";
 import { UpgradedHttp2SessionManager } from "./session-manager.js";
@@ -142,26 +143,28 @@ function toUsageRecord(record: UsageRecord): CacheUsageRecord {
 }
 
 function createControlTransport(address: BuildKitAddress): { transport: Transport; close: () => void } {
+  // BuildKit v0.9 and later continue the trace of a call that carries a traceparent (v0.8 ignores it).
+  const interceptors = [injectTraceContext()];
   switch (address.kind) {
     case "docker-unix": {
       const manager = new UpgradedHttp2SessionManager("http://docker", () =>
         upgradeDockerConnection(address.socketPath, "/grpc", []),
       );
-      const transport = createGrpcTransport({ baseUrl: "http://docker", sessionManager: manager });
+      const transport = createGrpcTransport({ baseUrl: "http://docker", sessionManager: manager, interceptors });
       return { transport, close: () => manager.close() };
     }
     case "unix": {
       const manager = new Http2SessionManager("http://buildkitd", {}, {
         createConnection: () => net.connect(address.socketPath),
       } satisfies http2.ClientSessionOptions);
-      const transport = createGrpcTransport({ baseUrl: "http://buildkitd", sessionManager: manager });
+      const transport = createGrpcTransport({ baseUrl: "http://buildkitd", sessionManager: manager, interceptors });
       return { transport, close: () => manager.abort() };
     }
     case "tcp": {
       const host = address.host.includes(":") ? `[${address.host}]` : address.host;
       const authority = `${address.tls ? "https" : "http"}://${host}:${address.port}`;
       const manager = new Http2SessionManager(authority, {}, address.tls ? tlsOptions(address.tls) : undefined);
-      const transport = createGrpcTransport({ baseUrl: authority, sessionManager: manager });
+      const transport = createGrpcTransport({ baseUrl: authority, sessionManager: manager, interceptors });
       return { transport, close: () => manager.abort() };
     }
   }

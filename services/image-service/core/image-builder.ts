@@ -7,6 +7,7 @@ import { ProgressTracker } from "../buildkit/progress.js";
 import type { ImageInspect, PushResult } from "../docker/docker-api.js";
 import type { RegistryCredentials } from "../../shared/registry/credentials.js";
 import { parseImageReference } from "../../shared/registry/image-reference.js";
+import { inSpan, tracer } from "../../shared/tracing.js";
 import type { ImageConfigFile, ImageManifest } from "../../shared/registry/registry-client.js";
 import { BuildQueue } from "./build-queue.js";
 import { explainBuildFailure, isTransient } from "./build-errors.js";
@@ -99,16 +100,21 @@ export class ImageBuilder {
     return this.queue.depth;
   }
 
-  async build(request: BuildRequest, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
-    const started = Date.now();
-    try {
-      const image = await this.buildOrReuse(request, emit, signal);
-      this.observer.buildEnded(image.reused ? "reused" : "built", (Date.now() - started) / 1000);
-      return image;
-    } catch (error) {
-      this.observer.buildEnded(signal?.aborted ? "cancelled" : "failed", (Date.now() - started) / 1000);
-      throw error;
-    }
+  build(request: BuildRequest, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
+    return inSpan("image.build", { "image.context_id": request.contextId }, async (span) => {
+      const started = Date.now();
+      try {
+        const image = await this.buildOrReuse(request, emit, signal);
+        this.observer.buildEnded(image.reused ? "reused" : "built", (Date.now() - started) / 1000);
+        span.setAttributes({ "image.outcome": image.reused ? "reused" : "built", "image.id": image.imageId, "image.content_key": image.contentKey });
+        return image;
+      } catch (error) {
+        const outcome = signal?.aborted ? "cancelled" : "failed";
+        this.observer.buildEnded(outcome, (Date.now() - started) / 1000);
+        span.setAttribute("image.outcome", outcome);
+        throw error;
+      }
+    });
   }
 
   private async buildOrReuse(request: BuildRequest, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
@@ -134,9 +140,15 @@ export class ImageBuilder {
       const controller = new AbortController();
       const listeners = new Set<Listener>();
       const fanOut = (event: BuildEvent) => listeners.forEach((listener) => listener(event));
+      const queuedAt = Date.now();
       const result = this.queue
         .run(
-          () => this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, controller.signal),
+          () => {
+            tracer.startSpan("image.queue", { startTime: queuedAt }).end();
+            return inSpan("image.solve", { "image.content_key": contentKey, "image.no_cache": request.buildWithoutCache }, () =>
+              this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, controller.signal),
+            );
+          },
           (position) => fanOut({ kind: "queued", position }),
           controller.signal,
         )
@@ -258,8 +270,10 @@ export class ImageBuilder {
     if (handoff === "registry" && !record.reference) {
       const tag = record.contentKey.replace(/^sha256:/, "");
       const repository = `${this.registry.address}/${this.settings.stepsRepository}`;
-      await this.images.tagImage(record.imageId, repository, tag, signal);
-      const pushed = await this.images.pushImage(repository, tag, signal);
+      const pushed = await inSpan("image.push", { "image.repository": repository }, async () => {
+        await this.images.tagImage(record.imageId, repository, tag, signal);
+        return this.images.pushImage(repository, tag, signal);
+      });
       record = { ...record, reference: `${repository}@${pushed.digest}`, manifestDigest: pushed.digest, handoffs: ["layer-store", "registry"] };
       await this.records.put(record);
       await this.records.setCacheSource(record.cacheScope, `${repository}:${tag}`);

@@ -5,6 +5,7 @@ import { Code, ConnectError, type Interceptor, type Transport } from "@connectrp
 import { type ClientSecurity, clientSecurityFromSettings } from "../security.js";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { parseListenAddress } from "../server/listen-address.js";
+import { injectTraceContext } from "../tracing.js";
 
 const STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
 // Pings keep a connection through a mesh's idle timeouts and find a dead peer within a minute.
@@ -54,7 +55,7 @@ export function serviceTransport(addressText: string, security: ClientSecurity =
     transport: createGrpcTransport({
       baseUrl: authority,
       sessionManager: manager,
-      interceptors: [retryIdempotent, explainTlsFailure, ...(token ? [addToken] : [])],
+      interceptors: [retryIdempotent, explainTlsFailure, injectTraceContext(), ...(token ? [addToken] : [])],
     }),
     close: () => manager.abort(),
   };

@@ -9,6 +9,7 @@ import { DualProtocolServer } from "./dual-protocol-server.js";
 import { HealthRegistry, ServingStatus } from "./health.js";
 import { type ListenAddress, formatListenAddress } from "./listen-address.js";
 import { registerReflection } from "./reflection.js";
+import { serverSpans } from "../tracing.js";
 import { Health } from "../../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../../gen/grpc/reflection/v1/reflection_pb.js";
 
@@ -70,7 +71,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const httpRoutes: Record<string, HttpHandler> = { "/metrics": metrics.handler(), ...options.httpRoutes };
   const handler = connectNodeAdapter({
     readMaxBytes: limits.maxRequestBytes,
-    interceptors: [metrics.interceptor(), ...(tokens ? [requireToken(tokens)] : [])],
+    interceptors: [serverSpans(), metrics.interceptor(), ...(tokens ? [requireToken(tokens)] : [])],
     routes: (router) => {
       options.routes(router);
       health.register(router);

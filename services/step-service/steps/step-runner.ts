@@ -3,7 +3,9 @@ import { rmSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { BuildProgress } from "../../../gen/steprunner/image/v1/image_service_pb.js";
+import { type Context, context, type Span, SpanStatusCode, trace } from "@opentelemetry/api";
 import type { Logger } from "../../shared/log.js";
+import { inSpan, tracer } from "../../shared/tracing.js";
 import type { ImageRootfs } from "../images/images.js";
 import { type ContainerExit, RuntimeError } from "../runtime/container.js";
 import { followLog, type LogLine, logPath, StepLog } from "./logs.js";
@@ -52,6 +54,9 @@ interface Active {
   logger: Logger;
   log: StepLog;
   controller: AbortController;
+  /** The step's span (a no-op with tracing off) and the context its phases run in. */
+  span: Span;
+  trace: Context;
   cancelReason?: string;
   /** Set when a shutdown stopped the step: it ends handed back, for the caller to run again. */
   handedBack?: boolean;
@@ -151,9 +156,12 @@ export class StepRunner {
     if (!this.records.insert(record)) throw new StepExistsError(`a step with id "${id}" exists already`);
     // A step handed back at a shutdown runs again under its id, with a fresh log.
     if (rerun) rmSync(logPath(this.logDir, id), { force: true });
+    const span = tracer.startSpan("step", { attributes: stepAttributes(request, id) });
     const logger = this.parts.logger.child({ step_id: id, ...changeIdOf(request) });
     logger.info("step accepted", { action: request.action, repository: request.repositoryUrl, git_rev: request.gitRev });
     const active: Active = {
+      span,
+      trace: trace.setSpan(context.active(), span),
       record,
       logger,
       log: new StepLog(logPath(this.logDir, id), this.settings.logCapBytes),
@@ -169,7 +177,9 @@ export class StepRunner {
     const start = () => {
       this.running++;
       this.phaseDone(active, "queue", queuedAt);
-      const execution = this.execute(request, active).finally(() => {
+      tracer.startSpan("step.queue", { startTime: queuedAt, attributes: { "step.id": id } }, active.trace).end();
+      // A queued step starts when another ends: its spans belong to its own trace, not that one's.
+      const execution = context.with(active.trace, () => this.execute(request, active)).finally(() => {
         signal.removeEventListener("abort", onCallerGone);
         this.executions.delete(execution);
         this.running--;
@@ -238,44 +248,45 @@ export class StepRunner {
     let image: ImageRootfs | undefined;
     try {
       this.enter(active, "preparing", "context");
-      let started = Date.now();
-      const prepared = await this.parts.contexts.prepare(request, signal);
+      const prepared = await this.phase(active, "context", () => this.parts.contexts.prepare(request, signal));
       record.gitSha = prepared.gitSha;
-      this.phaseDone(active, "context", started);
       for (const warning of prepared.warnings) this.emit(active, { type: "warning", message: masker.text(warning) });
 
       this.enter(active, "building", "build");
-      started = Date.now();
-      const built = await this.parts.images.build(prepared, request, (progress) => this.emit(active, { type: "build", progress }), signal);
+      const built = await this.phase(active, "build", async (span) => {
+        const result = await this.parts.images.build(prepared, request, (progress) => this.emit(active, { type: "build", progress }), signal);
+        span.setAttributes({ "image.id": result.imageId, "image.reused": result.reused });
+        return result;
+      });
       Object.assign(record, { imageId: built.imageId, imageReused: built.reused });
-      this.phaseDone(active, "build", started);
 
       this.enter(active, "running", "pull");
-      started = Date.now();
-      image = await this.parts.materialiser.materialise(built.image, signal);
-      this.phaseDone(active, "pull", started);
+      const rootfs = await this.phase(active, "pull", () => this.parts.materialiser.materialise(built.image, signal));
+      image = rootfs;
 
       await writeFile(contextFile, JSON.stringify(prepared.stepContext), { mode: 0o644 });
       const repoDir = `/opt/opschain/${prepared.repoFolder}`;
-      started = Date.now();
-      log.append("system", `[steprunner] running ${request.action} in image ${record.imageId}`);
-      const exit = await this.parts.runtime.run({
-        stepId: record.id,
-        image,
-        args: ["opschain-action", request.action],
-        env: { ...envProperties(request), OPSCHAIN_REPO_FOLDER: prepared.repoFolder },
-        limits: request.limits,
-        hostNetwork: request.hostNetwork,
-        binds: [{ source: contextFile, destination: `${repoDir}/step_context.json` }],
-        userDirs: [repoDir],
-        ...(prepared.repositoryDir ? { repositoryDir: prepared.repositoryDir } : {}),
-        resultPath: `${repoDir.slice(1)}/step_result.json`,
-        timeoutMs: request.timeoutMs,
-        onOutput: (stream, text, time) => log.append(stream, masker.text(text), time.getTime()),
-        onStarted: () => this.emit(active, { type: "phase", state: "running", phase: "run", time: Date.now() }),
-        signal,
+      const exit = await this.phase(active, "run", async (span) => {
+        log.append("system", `[steprunner] running ${request.action} in image ${record.imageId}`);
+        const exited = await this.parts.runtime.run({
+          stepId: record.id,
+          image: rootfs,
+          args: ["opschain-action", request.action],
+          env: { ...envProperties(request), OPSCHAIN_REPO_FOLDER: prepared.repoFolder },
+          limits: request.limits,
+          hostNetwork: request.hostNetwork,
+          binds: [{ source: contextFile, destination: `${repoDir}/step_context.json` }],
+          userDirs: [repoDir],
+          ...(prepared.repositoryDir ? { repositoryDir: prepared.repositoryDir } : {}),
+          resultPath: `${repoDir.slice(1)}/step_result.json`,
+          timeoutMs: request.timeoutMs,
+          onOutput: (stream, text, time) => log.append(stream, masker.text(text), time.getTime()),
+          onStarted: () => this.emit(active, { type: "phase", state: "running", phase: "run", time: Date.now() }),
+          signal,
+        });
+        span.setAttributes({ "process.exit_code": exited.exitCode ?? -1 });
+        return exited;
       });
-      this.phaseDone(active, "run", started);
       Object.assign(record, { exitCode: exit.exitCode, signal: exit.signal, oomKilled: exit.oomKilled });
       end = outcome(exit, request);
       if (exit.result && "text" in exit.result) {
@@ -299,11 +310,11 @@ export class StepRunner {
       }
     }
     // The container is gone by now (the runtime tears it down); what is left is ours, then the step ends.
-    const started = Date.now();
-    image?.release();
-    await rm(contextFile, { force: true });
-    await this.parts.layers.collect().catch((error: Error) => this.parts.logger.warn("layer collection failed", { error }));
-    record.phases.push({ phase: "teardown", startedAt: started, durationMs: Date.now() - started });
+    await this.phase(active, "teardown", async () => {
+      image?.release();
+      await rm(contextFile, { force: true });
+      await this.parts.layers.collect().catch((error: Error) => this.parts.logger.warn("layer collection failed", { error }));
+    });
     this.finish(active, end);
   }
 
@@ -313,6 +324,14 @@ export class StepRunner {
     active.record.reason = "";
     this.records.save(active.record);
     this.emit(active, { type: "phase", state, phase, time: Date.now() });
+  }
+
+  /** Runs a phase in its own span, a child of the step's, and records its time when it succeeds. */
+  private async phase<T>(active: Active, phase: PhaseName, work: (span: Span) => Promise<T>): Promise<T> {
+    const startedAt = Date.now();
+    const result = await inSpan(`step.${phase}`, { "step.id": active.record.id }, work);
+    this.phaseDone(active, phase, startedAt);
+    return result;
   }
 
   private phaseDone(active: Active, phase: PhaseName, startedAt: number): void {
@@ -334,6 +353,9 @@ export class StepRunner {
       ...(record.exitCode !== null ? { exit_code: record.exitCode } : {}),
     });
     this.parts.observer?.stepFinished(record);
+    active.span.setAttribute("step.state", end.state);
+    if (end.state !== "success") active.span.setStatus({ code: SpanStatusCode.ERROR, message: end.reason });
+    active.span.end();
     this.emit(active, { type: "finished", step: { ...record } });
     this.active.delete(record.id);
   }
@@ -369,6 +391,11 @@ function outcome(exit: ContainerExit, request: StepRequest): { state: StepState;
   if (exit.result && "problem" in exit.result) return { state: "error", reason: `invalid step_result.json: ${exit.result.problem}` };
   if (exit.exitCode !== 0) return { state: "error", reason: `exit status ${exit.exitCode}` };
   return { state: "success", reason: "exit status 0" };
+}
+
+function stepAttributes(request: StepRequest, id: string): Record<string, string> {
+  const { change_id } = changeIdOf(request);
+  return { "step.id": id, "step.action": request.action, ...(change_id ? { "change.id": change_id } : {}) };
 }
 
 /** The env var properties (opschain.env of each owner), later owners winning. */

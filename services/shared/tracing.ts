@@ -1,0 +1,172 @@
+import {
+  type Attributes,
+  type Context,
+  type Span,
+  type TextMapGetter,
+  type TextMapSetter,
+  context,
+  propagation,
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+} from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
+import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
+import { resourceFromAttributes } from "@opentelemetry/resources";
+import { BasicTracerProvider, BatchSpanProcessor, SimpleSpanProcessor, type SpanExporter } from "@opentelemetry/sdk-trace-base";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { setting } from "./config/env.js";
+import { STEPRUNNER_VERSION } from "./version.js";
+
+/**
+ * OpenTelemetry traces. Off by default: then the API's no-op tracer is all there is, no span is recorded
+ * and no trace header is sent. STEPRUNNER_TRACING=otlp exports spans over OTLP/HTTP (protobuf) to
+ * OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), and W3C trace context travels on
+ * every RPC between the services and to BuildKit.
+ */
+export const tracer = trace.getTracer("steprunner", STEPRUNNER_VERSION);
+
+export interface Tracing {
+  enabled: boolean;
+  /** Sends the spans still buffered; call before the process exits. */
+  shutdown(): Promise<void>;
+}
+
+/** Turns tracing on as STEPRUNNER_TRACING says (off or otlp), for a process named `service`. */
+export function startTracingFromSettings(service: string): Tracing {
+  const mode = setting("STEPRUNNER_TRACING", "off");
+  if (mode === "off") return { enabled: false, shutdown: async () => {} };
+  if (mode !== "otlp") throw new Error(`STEPRUNNER_TRACING must be off or otlp, got "${mode}"`);
+  return startTracing(setting("OTEL_SERVICE_NAME", service), new OTLPTraceExporter(), { batch: true });
+}
+
+/**
+ * Installs a tracer provider exporting to `exporter` (tests pass an in-memory one), the AsyncLocalStorage
+ * context manager (so spans nest across awaits) and the W3C trace-context propagator, for this process.
+ */
+export function startTracing(service: string, exporter: SpanExporter, options: { batch?: boolean } = {}): Tracing {
+  const provider = new BasicTracerProvider({
+    resource: resourceFromAttributes({ "service.name": service, "service.version": STEPRUNNER_VERSION }),
+    spanProcessors: [options.batch ? new BatchSpanProcessor(exporter) : new SimpleSpanProcessor(exporter)],
+  });
+  const contextManager = new AsyncLocalStorageContextManager().enable();
+  context.setGlobalContextManager(contextManager);
+  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+  trace.setGlobalTracerProvider(provider);
+  return {
+    enabled: true,
+    async shutdown() {
+      await provider.shutdown();
+      trace.disable();
+      propagation.disable();
+      context.disable();
+    },
+  };
+}
+
+/**
+ * Runs `work` in a new span, a child of the active one, and ends it when `work` settles; a failure is
+ * recorded with its message. With tracing off the span is a no-op.
+ */
+export function inSpan<T>(name: string, attributes: Attributes, work: (span: Span) => Promise<T>): Promise<T> {
+  return tracer.startActiveSpan(name, { attributes }, async (span) => {
+    try {
+      return await work(span);
+    } catch (error) {
+      failed(span, error);
+      throw error;
+    } finally {
+      span.end();
+    }
+  });
+}
+
+function failed(span: Span, error: unknown): void {
+  span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
+}
+
+const headerGetter: TextMapGetter<Headers> = {
+  keys: (headers) => [...headers.keys()],
+  get: (headers, key) => headers.get(key) ?? undefined,
+};
+
+const headerSetter: TextMapSetter<Headers> = {
+  set: (headers, key, value) => headers.set(key, value),
+};
+
+/** Sends the active trace context (traceparent, tracestate) with each call; nothing when tracing is off. */
+export function injectTraceContext(): Interceptor {
+  return (next) => (request) => {
+    propagation.inject(context.active(), request.header, headerSetter);
+    return next(request);
+  };
+}
+
+/**
+ * A server span per RPC, a child of the caller's trace context when the request carries one. A streaming
+ * response is read in the span's context, so that the handler's own spans nest under it, and the span
+ * ends with the stream.
+ */
+export function serverSpans(): Interceptor {
+  return (next) => async (request) => {
+    const parent = propagation.extract(ROOT_CONTEXT, request.header, headerGetter);
+    const span = tracer.startSpan(
+      `${request.service.typeName}/${request.method.name}`,
+      { kind: SpanKind.SERVER, attributes: { "rpc.system": "grpc", "rpc.service": request.service.typeName, "rpc.method": request.method.name } },
+      parent,
+    );
+    if (!span.isRecording()) return next(request);
+    const active = trace.setSpan(parent, span);
+    const end = (error?: unknown) => {
+      // gRPC's OK is 0; Connect's codes are gRPC's others.
+      span.setAttribute("rpc.grpc.status_code", error === undefined ? 0 : ConnectError.from(error).code);
+      if (error !== undefined) failed(span, error);
+      span.end();
+    };
+    try {
+      const response = await context.with(active, () => next(request));
+      if (!response.stream) {
+        end();
+        return response;
+      }
+      return { ...response, message: readInContext(active, response.message, end) };
+    } catch (error) {
+      end(error);
+      throw error;
+    }
+  };
+}
+
+async function* readInContext<T>(active: Context, messages: AsyncIterable<T>, end: (error?: unknown) => void): AsyncGenerator<T> {
+  const iterator = messages[Symbol.asyncIterator]();
+  let ended = false;
+  try {
+    for (;;) {
+      const next = await context.with(active, () => iterator.next());
+      if (next.done) break;
+      yield next.value;
+    }
+    ended = true;
+    end();
+  } catch (error) {
+    ended = true;
+    end(error);
+    throw error;
+  } finally {
+    // The caller went away mid-stream: the handler is told to stop, and the span still ends.
+    if (!ended) {
+      await context.with(active, () => iterator.return?.());
+      end(new ConnectError("the caller went away", Code.Canceled));
+    }
+  }
+}
+
+/** The active span's ids, for log lines; undefined when no span is recording. */
+export function activeTraceIds(): { trace_id: string; span_id: string } | undefined {
+  const span = trace.getActiveSpan();
+  if (!span?.isRecording()) return undefined;
+  const { traceId, spanId } = span.spanContext();
+  return { trace_id: traceId, span_id: spanId };
+}
