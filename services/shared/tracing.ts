@@ -4,6 +4,7 @@ import {
   type Span,
   type TextMapGetter,
   type TextMapSetter,
+  type Tracer,
   context,
   propagation,
   ROOT_CONTEXT,
@@ -26,7 +27,11 @@ import { STEPRUNNER_VERSION } from "./version.js";
  * OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), and W3C trace context travels on
  * every RPC between the services and to BuildKit.
  */
-export const tracer = trace.getTracer("steprunner", STEPRUNNER_VERSION);
+export function tracer(): Tracer {
+  // Looked up at each use rather than kept: a tracer taken from one provider would keep sending its spans
+  // there after another was installed (tests start tracing more than once in a process).
+  return trace.getTracer("steprunner", STEPRUNNER_VERSION);
+}
 
 export interface Tracing {
   enabled: boolean;
@@ -71,7 +76,7 @@ export function startTracing(service: string, exporter: SpanExporter, options: {
  * recorded with its message. With tracing off the span is a no-op.
  */
 export function inSpan<T>(name: string, attributes: Attributes, work: (span: Span) => Promise<T>): Promise<T> {
-  return tracer.startActiveSpan(name, { attributes }, async (span) => {
+  return tracer().startActiveSpan(name, { attributes }, async (span) => {
     try {
       return await work(span);
     } catch (error) {
@@ -112,7 +117,7 @@ export function injectTraceContext(): Interceptor {
 export function serverSpans(): Interceptor {
   return (next) => async (request) => {
     const parent = propagation.extract(ROOT_CONTEXT, request.header, headerGetter);
-    const span = tracer.startSpan(
+    const span = tracer().startSpan(
       `${request.service.typeName}/${request.method.name}`,
       { kind: SpanKind.SERVER, attributes: { "rpc.system": "grpc", "rpc.service": request.service.typeName, "rpc.method": request.method.name } },
       parent,

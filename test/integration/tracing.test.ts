@@ -114,7 +114,7 @@ describe("tracing across the three services and BuildKit", () => {
 
   it("with tracing on, keeps one trace from the caller through the three services to BuildKit's Solve", async () => {
     tracing = startTracing("tracing-test", exporter);
-    const caller = tracer.startSpan("caller");
+    const caller = tracer().startSpan("caller");
     const outcome = await context.with(trace.setSpan(context.active(), caller), () => runStep(commits[1]!));
     caller.end();
     assert.equal(outcome.state, StepState.SUCCESS, outcome.reason);

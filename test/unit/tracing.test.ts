@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import * as http from "node:http";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -15,7 +16,7 @@ import { BuildKitClient } from "../../services/image-service/buildkit/client.js"
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { createLogger } from "../../services/shared/log.js";
 import { type RunningServer, startServer } from "../../services/shared/server/serve.js";
-import { startTracing, tracer, type Tracing } from "../../services/shared/tracing.js";
+import { startTracing, startTracingFromSettings, tracer, type Tracing } from "../../services/shared/tracing.js";
 import { stepServiceAdapter } from "../../services/step-service/api/step-service-adapter.js";
 import type { ImageRootfs } from "../../services/step-service/images/images.js";
 import type { ContainerExit } from "../../services/step-service/runtime/container.js";
@@ -103,7 +104,7 @@ describe("tracing", () => {
   });
 
   it("is off by default: no span is recorded and no trace header is sent, to our services or to BuildKit", async () => {
-    const span = tracer.startSpan("unrecorded");
+    const span = tracer().startSpan("unrecorded");
     assert.equal(span.isRecording(), false);
     const buildkit = new BuildKitClient(`tcp://127.0.0.1:${control.port}`);
     const ours = serviceTransport(`127.0.0.1:${control.port}`, {});
@@ -144,7 +145,7 @@ describe("tracing", () => {
     it("sends the active span's traceparent on a BuildKit Solve and on calls to our services", async () => {
       const buildkit = new BuildKitClient(`tcp://127.0.0.1:${control.port}`);
       const ours = serviceTransport(`127.0.0.1:${control.port}`, {});
-      const span = tracer.startSpan("caller");
+      const span = tracer().startSpan("caller");
       try {
         await context.with(trace.setSpan(context.active(), span), async () => {
           await buildkit.solve({ Ref: "on" });
@@ -165,7 +166,7 @@ describe("tracing", () => {
     });
 
     it("continues the caller's trace in a server span, with the step and its phases nested in it", async () => {
-      const caller = tracer.startSpan("caller");
+      const caller = tracer().startSpan("caller");
       await context.with(trace.setSpan(context.active(), caller), async () => {
         for await (const event of service.client.runStep({ stepId: "traced", repositoryUrl: stateDir, action: "go", contextValues: { change: { id: "change-7" } } })) {
           if (event.event.case === "finished") assert.equal(event.event.value.step?.state, StepState.SUCCESS);
@@ -190,7 +191,7 @@ describe("tracing", () => {
     });
 
     it("keeps a queued step in its own caller's trace, though it starts when another step ends", async () => {
-      const callers = [tracer.startSpan("first"), tracer.startSpan("second")];
+      const callers = [tracer().startSpan("first"), tracer().startSpan("second")];
       await Promise.all(
         callers.map((caller, index) =>
           context.with(trace.setSpan(context.active(), caller), async () => {
@@ -209,12 +210,62 @@ describe("tracing", () => {
     });
 
     it("records a failed RPC with its gRPC code", async () => {
-      const caller = tracer.startSpan("caller");
+      const caller = tracer().startSpan("caller");
       await context.with(trace.setSpan(context.active(), caller), () => assert.rejects(service.client.getStep({ stepId: "no-such-step" })));
       caller.end();
       const server = named(spans(caller.spanContext().traceId), "steprunner.step.v1.StepService/GetStep");
       assert.equal(server.attributes["rpc.grpc.status_code"], 5, "NOT_FOUND");
       assert.equal(server.status.code, 2, "ERROR");
+    });
+  });
+  describe("STEPRUNNER_TRACING", () => {
+    const saved = { ...process.env };
+    after(() => {
+      for (const name of ["STEPRUNNER_TRACING", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"]) {
+        if (saved[name] === undefined) delete process.env[name];
+        else process.env[name] = saved[name];
+      }
+    });
+
+    it("rejects a value it does not know", () => {
+      process.env.STEPRUNNER_TRACING = "jaeger";
+      assert.throws(() => startTracingFromSettings("test-service"), /STEPRUNNER_TRACING must be off or otlp, got "jaeger"/);
+    });
+
+    it("=otlp exports spans as OTLP protobuf to OTEL_EXPORTER_OTLP_ENDPOINT, and log lines name the trace", async () => {
+      const received: Array<{ path: string; type: string; body: Buffer }> = [];
+      const collector = http.createServer((request, response) => {
+        const chunks: Buffer[] = [];
+        request.on("data", (chunk: Buffer) => chunks.push(chunk));
+        request.on("end", () => {
+          received.push({ path: request.url ?? "", type: request.headers["content-type"] ?? "", body: Buffer.concat(chunks) });
+          response.writeHead(200, { "content-type": "application/x-protobuf" }).end();
+        });
+      });
+      await new Promise<void>((resolve) => collector.listen(0, "127.0.0.1", resolve));
+      process.env.STEPRUNNER_TRACING = "otlp";
+      process.env.OTEL_EXPORTER_OTLP_ENDPOINT = `http://127.0.0.1:${(collector.address() as AddressInfo).port}`;
+      const tracing = startTracingFromSettings("test-service");
+      const lines: string[] = [];
+      const write = process.stderr.write;
+      try {
+        await tracer().startActiveSpan("exported-span", async (span) => {
+          process.stderr.write = ((text: string) => lines.push(text) > 0) as typeof process.stderr.write;
+          createLogger("test-service").info("inside a span");
+          process.stderr.write = write;
+          span.end();
+          const line = JSON.parse(lines[0]!) as { trace_id?: string; span_id?: string };
+          assert.deepEqual([line.trace_id, line.span_id], [span.spanContext().traceId, span.spanContext().spanId]);
+        });
+      } finally {
+        process.stderr.write = write;
+        await tracing.shutdown();
+        await new Promise((resolve) => collector.close(resolve));
+      }
+      assert.equal(received.length, 1);
+      assert.equal(received[0]!.path, "/v1/traces");
+      assert.equal(received[0]!.type, "application/x-protobuf");
+      for (const text of ["exported-span", "test-service"]) assert.ok(received[0]!.body.includes(text), `the export names ${text}`);
     });
   });
 });

@@ -144,7 +144,7 @@ export class ImageBuilder {
       const result = this.queue
         .run(
           () => {
-            tracer.startSpan("image.queue", { startTime: queuedAt }).end();
+            tracer().startSpan("image.queue", { startTime: queuedAt }).end();
             return inSpan("image.solve", { "image.content_key": contentKey, "image.no_cache": request.buildWithoutCache }, () =>
               this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, controller.signal),
             );

@@ -156,7 +156,7 @@ export class StepRunner {
     if (!this.records.insert(record)) throw new StepExistsError(`a step with id "${id}" exists already`);
     // A step handed back at a shutdown runs again under its id, with a fresh log.
     if (rerun) rmSync(logPath(this.logDir, id), { force: true });
-    const span = tracer.startSpan("step", { attributes: stepAttributes(request, id) });
+    const span = tracer().startSpan("step", { attributes: stepAttributes(request, id) });
     const logger = this.parts.logger.child({ step_id: id, ...changeIdOf(request) });
     logger.info("step accepted", { action: request.action, repository: request.repositoryUrl, git_rev: request.gitRev });
     const active: Active = {
@@ -177,7 +177,7 @@ export class StepRunner {
     const start = () => {
       this.running++;
       this.phaseDone(active, "queue", queuedAt);
-      tracer.startSpan("step.queue", { startTime: queuedAt, attributes: { "step.id": id } }, active.trace).end();
+      tracer().startSpan("step.queue", { startTime: queuedAt, attributes: { "step.id": id } }, active.trace).end();
       // A queued step starts when another ends: its spans belong to its own trace, not that one's.
       const execution = context.with(active.trace, () => this.execute(request, active)).finally(() => {
         signal.removeEventListener("abort", onCallerGone);
