@@ -6,6 +6,7 @@ import { once } from "node:events";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { ContextService, DockerfileSource } from "../../gen/steprunner/context/v1/context_service_pb.js";
+import { releasedChunks } from "../shared/client/chunks.js";
 import { serviceTransport } from "../shared/client/transport.js";
 import { type Command, serviceAddressOptions } from "./command.js";
 
@@ -61,7 +62,7 @@ export const contextCommand: Command = {
         const hash = createHash("sha256");
         const sink = createWriteStream(partial);
         try {
-          for await (const { chunk } of client.readContextFile({ contextId: context.contextId, kind: file.kind })) {
+          for await (const chunk of releasedChunks(client.readContextFile({ contextId: context.contextId, kind: file.kind }))) {
             hash.update(chunk);
             if (!sink.write(chunk)) await once(sink, "drain");
           }

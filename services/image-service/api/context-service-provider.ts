@@ -4,6 +4,7 @@ import {
   ContextService,
   DockerfileSource,
 } from "../../../gen/steprunner/context/v1/context_service_pb.js";
+import { releasedChunks } from "../../shared/client/chunks.js";
 import type { ContextFileKind, ContextProvider, RemoteContext } from "../core/context-cache.js";
 
 const KINDS: Record<ContextFileKind, ApiFileKind> = {
@@ -41,6 +42,6 @@ export class ContextServiceProvider implements ContextProvider {
   }
 
   async *read(contextId: string, kind: ContextFileKind, signal?: AbortSignal): AsyncIterable<Uint8Array> {
-    for await (const response of this.client.readContextFile({ contextId, kind: KINDS[kind] }, { signal })) yield response.chunk;
+    yield* releasedChunks(this.client.readContextFile({ contextId, kind: KINDS[kind] }, { signal }));
   }
 }

@@ -55,6 +55,9 @@ export function serviceTransport(addressText: string, security: ClientSecurity =
     transport: createGrpcTransport({
       baseUrl: authority,
       sessionManager: manager,
+      // What we stream is mostly compressed already (tars of repositories, zips, image layers): gzip made the
+      // server deflate and us inflate every chunk for nothing, several times slower than the transfer itself.
+      acceptCompression: [],
       interceptors: [retryIdempotent, explainTlsFailure, injectTraceContext(), ...(token ? [addToken] : [])],
     }),
     close: () => manager.abort(),
