@@ -57,7 +57,7 @@ export interface PreparerSettings {
 
 const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
 /** Part of every repo.tar cache key: bump it when repo.tar's layout changes, so old entries are not reused. */
-const REPO_TAR_FORMAT = "repo.tar/1";
+const REPO_TAR_FORMAT = "repo.tar/2";
 
 /** Turns (repository, revision, properties, values) into a prepared context, and serves its files. */
 export class ContextPreparer {

@@ -12,6 +12,13 @@ import { spawnGit } from "./git.js";
 export const COMPRESSED_OBJECT_LIMIT = 4 * 1024 * 1024;
 const COMPRESSION_LEVEL = 6;
 const STORED_BLOCK = 65535;
+/**
+ * Content whose bytes are this evenly spread (order-0 entropy, bits per byte, over its first
+ * ENTROPY_SAMPLE_BYTES) is stored too: deflate cannot shrink it (it is compressed or random already) and
+ * spends most of repo.tar's time failing to. A function of the content alone, so the bytes stay deterministic.
+ */
+const INCOMPRESSIBLE_BITS_PER_BYTE = 7.5;
+const ENTROPY_SAMPLE_BYTES = 64 * 1024;
 
 export interface LooseObject {
   oid: string;
@@ -63,8 +70,13 @@ export async function readLooseObjects(
       const size = Number(sizeText);
       const prefix = Buffer.from(`${type} ${size}\0`, "latin1");
       if (size <= COMPRESSED_OBJECT_LIMIT) {
-        const compressed = Buffer.from(zlibSync(Buffer.concat([prefix, await reader.bytes(size)]), { level: COMPRESSION_LEVEL }));
-        await onObject({ oid: expected, size: compressed.length, body: compressed });
+        const content = await reader.bytes(size);
+        if (looksIncompressible(content)) {
+          await onObject({ oid: expected, size: storedZlibSize(prefix.length + size), body: storedZlib(prefix, [content]) });
+        } else {
+          const compressed = Buffer.from(zlibSync(Buffer.concat([prefix, content]), { level: COMPRESSION_LEVEL }));
+          await onObject({ oid: expected, size: compressed.length, body: compressed });
+        }
       } else {
         const total = prefix.length + size;
         await onObject({ oid: expected, size: storedZlibSize(total), body: storedZlib(prefix, reader.stream(size)) });
@@ -79,13 +91,30 @@ export async function readLooseObjects(
   }
 }
 
+/** Whether the content's first bytes are spread so evenly that deflate would not shrink it. */
+export function looksIncompressible(content: Buffer): boolean {
+  const sample = content.subarray(0, ENTROPY_SAMPLE_BYTES);
+  // Below a few hundred bytes the estimate says little, and compressing them costs nothing.
+  if (sample.length < 512) return false;
+  const counts = new Uint32Array(256);
+  for (let i = 0; i < sample.length; i++) counts[sample[i]!]!++;
+  let bits = 0;
+  for (const count of counts) {
+    if (count > 0) {
+      const p = count / sample.length;
+      bits -= p * Math.log2(p);
+    }
+  }
+  return bits > INCOMPRESSIBLE_BITS_PER_BYTE;
+}
+
 /** The size of a zlib stream of stored blocks holding length bytes: header, 5 bytes a block, Adler-32. */
 export function storedZlibSize(length: number): number {
   return 2 + Math.max(1, Math.ceil(length / STORED_BLOCK)) * 5 + length + 4;
 }
 
 /** A zlib stream of stored blocks of exactly 65535 bytes (the last shorter), whatever chunks come in. */
-export async function* storedZlib(prefix: Buffer, content: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
+export async function* storedZlib(prefix: Buffer, content: AsyncIterable<Buffer> | Iterable<Buffer>): AsyncIterable<Buffer> {
   yield Buffer.from([0x78, 0x01]);
   let a = 1;
   let b = 0;
