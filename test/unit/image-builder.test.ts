@@ -161,14 +161,16 @@ describe("bad input to a build", () => {
   const request = (baseRunner: string) => ({ contextId: context.contextId, baseRunner, network: "none" as const, buildWithoutCache: false, handoff: undefined });
 
   for (const [name, baseRunner, expected] of [
-    ["a base runner that is not an image reference", "not an image", /base_runner: .*must start with a registry host/],
-    ["a base runner in another registry", "elsewhere.test:5000/runner:1", /base_runner must be in the registry registry\.test:5000/],
+    ["a base runner that is not an image reference", "not an image", /^base_runner: must be an image reference in the registry registry\.test:5000 \(.*must start with a registry host.*\), got "not an image"$/],
+    ["a base runner in another registry", "elsewhere.test:5000/runner:1", /^base_runner: must be an image in the registry registry\.test:5000, got "elsewhere\.test:5000\/runner:1"$/],
   ] as const) {
     it(`answers INVALID_ARGUMENT for ${name}, before any build`, async () => {
-      const failure = await images(async () => context).build(request(baseRunner), () => {}).catch((error) => ConnectError.from(error));
+      let materialized = false;
+      const failure = await images(async () => ((materialized = true), context)).build(request(baseRunner), () => {}).catch((error) => ConnectError.from(error));
       assert.ok(failure instanceof ConnectError);
       assert.equal(failure.code, Code.InvalidArgument);
-      assert.match(failure.message, expected);
+      assert.match(failure.rawMessage, expected);
+      assert.equal(materialized, false, "the context was not fetched");
     });
   }
 

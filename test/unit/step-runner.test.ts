@@ -285,9 +285,9 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
       assert.match(error.rawMessage, message);
     };
     await invalid({ stepId: "bad id!" }, /step_id/);
-    await invalid({ action: "rm -rf" }, /action is required/);
+    await invalid({ action: "rm -rf" }, /^action: must be a Rake task/);
     await invalid({ repoFolder: "../x" }, /repo_folder/);
-    await invalid({ secretPointers: ["/nobody/x"] }, /secret pointer/);
+    await invalid({ secretPointers: ["/nobody/x"] }, /^secret_pointers\[0\]: .*"nobody" is not an owner/);
     await invalid({ limits: { memoryBytes: 1n } }, /memory_bytes/);
     const notFound = await client.getStep({ stepId: "missing" }).catch((e: unknown) => ConnectError.from(e));
     assert.equal((notFound as ConnectError).code, Code.NotFound);

@@ -11,6 +11,7 @@ import {
   PreparedContextSchema,
 } from "../../../gen/steprunner/context/v1/context_service_pb.js";
 import type { Logger } from "../../shared/log.js";
+import { invalidField, invalidFieldMessage } from "../../shared/validation.js";
 import type { HttpHandler } from "../../shared/server/serve.js";
 import type { ContextFileKind as CoreFileKind, ContextFileRecord, ContextPreparer, PrepareInput, PreparedContextRecord } from "../core/context-preparer.js";
 import type { DefaultDockerfile } from "../core/default-dockerfile.js";
@@ -34,6 +35,7 @@ const TO_CORE_KIND: Partial<Record<ContextFileKind, CoreFileKind>> = {
   [ContextFileKind.DOCKERFILE]: "dockerfile",
   [ContextFileKind.SECRET_STEP_CONTEXT_ZIP]: "secret-step-context-zip",
 };
+const FILE_KIND_NAMES = Object.keys(TO_CORE_KIND).map((kind) => `CONTEXT_FILE_KIND_${ContextFileKind[Number(kind)]}`).join(", ");
 const FROM_CORE_KIND = Object.fromEntries(Object.entries(TO_CORE_KIND).map(([api, core]) => [core, Number(api)])) as Record<CoreFileKind, ContextFileKind>;
 
 const STRATEGIES: Record<ChildExecutionStrategy, string | null> = {
@@ -41,6 +43,10 @@ const STRATEGIES: Record<ChildExecutionStrategy, string | null> = {
   [ChildExecutionStrategy.SEQUENTIAL]: "sequential",
   [ChildExecutionStrategy.PARALLEL]: "parallel",
 };
+
+/** The range of google.protobuf.Timestamp, which toISOString can also write. */
+const EARLIEST_TIME = new Date("0001-01-01T00:00:00Z").getTime();
+const LATEST_TIME = new Date("9999-12-31T23:59:59.999Z").getTime();
 
 /** The Connect adapter of ContextService: it checks requests' shape, calls the core and maps its errors to codes. */
 export function contextServiceAdapter(dockerfile: DefaultDockerfile, preparer: ContextPreparer, logger: Logger): ServiceImpl<typeof ContextService> {
@@ -70,7 +76,7 @@ export function contextServiceAdapter(dockerfile: DefaultDockerfile, preparer: C
 
     async *readContextFile(request, context: HandlerContext) {
       const kind = TO_CORE_KIND[request.kind];
-      if (!kind) throw new ConnectError("kind must name a context file (CONTEXT_FILE_KIND_REPO_TAR, …)", Code.InvalidArgument);
+      if (!kind) throw invalidField("kind", `must name a context file: one of ${FILE_KIND_NAMES}`, request.kind);
       const stream = await mapErrors(logger, "ReadContextFile", () => preparer.read(request.contextId, kind, Number(request.offset), READ_CHUNK_BYTES));
       const destroy = () => (stream as unknown as { destroy(): void }).destroy();
       context.signal.addEventListener("abort", destroy, { once: true });
@@ -88,6 +94,14 @@ function prepareInput(request: PrepareContextRequest): PrepareInput {
   const values = request.contextValues;
   const change = values?.change;
   const step = values?.step;
+  const strategy = step?.childExecutionStrategy ?? ChildExecutionStrategy.UNSPECIFIED;
+  if (!(strategy in STRATEGIES)) {
+    throw invalidField("context_values.step.child_execution_strategy", "must be CHILD_EXECUTION_STRATEGY_SEQUENTIAL, CHILD_EXECUTION_STRATEGY_PARALLEL or unset", strategy);
+  }
+  const createdAt = change?.createdAt ? timestampDate(change.createdAt) : undefined;
+  if (createdAt && !(createdAt.getTime() >= EARLIEST_TIME && createdAt.getTime() <= LATEST_TIME)) {
+    throw invalidField("context_values.change.created_at", "must be a time between 0001-01-01 and 9999-12-31", `${change!.createdAt!.seconds}s`);
+  }
   return {
     repositoryUrl: request.repositoryUrl,
     gitRev: request.gitRev,
@@ -105,14 +119,14 @@ function prepareInput(request: PrepareContextRequest): PrepareInput {
         environment_code: change?.environmentCode ?? "",
         environment_name: change?.environmentName ?? "",
         created_by: change?.createdBy ?? "",
-        created_at: change?.createdAt ? timestampDate(change.createdAt).toISOString() : null,
+        created_at: createdAt ? createdAt.toISOString() : null,
       },
       step: {
         id: step?.id ?? "",
         action: step?.action ?? "",
         change_id: change?.id ?? "",
         full_path: step?.fullPath ?? "",
-        child_execution_strategy: STRATEGIES[step?.childExecutionStrategy ?? ChildExecutionStrategy.UNSPECIFIED] ?? null,
+        child_execution_strategy: STRATEGIES[strategy],
         arguments: (step?.arguments ?? {}) as JsonObject,
       },
       user: { name: values?.user?.name ?? "" },
@@ -142,7 +156,7 @@ async function mapErrors<T>(logger: Logger, rpc: string, call: () => Promise<T>)
   try {
     return await call();
   } catch (error) {
-    if (error instanceof ContextError) throw new ConnectError(error.message, CODES[error.kind]);
+    if (error instanceof ContextError) throw error.field ? invalidFieldMessage(error.field, error.message) : new ConnectError(error.message, CODES[error.kind]);
     if (error instanceof ConnectError) throw error;
     logger.error("call failed", { rpc, error });
     throw new ConnectError(`${rpc} failed: ${(error as Error).message}`, Code.Internal);

@@ -5,7 +5,7 @@ import { inSpan } from "../../shared/tracing.js";
 import type { BlobInfo, BlobStore } from "./blob-store.js";
 import type { DefaultDockerfile } from "./default-dockerfile.js";
 import { checkCustomDockerfile, checkRepoFolder, findRepositoryDockerfile } from "./dockerfile.js";
-import { ContextError, invalidArgument, notFound } from "./errors.js";
+import { ContextError, invalidField, notFound } from "./errors.js";
 import type { RepoTarOptions } from "./repo-tar.js";
 import type { Commit, Repositories, Revision } from "./repositories.js";
 import { SingleFlight } from "./single-flight.js";
@@ -134,7 +134,7 @@ export class ContextPreparer {
   }
 
   async describe(id: string): Promise<PreparedContextRecord> {
-    if (!CONTEXT_ID.test(id)) throw invalidArgument(`context_id "${id}" is not "sha256:<64 hex digits>" as PrepareContext returns it`);
+    if (!CONTEXT_ID.test(id)) throw invalidField("context_id", 'must be "sha256:" and 64 hex digits, as PrepareContext returns it', id);
     const text = await readFile(this.manifestPath(id), "utf8").catch(() => undefined);
     if (text === undefined) throw notFound(`context ${id} is not known here; call PrepareContext first`);
     return JSON.parse(text) as PreparedContextRecord;
@@ -142,11 +142,11 @@ export class ContextPreparer {
 
   /** A file of a prepared context from an offset, read in chunks. */
   async read(id: string, kind: ContextFileKind, offset: number, chunkBytes: number): Promise<NodeJS.ReadableStream> {
+    if (offset < 0) throw invalidField("offset", "must not be negative", offset);
     const record = await this.describe(id);
     const file = kind === "secret-step-context-zip" ? record.secretStepContext : record.files.find((candidate) => candidate.kind === kind);
     if (!file) throw notFound(`context ${id} has no ${kind}`);
-    if (offset < 0) throw invalidArgument(`offset ${offset} is negative`);
-    if (offset > file.size) throw new ContextError("out-of-range", `offset ${offset} is past the end of ${file.name} (${file.size} bytes)`);
+    if (offset > file.size) throw new ContextError("out-of-range", `offset: must be at most the size of ${file.name} (${file.size} bytes), got ${offset}`);
     return this.blobs.open(file.digest, offset, chunkBytes);
   }
 

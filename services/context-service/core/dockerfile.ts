@@ -1,20 +1,21 @@
 import { posix } from "node:path";
-import { failedPrecondition, invalidArgument } from "./errors.js";
+import { failedPrecondition, invalidField } from "./errors.js";
 
 export const DEFAULT_REPO_FOLDER = ".mintpress";
 const MAX_SYMLINK_HOPS = 8;
 
 /** Checks OPSCHAIN_REPO_FOLDER: a relative path inside the repository, e.g. ".mintpress" or "ops/.opschain". */
 export function checkRepoFolder(folder: string): string {
+  const allowed = 'must be a relative folder inside the repository, e.g. ".mintpress"';
   const trimmed = folder.replace(/\/+$/, "");
-  if (trimmed === "") throw invalidArgument("repo_folder is empty");
-  if (trimmed.length > 255) throw invalidArgument("repo_folder is longer than 255 characters");
-  if (trimmed.startsWith("/")) throw invalidArgument(`repo_folder "${folder}" is absolute; give a folder inside the repository, e.g. ".mintpress"`);
+  if (trimmed === "") throw invalidField("repo_folder", allowed, folder);
+  if (trimmed.length > 255) throw invalidField("repo_folder", "must be at most 255 characters", folder);
+  if (trimmed.startsWith("/")) throw invalidField("repo_folder", `${allowed}, not an absolute path`, folder);
   const parts = trimmed.split("/");
   if (parts.some((part) => part === ".." || part === "." || part === "" || part === ".git")) {
-    throw invalidArgument(`repo_folder "${folder}" leaves the repository or names .git ('..', '.', '//' or '.git'); give a folder inside it, e.g. ".mintpress"`);
+    throw invalidField("repo_folder", `${allowed}, without '..', '.', '//' or '.git' (which would leave the repository or name .git)`, folder);
   }
-  if (/[\u0000-\u001f\\]/.test(trimmed)) throw invalidArgument(`repo_folder "${folder}" contains a control character or '\\'`);
+  if (/[\u0000-\u001f\\]/.test(trimmed)) throw invalidField("repo_folder", `${allowed}, without control characters or '\\'`, folder);
   return trimmed;
 }
 

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { failedPrecondition, invalidArgument, notFound, unavailable } from "./errors.js";
+import { failedPrecondition, invalidField, notFound, unavailable } from "./errors.js";
 import { GitFailure, git, gitMaybe } from "./git.js";
 import { checkRepositoryUrl, checkRevision } from "./repository-url.js";
 import { SingleFlight } from "./single-flight.js";
@@ -62,7 +62,7 @@ export class MirrorStore {
       await this.fetch(url, mirror, signal);
       found = await lookup(mirror, rev, signal);
     }
-    if (!found) throw notFound(`revision "${rev}" is not a branch, tag or commit of ${url}`);
+    if (!found) throw notFound(`git_rev: "${rev}" is not a branch, tag or commit of ${url}`);
     return { mirror, gitSha: found.sha, movingRef: found.moving };
   }
 
@@ -119,7 +119,7 @@ async function lookup(mirror: string, rev: string, signal?: AbortSignal): Promis
   }
   const [branch, tag] = await Promise.all([commitOf(`refs/heads/${rev}`), commitOf(`refs/tags/${rev}`)]);
   if (branch && tag && branch !== tag) {
-    throw invalidArgument(`git_rev "${rev}" is ambiguous: both a branch and a tag; give refs/heads/${rev} or refs/tags/${rev}`);
+    throw invalidField("git_rev", `must name one ref, and this one is ambiguous: both a branch and a tag; give refs/heads/${rev} or refs/tags/${rev}`, rev);
   }
   if (branch) return { sha: branch, moving: true };
   if (tag) return { sha: tag, moving: false };
@@ -134,7 +134,7 @@ async function lookupShortSha(mirror: string, prefix: string, signal?: AbortSign
     if ((await gitMaybe(["cat-file", "-t", candidate], { gitDir: mirror, signal }))?.trim() === "commit") commits.push(candidate);
   }
   if (commits.length > 1) {
-    throw invalidArgument(`git_rev "${prefix}" is ambiguous: it starts ${commits.length} commits (${commits.slice(0, 5).join(", ")}); give more digits`);
+    throw invalidField("git_rev", `must name one commit, and this prefix is ambiguous: it starts ${commits.length} commits (${commits.slice(0, 5).join(", ")}); give more digits`, prefix);
   }
   return commits[0] ? { sha: commits[0], moving: false } : undefined;
 }

@@ -1,5 +1,6 @@
 import { zipSync } from "fflate";
-import { invalidArgument } from "./errors.js";
+import { MAX_OWNERS, MAX_SECRET_POINTERS, ownerRule, secretPointerRule } from "../../shared/request-rules.js";
+import { invalidField } from "./errors.js";
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type JsonObject = { [key: string]: Json };
@@ -32,39 +33,37 @@ export interface StepContextLimits {
 export const REDACTED = "[REDACTED]";
 /** The zip entry's time, built from local-time parts because fflate writes DOS times from local time. */
 const ZIP_TIME = new Date(1980, 0, 1, 0, 0, 0);
-const OWNER = /^[a-z][a-z0-9_-]{0,62}$/;
-const MAX_OWNERS = 32;
-const MAX_SECRET_POINTERS = 1000;
 
 /** Checks the properties (owners, sizes, opschain.env) and the secret pointers before anything is written. */
 export function checkStepContextInput(input: StepContextInput, secretPointers: string[], limits: StepContextLimits): void {
-  if (input.properties.length > MAX_OWNERS) throw invalidArgument(`properties has ${input.properties.length} owners; at most ${MAX_OWNERS}`);
+  if (input.properties.length > MAX_OWNERS) throw invalidField("properties", `must have at most ${MAX_OWNERS} owners`, input.properties.length);
   const seen = new Set<string>();
   let bytes = 0;
   for (const [position, set] of input.properties.entries()) {
-    if (!OWNER.test(set.owner)) throw invalidArgument(`properties[${position}].owner "${set.owner}" must be lower case letters, digits, '_' or '-' (e.g. "project")`);
-    if (seen.has(set.owner)) throw invalidArgument(`properties[${position}].owner "${set.owner}" appears twice`);
+    const field = `properties[${position}]`;
+    const ownerProblem = ownerRule(set.owner);
+    if (ownerProblem) throw invalidField(`${field}.owner`, ownerProblem, set.owner);
+    if (seen.has(set.owner)) throw invalidField(`${field}.owner`, "must differ from the owners before it", set.owner);
     seen.add(set.owner);
     if (set.properties === null || typeof set.properties !== "object" || Array.isArray(set.properties)) {
-      throw invalidArgument(`properties[${position}] (${set.owner}) must be a JSON object`);
+      throw invalidField(`${field}.properties`, "must be a JSON object");
     }
     bytes += Buffer.byteLength(JSON.stringify(set.properties));
     const opschain = set.properties.opschain;
     const env = opschain && typeof opschain === "object" && !Array.isArray(opschain) ? opschain.env : undefined;
     if (env !== undefined) {
-      if (env === null || typeof env !== "object" || Array.isArray(env)) throw invalidArgument(`properties of ${set.owner}: opschain.env must be an object of NAME: value`);
+      if (env === null || typeof env !== "object" || Array.isArray(env)) throw invalidField(`${field}.properties.opschain.env`, "must be an object of NAME: value");
       for (const [name, value] of Object.entries(env)) {
-        if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw invalidArgument(`properties of ${set.owner}: opschain.env name "${name}" is not an environment variable name`);
-        if (value !== null && typeof value === "object") throw invalidArgument(`properties of ${set.owner}: opschain.env.${name} must be a string, number or boolean`);
+        if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw invalidField(`${field}.properties.opschain.env`, "must have environment variable names ([A-Za-z_][A-Za-z0-9_]*) as keys", name);
+        if (value !== null && typeof value === "object") throw invalidField(`${field}.properties.opschain.env.${name}`, "must be a string, number or boolean");
       }
     }
   }
-  if (bytes > limits.maxPropertiesBytes) throw invalidArgument(`properties are ${bytes} bytes of JSON; at most ${limits.maxPropertiesBytes}`);
-  if (secretPointers.length > MAX_SECRET_POINTERS) throw invalidArgument(`${secretPointers.length} secret pointers; at most ${MAX_SECRET_POINTERS}`);
-  for (const pointer of secretPointers) {
-    if (!pointer.startsWith("/") || pointer.length < 2 || pointer.length > 1024 || /~[^01]|~$/.test(pointer)) {
-      throw invalidArgument(`secret pointer "${pointer}" is not a JSON pointer into properties, e.g. "/project/opschain/env/API_TOKEN"`);
-    }
+  if (bytes > limits.maxPropertiesBytes) throw invalidField("properties", `must be at most ${limits.maxPropertiesBytes} bytes of JSON in all`, `${bytes} bytes`);
+  if (secretPointers.length > MAX_SECRET_POINTERS) throw invalidField("secret_pointers", `must have at most ${MAX_SECRET_POINTERS} pointers`, secretPointers.length);
+  for (const [position, pointer] of secretPointers.entries()) {
+    const rule = secretPointerRule(pointer);
+    if (rule) throw invalidField(`secret_pointers[${position}]`, rule, pointer);
   }
 }
 

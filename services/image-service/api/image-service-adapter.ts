@@ -1,5 +1,4 @@
 import type { ServiceImpl } from "@connectrpc/connect";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
@@ -18,6 +17,7 @@ import type { Builder } from "../core/builder.js";
 import type { ImageBuilder } from "../core/image-builder.js";
 import type { BuildEvent, Handoff, ImageResult } from "../core/model.js";
 import { EventChannel } from "../../shared/event-channel.js";
+import { durationMs, invalidField } from "../../shared/validation.js";
 
 const MAX_KEEP_BYTES = 1n << 50n;
 
@@ -26,11 +26,10 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
   return {
     async *buildImage(request, context) {
       if (!/^sha256:[0-9a-f]{64}$/.test(request.contextId)) {
-        throw new ConnectError(`context_id must be a prepared context's id ("sha256:" and 64 hex digits), got "${request.contextId}"`, Code.InvalidArgument);
+        throw invalidField("context_id", 'must be a prepared context\'s id: "sha256:" and 64 hex digits', request.contextId);
       }
-      if (!(request.networkMode in NetworkMode) || !(request.handoff in ImageHandoff)) {
-        throw new ConnectError("network_mode or handoff has an unknown value", Code.InvalidArgument);
-      }
+      if (!(request.networkMode in NetworkMode)) throw invalidField("network_mode", "must be NETWORK_MODE_NONE, NETWORK_MODE_HOST or unset", request.networkMode);
+      if (!(request.handoff in ImageHandoff)) throw invalidField("handoff", "must be IMAGE_HANDOFF_REGISTRY, IMAGE_HANDOFF_LAYER_STORE or unset", request.handoff);
       const events = new EventChannel<MessageInitShape<typeof BuildImageResponseSchema>>();
       images
         .build(
@@ -84,20 +83,16 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
     },
 
     async pruneImages(request, context) {
-      const olderThanMs = request.olderThan ? Number(request.olderThan.seconds) * 1000 + request.olderThan.nanos / 1e6 : undefined;
-      if (olderThanMs !== undefined && olderThanMs < 0) throw new ConnectError("older_than must not be negative", Code.InvalidArgument);
+      const olderThanMs = request.olderThan ? durationMs("older_than", request.olderThan) : undefined;
+      if (olderThanMs !== undefined && olderThanMs < 0) throw invalidField("older_than", "must not be negative", `${request.olderThan!.seconds}s`);
       const contentKeys = await images.prune(olderThanMs, context.signal);
       return { imagesRemoved: contentKeys.length, contentKeys };
     },
 
     async pruneCache(request, context) {
-      if (request.keepBytes < 0n || request.keepBytes > MAX_KEEP_BYTES) {
-        throw new ConnectError(`keep_bytes must be between 0 and ${MAX_KEEP_BYTES}, got ${request.keepBytes}`, Code.InvalidArgument);
-      }
-      const keepDurationMs = request.keepDuration
-        ? Number(request.keepDuration.seconds) * 1000 + request.keepDuration.nanos / 1e6
-        : 0;
-      if (keepDurationMs < 0) throw new ConnectError("keep_duration must not be negative", Code.InvalidArgument);
+      if (request.keepBytes < 0n || request.keepBytes > MAX_KEEP_BYTES) throw invalidField("keep_bytes", `must be between 0 and ${MAX_KEEP_BYTES}`, request.keepBytes);
+      const keepDurationMs = request.keepDuration ? durationMs("keep_duration", request.keepDuration) : 0;
+      if (keepDurationMs < 0) throw invalidField("keep_duration", "must not be negative", `${request.keepDuration!.seconds}s`);
       const removed = await builder.prune({ all: request.all, keepBytes: request.keepBytes, keepDurationMs }, context.signal);
       return {
         reclaimedBytes: removed.reduce((sum, record) => sum + record.sizeBytes, 0n),

@@ -4,6 +4,7 @@ import { mkdir, rename, rm, stat, utimes } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { invalidField } from "../../shared/validation.js";
 import type { ContextFileInfo, ContextSource, LocalContext } from "./model.js";
 
 export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip";
@@ -39,7 +40,7 @@ export class ContextCache implements ContextSource {
 
   materialize(contextId: string, signal?: AbortSignal): Promise<LocalContext> {
     if (!CONTEXT_ID.test(contextId)) {
-      return Promise.reject(new ConnectError(`context_id must be "sha256:" and 64 hex digits, got "${contextId}"`, Code.InvalidArgument));
+      return Promise.reject(invalidField("context_id", 'must be a prepared context\'s id: "sha256:" and 64 hex digits', contextId));
     }
     let materializing = this.pending.get(contextId);
     if (!materializing) {

@@ -6,8 +6,9 @@ import type { DockerfileBuild } from "../buildkit/dockerfile-build.js";
 import { ProgressTracker } from "../buildkit/progress.js";
 import type { ImageInspect, PushResult } from "../docker/docker-api.js";
 import type { RegistryCredentials } from "../../shared/registry/credentials.js";
-import { parseImageReference } from "../../shared/registry/image-reference.js";
+import { type ImageReference, parseImageReference } from "../../shared/registry/image-reference.js";
 import { inSpan, tracer } from "../../shared/tracing.js";
+import { invalidField } from "../../shared/validation.js";
 import type { ImageConfigFile, ImageManifest } from "../../shared/registry/registry-client.js";
 import { BuildQueue } from "./build-queue.js";
 import { explainBuildFailure, isTransient } from "./build-errors.js";
@@ -118,9 +119,10 @@ export class ImageBuilder {
   }
 
   private async buildOrReuse(request: BuildRequest, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
-    const context = await this.contexts.materialize(request.contextId, signal);
     const baseRunner = request.baseRunner || this.settings.defaultBaseRunner;
-    const baseDigest = await this.resolveBaseImage(baseRunner, signal);
+    const base = this.checkBaseRunner(baseRunner);
+    const context = await this.contexts.materialize(request.contextId, signal);
+    const baseDigest = await this.resolveBaseImage(base, baseRunner, signal);
     const buildArgs = {
       GIT_REV: context.gitRev,
       GIT_SHA: context.gitSha,
@@ -341,21 +343,24 @@ export class ImageBuilder {
     return removed;
   }
 
-  private async resolveBaseImage(baseRunner: string, signal?: AbortSignal): Promise<string> {
+  /** A base runner must be a reference into our registry: checked before any work, so a bad one changes nothing. */
+  private checkBaseRunner(baseRunner: string): ImageReference {
     let reference;
     try {
       reference = parseImageReference(baseRunner);
     } catch (error) {
-      throw new ConnectError(`base_runner: ${(error as Error).message}`, Code.InvalidArgument);
+      throw invalidField("base_runner", `must be an image reference in the registry ${this.registry.address} (${(error as Error).message})`, baseRunner);
     }
-    if (reference.registry !== this.registry.address) {
-      throw new ConnectError(`base_runner must be in the registry ${this.registry.address}, got ${baseRunner}`, Code.InvalidArgument);
-    }
+    if (reference.registry !== this.registry.address) throw invalidField("base_runner", `must be an image in the registry ${this.registry.address}`, baseRunner);
+    return reference;
+  }
+
+  private async resolveBaseImage(reference: ImageReference, baseRunner: string, signal?: AbortSignal): Promise<string> {
     try {
       return (await this.registry.manifest(reference.repository, reference.reference, signal)).digest;
     } catch (error) {
       if ((error as { status?: number }).status === 404) {
-        throw new ConnectError(`the base runner image ${baseRunner} is not in the registry; run deploy/local/runner-image.sh ensure`, Code.FailedPrecondition);
+        throw new ConnectError(`base_runner: the image ${baseRunner} is not in the registry; push it there, or for the default base runner run deploy/local/runner-image.sh ensure`, Code.FailedPrecondition);
       }
       throw new ConnectError(`cannot resolve the base runner image ${baseRunner}: ${(error as Error).message}`, Code.Unavailable);
     }

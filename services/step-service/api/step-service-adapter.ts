@@ -13,6 +13,8 @@ import {
   StepService,
   StepState,
 } from "../../../gen/steprunner/step/v1/step_service_pb.js";
+import { MAX_OWNERS, MAX_SECRET_POINTERS, ownerRule, repositoryUrlRule, revisionRule, secretPointerRule } from "../../shared/request-rules.js";
+import { durationMs, invalidField } from "../../shared/validation.js";
 import { cgroupVersion, runcInfo } from "../runtime/runc.js";
 import type { Limits } from "../runtime/spec.js";
 import type { LogLine } from "../steps/logs.js";
@@ -30,6 +32,13 @@ export interface StepServiceSettings {
 }
 
 const STEP_ID = /^[A-Za-z0-9_.-]{1,64}$/;
+const STEP_ID_RULE = "must be 1-64 characters of [A-Za-z0-9_.-]";
+/** A Rake task name; never an option to Rake. */
+const ACTION = /^[A-Za-z0-9_][A-Za-z0-9_:.-]{0,254}$/;
+const MiB = 1024n * 1024n;
+/** The range of google.protobuf.Timestamp: 0001-01-01 to 9999-12-31. */
+const EARLIEST_SECONDS = -62_135_596_800n;
+const LATEST_SECONDS = 253_402_300_799n;
 const STATES: Record<DomainState, StepState> = {
   queued: StepState.QUEUED,
   preparing: StepState.PREPARING,
@@ -76,10 +85,10 @@ export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRu
 
     async listSteps(request) {
       const pageSize = request.pageSize === 0 ? 50 : request.pageSize;
-      if (pageSize < 0 || pageSize > 1000) throw new ConnectError("page_size must be between 0 and 1000", Code.InvalidArgument);
-      const states = request.states.map((state) => {
+      if (pageSize < 0 || pageSize > 1000) throw invalidField("page_size", "must be between 0 and 1000 (0 for 50)", request.pageSize);
+      const states = request.states.map((state, position) => {
         const entry = Object.entries(STATES).find(([, value]) => value === state);
-        if (!entry) throw new ConnectError(`unknown state ${state} in states`, Code.InvalidArgument);
+        if (!entry) throw invalidField(`states[${position}]`, "must be a StepState other than STEP_STATE_UNSPECIFIED", state);
         return entry[0] as DomainState;
       });
       let after: { createdAt: number; id: string } | undefined;
@@ -88,7 +97,7 @@ export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRu
           after = JSON.parse(Buffer.from(request.pageToken, "base64url").toString("utf8")) as { createdAt: number; id: string };
           if (typeof after.createdAt !== "number" || typeof after.id !== "string") throw new Error();
         } catch {
-          throw new ConnectError("page_token is not one this service gave out", Code.InvalidArgument);
+          throw invalidField("page_token", "must be a next_page_token this service gave out, or empty", request.pageToken);
         }
       }
       const records = runner.list(pageSize + 1, states, after);
@@ -101,8 +110,8 @@ export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRu
     },
 
     async *followLogs(request, context) {
+      if (request.fromOffset < 0n) throw invalidField("from_offset", "must not be negative", request.fromOffset);
       find(runner, request.stepId);
-      if (request.fromOffset < 0n) throw new ConnectError("from_offset must not be negative", Code.InvalidArgument);
       for await (const line of runner.logs(request.stepId, Number(request.fromOffset), request.follow, context.signal)) {
         yield { line: toLogLine(line) };
       }
@@ -131,9 +140,9 @@ export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRu
 }
 
 function find(runner: StepRunner, id: string): StepRecord {
-  if (!STEP_ID.test(id)) throw new ConnectError("step_id must be 1-64 characters of [A-Za-z0-9_.-]", Code.InvalidArgument);
+  if (!STEP_ID.test(id)) throw invalidField("step_id", STEP_ID_RULE, id);
   const record = runner.get(id);
-  if (!record) throw new ConnectError(`no step with id "${id}"; ListSteps shows the steps this service knows`, Code.NotFound);
+  if (!record) throw new ConnectError(`step_id: no step with id "${id}"; ListSteps shows the steps this service knows`, Code.NotFound);
   return record;
 }
 
@@ -145,33 +154,54 @@ function mapError(error: unknown): ConnectError {
 }
 
 export function validateRunStep(request: RunStepRequest, settings: StepServiceSettings): StepRequest {
-  const invalid = (message: string) => new ConnectError(message, Code.InvalidArgument);
-  if (request.stepId !== "" && !STEP_ID.test(request.stepId)) throw invalid("step_id must be 1-64 characters of [A-Za-z0-9_.-], or empty");
-  if (request.repositoryUrl === "") throw invalid("repository_url is required: a local path or a git URL");
-  if (!/^[A-Za-z0-9_:.-]+$/.test(request.action)) throw invalid("action is required: a Rake task name of actions.rb, e.g. deploy or ns:task");
+  if (request.stepId !== "" && !STEP_ID.test(request.stepId)) throw invalidField("step_id", `${STEP_ID_RULE}, or empty for one the service picks`, request.stepId);
+  const urlRule = repositoryUrlRule(request.repositoryUrl);
+  if (urlRule) throw invalidField("repository_url", urlRule, request.repositoryUrl);
+  const revRule = request.gitRev === "" ? undefined : revisionRule(request.gitRev);
+  if (revRule) throw invalidField("git_rev", `${revRule}, or empty for HEAD`, request.gitRev);
+  if (!ACTION.test(request.action)) {
+    throw invalidField("action", "must be a Rake task of actions.rb: 1-255 letters, digits, '_', ':', '.' or '-', not starting with '-' (e.g. deploy or ns:task)", request.action);
+  }
+  if (request.properties.length > MAX_OWNERS) throw invalidField("properties", `must have at most ${MAX_OWNERS} owners`, request.properties.length);
   const owners = new Set<string>();
-  for (const set of request.properties) {
-    if (!/^[a-z][a-z0-9_]*$/.test(set.owner)) throw invalid(`properties owner "${set.owner}" must be a lowercase name such as project`);
-    if (owners.has(set.owner)) throw invalid(`properties owner "${set.owner}" is given twice`);
+  for (const [position, set] of request.properties.entries()) {
+    const ownerProblem = ownerRule(set.owner);
+    if (ownerProblem) throw invalidField(`properties[${position}].owner`, ownerProblem, set.owner);
+    if (owners.has(set.owner)) throw invalidField(`properties[${position}].owner`, "must differ from the owners before it", set.owner);
     owners.add(set.owner);
   }
-  for (const pointer of request.secretPointers) {
-    if (!pointer.startsWith("/") || !owners.has(pointer.split("/")[1]!.replace(/~1/g, "/").replace(/~0/g, "~"))) {
-      throw invalid(`secret pointer "${pointer}" must be a JSON pointer starting with the owner, e.g. /project/opschain/env/TOKEN`);
-    }
+  if (request.secretPointers.length > MAX_SECRET_POINTERS) throw invalidField("secret_pointers", `must have at most ${MAX_SECRET_POINTERS} pointers`, request.secretPointers.length);
+  for (const [position, pointer] of request.secretPointers.entries()) {
+    const rule = secretPointerRule(pointer, owners);
+    if (rule) throw invalidField(`secret_pointers[${position}]`, rule, pointer);
+  }
+  const strategy = request.contextValues?.step?.childExecutionStrategy ?? ChildExecutionStrategy.UNSPECIFIED;
+  if (!(strategy in ChildExecutionStrategy)) {
+    throw invalidField("context_values.step.child_execution_strategy", "must be CHILD_EXECUTION_STRATEGY_SEQUENTIAL, CHILD_EXECUTION_STRATEGY_PARALLEL or unset", strategy);
+  }
+  const createdAt = request.contextValues?.change?.createdAt;
+  if (createdAt && !(createdAt.seconds >= EARLIEST_SECONDS && createdAt.seconds <= LATEST_SECONDS && createdAt.nanos >= 0 && createdAt.nanos < 1e9)) {
+    throw invalidField("context_values.change.created_at", "must be a time between 0001-01-01 and 9999-12-31", `${createdAt.seconds}s ${createdAt.nanos}ns`);
   }
   const repoFolder = request.repoFolder || settings.defaultRepoFolder;
-  if (!/^[A-Za-z0-9_.-]+$/.test(repoFolder) || repoFolder === "." || repoFolder === "..") throw invalid("repo_folder must be one directory name, e.g. .mintpress");
-  const timeoutMs = request.timeout ? Number(request.timeout.seconds) * 1000 + Math.floor(request.timeout.nanos / 1e6) : settings.defaultTimeoutMs;
-  if (timeoutMs <= 0 || timeoutMs > settings.maxTimeoutMs) throw invalid(`timeout must be positive and at most ${settings.maxTimeoutMs / 1000} s`);
-  const limits = {
-    memoryBytes: Number(request.limits?.memoryBytes ?? 0n) || settings.defaultLimits.memoryBytes,
-    cpuMillis: Number(request.limits?.cpuMillis ?? 0n) || settings.defaultLimits.cpuMillis,
-    pids: Number(request.limits?.pids ?? 0n) || settings.defaultLimits.pids,
+  if (!/^[A-Za-z0-9_.-]{1,255}$/.test(repoFolder) || repoFolder === "." || repoFolder === ".." || repoFolder === ".git") {
+    throw invalidField("repo_folder", 'must be one directory name other than ".", ".." and ".git" (letters, digits, \'_\', \'.\' or \'-\'), e.g. ".mintpress", or empty for the default', request.repoFolder);
+  }
+  const timeoutMs = request.timeout ? durationMs("timeout", request.timeout) : settings.defaultTimeoutMs;
+  if (request.timeout && (timeoutMs <= 0 || timeoutMs > settings.maxTimeoutMs)) {
+    throw invalidField("timeout", `must be more than 0 and at most ${settings.maxTimeoutMs / 1000} s, or unset for the default`, `${request.timeout.seconds}s`);
+  }
+  const limit = (field: keyof Limits, name: string, least: bigint, most: bigint, range: string): number => {
+    const value = request.limits?.[field] ?? 0n;
+    if (value === 0n) return settings.defaultLimits[field];
+    if (value < least || value > most) throw invalidField(`limits.${name}`, `must be ${range}, or 0 for the default`, value);
+    return Number(value);
   };
-  if (limits.memoryBytes < 16 * 1024 * 1024) throw invalid("limits.memory_bytes must be at least 16 MiB");
-  if (limits.cpuMillis < 10) throw invalid("limits.cpu_millis must be at least 10");
-  if (limits.pids < 8) throw invalid("limits.pids must be at least 8");
+  const limits = {
+    memoryBytes: limit("memoryBytes", "memory_bytes", 16n * MiB, 1n << 50n, "at least 16 MiB (16777216) and at most 1 PiB"),
+    cpuMillis: limit("cpuMillis", "cpu_millis", 10n, 1_000_000n, "between 10 and 1000000 thousandths of a core"),
+    pids: limit("pids", "pids", 8n, 1n << 22n, "between 8 and 4194304"),
+  };
   return {
     stepId: request.stepId,
     repositoryUrl: request.repositoryUrl,

@@ -1,8 +1,8 @@
-import { createClient, type Client, type Transport } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import { fromJson, type JsonObject } from "@bufbuild/protobuf";
 import { unzipSync } from "fflate";
 import { ContextFileKind, ContextService, StepContextValuesSchema } from "../../../gen/steprunner/context/v1/context_service_pb.js";
-import type { ContextPreparer, PreparedStepContext, StepRequest } from "../steps/ports.js";
+import { type ContextPreparer, type PreparedStepContext, RefusedInputError, type StepRequest } from "../steps/ports.js";
 
 /** The largest step context read back (the context-service limits properties far below this). */
 const MAX_STEP_CONTEXT_ZIP_BYTES = 64 * 1024 * 1024;
@@ -19,7 +19,7 @@ export class ContextServicePreparer implements ContextPreparer {
   }
 
   async prepare(request: StepRequest, signal: AbortSignal): Promise<PreparedStepContext> {
-    const { context } = await this.client.prepareContext(
+    const { context } = await refusals(() => this.client.prepareContext(
       {
         repositoryUrl: request.repositoryUrl,
         gitRev: request.gitRev,
@@ -30,7 +30,7 @@ export class ContextServicePreparer implements ContextPreparer {
         contextValues: fromJson(StepContextValuesSchema, request.contextValues as JsonObject),
       },
       { signal },
-    );
+    ));
     if (!context) throw new Error("the context-service prepared no context");
     return {
       contextId: context.contextId,
@@ -54,5 +54,18 @@ export class ContextServicePreparer implements ContextPreparer {
     const json = files["step_context.json"];
     if (!json) throw new Error(`step_context.json.zip of ${contextId} holds no step_context.json`);
     return JSON.parse(Buffer.from(json).toString("utf8")) as Record<string, unknown>;
+  }
+}
+
+/** Codes by which a service says the request's content is at fault, not the service. */
+const REFUSALS = new Set([Code.InvalidArgument, Code.NotFound, Code.FailedPrecondition, Code.OutOfRange]);
+
+/** Runs a call to another service, turning its refusals of the step's inputs into RefusedInputError. */
+export async function refusals<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    if (error instanceof ConnectError && REFUSALS.has(error.code)) throw new RefusedInputError(error.rawMessage);
+    throw error;
   }
 }

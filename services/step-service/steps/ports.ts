@@ -40,6 +40,12 @@ export interface PreparedStepContext {
   warnings: string[];
 }
 
+/**
+ * The step's own inputs were refused on the way (a revision that does not exist, a Dockerfile that does not
+ * build): the step ends in error with the message, since the caller, not the service, has something to fix.
+ */
+export class RefusedInputError extends Error {}
+
 /** Prepares a step's context (the context-service's PrepareContext, or a local stand-in). */
 export interface ContextPreparer {
   prepare(request: StepRequest, signal: AbortSignal): Promise<PreparedStepContext>;

@@ -9,7 +9,7 @@ import { inSpan, tracer } from "../../shared/tracing.js";
 import type { ImageRootfs } from "../images/images.js";
 import { type ContainerExit, RuntimeError } from "../runtime/container.js";
 import { followLog, type LogLine, logPath, StepLog } from "./logs.js";
-import type { ContainerRunner, ContextPreparer, ImageBuilder, ImageSource, LayerUpkeep, StepRequest } from "./ports.js";
+import { type ContainerRunner, type ContextPreparer, type ImageBuilder, type ImageSource, type LayerUpkeep, RefusedInputError, type StepRequest } from "./ports.js";
 import { FINAL_STATES, type PhaseName, type StepRecord, StepRecords, type StepState } from "./records.js";
 import { InvalidResultError, parseStepResult } from "./result.js";
 import { SecretMasker } from "./secrets.js";
@@ -302,6 +302,9 @@ export class StepRunner {
     } catch (error) {
       if (error instanceof InvalidResultError) end = { state: "error", reason: `invalid ${error.message}` };
       else if (signal.aborted) end = stopped(active);
+      else if (error instanceof RefusedInputError) {
+        end = { state: "error", reason: `${record.state === "preparing" ? "the context was refused" : "the image build failed"}: ${masker.text(error.message)}` };
+      }
       else {
         const message = masker.text((error as Error).message);
         const part = error instanceof RuntimeError ? "the container runtime failed" : `the ${record.state === "preparing" ? "context" : record.state === "building" ? "image build" : "runtime"} failed`;
