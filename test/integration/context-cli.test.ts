@@ -63,6 +63,6 @@ describe("steprunner context", () => {
   it("reports the service's code for an unknown revision and exits 1", async () => {
     const result = await run("node", [CLI, "context", "--repo", fixture.path, "--rev", "nope", "--out", join(work, "never"), "--context-addr", service.address]);
     assert.equal(result.code, 1);
-    assert.match(result.stderr, /NotFound: revision "nope" is not a branch, tag or commit/);
+    assert.match(result.stderr, /NotFound: git_rev: "nope" is not a branch, tag or commit/);
   });
 });

@@ -22,9 +22,13 @@ function fixedEnvironment(date: string): NodeJS.ProcessEnv {
   };
 }
 
-/** Runs git in a repository with the fixture's fixed identity; returns trimmed stdout. */
-export async function gitIn(cwd: string, args: string[], date = "2024-01-01T00:00:00Z"): Promise<string> {
-  const { stdout } = await execFileAsync("git", args, { cwd, env: fixedEnvironment(date), maxBuffer: 64 * 1024 * 1024 });
+/** Runs git in a repository with the fixture's fixed identity, giving it input when asked; returns trimmed stdout. */
+export async function gitIn(cwd: string, args: string[], date = "2024-01-01T00:00:00Z", input?: string): Promise<string> {
+  const running = execFileAsync("git", args, { cwd, env: fixedEnvironment(date), maxBuffer: 64 * 1024 * 1024 });
+  // git may exit before reading its input (an error); its status says what happened, not the broken pipe.
+  running.child.stdin?.on("error", () => undefined);
+  running.child.stdin?.end(input);
+  const { stdout } = await running;
   return stdout.trim();
 }
 

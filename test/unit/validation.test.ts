@@ -10,6 +10,7 @@ import { durationMs, invalidField, shown, violationMessage } from "../../service
 import { refusals } from "../../services/step-service/clients/context-service-preparer.js";
 import { type StepServiceSettings, validateRunStep } from "../../services/step-service/api/step-service-adapter.js";
 import { RefusedInputError } from "../../services/step-service/steps/ports.js";
+import { explainBuildFailure } from "../../services/image-service/core/build-errors.js";
 
 describe("request validation shared by the services", () => {
   it("says field, rule and the value given, cutting long values short", () => {
@@ -114,5 +115,17 @@ describe("refusals of a step's inputs by the other services", () => {
     for (const code of [Code.Unavailable, Code.Internal, Code.DataLoss]) {
       await assert.rejects(refusals(() => Promise.reject(new ConnectError("down", code))), (error: Error) => error instanceof ConnectError && !(error instanceof RefusedInputError));
     }
+  });
+});
+
+describe("BuildKit's failures explained", () => {
+  it("a COPY or ADD of a path outside the build context says so, without BuildKit's temporary paths", () => {
+    const error = explainBuildFailure(
+      new ConnectError("failed to compute cache key: failed to walk /var/lib/docker/tmp/buildkit-mount3115858562/etc: lstat /var/lib/docker/tmp/buildkit-mount3115858562/etc: no such file or directory", Code.Unknown),
+      "",
+    );
+    assert.equal(error.code, Code.FailedPrecondition);
+    assert.match(error.rawMessage, /^a COPY or ADD source is not in the build context \("etc" is missing\): .*commit the file to the repository/);
+    assert.doesNotMatch(error.rawMessage, /buildkit-mount/);
   });
 });

@@ -114,7 +114,12 @@ export class RepoTarWriter {
       entry.resume();
     }
     await reading;
-    await archive.finished;
+    await archive.finished.catch((error: Error) => {
+      // git archive stops at a tree entry it would never check out (a "..", ".git" or ".GIT" component).
+      const invalid = /invalid path '([^']*)'/.exec(error.message);
+      if (invalid) throw failedPrecondition(`commit ${sha} has a path git refuses to check out ("${invalid[1]}"); the repository is refused`);
+      throw error;
+    });
     return written;
   }
 

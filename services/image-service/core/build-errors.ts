@@ -21,6 +21,13 @@ export function explainBuildFailure(error: unknown, logTail: string): ConnectErr
     const tail = logTail.trim() ? `; its last output:\n${logTail.trimEnd()}` : "";
     return new ConnectError(`RUN ${run[1]} failed (${run[2]})${tail}`, Code.FailedPrecondition);
   }
+  const outside = /failed to walk \S*\/buildkit-mount\d+\/([^:]*): lstat [^:]*: no such file or directory/.exec(message);
+  if (outside) {
+    return new ConnectError(
+      `a COPY or ADD source is not in the build context ("${outside[1]}" is missing): the build context holds only repo.tar, step_context.json.zip and the Dockerfile, so ../ paths and the host's absolute paths are not there; commit the file to the repository and use it after ADD repo.tar`,
+      Code.FailedPrecondition,
+    );
+  }
   const source = /failed to (?:resolve source metadata|load cache key|compute cache key)[^:]*: (.*)$/m.exec(message);
   if (source) return new ConnectError(`the build cannot start: ${source[1]}`, Code.FailedPrecondition);
   return new ConnectError(`the build failed: ${message}`, Code.FailedPrecondition);

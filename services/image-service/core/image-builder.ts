@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
+import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
 import type { DockerfileBuild } from "../buildkit/dockerfile-build.js";
@@ -11,6 +12,7 @@ import { inSpan, tracer } from "../../shared/tracing.js";
 import { invalidField } from "../../shared/validation.js";
 import type { ImageConfigFile, ImageManifest } from "../../shared/registry/registry-client.js";
 import { BuildQueue } from "./build-queue.js";
+import { findRemoteSource } from "./remote-sources.js";
 import { explainBuildFailure, isTransient } from "./build-errors.js";
 import type { BuildEvent, BuildRequest, ContextSource, Handoff, ImageResult, LocalContext } from "./model.js";
 import type { ReuseRecord, ReuseRecords } from "./reuse-records.js";
@@ -122,6 +124,15 @@ export class ImageBuilder {
     const baseRunner = request.baseRunner || this.settings.defaultBaseRunner;
     const base = this.checkBaseRunner(baseRunner);
     const context = await this.contexts.materialize(request.contextId, signal);
+    if (request.network === "none") {
+      const remote = findRemoteSource(await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8"));
+      if (remote) {
+        throw new ConnectError(
+          `the Dockerfile's line ${remote.line} ADDs ${remote.source} from the network, which a build without network may not (BuildKit would fetch it outside the build's sandbox); commit the file to the repository, or build with host networking`,
+          Code.FailedPrecondition,
+        );
+      }
+    }
     const baseDigest = await this.resolveBaseImage(base, baseRunner, signal);
     const buildArgs = {
       GIT_REV: context.gitRev,
