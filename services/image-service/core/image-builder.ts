@@ -124,7 +124,7 @@ export class ImageBuilder {
     const baseRunner = request.baseRunner || this.settings.defaultBaseRunner;
     const base = this.checkBaseRunner(baseRunner);
     const context = await this.contexts.materialize(request.contextId, signal);
-    if (request.network === "none") {
+    if (request.network === "none" && !context.defaultDockerfile) {
       const remote = findRemoteSource(await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8"));
       if (remote) {
         throw new ConnectError(
