@@ -55,6 +55,7 @@ describe("bad inputs through the public gRPC API", () => {
   let work: string;
   let plain: string;
   let hostile: HostileRepository;
+  let plainContext: string;
 
   before(async () => {
     await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
@@ -63,6 +64,7 @@ describe("bad inputs through the public gRPC API", () => {
     await gitIn(plain, ["branch", "release", "v1"]);
     await gitIn(plain, ["tag", "release", "main"]);
     hostile = await makeHostileRepository(join(work, "hostile"));
+    plainContext = (await contexts.prepareContext({ repositoryUrl: plain, gitRev: "v1" })).context!.contextId;
   });
   after(async () => {
     transports.forEach((transport) => transport.close());
@@ -146,6 +148,7 @@ describe("bad inputs through the public gRPC API", () => {
       ["GetContext: a context never prepared", () => contexts.getContext({ contextId: fixtureSha }), Code.NotFound, /is not known here; call PrepareContext first/],
       ["ReadContextFile: no file kind", () => drain(contexts.readContextFile({ contextId: fixtureSha })), Code.InvalidArgument, /must name a context file: one of CONTEXT_FILE_KIND_REPO_TAR, /, "kind"],
       ["ReadContextFile: a negative offset", () => drain(contexts.readContextFile({ contextId: fixtureSha, kind: ContextFileKind.REPO_TAR, offset: -1n })), Code.InvalidArgument, /must not be negative, got -1$/, "offset"],
+      ["ReadContextFile: an offset past the end of the file", () => drain(contexts.readContextFile({ contextId: plainContext, kind: ContextFileKind.DOCKERFILE, offset: 1n << 40n })), Code.OutOfRange, /^offset: must be at most the size of Dockerfile \(\d+ bytes\), got 1099511627776$/],
       // Builds.
       ["BuildImage: a context id that is not one", buildImage({ contextId: "sha256:0" }), Code.InvalidArgument, /must be a prepared context's id/, "context_id"],
       ["BuildImage: a context never prepared", buildImage({ contextId: fixtureSha }), Code.NotFound, /not known here/],
@@ -308,10 +311,16 @@ describe("bad inputs through the public gRPC API", () => {
       assert.match(step.reason, /^the context was refused: git_rev: "no-such-branch" is not a branch, tag or commit/);
     });
 
+    it("a repository that does not exist: error naming repository_url", async () => {
+      const { step } = await run("ok", { repositoryUrl: join(work, "gone") });
+      assert.equal(step.state, StepState.ERROR, step.reason);
+      assert.match(step.reason, /^the context was refused: repository_url: the repository ".*gone" does not exist/);
+    });
+
     it("a Dockerfile that escapes, run as a step: error naming the build's failure", async () => {
       const { step } = await run("ok", { gitRev: "escape-add" });
       assert.equal(step.state, StepState.ERROR, step.reason);
-      assert.match(step.reason, /^the image build failed: /);
+      assert.match(step.reason, /^the image build failed: a COPY or ADD source is not in the build context/);
     });
 
     for (const [action, said] of [

@@ -741,6 +741,9 @@ export enum NetworkMode {
   UNSPECIFIED = 0,
 
   /**
+   * No network; a repository's Dockerfile that ADDs from a URL is refused (FAILED_PRECONDITION), since BuildKit
+   * would fetch it outside the build's network.
+   *
    * @generated from enum value: NETWORK_MODE_NONE = 1;
    */
   NONE = 1,
