@@ -14,7 +14,6 @@ import { type ChildExecutionStrategy, ContextFileKind, ContextService, type Prep
 import { type BuildImageRequestSchema, type ImageHandoff, ImageService, type NetworkMode } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { type RunStepRequestSchema, type RunStepResponse, type Step, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
-import { instanceTagOf } from "../../services/step-service/runtime/container.js";
 import { gitIn, makeFixture } from "../support/git-fixture.js";
 import { BOMB_BYTES, ESCAPING_DOCKERFILES, type HostileRepository, makeHostileRepository } from "../support/hostile-repo.js";
 import { stack } from "../support/stack.js";
@@ -179,6 +178,7 @@ describe("bad inputs through the public gRPC API", () => {
       ["ListSteps: an unspecified state", () => steps.listSteps({ states: [StepState.UNSPECIFIED] }), Code.InvalidArgument, /must be a StepState other than STEP_STATE_UNSPECIFIED/, "states[0]"],
       // Hostile repositories the context-service refuses.
       ["PrepareContext: a Dockerfile that is a symlink out of the repository", prepare(() => ({ repositoryUrl: hostile.path, gitRev: "dockerfile-symlink" })), Code.FailedPrecondition, /is a symlink out of the repository \(to "\.\.\/\.\.\/\.\.\/\.\.\/etc\/passwd"\); the repository is refused/],
+      ["PrepareContext: a repo folder that is a symlink out of the repository", prepare(() => ({ repositoryUrl: hostile.path, gitRev: "repo-folder-symlink" })), Code.FailedPrecondition, /the repo folder \.mintpress is a symlink, not a directory; the repository is refused/],
       ["PrepareContext: a Dockerfile above the size limit", prepare(() => ({ repositoryUrl: hostile.path, gitRev: "big-dockerfile" })), Code.FailedPrecondition, /a Dockerfile may have at most \d+/],
       ["PrepareContext: a tree with a '..' entry (path traversal)", prepare(() => ({ repositoryUrl: hostile.path, gitRev: "dotdot" })), Code.FailedPrecondition, /has a path git refuses to check out \("\.\.\/passwd"\); the repository is refused/],
       ["PrepareContext: a tree with a '.git' entry", prepare(() => ({ repositoryUrl: hostile.path, gitRev: "dotgit" })), Code.FailedPrecondition, /has a path git refuses to check out \("\.git\/passwd"\)/],
@@ -356,12 +356,16 @@ describe("bad inputs through the public gRPC API", () => {
     it("a fork bomb: held by the pids limit until its timeout stops it", async () => {
       const stepId = `forkbomb-${process.pid}-${Date.now()}`;
       const running = run("forkbomb", { stepId, limits: { pids: 32n }, timeout: { seconds: 3n } });
-      const pidsFile = `/sys/fs/cgroup/pids/steprunner-${instanceTagOf(stepState)}-${stepId}/container/pids.current`;
+      // The step's pids cgroup, whichever instance tag the service gives its cgroups.
+      const pidsFile = async () => {
+        const name = (await readdir("/sys/fs/cgroup/pids")).find((candidate) => candidate.startsWith("steprunner-") && candidate.endsWith(`-${stepId}`));
+        return name ? readFile(`/sys/fs/cgroup/pids/${name}/container/pids.current`, "utf8") : "0";
+      };
       let most = 0;
       let ended = false;
       void running.finally(() => (ended = true));
       while (!ended) {
-        most = Math.max(most, Number((await readFile(pidsFile, "utf8").catch(() => "0")).trim()));
+        most = Math.max(most, Number((await pidsFile().catch(() => "0")).trim()));
         await sleep(50);
       }
       const { step } = await running;

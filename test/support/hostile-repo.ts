@@ -106,6 +106,7 @@ export async function makeHostileRepository(path: string): Promise<HostileReposi
     await branch(name, { ".mintpress/Dockerfile": `ARG OPSCHAIN_BASE_RUNNER\nFROM \${OPSCHAIN_BASE_RUNNER}\n${line}\n` });
   }
   await branch("dockerfile-symlink", { ".mintpress/Dockerfile": "->../../../../etc/passwd" });
+  await branch("repo-folder-symlink", { ".mintpress": "->/etc" });
   await branch("big-dockerfile", { ".mintpress/Dockerfile": `FROM \${OPSCHAIN_BASE_RUNNER}\n# ${"x".repeat(1024 * 1024)}\n` });
 
   // Trees git itself never writes: plumbing makes them, as a hostile server could send them.
