@@ -68,9 +68,12 @@ describe("RunStep's request at the step-service's boundary", () => {
   const valid: MessageInitShape<typeof RunStepRequestSchema> = { repositoryUrl: "/srv/repo", action: "deploy" };
   const validate = (change: MessageInitShape<typeof RunStepRequestSchema>) => validateRunStep(create(RunStepRequestSchema, { ...valid, ...change } as MessageInitShape<typeof RunStepRequestSchema>), settings);
 
-  it("fills in the defaults for a minimal request", () => {
+  it("fills in the defaults for a minimal request, and for zeros", () => {
     const request = validate({});
     assert.deepEqual([request.gitRev, request.repoFolder, request.timeoutMs, request.limits], ["HEAD", ".mintpress", 60_000, settings.defaultLimits]);
+    const zeros = validate({ timeout: { seconds: 0n }, limits: { memoryBytes: 0n, cpuMillis: 0n, pids: 0n } });
+    assert.deepEqual([zeros.timeoutMs, zeros.limits], [60_000, settings.defaultLimits]);
+    assert.equal(validate({ timeout: { seconds: 1n, nanos: 500_000_000 } }).timeoutMs, 1500);
   });
 
   const cases: Array<[string, MessageInitShape<typeof RunStepRequestSchema>, RegExp]> = [
@@ -87,8 +90,8 @@ describe("RunStep's request at the step-service's boundary", () => {
     ["context_values.change.created_at", { contextValues: { change: { createdAt: { seconds: 10n ** 15n } } } }, /^context_values\.change\.created_at: must be a time/],
     ["repo_folder", { repoFolder: "../x" }, /^repo_folder: must be one directory name/],
     ["repo_folder", { repoFolder: ".git" }, /^repo_folder: /],
-    ["timeout", { timeout: { seconds: -5n } }, /^timeout: must be more than 0/],
-    ["timeout", { timeout: { seconds: 7200n } }, /^timeout: must be more than 0 and at most 3600 s/],
+    ["timeout", { timeout: { seconds: -5n } }, /^timeout: must be between 0 and 3600 s \(0 or unset for the default\), got "-5s"$/],
+    ["timeout", { timeout: { seconds: 7200n } }, /^timeout: must be between 0 and 3600 s/],
     ["timeout", { timeout: { seconds: 1n, nanos: -1 } }, /^timeout: must be a valid duration/],
     ["limits.memory_bytes", { limits: { memoryBytes: 1n } }, /^limits\.memory_bytes: must be at least 16 MiB .*, got 1$/],
     ["limits.memory_bytes", { limits: { memoryBytes: -1n } }, /^limits\.memory_bytes: /],

@@ -187,10 +187,11 @@ export function validateRunStep(request: RunStepRequest, settings: StepServiceSe
   if (!/^[A-Za-z0-9_.-]{1,255}$/.test(repoFolder) || repoFolder === "." || repoFolder === ".." || repoFolder === ".git") {
     throw invalidField("repo_folder", 'must be one directory name other than ".", ".." and ".git" (letters, digits, \'_\', \'.\' or \'-\'), e.g. ".mintpress", or empty for the default', request.repoFolder);
   }
-  const timeoutMs = request.timeout ? durationMs("timeout", request.timeout) : settings.defaultTimeoutMs;
-  if (request.timeout && (timeoutMs <= 0 || timeoutMs > settings.maxTimeoutMs)) {
-    throw invalidField("timeout", `must be more than 0 and at most ${settings.maxTimeoutMs / 1000} s, or unset for the default`, `${request.timeout.seconds}s`);
+  const requestedTimeoutMs = request.timeout ? durationMs("timeout", request.timeout) : 0;
+  if (requestedTimeoutMs < 0 || requestedTimeoutMs > settings.maxTimeoutMs) {
+    throw invalidField("timeout", `must be between 0 and ${settings.maxTimeoutMs / 1000} s (0 or unset for the default)`, `${request.timeout!.seconds}s`);
   }
+  const timeoutMs = requestedTimeoutMs || settings.defaultTimeoutMs;
   const limit = (field: keyof Limits, name: string, least: bigint, most: bigint, range: string): number => {
     const value = request.limits?.[field] ?? 0n;
     if (value === 0n) return settings.defaultLimits[field];
