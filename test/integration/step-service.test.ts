@@ -23,6 +23,7 @@ task(:hog) { chunks = []; loop { chunks << ('x' * 8 * 1024 * 1024) } }
 task(:forkbomb) { exec('bash', '-c', 'bomb() { bomb | bomb & }; bomb; sleep 60') }
 task(:connect) { require 'socket'; puts TCPSocket.new('127.0.0.1', Integer(ENV.fetch('PORT'))).read }
 task(:whoami) { puts "uid=#{Process.uid} gid=#{Process.gid}" }
+task(:isolation) { puts File.read('/proc/self/status')[/^Seccomp:[[:space:]]*[0-9]+/].split.join(' '); system('unshare', '-U', 'true', err: File::NULL) or puts 'unshare refused' }
 task(:env) { puts "GREETING=#{ENV['GREETING']} TOKEN=#{ENV['TOKEN']}" }
 task(:properties) do
   OpsChain.properties_for(:environment)['deployed'] = { 'version' => ENV.fetch('GREETING') }
@@ -77,6 +78,13 @@ describe("step-service with real runc and the base runner", () => {
     const afterStats = await service.layers.stats();
     assert.equal(afterStats.unpacked, before.unpacked, "no layer was unpacked again");
     assert.ok(before.unpacked >= 1);
+  });
+
+  it("runs the action under the seccomp profile: mode 2, no user namespaces", async () => {
+    const { step, lines } = await runStep(service.client, request("isolation"));
+    assert.equal(step.state, StepState.SUCCESS, lines.join("\n"));
+    assert.ok(lines.includes("Seccomp: 2"), lines.join("\n"));
+    assert.ok(lines.includes("unshare refused"), lines.join("\n"));
   });
 
   it("reports exit codes, and signals by name", async () => {
