@@ -55,8 +55,13 @@ describe("step-service with real runc and the base runner", () => {
   let repo: string;
   const request = (action: string, extra: Request = {}): Request => ({ repositoryUrl: repo, action, ...extra });
 
+  // Two callers, each with a token and a limit of two unfinished steps.
+  const tokens = { alice: `alice-${process.pid}`, bob: `bob-${process.pid}` };
   before(async () => {
-    service = await startStepService(await testConfig());
+    service = await startStepService(await testConfig({ maxStepsPerCaller: 2 }), {
+      security: { tokens: Object.values(tokens), tokenNames: { [tokens.alice]: "alice", [tokens.bob]: "bob" } },
+      token: tokens.alice,
+    });
     repo = await repository(service.config, ACTIONS);
   });
 
@@ -243,6 +248,30 @@ describe("step-service with real runc and the base runner", () => {
     assert.equal(step?.state, StepState.CANCELLED);
     assert.match(step!.reason, /caller of RunStep went away/);
     assert.deepEqual(await leftovers(service.config), { containers: [], mounts: [], cgroups: [], dirs: [] });
+  });
+
+  it("limits each caller to two unfinished steps, with RESOURCE_EXHAUSTED, and frees the slot when one ends", async () => {
+    const sleeping = async (stepId: string) => {
+      const stream = service.client.runStep(request("sleep", { stepId }))[Symbol.asyncIterator]();
+      for (let next = await stream.next(); !next.done; next = await stream.next()) {
+        if (next.value.event.case === "logLine" && next.value.event.value.text === "sleeping") return stream;
+      }
+      throw new Error(`${stepId} ended before it slept`);
+    };
+    const first = await sleeping(`alice-1-${process.pid}`);
+    const second = await sleeping(`alice-2-${process.pid}`);
+    const refused = await runStep(service.client, request("ok")).catch((error: unknown) => ConnectError.from(error));
+    assert.ok(refused instanceof ConnectError, "alice's third step was refused");
+    assert.equal(refused.code, Code.ResourceExhausted);
+    assert.match(refused.rawMessage, /^token alice has 2 steps queued or running, the most one caller may have \(STEPRUNNER_MAX_STEPS_PER_CALLER=2\)/);
+    const bob = await runStep(service.clientWithToken(tokens.bob), request("ok"));
+    assert.equal(bob.step.state, StepState.SUCCESS, "bob is not held up by alice's steps");
+    await service.client.cancelStep({ stepId: `alice-1-${process.pid}` });
+    for (let next = await first.next(); !next.done; next = await first.next());
+    const again = await runStep(service.client, request("ok"));
+    assert.equal(again.step.state, StepState.SUCCESS, "a cancelled step no longer counts");
+    await service.client.cancelStep({ stepId: `alice-2-${process.pid}` });
+    for (let next = await second.next(); !next.done; next = await second.next());
   });
 
   it("streams logs in order while the step runs and follows them from an offset after it ended", async () => {
