@@ -332,6 +332,8 @@ describe("the per-caller step limit (fakes for the runtime and images)", () => {
         outcomes.set(run.stepId, () => resolve({}));
         outcomes.set(`${run.stepId}:fail`, () => resolve({ exitCode: 1 }));
         outcomes.set(`${run.stepId}:crash`, () => reject(new Error("runc exploded")));
+        // A step cancelled on its way to the runtime arrives with its signal aborted already.
+        if (run.signal.aborted) resolve({ cancelled: true });
         run.signal.addEventListener("abort", () => resolve({ cancelled: true }));
       });
     const images = new FakeImages();

@@ -12,7 +12,7 @@ import { followLog, type LogLine, logPath, StepLog } from "./logs.js";
 import type { ContainerRunner, ContextPreparer, ImageBuilder, ImageSource, LayerUpkeep, StepRequest } from "./ports.js";
 import { FINAL_STATES, type PhaseName, type StepRecord, StepRecords, type StepState } from "./records.js";
 import { InvalidResultError, parseStepResult } from "./result.js";
-import { SecretMasker } from "./secrets.js";
+import { BuildLogMasker, SecretMasker } from "./secrets.js";
 
 export type StepEvent =
   | { type: "accepted"; step: StepRecord }
@@ -267,7 +267,12 @@ export class StepRunner {
 
       this.enter(active, "building", "build");
       const built = await this.phase(active, "build", async (span) => {
-        const result = await this.parts.images.build(prepared, request, (progress) => this.emit(active, { type: "build", progress }), signal);
+        const buildLog = new BuildLogMasker(masker);
+        const onProgress = (progress: BuildProgress) => this.emit(active, { type: "build", progress: buildLog.mask(progress) });
+        const result = await this.parts.images.build(prepared, request, onProgress, signal).finally(() => {
+          const rest = buildLog.flush();
+          if (rest) this.emit(active, { type: "build", progress: rest });
+        });
         span.setAttributes({ "image.id": result.imageId, "image.reused": result.reused });
         return result;
       });
