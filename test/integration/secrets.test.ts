@@ -40,6 +40,12 @@ RUN --mount=type=secret,id=env_context_zip,target=/tmp/ctx.zip,uid=10001 unzip -
 COPY --from=repository --chown=10001:10001 / /opt/opschain/
 `;
 
+// A build that fails after printing the full step context: the error names the RUN line and ends with its output.
+const FAILING_DOCKERFILE = `ARG OPSCHAIN_BASE_RUNNER
+FROM \${OPSCHAIN_BASE_RUNNER}
+RUN --mount=type=secret,id=env_context_zip,target=/tmp/ctx.zip,uid=10001 unzip -p /tmp/ctx.zip && exit 3
+`;
+
 const SERVICES = ["context-service", "image-service", "step-service"] as const;
 
 async function freePort(): Promise<number> {
@@ -71,6 +77,8 @@ describe("a secret property, through all three services, with the default and a 
     await commitFiles(repository, { "actions.rb": ACTIONS }, "actions", "2024-01-01T00:00:00Z");
     await gitIn(repository, ["checkout", "-q", "-b", "custom"]);
     await commitFiles(repository, { ".mintpress/Dockerfile": CUSTOM_DOCKERFILE }, "custom Dockerfile", "2024-01-02T00:00:00Z");
+    await gitIn(repository, ["checkout", "-q", "-b", "failing", "main"]);
+    await commitFiles(repository, { ".mintpress/Dockerfile": FAILING_DOCKERFILE }, "failing Dockerfile", "2024-01-03T00:00:00Z");
     await gitIn(repository, ["checkout", "-q", "main"]);
 
     for (const name of SERVICES) addresses[name] = `127.0.0.1:${await freePort()}`;
@@ -147,6 +155,9 @@ describe("a secret property, through all three services, with the default and a 
     const failed = await runStep("fail", "main");
     assert.equal(failed.step.state, StepState.ERROR);
     assert.match(failed.text, /failing with \*\*\*/);
+    const unbuilt = await runStep("leak", "failing");
+    assert.equal(unbuilt.step.state, StepState.SYSTEM_ERROR);
+    assert.match(unbuilt.step.reason, /exit 3/, "the reason carries the end of the RUN line's output");
 
     const client = createClient(StepService, steps.transport);
     for (const step of finished) {
@@ -158,7 +169,7 @@ describe("a secret property, through all three services, with the default and a 
   });
 
   it("leaves it in no layer or config of the images built", async () => {
-    const imageIds = [...new Set(finished.map((step) => step.imageId))];
+    const imageIds = [...new Set(finished.map((step) => step.imageId).filter(Boolean))];
     assert.equal(imageIds.length, 2, "one image for each Dockerfile");
     const inspect = await docker("image", "inspect", ...imageIds);
     assert.equal(inspect.code, 0, inspect.stderr);
