@@ -12,6 +12,8 @@ export interface ServerSecurity {
   tls?: ServerTls;
   /** Accepted bearer tokens; when set, every call but the health check must carry one. */
   tokens?: string[];
+  /** Names of tokens, by token, that tell callers apart in messages and limits (see callerOf). */
+  tokenNames?: Record<string, string>;
 }
 
 /** TLS and credentials a client presents to our services. */
@@ -27,7 +29,7 @@ const read = (path: string) => readFileSync(path, "utf8");
 
 /**
  * The server side, from settings: STEPRUNNER_TLS_CERT and STEPRUNNER_TLS_KEY turn on TLS,
- * STEPRUNNER_TLS_CLIENT_CA makes it mutual, STEPRUNNER_AUTH_TOKEN_FILE (one token a line) requires tokens.
+ * STEPRUNNER_TLS_CLIENT_CA makes it mutual, STEPRUNNER_AUTH_TOKEN_FILE requires tokens.
  * Files rather than values, so that secrets stay out of process listings and environments.
  */
 export function serverSecurityFromSettings(): ServerSecurity {
@@ -37,11 +39,12 @@ export function serverSecurityFromSettings(): ServerSecurity {
   const clientCa = setting("STEPRUNNER_TLS_CLIENT_CA", "");
   if (clientCa && !cert) throw new Error("STEPRUNNER_TLS_CLIENT_CA needs STEPRUNNER_TLS_CERT and STEPRUNNER_TLS_KEY");
   const tokenFile = setting("STEPRUNNER_AUTH_TOKEN_FILE", "");
-  const tokens = tokenFile ? read(tokenFile).split("\n").map((line) => line.trim()).filter(Boolean) : undefined;
-  if (tokens && tokens.length === 0) throw new Error(`STEPRUNNER_AUTH_TOKEN_FILE ${tokenFile} holds no token`);
+  const named = tokenFile ? parseTokenFile(read(tokenFile)) : undefined;
+  if (named && named.length === 0) throw new Error(`STEPRUNNER_AUTH_TOKEN_FILE ${tokenFile} holds no token`);
   return {
     tls: cert ? { cert: read(cert), key: read(key), clientCa: clientCa ? read(clientCa) : undefined } : undefined,
-    tokens,
+    tokens: named?.map((entry) => entry.token),
+    tokenNames: named ? Object.fromEntries(named.map((entry) => [entry.token, entry.name])) : undefined,
   };
 }
 
@@ -58,6 +61,19 @@ export function clientSecurityFromSettings(): ClientSecurity {
     ca: ca ? read(ca) : undefined,
     cert: cert ? read(cert) : undefined,
     key: key ? read(key) : undefined,
-    token: tokenFile ? read(tokenFile).split("\n").map((line) => line.trim()).find(Boolean) : undefined,
+    token: tokenFile ? parseTokenFile(read(tokenFile))[0]?.token : undefined,
   };
+}
+
+/**
+ * A token file: one token a line, optionally after a name and a space ("ci 3f9a…"), the name standing for
+ * its caller in messages; a token without one is "#N", its place in the file.
+ */
+export function parseTokenFile(text: string): { name: string; token: string }[] {
+  const lines = text.split("\n").map((line) => line.trim()).filter(Boolean);
+  return lines.map((line, index) => {
+    const fields = line.split(/\s+/);
+    if (fields.length > 2) throw new Error(`line ${index + 1} of the token file has ${fields.length} fields; a line is a token, or a name and a token`);
+    return fields.length === 2 ? { name: fields[0]!, token: fields[1]! } : { name: `#${index + 1}`, token: fields[0]! };
+  });
 }

@@ -14,6 +14,8 @@ const MiB = 1024 * 1024;
 
 export interface StepServiceConfig extends StepServiceSettings {
   stateDir: string;
+  /** Unfinished steps one caller may have; 0 for no limit. */
+  maxStepsPerCaller: number;
   runcRoot: string;
   layerCacheBytes: number;
   logCapBytes: number;
@@ -32,6 +34,7 @@ export function configFromEnv(): StepServiceConfig {
     runcPath: setting("STEPRUNNER_RUNC", "runc"),
     runcRoot: setting("STEPRUNNER_STEP_RUNC_ROOT", join(stateDir, "runc")),
     maxConcurrentSteps: numberSetting("STEPRUNNER_MAX_CONCURRENT_STEPS", 4),
+    maxStepsPerCaller: numberSetting("STEPRUNNER_MAX_STEPS_PER_CALLER", 0),
     defaultLimits: {
       memoryBytes: numberSetting("STEPRUNNER_STEP_MEMORY_MB", 1024) * MiB,
       cpuMillis: numberSetting("STEPRUNNER_STEP_CPU_MILLIS", 2000),
@@ -67,7 +70,7 @@ export function createStepRunner(
     logger,
   );
   const runner = new StepRunner(
-    { stateDir: config.stateDir, maxConcurrentSteps: config.maxConcurrentSteps, logCapBytes: config.logCapBytes },
+    { stateDir: config.stateDir, maxConcurrentSteps: config.maxConcurrentSteps, maxStepsPerCaller: config.maxStepsPerCaller, logCapBytes: config.logCapBytes },
     {
       contexts: ports.contexts ?? new LocalDirectoryContextPreparer(),
       images: ports.images ?? new PrebuiltImageBuilder(config.stepImage),

@@ -2,7 +2,9 @@ import assert from "node:assert/strict";
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { buildSpec } from "../../services/step-service/runtime/spec.js";
 import { unpackImage } from "../support/rootfs.js";
+import { SYSCALL_PROBE } from "../support/syscall-probe.js";
 import { run, stack } from "../support/stack.js";
 
 describe("runc with the base runner's root filesystem", () => {
@@ -66,5 +68,71 @@ describe("runc with the base runner's root filesystem", () => {
     const result = await runInContainer(id, ["/bin/sh", "-c", "ls /sys/class/net; exit 7"]);
     assert.equal(result.code, 7);
     assert.equal(result.stdout.trim(), "lo", "a fresh network namespace has only loopback");
+  });
+
+  describe("with the step-service's spec and seccomp profile", () => {
+    const EPERM = 1;
+    const ENOSYS = 38;
+
+    /** Runs args in a container of buildSpec's making, with or without its seccomp profile. */
+    async function runWithOurSpec(name: string, args: string[], seccomp: boolean): Promise<ReturnType<typeof run>> {
+      const ourBundle = join(work, name);
+      await mkdir(ourBundle, { recursive: true });
+      const id = `steprunner-test-${process.pid}-${name}`;
+      const spec = buildSpec({
+        rootfs: join(bundle, "rootfs"),
+        image: { env: [], entrypoint: [], cmd: [], workingDir: "/opt/opschain", user: "opschain" },
+        user: { uid: 10001, gid: 10001, additionalGids: [], home: "/opt/opschain" },
+        args,
+        env: { LANG: "C.UTF-8" },
+        hostname: "probe",
+        limits: { memoryBytes: 256 * 1024 * 1024, cpuMillis: 1000, pids: 128 },
+        hostNetwork: false,
+        cgroupsPath: `/${id}`,
+        binds: [],
+      }) as { linux: { seccomp?: object } };
+      if (!seccomp) delete spec.linux.seccomp;
+      await writeFile(join(ourBundle, "config.json"), JSON.stringify(spec));
+      containers.push(id);
+      return run("runc", ["--root", stateRoot, "run", "--bundle", ourBundle, id], { timeoutMs: 60_000 });
+    }
+
+    const probe = async (name: string, seccomp: boolean): Promise<Map<string, number>> => {
+      const result = await runWithOurSpec(name, ["perl", "-e", SYSCALL_PROBE], seccomp);
+      assert.equal(result.code, 0, result.stderr);
+      return new Map(result.stdout.trim().split("\n").map((line) => [line.split(" ")[0]!, Number(line.split(" ")[1])]));
+    };
+
+    it("refuses mount, namespaces, keyrings, ptrace, bpf and the like with EPERM, and clone3 with ENOSYS", async () => {
+      const denied = await probe("probe-seccomp", true);
+      const control = await probe("probe-plain", false);
+      assert.ok(denied.size >= 20, `probed ${[...denied.keys()].join(" ")}`);
+      for (const [name, errno] of denied) assert.equal(errno, name === "clone3" ? ENOSYS : EPERM, `${name} failed with errno ${errno}`);
+      // Without the profile these calls succeed or fail otherwise: the EPERMs above are the profile's.
+      for (const name of ["mount", "umount2", "chroot", "setns", "clone3", "keyctl", "add_key", "name_to_handle_at", "perf_event_open", "bpf"]) {
+        assert.notEqual(control.get(name), denied.get(name), `${name} without the profile gave errno ${control.get(name)}`);
+      }
+    });
+
+    it("still runs Ruby threads, fork and exec, git and Bundler, under seccomp mode 2", async () => {
+      const script = [
+        "grep '^Seccomp:' /proc/self/status",
+        `ruby -e 'p 4.times.map { |i| Thread.new { i * 2 } }.map(&:value); p Process.wait2(fork { exit 5 })[1].exitstatus; puts %x(echo exec)'`,
+        "cd /tmp && git init -q repo && cd repo && git -c user.email=a@example.com -c user.name=a commit -q --allow-empty -m first && git log --format=%s",
+        "ruby -rbundler -e 'puts Bundler::VERSION'",
+        "{ unshare -U true || echo 'no user namespace'; }",
+      ].join(" && ");
+      const result = await runWithOurSpec("ordinary", ["/bin/sh", "-c", script], true);
+      assert.equal(result.code, 0, result.stderr);
+      assert.deepEqual(result.stdout.trim().split("\n").map((line) => line.replace(/\s+/g, " ")), [
+        "Seccomp: 2",
+        "[0, 2, 4, 6]",
+        "5",
+        "exec",
+        "first",
+        result.stdout.match(/^\d+\.\d+\.\d+$/m)?.[0] ?? "a Bundler version",
+        "no user namespace",
+      ]);
+    });
   });
 });

@@ -23,6 +23,7 @@ task(:hog) { chunks = []; loop { chunks << ('x' * 8 * 1024 * 1024) } }
 task(:forkbomb) { exec('bash', '-c', 'bomb() { bomb | bomb & }; bomb; sleep 60') }
 task(:connect) { require 'socket'; puts TCPSocket.new('127.0.0.1', Integer(ENV.fetch('PORT'))).read }
 task(:whoami) { puts "uid=#{Process.uid} gid=#{Process.gid}" }
+task(:isolation) { puts File.read('/proc/self/status')[/^Seccomp:[[:space:]]*[0-9]+/].split.join(' '); system('unshare', '-U', 'true', err: File::NULL) or puts 'unshare refused' }
 task(:env) { puts "GREETING=#{ENV['GREETING']} TOKEN=#{ENV['TOKEN']}" }
 task(:properties) do
   OpsChain.properties_for(:environment)['deployed'] = { 'version' => ENV.fetch('GREETING') }
@@ -54,8 +55,13 @@ describe("step-service with real runc and the base runner", () => {
   let repo: string;
   const request = (action: string, extra: Request = {}): Request => ({ repositoryUrl: repo, action, ...extra });
 
+  // Two callers, each with a token and a limit of two unfinished steps.
+  const tokens = { alice: `alice-${process.pid}`, bob: `bob-${process.pid}` };
   before(async () => {
-    service = await startStepService(await testConfig());
+    service = await startStepService(await testConfig({ maxStepsPerCaller: 2 }), {
+      security: { tokens: Object.values(tokens), tokenNames: { [tokens.alice]: "alice", [tokens.bob]: "bob" } },
+      token: tokens.alice,
+    });
     repo = await repository(service.config, ACTIONS);
   });
 
@@ -77,6 +83,13 @@ describe("step-service with real runc and the base runner", () => {
     const afterStats = await service.layers.stats();
     assert.equal(afterStats.unpacked, before.unpacked, "no layer was unpacked again");
     assert.ok(before.unpacked >= 1);
+  });
+
+  it("runs the action under the seccomp profile: mode 2, no user namespaces", async () => {
+    const { step, lines } = await runStep(service.client, request("isolation"));
+    assert.equal(step.state, StepState.SUCCESS, lines.join("\n"));
+    assert.ok(lines.includes("Seccomp: 2"), lines.join("\n"));
+    assert.ok(lines.includes("unshare refused"), lines.join("\n"));
   });
 
   it("reports exit codes, and signals by name", async () => {
@@ -235,6 +248,30 @@ describe("step-service with real runc and the base runner", () => {
     assert.equal(step?.state, StepState.CANCELLED);
     assert.match(step!.reason, /caller of RunStep went away/);
     assert.deepEqual(await leftovers(service.config), { containers: [], mounts: [], cgroups: [], dirs: [] });
+  });
+
+  it("limits each caller to two unfinished steps, with RESOURCE_EXHAUSTED, and frees the slot when one ends", async () => {
+    const sleeping = async (stepId: string) => {
+      const stream = service.client.runStep(request("sleep", { stepId }))[Symbol.asyncIterator]();
+      for (let next = await stream.next(); !next.done; next = await stream.next()) {
+        if (next.value.event.case === "logLine" && next.value.event.value.text === "sleeping") return stream;
+      }
+      throw new Error(`${stepId} ended before it slept`);
+    };
+    const first = await sleeping(`alice-1-${process.pid}`);
+    const second = await sleeping(`alice-2-${process.pid}`);
+    const refused = await runStep(service.client, request("ok")).catch((error: unknown) => ConnectError.from(error));
+    assert.ok(refused instanceof ConnectError, "alice's third step was refused");
+    assert.equal(refused.code, Code.ResourceExhausted);
+    assert.match(refused.rawMessage, /^token alice has 2 steps queued or running, the most one caller may have \(STEPRUNNER_MAX_STEPS_PER_CALLER=2\)/);
+    const bob = await runStep(service.clientWithToken(tokens.bob), request("ok"));
+    assert.equal(bob.step.state, StepState.SUCCESS, "bob is not held up by alice's steps");
+    await service.client.cancelStep({ stepId: `alice-1-${process.pid}` });
+    for (let next = await first.next(); !next.done; next = await first.next());
+    const again = await runStep(service.client, request("ok"));
+    assert.equal(again.step.state, StepState.SUCCESS, "a cancelled step no longer counts");
+    await service.client.cancelStep({ stepId: `alice-2-${process.pid}` });
+    for (let next = await second.next(); !next.done; next = await second.next());
   });
 
   it("streams logs in order while the step runs and follows them from an offset after it ended", async () => {

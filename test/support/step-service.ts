@@ -5,6 +5,7 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { StepService } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { createLogger } from "../../services/shared/log.js";
+import type { ServerSecurity } from "../../services/shared/security.js";
 import { parseListenAddress } from "../../services/shared/server/listen-address.js";
 import { type RunningServer, startServer } from "../../services/shared/server/serve.js";
 import { stepServiceAdapter } from "../../services/step-service/api/step-service-adapter.js";
@@ -26,6 +27,7 @@ export async function testConfig(overrides: Partial<StepServiceConfig> = {}): Pr
     runcPath: "runc",
     runcRoot: join(stateDir, "runc"),
     maxConcurrentSteps: 4,
+    maxStepsPerCaller: 0,
     defaultLimits: { memoryBytes: 512 * MiB, cpuMillis: 1000, pids: 256 },
     defaultTimeoutMs: 60_000,
     maxTimeoutMs: 3_600_000,
@@ -45,11 +47,16 @@ export interface TestStepService {
   layers: LayerStore;
   server: RunningServer;
   client: Client<typeof StepService>;
+  /** A client of its own that sends this bearer token; closed by stop(). */
+  clientWithToken(token: string): Client<typeof StepService>;
   stop(): Promise<void>;
 }
 
-/** Runs a real step-service in this process on 127.0.0.1, port 0. */
-export async function startStepService(config: StepServiceConfig): Promise<TestStepService> {
+/**
+ * Runs a real step-service in this process on 127.0.0.1, port 0; with security, client sends the token
+ * given (and clientWithToken others).
+ */
+export async function startStepService(config: StepServiceConfig, options: { security?: ServerSecurity; token?: string } = {}): Promise<TestStepService> {
   const logger = createLogger("step-service", {}, { quiet: true });
   const { runner, layers } = createStepRunner(config, logger);
   await runner.recover();
@@ -58,16 +65,25 @@ export async function startStepService(config: StepServiceConfig): Promise<TestS
     services: [StepService],
     routes: (router) => router.service(StepService, stepServiceAdapter(config, runner)),
     logger,
+    ...(options.security ? { security: options.security } : {}),
   });
-  const transport = serviceTransport(`127.0.0.1:${server.port}`);
+  const address = `127.0.0.1:${server.port}`;
+  const transport = serviceTransport(address, ...(options.token ? [{ token: options.token }] : []));
+  const others: ReturnType<typeof serviceTransport>[] = [];
   return {
     config,
     runner,
     layers,
     server,
     client: createClient(StepService, transport.transport),
+    clientWithToken(token) {
+      const other = serviceTransport(address, { token });
+      others.push(other);
+      return createClient(StepService, other.transport);
+    },
     async stop() {
       transport.close();
+      for (const other of others) other.close();
       await server.close(1000);
       await runner.close();
     },

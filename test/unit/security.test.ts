@@ -149,3 +149,11 @@ describe("service security, with real clients over real sockets", () => {
     }
   });
 });
+
+describe("token files", () => {
+  it("take a token a line, or a name and a token, and refuse more", async () => {
+    const { parseTokenFile } = await import("../../services/shared/security.js");
+    assert.deepEqual(parseTokenFile("\nci  first-token\nsecond-token\n"), [{ name: "ci", token: "first-token" }, { name: "#2", token: "second-token" }]);
+    assert.throws(() => parseTokenFile("a b c\n"), /line 1 of the token file has 3 fields/);
+  });
+});

@@ -13,7 +13,7 @@ import type { ImageRootfs } from "../../services/step-service/images/images.js";
 import type { ContainerExit, ContainerRun } from "../../services/step-service/runtime/container.js";
 import { LocalDirectoryContextPreparer, PrebuiltImageBuilder } from "../../services/step-service/steps/local.js";
 import type { ContainerRunner, ImageSource, LayerUpkeep } from "../../services/step-service/steps/ports.js";
-import { type StepEvent, StepRunner } from "../../services/step-service/steps/step-runner.js";
+import { CallerLimitError, type StepEvent, StepRunner } from "../../services/step-service/steps/step-runner.js";
 
 /** A container runner that prints what it is told and exits as told; "block" waits for cancel or timeout. */
 class FakeRuntime implements ContainerRunner {
@@ -314,5 +314,88 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     assert.match(record!.reason, /stopped while the step was running/);
     assert.ok(runtime.reaped >= 2);
     await restarted.close();
+  });
+});
+
+describe("the per-caller step limit (fakes for the runtime and images)", () => {
+  let stateDir: string;
+  let runtime: FakeRuntime;
+  let runner: StepRunner;
+  const outcomes = new Map<string, () => void>();
+
+  before(async () => {
+    stateDir = await mkdtemp(join(tmpdir(), "steprunner-callers-"));
+    runtime = new FakeRuntime();
+    // Each step runs until the test ends it: "ok", "fail" or "crash", or until it is cancelled.
+    runtime.script = (run) =>
+      new Promise((resolve, reject) => {
+        outcomes.set(run.stepId, () => resolve({}));
+        outcomes.set(`${run.stepId}:fail`, () => resolve({ exitCode: 1 }));
+        outcomes.set(`${run.stepId}:crash`, () => reject(new Error("runc exploded")));
+        // A step cancelled on its way to the runtime arrives with its signal aborted already.
+        if (run.signal.aborted) resolve({ cancelled: true });
+        run.signal.addEventListener("abort", () => resolve({ cancelled: true }));
+      });
+    const images = new FakeImages();
+    runner = new StepRunner(
+      { stateDir, maxConcurrentSteps: 2, maxStepsPerCaller: 2, logCapBytes: 1000 },
+      { contexts: new LocalDirectoryContextPreparer(), images: new PrebuiltImageBuilder("127.0.0.1:5000/fake:1"), materialiser: images, layers: images, runtime, logger: createLogger("test", {}, { quiet: true }) },
+    );
+    await runner.recover();
+  });
+  after(async () => {
+    await runner.close();
+    await rm(stateDir, { recursive: true, force: true });
+  });
+
+  const finished = new Map<string, Promise<void>>();
+  const submit = (stepId: string, caller: string) => {
+    let done!: () => void;
+    const ended = new Promise<void>((resolve) => (done = resolve));
+    runner.submit({ ...request(stateDir), stepId }, (event) => event.type === "finished" && done(), new AbortController().signal, caller);
+    finished.set(stepId, ended);
+  };
+  const running = async (stepId: string) => {
+    while (!outcomes.has(stepId)) await new Promise((resolve) => setTimeout(resolve, 2));
+  };
+
+  it("refuses a caller's step past the limit, counting queued steps too, while other callers go on", async () => {
+    submit("a1", "token a");
+    submit("a2", "token a");
+    submit("b1", "token b"); // queued: both slots are a's
+    await running("a2");
+    assert.throws(() => submit("a3", "token a"), (error: Error) => {
+      assert.ok(error instanceof CallerLimitError);
+      assert.equal(error.message, "token a has 2 steps queued or running, the most one caller may have (STEPRUNNER_MAX_STEPS_PER_CALLER=2); retry when one has ended");
+      return true;
+    });
+    assert.equal(runner.get("a3"), undefined, "the refused step left no record");
+    submit("b2", "token b");
+    assert.throws(() => submit("b3", "token b"), /token b has 2 steps queued or running/);
+  });
+
+  it("frees a slot when a step succeeds, fails, crashes or is cancelled", async () => {
+    for (const [end, stepId, caller] of [["ok", "a1", "token a"], ["fail", "a2", "token a"], ["crash", "b1", "token b"], ["cancel", "b2", "token b"]] as const) {
+      await running(stepId);
+      if (end === "cancel") runner.cancel(stepId);
+      else outcomes.get(end === "ok" ? stepId : `${stepId}:${end}`)!();
+      await finished.get(stepId);
+      submit(`${stepId}-next`, caller);
+    }
+    assert.throws(() => submit("a-third", "token a"), CallerLimitError);
+    for (const id of ["a1-next", "a2-next", "b1-next", "b2-next"]) runner.cancel(id);
+    await Promise.all([...finished.values()]);
+  });
+
+  it("is RESOURCE_EXHAUSTED through the adapter", async () => {
+    const client = createClient(StepService, createRouterTransport((router) => router.service(StepService, stepServiceAdapter(settings, runner))));
+    const streams = ["r1", "r2"].map((stepId) => client.runStep({ stepId, repositoryUrl: stateDir, action: "go" })[Symbol.asyncIterator]());
+    for (const stream of streams) await stream.next();
+    const refused = await client.runStep({ stepId: "r3", repositoryUrl: stateDir, action: "go" })[Symbol.asyncIterator]().next().catch((error: unknown) => ConnectError.from(error));
+    assert.ok(refused instanceof ConnectError);
+    assert.equal(refused.code, Code.ResourceExhausted);
+    assert.match(refused.rawMessage, /has 2 steps queued or running/);
+    for (const id of ["r1", "r2"]) runner.cancel(id);
+    for (const stream of streams) while (!(await stream.next()).done);
   });
 });

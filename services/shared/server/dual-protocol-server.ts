@@ -11,6 +11,15 @@ type NodeHandlerFn = ReturnType<typeof connectNodeAdapter>;
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
+/** Plaintext HTTP/2 sessions run over a relaying stream, which has no address: the peer's is kept here. */
+const sessionPeers = new WeakMap<http2.Http2Session, string>();
+
+/** The address of the peer that sent a request, on either protocol. */
+export function peerAddress(request: http.IncomingMessage | http2.Http2ServerRequest): string | undefined {
+  const session = "stream" in request ? request.stream.session : undefined;
+  return (session && sessionPeers.get(session)) ?? request.socket.remoteAddress;
+}
+
 export interface ProtocolLimits {
   /** HTTP/2 streams one connection may have open at once. */
   maxConcurrentStreams: number;
@@ -27,6 +36,8 @@ export class DualProtocolServer {
   private readonly http2: http2.Http2Server | http2.Http2SecureServer;
   private readonly sockets = new Set<net.Socket>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  /** The peer of the plaintext HTTP/2 connection being handed over (the server makes its session at once). */
+  private handedOverPeer: string | undefined;
 
   constructor(handler: NodeHandlerFn, limits: ProtocolLimits, tls?: ServerTls) {
     const settings = { maxConcurrentStreams: limits.maxConcurrentStreams };
@@ -53,6 +64,7 @@ export class DualProtocolServer {
     }
     this.http2.on("session", (session) => {
       this.sessions.add(session);
+      if (this.handedOverPeer !== undefined) sessionPeers.set(session, this.handedOverPeer);
       session.once("close", () => this.sessions.delete(session));
     });
   }
@@ -77,7 +89,9 @@ export class DualProtocolServer {
       socket.off("data", onData);
       socket.pause();
       if (isHttp2) {
+        this.handedOverPeer = socket.remoteAddress;
         this.http2.emit("connection", replaying(socket, received));
+        this.handedOverPeer = undefined;
       } else {
         socket.unshift(received);
         this.http1.emit("connection", socket);

@@ -1,10 +1,11 @@
-import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, createContextValues, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import type { Logger } from "../log.js";
 import { numberSetting } from "../config/env.js";
 import { ServiceMetrics } from "../metrics.js";
 import { type ServerSecurity, serverSecurityFromSettings } from "../security.js";
+import { CALLER, callerFromRequest } from "./caller.js";
 import { DualProtocolServer } from "./dual-protocol-server.js";
 import { HealthRegistry, ServingStatus } from "./health.js";
 import { type ListenAddress, formatListenAddress } from "./listen-address.js";
@@ -71,6 +72,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const httpRoutes: Record<string, HttpHandler> = { "/metrics": metrics.handler(), ...options.httpRoutes };
   const handler = connectNodeAdapter({
     readMaxBytes: limits.maxRequestBytes,
+    contextValues: (req) => createContextValues().set(CALLER, callerFromRequest(req, security)),
     interceptors: [serverSpans(), metrics.interceptor(), ...(tokens ? [requireToken(tokens)] : [])],
     routes: (router) => {
       options.routes(router);

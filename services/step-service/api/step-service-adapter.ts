@@ -20,7 +20,8 @@ import type { Limits } from "../runtime/spec.js";
 import type { LogLine } from "../steps/logs.js";
 import type { StepRequest } from "../steps/ports.js";
 import { FINAL_STATES, type StepRecord, type StepState as DomainState } from "../steps/records.js";
-import { type StepEvent, StepExistsError, StepNotFoundError, type StepRunner, StepRunnerDrainingError } from "../steps/step-runner.js";
+import { CallerLimitError, type StepEvent, StepExistsError, StepNotFoundError, type StepRunner, StepRunnerDrainingError } from "../steps/step-runner.js";
+import { callerOf } from "../../shared/server/caller.js";
 
 export interface StepServiceSettings {
   runcPath: string;
@@ -69,7 +70,7 @@ export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRu
       }
       const events = new EventQueue<StepEvent>();
       try {
-        runner.submit(domain, (event) => events.push(event), context.signal);
+        runner.submit(domain, (event) => events.push(event), context.signal, callerOf(context));
       } catch (error) {
         throw mapError(error);
       }
@@ -150,6 +151,7 @@ function mapError(error: unknown): ConnectError {
   if (error instanceof StepExistsError) return new ConnectError(error.message, Code.AlreadyExists);
   if (error instanceof StepNotFoundError) return new ConnectError(error.message, Code.NotFound);
   if (error instanceof StepRunnerDrainingError) return new ConnectError(error.message, Code.Unavailable);
+  if (error instanceof CallerLimitError) return new ConnectError(error.message, Code.ResourceExhausted);
   return ConnectError.from(error);
 }
 

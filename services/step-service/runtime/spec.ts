@@ -1,6 +1,7 @@
 import { lstat, readFile } from "node:fs/promises";
 import type { ImageRunConfig } from "../images/images.js";
 import { insideRoot } from "./paths.js";
+import { seccompProfile } from "./seccomp.js";
 
 export interface ResolvedUser {
   uid: number;
@@ -142,6 +143,7 @@ export function buildSpec(input: SpecInput): object {
       },
       maskedPaths: MASKED_PATHS,
       readonlyPaths: READONLY_PATHS,
+      seccomp: seccompProfile(),
     },
   };
 }

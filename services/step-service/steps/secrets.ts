@@ -1,3 +1,5 @@
+import { create } from "@bufbuild/protobuf";
+import { type BuildProgress, BuildProgressSchema, type VertexLog } from "../../../gen/steprunner/image/v1/image_service_pb.js";
 import type { PropertySet } from "./ports.js";
 
 const MASK = "***";
@@ -17,6 +19,10 @@ export class SecretMasker {
     this.secrets = [...values].filter((value) => value.length > 0).sort((a, b) => b.length - a.length);
   }
 
+  get empty(): boolean {
+    return this.secrets.length === 0;
+  }
+
   text(value: string): string {
     let masked = value;
     for (const secret of this.secrets) masked = masked.split(secret).join(MASK);
@@ -27,6 +33,54 @@ export class SecretMasker {
   json<T>(value: T): T {
     if (this.secrets.length === 0) return value;
     return JSON.parse(JSON.stringify(value), (_key, item: unknown) => (typeof item === "string" ? this.text(item) : item)) as T;
+  }
+}
+
+const NEWLINE = 0x0a;
+
+/**
+ * Masks a build's log as it streams. BuildKit cuts a command's output into chunks anywhere, so a secret may
+ * be split between two: each vertex's stream is let out up to its last line end, and the unfinished line
+ * waits for the next chunk, the vertex's end, or flush() at the build's end.
+ */
+export class BuildLogMasker {
+  private readonly pending = new Map<string, { log: VertexLog; bytes: Buffer }>();
+
+  constructor(private readonly masker: SecretMasker) {}
+
+  mask(progress: BuildProgress): BuildProgress {
+    if (this.masker.empty) return progress;
+    const logs: VertexLog[] = [];
+    for (const log of progress.logs) {
+      const key = `${log.vertexDigest} ${log.stream}`;
+      const bytes = Buffer.concat([this.pending.get(key)?.bytes ?? Buffer.alloc(0), log.data]);
+      const cut = bytes.lastIndexOf(NEWLINE) + 1;
+      if (cut > 0) logs.push(this.masked(log, bytes.subarray(0, cut)));
+      if (cut < bytes.length) this.pending.set(key, { log, bytes: bytes.subarray(cut) });
+      else this.pending.delete(key);
+    }
+    for (const vertex of progress.vertexes) if (vertex.completedAt) logs.push(...this.release((key) => key.startsWith(`${vertex.digest} `)));
+    return { ...progress, logs };
+  }
+
+  /** The unfinished lines still held, as one last progress event (undefined when there are none). */
+  flush(): BuildProgress | undefined {
+    const logs = this.release(() => true);
+    return logs.length > 0 ? create(BuildProgressSchema, { logs }) : undefined;
+  }
+
+  private release(matches: (key: string) => boolean): VertexLog[] {
+    const released: VertexLog[] = [];
+    for (const [key, { log, bytes }] of this.pending) {
+      if (!matches(key)) continue;
+      released.push(this.masked(log, bytes));
+      this.pending.delete(key);
+    }
+    return released;
+  }
+
+  private masked(log: VertexLog, bytes: Buffer): VertexLog {
+    return { ...log, data: Buffer.from(this.masker.text(bytes.toString("utf8"))) };
   }
 }
 

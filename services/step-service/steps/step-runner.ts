@@ -12,7 +12,7 @@ import { followLog, type LogLine, logPath, StepLog } from "./logs.js";
 import { type ContainerRunner, type ContextPreparer, type ImageBuilder, type ImageSource, type LayerUpkeep, RefusedInputError, type StepRequest } from "./ports.js";
 import { FINAL_STATES, type PhaseName, type StepRecord, StepRecords, type StepState } from "./records.js";
 import { InvalidResultError, parseStepResult } from "./result.js";
-import { SecretMasker } from "./secrets.js";
+import { BuildLogMasker, SecretMasker } from "./secrets.js";
 
 export type StepEvent =
   | { type: "accepted"; step: StepRecord }
@@ -25,6 +25,8 @@ export type StepEvent =
 export interface StepRunnerSettings {
   stateDir: string;
   maxConcurrentSteps: number;
+  /** Unfinished (queued or running) steps one caller may have; 0 or absent for no limit. */
+  maxStepsPerCaller?: number;
   logCapBytes: number;
 }
 
@@ -47,11 +49,13 @@ export class StepNotFoundError extends Error {}
 export class StepExistsError extends Error {}
 /** The service is shutting down and takes no new step. */
 export class StepRunnerDrainingError extends Error {}
+export class CallerLimitError extends Error {}
 
 interface Active {
   record: StepRecord;
   /** The service's logger with the step's and its change's ids on every line. */
   logger: Logger;
+  caller: string;
   log: StepLog;
   controller: AbortController;
   /** The step's span (a no-op with tracing off) and the context its phases run in. */
@@ -127,10 +131,18 @@ export class StepRunner {
 
   /**
    * Accepts a step and runs it when a slot is free. The listener sees every event from "accepted" to
-   * "finished". Aborting `signal` (the caller went away) cancels the step.
+   * "finished". Aborting `signal` (the caller went away) cancels the step. A caller with maxStepsPerCaller
+   * unfinished steps is refused until one ends.
    */
-  submit(request: StepRequest, listener: (event: StepEvent) => void, signal: AbortSignal): StepRecord {
+  submit(request: StepRequest, listener: (event: StepEvent) => void, signal: AbortSignal, caller = "unknown caller"): StepRecord {
     if (this.draining) throw new StepRunnerDrainingError("the step-service is shutting down and takes no new step; send it to another instance or retry");
+    const limit = this.settings.maxStepsPerCaller ?? 0;
+    if (limit > 0) {
+      const unfinished = [...this.active.values()].filter((active) => active.caller === caller).length;
+      if (unfinished >= limit) {
+        throw new CallerLimitError(`${caller} has ${unfinished} steps queued or running, the most one caller may have (STEPRUNNER_MAX_STEPS_PER_CALLER=${limit}); retry when one has ended`);
+      }
+    }
     const id = request.stepId || randomUUID();
     const record: StepRecord = {
       id,
@@ -164,6 +176,7 @@ export class StepRunner {
       trace: trace.setSpan(context.active(), span),
       record,
       logger,
+      caller,
       log: new StepLog(logPath(this.logDir, id), this.settings.logCapBytes),
       controller: new AbortController(),
       listeners: new Set([listener]),
@@ -254,7 +267,12 @@ export class StepRunner {
 
       this.enter(active, "building", "build");
       const built = await this.phase(active, "build", async (span) => {
-        const result = await this.parts.images.build(prepared, request, (progress) => this.emit(active, { type: "build", progress }), signal);
+        const buildLog = new BuildLogMasker(masker);
+        const onProgress = (progress: BuildProgress) => this.emit(active, { type: "build", progress: buildLog.mask(progress) });
+        const result = await this.parts.images.build(prepared, request, onProgress, signal).finally(() => {
+          const rest = buildLog.flush();
+          if (rest) this.emit(active, { type: "build", progress: rest });
+        });
         span.setAttributes({ "image.id": result.imageId, "image.reused": result.reused });
         return result;
       });

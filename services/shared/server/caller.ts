@@ -1,0 +1,35 @@
+import type { IncomingMessage } from "node:http";
+import type { Http2ServerRequest } from "node:http2";
+import type { TLSSocket } from "node:tls";
+import { createContextKey, type HandlerContext } from "@connectrpc/connect";
+import type { ServerSecurity } from "../security.js";
+import { peerAddress } from "./dual-protocol-server.js";
+
+export const CALLER = createContextKey<string>("unknown caller", { description: "who made the call, for limits and messages" });
+
+/** Who made a call: set by the server for every request (see callerFromRequest). */
+export function callerOf(context: HandlerContext): string {
+  return context.values.get(CALLER);
+}
+
+/**
+ * The caller of a request, by what authenticated it: the subject of its client certificate (mutual TLS),
+ * else the name of its bearer token (never the token), else the peer's address. Unauthenticated requests
+ * are refused before any handler sees this.
+ */
+export function callerFromRequest(request: IncomingMessage | Http2ServerRequest, security: ServerSecurity): string {
+  const socket = request.socket as Partial<TLSSocket>;
+  if (security.tls?.clientCa && typeof socket.getPeerCertificate === "function") {
+    const subject = socket.getPeerCertificate().subject as Record<string, string | string[]> | undefined;
+    if (subject && Object.keys(subject).length > 0) {
+      return `certificate ${Object.entries(subject).map(([key, value]) => `${key}=${[value].flat().join("+")}`).join(",")}`;
+    }
+  }
+  if (security.tokens) {
+    const token = /^Bearer (\S+)$/i.exec(String(request.headers.authorization ?? ""))?.[1];
+    const index = token === undefined ? -1 : security.tokens.indexOf(token);
+    if (index >= 0) return `token ${security.tokenNames?.[token!] ?? `#${index + 1}`}`;
+  }
+  const address = peerAddress(request);
+  return address ? `address ${address}` : "a local socket";
+}
