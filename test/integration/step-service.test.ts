@@ -371,9 +371,10 @@ describe("a step-service killed mid-step", () => {
       const started = (stepId: string, action: string, until: (event: RunStepResponse) => boolean) => {
         const events: RunStepResponse[] = [];
         let seen = () => {};
-        const reached = new Promise<void>((resolve) => (seen = resolve));
+        const reaching = new Promise<void>((resolve) => (seen = resolve));
         const done = (async () => {
-          for await (const event of client.runStep({ stepId, repositoryUrl: repo, action }, { timeoutMs: 60_000 })) {
+          // The first step of a fresh state directory unpacks the runner's layers: slow on a loaded machine.
+          for await (const event of client.runStep({ stepId, repositoryUrl: repo, action }, { timeoutMs: 240_000 })) {
             events.push(event);
             if (until(event)) seen();
           }
@@ -381,6 +382,8 @@ describe("a step-service killed mid-step", () => {
           assert.equal(last.event.case, "finished");
           return (last.event.value as { step: Step }).step;
         })();
+        // A stream that ends (or fails) before the awaited event fails the test instead of leaving it waiting.
+        const reached = Promise.race([reaching, done.then((step) => assert.fail(`${stepId} ended (${step.state}) before it was under way`))]);
         return { reached, done };
       };
       const logged = (text: string) => (event: RunStepResponse) => event.event.case === "logLine" && event.event.value.text === text;
