@@ -156,7 +156,7 @@ describe("a secret property, through all three services, with the default and a 
     assert.equal(failed.step.state, StepState.ERROR);
     assert.match(failed.text, /failing with \*\*\*/);
     const unbuilt = await runStep("leak", "failing");
-    assert.equal(unbuilt.step.state, StepState.SYSTEM_ERROR);
+    assert.equal(unbuilt.step.state, StepState.ERROR, "a Dockerfile that fails is the repository's error");
     assert.match(unbuilt.step.reason, /exit 3/, "the reason carries the end of the RUN line's output");
 
     const client = createClient(StepService, steps.transport);
