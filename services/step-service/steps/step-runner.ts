@@ -5,7 +5,7 @@ import type { BuildProgress } from "../../../gen/steprunner/image/v1/image_servi
 import type { Logger } from "../../shared/log.js";
 import type { ImageRootfs } from "../images/images.js";
 import { type ContainerExit, RuntimeError } from "../runtime/container.js";
-import { followLog, type LogLine, logPath, StepLog } from "./logs.js";
+import { followLog, type LogLine, logPath, recoverLog, StepLog } from "./logs.js";
 import type { ContainerRunner, ContextPreparer, ImageBuilder, ImageSource, LayerUpkeep, StepRequest } from "./ports.js";
 import { FINAL_STATES, type PhaseName, type StepRecord, StepRecords, type StepState } from "./records.js";
 import { InvalidResultError, parseStepResult } from "./result.js";
@@ -48,6 +48,8 @@ interface Active {
   log: StepLog;
   controller: AbortController;
   cancelReason?: string;
+  /** Set when the step's timeout ran out, in whichever phase it was. */
+  timedOut?: string;
   listeners: Set<(event: StepEvent) => void>;
 }
 
@@ -85,8 +87,11 @@ export class StepRunner {
     await this.parts.runtime.reap();
     for (const record of this.records.unfinished()) {
       const reason = `the step-service stopped while the step was ${record.state}; its container was reaped at restart`;
-      const log = new StepLog(logPath(this.logDir, record.id), this.settings.logCapBytes, { lines: record.logLines, truncated: record.logTruncated });
-      log.append("system", `[steprunner] ${reason}`);
+      // The record's line count is from its last save; the file, written line by line, is the truth.
+      const path = logPath(this.logDir, record.id);
+      const written = await recoverLog(path);
+      const log = new StepLog(path, this.settings.logCapBytes, { lines: written.lines, truncated: record.logTruncated || written.truncated });
+      log.append("system", `[steprunner] system_error: ${reason}`);
       log.end();
       Object.assign(record, { state: "system_error", reason, finishedAt: Date.now(), logLines: log.lines, logTruncated: log.truncated });
       this.records.save(record);
@@ -200,6 +205,12 @@ export class StepRunner {
     const masker = new SecretMasker(request.properties, request.secretPointers);
     const contextFile = join(this.contextDir, `${record.id}.json`);
     let image: ImageRootfs | undefined;
+    // The timeout covers the whole step from its start (context, build, pull and run), not only the run.
+    const deadline = Date.now() + request.timeoutMs;
+    const timer = setTimeout(() => {
+      active.timedOut = `timed out after ${request.timeoutMs / 1000} s${record.state === "running" ? "" : `, while ${record.state}`}`;
+      controller.abort(new Error(active.timedOut));
+    }, request.timeoutMs);
     try {
       this.enter(active, "preparing", "context");
       let started = Date.now();
@@ -234,7 +245,7 @@ export class StepRunner {
         userDirs: [repoDir],
         ...(prepared.repositoryDir ? { repositoryDir: prepared.repositoryDir } : {}),
         resultPath: `${repoDir.slice(1)}/step_result.json`,
-        timeoutMs: request.timeoutMs,
+        timeoutMs: Math.max(1, deadline - Date.now()),
         onOutput: (stream, text, time) => log.append(stream, masker.text(text), time.getTime()),
         onStarted: () => this.emit(active, { type: "phase", state: "running", phase: "run", time: Date.now() }),
         signal,
@@ -251,17 +262,22 @@ export class StepRunner {
           log.append("system", `[steprunner] ignored an invalid ${error.message}`);
         }
       }
-      if (end.state === "cancelled" && active.cancelReason) end.reason = active.cancelReason;
+      if (end.state === "cancelled" && active.timedOut) end = { state: "timed_out", reason: active.timedOut };
+      else if (end.state === "cancelled" && active.cancelReason) end.reason = active.cancelReason;
     } catch (error) {
       if (error instanceof InvalidResultError) end = { state: "error", reason: `invalid ${error.message}` };
+      else if (active.timedOut) end = { state: "timed_out", reason: active.timedOut };
       else if (signal.aborted) end = { state: "cancelled", reason: active.cancelReason ?? "cancelled" };
       else {
         const message = masker.text((error as Error).message);
         const part = error instanceof RuntimeError ? "the container runtime failed" : `the ${record.state === "preparing" ? "context" : record.state === "building" ? "image build" : "runtime"} failed`;
         this.parts.logger.error("step failed in the service", { step: record.id, error: message });
-        end = { state: "system_error", reason: `${part}: ${message}` };
+        // A full disk is the operator's to fix: say which one.
+        const full = (error as NodeJS.ErrnoException).code === "ENOSPC" ? `; the step-service's disk is full: free space under ${this.settings.stateDir}` : "";
+        end = { state: "system_error", reason: `${part}: ${message}${full}` };
       }
     }
+    clearTimeout(timer);
     // The container is gone by now (the runtime tears it down); what is left is ours, then the step ends.
     const started = Date.now();
     image?.release();
