@@ -1,9 +1,9 @@
 import { execFile } from "node:child_process";
-import { readdir, readFile, stat } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import Database from "better-sqlite3";
-import { ConnectError, Code } from "@connectrpc/connect";
+import { ConnectError } from "@connectrpc/connect";
 import { type Step, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { instanceTagOf } from "../../services/step-service/runtime/container.js";
 import type { FaultStack } from "./stack.js";
@@ -130,11 +130,6 @@ export async function checkRecords(stack: FaultStack, expectedIds: Iterable<stri
   return { lost, bad };
 }
 
-/** Whether the step-service answers NOT_FOUND for a step (used to tell lost records from an unreachable service). */
-export function isNotFound(error: unknown): boolean {
-  return ConnectError.from(error).code === Code.NotFound;
-}
-
 async function entries(dir: string): Promise<string[]> {
   return readdir(dir).catch(() => []);
 }
@@ -159,8 +154,4 @@ async function descendsFrom(pid: number, ancestors: ReadonlySet<number>): Promis
     current = parent;
   }
   return false;
-}
-
-export async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
 }

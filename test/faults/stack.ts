@@ -85,7 +85,7 @@ export class FaultStack {
   }
 }
 
-export async function alive(pid: number): Promise<boolean> {
+async function alive(pid: number): Promise<boolean> {
   try {
     process.kill(pid, 0);
     const stat = await readFile(`/proc/${pid}/stat`, "utf8");

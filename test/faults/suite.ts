@@ -2,7 +2,7 @@ import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { Socket } from "node:net";
-import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -11,7 +11,7 @@ import { ConnectError } from "@connectrpc/connect";
 import { Phase, type RunStepRequestSchema, type RunStepResponse, type Step, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { BRANCHES, FaultFixture } from "./fixture.js";
 import { checkRecords, findLeaks, FINAL_STATES, mountsUnder } from "./leaks.js";
-import { alive, type FaultStack, waitUntil } from "./stack.js";
+import { type FaultStack, waitUntil } from "./stack.js";
 
 const exec = promisify(execFile);
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -165,12 +165,11 @@ export interface SuiteOptions {
  * nothing of ours is left and that every record is whole and final.
  */
 export class FaultSuite {
-  private readonly fixture: FaultFixture;
+  private fixture = new FaultFixture("");
   private readonly stall = new StallingGitServer();
   private workDir = "";
   private baselineMounts = new Set<string>();
   private counter = 0;
-  private readonly started = new Set<string>();
   private readonly reportedLeaks = new Set<string>();
   private readonly log: (message: string) => void;
 
@@ -179,14 +178,12 @@ export class FaultSuite {
     private readonly options: SuiteOptions,
   ) {
     this.log = options.log ?? (() => undefined);
-    this.fixture = new FaultFixture("");
   }
 
   async run(): Promise<KindResult[]> {
     this.workDir = await mkdtemp(join(tmpdir(), "steprunner-faults-"));
-    const fixture = new FaultFixture(join(this.workDir, "repo"));
-    Object.assign(this, { fixture });
-    await fixture.create();
+    this.fixture = new FaultFixture(join(this.workDir, "repo"));
+    await this.fixture.create();
     await this.stall.listen();
     this.baselineMounts = await mountsUnder(this.stack.stateDir);
     const kinds = this.options.kinds ?? FAULT_KINDS;
@@ -275,7 +272,6 @@ export class FaultSuite {
   private call(request: StepInit, ids?: string[]): StepCall {
     const id = `fault-${process.pid}-${++this.counter}-${randomBytes(3).toString("hex")}`;
     ids?.push(id);
-    this.started.add(id);
     return new StepCall(id, this.stack, { repositoryUrl: this.fixture.dir, gitRev: BRANCHES.main, action: "quick", ...request });
   }
 
@@ -303,7 +299,7 @@ export class FaultSuite {
     const executor = join(this.stack.dockerDataRoot, "buildkit", "executor");
     for (const name of await readdir("/proc").catch(() => [] as string[])) {
       if (!/^\d+$/.test(name)) continue;
-      const cmdline = await import("node:fs/promises").then((fs) => fs.readFile(`/proc/${name}/cmdline`, "utf8")).catch(() => "");
+      const cmdline = await readFile(`/proc/${name}/cmdline`, "utf8").catch(() => "");
       if (cmdline.includes(executor) && cmdline.includes("\0run\0")) return true;
     }
     return false;
@@ -476,16 +472,5 @@ export class FaultSuite {
       }
     }
     return false;
-  }
-
-  /** Every step the suite started. */
-  get stepIds(): ReadonlySet<string> {
-    return this.started;
-  }
-
-  /** The daemons of the stack are alive (after the suite). */
-  async stackAlive(): Promise<boolean> {
-    const pids = await this.stack.daemonPids();
-    return pids.length === 5 && (await Promise.all(pids.map(alive))).every(Boolean);
   }
 }
