@@ -250,11 +250,13 @@ describe("a step-service killed mid-step", () => {
   it("is reaped at restart and the step is marked system_error", async () => {
     const config = await testConfig();
     const repo = await repository(config, ACTIONS);
+    // A free port of its own: a fixed one may be another service's, which the client would then talk to.
+    const address = `127.0.0.1:${await freePort()}`;
     const child = spawn(process.execPath, [`${ROOT}/dist/services/step-service/main.js`], {
-      env: { ...process.env, STEPRUNNER_STEP_STATE_DIR: config.stateDir, STEPRUNNER_STEP_ADDR: "127.0.0.1:7713", STEPRUNNER_STEP_IMAGE: config.stepImage, STEPRUNNER_STEP_SOURCES: "local" },
+      env: { ...process.env, STEPRUNNER_STEP_STATE_DIR: config.stateDir, STEPRUNNER_STEP_ADDR: address, STEPRUNNER_STEP_IMAGE: config.stepImage, STEPRUNNER_STEP_SOURCES: "local" },
       stdio: "ignore",
     });
-    const transport = serviceTransport("127.0.0.1:7713");
+    const transport = serviceTransport(address);
     try {
       const client = createClient(StepService, transport.transport);
       for (let i = 0; i < 100; i++) {
@@ -285,3 +287,11 @@ describe("a step-service killed mid-step", () => {
     }
   });
 });
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
