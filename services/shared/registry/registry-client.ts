@@ -102,7 +102,10 @@ export class RegistryClient {
         callback(actual === digest ? null : new RegistryError(`blob ${digest} arrived with digest ${actual}`, 502));
       },
     });
-    return Readable.fromWeb(response.body as WebReadableStream<Uint8Array>).pipe(verify);
+    const source = Readable.fromWeb(response.body as WebReadableStream<Uint8Array>);
+    // pipe() does not pass a source's error on: a registry that goes away mid-blob would be an unhandled error.
+    source.once("error", (error) => verify.destroy(new RegistryError(`blob ${digest} broke off: ${error.message}`, 0)));
+    return source.pipe(verify);
   }
 
   /** Deletes a manifest by digest (its blobs go at the registry's next garbage collection). */
