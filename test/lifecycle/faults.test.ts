@@ -25,7 +25,8 @@ describe("fault injection, one fault of each kind", () => {
     const stack = new FaultStack();
     try {
       const results = await new FaultSuite(stack, { perKind: 1 }).run();
-      assert.deepEqual(results.map((result) => [result.kind, result.injected]), FAULT_KINDS.map((kind) => [kind, 1]));
+      const injected = Object.fromEntries(results.map((result) => [result.kind, result.injected]));
+      assert.deepEqual(injected, Object.fromEntries(FAULT_KINDS.map((kind) => [kind, 1])));
       const findings = results.flatMap((result) => [...result.leaks, ...result.lost.map((id) => `lost record ${id}`), ...result.bad]);
       assert.deepEqual(findings, []);
     } finally {
