@@ -10,10 +10,18 @@ exec_root="$STEPRUNNER_RUN_DIR/docker-exec"
 
 answering() { curl -sf --unix-socket "$DOCKER_SOCK" http://docker/_ping; }
 
+# A RUN that dockerd's stop (or crash) interrupted leaves its bundle and hosts file in BuildKit's executor
+# directory, and dockerd never removes them; with dockerd stopped, nothing there is in use.
+remove_interrupted_build_jobs() {
+  find "$data_root/buildkit/executor" -mindepth 1 -maxdepth 1 ! -name resolv.conf ! -name runc-log.json -exec rm -rf {} + 2>/dev/null || true
+}
+
 case "${1:-}" in
   start)
     if daemon_running dockerd && answering >/dev/null; then log "dockerd already running"; exit 0; fi
     command -v dockerd >/dev/null || die "dockerd is not installed; run deploy/local/install.sh"
+    unmount_under "$data_root/buildkit/executor"
+    remove_interrupted_build_jobs
     mkdir -p "$data_root" "$exec_root"
     # An empty config file keeps a host-wide /etc/docker/daemon.json from changing our daemon.
     echo '{}' >"$STEPRUNNER_RUN_DIR/dockerd.json"
@@ -31,6 +39,7 @@ case "${1:-}" in
     # dockerd's own containerd leaves its sockets behind, and a daemon that died leaves its mounts.
     unmount_under "$exec_root"
     unmount_under "$data_root"
+    remove_interrupted_build_jobs
     rm -rf "$exec_root"
     rm -f "$DOCKER_SOCK" "$STEPRUNNER_RUN_DIR/dockerd.json"
     ;;

@@ -427,3 +427,4 @@ describe("a step-service killed mid-step", () => {
     }
   });
 });
+

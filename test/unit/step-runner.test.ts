@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
+import { appendFile, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -14,6 +14,8 @@ import type { ContainerExit, ContainerRun } from "../../services/step-service/ru
 import { LocalDirectoryContextPreparer, PrebuiltImageBuilder } from "../../services/step-service/steps/local.js";
 import type { ContainerRunner, ImageSource, LayerUpkeep } from "../../services/step-service/steps/ports.js";
 import { CallerLimitError, type StepEvent, StepRunner } from "../../services/step-service/steps/step-runner.js";
+
+type StepRecordOf = Extract<StepEvent, { type: "finished" }>["step"];
 
 /** A container runner that prints what it is told and exits as told; "block" waits for cancel or timeout. */
 class FakeRuntime implements ContainerRunner {
@@ -175,8 +177,10 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
         throw new Error("solve failed");
       },
     };
+    const full = { prepare: async () => Promise.reject(Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" })) };
     for (const [parts, reason] of [
       [{ contexts }, /^the context failed: git fetch failed$/],
+      [{ contexts: full }, /^the context failed: ENOSPC: no space left on device, write; the step-service's disk is full: free space under \/.*steprunner-parts-/],
       [{ images: builder }, /^the image build failed: solve failed$/],
     ] as const) {
       const dir = await mkdtemp(join(tmpdir(), "steprunner-parts-"));
@@ -293,6 +297,38 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     assert.equal((notFound as ConnectError).code, Code.NotFound);
   });
 
+  it("times a step out in any phase: the context, the build, the run", async () => {
+    const untilAborted = (signal: AbortSignal) => new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(new Error("aborted"))));
+    const parts = [
+      { contexts: { prepare: (_request: unknown, signal: AbortSignal) => untilAborted(signal) }, reason: /^timed out after 0.1 s, while preparing$/ },
+      { images: { build: (_c: unknown, _r: unknown, _p: unknown, signal: AbortSignal) => untilAborted(signal) }, reason: /^timed out after 0.1 s, while building$/ },
+      { reason: /^timed out after 0.1 s$/ },
+    ];
+    runtime.script = (request) => new Promise((resolve) => request.signal.addEventListener("abort", () => resolve({ cancelled: true })));
+    for (const part of parts) {
+      const dir = await mkdtemp(join(tmpdir(), "steprunner-timeout-"));
+      const timing = new StepRunner(
+        { stateDir: dir, maxConcurrentSteps: 1, logCapBytes: 1000 },
+        {
+          contexts: part.contexts ?? new LocalDirectoryContextPreparer(),
+          images: part.images ?? new PrebuiltImageBuilder("127.0.0.1:5000/x:1"),
+          materialiser: images,
+          layers: images,
+          runtime,
+          logger: createLogger("test", {}, { quiet: true }),
+        },
+      );
+      await timing.recover();
+      const finished = await new Promise<StepRecordOf>((resolve) =>
+        timing.submit({ ...request(dir), stepId: "t", timeoutMs: 100 }, (event) => event.type === "finished" && resolve(event.step), new AbortController().signal),
+      );
+      assert.equal(finished.state, "timed_out");
+      assert.match(finished.reason, part.reason);
+      await timing.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("lists newest first in pages", async () => {
     const first = await client.listSteps({ pageSize: 2 });
     assert.equal(first.steps.length, 2);
@@ -301,11 +337,18 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     assert.ok(first.steps[0]!.createdAt!.seconds >= second.steps[0]!.createdAt!.seconds);
   });
 
-  it("marks steps a crash interrupted as system_error at restart", async () => {
-    runtime.script = (request) => new Promise((resolve) => request.signal.addEventListener("abort", () => resolve({ cancelled: true })));
+  it("marks steps a crash interrupted as system_error at restart, with every line its log holds counted", async () => {
+    runtime.script = (request) => {
+      request.onOutput("stdout", "before the crash", new Date());
+      request.onOutput("stdout", "still before", new Date());
+      return new Promise((resolve) => request.signal.addEventListener("abort", () => resolve({ cancelled: true })));
+    };
     const signal = new AbortController().signal;
-    runner.submit({ ...request(stateDir), stepId: "interrupted" }, () => {}, signal);
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    await new Promise<void>((resolve) =>
+      runner.submit({ ...request(stateDir), stepId: "interrupted" }, (event) => event.type === "log" && event.line.text === "still before" && resolve(), signal),
+    );
+    // A line the crash cut in half is dropped.
+    await appendFile(join(stateDir, "logs", "interrupted.log"), '{"offset":4,"stream":"stdout","te');
     // A second runner on the same state directory is what a restart after SIGKILL sees.
     const restarted = newRunner();
     await restarted.recover();
@@ -313,6 +356,11 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     assert.equal(record?.state, "system_error");
     assert.match(record!.reason, /stopped while the step was running/);
     assert.ok(runtime.reaped >= 2);
+    const lines = (await readFile(join(stateDir, "logs", "interrupted.log"), "utf8")).trimEnd().split("\n").map((line) => JSON.parse(line) as { offset: number; text: string });
+    assert.equal(record!.logLines, lines.length);
+    assert.deepEqual(lines.map((line) => line.offset), lines.map((_, index) => index));
+    assert.ok(lines.some((line) => line.text === "still before"));
+    assert.match(lines.at(-1)!.text, /^\[steprunner\] system_error: the step-service stopped/);
     await restarted.close();
   });
 });

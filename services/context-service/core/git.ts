@@ -1,4 +1,5 @@
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { readdir, readFile } from "node:fs/promises";
 
 /**
  * The environment every git we start runs with: no prompts (a service has no terminal), no user or system
@@ -44,7 +45,23 @@ export interface GitOptions {
 /** Starts git with its stdout as a stream; the caller reads it and awaits finished. */
 export function spawnGit(args: string[], options: GitOptions = {}): { child: ChildProcessWithoutNullStreams; finished: Promise<void> } {
   const env = { ...gitEnvironment(), ...options.env, ...(options.gitDir ? { GIT_DIR: options.gitDir } : {}) };
-  const child = spawn("git", args, { env, signal: options.signal, timeout: options.timeoutMs, killSignal: "SIGKILL" });
+  // git runs helpers of its own (git-remote-http holds a fetch's connection): it gets a process group, and a
+  // cancel or timeout kills the whole group, or the helper would go on fetching after git itself is gone.
+  const child = spawn("git", args, { env, detached: true });
+  const killGroup = () => {
+    try {
+      if (child.pid) process.kill(-child.pid, "SIGKILL");
+    } catch {
+      // the group has ended already
+    }
+  };
+  const timer = options.timeoutMs ? setTimeout(killGroup, options.timeoutMs) : undefined;
+  if (options.signal?.aborted) killGroup();
+  else options.signal?.addEventListener("abort", killGroup, { once: true });
+  child.once("close", () => {
+    clearTimeout(timer);
+    options.signal?.removeEventListener("abort", killGroup);
+  });
   let stderr = "";
   child.stderr.setEncoding("utf8");
   child.stderr.on("data", (text: string) => {
@@ -88,4 +105,25 @@ export async function gitMaybe(args: string[], options: GitOptions = {}): Promis
     if (error instanceof GitFailure) return undefined;
     throw error;
   }
+}
+
+/**
+ * Kills the git processes (and their helpers) that a crashed service left working in a directory of ours:
+ * they carry GIT_DIR under it in their environment.
+ */
+export async function killOrphanedGit(root: string): Promise<number> {
+  const prefix = `GIT_DIR=${root.replace(/\/$/, "")}/`;
+  let killed = 0;
+  for (const name of await readdir("/proc").catch(() => [] as string[])) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    const environ = await readFile(`/proc/${name}/environ`, "utf8").catch(() => "");
+    if (!environ.split("\0").some((entry) => entry.startsWith(prefix))) continue;
+    try {
+      process.kill(Number(name), "SIGKILL");
+      killed++;
+    } catch {
+      // it has just exited
+    }
+  }
+  return killed;
 }

@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition, invalidField, notFound, unavailable } from "./errors.js";
-import { GitFailure, git, gitMaybe } from "./git.js";
+import { GitFailure, git, gitMaybe, killOrphanedGit } from "./git.js";
 import { checkRepositoryUrl, checkRevision } from "./repository-url.js";
 import { SingleFlight } from "./single-flight.js";
 
@@ -37,10 +37,11 @@ export class MirrorStore {
     private readonly fetchTimeoutMs: number,
   ) {}
 
-  /** Removes mirrors a crash left half-made (a first fetch that never finished). */
+  /** Stops the fetches a crash left running and removes the mirrors it left half-made. */
   async init(): Promise<void> {
     const dir = join(this.root, "mirrors");
     await mkdir(dir, { recursive: true });
+    await killOrphanedGit(dir);
     for (const name of await readdir(dir)) if (name.includes(".partial-")) await rm(join(dir, name), { recursive: true, force: true });
   }
 

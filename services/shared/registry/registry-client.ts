@@ -103,9 +103,9 @@ export class RegistryClient {
       },
     });
     const body = Readable.fromWeb(response.body as WebReadableStream<Uint8Array>);
-    // The body's own failures (an abort of the signal among them, even after the reader is done) end the
-    // stream handed out instead of going unheard, and the end of that stream releases the body.
-    body.on("error", (error) => verify.destroy(error));
+    // pipe() does not pass the body's errors on (a registry gone mid-blob, an abort of the signal even after
+    // the reader is done): they end the stream handed out instead, and the end of that stream releases the body.
+    body.once("error", (error) => verify.destroy(new RegistryError(`blob ${digest} broke off: ${error.message}`, 0)));
     verify.once("close", () => body.destroy());
     return body.pipe(verify);
   }

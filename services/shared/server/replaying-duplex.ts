@@ -8,7 +8,12 @@ import { Duplex } from "node:stream";
 export function replaying(socket: net.Socket, head: Buffer): Duplex {
   const duplex = new Duplex({
     read: () => void socket.resume(),
-    write: (chunk, encoding, callback) => void socket.write(chunk, encoding, callback),
+    // Once the peer has gone, HTTP/2 may still flush frames: they are dropped, not an error. (Passed on, the
+    // error reached a response stream with no listener and took the whole service down.)
+    write: (chunk, encoding, callback) => {
+      if (socket.destroyed) return callback();
+      socket.write(chunk, encoding, (error) => callback(socket.destroyed ? undefined : error));
+    },
     final: (callback) => {
       socket.end();
       callback();

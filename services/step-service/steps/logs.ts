@@ -1,4 +1,5 @@
 import { closeSync, createReadStream, openSync, writeSync } from "node:fs";
+import { readFile, truncate } from "node:fs/promises";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { EventEmitter } from "node:events";
@@ -57,6 +58,18 @@ export class StepLog extends EventEmitter<{ line: [LogLine]; end: [] }> {
     closeSync(this.fd);
     this.emit("end");
   }
+}
+
+/**
+ * The whole lines of a log a crashed service left, cutting a line it was writing when it died, and whether
+ * the log had reached its cap.
+ */
+export async function recoverLog(path: string): Promise<{ lines: number; truncated: boolean }> {
+  const text = await readFile(path, "utf8").catch(() => "");
+  const end = text.lastIndexOf("\n") + 1;
+  if (end < text.length) await truncate(path, Buffer.byteLength(text.slice(0, end)));
+  const whole = text.slice(0, end);
+  return { lines: whole.split("\n").length - 1, truncated: whole.includes('"text":"[steprunner] log truncated:') };
 }
 
 export function logPath(logDir: string, stepId: string): string {

@@ -8,7 +8,7 @@ import type { Logger } from "../../shared/log.js";
 import { inSpan, tracer } from "../../shared/tracing.js";
 import type { ImageRootfs } from "../images/images.js";
 import { type ContainerExit, RuntimeError } from "../runtime/container.js";
-import { followLog, type LogLine, logPath, StepLog } from "./logs.js";
+import { followLog, type LogLine, logPath, recoverLog, StepLog } from "./logs.js";
 import { type ContainerRunner, type ContextPreparer, type ImageBuilder, type ImageSource, type LayerUpkeep, RefusedInputError, type StepRequest } from "./ports.js";
 import { FINAL_STATES, type PhaseName, type StepRecord, StepRecords, type StepState } from "./records.js";
 import { InvalidResultError, parseStepResult } from "./result.js";
@@ -64,6 +64,8 @@ interface Active {
   cancelReason?: string;
   /** Set when a shutdown stopped the step: it ends handed back, for the caller to run again. */
   handedBack?: boolean;
+  /** Set when the step's timeout ran out, in whichever phase it was. */
+  timedOut?: string;
   listeners: Set<(event: StepEvent) => void>;
 }
 
@@ -102,8 +104,11 @@ export class StepRunner {
     await this.parts.runtime.reap();
     for (const record of this.records.unfinished()) {
       const reason = `the step-service stopped while the step was ${record.state}; its container was reaped at restart`;
-      const log = new StepLog(logPath(this.logDir, record.id), this.settings.logCapBytes, { lines: record.logLines, truncated: record.logTruncated });
-      log.append("system", `[steprunner] ${reason}`);
+      // The record's line count is from its last save; the file, written line by line, is the truth.
+      const path = logPath(this.logDir, record.id);
+      const written = await recoverLog(path);
+      const log = new StepLog(path, this.settings.logCapBytes, { lines: written.lines, truncated: record.logTruncated || written.truncated });
+      log.append("system", `[steprunner] system_error: ${reason}`);
       log.end();
       Object.assign(record, { state: "system_error", reason, finishedAt: Date.now(), logLines: log.lines, logTruncated: log.truncated });
       this.records.save(record);
@@ -259,6 +264,12 @@ export class StepRunner {
     const masker = new SecretMasker(request.properties, request.secretPointers);
     const contextFile = join(this.contextDir, `${record.id}.json`);
     let image: ImageRootfs | undefined;
+    // The timeout covers the whole step from its start (context, build, pull and run), not only the run.
+    const deadline = Date.now() + request.timeoutMs;
+    const timer = setTimeout(() => {
+      active.timedOut = `timed out after ${request.timeoutMs / 1000} s${record.state === "running" ? "" : `, while ${record.state}`}`;
+      controller.abort(new Error(active.timedOut));
+    }, request.timeoutMs);
     try {
       this.enter(active, "preparing", "context");
       const prepared = await this.phase(active, "context", () => this.parts.contexts.prepare(request, signal));
@@ -297,7 +308,7 @@ export class StepRunner {
           userDirs: [repoDir],
           ...(prepared.repositoryDir ? { repositoryDir: prepared.repositoryDir } : {}),
           resultPath: `${repoDir.slice(1)}/step_result.json`,
-          timeoutMs: request.timeoutMs,
+          timeoutMs: Math.max(1, deadline - Date.now()),
           onOutput: (stream, text, time) => log.append(stream, masker.text(text), time.getTime()),
           onStarted: () => this.emit(active, { type: "phase", state: "running", phase: "run", time: Date.now() }),
           signal,
@@ -327,9 +338,12 @@ export class StepRunner {
         const message = masker.text((error as Error).message);
         const part = error instanceof RuntimeError ? "the container runtime failed" : `the ${record.state === "preparing" ? "context" : record.state === "building" ? "image build" : "runtime"} failed`;
         active.logger.error("step failed in the service", { error: message });
-        end = { state: "system_error", reason: `${part}: ${message}` };
+        // A full disk is the operator's to fix: say which one.
+        const full = (error as NodeJS.ErrnoException).code === "ENOSPC" ? `; the step-service's disk is full: free space under ${this.settings.stateDir}` : "";
+        end = { state: "system_error", reason: `${part}: ${message}${full}` };
       }
     }
+    clearTimeout(timer);
     // The container is gone by now (the runtime tears it down); what is left is ours, then the step ends.
     await this.phase(active, "teardown", async () => {
       image?.release();
@@ -397,9 +411,10 @@ function changeIdOf(request: StepRequest): { change_id?: string } {
   return typeof id === "string" && id ? { change_id: id } : {};
 }
 
-/** The end of a step that was stopped: cancelled by a caller, or handed back at a shutdown. */
+/** The end of a step that was stopped: handed back at a shutdown, timed out, or cancelled by a caller. */
 function stopped(active: Active): { state: StepState; reason: string } {
   if (active.handedBack) return { state: "handed_back", reason: HANDED_BACK_RUNNING };
+  if (active.timedOut) return { state: "timed_out", reason: active.timedOut };
   return { state: "cancelled", reason: active.cancelReason ?? "cancelled" };
 }
 
