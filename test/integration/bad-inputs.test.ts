@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import tar from "tar-stream";
 import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.js";
@@ -17,6 +17,7 @@ import { serviceTransport } from "../../services/shared/client/transport.js";
 import { gitIn, makeFixture } from "../support/git-fixture.js";
 import { BOMB_BYTES, ESCAPING_DOCKERFILES, type HostileRepository, makeHostileRepository } from "../support/hostile-repo.js";
 import { stack } from "../support/stack.js";
+import { failure } from "../support/rpc.js";
 
 type PrepareInit = MessageInitShape<typeof PrepareContextRequestSchema>;
 type RunInit = MessageInitShape<typeof RunStepRequestSchema>;
@@ -29,15 +30,6 @@ const MiB = 1024 * 1024;
 
 async function drain(stream: AsyncIterable<unknown>): Promise<void> {
   for await (const _ of stream) void _;
-}
-
-async function failure(call: Promise<unknown>): Promise<ConnectError> {
-  const error = await call.then(
-    () => undefined,
-    (caught: unknown) => ConnectError.from(caught),
-  );
-  assert.ok(error, "the call should have failed");
-  return error;
 }
 
 /**

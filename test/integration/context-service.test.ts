@@ -5,7 +5,7 @@ import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { unzipSync } from "fflate";
 import {
@@ -18,6 +18,7 @@ import { type TestContextService, startTestContextService } from "../support/con
 import { type GitDaemon, freePort, startGitDaemon } from "../support/git-daemon.js";
 import { type Fixture, commitFiles, gitIn, makeFixture } from "../support/git-fixture.js";
 import { run } from "../support/stack.js";
+import { failure } from "../support/rpc.js";
 
 type PrepareInit = MessageInitShape<typeof PrepareContextRequestSchema>;
 
@@ -35,15 +36,6 @@ function stepContextJson(zip: Buffer): any {
 
 function digest(context: PreparedContext, kind: ContextFileKind): string {
   return context.files.find((file) => file.kind === kind)!.digest;
-}
-
-async function failure(call: Promise<unknown>): Promise<ConnectError> {
-  const error = await call.then(
-    () => undefined,
-    (caught: unknown) => ConnectError.from(caught),
-  );
-  assert.ok(error, "the call should have failed");
-  return error;
 }
 
 describe("context-service over gRPC with real git repositories", () => {

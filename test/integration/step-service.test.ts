@@ -12,6 +12,7 @@ import { type RunStepRequestSchema, type RunStepResponse, type Step, StepService
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { instanceTagOf } from "../../services/step-service/runtime/container.js";
 import { leftovers, removeState, repository, startStepService, type TestStepService, testConfig } from "../support/step-service.js";
+import type { StepServiceConfig } from "../../services/step-service/service.js";
 import { ConnectError, Code } from "@connectrpc/connect";
 import { ROOT } from "../support/stack.js";
 
@@ -310,22 +311,13 @@ describe("a step-service killed mid-step", () => {
   it("is reaped at restart and the step is marked system_error", async () => {
     const config = await testConfig();
     const repo = await repository(config, ACTIONS);
-    const child = spawn(process.execPath, [`${ROOT}/dist/services/step-service/main.js`], {
-      env: { ...process.env, STEPRUNNER_STEP_STATE_DIR: config.stateDir, STEPRUNNER_STEP_ADDR: `unix:${config.stateDir}/step.sock`, STEPRUNNER_STEP_IMAGE: config.stepImage, STEPRUNNER_STEP_SOURCES: "local" },
-      stdio: "ignore",
-    });
-    const transport = serviceTransport(`unix:${config.stateDir}/step.sock`);
+    const { child, client, exited, stop } = await serviceProcess(config);
     try {
-      const client = createClient(StepService, transport.transport);
-      for (let i = 0; i < 100; i++) {
-        if (await client.getRuntimeInfo({}).then(() => true, () => false)) break;
-        await sleep(100);
-      }
       const stepId = `crash-${process.pid}`;
       const stream = client.runStep({ stepId, repositoryUrl: repo, action: "sleep" });
       for await (const event of stream) if (event.event.case === "logLine" && event.event.value.text === "sleeping") break;
       child.kill("SIGKILL");
-      await new Promise((resolve) => child.once("exit", resolve));
+      await exited;
       const left = await leftovers(config);
       assert.equal(left.containers.length, 1, "the container outlived the service");
 
@@ -339,35 +331,15 @@ describe("a step-service killed mid-step", () => {
         await restarted.stop();
       }
     } finally {
-      transport.close();
-      child.kill("SIGKILL");
-      await removeState(config);
+      await stop();
     }
   });
 
   it("drains on SIGTERM: steps that end in the grace period finish, the rest are handed back and can run again", async () => {
     const config = await testConfig();
     const repo = await repository(config, ACTIONS);
-    const child = spawn(process.execPath, [`${ROOT}/dist/services/step-service/main.js`], {
-      env: {
-        ...process.env,
-        STEPRUNNER_STEP_STATE_DIR: config.stateDir,
-        STEPRUNNER_STEP_ADDR: `unix:${config.stateDir}/step.sock`,
-        STEPRUNNER_STEP_IMAGE: config.stepImage,
-        STEPRUNNER_STEP_SOURCES: "local",
-        STEPRUNNER_MAX_CONCURRENT_STEPS: "2",
-        STEPRUNNER_SHUTDOWN_GRACE_MS: "6000",
-      },
-      stdio: "ignore",
-    });
-    const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
-    const transport = serviceTransport(`unix:${config.stateDir}/step.sock`);
+    const { child, client, exited, stop } = await serviceProcess(config, { STEPRUNNER_MAX_CONCURRENT_STEPS: "2", STEPRUNNER_SHUTDOWN_GRACE_MS: "6000" });
     try {
-      const client = createClient(StepService, transport.transport);
-      for (let i = 0; i < 100; i++) {
-        if (await client.getRuntimeInfo({}).then(() => true, () => false)) break;
-        await sleep(100);
-      }
       const started = (stepId: string, action: string, until: (event: RunStepResponse) => boolean) => {
         const events: RunStepResponse[] = [];
         let seen = () => {};
@@ -421,10 +393,36 @@ describe("a step-service killed mid-step", () => {
         await restarted.stop();
       }
     } finally {
-      transport.close();
-      child.kill("SIGKILL");
-      await removeState(config);
+      await stop();
     }
   });
 });
 
+/**
+ * The step-service as its own process (a local directory in the test's runner image), on a unix socket in its
+ * state directory, and a client of it once it answers. stop() kills it and removes its state.
+ */
+async function serviceProcess(config: StepServiceConfig, env: Record<string, string> = {}) {
+  const socket = `unix:${config.stateDir}/step.sock`;
+  const child = spawn(process.execPath, [`${ROOT}/dist/services/step-service/main.js`], {
+    env: { ...process.env, STEPRUNNER_STEP_STATE_DIR: config.stateDir, STEPRUNNER_STEP_ADDR: socket, STEPRUNNER_STEP_IMAGE: config.stepImage, STEPRUNNER_STEP_SOURCES: "local", ...env },
+    stdio: "ignore",
+  });
+  const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+  const transport = serviceTransport(socket);
+  const client = createClient(StepService, transport.transport);
+  for (let i = 0; i < 100; i++) {
+    if (await client.getRuntimeInfo({}).then(() => true, () => false)) break;
+    await sleep(100);
+  }
+  return {
+    child,
+    client,
+    exited,
+    async stop() {
+      transport.close();
+      child.kill("SIGKILL");
+      await removeState(config);
+    },
+  };
+}
