@@ -7,7 +7,7 @@ import type { ChildExecutionStrategy } from "../../gen/steprunner/context/v1/con
 import { RunStepRequestSchema } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { ownerRule, repositoryUrlRule, revisionRule, secretPointerRule } from "../../services/shared/request-rules.js";
 import { durationMs, invalidField, shown, violationMessage } from "../../services/shared/validation.js";
-import { refusals } from "../../services/step-service/clients/context-service-preparer.js";
+import { callService } from "../../services/step-service/clients/context-service-preparer.js";
 import { type StepServiceSettings, validateRunStep } from "../../services/step-service/api/step-service-adapter.js";
 import { RefusedInputError } from "../../services/step-service/steps/ports.js";
 import { explainBuildFailure } from "../../services/image-service/core/build-errors.js";
@@ -110,14 +110,26 @@ describe("RunStep's request at the step-service's boundary", () => {
   }
 });
 
-describe("refusals of a step's inputs by the other services", () => {
-  it("are the caller's to fix (RefusedInputError); other failures stay the service's", async () => {
+describe("calls of a step to the other services", () => {
+  const running = new AbortController().signal;
+  const refusals = (call: () => Promise<unknown>) => callService("context-service", running, call);
+
+  it("are the caller's to fix when refused (RefusedInputError); other failures stay the service's", async () => {
     for (const code of [Code.InvalidArgument, Code.NotFound, Code.FailedPrecondition, Code.OutOfRange]) {
       await assert.rejects(refusals(() => Promise.reject(new ConnectError("git_rev: nope", code))), (error: Error) => error instanceof RefusedInputError && error.message === "git_rev: nope");
     }
     for (const code of [Code.Unavailable, Code.Internal, Code.DataLoss]) {
       await assert.rejects(refusals(() => Promise.reject(new ConnectError("down", code))), (error: Error) => error instanceof ConnectError && !(error instanceof RefusedInputError));
     }
+  });
+
+  it("say the service went away when a call is cut off that the step did not cancel", async () => {
+    await assert.rejects(refusals(() => Promise.reject(new ConnectError("http/2 stream closed", Code.Canceled))), (error: ConnectError) =>
+      error.code === Code.Unavailable && /the context-service went away in the middle of the call \(stopped or restarted\): http\/2 stream closed/.test(error.rawMessage),
+    );
+    const cancelled = new AbortController();
+    cancelled.abort();
+    await assert.rejects(callService("image-service", cancelled.signal, () => Promise.reject(new ConnectError("cancelled", Code.Canceled))), (error: ConnectError) => error.code === Code.Canceled);
   });
 });
 

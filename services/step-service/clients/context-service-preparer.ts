@@ -18,8 +18,12 @@ export class ContextServicePreparer implements ContextPreparer {
     this.client = createClient(ContextService, transport);
   }
 
-  async prepare(request: StepRequest, signal: AbortSignal): Promise<PreparedStepContext> {
-    const { context } = await refusals(() => this.client.prepareContext(
+  prepare(request: StepRequest, signal: AbortSignal): Promise<PreparedStepContext> {
+    return callService("context-service", signal, () => this.prepareContext(request, signal));
+  }
+
+  private async prepareContext(request: StepRequest, signal: AbortSignal): Promise<PreparedStepContext> {
+    const { context } = await this.client.prepareContext(
       {
         repositoryUrl: request.repositoryUrl,
         gitRev: request.gitRev,
@@ -30,7 +34,7 @@ export class ContextServicePreparer implements ContextPreparer {
         contextValues: fromJson(StepContextValuesSchema, request.contextValues as JsonObject),
       },
       { signal },
-    ));
+    );
     if (!context) throw new Error("the context-service prepared no context");
     return {
       contextId: context.contextId,
@@ -60,12 +64,19 @@ export class ContextServicePreparer implements ContextPreparer {
 /** Codes by which a service says the request's content is at fault, not the service. */
 const REFUSALS = new Set([Code.InvalidArgument, Code.NotFound, Code.FailedPrecondition, Code.OutOfRange]);
 
-/** Runs a call to another service, turning its refusals of the step's inputs into RefusedInputError. */
-export async function refusals<T>(call: () => Promise<T>): Promise<T> {
+/**
+ * Runs calls to another service, turning its refusals of the step's inputs into RefusedInputError, and a call
+ * cut off while the step still wanted it (the service was killed or restarted) into UNAVAILABLE that says so.
+ */
+export async function callService<T>(service: string, signal: AbortSignal, call: () => Promise<T>): Promise<T> {
   try {
     return await call();
   } catch (error) {
-    if (error instanceof ConnectError && REFUSALS.has(error.code)) throw new RefusedInputError(error.rawMessage);
+    if (!(error instanceof ConnectError)) throw error;
+    if (REFUSALS.has(error.code)) throw new RefusedInputError(error.rawMessage);
+    if (error.code === Code.Canceled && !signal.aborted) {
+      throw new ConnectError(`the ${service} went away in the middle of the call (stopped or restarted): ${error.rawMessage}`, Code.Unavailable);
+    }
     throw error;
   }
 }
