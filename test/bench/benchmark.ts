@@ -1,7 +1,7 @@
-// The benchmark of issue 6: steprunner against the stock pipeline a user would script on the same dockerd
+// steprunner against the stock pipeline a user would script on the same dockerd
 // (write repo.tar and step_context.json.zip, `docker build --network=none`, `docker run --rm --network=none`),
 // measured in one run on one machine, interleaved, medians of RUNS runs. Prints a table and writes it to
-// BENCHMARKS.md. Usage: npm run bench [-- --runs N --big-mb M]   (the stack must be up: deploy/local/up.sh)
+// bench-results.md. Usage: npm run bench [-- --runs N --big-mb M --rss-gb G] (npm run bench brings the stack up first)
 import { randomBytes } from "node:crypto";
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, totalmem } from "node:os";
