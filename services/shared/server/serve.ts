@@ -73,7 +73,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const handler = connectNodeAdapter({
     readMaxBytes: limits.maxRequestBytes,
     contextValues: (req) => createContextValues().set(CALLER, callerFromRequest(req, security)),
-    interceptors: [serverSpans(), metrics.interceptor(), ...(tokens ? [requireToken(tokens)] : [])],
+    interceptors: [serverSpans(), metrics.interceptor(), explainUnexpected(options.logger), ...(tokens ? [requireToken(tokens)] : [])],
     routes: (router) => {
       options.routes(router);
       health.register(router);
@@ -105,6 +105,38 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       health.drain();
       await server.close(graceMs);
     },
+  };
+}
+
+/**
+ * An error that is not a ConnectError is a defect of ours: it is logged with its stack, and the caller gets
+ * INTERNAL with its message instead of Connect's bare "internal error".
+ */
+function explainUnexpected(logger: Logger): Interceptor {
+  return (next) => async (request) => {
+    const method = `${request.service.typeName}/${request.method.name}`;
+    const explain = (error: unknown): unknown => {
+      if (error instanceof ConnectError || !(error instanceof Error)) return error;
+      logger.error("unexpected error", { method, error: error.stack ?? error.message });
+      return new ConnectError(error.message, Code.Internal, undefined, undefined, error);
+    };
+    try {
+      const response = await next(request);
+      if (!response.stream) return response;
+      const original = response.message;
+      return {
+        ...response,
+        message: (async function* () {
+          try {
+            yield* original;
+          } catch (error) {
+            throw explain(error);
+          }
+        })(),
+      };
+    } catch (error) {
+      throw explain(error);
+    }
   };
 }
 
