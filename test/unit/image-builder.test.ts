@@ -8,6 +8,7 @@ import { BuildQueue } from "../../services/image-service/core/build-queue.js";
 import { type DockerfileBuilder, ImageBuilder } from "../../services/image-service/core/image-builder.js";
 import type { BuildEvent, LocalContext } from "../../services/image-service/core/model.js";
 import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
+import { RegistryError } from "../../services/shared/registry/registry-client.js";
 
 describe("the build queue", () => {
   it("runs at most the limit at once and starts the rest in arrival order, telling each its place", async () => {
@@ -180,5 +181,60 @@ describe("bad input to a build", () => {
     }).build(request(""), () => {}).catch((error) => ConnectError.from(error));
     assert.ok(failure instanceof ConnectError);
     assert.equal(failure.code, Code.NotFound);
+  });
+});
+
+describe("the registry hand-off of a reused image", () => {
+  it("pushes the image again when the registry lost the manifest pushed before", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "steprunner-repush-"));
+    try {
+      const context: LocalContext = {
+        contextId: `sha256:${"1".repeat(64)}`,
+        gitRev: "main",
+        gitSha: "a".repeat(40),
+        defaultDockerfile: true,
+        repoTar: { digest: `sha256:${"2".repeat(64)}`, size: 1n },
+        stepContextZip: { digest: `sha256:${"3".repeat(64)}`, size: 1n },
+        dockerfile: { digest: `sha256:${"4".repeat(64)}`, size: 1n },
+        contextDir: "/nonexistent",
+        dockerfileDir: "/nonexistent",
+        secretZipPath: "/nonexistent",
+      };
+      const pushed = [`sha256:${"a".repeat(64)}`, `sha256:${"b".repeat(64)}`];
+      let pushes = 0;
+      const lost = new Set<string>();
+      const images = new ImageBuilder(
+        { materialize: async () => context },
+        { build: async () => ({ "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
+        {
+          inspectImage: async () => ({ Id: "x", RepoDigests: [], Config: {}, RootFS: { Type: "layers", Layers: [] }, GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } }, Size: 0 }),
+          removeImage: async () => {},
+          tagImage: async () => {},
+          pushImage: async () => ({ digest: pushed[pushes++]!, size: 1 }),
+        },
+        {
+          address: "registry.test:5000",
+          manifest: async (repository, reference) => {
+            if (lost.has(reference)) throw new RegistryError(`manifest ${reference} unknown`, 404);
+            const digest = repository === "steps" ? reference : `sha256:${"6".repeat(64)}`;
+            return { digest, manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } };
+          },
+          config: async () => ({ rootfs: { type: "layers", diff_ids: [] } }) as never,
+          deleteManifest: async () => {},
+        },
+        new ReuseRecords(dir),
+        { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "registry", reuseTtlMs: 60_000, maxConcurrentBuilds: 1, transportAttempts: 1 },
+      );
+      const request = { contextId: context.contextId, baseRunner: "", network: "none" as const, buildWithoutCache: false, handoff: "registry" as const };
+      const first = await images.build(request, () => {});
+      assert.equal(first.reference, `registry.test:5000/steps@${pushed[0]}`);
+      lost.add(pushed[0]!);
+      const again = await images.build(request, () => {});
+      assert.equal(again.reused, true);
+      assert.equal(again.reference, `registry.test:5000/steps@${pushed[1]}`);
+      assert.equal(pushes, 2);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -10,7 +10,7 @@ import type { RegistryCredentials } from "../../shared/registry/credentials.js";
 import { type ImageReference, parseImageReference } from "../../shared/registry/image-reference.js";
 import { inSpan, tracer } from "../../shared/tracing.js";
 import { invalidField } from "../../shared/validation.js";
-import type { ImageConfigFile, ImageManifest } from "../../shared/registry/registry-client.js";
+import { type ImageConfigFile, type ImageManifest, RegistryError } from "../../shared/registry/registry-client.js";
 import { BuildQueue } from "./build-queue.js";
 import { findRemoteSource } from "./remote-sources.js";
 import { explainBuildFailure, isTransient } from "./build-errors.js";
@@ -280,18 +280,29 @@ export class ImageBuilder {
     let record = built;
     // Another caller of a merged build may have pushed it meanwhile.
     if (handoff === "registry" && !record.reference) record = (await this.records.get(record.contentKey)) ?? record;
-    if (handoff === "registry" && !record.reference) {
-      const tag = record.contentKey.replace(/^sha256:/, "");
-      const repository = `${this.registry.address}/${this.settings.stepsRepository}`;
-      const pushed = await inSpan("image.push", { "image.repository": repository }, async () => {
-        await this.images.tagImage(record.imageId, repository, tag, signal);
-        return this.images.pushImage(repository, tag, signal);
-      });
-      record = { ...record, reference: `${repository}@${pushed.digest}`, manifestDigest: pushed.digest, handoffs: ["layer-store", "registry"] };
-      await this.records.put(record);
-      await this.records.setCacheSource(record.cacheScope, `${repository}:${tag}`);
+    if (handoff === "registry" && !record.reference) record = await this.push(record, signal);
+    try {
+      return await this.describe(record, inspect, handoff, reused, signal);
+    } catch (error) {
+      // The registry lost the manifest pushed before (a prune, its garbage collection, another instance's
+      // prune of the same repository): dockerd still has the image, so it is pushed again.
+      if (handoff !== "registry" || !(error instanceof RegistryError) || error.status !== 404) throw error;
+      return this.describe(await this.push(record, signal), inspect, handoff, reused, signal);
     }
-    return this.describe(record, inspect, handoff, reused, signal);
+  }
+
+  /** Pushes a built image to the registry under its content key and records where it went. */
+  private async push(built: ReuseRecord, signal?: AbortSignal): Promise<ReuseRecord> {
+    const tag = built.contentKey.replace(/^sha256:/, "");
+    const repository = `${this.registry.address}/${this.settings.stepsRepository}`;
+    const pushed = await inSpan("image.push", { "image.repository": repository }, async () => {
+      await this.images.tagImage(built.imageId, repository, tag, signal);
+      return this.images.pushImage(repository, tag, signal);
+    });
+    const record: ReuseRecord = { ...built, reference: `${repository}@${pushed.digest}`, manifestDigest: pushed.digest, handoffs: ["layer-store", "registry"] };
+    await this.records.put(record);
+    await this.records.setCacheSource(record.cacheScope, `${repository}:${tag}`);
+    return record;
   }
 
   private async describe(record: ReuseRecord, inspect: ImageInspect, handoff: Handoff, reused: boolean, signal?: AbortSignal): Promise<ImageResult> {
