@@ -152,4 +152,24 @@ describe("SingleFlight", () => {
     assert.equal(workSignal.aborted, true);
     assert.equal(flights.running, 0);
   });
+
+  it("starts the work afresh for a caller that comes while abandoned work is still stopping", async () => {
+    const flights = new SingleFlight<string>();
+    let runs = 0;
+    // Work that takes a while to notice its abort, as a git fetch being killed does.
+    const work = (signal: AbortSignal) => {
+      const run = ++runs;
+      return new Promise<string>((resolve, reject) => {
+        signal.addEventListener("abort", () => setTimeout(() => reject(new Error(`run ${run} aborted`)), 50));
+        setTimeout(() => resolve(`run ${run} done`), 100);
+      });
+    };
+    const gone = new AbortController();
+    const abandoned = flights.run("k", work, gone.signal);
+    gone.abort(new Error("caller went away"));
+    await assert.rejects(abandoned, /caller went away/);
+    assert.equal(await flights.run("k", work), "run 2 done");
+    assert.equal(runs, 2);
+    assert.equal(flights.running, 0);
+  });
 });

@@ -13,9 +13,16 @@ export class SingleFlight<T> {
 
   run(key: string, work: (signal: AbortSignal) => Promise<T>, signal?: AbortSignal): Promise<T> {
     let flight = this.flights.get(key);
-    if (!flight) {
+    // Work whose callers all went away is being stopped: a new caller starts it afresh instead of joining it.
+    if (!flight || flight.controller.signal.aborted) {
       const controller = new AbortController();
-      const started: Flight<T> = { controller, waiters: 0, promise: work(controller.signal).finally(() => this.flights.delete(key)) };
+      const started: Flight<T> = {
+        controller,
+        waiters: 0,
+        promise: work(controller.signal).finally(() => {
+          if (this.flights.get(key) === started) this.flights.delete(key);
+        }),
+      };
       started.promise.catch(() => undefined);
       this.flights.set(key, started);
       flight = started;
