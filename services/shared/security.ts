@@ -77,3 +77,9 @@ export function parseTokenFile(text: string): { name: string; token: string }[] 
     return fields.length === 2 ? { name: fields[0]!, token: fields[1]! } : { name: `#${index + 1}`, token: fields[0]! };
   });
 }
+
+/** The token of an `Authorization: Bearer …` header, if it holds one. */
+export function bearerToken(header: string | string[] | undefined): string | undefined {
+  const value = Array.isArray(header) ? header[0] : header;
+  return /^Bearer (\S+)$/i.exec(value ?? "")?.[1];
+}

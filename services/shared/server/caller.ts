@@ -2,7 +2,7 @@ import type { IncomingMessage } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import type { TLSSocket } from "node:tls";
 import { createContextKey, type HandlerContext } from "@connectrpc/connect";
-import type { ServerSecurity } from "../security.js";
+import { bearerToken, type ServerSecurity } from "../security.js";
 import { peerAddress } from "./dual-protocol-server.js";
 
 export const CALLER = createContextKey<string>("unknown caller", { description: "who made the call, for limits and messages" });
@@ -26,7 +26,7 @@ export function callerFromRequest(request: IncomingMessage | Http2ServerRequest,
     }
   }
   if (security.tokens) {
-    const token = /^Bearer (\S+)$/i.exec(String(request.headers.authorization ?? ""))?.[1];
+    const token = bearerToken(request.headers.authorization);
     const index = token === undefined ? -1 : security.tokens.indexOf(token);
     if (index >= 0) return `token ${security.tokenNames?.[token!] ?? `#${index + 1}`}`;
   }

@@ -4,7 +4,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import type { Logger } from "../log.js";
 import { numberSetting } from "../config/env.js";
 import { ServiceMetrics } from "../metrics.js";
-import { type ServerSecurity, serverSecurityFromSettings } from "../security.js";
+import { bearerToken, type ServerSecurity, serverSecurityFromSettings } from "../security.js";
 import { CALLER, callerFromRequest } from "./caller.js";
 import { DualProtocolServer } from "./dual-protocol-server.js";
 import { HealthRegistry, ServingStatus } from "./health.js";
@@ -151,10 +151,6 @@ function requireToken(tokens: string[]): Interceptor {
   };
 }
 
-function bearerToken(header: string | string[] | undefined): string | undefined {
-  const value = Array.isArray(header) ? header[0] : header;
-  return /^Bearer (\S+)$/i.exec(value ?? "")?.[1];
-}
 
 /** What a service does itself when it stops, around the server's own drain. */
 export interface StopHooks {
