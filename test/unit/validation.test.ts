@@ -7,7 +7,7 @@ import type { ChildExecutionStrategy } from "../../gen/steprunner/context/v1/con
 import { RunStepRequestSchema } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { ownerRule, repositoryUrlRule, revisionRule, secretPointerRule } from "../../services/shared/request-rules.js";
 import { durationMs, invalidField, shown, violationMessage } from "../../services/shared/validation.js";
-import { callService } from "../../services/step-service/clients/context-service-preparer.js";
+import { callService } from "../../services/step-service/clients/service-calls.js";
 import { type StepServiceSettings, validateRunStep } from "../../services/step-service/api/step-service-adapter.js";
 import { RefusedInputError } from "../../services/step-service/steps/ports.js";
 import { explainBuildFailure } from "../../services/image-service/core/build-errors.js";

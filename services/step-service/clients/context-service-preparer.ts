@@ -1,8 +1,9 @@
-import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
+import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { fromJson, type JsonObject } from "@bufbuild/protobuf";
 import { unzipSync } from "fflate";
 import { ContextFileKind, ContextService, StepContextValuesSchema } from "../../../gen/steprunner/context/v1/context_service_pb.js";
-import { type ContextPreparer, type PreparedStepContext, RefusedInputError, type StepRequest } from "../steps/ports.js";
+import type { ContextPreparer, PreparedStepContext, StepRequest } from "../steps/ports.js";
+import { callService } from "./service-calls.js";
 
 /** The largest step context read back (the context-service limits properties far below this). */
 const MAX_STEP_CONTEXT_ZIP_BYTES = 64 * 1024 * 1024;
@@ -58,25 +59,5 @@ export class ContextServicePreparer implements ContextPreparer {
     const json = files["step_context.json"];
     if (!json) throw new Error(`step_context.json.zip of ${contextId} holds no step_context.json`);
     return JSON.parse(Buffer.from(json).toString("utf8")) as Record<string, unknown>;
-  }
-}
-
-/** Codes by which a service says the request's content is at fault, not the service. */
-const REFUSALS = new Set([Code.InvalidArgument, Code.NotFound, Code.FailedPrecondition, Code.OutOfRange]);
-
-/**
- * Runs calls to another service, turning its refusals of the step's inputs into RefusedInputError, and a call
- * cut off while the step still wanted it (the service was killed or restarted) into UNAVAILABLE that says so.
- */
-export async function callService<T>(service: string, signal: AbortSignal, call: () => Promise<T>): Promise<T> {
-  try {
-    return await call();
-  } catch (error) {
-    if (!(error instanceof ConnectError)) throw error;
-    if (REFUSALS.has(error.code)) throw new RefusedInputError(error.rawMessage);
-    if (error.code === Code.Canceled && !signal.aborted) {
-      throw new ConnectError(`the ${service} went away in the middle of the call (stopped or restarted): ${error.rawMessage}`, Code.Unavailable);
-    }
-    throw error;
   }
 }

@@ -2,7 +2,7 @@ import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import type { BuildProgress } from "../../../gen/steprunner/image/v1/image_service_pb.js";
 import { ImageHandoff, ImageService, NetworkMode } from "../../../gen/steprunner/image/v1/image_service_pb.js";
 import type { BuiltStepImage, ImageBuilder, PreparedStepContext, StepRequest } from "../steps/ports.js";
-import { callService } from "./context-service-preparer.js";
+import { callService } from "./service-calls.js";
 
 /** Builds or reuses a step's image with the image-service, forwarding its progress. */
 export class ImageServiceBuilder implements ImageBuilder {
