@@ -10,6 +10,20 @@ import type { BuildEvent, LocalContext } from "../../services/image-service/core
 import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
 import { RegistryError } from "../../services/shared/registry/registry-client.js";
 
+/** A prepared context as the image-builder sees it; its files are never read by these tests. */
+const context: LocalContext = {
+  contextId: `sha256:${"1".repeat(64)}`,
+  gitRev: "main",
+  gitSha: "a".repeat(40),
+  defaultDockerfile: true,
+  repoTar: { digest: `sha256:${"2".repeat(64)}`, size: 1n },
+  stepContextZip: { digest: `sha256:${"3".repeat(64)}`, size: 1n },
+  dockerfile: { digest: `sha256:${"4".repeat(64)}`, size: 1n },
+  contextDir: "/nonexistent",
+  dockerfileDir: "/nonexistent",
+  secretZipPath: "/nonexistent",
+};
+
 describe("the build queue", () => {
   it("runs at most the limit at once and starts the rest in arrival order, telling each its place", async () => {
     const queue = new BuildQueue(2);
@@ -61,19 +75,6 @@ describe("retries", () => {
     dir = await mkdtemp(join(tmpdir(), "steprunner-retries-"));
   });
   after(() => rm(dir, { recursive: true, force: true }));
-
-  const context: LocalContext = {
-    contextId: `sha256:${"1".repeat(64)}`,
-    gitRev: "main",
-    gitSha: "a".repeat(40),
-    defaultDockerfile: true,
-    repoTar: { digest: `sha256:${"2".repeat(64)}`, size: 1n },
-    stepContextZip: { digest: `sha256:${"3".repeat(64)}`, size: 1n },
-    dockerfile: { digest: `sha256:${"4".repeat(64)}`, size: 1n },
-    contextDir: "/nonexistent",
-    dockerfileDir: "/nonexistent",
-    secretZipPath: "/nonexistent",
-  };
 
   function builderFailing(failures: ConnectError[]): { images: ImageBuilder; attempts: () => number; events: BuildEvent[] } {
     let attempts = 0;
@@ -133,18 +134,6 @@ describe("retries", () => {
 });
 
 describe("bad input to a build", () => {
-  const context: LocalContext = {
-    contextId: `sha256:${"1".repeat(64)}`,
-    gitRev: "main",
-    gitSha: "a".repeat(40),
-    defaultDockerfile: true,
-    repoTar: { digest: `sha256:${"2".repeat(64)}`, size: 1n },
-    stepContextZip: { digest: `sha256:${"3".repeat(64)}`, size: 1n },
-    dockerfile: { digest: `sha256:${"4".repeat(64)}`, size: 1n },
-    contextDir: "/nonexistent",
-    dockerfileDir: "/nonexistent",
-    secretZipPath: "/nonexistent",
-  };
   const images = (materialize: () => Promise<LocalContext>) =>
     new ImageBuilder(
       { materialize },
@@ -188,18 +177,6 @@ describe("the registry hand-off of a reused image", () => {
   it("pushes the image again when the registry lost the manifest pushed before", async () => {
     const dir = await mkdtemp(join(tmpdir(), "steprunner-repush-"));
     try {
-      const context: LocalContext = {
-        contextId: `sha256:${"1".repeat(64)}`,
-        gitRev: "main",
-        gitSha: "a".repeat(40),
-        defaultDockerfile: true,
-        repoTar: { digest: `sha256:${"2".repeat(64)}`, size: 1n },
-        stepContextZip: { digest: `sha256:${"3".repeat(64)}`, size: 1n },
-        dockerfile: { digest: `sha256:${"4".repeat(64)}`, size: 1n },
-        contextDir: "/nonexistent",
-        dockerfileDir: "/nonexistent",
-        secretZipPath: "/nonexistent",
-      };
       const pushed = [`sha256:${"a".repeat(64)}`, `sha256:${"b".repeat(64)}`];
       let pushes = 0;
       const lost = new Set<string>();
