@@ -2,6 +2,7 @@ import type { Interceptor } from "@connectrpc/connect";
 import { ConnectError, Code } from "@connectrpc/connect";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { HttpHandler } from "./server/serve.js";
+import { onCallEnd } from "./server/call-end.js";
 
 /**
  * A service's Prometheus metrics: its own registry (so tests and several servers in one process do not
@@ -52,38 +53,17 @@ export class ServiceMetrics {
 
   /** Counts each RPC when it ends; a streaming RPC ends when its stream does. */
   interceptor(): Interceptor {
-    return (next) => async (request) => {
+    return onCallEnd((request) => {
       const method = `${request.service.typeName}/${request.method.name}`;
       const stop = this.latency.startTimer({ method });
-      const finish = (code: Code | "OK") => {
+      return (error) => {
         stop();
-        this.requests.inc({ method, code: code === "OK" ? "OK" : Code[code] });
+        this.requests.inc({ method, code: error === undefined ? "OK" : Code[ConnectError.from(error).code] });
+        return error;
       };
-      try {
-        const response = await next(request);
-        if (!response.stream) {
-          finish("OK");
-          return response;
-        }
-        const original = response.message;
-        return {
-          ...response,
-          message: (async function* () {
-            try {
-              yield* original;
-              finish("OK");
-            } catch (error) {
-              finish(ConnectError.from(error).code);
-              throw error;
-            }
-          })(),
-        };
-      } catch (error) {
-        finish(ConnectError.from(error).code);
-        throw error;
-      }
-    };
+    });
   }
+
 
   /** GET /metrics in Prometheus's text format. */
   handler(): HttpHandler {

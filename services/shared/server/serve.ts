@@ -4,6 +4,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import type { Logger } from "../log.js";
 import { numberSetting } from "../config/env.js";
 import { ServiceMetrics } from "../metrics.js";
+import { onCallEnd } from "./call-end.js";
 import { bearerToken, type ServerSecurity, serverSecurityFromSettings } from "../security.js";
 import { CALLER, callerFromRequest } from "./caller.js";
 import { DualProtocolServer } from "./dual-protocol-server.js";
@@ -113,31 +114,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
  * INTERNAL with its message instead of Connect's bare "internal error".
  */
 function explainUnexpected(logger: Logger): Interceptor {
-  return (next) => async (request) => {
-    const method = `${request.service.typeName}/${request.method.name}`;
-    const explain = (error: unknown): unknown => {
-      if (error instanceof ConnectError || !(error instanceof Error)) return error;
-      logger.error("unexpected error", { method, error: error.stack ?? error.message });
-      return new ConnectError(error.message, Code.Internal, undefined, undefined, error);
-    };
-    try {
-      const response = await next(request);
-      if (!response.stream) return response;
-      const original = response.message;
-      return {
-        ...response,
-        message: (async function* () {
-          try {
-            yield* original;
-          } catch (error) {
-            throw explain(error);
-          }
-        })(),
-      };
-    } catch (error) {
-      throw explain(error);
-    }
-  };
+  return onCallEnd((request) => (error) => {
+    if (error instanceof ConnectError || !(error instanceof Error)) return error;
+    logger.error("unexpected error", { method: `${request.service.typeName}/${request.method.name}`, error: error.stack ?? error.message });
+    return new ConnectError(error.message, Code.Internal, undefined, undefined, error);
+  });
 }
 
 function requireToken(tokens: string[]): Interceptor {
