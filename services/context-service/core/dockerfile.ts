@@ -1,5 +1,6 @@
 import { posix } from "node:path";
 import { failedPrecondition, invalidField } from "./errors.js";
+import { dockerfileInstructions } from "../../shared/dockerfile-instructions.js";
 
 export const DEFAULT_REPO_FOLDER = ".mintpress";
 const MAX_SYMLINK_HOPS = 8;
@@ -76,21 +77,13 @@ export function checkCustomDockerfile(text: string, path: string): string[] {
     entrypointLine: number | undefined;
   }
   const stages: Stage[] = [];
-  const lines = text.split("\n");
-  for (let i = 0; i < lines.length; i++) {
-    const lineNumber = i + 1;
-    let instruction = lines[i]!;
-    while (instruction.trimEnd().endsWith("\\") && i + 1 < lines.length) instruction = instruction.trimEnd().slice(0, -1) + " " + lines[++i];
-    const trimmed = instruction.trim();
-    if (trimmed === "" || trimmed.startsWith("#")) continue;
-    const [keyword = "", ...args] = trimmed.split(/\s+/);
-    const word = keyword.toUpperCase();
-    if (word === "FROM") {
-      const operands = args.filter((arg) => !arg.startsWith("--"));
+  for (const { line, keyword, body } of dockerfileInstructions(text)) {
+    if (keyword === "FROM") {
+      const operands = body.split(/\s+/).filter((arg) => !arg.startsWith("--"));
       const asAt = operands.findIndex((arg) => arg.toUpperCase() === "AS");
       stages.push({ base: operands[0] ?? "", name: asAt >= 0 ? operands[asAt + 1]?.toLowerCase() : undefined, entrypointLine: undefined });
-    } else if (word === "ENTRYPOINT" && stages.length > 0) {
-      stages[stages.length - 1]!.entrypointLine = lineNumber;
+    } else if (keyword === "ENTRYPOINT" && stages.length > 0) {
+      stages[stages.length - 1]!.entrypointLine = line;
     }
   }
   const warnings: string[] = [];
