@@ -69,6 +69,21 @@ describe("BuildImage over gRPC, from a context the context-service prepared (the
     assert.ok(image.layers.length >= 3 && image.layers.every((layer) => layer.digest.startsWith("sha256:")));
   });
 
+  it("pushes a reused image again when the registry lost its manifest", async () => {
+    const { image: pushed } = await build("custom-dockerfile", {}, ImageHandoff.REGISTRY);
+    const [, repository, digest] = /^[^/]+\/(.+)@(sha256:[0-9a-f]{64})$/.exec(pushed.reference)!;
+    const deleted = await fetch(`http://${stack.registry}/v2/${repository}/manifests/${digest}`, { method: "DELETE" });
+    assert.equal(deleted.status, 202, "the registry deleted the manifest");
+    const { image: again } = await build("custom-dockerfile", {}, ImageHandoff.REGISTRY);
+    assert.equal(again.reused, true);
+    assert.equal(again.imageId, pushed.imageId);
+    const manifest = await fetch(`http://${stack.registry}/v2/${repository}/manifests/${again.manifestDigest}`, {
+      method: "HEAD",
+      headers: { accept: "application/vnd.docker.distribution.manifest.v2+json" },
+    });
+    assert.equal(manifest.status, 200, "the manifest is in the registry again");
+  });
+
   it("steprunner build shows the progress and names the image", async () => {
     const result = await run("node", [join(ROOT, "dist/services/cli/main.js"), "build", "--repo", repository, "--rev", "v1", "--no-cache",
       "--context-addr", stack.contextAddr, "--image-addr", stack.imageAddr]);
