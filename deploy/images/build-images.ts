@@ -52,7 +52,7 @@ export async function buildServiceImages(log: (text: string) => void): Promise<R
       const response = await buildDockerfile(
         client,
         {
-          contextDir: join(work, "context"),
+          context: join(work, "context"),
           dockerfileDir: join(work, "dockerfile"),
           buildArgs: { STEPRUNNER_SERVICE_BASE: serviceBase },
           target: service,

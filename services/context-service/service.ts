@@ -10,14 +10,16 @@ import { ContextPreparer } from "./core/context-preparer.js";
 import { type DefaultDockerfile, loadDefaultDockerfile } from "./core/default-dockerfile.js";
 import { DEFAULT_REPO_FOLDER, checkRepoFolder } from "./core/dockerfile.js";
 import { MirrorStore } from "./core/mirrors.js";
-import { RepoTarWriter } from "./core/repo-tar.js";
+import { GitTrees } from "./core/git-tree.js";
 import { GitRepositories } from "./core/repositories.js";
+import { DEFAULT_LAYER_LIMITS, RepositoryLayers } from "./core/repository-layers.js";
 
 export interface ContextServiceSettings {
   stateDir: string;
   repoFolder: string;
   cacheMaxBytes: number;
   fetchTimeoutMs: number;
+  layersMaxAgeMs: number;
   maxDockerfileBytes: number;
   maxPropertiesBytes: number;
 }
@@ -31,6 +33,7 @@ export function contextServiceSettings(): ContextServiceSettings {
     repoFolder,
     cacheMaxBytes: numberSetting("STEPRUNNER_CONTEXT_CACHE_MAX_BYTES", 10 * 1024 ** 3),
     fetchTimeoutMs: numberSetting("STEPRUNNER_CONTEXT_FETCH_TIMEOUT_MS", 600_000),
+    layersMaxAgeMs: numberSetting("STEPRUNNER_CONTEXT_LAYERS_MAX_AGE_MS", DEFAULT_LAYER_LIMITS.maxAgeMs),
     maxDockerfileBytes: numberSetting("STEPRUNNER_CONTEXT_MAX_DOCKERFILE_BYTES", 1024 * 1024),
     maxPropertiesBytes: numberSetting("STEPRUNNER_CONTEXT_MAX_PROPERTIES_BYTES", 4 * 1024 * 1024),
   };
@@ -46,13 +49,15 @@ export interface ContextServiceParts {
 /** Builds the context-service on a state directory: mirrors, the blob cache, contexts and the RPC routes. */
 export async function openContextService(settings: ContextServiceSettings, version: string, logger: Logger): Promise<ContextServiceParts> {
   const dockerfile = loadDefaultDockerfile(version);
-  const repoTars = new RepoTarWriter(settings.stateDir);
-  await repoTars.init();
+  const trees = new GitTrees(settings.stateDir);
+  await trees.init();
+  const layers = new RepositoryLayers(join(settings.stateDir, "layers"), { ...DEFAULT_LAYER_LIMITS, maxAgeMs: settings.layersMaxAgeMs });
+  await layers.init();
   const blobs = new BlobStore(join(settings.stateDir, "cache"), settings.cacheMaxBytes);
   await blobs.init();
   const mirrors = new MirrorStore(settings.stateDir, settings.fetchTimeoutMs);
   await mirrors.init();
-  const repositories = new GitRepositories(mirrors, repoTars);
+  const repositories = new GitRepositories(mirrors, trees, layers);
   const preparer = new ContextPreparer(repositories, blobs, join(settings.stateDir, "contexts"), dockerfile, settings);
   await preparer.init();
   return {

@@ -91,7 +91,7 @@ describe("builds through each way of reaching BuildKit", () => {
       const response = await buildDockerfile(
         client,
         {
-          contextDir: join(work, "context"),
+          context: join(work, "context"),
           dockerfileDir: join(work, "dockerfile"),
           buildArgs: {},
           network: "none",

@@ -8,16 +8,12 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { ContextFileKind, type PreparedContext } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { PrepareContextRequestSchema } from "../../gen/steprunner/context/v1/context_service_pb.js";
-import { COMPRESSED_OBJECT_LIMIT } from "../../services/context-service/core/git-objects.js";
 import { type Fixture, commitFiles, gitIn, makeFixture } from "../support/git-fixture.js";
 import { type TestContextService, startTestContextService } from "../support/context-service.js";
 import { run } from "../support/stack.js";
 
-/**
- * repo.tar of the fixture's second commit (default options). It depends only on the commit, our tar and .git
- * layout, and fflate's level-6 output: a change here means every cached build context changes too.
- */
-const GOLDEN_REPO_TAR = "sha256:e5d95c1bde858eb888fa7acbaa50977d971db7b839af7197f844b3420e9566cd";
+/** A big blob, as a repository with a vendored archive has: git packs it like any other. */
+const BIG_OBJECT_BYTES = 5 * 1024 * 1024;
 
 type PrepareInit = MessageInitShape<typeof PrepareContextRequestSchema>;
 
@@ -27,10 +23,31 @@ async function readFileOf(service: TestContextService, context: PreparedContext,
   return Buffer.concat(chunks);
 }
 
-function digestOf(context: PreparedContext, kind: ContextFileKind): string {
-  const file = context.files.find((candidate) => candidate.kind === kind);
-  assert.ok(file, `no file of kind ${ContextFileKind[kind]}`);
-  return file.digest;
+/** The repository as a build gets it: each directory of the context copied over the ones before. */
+async function composed(context: PreparedContext, into: string): Promise<string> {
+  await mkdir(into, { recursive: true });
+  for (const directory of context.directories) {
+    const copied = await run("cp", ["-a", `${directory.hostPath}/.`, into]);
+    assert.equal(copied.code, 0, copied.stderr);
+  }
+  return into;
+}
+
+/** What a repository holds, as git sees it: HEAD, every object id, the index, each file's content and mode. */
+async function describeRepository(dir: string): Promise<Record<string, string>> {
+  const files = (await gitIn(dir, ["ls-files", "-s"])).split("\n");
+  const contents = await Promise.all(files.map(async (line) => {
+    const path = line.split("\t")[1]!;
+    const bytes = await readFile(join(dir, path)).catch(() => Buffer.from("(absent)"));
+    return `${line} ${sha256(bytes)}`;
+  }));
+  return {
+    head: await gitIn(dir, ["rev-parse", "HEAD"]),
+    objects: await gitIn(dir, ["cat-file", "--batch-all-objects", "--batch-check=%(objectname) %(objecttype)"]),
+    files: contents.join("\n"),
+    status: await gitIn(dir, ["status", "--porcelain", "--ignored"]),
+    fsck: String((await run("git", ["fsck", "--strict"], { cwd: dir })).code),
+  };
 }
 
 async function prepare(service: TestContextService, request: PrepareInit): Promise<PreparedContext> {
@@ -63,45 +80,75 @@ describe("context-service repo.tar from real git repositories", () => {
     await rm(work, { recursive: true, force: true });
   });
 
-  it("gives the fixture's golden repo.tar digest, and the bytes it streams match the digest", async () => {
+  it("lists no repo.tar for the default Dockerfile, and streams one on request whose bytes match its digest", async () => {
     const context = await prepare(service, { repositoryUrl: fixture.path, gitRev: "main" });
     assert.equal(context.gitSha, fixture.second);
-    assert.equal(digestOf(context, ContextFileKind.REPO_TAR), GOLDEN_REPO_TAR);
-    assert.equal(sha256(await readFileOf(service, context, ContextFileKind.REPO_TAR)), GOLDEN_REPO_TAR);
+    assert.equal(context.files.find((file) => file.kind === ContextFileKind.REPO_TAR), undefined);
+    assert.deepEqual(context.directories.map((directory) => directory.name), ["history", "base", "changes"]);
+    const first = await readFileOf(service, context, ContextFileKind.REPO_TAR);
+    assert.deepEqual(await readFileOf(service, context, ContextFileKind.REPO_TAR), first, "made once, then read from the cache");
   });
 
-  it("gives a different repo.tar for a different commit", async () => {
-    const first = await prepare(service, { repositoryUrl: fixture.path, gitRev: "v1" });
-    assert.equal(first.gitSha, fixture.first);
-    assert.notEqual(digestOf(first, ContextFileKind.REPO_TAR), GOLDEN_REPO_TAR);
-  });
-
-  it("gives byte-identical repo.tar from two mirrors with different fetch histories", async () => {
-    // Mirror A sees the first commit, then the second, then an unrelated branch; mirror B fetches once at the end.
+  it("gives the same repository (tree, objects, index, HEAD) from two mirrors with different histories and bases", async () => {
+    // Mirror A sees the first commit, then the second, then an unrelated branch, and is repacked; mirror B
+    // fetches once at the end. A's layers are built on the first commit's history and tree, B's on the second's.
     const upstream = join(work, "upstream");
     await gitIn(work, ["clone", "-q", "--bare", fixture.path, upstream]);
     await gitIn(upstream, ["update-ref", "refs/heads/main", fixture.first]);
     const other = await startTestContextService();
     try {
-      assert.equal((await other.client.resolveRevision({ repositoryUrl: upstream, gitRev: "main" })).gitSha, fixture.first);
+      const atFirst = await prepare(other, { repositoryUrl: upstream, gitRev: "main" });
+      assert.equal(atFirst.gitSha, fixture.first);
       await gitIn(upstream, ["update-ref", "refs/heads/main", fixture.second]);
-      assert.equal((await other.client.resolveRevision({ repositoryUrl: upstream, gitRev: "main" })).gitSha, fixture.second);
       const side = join(work, "side");
       await gitIn(work, ["clone", "-q", upstream, side]);
       await commitFiles(side, { "side.txt": "only on a side branch\n" }, "side", "2024-02-01T00:00:00Z");
       await gitIn(side, ["push", "-q", "origin", "HEAD:refs/heads/side"]);
-      await gitIn(upstream, ["update-ref", "refs/heads/main", fixture.second]);
       assert.ok((await other.client.resolveRevision({ repositoryUrl: upstream, gitRev: "side" })).gitSha);
-      // Repacked with other delta choices: git's own pack bytes now differ from mirror B's.
       const [mirrorA] = await readdir(join(other.stateDir, "mirrors"));
       await gitIn(join(other.stateDir, "mirrors", mirrorA!), ["repack", "-q", "-a", "-d", "-f", "--window=250", "--depth=250"]);
       const fromA = await prepare(other, { repositoryUrl: upstream, gitRev: fixture.second });
       const fromB = await prepare(service, { repositoryUrl: fixture.path, gitRev: fixture.second.slice(0, 10) });
-      assert.equal(digestOf(fromA, ContextFileKind.REPO_TAR), digestOf(fromB, ContextFileKind.REPO_TAR));
-      assert.equal(digestOf(fromA, ContextFileKind.REPO_TAR), GOLDEN_REPO_TAR);
+      assert.equal(fromA.directories[0]!.identity, `pack:${fixture.first}`, "A's history is the first commit's pack");
+      assert.equal(fromB.directories[0]!.identity, `pack:${fixture.second}`);
+      const a = await describeRepository(await composed(fromA, join(work, "from-a")));
+      const b = await describeRepository(await composed(fromB, join(work, "from-b")));
+      assert.deepEqual(a, b);
+      assert.equal(a.head, fixture.second);
+      assert.equal(a.status, "");
+      assert.equal(a.fsck, "0");
+      assert.ok(!a.objects.includes(await gitIn(side, ["rev-parse", "HEAD"])), "no object of the side branch");
+      const fromTar = join(work, "from-a-tar");
+      await extract(await readFileOf(other, fromA, ContextFileKind.REPO_TAR), fromTar);
+      assert.deepEqual(await describeRepository(fromTar), a, "repo.tar holds the same repository");
     } finally {
       await other.stop();
     }
+  });
+
+  it("writes only what a new commit changed; a deletion starts a new base tree", async () => {
+    const repo = join(work, "incremental");
+    await makeFixture(repo);
+    const before = await prepare(service, { repositoryUrl: repo, gitRev: "main" });
+    const changedSha = await commitFiles(repo, { "README.md": "# changed\n" }, "change", "2024-06-01T00:00:00Z");
+    const after = await prepare(service, { repositoryUrl: repo, gitRev: "main" });
+    assert.equal(after.gitSha, changedSha);
+    assert.equal(after.directories[0]!.identity, before.directories[0]!.identity, "the history pack is kept");
+    assert.equal(after.directories[1]!.identity, before.directories[1]!.identity, "the base tree is kept");
+    const listing = (await run("find", [".", "-type", "f"], { cwd: after.directories[2]!.hostPath })).stdout.trim().split("\n").sort();
+    assert.deepEqual(listing.filter((path) => !path.startsWith("./.git/")), ["./README.md"]);
+    assert.equal(listing.filter((path) => path.startsWith("./.git/objects/pack/")).length, 2, "one pack of the new objects");
+    const afterRepository = await describeRepository(await composed(after, join(work, "incremental-after")));
+    assert.equal(afterRepository.head, changedSha);
+    assert.equal(afterRepository.status, "");
+    assert.equal(afterRepository.fsck, "0");
+    await gitIn(repo, ["rm", "-q", "README.md"]);
+    await gitIn(repo, ["commit", "-q", "-m", "delete"], "2024-06-02T00:00:00Z");
+    const deleted = await prepare(service, { repositoryUrl: repo, gitRev: "main" });
+    assert.notEqual(deleted.directories[1]!.identity, before.directories[1]!.identity, "a deletion needs a new base tree");
+    const dir = await composed(deleted, join(work, "incremental-deleted"));
+    await assert.rejects(readFile(join(dir, "README.md")));
+    assert.equal((await describeRepository(dir)).status, "");
   });
 
   it("unpacks to a repository at GIT_SHA with its full history and a clean status", async () => {
@@ -120,7 +167,6 @@ describe("context-service repo.tar from real git repositories", () => {
 
   it("honours export-ignore when asked, and git status stays clean", async () => {
     const context = await prepare(service, { repositoryUrl: fixture.path, gitRev: "main", honorExportIgnore: true });
-    assert.notEqual(digestOf(context, ContextFileKind.REPO_TAR), GOLDEN_REPO_TAR);
     const dir = join(work, "export-ignore");
     await extract(await readFileOf(service, context, ContextFileKind.REPO_TAR), dir);
     await assert.rejects(readFile(join(dir, "docs/internal/notes.txt")));
@@ -139,10 +185,10 @@ describe("context-service repo.tar from real git repositories", () => {
     for (const line of names) assert.match(line, /^(-rw[-x]r-[-x]r-[-x]|drwxr-xr-x|lrwxrwxrwx) opschain\/opschain .* 2000-01-01 00:00 /);
   });
 
-  it("stores objects above the compression limit so that git reads them back", async () => {
+  it("carries a big object that git reads back", async () => {
     const repo = join(work, "big-object");
     await makeFixture(repo);
-    const big = randomBytes(COMPRESSED_OBJECT_LIMIT + 70_000).toString("base64");
+    const big = randomBytes(BIG_OBJECT_BYTES).toString("base64");
     const sha = await commitFiles(repo, { "big.txt": big }, "big", "2024-05-01T00:00:00Z");
     const context = await prepare(service, { repositoryUrl: repo, gitRev: "main" });
     assert.equal(context.gitSha, sha);

@@ -60,7 +60,7 @@ describe("a registry that needs credentials", () => {
     const client = new BuildKitClient(stack.buildkitAddr);
     try {
       const response = await buildDockerfile(client, {
-        contextDir: join(work, "context"),
+        context: join(work, "context"),
         dockerfileDir: join(work, "dockerfile"),
         buildArgs: {},
         network: "none",

@@ -46,14 +46,24 @@ export class LocalContextProvider implements ContextProvider {
     await writeFile(paths["secret-step-context-zip"], zipSync({ "step_context.json": Buffer.from(json) }, { mtime: new Date("1980-01-01T00:00:00Z") }));
     await writeFile(paths["step-context-zip"], zipSync({ "step_context.json": Buffer.from(redacted) }, { mtime: new Date("1980-01-01T00:00:00Z") }));
     await writeFile(paths.dockerfile, input.dockerfile);
-    const files = {} as RemoteContext["files"];
+    const infos = {} as Record<ContextFileKind, RemoteContext["files"]["dockerfile"]>;
     for (const [kind, path] of Object.entries(paths) as Array<[ContextFileKind, string]>) {
       const bytes = await readFile(path);
-      files[kind] = { digest: `sha256:${createHash("sha256").update(bytes).digest("hex")}`, size: BigInt(bytes.length) };
+      infos[kind] = { digest: `sha256:${createHash("sha256").update(bytes).digest("hex")}`, size: BigInt(bytes.length) };
     }
-    const contextId = `sha256:${createHash("sha256").update(files["repo-tar"].digest + files["step-context-zip"].digest + files.dockerfile.digest).digest("hex")}`;
-    const gitSha = input.gitSha ?? createHash("sha1").update(files["repo-tar"].digest).digest("hex");
-    this.contexts.set(contextId, { remote: { contextId, gitRev: "main", gitSha, defaultDockerfile: input.defaultDockerfile, files }, paths });
+    const contextId = `sha256:${createHash("sha256").update(infos["repo-tar"].digest + infos["step-context-zip"].digest + infos.dockerfile.digest).digest("hex")}`;
+    const gitSha = input.gitSha ?? createHash("sha1").update(infos["repo-tar"].digest).digest("hex");
+    const remote: RemoteContext = {
+      contextId,
+      gitRev: "main",
+      gitSha,
+      defaultDockerfile: input.defaultDockerfile,
+      repositoryId: "local-test-repository",
+      repositoryOptions: { excludeGitHistory: false, honorExportIgnore: false },
+      files: infos,
+      directories: [],
+    };
+    this.contexts.set(contextId, { remote, paths });
     return contextId;
   }
 

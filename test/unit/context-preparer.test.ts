@@ -2,23 +2,26 @@ import assert from "node:assert/strict";
 import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Writable } from "node:stream";
+import { randomBytes } from "node:crypto";
+import { readdirSync } from "node:fs";
 import { after, before, describe, it } from "node:test";
 import { BlobStore } from "../../services/context-service/core/blob-store.js";
 import { ContextPreparer, type PrepareInput } from "../../services/context-service/core/context-preparer.js";
 import { loadDefaultDockerfile } from "../../services/context-service/core/default-dockerfile.js";
 import { ContextError, notFound } from "../../services/context-service/core/errors.js";
 import type { Commit, Repositories, Revision } from "../../services/context-service/core/repositories.js";
+import type { LayerDirectory } from "../../services/context-service/core/repository-layers.js";
 import { MirrorStore } from "../../services/context-service/core/mirrors.js";
-import { SingleFlight } from "../../services/context-service/core/single-flight.js";
+import { SingleFlight } from "../../services/shared/single-flight.js";
 
-/** Commits in memory: each rev names a SHA and a repo.tar body; counts how often repo.tar is written. */
+/** Commits in memory: each rev names a SHA and the content of its one file; counts the layer preparations. */
 class FakeRepositories implements Repositories {
-  writes = 0;
-  /** Lets a test hold repo.tar writing until it says so. */
-  gate: Promise<void> = Promise.resolve();
+  layerWrites = 0;
 
-  constructor(private readonly commits: Record<string, { sha: string; tar: string }>) {}
+  constructor(
+    private readonly dir: string,
+    private readonly commits: Record<string, { sha: string; content: string }>,
+  ) {}
 
   async resolve(_url: string, rev: string): Promise<Revision> {
     const commit = this.commits[rev];
@@ -28,16 +31,19 @@ class FakeRepositories implements Repositories {
 
   async open(url: string, rev: string): Promise<Commit> {
     const { gitSha, movingRef } = await this.resolve(url, rev);
-    const body = this.commits[rev]!.tar;
+    const content = this.commits[rev]!.content;
     return {
       gitSha,
       movingRef,
       warnings: [],
+      repositoryId: "fake",
       lookup: async () => undefined,
-      writeRepoTar: async (_options, destination: Writable) => {
-        this.writes++;
-        await this.gate;
-        destination.end(body);
+      layers: async (): Promise<LayerDirectory[]> => {
+        this.layerWrites++;
+        const path = join(this.dir, `tree-${gitSha}`);
+        await mkdir(path, { recursive: true });
+        await writeFile(join(path, "file.txt"), content);
+        return [{ name: "base", identity: `tree:${gitSha}`, path }];
       },
     };
   }
@@ -73,35 +79,36 @@ describe("ContextPreparer with fake repositories", () => {
     return { preparer: created, blobs };
   }
 
-  it("writes one commit's repo.tar once for concurrent requests, then serves it from the cache", async () => {
-    const repositories = new FakeRepositories({ main: { sha: "1".repeat(40), tar: "tar of one" } });
-    let release!: () => void;
-    repositories.gate = new Promise((resolve) => (release = resolve));
+  it("lists no repo.tar for the default Dockerfile, and makes it once on first read however many read at once", async () => {
+    const repositories = new FakeRepositories(dir, { main: { sha: "1".repeat(40), content: "the one file" } });
     const { preparer: subject } = await preparer("single", repositories);
-    const pending = Array.from({ length: 5 }, () => subject.prepare(request("main")));
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    release();
-    const contexts = await Promise.all(pending);
-    assert.equal(repositories.writes, 1);
-    assert.equal(new Set(contexts.map((context) => context.contextId)).size, 1);
-    await subject.prepare(request("main"));
-    assert.equal(repositories.writes, 1, "the second request is a cache hit");
+    const context = await subject.prepare(request("main"));
+    assert.deepEqual(context.files.map((file) => file.kind).sort(), ["dockerfile", "step-context-zip"]);
+    assert.deepEqual(context.directories.map((directory) => directory.identity), [`tree:${"1".repeat(40)}`]);
+    const tars = await Promise.all(
+      Array.from({ length: 5 }, async () => {
+        const chunks: Buffer[] = [];
+        for await (const chunk of await subject.read(context.contextId, "repo-tar", 0, 1024)) chunks.push(chunk as Buffer);
+        return Buffer.concat(chunks);
+      }),
+    );
+    assert.equal(new Set(tars.map((tar) => tar.toString("hex"))).size, 1);
+    assert.ok(tars[0]!.includes(Buffer.from("the one file")), "repo.tar holds the directories' files");
+    assert.equal(readdirSync(join(dir, "single", "cache", "blobs")).length, 4, "one repo.tar blob beside the Dockerfile and the two zips");
   });
 
   it("evicts the least recently used files past the size cap, and says so when one is read", async () => {
-    const repositories = new FakeRepositories({
-      old: { sha: "2".repeat(40), tar: "o".repeat(3000) },
-      new: { sha: "3".repeat(40), tar: "n".repeat(3000) },
-    });
-    const { preparer: subject, blobs } = await preparer("evict", repositories, 5000);
-    const old = await subject.prepare(request("old"));
-    const oldTar = old.files.find((file) => file.kind === "repo-tar")!;
-    await utimes(blobs.path(oldTar.digest), new Date(0), new Date(0));
-    const fresh = await subject.prepare(request("new"));
-    await assert.rejects(subject.read(old.contextId, "repo-tar", 0, 1024), (error: unknown) => error instanceof ContextError && error.kind === "not-found" && /PrepareContext again/.test(error.message));
+    const repositories = new FakeRepositories(dir, { old: { sha: "2".repeat(40), content: "old" }, new: { sha: "3".repeat(40), content: "new" } });
+    const { preparer: subject, blobs } = await preparer("evict", repositories, 3000);
+    const withProperties = (rev: string): PrepareInput => ({ ...request(rev), properties: [{ owner: "project", properties: { noise: randomBytes(400).toString("hex") } }] });
+    const old = await subject.prepare(withProperties("old"));
+    const oldZip = old.files.find((file) => file.kind === "step-context-zip")!;
+    await utimes(blobs.path(oldZip.digest), new Date(0), new Date(0));
+    const fresh = await subject.prepare(withProperties("new"));
+    await assert.rejects(subject.read(old.contextId, "step-context-zip", 0, 1024), (error: unknown) => error instanceof ContextError && error.kind === "not-found" && /PrepareContext again/.test(error.message));
     const chunks: Buffer[] = [];
-    for await (const chunk of await subject.read(fresh.contextId, "repo-tar", 2990, 4)) chunks.push(chunk as Buffer);
-    assert.equal(Buffer.concat(chunks).toString(), "n".repeat(10));
+    for await (const chunk of await subject.read(fresh.contextId, "dockerfile", 10, 4)) chunks.push(chunk as Buffer);
+    assert.equal(Buffer.concat(chunks).toString(), loadDefaultDockerfile("1.0.0").text.slice(10));
     assert.ok(chunks.length >= 3, "read in chunks of the asked size");
   });
 });

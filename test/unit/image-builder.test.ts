@@ -16,10 +16,11 @@ const context: LocalContext = {
   gitRev: "main",
   gitSha: "a".repeat(40),
   defaultDockerfile: true,
-  repoTar: { digest: `sha256:${"2".repeat(64)}`, size: 1n },
+  repositoryId: "2".repeat(32),
+  repositoryOptions: { excludeGitHistory: false, honorExportIgnore: false },
   stepContextZip: { digest: `sha256:${"3".repeat(64)}`, size: 1n },
   dockerfile: { digest: `sha256:${"4".repeat(64)}`, size: 1n },
-  contextDir: "/nonexistent",
+  contextSources: {},
   dockerfileDir: "/nonexistent",
   secretZipPath: "/nonexistent",
 };

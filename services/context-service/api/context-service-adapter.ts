@@ -3,12 +3,14 @@ import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import {
   ChildExecutionStrategy,
+  ContextDirectorySchema,
   ContextFileKind,
   ContextFileSchema,
   ContextService,
   DockerfileSource,
   type PrepareContextRequest,
   PreparedContextSchema,
+  RepositoryOptionsSchema,
 } from "../../../gen/steprunner/context/v1/context_service_pb.js";
 import type { Logger } from "../../shared/log.js";
 import { invalidField, invalidFieldMessage } from "../../shared/validation.js";
@@ -135,7 +137,7 @@ function prepareInput(request: PrepareContextRequest): PrepareInput {
 }
 
 function contextFile(file: ContextFileRecord) {
-  return create(ContextFileSchema, { kind: FROM_CORE_KIND[file.kind], name: file.name, digest: file.digest, sizeBytes: BigInt(file.size) });
+  return create(ContextFileSchema, { kind: FROM_CORE_KIND[file.kind], name: file.name, digest: file.digest, sizeBytes: BigInt(file.size), hostPath: file.hostPath ?? "" });
 }
 
 function preparedContext(record: PreparedContextRecord) {
@@ -148,6 +150,9 @@ function preparedContext(record: PreparedContextRecord) {
     secretStepContext: contextFile(record.secretStepContext),
     dockerfileSource: record.dockerfileSource === "repository" ? DockerfileSource.REPOSITORY : DockerfileSource.DEFAULT,
     warnings: record.warnings,
+    directories: (record.directories ?? []).map((directory) => create(ContextDirectorySchema, { name: directory.name, identity: directory.identity, hostPath: directory.path })),
+    repositoryOptions: create(RepositoryOptionsSchema, record.repositoryOptions ?? {}),
+    repositoryId: record.repositoryId ?? "",
   });
 }
 

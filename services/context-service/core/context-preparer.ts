@@ -4,11 +4,12 @@ import { join } from "node:path";
 import { inSpan } from "../../shared/tracing.js";
 import type { BlobInfo, BlobStore } from "./blob-store.js";
 import type { DefaultDockerfile } from "./default-dockerfile.js";
-import { checkCustomDockerfile, checkRepoFolder, findRepositoryDockerfile } from "./dockerfile.js";
+import { checkCustomDockerfile, checkRepoFolder, findRepositoryDockerfile, refersToRepoTar } from "./dockerfile.js";
 import { ContextError, invalidField, notFound } from "./errors.js";
-import type { RepoTarOptions } from "./repo-tar.js";
-import type { Commit, Repositories, Revision } from "./repositories.js";
-import { SingleFlight } from "./single-flight.js";
+import { writeRepoTar } from "./repo-tar.js";
+import type { Repositories, Revision } from "./repositories.js";
+import type { LayerDirectory, RepositoryOptions } from "./repository-layers.js";
+import { SingleFlight } from "../../shared/single-flight.js";
 import {
   type PropertySetInput,
   type StepContextValues,
@@ -24,6 +25,8 @@ export interface ContextFileRecord extends BlobInfo {
   kind: ContextFileKind;
   /** The name in the build context. */
   name: string;
+  /** Where the blob lies on this host, for a reader that shares the filesystem. */
+  hostPath: string;
 }
 
 export interface PreparedContextRecord {
@@ -31,15 +34,19 @@ export interface PreparedContextRecord {
   gitRev: string;
   gitSha: string;
   repoFolder: string;
-  /** The build context: repo.tar, the redacted step_context.json.zip and the Dockerfile. */
+  /** The build context's files: the redacted step_context.json.zip, the Dockerfile, and repo.tar when the Dockerfile refers to it. */
   files: ContextFileRecord[];
+  /** The repository as the build context's directories, in the order they are copied. */
+  directories: LayerDirectory[];
+  repositoryOptions: RepositoryOptions;
+  repositoryId: string;
   /** The full zip, never part of the build context. */
   secretStepContext: ContextFileRecord;
   dockerfileSource: "default" | "repository";
   warnings: string[];
 }
 
-export interface PrepareInput extends RepoTarOptions {
+export interface PrepareInput extends RepositoryOptions {
   repositoryUrl: string;
   gitRev: string;
   /** Empty: the service's OPSCHAIN_REPO_FOLDER. */
@@ -57,7 +64,7 @@ export interface PreparerSettings {
 
 const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
 /** Part of every repo.tar cache key: bump it when repo.tar's layout changes, so old entries are not reused. */
-const REPO_TAR_FORMAT = "repo.tar/2";
+const REPO_TAR_FORMAT = "repo.tar/3";
 
 /** Turns (repository, revision, properties, values) into a prepared context, and serves its files. */
 export class ContextPreparer {
@@ -100,22 +107,28 @@ export class ContextPreparer {
     const { redacted, unmatched } = redactSecrets(document, input.secretPointers);
     for (const pointer of unmatched) warnings.push(`secret pointer ${pointer} names no property; nothing was redacted for it`);
 
-    const repoTar = await inSpan("context.repo_tar", {}, () => this.repoTar(commit, input, signal));
-    const unpin = this.blobs.pin([repoTar.digest]);
+    const options = { excludeGitHistory: input.excludeGitHistory, honorExportIgnore: input.honorExportIgnore };
+    const directories = await inSpan("context.layers", {}, () => commit.layers(options, signal));
+    const dockerfile = custom ?? Buffer.from(this.defaultDockerfile.text);
+    const repoTar = custom && refersToRepoTar(custom.toString("utf8")) ? await inSpan("context.repo_tar", {}, () => this.repoTar(directories, signal)) : undefined;
+    const unpin = this.blobs.pin(repoTar ? [repoTar.digest] : []);
     try {
-      const file = async (kind: ContextFileKind, name: string, bytes: Buffer): Promise<ContextFileRecord> => ({ kind, name, ...(await this.blobs.putBuffer(bytes)) });
+      const file = async (kind: ContextFileKind, name: string, bytes: Buffer): Promise<ContextFileRecord> => this.fileRecord(kind, name, await this.blobs.putBuffer(bytes));
       const files = [
-        { kind: "repo-tar" as const, name: "repo.tar", ...repoTar },
+        ...(repoTar ? [this.fileRecord("repo-tar", "repo.tar", repoTar)] : []),
         await file("step-context-zip", "step_context.json.zip", zipStepContext(redacted)),
-        await file("dockerfile", "Dockerfile", custom ?? Buffer.from(this.defaultDockerfile.text)),
+        await file("dockerfile", "Dockerfile", dockerfile),
       ];
       const secretStepContext = await file("secret-step-context-zip", "step_context.json.zip", zipStepContext(document));
       const record: PreparedContextRecord = {
-        contextId: contextId(files, secretStepContext),
+        contextId: contextId(files, secretStepContext, directories, options),
         gitRev: input.gitRev,
         gitSha: commit.gitSha,
         repoFolder,
         files,
+        directories,
+        repositoryOptions: options,
+        repositoryId: commit.repositoryId,
         secretStepContext,
         dockerfileSource: custom ? "repository" : "default",
         warnings,
@@ -133,6 +146,10 @@ export class ContextPreparer {
     }
   }
 
+  private fileRecord(kind: ContextFileKind, name: string, info: BlobInfo): ContextFileRecord {
+    return { kind, name, ...info, hostPath: this.blobs.path(info.digest) };
+  }
+
   async describe(id: string): Promise<PreparedContextRecord> {
     if (!CONTEXT_ID.test(id)) throw invalidField("context_id", 'must be "sha256:" and 64 hex digits, as PrepareContext returns it', id);
     const text = await readFile(this.manifestPath(id), "utf8").catch(() => undefined);
@@ -144,23 +161,24 @@ export class ContextPreparer {
   async read(id: string, kind: ContextFileKind, offset: number, chunkBytes: number): Promise<NodeJS.ReadableStream> {
     if (offset < 0) throw invalidField("offset", "must not be negative", offset);
     const record = await this.describe(id);
-    const file = kind === "secret-step-context-zip" ? record.secretStepContext : record.files.find((candidate) => candidate.kind === kind);
+    const listed = kind === "secret-step-context-zip" ? record.secretStepContext : record.files.find((candidate) => candidate.kind === kind);
+    // repo.tar of a context whose Dockerfile does not refer to it is made on first read (a reader that cannot
+    // see the directories on this host unpacks it instead).
+    const file = listed ?? (kind === "repo-tar" ? this.fileRecord("repo-tar", "repo.tar", await this.repoTar(record.directories)) : undefined);
     if (!file) throw notFound(`context ${id} has no ${kind}`);
     if (offset > file.size) throw new ContextError("out-of-range", `offset: must be at most the size of ${file.name} (${file.size} bytes), got ${offset}`);
     return this.blobs.open(file.digest, offset, chunkBytes);
   }
 
-  /** repo.tar from the cache, or written once however many requests ask for it at the same time. */
-  private async repoTar(commit: Commit, options: RepoTarOptions, signal?: AbortSignal): Promise<BlobInfo> {
-    const key = `${REPO_TAR_FORMAT} ${commit.gitSha} git-history=${!options.excludeGitHistory} export-ignore=${options.honorExportIgnore}`;
+  /** repo.tar from the cache, or written once from the directories however many requests ask for it at the same time. */
+  private async repoTar(directories: LayerDirectory[], signal?: AbortSignal): Promise<BlobInfo> {
+    const key = `${REPO_TAR_FORMAT} ${directories.map((directory) => directory.identity).join(" ")}`;
     const cached = await this.blobs.lookup(key);
     if (cached) return cached;
     return this.repoTars.run(
       key,
       async (workSignal) => {
-        const info = await this.blobs.put((destination) =>
-          commit.writeRepoTar({ excludeGitHistory: options.excludeGitHistory, honorExportIgnore: options.honorExportIgnore }, destination, workSignal),
-        );
+        const info = await this.blobs.put((destination) => writeRepoTar(directories, destination, workSignal));
         await this.blobs.remember(key, info);
         return info;
       },
@@ -180,8 +198,12 @@ export class ContextPreparer {
   }
 }
 
-/** A digest over the files' digests: it changes exactly when any file's bytes do. */
-function contextId(files: ContextFileRecord[], secret: ContextFileRecord): string {
-  const lines = [...files, secret].map((file) => `${file.kind} ${file.name} ${file.digest}\n`).join("");
+/** A digest over the files' digests and the directories' identities: it changes exactly when any of them does. */
+function contextId(files: ContextFileRecord[], secret: ContextFileRecord, directories: LayerDirectory[], options: RepositoryOptions): string {
+  const lines = [
+    ...[...files, secret].map((file) => `${file.kind} ${file.name} ${file.digest}\n`),
+    ...directories.map((directory) => `directory ${directory.name} ${directory.identity}\n`),
+    `options git-history=${!options.excludeGitHistory} export-ignore=${options.honorExportIgnore}\n`,
+  ].join("");
   return `sha256:${createHash("sha256").update(lines).digest("hex")}`;
 }

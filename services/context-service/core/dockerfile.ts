@@ -103,3 +103,18 @@ export function checkCustomDockerfile(text: string, path: string): string[] {
   }
   return warnings;
 }
+
+/**
+ * Whether a Dockerfile may read repo.tar from the build context: it names it, or copies from the context with
+ * a wildcard or the whole context. repo.tar is made (O(repository)) only for such Dockerfiles.
+ */
+export function refersToRepoTar(text: string): boolean {
+  return dockerfileInstructions(text).some(({ keyword, body }) => {
+    if (body.includes("repo.tar")) return true;
+    if (keyword !== "COPY" && keyword !== "ADD") return false;
+    const operands = body.split(/\s+/).filter((arg) => arg !== "");
+    if (operands.some((arg) => /^--from=/i.test(arg))) return false;
+    const sources = operands.filter((arg) => !arg.startsWith("--")).slice(0, -1);
+    return sources.some((source) => /[*?[]/.test(source) || /^(\.|\.\/|\/|\.\/\.|)$/.test(source.replace(/^\[?"?|"?,?\]?$/g, "")));
+  });
+}

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { failedPrecondition, invalidField, notFound, unavailable } from "./errors.js";
 import { GitFailure, git, gitMaybe, killOrphanedGit } from "./git.js";
 import { checkRepositoryUrl, checkRevision } from "./repository-url.js";
-import { SingleFlight } from "./single-flight.js";
+import { SingleFlight } from "../../shared/single-flight.js";
 
 export interface ResolvedRevision {
   /** The bare mirror holding the commit and everything reachable from it. */
@@ -86,7 +86,17 @@ export class MirrorStore {
     const partial = `${mirror}.partial-${process.pid}-${Date.now()}`;
     await mkdir(join(this.root, "mirrors"), { recursive: true });
     try {
-      await git(["init", "--quiet", "--bare", partial], options);
+      // A repository on this machine is cloned with hard links to its objects (what `git clone` of a path
+      // does), instead of being sent through the pack protocol and indexed again; the fetch below then only
+      // sets our refs.
+      if (url.startsWith("/")) {
+        await git(["clone", "--quiet", "--bare", "--local", url, partial], options).catch((error: unknown) => {
+          throw fetchError(url, error);
+        });
+        await git(["config", "--remove-section", "remote.origin"], { ...options, gitDir: partial }).catch(() => undefined);
+      } else {
+        await git(["init", "--quiet", "--bare", partial], options);
+      }
       for (const [key, value] of [
         ["gc.auto", "0"], // a fetch must not repack while another request streams objects
         ["core.logAllRefUpdates", "false"],

@@ -1,8 +1,9 @@
-import type { Writable } from "node:stream";
+import { basename } from "node:path";
 import type { TreeLookup } from "./dockerfile.js";
 import { gitBytes, gitMaybe } from "./git.js";
+import type { GitTrees } from "./git-tree.js";
 import type { MirrorStore } from "./mirrors.js";
-import type { RepoTarOptions, RepoTarWriter } from "./repo-tar.js";
+import type { LayerDirectory, RepositoryLayers, RepositoryOptions } from "./repository-layers.js";
 
 export interface Revision {
   gitSha: string;
@@ -13,8 +14,11 @@ export interface Revision {
 export interface Commit extends Revision {
   /** Things the user should know about the commit (submodules, LFS pointers). */
   warnings: string[];
+  /** A stable id of the repository (its URL's digest). */
+  repositoryId: string;
   lookup: TreeLookup;
-  writeRepoTar(options: RepoTarOptions, destination: Writable, signal?: AbortSignal): Promise<void>;
+  /** The repository at the commit as the build context's directories (see RepositoryLayers). */
+  layers(options: RepositoryOptions, signal?: AbortSignal): Promise<LayerDirectory[]>;
 }
 
 /** Where commits come from: git mirrors in the service, in-memory trees in unit tests. */
@@ -35,7 +39,8 @@ const KINDS: Record<string, "file" | "executable" | "symlink" | "directory" | "s
 export class GitRepositories implements Repositories {
   constructor(
     private readonly mirrors: MirrorStore,
-    private readonly repoTars: RepoTarWriter,
+    private readonly trees: GitTrees,
+    private readonly repositoryLayers: RepositoryLayers,
   ) {}
 
   resolve(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<Revision> {
@@ -44,11 +49,12 @@ export class GitRepositories implements Repositories {
 
   async open(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<Commit> {
     const { mirror, gitSha, movingRef } = await this.mirrors.resolve(repositoryUrl, gitRev, signal);
-    const { tree, warnings } = await this.repoTars.inspect(mirror, gitSha, signal);
+    const { tree, warnings } = await this.trees.inspect(mirror, gitSha, signal);
     return {
       gitSha,
       movingRef,
       warnings,
+      repositoryId: basename(mirror).replace(/\.git$/, ""),
       lookup: async (path) => {
         const listing = await gitMaybe(["ls-tree", "-z", "--long", gitSha, "--", path], { gitDir: mirror, signal });
         // "<mode> <type> <oid> <size>\t<path>\0"; a path inside a symlinked directory lists nothing.
@@ -63,7 +69,10 @@ export class GitRepositories implements Repositories {
           read: () => gitBytes(["cat-file", "blob", oid], { gitDir: mirror, signal }),
         };
       },
-      writeRepoTar: (options, destination, writeSignal) => this.repoTars.write(mirror, gitSha, tree, options, destination, writeSignal ?? signal),
+      layers: async (options, layersSignal) => {
+        const exported = options.honorExportIgnore ? await this.trees.exportedPaths(mirror, gitSha, layersSignal) : undefined;
+        return this.repositoryLayers.prepare(mirror, gitSha, tree, exported, options, layersSignal);
+      },
     };
   }
 }

@@ -29,15 +29,18 @@ export class ContextServiceProvider implements ContextProvider {
     const listed = context.secretStepContext ? [...context.files, context.secretStepContext] : context.files;
     for (const [kind, apiKind] of Object.entries(KINDS) as Array<[ContextFileKind, ApiFileKind]>) {
       const file = listed.find((candidate) => candidate.kind === apiKind);
-      if (!file) throw new Error(`the context-service described ${contextId} without its ${kind}`);
-      files[kind] = { digest: file.digest, size: file.sizeBytes };
+      if (file) files[kind] = { digest: file.digest, size: file.sizeBytes, hostPath: file.hostPath };
+      else if (kind !== "repo-tar") throw new Error(`the context-service described ${contextId} without its ${kind}`);
     }
     return {
       contextId: context.contextId,
       gitRev: context.gitRev,
       gitSha: context.gitSha,
       defaultDockerfile: context.dockerfileSource === DockerfileSource.DEFAULT,
+      repositoryId: context.repositoryId,
+      repositoryOptions: { excludeGitHistory: context.repositoryOptions?.excludeGitHistory ?? false, honorExportIgnore: context.repositoryOptions?.honorExportIgnore ?? false },
       files,
+      directories: context.directories.map((directory) => ({ name: directory.name, identity: directory.identity, hostPath: directory.hostPath })),
     };
   }
 

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import type { StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
 import type { BuildKitClient } from "./client.js";
-import type { TransferObserver } from "./session/file-sync.js";
+import type { LocalSource, TransferObserver } from "./session/file-sync.js";
 import type { SessionTransport } from "./session/session.js";
 import type { RegistryCredentials } from "../../shared/registry/credentials.js";
 
@@ -11,8 +11,8 @@ export interface CacheEntry {
 }
 
 export interface DockerfileBuild {
-  /** The directory sent as the build context (local source "context"). */
-  contextDir: string;
+  /** What is sent as the build context (local source "context"). */
+  context: LocalSource;
   /** The directory holding the Dockerfile (local source "dockerfile"). */
   dockerfileDir: string;
   buildArgs: Record<string, string>;
@@ -52,7 +52,7 @@ export async function buildDockerfile(
     {
       name: build.sessionName,
       sharedKey: build.sharedKey,
-      localDirs: { context: build.contextDir, dockerfile: build.dockerfileDir },
+      localDirs: { context: build.context, dockerfile: build.dockerfileDir },
       secrets: build.secrets,
       observer: build.observer,
       registryCredentials: build.registryCredentials,

@@ -1,20 +1,34 @@
 import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { mkdir, rename, rm, stat, utimes } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
+import { spawn } from "node:child_process";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { SingleFlight } from "../../shared/single-flight.js";
+import { stableTime } from "../../shared/stable-time.js";
 import { invalidField } from "../../shared/validation.js";
-import type { ContextFileInfo, ContextSource, LocalContext } from "./model.js";
+import type { ContextFileInfo, ContextSource, LocalContext, RepositoryOptions } from "./model.js";
 
 export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip";
+
+/** One directory of the build context as the context-service describes it (ContextDirectory). */
+export interface RemoteDirectory {
+  name: string;
+  identity: string;
+  hostPath: string;
+}
 
 export interface RemoteContext {
   contextId: string;
   gitRev: string;
   gitSha: string;
   defaultDockerfile: boolean;
-  files: Record<ContextFileKind, ContextFileInfo>;
+  repositoryId: string;
+  repositoryOptions: RepositoryOptions;
+  /** repo.tar is listed only when the Dockerfile refers to it. */
+  files: Omit<Record<ContextFileKind, ContextFileInfo>, "repo-tar"> & { "repo-tar"?: ContextFileInfo };
+  directories: RemoteDirectory[];
 }
 
 /** Where contexts are prepared (the context-service over gRPC in production). */
@@ -26,12 +40,14 @@ export interface ContextProvider {
 const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
 
 /**
- * Copies prepared contexts from the context-service to local disk once, verified against their digests.
- * Each file's mtime is derived from its digest: BuildKit re-sends a file only when size, mtime or mode
- * change, so equal bytes are never sent twice and different bytes always are.
+ * Makes prepared contexts local. The repository's directories (and repo.tar) are read where the context-service
+ * wrote them when this service shares its filesystem (checked by each directory's identity file), so a new
+ * commit copies nothing here; otherwise repo.tar is downloaded once and unpacked. The small files are copied
+ * to local disk, verified against their digests, each with an mtime derived from its digest: BuildKit
+ * re-sends a file only when its size, mtime or mode change.
  */
 export class ContextCache implements ContextSource {
-  private readonly pending = new Map<string, Promise<LocalContext>>();
+  private readonly downloads = new SingleFlight<LocalContext>();
 
   constructor(
     private readonly provider: ContextProvider,
@@ -42,25 +58,21 @@ export class ContextCache implements ContextSource {
     if (!CONTEXT_ID.test(contextId)) {
       return Promise.reject(invalidField("context_id", 'must be a prepared context\'s id: "sha256:" and 64 hex digits', contextId));
     }
-    let materializing = this.pending.get(contextId);
-    if (!materializing) {
-      materializing = this.fetch(contextId, signal).finally(() => this.pending.delete(contextId));
-      this.pending.set(contextId, materializing);
-    }
-    return materializing;
+    // One download per context however many builds ask; it stops only when all of them have gone.
+    return this.downloads.run(contextId, (workSignal) => this.fetch(contextId, workSignal), signal);
   }
 
-  private async fetch(contextId: string, signal?: AbortSignal): Promise<LocalContext> {
+  private async fetch(contextId: string, signal: AbortSignal): Promise<LocalContext> {
     const remote = await this.provider.describe(contextId, signal);
     const root = join(this.dir, contextId.slice(7));
-    const local = layout(root, remote);
-    if (await exists(join(root, "complete"))) return local;
+    const saved = await readFile(join(root, "sources.json"), "utf8").catch(() => undefined);
+    if (saved !== undefined) return { ...layout(root, remote), contextSources: JSON.parse(saved) as Record<string, string> };
     const staging = `${root}.${process.pid}.${Date.now()}.tmp`;
     try {
       const staged = layout(staging, remote);
-      const targets: Array<[ContextFileKind, string]> = [
-        ["repo-tar", join(staged.contextDir, "repo.tar")],
-        ["step-context-zip", join(staged.contextDir, "step_context.json.zip")],
+      const final = layout(root, remote);
+      const targets: Array<["step-context-zip" | "dockerfile" | "secret-step-context-zip", string]> = [
+        ["step-context-zip", join(staging, "step_context.json.zip")],
         ["dockerfile", join(staged.dockerfileDir, "Dockerfile")],
         ["secret-step-context-zip", staged.secretZipPath],
       ];
@@ -68,10 +80,30 @@ export class ContextCache implements ContextSource {
         await mkdir(join(path, ".."), { recursive: true, mode: kind === "secret-step-context-zip" ? 0o700 : 0o755 });
         await this.download(contextId, kind, remote.files[kind], path, signal);
       }
-      await mkdir(join(staging, "complete"));
+      const sources: Record<string, string> = { "step_context.json.zip": join(root, "step_context.json.zip") };
+      const repoTar = remote.files["repo-tar"];
+      if (repoTar) {
+        if (await sharedFile(repoTar)) sources["repo.tar"] = repoTar.hostPath!;
+        else {
+          await this.download(contextId, "repo-tar", repoTar, join(staging, "repo.tar"), signal);
+          sources["repo.tar"] = join(root, "repo.tar");
+        }
+      }
+      if (remote.directories.length > 0) {
+        if (await sharedDirectories(remote.directories)) {
+          for (const directory of remote.directories) sources[directory.name] = directory.hostPath;
+        } else {
+          // The whole repository in the last directory, the others empty: the same tree once copied in order.
+          await this.unpackRepoTar(contextId, join(staging, "repository"), signal);
+          await mkdir(join(staging, "empty"));
+          for (const directory of remote.directories) sources[directory.name] = join(root, "empty");
+          sources[remote.directories[remote.directories.length - 1]!.name] = join(root, "repository");
+        }
+      }
+      await writeFile(join(staging, "sources.json"), JSON.stringify(sources));
       await rm(root, { recursive: true, force: true });
       await rename(staging, root);
-      return local;
+      return { ...final, contextSources: sources };
     } finally {
       await rm(staging, { recursive: true, force: true });
     }
@@ -96,32 +128,58 @@ export class ContextCache implements ContextSource {
     if (digest !== expected.digest || size !== expected.size) {
       throw new ConnectError(`context ${contextId}: ${kind} arrived as ${digest} (${size} bytes), expected ${expected.digest} (${expected.size} bytes)`, Code.DataLoss);
     }
-    const mtime = mtimeOf(digest);
+    const mtime = stableTime(digest);
     await utimes(path, mtime, mtime);
+  }
+
+  /** Streams repo.tar into tar, which unpacks it with every file's time set to now, so all of it is sent. */
+  private async unpackRepoTar(contextId: string, dir: string, signal: AbortSignal): Promise<void> {
+    await mkdir(dir, { recursive: true });
+    const child = spawn("tar", ["-x", "-m", "-C", dir], { stdio: ["pipe", "ignore", "pipe"], signal });
+    let stderr = "";
+    child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
+    const exited = new Promise<number | null>((resolve, reject) => {
+      child.once("error", reject);
+      child.once("close", resolve);
+    });
+    exited.catch(() => undefined);
+    await pipeline(this.provider.read(contextId, "repo-tar", signal), child.stdin, { signal });
+    const code = await exited;
+    if (code !== 0) throw new ConnectError(`context ${contextId}: unpacking repo.tar failed: ${stderr.trim()}`, Code.Internal);
   }
 }
 
-function layout(root: string, remote: RemoteContext): LocalContext {
+function layout(root: string, remote: RemoteContext): Omit<LocalContext, "contextSources"> {
   return {
     contextId: remote.contextId,
     gitRev: remote.gitRev,
     gitSha: remote.gitSha,
     defaultDockerfile: remote.defaultDockerfile,
-    repoTar: remote.files["repo-tar"],
+    repositoryId: remote.repositoryId,
+    repositoryOptions: remote.repositoryOptions,
     stepContextZip: remote.files["step-context-zip"],
     dockerfile: remote.files.dockerfile,
-    contextDir: join(root, "context"),
     dockerfileDir: join(root, "dockerfile"),
     secretZipPath: join(root, "secret", "step_context.json.zip"),
   };
 }
 
-/** A stable time from a digest (seconds within 2001–2033), so equal content always has equal metadata. */
-function mtimeOf(digest: string): Date {
-  const seconds = 1_000_000_000 + (parseInt(digest.slice(7, 15), 16) % 1_000_000_000);
-  return new Date(seconds * 1000);
+/** Whether the context-service's blob is on this filesystem: it is named by its digest, so its size confirms it. */
+async function sharedFile(file: ContextFileInfo): Promise<boolean> {
+  if (!file.hostPath) return false;
+  const info = await stat(file.hostPath).catch(() => undefined);
+  return info !== undefined && BigInt(info.size) === file.size;
 }
 
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
+/** Whether every directory is on this filesystem, complete: its identity file beside it says what it holds. */
+async function sharedDirectories(directories: RemoteDirectory[]): Promise<boolean> {
+  for (const directory of directories) {
+    if (directory.identity === "empty") {
+      if (!(await stat(directory.hostPath).catch(() => undefined))?.isDirectory()) return false;
+      continue;
+    }
+    const identity = await readFile(`${directory.hostPath}.identity`, "utf8").catch(() => undefined);
+    if (identity !== directory.identity) return false;
+  }
+  return true;
 }

@@ -220,7 +220,7 @@ export class ImageBuilder {
       if (events.length) emit({ kind: "progress", events });
     };
     const build: DockerfileBuild = {
-      contextDir: context.contextDir,
+      context: { entries: context.contextSources },
       dockerfileDir: context.dockerfileDir,
       buildArgs,
       network: request.network,
@@ -390,11 +390,13 @@ export class ImageBuilder {
 
   private contentKey(context: LocalContext, baseDigest: string, buildArgs: Record<string, string>, network: string): string {
     const inputs = {
+      // The repository by its commit and options, not by the bytes it travels in (repo.tar's or the
+      // directories' depend on which older commits this machine has seen).
       gitSha: context.gitSha,
+      repository: context.repositoryOptions,
       dockerfile: context.dockerfile.digest,
       baseImage: baseDigest,
       buildArgs,
-      repoTar: context.repoTar.digest,
       // The default Dockerfile never puts the properties in a layer: a change of properties reuses the image.
       stepContextZip: context.defaultDockerfile ? null : context.stepContextZip.digest,
       network,
@@ -404,11 +406,11 @@ export class ImageBuilder {
 }
 
 /**
- * Builds of one Dockerfile share BuildKit's snapshot of their local sources (unchanged files are not sent
- * again) and their registry cache; unrelated Dockerfiles do not evict each other's.
+ * Builds of one repository with one Dockerfile share BuildKit's snapshot of their local sources (unchanged
+ * files are not sent again) and their registry cache; other repositories and Dockerfiles do not evict theirs.
  */
 function cacheScope(context: LocalContext): string {
-  return context.dockerfile.digest.slice(7, 23);
+  return `${context.repositoryId.slice(0, 16)}-${context.dockerfile.digest.slice(7, 23)}`;
 }
 
 /** dockerd's overlay2 directories of an image, bottom layer first. */

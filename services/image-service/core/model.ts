@@ -5,6 +5,13 @@ export type Handoff = "registry" | "layer-store";
 export interface ContextFileInfo {
   digest: string;
   size: bigint;
+  /** Where the context-service keeps it, readable here when both share a filesystem. */
+  hostPath?: string;
+}
+
+export interface RepositoryOptions {
+  excludeGitHistory: boolean;
+  honorExportIgnore: boolean;
 }
 
 /** A prepared context as the image-service needs it, its files on local disk. */
@@ -14,11 +21,13 @@ export interface LocalContext {
   gitSha: string;
   /** Whether the Dockerfile is this version's default (then properties do not enter the reuse key). */
   defaultDockerfile: boolean;
-  repoTar: ContextFileInfo;
+  /** A stable id of the repository: builds of one repository share BuildKit's transfer cache. */
+  repositoryId: string;
+  repositoryOptions: RepositoryOptions;
   stepContextZip: ContextFileInfo;
   dockerfile: ContextFileInfo;
-  /** Holds repo.tar and the redacted step_context.json.zip: the build context. */
-  contextDir: string;
+  /** The build context: its top-level names (the repository's directories, the redacted zip, repo.tar) and where each lies here. */
+  contextSources: Record<string, string>;
   /** Holds the Dockerfile. */
   dockerfileDir: string;
   /** The unredacted zip, given to builds only as the secret env_context_zip. */

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file steprunner/context/v1/context_service.proto.
  */
 export const file_steprunner_context_v1_context_service: GenFile = /*@__PURE__*/
-  fileDesc("CitzdGVwcnVubmVyL2NvbnRleHQvdjEvY29udGV4dF9zZXJ2aWNlLnByb3RvEhVzdGVwcnVubmVyLmNvbnRleHQudjEiSQoLUHJvcGVydHlTZXQSDQoFb3duZXIYASABKAkSKwoKcHJvcGVydGllcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QizgEKDENoYW5nZVZhbHVlcxIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSFAoMcHJvamVjdF9jb2RlGAMgASgJEhQKDHByb2plY3RfbmFtZRgEIAEoCRIYChBlbnZpcm9ubWVudF9jb2RlGAUgASgJEhgKEGVudmlyb25tZW50X25hbWUYBiABKAkSEgoKY3JlYXRlZF9ieRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK4AQoKU3RlcFZhbHVlcxIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSEQoJZnVsbF9wYXRoGAMgASgJEk8KGGNoaWxkX2V4ZWN1dGlvbl9zdHJhdGVneRgEIAEoDjItLnN0ZXBydW5uZXIuY29udGV4dC52MS5DaGlsZEV4ZWN1dGlvblN0cmF0ZWd5EioKCWFyZ3VtZW50cxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiGgoKVXNlclZhbHVlcxIMCgRuYW1lGAEgASgJIqoBChFTdGVwQ29udGV4dFZhbHVlcxIzCgZjaGFuZ2UYASABKAsyIy5zdGVwcnVubmVyLmNvbnRleHQudjEuQ2hhbmdlVmFsdWVzEi8KBHN0ZXAYAiABKAsyIS5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcFZhbHVlcxIvCgR1c2VyGAMgASgLMiEuc3RlcHJ1bm5lci5jb250ZXh0LnYxLlVzZXJWYWx1ZXMiogIKFVByZXBhcmVDb250ZXh0UmVxdWVzdBIWCg5yZXBvc2l0b3J5X3VybBgBIAEoCRIPCgdnaXRfcmV2GAIgASgJEhMKC3JlcG9fZm9sZGVyGAMgASgJEhsKE2V4Y2x1ZGVfZ2l0X2hpc3RvcnkYBCABKAgSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMSGwoTaG9ub3JfZXhwb3J0X2lnbm9yZRgIIAEoCCJRChZQcmVwYXJlQ29udGV4dFJlc3BvbnNlEjcKB2NvbnRleHQYASABKAsyJi5zdGVwcnVubmVyLmNvbnRleHQudjEuUHJlcGFyZWRDb250ZXh0InUKC0NvbnRleHRGaWxlEjQKBGtpbmQYASABKA4yJi5zdGVwcnVubmVyLmNvbnRleHQudjEuQ29udGV4dEZpbGVLaW5kEgwKBG5hbWUYAiABKAkSDgoGZGlnZXN0GAMgASgJEhIKCnNpemVfYnl0ZXMYBCABKAMipgIKD1ByZXBhcmVkQ29udGV4dBISCgpjb250ZXh0X2lkGAEgASgJEg8KB2dpdF9yZXYYAiABKAkSDwoHZ2l0X3NoYRgDIAEoCRITCgtyZXBvX2ZvbGRlchgEIAEoCRIxCgVmaWxlcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Db250ZXh0RmlsZRJCChFkb2NrZXJmaWxlX3NvdXJjZRgGIAEoDjInLnN0ZXBydW5uZXIuY29udGV4dC52MS5Eb2NrZXJmaWxlU291cmNlEhAKCHdhcm5pbmdzGAcgAygJEj8KE3NlY3JldF9zdGVwX2NvbnRleHQYCCABKAsyIi5zdGVwcnVubmVyLmNvbnRleHQudjEuQ29udGV4dEZpbGUiJwoRR2V0Q29udGV4dFJlcXVlc3QSEgoKY29udGV4dF9pZBgBIAEoCSJNChJHZXRDb250ZXh0UmVzcG9uc2USNwoHY29udGV4dBgBIAEoCzImLnN0ZXBydW5uZXIuY29udGV4dC52MS5QcmVwYXJlZENvbnRleHQicgoWUmVhZENvbnRleHRGaWxlUmVxdWVzdBISCgpjb250ZXh0X2lkGAEgASgJEjQKBGtpbmQYAiABKA4yJi5zdGVwcnVubmVyLmNvbnRleHQudjEuQ29udGV4dEZpbGVLaW5kEg4KBm9mZnNldBgDIAEoAyIoChdSZWFkQ29udGV4dEZpbGVSZXNwb25zZRINCgVjaHVuaxgBIAEoDCJBChZSZXNvbHZlUmV2aXNpb25SZXF1ZXN0EhYKDnJlcG9zaXRvcnlfdXJsGAEgASgJEg8KB2dpdF9yZXYYAiABKAkiPgoXUmVzb2x2ZVJldmlzaW9uUmVzcG9uc2USDwoHZ2l0X3NoYRgBIAEoCRISCgptb3ZpbmdfcmVmGAIgASgIIh0KG0dldERlZmF1bHREb2NrZXJmaWxlUmVxdWVzdCJTChxHZXREZWZhdWx0RG9ja2VyZmlsZVJlc3BvbnNlEhIKCmRvY2tlcmZpbGUYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIOCgZkaWdlc3QYAyABKAkqkgEKFkNoaWxkRXhlY3V0aW9uU3RyYXRlZ3kSKAokQ0hJTERfRVhFQ1VUSU9OX1NUUkFURUdZX1VOU1BFQ0lGSUVEEAASJwojQ0hJTERfRVhFQ1VUSU9OX1NUUkFURUdZX1NFUVVFTlRJQUwQARIlCiFDSElMRF9FWEVDVVRJT05fU1RSQVRFR1lfUEFSQUxMRUwQAirNAQoPQ29udGV4dEZpbGVLaW5kEiEKHUNPTlRFWFRfRklMRV9LSU5EX1VOU1BFQ0lGSUVEEAASHgoaQ09OVEVYVF9GSUxFX0tJTkRfUkVQT19UQVIQARImCiJDT05URVhUX0ZJTEVfS0lORF9TVEVQX0NPTlRFWFRfWklQEAISIAocQ09OVEVYVF9GSUxFX0tJTkRfRE9DS0VSRklMRRADEi0KKUNPTlRFWFRfRklMRV9LSU5EX1NFQ1JFVF9TVEVQX0NPTlRFWFRfWklQEAQqdgoQRG9ja2VyZmlsZVNvdXJjZRIhCh1ET0NLRVJGSUxFX1NPVVJDRV9VTlNQRUNJRklFRBAAEh0KGURPQ0tFUkZJTEVfU09VUkNFX0RFRkFVTFQQARIgChxET0NLRVJGSUxFX1NPVVJDRV9SRVBPU0lUT1JZEAIy4wQKDkNvbnRleHRTZXJ2aWNlEnIKDlByZXBhcmVDb250ZXh0Eiwuc3RlcHJ1bm5lci5jb250ZXh0LnYxLlByZXBhcmVDb250ZXh0UmVxdWVzdBotLnN0ZXBydW5uZXIuY29udGV4dC52MS5QcmVwYXJlQ29udGV4dFJlc3BvbnNlIgOQAgISZgoKR2V0Q29udGV4dBIoLnN0ZXBydW5uZXIuY29udGV4dC52MS5HZXRDb250ZXh0UmVxdWVzdBopLnN0ZXBydW5uZXIuY29udGV4dC52MS5HZXRDb250ZXh0UmVzcG9uc2UiA5ACARJ3Cg9SZWFkQ29udGV4dEZpbGUSLS5zdGVwcnVubmVyLmNvbnRleHQudjEuUmVhZENvbnRleHRGaWxlUmVxdWVzdBouLnN0ZXBydW5uZXIuY29udGV4dC52MS5SZWFkQ29udGV4dEZpbGVSZXNwb25zZSIDkAIBMAESdQoPUmVzb2x2ZVJldmlzaW9uEi0uc3RlcHJ1bm5lci5jb250ZXh0LnYxLlJlc29sdmVSZXZpc2lvblJlcXVlc3QaLi5zdGVwcnVubmVyLmNvbnRleHQudjEuUmVzb2x2ZVJldmlzaW9uUmVzcG9uc2UiA5ACAhKEAQoUR2V0RGVmYXVsdERvY2tlcmZpbGUSMi5zdGVwcnVubmVyLmNvbnRleHQudjEuR2V0RGVmYXVsdERvY2tlcmZpbGVSZXF1ZXN0GjMuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkdldERlZmF1bHREb2NrZXJmaWxlUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CitzdGVwcnVubmVyL2NvbnRleHQvdjEvY29udGV4dF9zZXJ2aWNlLnByb3RvEhVzdGVwcnVubmVyLmNvbnRleHQudjEiSQoLUHJvcGVydHlTZXQSDQoFb3duZXIYASABKAkSKwoKcHJvcGVydGllcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QizgEKDENoYW5nZVZhbHVlcxIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSFAoMcHJvamVjdF9jb2RlGAMgASgJEhQKDHByb2plY3RfbmFtZRgEIAEoCRIYChBlbnZpcm9ubWVudF9jb2RlGAUgASgJEhgKEGVudmlyb25tZW50X25hbWUYBiABKAkSEgoKY3JlYXRlZF9ieRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK4AQoKU3RlcFZhbHVlcxIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSEQoJZnVsbF9wYXRoGAMgASgJEk8KGGNoaWxkX2V4ZWN1dGlvbl9zdHJhdGVneRgEIAEoDjItLnN0ZXBydW5uZXIuY29udGV4dC52MS5DaGlsZEV4ZWN1dGlvblN0cmF0ZWd5EioKCWFyZ3VtZW50cxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiGgoKVXNlclZhbHVlcxIMCgRuYW1lGAEgASgJIqoBChFTdGVwQ29udGV4dFZhbHVlcxIzCgZjaGFuZ2UYASABKAsyIy5zdGVwcnVubmVyLmNvbnRleHQudjEuQ2hhbmdlVmFsdWVzEi8KBHN0ZXAYAiABKAsyIS5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcFZhbHVlcxIvCgR1c2VyGAMgASgLMiEuc3RlcHJ1bm5lci5jb250ZXh0LnYxLlVzZXJWYWx1ZXMiogIKFVByZXBhcmVDb250ZXh0UmVxdWVzdBIWCg5yZXBvc2l0b3J5X3VybBgBIAEoCRIPCgdnaXRfcmV2GAIgASgJEhMKC3JlcG9fZm9sZGVyGAMgASgJEhsKE2V4Y2x1ZGVfZ2l0X2hpc3RvcnkYBCABKAgSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMSGwoTaG9ub3JfZXhwb3J0X2lnbm9yZRgIIAEoCCJRChZQcmVwYXJlQ29udGV4dFJlc3BvbnNlEjcKB2NvbnRleHQYASABKAsyJi5zdGVwcnVubmVyLmNvbnRleHQudjEuUHJlcGFyZWRDb250ZXh0IogBCgtDb250ZXh0RmlsZRI0CgRraW5kGAEgASgOMiYuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNvbnRleHRGaWxlS2luZBIMCgRuYW1lGAIgASgJEg4KBmRpZ2VzdBgDIAEoCRISCgpzaXplX2J5dGVzGAQgASgDEhEKCWhvc3RfcGF0aBgFIAEoCSJFChBDb250ZXh0RGlyZWN0b3J5EgwKBG5hbWUYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSEQoJaG9zdF9wYXRoGAMgASgJIk0KEVJlcG9zaXRvcnlPcHRpb25zEhsKE2V4Y2x1ZGVfZ2l0X2hpc3RvcnkYASABKAgSGwoTaG9ub3JfZXhwb3J0X2lnbm9yZRgCIAEoCCLBAwoPUHJlcGFyZWRDb250ZXh0EhIKCmNvbnRleHRfaWQYASABKAkSDwoHZ2l0X3JldhgCIAEoCRIPCgdnaXRfc2hhGAMgASgJEhMKC3JlcG9fZm9sZGVyGAQgASgJEjEKBWZpbGVzGAUgAygLMiIuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNvbnRleHRGaWxlEkIKEWRvY2tlcmZpbGVfc291cmNlGAYgASgOMicuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkRvY2tlcmZpbGVTb3VyY2USEAoId2FybmluZ3MYByADKAkSPwoTc2VjcmV0X3N0ZXBfY29udGV4dBgIIAEoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Db250ZXh0RmlsZRI8CgtkaXJlY3RvcmllcxgJIAMoCzInLnN0ZXBydW5uZXIuY29udGV4dC52MS5Db250ZXh0RGlyZWN0b3J5EkQKEnJlcG9zaXRvcnlfb3B0aW9ucxgKIAEoCzIoLnN0ZXBydW5uZXIuY29udGV4dC52MS5SZXBvc2l0b3J5T3B0aW9ucxIVCg1yZXBvc2l0b3J5X2lkGAsgASgJIicKEUdldENvbnRleHRSZXF1ZXN0EhIKCmNvbnRleHRfaWQYASABKAkiTQoSR2V0Q29udGV4dFJlc3BvbnNlEjcKB2NvbnRleHQYASABKAsyJi5zdGVwcnVubmVyLmNvbnRleHQudjEuUHJlcGFyZWRDb250ZXh0InIKFlJlYWRDb250ZXh0RmlsZVJlcXVlc3QSEgoKY29udGV4dF9pZBgBIAEoCRI0CgRraW5kGAIgASgOMiYuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNvbnRleHRGaWxlS2luZBIOCgZvZmZzZXQYAyABKAMiKAoXUmVhZENvbnRleHRGaWxlUmVzcG9uc2USDQoFY2h1bmsYASABKAwiQQoWUmVzb2x2ZVJldmlzaW9uUmVxdWVzdBIWCg5yZXBvc2l0b3J5X3VybBgBIAEoCRIPCgdnaXRfcmV2GAIgASgJIj4KF1Jlc29sdmVSZXZpc2lvblJlc3BvbnNlEg8KB2dpdF9zaGEYASABKAkSEgoKbW92aW5nX3JlZhgCIAEoCCIdChtHZXREZWZhdWx0RG9ja2VyZmlsZVJlcXVlc3QiUwocR2V0RGVmYXVsdERvY2tlcmZpbGVSZXNwb25zZRISCgpkb2NrZXJmaWxlGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSDgoGZGlnZXN0GAMgASgJKpIBChZDaGlsZEV4ZWN1dGlvblN0cmF0ZWd5EigKJENISUxEX0VYRUNVVElPTl9TVFJBVEVHWV9VTlNQRUNJRklFRBAAEicKI0NISUxEX0VYRUNVVElPTl9TVFJBVEVHWV9TRVFVRU5USUFMEAESJQohQ0hJTERfRVhFQ1VUSU9OX1NUUkFURUdZX1BBUkFMTEVMEAIqzQEKD0NvbnRleHRGaWxlS2luZBIhCh1DT05URVhUX0ZJTEVfS0lORF9VTlNQRUNJRklFRBAAEh4KGkNPTlRFWFRfRklMRV9LSU5EX1JFUE9fVEFSEAESJgoiQ09OVEVYVF9GSUxFX0tJTkRfU1RFUF9DT05URVhUX1pJUBACEiAKHENPTlRFWFRfRklMRV9LSU5EX0RPQ0tFUkZJTEUQAxItCilDT05URVhUX0ZJTEVfS0lORF9TRUNSRVRfU1RFUF9DT05URVhUX1pJUBAEKnYKEERvY2tlcmZpbGVTb3VyY2USIQodRE9DS0VSRklMRV9TT1VSQ0VfVU5TUEVDSUZJRUQQABIdChlET0NLRVJGSUxFX1NPVVJDRV9ERUZBVUxUEAESIAocRE9DS0VSRklMRV9TT1VSQ0VfUkVQT1NJVE9SWRACMuMECg5Db250ZXh0U2VydmljZRJyCg5QcmVwYXJlQ29udGV4dBIsLnN0ZXBydW5uZXIuY29udGV4dC52MS5QcmVwYXJlQ29udGV4dFJlcXVlc3QaLS5zdGVwcnVubmVyLmNvbnRleHQudjEuUHJlcGFyZUNvbnRleHRSZXNwb25zZSIDkAICEmYKCkdldENvbnRleHQSKC5zdGVwcnVubmVyLmNvbnRleHQudjEuR2V0Q29udGV4dFJlcXVlc3QaKS5zdGVwcnVubmVyLmNvbnRleHQudjEuR2V0Q29udGV4dFJlc3BvbnNlIgOQAgESdwoPUmVhZENvbnRleHRGaWxlEi0uc3RlcHJ1bm5lci5jb250ZXh0LnYxLlJlYWRDb250ZXh0RmlsZVJlcXVlc3QaLi5zdGVwcnVubmVyLmNvbnRleHQudjEuUmVhZENvbnRleHRGaWxlUmVzcG9uc2UiA5ACATABEnUKD1Jlc29sdmVSZXZpc2lvbhItLnN0ZXBydW5uZXIuY29udGV4dC52MS5SZXNvbHZlUmV2aXNpb25SZXF1ZXN0Gi4uc3RlcHJ1bm5lci5jb250ZXh0LnYxLlJlc29sdmVSZXZpc2lvblJlc3BvbnNlIgOQAgIShAEKFEdldERlZmF1bHREb2NrZXJmaWxlEjIuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkdldERlZmF1bHREb2NrZXJmaWxlUmVxdWVzdBozLnN0ZXBydW5uZXIuY29udGV4dC52MS5HZXREZWZhdWx0RG9ja2VyZmlsZVJlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * PropertySet is one owner's properties (project, environment, change, ...), a JSON object.
@@ -294,6 +294,14 @@ export type ContextFile = Message<"steprunner.context.v1.ContextFile"> & {
    * @generated from field: int64 size_bytes = 4;
    */
   sizeBytes: bigint;
+
+  /**
+   * Where the file lies on the context-service's host (named by its digest), for a service that shares
+   * that filesystem and can read it there instead of through ReadContextFile.
+   *
+   * @generated from field: string host_path = 5;
+   */
+  hostPath: string;
 };
 
 /**
@@ -302,6 +310,70 @@ export type ContextFile = Message<"steprunner.context.v1.ContextFile"> & {
  */
 export const ContextFileSchema: GenMessage<ContextFile> = /*@__PURE__*/
   messageDesc(file_steprunner_context_v1_context_service, 7);
+
+/**
+ * ContextDirectory is one directory of the build context, holding part of the repository. Together, each
+ * copied over the one before, they are the repository at GIT_SHA with its .git: "history" (a pack of an
+ * ancestor commit's objects, changing rarely), "base" (the working tree of a recent commit) and "changes"
+ * (what differs at this commit: changed files, .git's own files and a pack of the newer objects). Splitting
+ * them lets BuildKit cache the layers that did not change.
+ *
+ * @generated from message steprunner.context.v1.ContextDirectory
+ */
+export type ContextDirectory = Message<"steprunner.context.v1.ContextDirectory"> & {
+  /**
+   * The directory's name at the top of the build context: "history", "base" or "changes".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What the directory holds, e.g. "pack:<sha>", "tree:<sha>": equal identities, equal content.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * Where it lies on the context-service's host. It is read there when the reader finds the file
+   * "<host_path>.identity" holding identity; otherwise the reader unpacks repo.tar instead.
+   *
+   * @generated from field: string host_path = 3;
+   */
+  hostPath: string;
+};
+
+/**
+ * Describes the message steprunner.context.v1.ContextDirectory.
+ * Use `create(ContextDirectorySchema)` to create a new message.
+ */
+export const ContextDirectorySchema: GenMessage<ContextDirectory> = /*@__PURE__*/
+  messageDesc(file_steprunner_context_v1_context_service, 8);
+
+/**
+ * RepositoryOptions are the options repo.tar and the directories were made with.
+ *
+ * @generated from message steprunner.context.v1.RepositoryOptions
+ */
+export type RepositoryOptions = Message<"steprunner.context.v1.RepositoryOptions"> & {
+  /**
+   * @generated from field: bool exclude_git_history = 1;
+   */
+  excludeGitHistory: boolean;
+
+  /**
+   * @generated from field: bool honor_export_ignore = 2;
+   */
+  honorExportIgnore: boolean;
+};
+
+/**
+ * Describes the message steprunner.context.v1.RepositoryOptions.
+ * Use `create(RepositoryOptionsSchema)` to create a new message.
+ */
+export const RepositoryOptionsSchema: GenMessage<RepositoryOptions> = /*@__PURE__*/
+  messageDesc(file_steprunner_context_v1_context_service, 9);
 
 /**
  * @generated from message steprunner.context.v1.PreparedContext
@@ -354,6 +426,25 @@ export type PreparedContext = Message<"steprunner.context.v1.PreparedContext"> &
    * @generated from field: steprunner.context.v1.ContextFile secret_step_context = 8;
    */
   secretStepContext?: ContextFile | undefined;
+
+  /**
+   * The repository as directories of the build context (see ContextDirectory), in the order to copy them.
+   *
+   * @generated from field: repeated steprunner.context.v1.ContextDirectory directories = 9;
+   */
+  directories: ContextDirectory[];
+
+  /**
+   * @generated from field: steprunner.context.v1.RepositoryOptions repository_options = 10;
+   */
+  repositoryOptions?: RepositoryOptions | undefined;
+
+  /**
+   * A stable id of the repository (its URL's digest), e.g. to keep builds of different repositories apart.
+   *
+   * @generated from field: string repository_id = 11;
+   */
+  repositoryId: string;
 };
 
 /**
@@ -361,7 +452,7 @@ export type PreparedContext = Message<"steprunner.context.v1.PreparedContext"> &
  * Use `create(PreparedContextSchema)` to create a new message.
  */
 export const PreparedContextSchema: GenMessage<PreparedContext> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 8);
+  messageDesc(file_steprunner_context_v1_context_service, 10);
 
 /**
  * @generated from message steprunner.context.v1.GetContextRequest
@@ -378,7 +469,7 @@ export type GetContextRequest = Message<"steprunner.context.v1.GetContextRequest
  * Use `create(GetContextRequestSchema)` to create a new message.
  */
 export const GetContextRequestSchema: GenMessage<GetContextRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 9);
+  messageDesc(file_steprunner_context_v1_context_service, 11);
 
 /**
  * @generated from message steprunner.context.v1.GetContextResponse
@@ -395,7 +486,7 @@ export type GetContextResponse = Message<"steprunner.context.v1.GetContextRespon
  * Use `create(GetContextResponseSchema)` to create a new message.
  */
 export const GetContextResponseSchema: GenMessage<GetContextResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 10);
+  messageDesc(file_steprunner_context_v1_context_service, 12);
 
 /**
  * @generated from message steprunner.context.v1.ReadContextFileRequest
@@ -422,7 +513,7 @@ export type ReadContextFileRequest = Message<"steprunner.context.v1.ReadContextF
  * Use `create(ReadContextFileRequestSchema)` to create a new message.
  */
 export const ReadContextFileRequestSchema: GenMessage<ReadContextFileRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 11);
+  messageDesc(file_steprunner_context_v1_context_service, 13);
 
 /**
  * @generated from message steprunner.context.v1.ReadContextFileResponse
@@ -439,7 +530,7 @@ export type ReadContextFileResponse = Message<"steprunner.context.v1.ReadContext
  * Use `create(ReadContextFileResponseSchema)` to create a new message.
  */
 export const ReadContextFileResponseSchema: GenMessage<ReadContextFileResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 12);
+  messageDesc(file_steprunner_context_v1_context_service, 14);
 
 /**
  * @generated from message steprunner.context.v1.ResolveRevisionRequest
@@ -461,7 +552,7 @@ export type ResolveRevisionRequest = Message<"steprunner.context.v1.ResolveRevis
  * Use `create(ResolveRevisionRequestSchema)` to create a new message.
  */
 export const ResolveRevisionRequestSchema: GenMessage<ResolveRevisionRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 13);
+  messageDesc(file_steprunner_context_v1_context_service, 15);
 
 /**
  * @generated from message steprunner.context.v1.ResolveRevisionResponse
@@ -485,7 +576,7 @@ export type ResolveRevisionResponse = Message<"steprunner.context.v1.ResolveRevi
  * Use `create(ResolveRevisionResponseSchema)` to create a new message.
  */
 export const ResolveRevisionResponseSchema: GenMessage<ResolveRevisionResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 14);
+  messageDesc(file_steprunner_context_v1_context_service, 16);
 
 /**
  * @generated from message steprunner.context.v1.GetDefaultDockerfileRequest
@@ -498,7 +589,7 @@ export type GetDefaultDockerfileRequest = Message<"steprunner.context.v1.GetDefa
  * Use `create(GetDefaultDockerfileRequestSchema)` to create a new message.
  */
 export const GetDefaultDockerfileRequestSchema: GenMessage<GetDefaultDockerfileRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 15);
+  messageDesc(file_steprunner_context_v1_context_service, 17);
 
 /**
  * @generated from message steprunner.context.v1.GetDefaultDockerfileResponse
@@ -527,7 +618,7 @@ export type GetDefaultDockerfileResponse = Message<"steprunner.context.v1.GetDef
  * Use `create(GetDefaultDockerfileResponseSchema)` to create a new message.
  */
 export const GetDefaultDockerfileResponseSchema: GenMessage<GetDefaultDockerfileResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 16);
+  messageDesc(file_steprunner_context_v1_context_service, 18);
 
 /**
  * ChildExecutionStrategy says how a step's child steps run.
@@ -569,7 +660,9 @@ export enum ContextFileKind {
   UNSPECIFIED = 0,
 
   /**
-   * repo.tar: the repository at GIT_SHA, deterministic bytes.
+   * repo.tar: the repository at GIT_SHA (its tree and objects are a function of the commit and options; its
+   * bytes may differ between machines). Listed in files only when the Dockerfile refers to it; readable
+   * for any context, made on first read.
    *
    * @generated from enum value: CONTEXT_FILE_KIND_REPO_TAR = 1;
    */

@@ -23,14 +23,21 @@ interface Entry {
 }
 
 /**
+ * A local source: a directory, or one made of named entries that lie elsewhere (directories or files), as a
+ * build context assembled from parts that change at different rates without copying any of them.
+ */
+export type LocalSource = string | { entries: Record<string, string> };
+
+/**
  * The sending side of fsutil's DiffCopy: lists a local directory as STAT packets (depth first, names sorted
  * byte-wise, directories before their children, then an empty STAT), answers each REQ with the file's DATA
  * and an empty DATA, and ends with FIN when the daemon says FIN.
  */
-export async function sendDirectory(call: BidiCall, dirName: string, root: string, observer?: TransferObserver): Promise<void> {
+export async function sendDirectory(call: BidiCall, dirName: string, source: LocalSource, observer?: TransferObserver): Promise<void> {
   const include = new PathPatterns([...header(call, "include-patterns"), ...header(call, "followpaths")]);
   const exclude = new PathPatterns(header(call, "exclude-patterns"));
-  const entries = await walk(root, "", include, exclude);
+  const top = typeof source === "string" ? await listDirectory(source) : Object.entries(source.entries).map(([name, absolutePath]) => ({ name, absolutePath }));
+  const entries = await walk(top, "", include, exclude);
   const send = (packet: Packet) => call.send(toBinary(PacketSchema, packet));
 
   const listing = (async () => {
@@ -71,18 +78,21 @@ function header(call: BidiCall, name: string): string[] {
   return call.headers.get(name) ?? [];
 }
 
-async function walk(root: string, relative: string, include: PathPatterns, exclude: PathPatterns): Promise<Entry[]> {
-  const names = (await readdir(join(root, relative))).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+async function listDirectory(dir: string): Promise<Array<{ name: string; absolutePath: string }>> {
+  return (await readdir(dir)).map((name) => ({ name, absolutePath: join(dir, name) }));
+}
+
+async function walk(children: Array<{ name: string; absolutePath: string }>, relative: string, include: PathPatterns, exclude: PathPatterns): Promise<Entry[]> {
+  const sorted = [...children].sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
   const entries: Entry[] = [];
-  for (const name of names) {
+  for (const { name, absolutePath } of sorted) {
     const path = relative ? `${relative}/${name}` : name;
-    const absolutePath = join(root, path);
     const info = await lstat(absolutePath, { bigint: true });
     if (!exclude.empty && exclude.matches(path)) continue;
     const included = include.empty || include.matches(path);
     if (info.isDirectory()) {
       if (!included && !include.mayMatchBelow(path)) continue;
-      const below = await walk(root, path, included ? new PathPatterns([]) : include, exclude);
+      const below = await walk(await listDirectory(absolutePath), path, included ? new PathPatterns([]) : include, exclude);
       if (!included && below.length === 0) continue;
       entries.push({ stat: statOf(path, info, GO_MODE_DIR, ""), absolutePath }, ...below);
     } else if (included && (info.isFile() || info.isSymbolicLink())) {

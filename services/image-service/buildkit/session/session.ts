@@ -11,7 +11,7 @@ import type { RegistryCredentials } from "../../../shared/registry/credentials.j
 import { replaying } from "../../../shared/server/replaying-duplex.js";
 import type { BuildKitAddress } from "../address.js";
 import { upgradeDockerConnection } from "../docker-upgrade.js";
-import { type TransferObserver, sendDirectory } from "./file-sync.js";
+import { type LocalSource, type TransferObserver, sendDirectory } from "./file-sync.js";
 import { type SessionMethod, serveGrpc } from "./grpc-server.js";
 import { openSessionTunnel } from "./tunnel.js";
 
@@ -26,8 +26,8 @@ export interface SessionOptions {
    * metadata changed: a stable key per source of builds means unchanged files are never sent twice.
    */
   sharedKey: string;
-  /** Local sources by name ("context", "dockerfile"): directories sent with FileSync.DiffCopy. */
-  localDirs: Record<string, string>;
+  /** Local sources by name ("context", "dockerfile"), sent with FileSync.DiffCopy. */
+  localDirs: Record<string, LocalSource>;
   /** Secrets by id, for RUN --mount=type=secret; read only when a build asks. */
   secrets?: Record<string, () => Promise<Uint8Array>>;
   observer?: TransferObserver;
