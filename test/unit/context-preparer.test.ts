@@ -94,13 +94,13 @@ describe("ContextPreparer with fake repositories", () => {
     );
     assert.equal(new Set(tars.map((tar) => tar.toString("hex"))).size, 1);
     assert.ok(tars[0]!.includes(Buffer.from("the one file")), "repo.tar holds the directories' files");
-    assert.equal(readdirSync(join(dir, "single", "cache", "blobs")).length, 4, "one repo.tar blob beside the Dockerfile and the two zips");
+    assert.equal(readdirSync(join(dir, "single", "cache", "blobs")).length, 3, "one repo.tar blob beside the Dockerfile and the zip (both zips are one blob when nothing is secret)");
   });
 
   it("evicts the least recently used files past the size cap, and says so when one is read", async () => {
     const repositories = new FakeRepositories(dir, { old: { sha: "2".repeat(40), content: "old" }, new: { sha: "3".repeat(40), content: "new" } });
-    const { preparer: subject, blobs } = await preparer("evict", repositories, 3000);
-    const withProperties = (rev: string): PrepareInput => ({ ...request(rev), properties: [{ owner: "project", properties: { noise: randomBytes(400).toString("hex") } }] });
+    const { preparer: subject, blobs } = await preparer("evict", repositories, 2200);
+    const withProperties = (rev: string): PrepareInput => ({ ...request(rev), properties: [{ owner: "project", properties: { noise: randomBytes(480).toString("hex") } }] });
     const old = await subject.prepare(withProperties("old"));
     const oldZip = old.files.find((file) => file.kind === "step-context-zip")!;
     await utimes(blobs.path(oldZip.digest), new Date(0), new Date(0));
