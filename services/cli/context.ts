@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { mkdir, readFile, rename, rm } from "node:fs/promises";
@@ -5,7 +6,7 @@ import { join, resolve } from "node:path";
 import { once } from "node:events";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import type { JsonObject } from "@bufbuild/protobuf";
-import { ContextService, DockerfileSource } from "../../gen/steprunner/context/v1/context_service_pb.js";
+import { ContextFileKind, ContextService, DockerfileSource } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import { releasedChunks } from "../shared/client/chunks.js";
 import { serviceTransport } from "../shared/client/transport.js";
 import { type Command, serviceAddressOptions } from "./command.js";
@@ -56,7 +57,10 @@ export const contextCommand: Command = {
       });
       if (!context) throw new Error("the context-service answered without a context");
       await mkdir(out, { recursive: true });
-      for (const file of context.files) {
+      // repo.tar is listed only when the Dockerfile names it; the build context written here always has it.
+      const repoTarListed = context.files.some((file) => file.kind === ContextFileKind.REPO_TAR);
+      const toWrite = [...context.files.map((file) => ({ name: file.name, kind: file.kind, digest: file.digest })), ...(repoTarListed ? [] : [{ name: "repo.tar", kind: ContextFileKind.REPO_TAR, digest: "" }])];
+      for (const file of toWrite) {
         const path = join(out, file.name);
         const partial = `${path}.partial`;
         const hash = createHash("sha256");
@@ -69,12 +73,19 @@ export const contextCommand: Command = {
           sink.end();
           await once(sink, "finish");
           const written = `sha256:${hash.digest("hex")}`;
-          if (written !== file.digest) throw new Error(`${file.name} arrived as ${written}, not ${file.digest}`);
+          if (file.digest && written !== file.digest) throw new Error(`${file.name} arrived as ${written}, not ${file.digest}`);
           await rename(partial, path);
         } finally {
           sink.destroy();
           await rm(partial, { force: true });
         }
+      }
+      // The default Dockerfile copies the repository from these directories: all of it unpacked in the last.
+      for (const directory of context.directories) await mkdir(join(out, directory.name), { recursive: true });
+      const last = context.directories[context.directories.length - 1];
+      if (last) {
+        const unpacked = spawnSync("tar", ["-x", "-C", join(out, last.name), "-f", join(out, "repo.tar")], { encoding: "utf8" });
+        if (unpacked.status !== 0) throw new Error(`unpacking repo.tar failed: ${unpacked.stderr}`);
       }
       const summary = {
         gitSha: context.gitSha,

@@ -103,10 +103,11 @@ describe("building step images on the real BuildKit", () => {
     assert.equal(image.config.user, "opschain");
     assert.equal(image.config.labels["org.steprunner.git-sha"], (await provider.describe(contextId)).gitSha);
     assert.equal(image.layerDirectories.length, image.layers.length);
-    const top = image.layerDirectories.at(-1)!;
-    const actions = await stat(join(top, "opt/opschain/actions.rb"));
+    // The repository's base tree is the layer below the (here empty) changes.
+    const actions = await stat(join(image.layerDirectories.at(-2)!, "opt/opschain/actions.rb"));
     assert.equal(actions.uid, 10001, "the repository is owned by the runner user");
-    assert.ok(progress.vertices().some((vertex) => vertex.name.includes("ADD repo.tar") && vertex.state === "completed"));
+    assert.ok(progress.vertices().some((vertex) => vertex.name.includes("COPY --chown=10001:10001 base/") && vertex.state === "completed"));
+    assert.ok(!progress.vertices().some((vertex) => vertex.name.includes("repo.tar")), "the default Dockerfile never reads repo.tar");
   });
 
   it("reuses the image for the same inputs without a solve, and after a change of properties alone", async () => {
@@ -122,7 +123,7 @@ describe("building step images on the real BuildKit", () => {
     assert.equal(counting.solves, solves, "no solve");
   });
 
-  it("with reuse bypassed, builds the same commit again from BuildKit's cache without sending repo.tar", async () => {
+  it("with reuse bypassed, builds the same commit again from BuildKit's cache without sending the repository again", async () => {
     const files = { "actions.rb": `# cache ${randomBytes(8).toString("hex")}\n`, "big.bin": randomBytes(2_000_000).toString("base64") };
     const contextId = await context({ files });
     await images.build(request(contextId), () => {});
@@ -134,8 +135,8 @@ describe("building step images on the real BuildKit", () => {
     const steps = progress.vertices().filter((vertex) => /^\[.*\] /.test(vertex.name) && !vertex.name.startsWith("[internal]"));
     assert.ok(steps.length >= 3, `steps: ${steps.map((v) => v.name)}`);
     for (const vertex of steps.filter((v) => !v.name.includes(" FROM "))) assert.equal(vertex.state, "cached", `${vertex.name} is cached`);
-    const repoTarBytes = counting.sent.filter((sent) => sent.path === "repo.tar").reduce((sum, sent) => sum + sent.bytes, 0);
-    assert.equal(repoTarBytes, 0, "repo.tar was not sent again");
+    const repositoryBytes = counting.sent.filter((sent) => sent.dirName === "context" && sent.path.startsWith("base/")).reduce((sum, sent) => sum + sent.bytes, 0);
+    assert.equal(repositoryBytes, 0, "the repository's files were not sent again");
   });
 
   it("rebuilds a custom Dockerfile that copies step_context.json.zip only from that layer when properties change", async () => {

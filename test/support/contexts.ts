@@ -1,9 +1,11 @@
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { zipSync } from "fflate";
+import { refersToRepoTar } from "../../services/context-service/core/dockerfile.js";
 import type { ContextFileKind, ContextProvider, RemoteContext } from "../../services/image-service/core/context-cache.js";
+import { stableTime } from "../../services/shared/stable-time.js";
 import { run } from "./stack.js";
 
 export interface ContextInput {
@@ -17,8 +19,10 @@ export interface ContextInput {
 }
 
 /**
- * Prepared contexts made on local disk, standing in for the context-service: a repo.tar of the given files
- * (owned by the runner user), the step context zip (redacted and full) and a Dockerfile.
+ * Prepared contexts made on local disk, standing in for the context-service: the given files as the "base"
+ * directory (with empty "history" and "changes" beside it, each with its identity file, as the context-service
+ * writes them), repo.tar of the same files (owned by the runner user) listed when the Dockerfile names it,
+ * the step context zip (redacted and full) and a Dockerfile.
  */
 export class LocalContextProvider implements ContextProvider {
   private readonly contexts = new Map<string, { remote: RemoteContext; paths: Record<ContextFileKind, string> }>();
@@ -31,7 +35,10 @@ export class LocalContextProvider implements ContextProvider {
     for (const [path, content] of Object.entries(input.files)) {
       await mkdir(join(tree, path, ".."), { recursive: true });
       await writeFile(join(tree, path), content);
+      const time = stableTime(createHash("sha256").update(content).digest("hex"));
+      await utimes(join(tree, path), time, time);
     }
+    await mkdir(join(dir, "empty"));
     const paths = {
       "repo-tar": join(dir, "repo.tar"),
       "step-context-zip": join(dir, "step_context.json.zip"),
@@ -53,6 +60,8 @@ export class LocalContextProvider implements ContextProvider {
     }
     const contextId = `sha256:${createHash("sha256").update(infos["repo-tar"].digest + infos["step-context-zip"].digest + infos.dockerfile.digest).digest("hex")}`;
     const gitSha = input.gitSha ?? createHash("sha1").update(infos["repo-tar"].digest).digest("hex");
+    await writeFile(`${tree}.identity`, `tree:${gitSha}`);
+    const { "repo-tar": repoTar, ...others } = infos;
     const remote: RemoteContext = {
       contextId,
       gitRev: "main",
@@ -60,8 +69,12 @@ export class LocalContextProvider implements ContextProvider {
       defaultDockerfile: input.defaultDockerfile,
       repositoryId: "local-test-repository",
       repositoryOptions: { excludeGitHistory: false, honorExportIgnore: false },
-      files: infos,
-      directories: [],
+      files: refersToRepoTar(input.dockerfile) ? { ...others, "repo-tar": { ...repoTar, hostPath: paths["repo-tar"] } } : others,
+      directories: [
+        { name: "history", identity: "empty", hostPath: join(dir, "empty") },
+        { name: "base", identity: `tree:${gitSha}`, hostPath: tree },
+        { name: "changes", identity: "empty", hostPath: join(dir, "empty") },
+      ],
     };
     this.contexts.set(contextId, { remote, paths });
     return contextId;
