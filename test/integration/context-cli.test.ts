@@ -26,7 +26,7 @@ describe("steprunner context", () => {
     await rm(work, { recursive: true, force: true });
   });
 
-  it("writes repo.tar, step_context.json.zip and the Dockerfile, and prints GIT_SHA and the digests", async () => {
+  it("writes repo.tar, the repository's directories, step_context.json.zip and the Dockerfile, and prints GIT_SHA and the digests", async () => {
     const properties = join(work, "properties.json");
     await writeFile(properties, JSON.stringify({ project: { opschain: { env: { TOKEN: "t0ken" } } }, environment: { tier: "dev" } }));
     const out = join(work, "out");
@@ -35,7 +35,8 @@ describe("steprunner context", () => {
     const summary = JSON.parse(result.stdout);
     assert.equal(summary.gitSha, fixture.first);
     assert.equal(summary.dockerfile, "default");
-    assert.deepEqual((await readdir(out)).sort(), ["Dockerfile", "repo.tar", "step_context.json.zip"]);
+    assert.deepEqual((await readdir(out)).sort(), ["Dockerfile", "base", "changes", "history", "repo.tar", "step_context.json.zip"]);
+    assert.equal(await readFile(join(out, "changes", "README.md"), "utf8"), await readFile(join(fixture.path, "README.md"), "utf8"), "the repository unpacked for the default Dockerfile");
     for (const file of summary.files) {
       const bytes = await readFile(join(out, file.name));
       assert.equal(`sha256:${createHash("sha256").update(bytes).digest("hex")}`, file.digest, file.name);

@@ -93,8 +93,11 @@ export class RepositoryLayers {
       if (refusedPath(entry.path)) throw failedPrecondition(`commit ${sha} has a path git refuses to check out ("${entry.path.toString()}"); the repository is refused`);
     }
     const repository = join(this.root, basename(mirror).replace(/\.git$/, ""));
-    const history = options.excludeGitHistory ? undefined : await this.history(mirror, repository, sha, signal);
-    const base = await this.base(mirror, repository, sha, tree, exported, signal);
+    // git packs the history while the tree is written: two processes for two cores.
+    const [history, base] = await Promise.all([
+      options.excludeGitHistory ? undefined : this.history(mirror, repository, sha, signal),
+      this.base(mirror, repository, sha, tree, exported, signal),
+    ]);
     const variant = `${options.excludeGitHistory ? "no-git" : "git"}${exported ? "-export-ignore" : ""}`;
     const identity = `changes:${sha}:${variant}:${base.info.sha}:${history?.info.sha ?? "-"}`;
     const name = `${sha}-${createHash("sha256").update(identity).digest("hex").slice(0, 16)}`;

@@ -1,4 +1,4 @@
-import { type BigIntStats, createReadStream } from "node:fs";
+import { type BigIntStats, createReadStream, readFileSync } from "node:fs";
 import { lstat, readdir, readlink } from "node:fs/promises";
 import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -10,7 +10,13 @@ import { PathPatterns } from "./path-patterns.js";
 /** Go's os.FileMode type bits, which fsutil puts on the wire. */
 const GO_MODE_DIR = 0x80000000;
 const GO_MODE_SYMLINK = 0x08000000;
-const DATA_CHUNK_BYTES = 32 * 1024;
+/** Well under gRPC's default 4 MB message limit on the daemon's side, and few enough messages per file. */
+const DATA_CHUNK_BYTES = 1024 * 1024;
+/**
+ * Files up to this size are read in one synchronous call: most of a repository's files are small, and one
+ * stream per file (open, read, close on the thread pool) cost more than the bytes.
+ */
+const SMALL_FILE_BYTES = 256 * 1024;
 
 /** Counts what a DiffCopy sent, so that callers (and tests) can see what BuildKit asked for again. */
 export interface TransferObserver {
@@ -54,9 +60,10 @@ export async function sendDirectory(call: BidiCall, dirName: string, source: Loc
         const entry = entries[packet.ID];
         if (!entry) throw new ConnectError(`BuildKit asked for file #${packet.ID}, which was never listed`, Code.InvalidArgument);
         let sent = 0;
-        for await (const chunk of createReadStream(entry.absolutePath, { highWaterMark: DATA_CHUNK_BYTES, signal: call.signal })) {
+        const chunks = entry.stat.size <= SMALL_FILE_BYTES ? [readFileSync(entry.absolutePath)] : createReadStream(entry.absolutePath, { highWaterMark: DATA_CHUNK_BYTES, signal: call.signal });
+        for await (const chunk of chunks) {
           sent += (chunk as Buffer).length;
-          await send(create(PacketSchema, { type: PacketType.PACKET_DATA, ID: packet.ID, data: chunk as Buffer }));
+          if ((chunk as Buffer).length > 0) await send(create(PacketSchema, { type: PacketType.PACKET_DATA, ID: packet.ID, data: chunk as Buffer }));
         }
         await send(create(PacketSchema, { type: PacketType.PACKET_DATA, ID: packet.ID }));
         observer?.fileSent(dirName, entry.stat.path, sent);
