@@ -8,7 +8,7 @@ import { explainBuildFailure } from "../../services/image-service/core/build-err
 const DOCKERD = parseBuildKitAddress("docker-unix:///var/lib/steprunner/run/docker.sock");
 const BUILDKITD = parseBuildKitAddress("unix:///run/buildkit/buildkitd.sock");
 
-/** A daemon's failure as our BuildKit client hands it on: its address before the message, BuildKit's details kept. */
+/** A daemon's failure as our BuildKit client hands it on: the daemon's address before the message, BuildKit's error as the cause. */
 function failure(address: typeof DOCKERD, message: string, details: Record<string, unknown> = {}): ConnectError {
   const daemon = new ConnectError(message, Code.Unknown);
   daemon.details = Object.entries(details).map(([type, json]) => ({ type, value: Buffer.from(JSON.stringify(json)) }));
@@ -88,6 +88,12 @@ describe("BuildKit's failures explained, in v0.8's words (dockerd 20.10) and v0.
     const v024 = explained(failure(BUILDKITD, 'failed to compute cache key: failed to calculate checksum of ref nsg9uzyzi1ymcjliscvru8ips::kwpikuvao9uo8kiaoopxhy8cl: "/etc/passwd": not found'));
     assert.match(v024, /^a COPY or ADD source is not in the build context \("etc\/passwd" is missing\): /);
     assert.doesNotMatch(v024, /nsg9uzyzi1ymcjliscvru8ips/);
+  });
+
+  it("BuildKit's details (its stack traces, its command line) are not passed on", () => {
+    const error = failure(BUILDKITD, 'exporter "moby" could not be found', { "stack.Stack+json": { cmdline: ["buildkitd"], pid: 1 } });
+    assert.deepEqual(error.details, []);
+    assert.deepEqual(explainBuildFailure(error, "").details, []);
   });
 
   it("anything else keeps BuildKit's message and where the daemon is", () => {

@@ -171,8 +171,8 @@ function createControlTransport(address: BuildKitAddress): { transport: Transpor
 }
 
 /**
- * Adds where BuildKit was expected to an error; a failed TLS handshake is an unreachable daemon. BuildKit's
- * details (where in the Dockerfile, which frontend) stay, and its own error is the cause.
+ * Adds where BuildKit was expected to an error; a failed TLS handshake is an unreachable daemon. BuildKit's own
+ * error is the cause, with its details (where in the Dockerfile, which frontend), which are not passed on.
  */
 export function describeFailure(address: BuildKitAddress, error: unknown): ConnectError {
   const failure = ConnectError.from(error);
@@ -181,7 +181,5 @@ export function describeFailure(address: BuildKitAddress, error: unknown): Conne
   const tlsRefused = isTlsHandshakeFailure(failure.rawMessage);
   const code = tlsRefused ? Code.Unavailable : failure.code;
   const message = tlsRefused ? `the TLS handshake failed (check the CA, client certificate and key): ${failure.rawMessage}` : failure.rawMessage;
-  const described = new ConnectError(`BuildKit (${address.kind} ${where}): ${message}`, code, failure.metadata, undefined, failure);
-  described.details = failure.details;
-  return described;
+  return new ConnectError(`BuildKit (${address.kind} ${where}): ${message}`, code, failure.metadata, undefined, failure);
 }

@@ -42,10 +42,10 @@ export function explainBuildFailure(error: unknown, logTail: string): ConnectErr
   if (source) return new ConnectError(`the build cannot start: ${source[1]}`, Code.FailedPrecondition);
   // v0.24's Dockerfile frontend names the place of some errors (a heredoc left open, no instruction at all)
   // only in the error's details.
-  if (hasDetail(failure, "errdefs.Frontend+json")) {
-    const line = dockerfileLine(failure);
-    const frontendMessage = daemonMessage(failure);
-    return line ? dockerfileError(line, frontendMessage) : new ConnectError(`the Dockerfile cannot be built: ${frontendMessage}`, Code.FailedPrecondition);
+  const daemon = daemonError(failure);
+  if (hasDetail(daemon, "errdefs.Frontend+json")) {
+    const line = dockerfileLine(daemon);
+    return line ? dockerfileError(line, daemon.rawMessage) : new ConnectError(`the Dockerfile cannot be built: ${daemon.rawMessage}`, Code.FailedPrecondition);
   }
   return new ConnectError(`the build failed: ${message}`, Code.FailedPrecondition);
 }
@@ -123,7 +123,7 @@ function dockerfileLine(failure: ConnectError): number | undefined {
   return undefined;
 }
 
-/** BuildKit's own words, without the daemon's address that our client puts before them (kept as the cause). */
-function daemonMessage(failure: ConnectError): string {
-  return failure.cause instanceof ConnectError ? failure.cause.rawMessage : failure.rawMessage;
+/** BuildKit's own error, with its details and without the daemon's address: our client keeps it as the cause. */
+function daemonError(failure: ConnectError): ConnectError {
+  return failure.cause instanceof ConnectError ? failure.cause : failure;
 }
