@@ -10,7 +10,6 @@ import { durationMs, invalidField, shown, violationMessage } from "../../service
 import { callService } from "../../services/step-service/clients/service-calls.js";
 import { type StepServiceSettings, validateRunStep } from "../../services/step-service/api/step-service-adapter.js";
 import { RefusedInputError } from "../../services/step-service/steps/ports.js";
-import { explainBuildFailure } from "../../services/image-service/core/build-errors.js";
 
 describe("request validation shared by the services", () => {
   it("says field, rule and the value given, cutting long values short", () => {
@@ -130,17 +129,5 @@ describe("calls of a step to the other services", () => {
     const cancelled = new AbortController();
     cancelled.abort();
     await assert.rejects(callService("image-service", cancelled.signal, () => Promise.reject(new ConnectError("cancelled", Code.Canceled))), (error: ConnectError) => error.code === Code.Canceled);
-  });
-});
-
-describe("BuildKit's failures explained", () => {
-  it("a COPY or ADD of a path outside the build context says so, without BuildKit's temporary paths", () => {
-    const error = explainBuildFailure(
-      new ConnectError("failed to compute cache key: failed to walk /var/lib/docker/tmp/buildkit-mount3115858562/etc: lstat /var/lib/docker/tmp/buildkit-mount3115858562/etc: no such file or directory", Code.Unknown),
-      "",
-    );
-    assert.equal(error.code, Code.FailedPrecondition);
-    assert.match(error.rawMessage, /^a COPY or ADD source is not in the build context \("etc" is missing\): .*commit the file to the repository/);
-    assert.doesNotMatch(error.rawMessage, /buildkit-mount/);
   });
 });

@@ -170,13 +170,16 @@ function createControlTransport(address: BuildKitAddress): { transport: Transpor
   }
 }
 
-/** Adds where BuildKit was expected to an error; a failed TLS handshake is an unreachable daemon. */
-function describeFailure(address: BuildKitAddress, error: unknown): ConnectError {
+/**
+ * Adds where BuildKit was expected to an error; a failed TLS handshake is an unreachable daemon. BuildKit's own
+ * error is the cause, with its details (where in the Dockerfile, which frontend), which are not passed on.
+ */
+export function describeFailure(address: BuildKitAddress, error: unknown): ConnectError {
   const failure = ConnectError.from(error);
   if (failure.code === Code.Canceled) return failure;
   const where = address.kind === "tcp" ? `${address.host}:${address.port}` : address.socketPath;
   const tlsRefused = isTlsHandshakeFailure(failure.rawMessage);
   const code = tlsRefused ? Code.Unavailable : failure.code;
   const message = tlsRefused ? `the TLS handshake failed (check the CA, client certificate and key): ${failure.rawMessage}` : failure.rawMessage;
-  return new ConnectError(`BuildKit (${address.kind} ${where}): ${message}`, code, failure.metadata);
+  return new ConnectError(`BuildKit (${address.kind} ${where}): ${message}`, code, failure.metadata, undefined, failure);
 }

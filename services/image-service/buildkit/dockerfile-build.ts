@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
 import type { BuildKitClient } from "./client.js";
 import type { LocalSource, TransferObserver } from "./session/file-sync.js";
@@ -36,6 +37,12 @@ export interface DockerfileBuild {
 }
 
 /**
+ * Exporters that hand the build's output back to the client through the session's FileSend, which our
+ * session does not serve: BuildKit would build everything first and then fail, or (local) wait forever.
+ */
+const EXPORTERS_SENDING_TO_CLIENT = new Set(["local", "tar", "oci", "docker"]);
+
+/**
  * Builds a Dockerfile with BuildKit's dockerfile.v0 frontend, as BuildKit's own client does: the session,
  * the Solve and the Status stream run together and are cancelled together through the signal.
  */
@@ -45,6 +52,12 @@ export async function buildDockerfile(
   onStatus: (status: StatusResponse) => void,
   signal?: AbortSignal,
 ): Promise<Record<string, string>> {
+  if (EXPORTERS_SENDING_TO_CLIENT.has(build.exporter.type)) {
+    throw new ConnectError(
+      `the "${build.exporter.type}" exporter sends the build's output back to the client, which this client cannot receive: export with "image" (push=true to send it to a registry) or, on dockerd, "moby"`,
+      Code.InvalidArgument,
+    );
+  }
   const controller = new AbortController();
   const abort = () => controller.abort(signal?.reason);
   signal?.addEventListener("abort", abort, { once: true });
@@ -87,6 +100,8 @@ export async function buildDockerfile(
         Exporter: build.exporter.type,
         ExporterAttrs: build.exporter.attrs,
         Exporters: [{ Type: build.exporter.type, Attrs: build.exporter.attrs }],
+        // A standalone buildkitd runs RUN on the host network only when the build asks for the entitlement.
+        Entitlements: build.network === "host" ? ["network.host"] : [],
         Cache: {
           Imports: (build.cacheImports ?? []).map((entry) => ({ Type: entry.type, Attrs: entry.attrs })),
           Exports: (build.cacheExports ?? []).map((entry) => ({ Type: entry.type, Attrs: entry.attrs })),

@@ -25,6 +25,8 @@ export type SessionMethod =
  */
 export function serveGrpc(session: http2.ServerHttp2Session, methods: Map<string, SessionMethod>, onError: (error: unknown) => void): void {
   session.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, rawHeaders: string[]) => {
+    // A stream the daemon resets after its handler stopped reading still emits 'error'.
+    stream.on("error", onError);
     const path = String(headers[":path"] ?? "");
     const method = methods.get(path);
     if (!method) {

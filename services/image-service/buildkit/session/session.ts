@@ -120,9 +120,12 @@ export class BuildKitSession {
       via === "docker-session-endpoint" && address.kind === "docker-unix"
         ? await upgradeDockerConnection(address.socketPath, "/session", headers, signal)
         : await openSessionTunnel(address, headers, signal);
+    const remember = (error: unknown) => (this.failure ??= error);
+    // The daemon resets the connection or the tunnel whenever a build ends early: that ends the session only.
+    socket.on("error", remember);
     const session = http2.performServerHandshake(socket instanceof net.Socket ? replaying(socket, Buffer.alloc(0)) : socket);
-    session.on("error", (error) => (this.failure ??= error));
-    serveGrpc(session, methods, (error) => (this.failure ??= error));
+    session.on("error", remember);
+    serveGrpc(session, methods, remember);
     this.http2Session = session;
     this.socket = socket;
   }

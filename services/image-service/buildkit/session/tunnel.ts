@@ -43,6 +43,9 @@ export async function openSessionTunnel(address: BuildKitAddress, headers: Array
       callback(error);
     },
   });
+  // An aborted or reset call emits 'error' even once nothing reads it (a failed build aborts it before the
+  // daemon's own error arrives): it ends the tunnel, never the process.
+  call.on("error", (error) => tunnel.destroy(error));
   (async () => {
     for await (const message of readMessages(call)) {
       if (!tunnel.push(fromBinary(BytesMessageSchema, message).data)) call.pause();

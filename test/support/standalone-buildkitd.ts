@@ -1,0 +1,137 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
+import { closeSync, existsSync, openSync } from "node:fs";
+import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { BuildKitClient } from "../../services/image-service/buildkit/client.js";
+import { ROOT, run, stack } from "./stack.js";
+
+/** Upstream buildkitd v0.24, xz-compressed, in the shared/ folder beside the repository. */
+const SHARED_BUILDKITD_XZ = resolve(ROOT, "../shared/buildkit/buildkitd-v0.24.0-linux-amd64.xz");
+const READY_TIMEOUT_MS = 30_000;
+const STOP_GRACE_MS = 10_000;
+
+/** Why tests of a standalone buildkitd cannot run here, or undefined when they can. */
+export const buildkitdUnavailable: string | undefined =
+  process.env.STEPRUNNER_BUILDKITD_BIN || existsSync(SHARED_BUILDKITD_XZ)
+    ? undefined
+    : `no standalone buildkitd: set STEPRUNNER_BUILDKITD_BIN to a buildkitd binary, or provide ${SHARED_BUILDKITD_XZ}`;
+
+/**
+ * A buildkitd of its own for a test, in a temporary folder (root, socket, config, log, and the binary when
+ * it comes from the shared .xz): OCI worker, host network for RUN, our registry reached over plain HTTP.
+ */
+export class StandaloneBuildKitd {
+  readonly address: string;
+  /** Why the binary could not be run at all (a wrong STEPRUNNER_BUILDKITD_BIN). */
+  private spawnError: Error | undefined;
+
+  private constructor(
+    private readonly dir: string,
+    private readonly daemon: ChildProcess,
+  ) {
+    this.address = `unix://${join(dir, "buildkitd.sock")}`;
+    daemon.on("error", (error) => (this.spawnError = error));
+  }
+
+  /** Without allowNetworkHost, the daemon refuses builds that ask for the network.host entitlement. */
+  static async start(options: { allowNetworkHost: boolean }): Promise<StandaloneBuildKitd> {
+    const dir = await mkdtemp(join(tmpdir(), "steprunner-buildkitd-"));
+    try {
+      const binary = process.env.STEPRUNNER_BUILDKITD_BIN || (await extract(SHARED_BUILDKITD_XZ, join(dir, "buildkitd")));
+      await writeFile(join(dir, "buildkitd.toml"), `[registry."${stack.registry}"]\n  http = true\n`);
+      const log = openSync(join(dir, "buildkitd.log"), "a");
+      const daemon = spawn(
+        binary,
+        [
+          "--root", join(dir, "root"),
+          "--addr", `unix://${join(dir, "buildkitd.sock")}`,
+          "--config", join(dir, "buildkitd.toml"),
+          "--containerd-worker=false",
+          "--oci-worker=true",
+          "--oci-worker-net=host",
+          ...(options.allowNetworkHost ? ["--allow-insecure-entitlement", "network.host"] : []),
+        ],
+        { stdio: ["ignore", log, log] },
+      );
+      closeSync(log);
+      const buildkitd = new StandaloneBuildKitd(dir, daemon);
+      await buildkitd.waitUntilReady().catch(async (error) => {
+        await buildkitd.stop();
+        throw error;
+      });
+      return buildkitd;
+    } catch (error) {
+      await rm(dir, { recursive: true, force: true });
+      throw error;
+    }
+  }
+
+  /** Stops the daemon (SIGTERM, then SIGKILL), unmounts what it left mounted and removes its folder. */
+  async stop(): Promise<void> {
+    if (!this.exited) {
+      this.daemon.kill("SIGTERM");
+      if (!(await this.exitWithin(STOP_GRACE_MS))) {
+        this.daemon.kill("SIGKILL");
+        await this.exitWithin(STOP_GRACE_MS);
+      }
+    }
+    for (const mountPoint of await mountsUnder(this.dir)) {
+      if ((await run("umount", [mountPoint])).code !== 0) await run("umount", ["-l", mountPoint]);
+    }
+    await rm(this.dir, { recursive: true, force: true });
+  }
+
+  private get exited(): boolean {
+    return this.spawnError !== undefined || this.daemon.exitCode !== null || this.daemon.signalCode !== null;
+  }
+
+  private async exitWithin(ms: number): Promise<boolean> {
+    if (this.exited) return true;
+    const timeout = AbortSignal.timeout(ms);
+    return once(this.daemon, "exit", { signal: timeout }).then(
+      () => true,
+      () => this.exited,
+    );
+  }
+
+  private async waitUntilReady(): Promise<void> {
+    const deadline = Date.now() + READY_TIMEOUT_MS;
+    for (;;) {
+      if (this.spawnError) throw new Error(`cannot run buildkitd: ${this.spawnError.message}`);
+      if (this.exited) throw new Error(`buildkitd exited at start: ${await this.logTail()}`);
+      const client = new BuildKitClient(this.address);
+      try {
+        if ((await client.listWorkers(AbortSignal.timeout(2_000))).length > 0) return;
+      } catch (error) {
+        if (Date.now() > deadline) throw new Error(`buildkitd did not answer within ${READY_TIMEOUT_MS} ms (${String(error)}): ${await this.logTail()}`);
+      } finally {
+        client.close();
+      }
+      await sleep(200);
+    }
+  }
+
+  private async logTail(): Promise<string> {
+    return (await readFile(join(this.dir, "buildkitd.log"), "utf8").catch(() => "")).slice(-2_000);
+  }
+}
+
+async function extract(compressed: string, binary: string): Promise<string> {
+  const result = await run("sh", ["-c", 'xz -dc "$1" > "$2"', "extract", compressed, binary]);
+  if (result.code !== 0) throw new Error(`cannot extract ${compressed} (is xz installed?): ${result.stderr}`);
+  await chmod(binary, 0o755);
+  return binary;
+}
+
+/** Mount points at or below a folder, deepest first (mountinfo's fifth field, octal-escaped). */
+async function mountsUnder(dir: string): Promise<string[]> {
+  const mountinfo = await readFile("/proc/self/mountinfo", "utf8");
+  return mountinfo
+    .split("\n")
+    .map((line) => line.split(" ")[4]?.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8))))
+    .filter((mountPoint): mountPoint is string => mountPoint !== undefined && (mountPoint === dir || mountPoint.startsWith(`${dir}/`)))
+    .sort((a, b) => b.length - a.length);
+}
