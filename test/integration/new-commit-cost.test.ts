@@ -7,6 +7,7 @@ import { ContextFileKind } from "../../gen/steprunner/context/v1/context_service
 import { ContextServiceProvider } from "../../services/image-service/api/context-service-provider.js";
 import { BuildKitClient } from "../../services/image-service/buildkit/client.js";
 import { buildDockerfile } from "../../services/image-service/buildkit/dockerfile-build.js";
+import { ProgressTracker } from "../../services/image-service/buildkit/progress.js";
 import { ContextCache } from "../../services/image-service/core/context-cache.js";
 import { type DockerfileBuilder, ImageBuilder } from "../../services/image-service/core/image-builder.js";
 import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
@@ -16,6 +17,7 @@ import { RegistryClient } from "../../services/shared/registry/registry-client.j
 import { type TestContextService, startTestContextService } from "../support/context-service.js";
 import { commitFiles, gitIn } from "../support/git-fixture.js";
 import { run, stack } from "../support/stack.js";
+import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
 
 const STEPS_REPOSITORY = "steprunner-test/new-commit";
 const HISTORY_COMMITS = 20_000;
@@ -130,5 +132,77 @@ describe("a new commit on a repository with a long history", () => {
     assert.equal(context?.files.some((file) => file.kind === ContextFileKind.REPO_TAR), false, "repo.tar is not in the default Dockerfile's context");
     const blobs = join(contexts.stateDir, "cache", "blobs");
     for (const name of await readdir(blobs)) assert.ok((await stat(join(blobs, name))).size < 64 * 1024, `${name} is only a zip or a Dockerfile`);
+  });
+});
+
+describe("a new commit on a repository with a long history, on a standalone buildkitd v0.24", { skip: buildkitdUnavailable }, () => {
+  let work: string;
+  let repo: string;
+  let contexts: TestContextService;
+  let buildkitd: StandaloneBuildKitd;
+  let client: BuildKitClient;
+  let cache: ContextCache;
+  let closeTransport: () => void;
+
+  before(async () => {
+    await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
+    work = await mkdtemp(join(stack.stateDir, "tmp", "new-commit-buildkitd-"));
+    repo = join(work, "repo");
+    await mkdir(repo);
+    await longHistory(repo);
+    await commitFiles(repo, { "actions.rb": 'task :hello do puts "hello" end\n' }, "actions", "2024-03-01T00:00:00Z");
+    contexts = await startTestContextService();
+    const transport = serviceTransport(contexts.address);
+    closeTransport = transport.close;
+    cache = new ContextCache(new ContextServiceProvider(transport.transport), join(work, "cache"));
+    buildkitd = await StandaloneBuildKitd.start({ allowNetworkHost: false });
+    client = new BuildKitClient(buildkitd.address);
+  });
+
+  after(async () => {
+    client?.close();
+    closeTransport?.();
+    await buildkitd?.stop();
+    await contexts?.stop();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  /** One build of the default Dockerfile through the tunnel; returns the bytes sent and the COPY steps' states. */
+  async function step(): Promise<{ bytes: number; copies: Map<string, string> }> {
+    const { context: prepared } = await contexts.client.prepareContext({ repositoryUrl: repo, gitRev: "main" });
+    const context = await cache.materialize(prepared!.contextId);
+    let bytes = 0;
+    const tracker = new ProgressTracker();
+    const copies = new Map<string, string>();
+    await buildDockerfile(
+      client,
+      {
+        context: { entries: context.contextSources },
+        dockerfileDir: context.dockerfileDir,
+        buildArgs: { GIT_REV: "main", GIT_SHA: context.gitSha, OPSCHAIN_BASE_RUNNER: stack.baseRunner, OPSCHAIN_VERSION: "0.1.0" },
+        network: "none",
+        noCache: false,
+        exporter: { type: "image", attrs: { name: `steprunner-test/new-commit-buildkitd:${context.gitSha}` } },
+        sessionName: "new commit on buildkitd",
+        sharedKey: `steprunner-${context.repositoryId.slice(0, 16)}`,
+        observer: { fileSent: (_dir, _path, sent) => (bytes += sent) },
+      },
+      (status) => {
+        for (const event of tracker.update(status)) if (event.kind === "vertex" && event.name.includes("COPY")) copies.set(event.name.replace(/^\[[^\]]*\] /, ""), event.state);
+      },
+      AbortSignal.timeout(300_000),
+    );
+    return { bytes, copies };
+  }
+
+  it("sends at most 5% of the first step's bytes, and rebuilds only the changes layer", async () => {
+    const first = await step();
+    assert.ok(first.bytes > 1_000_000, `the first step sends the history (${first.bytes} bytes)`);
+    await commitFiles(repo, { "src/file-7.txt": "one file changed\n" }, "one file", "2024-03-02T00:00:00Z");
+    const second = await step();
+    assert.ok(second.bytes <= first.bytes * 0.05, `a one-file commit sent ${second.bytes} bytes, the first step ${first.bytes}`);
+    assert.equal(second.copies.get("COPY --chown=10001:10001 history/ /opt/opschain/"), "cached");
+    assert.equal(second.copies.get("COPY --chown=10001:10001 base/ /opt/opschain/"), "cached");
+    assert.equal(second.copies.get("COPY --chown=10001:10001 changes/ /opt/opschain/"), "completed");
   });
 });

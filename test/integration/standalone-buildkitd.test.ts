@@ -44,7 +44,7 @@ describe("a standalone buildkitd v0.24, through the Control.Session tunnel", { s
       const response = await buildDockerfile(
         client,
         {
-          contextDir: join(work, "context"),
+          context: join(work, "context"),
           dockerfileDir: join(work, "dockerfile"),
           buildArgs: {},
           network: options.network ?? "none",
