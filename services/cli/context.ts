@@ -60,6 +60,7 @@ export const contextCommand: Command = {
       // repo.tar is listed only when the Dockerfile names it; the build context written here always has it.
       const repoTarListed = context.files.some((file) => file.kind === ContextFileKind.REPO_TAR);
       const toWrite = [...context.files.map((file) => ({ name: file.name, kind: file.kind, digest: file.digest })), ...(repoTarListed ? [] : [{ name: "repo.tar", kind: ContextFileKind.REPO_TAR, digest: "" }])];
+      const written: Array<{ name: string; digest: string; size: number }> = [];
       for (const file of toWrite) {
         const path = join(out, file.name);
         const partial = `${path}.partial`;
@@ -72,9 +73,10 @@ export const contextCommand: Command = {
           }
           sink.end();
           await once(sink, "finish");
-          const written = `sha256:${hash.digest("hex")}`;
-          if (file.digest && written !== file.digest) throw new Error(`${file.name} arrived as ${written}, not ${file.digest}`);
+          const digest = `sha256:${hash.digest("hex")}`;
+          if (file.digest && digest !== file.digest) throw new Error(`${file.name} arrived as ${digest}, not ${file.digest}`);
           await rename(partial, path);
+          written.push({ name: file.name, digest, size: sink.bytesWritten });
         } finally {
           sink.destroy();
           await rm(partial, { force: true });
@@ -91,7 +93,7 @@ export const contextCommand: Command = {
         gitSha: context.gitSha,
         contextId: context.contextId,
         dockerfile: context.dockerfileSource === DockerfileSource.REPOSITORY ? `${context.repoFolder}/Dockerfile` : "default",
-        files: context.files.map((file) => ({ name: file.name, digest: file.digest, size: Number(file.sizeBytes) })),
+        files: written,
         warnings: context.warnings,
       };
       if (values.json) {

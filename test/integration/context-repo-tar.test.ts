@@ -199,6 +199,28 @@ describe("context-service repo.tar from real git repositories", () => {
     assert.equal(await readFile(join(dir, "big.txt"), "utf8"), big);
   });
 
+  it("says the disk is full when the repository does not fit, and leaves nothing half-written", async () => {
+    const repo = join(work, "too-big");
+    await makeFixture(repo);
+    await commitFiles(repo, { "big.bin": randomBytes(3 * 1024 * 1024).toString("base64") }, "big", "2024-05-02T00:00:00Z");
+    const state = join(work, "small-disk");
+    await mkdir(state);
+    const mounted = await run("mount", ["-t", "tmpfs", "-o", "size=6m", "tmpfs", state]);
+    assert.equal(mounted.code, 0, mounted.stderr);
+    const small = await startTestContextService({ stateDir: state });
+    try {
+      const error = await small.client.prepareContext({ repositoryUrl: repo, gitRev: "main" }).catch((caught) => ConnectError.from(caught));
+      assert.ok(error instanceof ConnectError, "the prepare failed");
+      assert.equal(error.code, Code.ResourceExhausted, error.message);
+      assert.match(error.message, /disk is full/);
+      const left = (await run("find", [join(state, "layers"), "-name", "*.partial-*"])).stdout.trim();
+      assert.equal(left, "", "no half-written directory");
+    } finally {
+      await small.stop().catch(() => undefined);
+      await run("umount", [state]);
+    }
+  });
+
   it("streams a file from an offset, and refuses an offset past its end", async () => {
     const context = await prepare(service, { repositoryUrl: fixture.path, gitRev: "main" });
     const whole = await readFileOf(service, context, ContextFileKind.REPO_TAR);

@@ -163,6 +163,10 @@ async function mapErrors<T>(logger: Logger, rpc: string, call: () => Promise<T>)
   } catch (error) {
     if (error instanceof ContextError) throw error.field ? invalidFieldMessage(error.field, error.message) : new ConnectError(error.message, CODES[error.kind]);
     if (error instanceof ConnectError) throw error;
+    // Node's own writes say ENOSPC; git's say it in their words.
+    if ((error as NodeJS.ErrnoException).code === "ENOSPC" || /No space left on device/i.test((error as Error).message)) {
+      throw new ConnectError(`${rpc}: the context-service's disk is full (${(error as Error).message}); free space under its state directory or lower STEPRUNNER_CONTEXT_CACHE_MAX_BYTES`, Code.ResourceExhausted);
+    }
     logger.error("call failed", { rpc, error });
     throw new ConnectError(`${rpc} failed: ${(error as Error).message}`, Code.Internal);
   }

@@ -86,11 +86,11 @@ export class MirrorStore {
     const partial = `${mirror}.partial-${process.pid}-${Date.now()}`;
     await mkdir(join(this.root, "mirrors"), { recursive: true });
     try {
-      // A repository on this machine is cloned with hard links to its objects (what `git clone` of a path
+      // A repository on this machine is cloned with hard links to its objects where it can (what `git clone` of a path
       // does), instead of being sent through the pack protocol and indexed again; the fetch below then only
       // sets our refs.
       if (url.startsWith("/")) {
-        await git(["clone", "--quiet", "--bare", "--local", url, partial], options).catch((error: unknown) => {
+        await git(["clone", "--quiet", "--bare", url, partial], options).catch((error: unknown) => {
           throw fetchError(url, error);
         });
         await git(["config", "--remove-section", "remote.origin"], { ...options, gitDir: partial }).catch(() => undefined);
@@ -156,6 +156,8 @@ function fetchError(url: string, error: unknown): Error {
   const said = error.stderr;
   const why = said.trim().split("\n").filter(Boolean).slice(-2).join(" / ") || `exit ${error.code}`;
   if (error.code === null) return unavailable(`fetching ${url} did not finish in time or was stopped: ${why}`);
+  // The adapter says a full disk in its own words: not the repository's fault.
+  if (/No space left on device/i.test(said)) return error;
   if (/couldn't find remote ref HEAD/i.test(said)) return notFound(`repository ${url} has no commits`);
   if (/not found|does not appear to be a git repository|does not exist|no such file|not exported/i.test(said)) {
     return notFound(`repository ${url} was not found: ${why}`);

@@ -93,11 +93,15 @@ export class RepositoryLayers {
       if (refusedPath(entry.path)) throw failedPrecondition(`commit ${sha} has a path git refuses to check out ("${entry.path.toString()}"); the repository is refused`);
     }
     const repository = join(this.root, basename(mirror).replace(/\.git$/, ""));
-    // git packs the history while the tree is written: two processes for two cores.
-    const [history, base] = await Promise.all([
+    // git packs the history while the tree is written: two processes for two cores. Both are waited for,
+    // so that a failure of one is reported only once the other has cleaned up after itself.
+    const [historySettled, baseSettled] = await Promise.allSettled([
       options.excludeGitHistory ? undefined : this.history(mirror, repository, sha, signal),
       this.base(mirror, repository, sha, tree, exported, signal),
     ]);
+    if (baseSettled.status === "rejected") throw baseSettled.reason;
+    if (historySettled.status === "rejected") throw historySettled.reason;
+    const [history, base] = [historySettled.value, baseSettled.value];
     const variant = `${options.excludeGitHistory ? "no-git" : "git"}${exported ? "-export-ignore" : ""}`;
     const identity = `changes:${sha}:${variant}:${base.info.sha}:${history?.info.sha ?? "-"}`;
     const name = `${sha}-${createHash("sha256").update(identity).digest("hex").slice(0, 16)}`;
