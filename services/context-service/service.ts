@@ -51,7 +51,7 @@ export async function openContextService(settings: ContextServiceSettings, versi
   const dockerfile = loadDefaultDockerfile(version);
   const trees = new GitTrees(settings.stateDir);
   await trees.init();
-  const layers = new RepositoryLayers(join(settings.stateDir, "layers"), { ...DEFAULT_LAYER_LIMITS, maxAgeMs: settings.layersMaxAgeMs });
+  const layers = new RepositoryLayers(join(settings.stateDir, "layers"), trees, { ...DEFAULT_LAYER_LIMITS, maxAgeMs: settings.layersMaxAgeMs });
   await layers.init();
   const blobs = new BlobStore(join(settings.stateDir, "cache"), settings.cacheMaxBytes);
   await blobs.init();

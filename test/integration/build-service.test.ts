@@ -89,7 +89,7 @@ describe("BuildImage over gRPC, from a context the context-service prepared (the
       "--context-addr", stack.contextAddr, "--image-addr", stack.imageAddr]);
     assert.equal(result.code, 0, result.stderr);
     assert.match(result.stderr, /^GIT_SHA [0-9a-f]{40}$/m);
-    assert.match(result.stderr, /^#\d+ \[.*\] ADD repo\.tar \/$/m);
+    assert.match(result.stderr, /^#\d+ \[.*\] COPY --chown=10001:10001 changes\/ \/opt\/opschain\/$/m);
     assert.match(result.stdout, /^built sha256:[0-9a-f]{64}$/m);
   });
 });

@@ -1,6 +1,4 @@
-import { once } from "node:events";
-import { createWriteStream } from "node:fs";
-import { lutimes, mkdir, symlink, utimes, writeFile } from "node:fs/promises";
+import { lutimes, mkdir, rm, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import * as tar from "tar-stream";
@@ -17,8 +15,6 @@ export interface TreeEntry {
 export const SUBMODULE_MODE = 0o160000;
 export const SYMLINK_MODE = 0o120000;
 const MAX_ATTRIBUTES_BYTES = 1024 * 1024;
-/** Blobs up to this size are read whole; larger ones are streamed to their file. */
-const BUFFERED_BLOB_BYTES = 1024 * 1024;
 
 /** Every entry of a commit's tree (blobs, symlinks, submodules), recursively, in git's order. */
 export async function listTree(gitDir: string, sha: string, signal?: AbortSignal): Promise<TreeEntry[]> {
@@ -63,61 +59,6 @@ export async function diffTrees(gitDir: string, from: string, to: string, signal
 }
 
 /**
- * Writes tree entries into a directory with one `git cat-file --batch`: files with their mode, symlinks,
- * and submodules as empty directories. Every file's mtime is derived from its object id, so equal content at
- * a path always has equal metadata (BuildKit sends a file again only when its metadata changed).
- */
-export async function checkOut(gitDir: string, dir: string, entries: TreeEntry[], signal?: AbortSignal): Promise<void> {
-  const made = new Set<string>();
-  const parentOf = async (path: Buffer): Promise<Buffer> => {
-    const full = Buffer.concat([Buffer.from(`${dir}/`), path]);
-    const slash = full.lastIndexOf(47);
-    const parent = full.subarray(0, slash);
-    const key = parent.toString("latin1");
-    if (!made.has(key)) {
-      await mkdir(parent, { recursive: true });
-      made.add(key);
-    }
-    return full;
-  };
-  const blobs = entries.filter((entry) => entry.mode !== SUBMODULE_MODE);
-  for (const entry of entries) if (entry.mode === SUBMODULE_MODE) await mkdir(await parentOf(Buffer.concat([entry.path, Buffer.from("/.")])), { recursive: true });
-  if (blobs.length === 0) return;
-  const { child, finished } = spawnGit(["cat-file", "--batch"], { gitDir, signal });
-  child.stdin.on("error", () => undefined);
-  const feeding = (async () => {
-    for (const entry of blobs) if (!child.stdin.write(`${entry.oid}\n`)) await once(child.stdin, "drain");
-    child.stdin.end();
-  })();
-  feeding.catch(() => undefined);
-  try {
-    const reader = new BatchReader(child.stdout[Symbol.asyncIterator]());
-    for (const entry of blobs) {
-      const header = (await reader.line()).split(" ");
-      if (header[0] !== entry.oid || header[1] !== "blob") throw new Error(`git cat-file answered "${header.join(" ")}" for blob ${entry.oid}`);
-      const size = Number(header[2]);
-      const path = await parentOf(entry.path);
-      const time = stableTime(entry.oid);
-      if (entry.mode === SYMLINK_MODE) {
-        await symlink(await reader.bytes(size), path);
-        await lutimes(path, time, time);
-      } else {
-        const mode = entry.mode & 0o111 ? 0o755 : 0o644;
-        if (size <= BUFFERED_BLOB_BYTES) await writeFile(path, await reader.bytes(size), { mode });
-        else await pipeline(reader.stream(size), createWriteStream(path, { mode }));
-        await utimes(path, time, time);
-      }
-      if ((await reader.bytes(1))[0] !== 10) throw new Error(`git cat-file: no newline after ${entry.oid}`);
-    }
-    await feeding;
-    await finished;
-  } catch (error) {
-    child.kill("SIGKILL");
-    throw error;
-  }
-}
-
-/**
  * What a commit holds that the user should know, and what `git archive` leaves out of the working tree:
  * the commit's .gitattributes decide which paths are export-ignore (only asked for when honoured).
  */
@@ -133,11 +74,51 @@ export class GitTrees {
     return join(this.stateDir, "archive-attributes", "export-ignore");
   }
 
+  /** The same for checkouts: every file exactly its blob (no end-of-line, ident, filter or encoding conversion). */
+  private get rawDir(): string {
+    return join(this.stateDir, "archive-attributes", "raw");
+  }
+
   async init(): Promise<void> {
-    const dir = this.attributesDir;
-    for (const sub of ["objects", "refs", "info"]) await mkdir(join(dir, sub), { recursive: true });
-    await writeFile(join(dir, "HEAD"), "ref: refs/heads/none\n");
-    await writeFile(join(dir, "info", "attributes"), "* -export-subst\n");
+    for (const [dir, attributes] of [
+      [this.attributesDir, "* -export-subst\n"],
+      [this.rawDir, "* -text -eol -ident -filter -working-tree-encoding -export-subst\n"],
+    ] as const) {
+      for (const sub of ["objects", "refs", "info"]) await mkdir(join(dir, sub), { recursive: true });
+      await writeFile(join(dir, "HEAD"), "ref: refs/heads/none\n");
+      await writeFile(join(dir, "info", "attributes"), attributes);
+    }
+  }
+
+  /**
+   * Writes some of a commit's entries into a directory with git's own checkout (the content never passes
+   * through this process): files with their mode, symlinks, submodules as empty directories, each exactly its
+   * blob. Every file's mtime is derived from its object id, so equal content at a path always has equal
+   * metadata (BuildKit sends a file again only when its metadata changed).
+   */
+  async checkOut(mirror: string, dir: string, sha: string, entries: TreeEntry[], signal?: AbortSignal): Promise<void> {
+    if (entries.length === 0) return;
+    const index = `${dir}.index`;
+    const options = { gitDir: this.rawDir, signal, env: { GIT_ALTERNATE_OBJECT_DIRECTORIES: join(mirror, "objects"), GIT_INDEX_FILE: index, GIT_WORK_TREE: dir } };
+    try {
+      await git(["read-tree", sha], options);
+      const checkout = spawnGit(["checkout-index", "--force", "-z", "--stdin"], options);
+      checkout.child.stdin.on("error", () => undefined);
+      checkout.child.stdin.end(Buffer.concat(entries.flatMap((entry) => [entry.path, Buffer.from([0])])));
+      await checkout.finished;
+    } finally {
+      await rm(index, { force: true });
+    }
+    for (const entry of entries) {
+      const path = Buffer.concat([Buffer.from(`${dir}/`), entry.path]);
+      if (entry.mode === SUBMODULE_MODE) {
+        await mkdir(path, { recursive: true });
+        continue;
+      }
+      const time = stableTime(entry.oid);
+      if (entry.mode === SYMLINK_MODE) await lutimes(path, time, time);
+      else await utimes(path, time, time);
+    }
   }
 
   /** Warnings about submodules and LFS, found without writing anything. */
@@ -205,44 +186,6 @@ async function* nulRecords(stream: AsyncIterable<Buffer>): AsyncIterable<Buffer>
     while ((end = rest.indexOf(0)) >= 0) {
       yield rest.subarray(0, end);
       rest = rest.subarray(end + 1);
-    }
-  }
-}
-
-/** Reads lines and exact byte counts from a stream of chunks without holding more than one chunk ahead. */
-class BatchReader {
-  private buffered: Buffer<ArrayBufferLike> = Buffer.alloc(0);
-
-  constructor(private readonly chunks: AsyncIterator<Buffer>) {}
-
-  private async more(): Promise<void> {
-    const next = await this.chunks.next();
-    if (next.done) throw new Error("git cat-file ended early");
-    this.buffered = this.buffered.length ? Buffer.concat([this.buffered, next.value]) : next.value;
-  }
-
-  async line(): Promise<string> {
-    let end: number;
-    while ((end = this.buffered.indexOf(10)) < 0) await this.more();
-    const text = this.buffered.subarray(0, end).toString("latin1");
-    this.buffered = this.buffered.subarray(end + 1);
-    return text;
-  }
-
-  async bytes(count: number): Promise<Buffer> {
-    const parts: Buffer[] = [];
-    for await (const part of this.stream(count)) parts.push(part);
-    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
-  }
-
-  async *stream(count: number): AsyncIterable<Buffer> {
-    let left = count;
-    while (left > 0) {
-      if (this.buffered.length === 0) await this.more();
-      const part = this.buffered.subarray(0, left);
-      this.buffered = this.buffered.subarray(part.length);
-      left -= part.length;
-      yield part;
     }
   }
 }

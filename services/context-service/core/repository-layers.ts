@@ -5,7 +5,7 @@ import { stableTime } from "../../shared/stable-time.js";
 import { failedPrecondition } from "./errors.js";
 import { GitFailure, git, spawnGit } from "./git.js";
 import { buildIndex } from "./git-index.js";
-import { type TreeChange, type TreeEntry, checkOut, diffTrees, refusedPath } from "./git-tree.js";
+import { type GitTrees, type TreeChange, type TreeEntry, diffTrees, refusedPath } from "./git-tree.js";
 import { SingleFlight } from "../../shared/single-flight.js";
 
 export interface RepositoryOptions {
@@ -70,6 +70,7 @@ export class RepositoryLayers {
 
   constructor(
     private readonly root: string,
+    private readonly trees: GitTrees,
     private readonly limits: LayerLimits = DEFAULT_LAYER_LIMITS,
   ) {}
 
@@ -107,7 +108,7 @@ export class RepositoryLayers {
     const name = `${sha}-${createHash("sha256").update(identity).digest("hex").slice(0, 16)}`;
     const changes = await this.once(join(repository, "commits", name), identity, signal, async (dir, workSignal) => {
       const changed = base.changes.filter((change) => !exported || exported.has(change.entry.path.toString()));
-      await checkOut(mirror, dir, changed.map((change) => change.entry), workSignal);
+      await this.trees.checkOut(mirror, dir, sha, changed.map((change) => change.entry), workSignal);
       if (history) await this.writeGitDirectory(mirror, dir, sha, tree, exported, history.info.sha, workSignal);
     });
     await this.sweep();
@@ -164,7 +165,7 @@ export class RepositoryLayers {
     let info!: TreeInfo;
     const path = await this.once(join(trees, name), identity, signal, async (dir, workSignal) => {
       const kept = tree.filter((entry) => !exported || exported.has(entry.path.toString()));
-      await checkOut(mirror, dir, kept, workSignal);
+      await this.trees.checkOut(mirror, dir, sha, kept, workSignal);
       info = { sha: name, entries: kept.length };
     }, () => info);
     return { info: info ?? (await this.info<TreeInfo>(path)), identity, path, changes: [] };
