@@ -11,6 +11,7 @@ import { DualProtocolServer } from "./dual-protocol-server.js";
 import { HealthRegistry, ServingStatus } from "./health.js";
 import { type ListenAddress, formatListenAddress } from "./listen-address.js";
 import { registerReflection } from "./reflection.js";
+import { decodingFailures, reportUndecodableRequests } from "./undecodable-requests.js";
 import { serverSpans } from "../tracing.js";
 import { Health } from "../../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../../gen/grpc/reflection/v1/reflection_pb.js";
@@ -74,11 +75,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const handler = connectNodeAdapter({
     readMaxBytes: limits.maxRequestBytes,
     contextValues: (req) => createContextValues().set(CALLER, callerFromRequest(req, security)),
-    interceptors: [serverSpans(), metrics.interceptor(), explainUnexpected(options.logger), ...(tokens ? [requireToken(tokens)] : [])],
+    interceptors: [serverSpans(), metrics.interceptor(), explainUnexpected(options.logger), ...(tokens ? [requireToken(tokens)] : []), decodingFailures()],
     routes: (router) => {
       options.routes(router);
       health.register(router);
       registerReflection(router, [...options.services, Health, ServerReflection]);
+      // The adapter serves the router's handlers as they are once this returns.
+      router.handlers.splice(0, router.handlers.length, ...router.handlers.map(reportUndecodableRequests));
     },
     fallback: (req, res) => {
       const path = (req.url ?? "").split("?")[0]!;
