@@ -1,3 +1,4 @@
+import { createHash, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { setting } from "./config/env.js";
 
@@ -82,4 +83,24 @@ export function parseTokenFile(text: string): { name: string; token: string }[] 
 export function bearerToken(header: string | string[] | undefined): string | undefined {
   const value = Array.isArray(header) ? header[0] : header;
   return /^Bearer (\S+)$/i.exec(value ?? "")?.[1];
+}
+
+/**
+ * The index of the accepted token the candidate is, or -1. The SHA-256 digests (of one length) are compared with
+ * timingSafeEqual, against every accepted token, so that the time taken tells neither how much of a token was
+ * right nor which token it was.
+ */
+export function acceptedTokenIndex(accepted: readonly string[], candidate: string | undefined): number {
+  if (candidate === undefined) return -1;
+  const candidateDigest = sha256(candidate);
+  let index = -1;
+  accepted.forEach((token, tokenIndex) => {
+    const equal = timingSafeEqual(sha256(token), candidateDigest);
+    if (equal && index < 0) index = tokenIndex;
+  });
+  return index;
+}
+
+function sha256(text: string): Buffer {
+  return createHash("sha256").update(text).digest();
 }

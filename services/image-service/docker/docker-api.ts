@@ -58,7 +58,7 @@ export class DockerApi {
     // X-Registry-Auth must be present even when empty (anonymous, as the registry on loopback is).
     const host = repository.slice(0, repository.indexOf("/"));
     const credential = this.credentials.get(host);
-    const auth = Buffer.from(JSON.stringify(credential ? { username: credential.username, password: credential.password, serveraddress: host } : {})).toString("base64");
+    const auth = registryAuthHeader(credential ? { username: credential.username, password: credential.password, serveraddress: host } : {});
     const response = await this.request("POST", `/images/${encodeURIComponent(repository)}/push?${query}`, { "X-Registry-Auth": auth }, signal);
     let result: PushResult | undefined;
     for (const line of response.body.split("\n")) {
@@ -98,6 +98,15 @@ export class DockerApi {
       request.end();
     });
   }
+}
+
+/**
+ * dockerd decodes X-Registry-Auth as Go's base64.URLEncoding: the URL-safe alphabet ('-' and '_'), padded with '='
+ * as the Docker CLI sends it. Node's "base64url" drops the padding, hence the standard encoding with its two
+ * alphabet letters swapped.
+ */
+function registryAuthHeader(auth: object): string {
+  return Buffer.from(JSON.stringify(auth)).toString("base64").replaceAll("+", "-").replaceAll("/", "_");
 }
 
 function errorMessage(body: string): string {

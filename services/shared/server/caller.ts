@@ -2,7 +2,7 @@ import type { IncomingMessage } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import type { TLSSocket } from "node:tls";
 import { createContextKey, type HandlerContext } from "@connectrpc/connect";
-import { bearerToken, type ServerSecurity } from "../security.js";
+import { acceptedTokenIndex, bearerToken, type ServerSecurity } from "../security.js";
 import { peerAddress } from "./dual-protocol-server.js";
 
 export const CALLER = createContextKey<string>("unknown caller", { description: "who made the call, for limits and messages" });
@@ -26,9 +26,8 @@ export function callerFromRequest(request: IncomingMessage | Http2ServerRequest,
     }
   }
   if (security.tokens) {
-    const token = bearerToken(request.headers.authorization);
-    const index = token === undefined ? -1 : security.tokens.indexOf(token);
-    if (index >= 0) return `token ${security.tokenNames?.[token!] ?? `#${index + 1}`}`;
+    const index = acceptedTokenIndex(security.tokens, bearerToken(request.headers.authorization));
+    if (index >= 0) return `token ${security.tokenNames?.[security.tokens[index]!] ?? `#${index + 1}`}`;
   }
   const address = peerAddress(request);
   return address ? `address ${address}` : "a local socket";

@@ -5,12 +5,13 @@ import type { Logger } from "../log.js";
 import { numberSetting } from "../config/env.js";
 import { ServiceMetrics } from "../metrics.js";
 import { onCallEnd } from "./call-end.js";
-import { bearerToken, type ServerSecurity, serverSecurityFromSettings } from "../security.js";
+import { acceptedTokenIndex, bearerToken, type ServerSecurity, serverSecurityFromSettings } from "../security.js";
 import { CALLER, callerFromRequest } from "./caller.js";
 import { DualProtocolServer } from "./dual-protocol-server.js";
 import { HealthRegistry, ServingStatus } from "./health.js";
 import { type ListenAddress, formatListenAddress } from "./listen-address.js";
 import { registerReflection } from "./reflection.js";
+import { decodingFailures, reportUndecodableRequests } from "./undecodable-requests.js";
 import { serverSpans } from "../tracing.js";
 import { Health } from "../../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../../gen/grpc/reflection/v1/reflection_pb.js";
@@ -74,16 +75,18 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const handler = connectNodeAdapter({
     readMaxBytes: limits.maxRequestBytes,
     contextValues: (req) => createContextValues().set(CALLER, callerFromRequest(req, security)),
-    interceptors: [serverSpans(), metrics.interceptor(), explainUnexpected(options.logger), ...(tokens ? [requireToken(tokens)] : [])],
+    interceptors: [serverSpans(), metrics.interceptor(), explainUnexpected(options.logger), ...(tokens ? [requireToken(tokens)] : []), decodingFailures()],
     routes: (router) => {
       options.routes(router);
       health.register(router);
       registerReflection(router, [...options.services, Health, ServerReflection]);
+      // The adapter serves the router's handlers as they are once this returns.
+      router.handlers.splice(0, router.handlers.length, ...router.handlers.map(reportUndecodableRequests));
     },
     fallback: (req, res) => {
       const path = (req.url ?? "").split("?")[0]!;
       const route = Object.hasOwn(httpRoutes, path) ? httpRoutes[path] : undefined;
-      if (route !== undefined && tokens !== undefined && !tokens.includes(bearerToken(req.headers.authorization) ?? "")) {
+      if (route !== undefined && tokens !== undefined && acceptedTokenIndex(tokens, bearerToken(req.headers.authorization)) < 0) {
         res.writeHead(401, { "content-type": "text/plain", "www-authenticate": "Bearer" });
         res.end("a bearer token is required\n");
         return;
@@ -126,7 +129,7 @@ function requireToken(tokens: string[]): Interceptor {
     if (!OPEN_SERVICES.has(request.service.typeName)) {
       const token = bearerToken(request.header.get("authorization") ?? undefined);
       if (!token) throw new ConnectError("this service requires a bearer token (Authorization: Bearer …)", Code.Unauthenticated);
-      if (!tokens.includes(token)) throw new ConnectError("the bearer token is not valid", Code.Unauthenticated);
+      if (acceptedTokenIndex(tokens, token) < 0) throw new ConnectError("the bearer token is not valid", Code.Unauthenticated);
     }
     return next(request);
   };

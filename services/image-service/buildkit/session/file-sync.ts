@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Packet, Packet_PacketType as PacketType, PacketSchema, type Stat, StatSchema } from "../../../../gen/fsutil/types/wire_pb.js";
-import type { BidiCall } from "./grpc-server.js";
+import type { BidiCall, RepeatedHeaders } from "./grpc-server.js";
 import { PathPatterns } from "./path-patterns.js";
 
 /** Go's os.FileMode type bits, which fsutil puts on the wire. */
@@ -40,8 +40,8 @@ export type LocalSource = string | { entries: Record<string, string> };
  * and an empty DATA, and ends with FIN when the daemon says FIN.
  */
 export async function sendDirectory(call: BidiCall, dirName: string, source: LocalSource, observer?: TransferObserver): Promise<void> {
-  const include = new PathPatterns([...header(call, "include-patterns"), ...header(call, "followpaths")]);
-  const exclude = new PathPatterns(header(call, "exclude-patterns"));
+  const include = new PathPatterns([...syncOption(call.headers, "include-patterns"), ...syncOption(call.headers, "followpaths")]);
+  const exclude = new PathPatterns(syncOption(call.headers, "exclude-patterns"));
   const top = typeof source === "string" ? await listDirectory(source) : Object.entries(source.entries).map(([name, absolutePath]) => ({ name, absolutePath }));
   const entries = await walk(top, "", include, exclude);
   const send = (packet: Packet) => call.send(toBinary(PacketSchema, packet));
@@ -81,8 +81,25 @@ export async function sendDirectory(call: BidiCall, dirName: string, source: Loc
   await listing;
 }
 
-function header(call: BidiCall, name: string): string[] {
-  return call.headers.get(name) ?? [];
+/**
+ * The values of one of DiffCopy's option headers. When a value is not ASCII, which a header cannot carry, BuildKit
+ * escapes all of that option's values as Go's url.QueryEscape does and says so in a "<name>-encoded" header.
+ */
+export function syncOption(headers: RepeatedHeaders, name: string): string[] {
+  const values = headers.get(name) ?? [];
+  if (!isGoTrue(headers.get(`${name}-encoded`)?.[0])) return values;
+  return values.map((value) => {
+    try {
+      return decodeURIComponent(value.replaceAll("+", " "));
+    } catch {
+      throw new ConnectError(`BuildKit sent a ${name} value that is flagged as escaped but is not: ${JSON.stringify(value)}`, Code.InvalidArgument);
+    }
+  });
+}
+
+/** The spellings of true that Go's strconv.ParseBool accepts. */
+function isGoTrue(value: string | undefined): boolean {
+  return value !== undefined && ["1", "t", "T", "true", "TRUE", "True"].includes(value);
 }
 
 async function listDirectory(dir: string): Promise<Array<{ name: string; absolutePath: string }>> {
@@ -95,14 +112,18 @@ async function walk(children: Array<{ name: string; absolutePath: string }>, rel
   for (const { name, absolutePath } of sorted) {
     const path = relative ? `${relative}/${name}` : name;
     const info = await lstat(absolutePath, { bigint: true });
-    if (!exclude.empty && exclude.matches(path)) continue;
     const included = include.empty || include.matches(path);
+    const excluded = exclude.matches(path);
+    const selected = included && !excluded;
     if (info.isDirectory()) {
-      if (!included && !include.mayMatchBelow(path)) continue;
-      const below = await walk(await listDirectory(absolutePath), path, included ? new PathPatterns([]) : include, exclude);
-      if (!included && below.length === 0) continue;
+      // A directory not selected itself is still walked when a pattern may select something below it, and sent
+      // as the parent of what it holds, as fsutil does.
+      const mayHoldSelected = (included || include.mayMatchBelow(path)) && (!excluded || exclude.exceptionMayMatchBelow(path));
+      if (!selected && !mayHoldSelected) continue;
+      const below = await walk(await listDirectory(absolutePath), path, include, exclude);
+      if (!selected && below.length === 0) continue;
       entries.push({ stat: statOf(path, info, GO_MODE_DIR, ""), absolutePath }, ...below);
-    } else if (included && (info.isFile() || info.isSymbolicLink())) {
+    } else if (selected && (info.isFile() || info.isSymbolicLink())) {
       const linkname = info.isSymbolicLink() ? await readlink(absolutePath) : "";
       entries.push({ stat: statOf(path, info, info.isSymbolicLink() ? GO_MODE_SYMLINK : 0, linkname), absolutePath });
     }

@@ -11,7 +11,7 @@ import type { RegistryCredentials } from "../../../shared/registry/credentials.j
 import { replaying } from "../../../shared/server/replaying-duplex.js";
 import type { BuildKitAddress } from "../address.js";
 import { upgradeDockerConnection } from "../docker-upgrade.js";
-import { type LocalSource, type TransferObserver, sendDirectory } from "./file-sync.js";
+import { type LocalSource, type TransferObserver, sendDirectory, syncOption } from "./file-sync.js";
 import { type SessionMethod, serveGrpc } from "./grpc-server.js";
 import { openSessionTunnel } from "./tunnel.js";
 
@@ -72,7 +72,7 @@ export class BuildKitSession {
     methods.set("/moby.filesync.v1.FileSync/DiffCopy", {
       kind: "bidi",
       handle: async (call) => {
-        const dirName = call.headers.get("dir-name")?.[0] ?? "";
+        const dirName = syncOption(call.headers, "dir-name")[0] ?? "";
         const dir = this.options.localDirs[dirName];
         if (!dir) throw new ConnectError(`the build asked for local source "${dirName}", which this session does not have`, Code.NotFound);
         await sendDirectory(call, dirName, dir, this.options.observer);
