@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { open, mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { open, mkdir, readdir, readFile, rename, rm, stat, statfs, utimes, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { stableTime } from "../../shared/stable-time.js";
 import { failedPrecondition } from "./errors.js";
@@ -239,7 +239,11 @@ export class RepositoryLayers {
         const partial = `${path}.partial-${process.pid}-${randomBytes(4).toString("hex")}`;
         await mkdir(partial, { recursive: true });
         try {
-          await write(partial, workSignal);
+          await write(partial, workSignal).catch(async (error: unknown) => {
+            // git says "unable to write file" and not why: a full disk is told by the disk itself.
+            if (await nearlyFull(partial)) throw Object.assign(new Error(`no space left on device writing ${partial}: ${(error as Error).message}`), { code: "ENOSPC" });
+            throw error;
+          });
           await rm(path, { recursive: true, force: true });
           await rename(partial, path);
           if (info) await writeFile(`${path}.json`, JSON.stringify(info()));
@@ -331,4 +335,10 @@ async function exists(path: string): Promise<boolean> {
     async (handle) => (await handle.close(), true),
     () => false,
   );
+}
+
+/** Whether the filesystem holding path has less than a megabyte left for us. */
+async function nearlyFull(path: string): Promise<boolean> {
+  const info = await statfs(path).catch(() => undefined);
+  return info !== undefined && info.bavail * info.bsize < 1024 * 1024;
 }

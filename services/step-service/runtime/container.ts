@@ -94,8 +94,7 @@ export class ContainerRuntime {
       await mkdir(rootfs, { recursive: true });
       await mkdir(upper);
       await mkdir(join(dir, "work"));
-      // overlayfs lists lower directories top first.
-      const lower = [...request.image.lowerDirs].reverse().join(":");
+      const lower = overlayLowerDirs(request.image.lowerDirs);
       await exec("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${upper},workdir=${join(dir, "work")}`, rootfs]);
       const user = await resolveUser(rootfs, request.image.config.user);
       if (request.repositoryDir) {
@@ -326,3 +325,13 @@ export function instanceTagOf(stateDir: string): string {
   return createHash("sha256").update(`${stateDir}\0${dev}:${ino}`).digest("hex").slice(0, 8);
 }
 
+/**
+ * The lowerdir option for an image's layer directories (bottom first): top first, as overlayfs lists them, and
+ * each directory once. An image may hold one layer twice (two empty COPY layers share a digest), and overlayfs
+ * refuses a directory listed twice; dropping the lower copy changes nothing, since the upper one hides exactly
+ * what it would.
+ */
+export function overlayLowerDirs(bottomFirst: string[]): string {
+  const topFirst = [...bottomFirst].reverse();
+  return topFirst.filter((dir, index) => topFirst.indexOf(dir) === index).join(":");
+}
