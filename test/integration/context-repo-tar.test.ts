@@ -199,6 +199,16 @@ describe("context-service repo.tar from real git repositories", () => {
     assert.equal(await readFile(join(dir, "big.txt"), "utf8"), big);
   });
 
+  it("writes every file exactly as its blob whatever .gitattributes asks (eol, ident), and git status stays clean", async () => {
+    const repo = join(work, "attributes");
+    await makeFixture(repo);
+    await commitFiles(repo, { ".gitattributes": "*.txt eol=crlf ident\n", "notes.txt": "line one\n$Id$\n" }, "attributes", "2024-05-03T00:00:00Z");
+    const context = await prepare(service, { repositoryUrl: repo, gitRev: "main" });
+    const dir = await composed(context, join(work, "attributes-composed"));
+    assert.equal(await readFile(join(dir, "notes.txt"), "utf8"), "line one\n$Id$\n");
+    assert.equal((await describeRepository(dir)).status, "");
+  });
+
   it("says the disk is full when the repository does not fit, and leaves nothing half-written", async () => {
     const repo = join(work, "too-big");
     await makeFixture(repo);
