@@ -285,6 +285,8 @@ async function main(): Promise<void> {
 
     const big = join(work, "big");
     await bigRepository(big, 2000, Number(args["big-mb"]));
+    // Warm-up steps are no scenario's: their phases are not counted.
+    currentScenario = "";
     await steprunnerStep(big, "main", properties);
     await (await stock(big, properties))();
     currentScenario = "2. new commit";
@@ -325,6 +327,7 @@ async function main(): Promise<void> {
       await must("git", ["clone", "-q", dir, clone]);
       const bytes = await stockContext(work, dir, "main", properties);
       const zip = join(bytes, "step_context.json.zip");
+      currentScenario = "";
       await steprunnerStep(dir, "main", properties);
       await gitStockStep(work, clone, dir, "main", zip, false);
       currentScenario = `A. new commit, ${label} repository`;

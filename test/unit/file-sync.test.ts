@@ -5,7 +5,7 @@ import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Packet_PacketType as PacketType, PacketSchema } from "../../gen/fsutil/types/wire_pb.js";
-import { sendDirectory } from "../../services/image-service/buildkit/session/file-sync.js";
+import { dataPacketHead, sendDirectory } from "../../services/image-service/buildkit/session/file-sync.js";
 import type { BidiCall } from "../../services/image-service/buildkit/session/grpc-server.js";
 
 /** The paths a DiffCopy with these headers lists, BuildKit asking for no file and saying FIN at once. */
@@ -17,7 +17,7 @@ async function listedPaths(root: string, headers: Record<string, string[]>): Pro
       yield toBinary(PacketSchema, create(PacketSchema, { type: PacketType.PACKET_FIN }));
     })(),
     send: async (message) => {
-      const packet = fromBinary(PacketSchema, message);
+      const packet = fromBinary(PacketSchema, Array.isArray(message) ? Buffer.concat(message) : message);
       if (packet.type === PacketType.PACKET_STAT && packet.stat) listed.push(packet.stat.path);
     },
     signal: new AbortController().signal,
@@ -70,5 +70,18 @@ describe("DiffCopy's include and exclude headers", () => {
 
   it("takes the values of an unflagged header as they are", async () => {
     assert.deepEqual(await listedPaths(root, { "include-patterns": ["100%.txt"] }), ["100%.txt"]);
+  });
+});
+
+describe("DATA packets sent in parts", () => {
+  it("encode as the protobuf Packet they stand for", () => {
+    for (const [id, data] of [[0, Buffer.from("x")], [7, Buffer.alloc(300, 1)], [70_000, Buffer.alloc(1 << 20, 2)]] as const) {
+      const encoded = Buffer.concat([dataPacketHead(id, data.length), data]);
+      const decoded = fromBinary(PacketSchema, encoded);
+      assert.equal(decoded.type, PacketType.PACKET_DATA);
+      assert.equal(decoded.ID, id);
+      assert.deepEqual(Buffer.from(decoded.data), data);
+      assert.deepEqual(encoded, Buffer.from(toBinary(PacketSchema, create(PacketSchema, { type: PacketType.PACKET_DATA, ID: id, data }))));
+    }
   });
 });

@@ -63,7 +63,7 @@ export async function sendDirectory(call: BidiCall, dirName: string, source: Loc
         const chunks = entry.stat.size <= SMALL_FILE_BYTES ? [readFileSync(entry.absolutePath)] : createReadStream(entry.absolutePath, { highWaterMark: DATA_CHUNK_BYTES, signal: call.signal });
         for await (const chunk of chunks) {
           sent += (chunk as Buffer).length;
-          if ((chunk as Buffer).length > 0) await send(create(PacketSchema, { type: PacketType.PACKET_DATA, ID: packet.ID, data: chunk as Buffer }));
+          if ((chunk as Buffer).length > 0) await call.send([dataPacketHead(packet.ID, (chunk as Buffer).length), chunk as Buffer]);
         }
         await send(create(PacketSchema, { type: PacketType.PACKET_DATA, ID: packet.ID }));
         observer?.fileSent(dirName, entry.stat.path, sent);
@@ -129,6 +129,26 @@ async function walk(children: Array<{ name: string; absolutePath: string }>, rel
     }
   }
   return entries;
+}
+
+/**
+ * The protobuf encoding of a DATA packet up to its data (type = 1, ID = 3, data = 4): the data follows as is, so
+ * file content is never copied into a message.
+ */
+export function dataPacketHead(id: number, length: number): Buffer {
+  // proto3 leaves a zero ID out, as protobuf-es would.
+  return Buffer.from([0x08, PacketType.PACKET_DATA, ...(id ? [0x18, ...varint(id)] : []), 0x22, ...varint(length)]);
+}
+
+function varint(value: number): number[] {
+  const bytes: number[] = [];
+  let rest = value >>> 0;
+  while (rest >= 0x80) {
+    bytes.push((rest & 0x7f) | 0x80);
+    rest >>>= 7;
+  }
+  bytes.push(rest);
+  return bytes;
 }
 
 function statOf(path: string, info: BigIntStats, typeBits: number, linkname: string): Stat {

@@ -9,8 +9,11 @@ export interface BidiCall {
   headers: RepeatedHeaders;
   /** The client's messages, undecoded. */
   messages: AsyncIterable<Uint8Array>;
-  /** Sends one message, waiting while the stream is congested. */
-  send(message: Uint8Array): Promise<void>;
+  /**
+   * Sends one message, waiting while the stream is congested. A message given in parts is framed as one
+   * without joining them, so that large payloads are never copied.
+   */
+  send(message: Uint8Array | Uint8Array[]): Promise<void>;
   signal: AbortSignal;
 }
 
@@ -57,7 +60,12 @@ async function handleCall(stream: http2.ServerHttp2Stream, method: SessionMethod
         send: async (message) => {
           if (!responded) respondHeaders(stream);
           responded = true;
-          await write(stream, frame(message));
+          if (!Array.isArray(message)) return write(stream, frame(message));
+          const length = message.reduce((sum, part) => sum + part.length, 0);
+          const header = Buffer.allocUnsafe(5);
+          header[0] = 0;
+          header.writeUInt32BE(length, 1);
+          for (const part of [header, ...message]) await write(stream, part as Buffer);
         },
       });
       if (!responded) respondHeaders(stream);
@@ -125,7 +133,7 @@ export async function* readMessages(source: Readable): AsyncGenerator<Uint8Array
   if (pending.length > 0) throw new ConnectError("the gRPC stream ended inside a message", Code.DataLoss);
 }
 
-function write(stream: http2.ServerHttp2Stream, bytes: Buffer): Promise<void> {
+function write(stream: http2.ServerHttp2Stream, bytes: Uint8Array): Promise<void> {
   if (stream.destroyed) return Promise.reject(new ConnectError("the daemon closed the stream", Code.Canceled));
   if (stream.write(bytes)) return Promise.resolve();
   return new Promise((resolve, reject) => {
