@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { inSpan } from "../../shared/tracing.js";
 import type { BlobInfo, BlobStore } from "./blob-store.js";
@@ -175,6 +175,9 @@ export class ContextPreparer {
     const key = `${REPO_TAR_FORMAT} ${directories.map((directory) => directory.identity).join(" ")}`;
     const cached = await this.blobs.lookup(key);
     if (cached) return cached;
+    for (const directory of directories) {
+      if (!(await stat(directory.path).catch(() => undefined))) throw notFound(`the repository's ${directory.name} directory of this context is no longer kept; call PrepareContext again`);
+    }
     return this.repoTars.run(
       key,
       async (workSignal) => {

@@ -66,7 +66,12 @@ export class ContextCache implements ContextSource {
     const remote = await this.provider.describe(contextId, signal);
     const root = join(this.dir, contextId.slice(7));
     const saved = await readFile(join(root, "sources.json"), "utf8").catch(() => undefined);
-    if (saved !== undefined) return { ...layout(root, remote), contextSources: JSON.parse(saved) as Record<string, string> };
+    // Directories read in place may have been removed since (the context-service drops unused ones): then the
+    // context is made local again.
+    const sharedBefore = remote.directories.some((directory) => saved?.includes(JSON.stringify(directory.hostPath)));
+    if (saved !== undefined && (!sharedBefore || (await sharedDirectories(remote.directories)))) {
+      return { ...layout(root, remote), contextSources: JSON.parse(saved) as Record<string, string> };
+    }
     const staging = `${root}.${process.pid}.${Date.now()}.tmp`;
     try {
       const staged = layout(staging, remote);
@@ -143,7 +148,11 @@ export class ContextCache implements ContextSource {
       child.once("close", resolve);
     });
     exited.catch(() => undefined);
-    await pipeline(this.provider.read(contextId, "repo-tar", signal), child.stdin, { signal });
+    // tar may exit once it has read the archive's end blocks, before our stream has ended: its exit status,
+    // not the closed pipe, says whether the archive was whole.
+    await pipeline(this.provider.read(contextId, "repo-tar", signal), child.stdin, { signal }).catch((error: NodeJS.ErrnoException) => {
+      if (signal.aborted || (error.code !== "ERR_STREAM_PREMATURE_CLOSE" && error.code !== "EPIPE")) throw error;
+    });
     const code = await exited;
     if (code !== 0) throw new ConnectError(`context ${contextId}: unpacking repo.tar failed: ${stderr.trim()}`, Code.Internal);
   }
