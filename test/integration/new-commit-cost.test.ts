@@ -65,30 +65,51 @@ class CountingBuilder implements DockerfileBuilder {
   }
 }
 
+/** The long-history repository with actions.rb on top, a context-service in this process and a client of it. */
+interface HistoryFixture {
+  work: string;
+  repo: string;
+  contexts: TestContextService;
+  transport: ReturnType<typeof serviceTransport>;
+  close(): Promise<void>;
+}
+
+async function historyFixture(prefix: string): Promise<HistoryFixture> {
+  await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
+  const work = await mkdtemp(join(stack.stateDir, "tmp", prefix));
+  const repo = join(work, "repo");
+  await mkdir(repo);
+  await longHistory(repo);
+  await commitFiles(repo, { "actions.rb": 'task :hello do puts "hello" end\n' }, "actions", "2024-03-01T00:00:00Z");
+  const contexts = await startTestContextService();
+  const transport = serviceTransport(contexts.address);
+  return {
+    work,
+    repo,
+    contexts,
+    transport,
+    close: async () => {
+      transport.close();
+      await contexts.stop();
+      await rm(work, { recursive: true, force: true });
+    },
+  };
+}
+
 describe("a new commit on a repository with a long history", () => {
-  let work: string;
-  let repo: string;
-  let contexts: TestContextService;
+  let fixture: HistoryFixture;
   let client: BuildKitClient;
   let docker: DockerApi;
   let counting: CountingBuilder;
   let images: ImageBuilder;
-  let closeTransport: () => void;
 
   before(async () => {
-    await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
-    work = await mkdtemp(join(stack.stateDir, "tmp", "new-commit-"));
-    repo = join(work, "repo");
-    await mkdir(repo);
-    await longHistory(repo);
-    await commitFiles(repo, { "actions.rb": 'task :hello do puts "hello" end\n' }, "actions", "2024-03-01T00:00:00Z");
-    contexts = await startTestContextService();
-    const transport = serviceTransport(contexts.address);
-    closeTransport = transport.close;
+    fixture = await historyFixture("new-commit-");
     client = new BuildKitClient(stack.buildkitAddr);
     docker = new DockerApi(`${stack.runDir}/docker.sock`);
     counting = new CountingBuilder(client);
-    images = new ImageBuilder(new ContextCache(new ContextServiceProvider(transport.transport), join(work, "cache")), counting, docker, new RegistryClient(stack.registry), new ReuseRecords(join(work, "records")), {
+    const contexts = new ContextCache(new ContextServiceProvider(fixture.transport.transport), join(fixture.work, "cache"));
+    images = new ImageBuilder(contexts, counting, docker, new RegistryClient(stack.registry), new ReuseRecords(join(fixture.work, "records")), {
       defaultBaseRunner: stack.baseRunner,
       version: "0.1.0",
       stepsRepository: STEPS_REPOSITORY,
@@ -101,15 +122,13 @@ describe("a new commit on a repository with a long history", () => {
 
   after(async () => {
     client?.close();
-    closeTransport?.();
-    await contexts?.stop();
     const listed = await run("/usr/bin/docker", ["--host", `unix://${stack.runDir}/docker.sock`, "images", "--format", "{{.Repository}}:{{.Tag}}", STEPS_REPOSITORY]);
     for (const name of listed.stdout.split("\n").filter(Boolean)) await docker.removeImage(name).catch(() => {});
-    await rm(work, { recursive: true, force: true });
+    await fixture?.close();
   });
 
   async function step(): Promise<{ bytes: number; layerDirectories: string[]; contextId: string }> {
-    const { context } = await contexts.client.prepareContext({ repositoryUrl: repo, gitRev: "main" });
+    const { context } = await fixture.contexts.client.prepareContext({ repositoryUrl: fixture.repo, gitRev: "main" });
     assert.ok(context);
     const image = await images.build({ contextId: context.contextId, baseRunner: "", network: "none", buildWithoutCache: false, handoff: undefined }, () => {});
     assert.equal(image.reused, false);
@@ -117,59 +136,46 @@ describe("a new commit on a repository with a long history", () => {
   }
 
   it("sends BuildKit at most 5% of what the first step sent, and never makes repo.tar for the default Dockerfile", async () => {
-    assert.equal(await gitIn(repo, ["rev-list", "--count", "HEAD"]), String(HISTORY_COMMITS + 1));
+    assert.equal(await gitIn(fixture.repo, ["rev-list", "--count", "HEAD"]), String(HISTORY_COMMITS + 1));
     const first = await step();
     assert.ok(first.bytes > 1_000_000, `the first step sends the history (${first.bytes} bytes)`);
 
-    await commitFiles(repo, { "src/file-7.txt": "one file changed\n" }, "one file", "2024-03-02T00:00:00Z");
+    await commitFiles(fixture.repo, { "src/file-7.txt": "one file changed\n" }, "one file", "2024-03-02T00:00:00Z");
     const second = await step();
     assert.ok(second.bytes <= first.bytes * 0.05, `a one-file commit sent ${second.bytes} bytes, the first step ${first.bytes}`);
     // The new commit's layer holds the changed file; the history and base layers are the first step's.
     assert.equal(await readFile(join(second.layerDirectories.at(-1)!, "opt/opschain/src/file-7.txt"), "utf8"), "one file changed\n");
     assert.deepEqual(second.layerDirectories.slice(0, -1), first.layerDirectories.slice(0, -1));
 
-    const { context } = await contexts.client.getContext({ contextId: second.contextId });
+    const { context } = await fixture.contexts.client.getContext({ contextId: second.contextId });
     assert.equal(context?.files.some((file) => file.kind === ContextFileKind.REPO_TAR), false, "repo.tar is not in the default Dockerfile's context");
-    const blobs = join(contexts.stateDir, "cache", "blobs");
+    const blobs = join(fixture.contexts.stateDir, "cache", "blobs");
     for (const name of await readdir(blobs)) assert.ok((await stat(join(blobs, name))).size < 64 * 1024, `${name} is only a zip or a Dockerfile`);
   });
 });
 
 describe("a new commit on a repository with a long history, on a standalone buildkitd v0.24", { skip: buildkitdUnavailable }, () => {
-  let work: string;
-  let repo: string;
-  let contexts: TestContextService;
+  let fixture: HistoryFixture;
   let buildkitd: StandaloneBuildKitd;
   let client: BuildKitClient;
   let cache: ContextCache;
-  let closeTransport: () => void;
 
   before(async () => {
-    await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
-    work = await mkdtemp(join(stack.stateDir, "tmp", "new-commit-buildkitd-"));
-    repo = join(work, "repo");
-    await mkdir(repo);
-    await longHistory(repo);
-    await commitFiles(repo, { "actions.rb": 'task :hello do puts "hello" end\n' }, "actions", "2024-03-01T00:00:00Z");
-    contexts = await startTestContextService();
-    const transport = serviceTransport(contexts.address);
-    closeTransport = transport.close;
-    cache = new ContextCache(new ContextServiceProvider(transport.transport), join(work, "cache"));
+    fixture = await historyFixture("new-commit-buildkitd-");
+    cache = new ContextCache(new ContextServiceProvider(fixture.transport.transport), join(fixture.work, "cache"));
     buildkitd = await StandaloneBuildKitd.start({ allowNetworkHost: false });
     client = new BuildKitClient(buildkitd.address);
   });
 
   after(async () => {
     client?.close();
-    closeTransport?.();
     await buildkitd?.stop();
-    await contexts?.stop();
-    await rm(work, { recursive: true, force: true });
+    await fixture?.close();
   });
 
   /** One build of the default Dockerfile through the tunnel; returns the bytes sent and the COPY steps' states. */
   async function step(): Promise<{ bytes: number; copies: Map<string, string> }> {
-    const { context: prepared } = await contexts.client.prepareContext({ repositoryUrl: repo, gitRev: "main" });
+    const { context: prepared } = await fixture.contexts.client.prepareContext({ repositoryUrl: fixture.repo, gitRev: "main" });
     const context = await cache.materialize(prepared!.contextId);
     let bytes = 0;
     const tracker = new ProgressTracker();
@@ -198,7 +204,7 @@ describe("a new commit on a repository with a long history, on a standalone buil
   it("sends at most 5% of the first step's bytes, and rebuilds only the changes layer", async () => {
     const first = await step();
     assert.ok(first.bytes > 1_000_000, `the first step sends the history (${first.bytes} bytes)`);
-    await commitFiles(repo, { "src/file-7.txt": "one file changed\n" }, "one file", "2024-03-02T00:00:00Z");
+    await commitFiles(fixture.repo, { "src/file-7.txt": "one file changed\n" }, "one file", "2024-03-02T00:00:00Z");
     const second = await step();
     assert.ok(second.bytes <= first.bytes * 0.05, `a one-file commit sent ${second.bytes} bytes, the first step ${first.bytes}`);
     assert.equal(second.copies.get("COPY --chown=10001:10001 history/ /opt/opschain/"), "cached");
