@@ -8,7 +8,6 @@ import { BuildProgressPrinter, type ProgressMode } from "./build-progress.js";
 import { type Command, serviceAddressOptions } from "./command.js";
 
 export const buildCommand: Command = {
-  summary: "build (or reuse) the runner image of a revision, showing live progress",
   usage: "--repo R --rev V [--properties F] [--progress plain|json] [--handoff layer-store|registry] [--no-cache] [--network]",
   options: {
     repo: { type: "string", description: "the git repository: a path, file://, http(s):// or ssh:// URL" },

@@ -1,6 +1,5 @@
-/** A subcommand of the steprunner CLI. run() returns the process exit code. */
+/** A subcommand of the steprunner CLI (its one-line summary is in main.ts). run() returns the process exit code. */
 export interface Command {
-  summary: string;
   usage: string;
   options: Record<string, { type: "string" | "boolean"; description: string; default?: string; multiple?: boolean }>;
   /** Whether the command takes positional arguments (e.g. a step ID). */

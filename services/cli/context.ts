@@ -14,7 +14,6 @@ import { type Command, serviceAddressOptions } from "./command.js";
 const LOCAL_PATH = /^(?![a-z][a-z0-9+.-]*:\/\/)(?![^/]+@[^/]+:)/i;
 
 export const contextCommand: Command = {
-  summary: "prepare a step's build context (repo.tar, step_context.json.zip, Dockerfile) into a directory",
   usage: "--repo REPO --rev REV --out DIR [--properties FILE] [--secrets POINTERS] [--repo-folder DIR] [--exclude-git-history] [--honor-export-ignore] [--json]",
   options: {
     repo: { type: "string", description: "repository: a path, file://, http(s)://, git:// or ssh:// URL, as the context-service sees it" },

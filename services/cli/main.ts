@@ -1,18 +1,38 @@
 #!/usr/bin/env node
 import { parseArgs } from "node:util";
 import type { Command } from "./command.js";
-import { buildCommand } from "./build.js";
-import { contextCommand } from "./context.js";
-import { statusCommand } from "./status.js";
-import { cancelCommand, logsCommand, runCommand } from "./step.js";
 
-const commands: Record<string, Command> = {
-  status: statusCommand,
-  context: contextCommand,
-  build: buildCommand,
-  run: runCommand,
-  logs: logsCommand,
-  cancel: cancelCommand,
+interface CommandEntry {
+  summary: string;
+  /** Imports the command's module: only the command that runs pays for its gRPC and protobuf modules. */
+  load(): Promise<Command>;
+}
+
+const commands: Record<string, CommandEntry> = {
+  status: {
+    summary: "show the health of each service, BuildKit's workers, the registry and runc",
+    load: async () => (await import("./status.js")).statusCommand,
+  },
+  context: {
+    summary: "prepare a step's build context (repo.tar, step_context.json.zip, Dockerfile) into a directory",
+    load: async () => (await import("./context.js")).contextCommand,
+  },
+  build: {
+    summary: "build (or reuse) the runner image of a revision, showing live progress",
+    load: async () => (await import("./build.js")).buildCommand,
+  },
+  run: {
+    summary: "run a step: stream its progress and logs, print its result, exit with its exit status",
+    load: async () => (await import("./step.js")).runCommand,
+  },
+  logs: {
+    summary: "print a step's log, from an offset, and with --follow until the step ends",
+    load: async () => (await import("./step.js")).logsCommand,
+  },
+  cancel: {
+    summary: "cancel a step (a step that has ended stays as it is)",
+    load: async () => (await import("./step.js")).cancelCommand,
+  },
 };
 
 function programHelp(): string {
@@ -22,8 +42,8 @@ function programHelp(): string {
   return lines.join("\n");
 }
 
-function commandHelp(name: string, command: Command): string {
-  const lines = [command.summary, "", `Usage: steprunner ${name} ${command.usage}`, "", "Options:"];
+function commandHelp(name: string, summary: string, command: Command): string {
+  const lines = [summary, "", `Usage: steprunner ${name} ${command.usage}`, "", "Options:"];
   for (const [option, spec] of Object.entries(command.options)) {
     const flag = spec.type === "string" ? `--${option} VALUE` : `--${option}`;
     const fallback = spec.default !== undefined ? ` (default: ${spec.default})` : "";
@@ -39,11 +59,12 @@ async function main(argv: string[]): Promise<number> {
     console.log(programHelp());
     return name === undefined ? 2 : 0;
   }
-  const command = commands[name];
-  if (!command) {
+  const entry = commands[name];
+  if (!entry) {
     console.error(`steprunner: unknown command "${name}"\n\n${programHelp()}`);
     return 2;
   }
+  const command = await entry.load();
   const options = Object.fromEntries(
     Object.entries(command.options).map(([option, spec]) => [option, { type: spec.type, default: spec.default, ...(spec.multiple ? { multiple: true } : {}) }]),
   );
@@ -51,11 +72,11 @@ async function main(argv: string[]): Promise<number> {
   try {
     parsed = parseArgs({ args: rest, options: { ...options, help: { type: "boolean", short: "h" } }, allowPositionals: command.positionals === true });
   } catch (error) {
-    console.error(`steprunner ${name}: ${(error as Error).message}\n\n${commandHelp(name, command)}`);
+    console.error(`steprunner ${name}: ${(error as Error).message}\n\n${commandHelp(name, entry.summary, command)}`);
     return 2;
   }
   if (parsed.values.help) {
-    console.log(commandHelp(name, command));
+    console.log(commandHelp(name, entry.summary, command));
     return 0;
   }
   return command.run(parsed.values as Record<string, string | boolean | string[] | undefined>, parsed.positionals);

@@ -16,7 +16,6 @@ interface ServiceHealth {
 }
 
 export const statusCommand: Command = {
-  summary: "show the health of each service, BuildKit's workers, the registry and runc",
   usage: "[--json]",
   options: {
     ...serviceAddressOptions,

@@ -42,7 +42,6 @@ function fail(error: unknown): number {
 }
 
 export const runCommand: Command = {
-  summary: "run a step: stream its progress and logs, print its result, exit with its exit status",
   usage: "--repo R --action A [--rev V] [--env K=V …] [--properties F] [--timeout S] [--network] [--progress plain|tty|json]",
   options: {
     ...stepAddr,
@@ -137,7 +136,6 @@ export const runCommand: Command = {
 };
 
 export const logsCommand: Command = {
-  summary: "print a step's log, from an offset, and with --follow until the step ends",
   usage: "ID [--follow] [--from N]",
   positionals: true,
   options: {
@@ -168,7 +166,6 @@ export const logsCommand: Command = {
 };
 
 export const cancelCommand: Command = {
-  summary: "cancel a step (a step that has ended stays as it is)",
   usage: "ID",
   positionals: true,
   options: { ...stepAddr },

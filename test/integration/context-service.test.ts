@@ -17,6 +17,7 @@ import {
 import { type TestContextService, startTestContextService } from "../support/context-service.js";
 import { type GitDaemon, freePort, startGitDaemon } from "../support/git-daemon.js";
 import { type Fixture, commitFiles, gitIn, makeFixture } from "../support/git-fixture.js";
+import { spyOnGit } from "../support/git-spy.js";
 import { run } from "../support/stack.js";
 import { failure } from "../support/rpc.js";
 
@@ -61,7 +62,7 @@ describe("context-service over gRPC with real git repositories", () => {
     });
     after(async () => daemon?.stop());
 
-    it("clones once for concurrent first requests, and fetches again only for moving refs", async () => {
+    it("clones once for concurrent first requests, and looks again only at moving refs", async () => {
       const remote = await startTestContextService();
       try {
         const url = `${daemon.url}fixture.git`;
@@ -77,13 +78,52 @@ describe("context-service over gRPC with real git repositories", () => {
         assert.equal(daemon.uploadPacks() - before, 1, "known tags and SHAs need no fetch");
 
         assert.equal((await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "HEAD" })).gitSha, fixture.second);
-        assert.equal(daemon.uploadPacks() - before, 2, "HEAD is a moving ref");
+        assert.equal(daemon.uploadPacks() - before, 2, "HEAD is a moving ref: one look at where it points");
 
         const context = (await remote.client.prepareContext({ repositoryUrl: url, gitRev: "main" })).context!;
         const local = (await service.client.prepareContext({ repositoryUrl: fixture.path, gitRev: "main" })).context!;
         assert.equal(context.gitSha, local.gitSha);
         assert.deepEqual(context.files.map((file) => file.digest), local.files.map((file) => file.digest));
       } finally {
+        await remote.stop();
+      }
+    });
+
+    it("fetches a moving ref only when it has moved: one look at the server per request, one fetch per move", async () => {
+      const served = join(work, "served", "moving.git");
+      await gitIn(work, ["clone", "-q", "--bare", fixture.path, served]);
+      const url = `${daemon.url}moving.git`;
+      const remote = await startTestContextService();
+      const spy = await spyOnGit();
+      try {
+        assert.equal((await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "main" })).gitSha, fixture.second);
+        assert.equal(await spy.count("fetch", url), 1, "the spy sees the first fetch");
+
+        const packs = daemon.uploadPacks();
+        for (let round = 0; round < 3; round++) assert.equal((await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "main" })).gitSha, fixture.second);
+        assert.equal((await remote.client.prepareContext({ repositoryUrl: url, gitRev: "main" })).context!.gitSha, fixture.second);
+        assert.equal((await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "HEAD" })).gitSha, fixture.second);
+        assert.equal(await spy.count("fetch", url), 1, "an unmoved branch or HEAD is not fetched");
+        assert.equal(await spy.count("ls-remote", url), 5, "each request looks where its ref points");
+        assert.equal(daemon.uploadPacks() - packs, 5, "and that look is the only round trip");
+
+        const tree = await gitIn(served, ["rev-parse", `${fixture.second}^{tree}`]);
+        const third = await gitIn(served, ["commit-tree", tree, "-p", fixture.second, "-m", "moved"], "2024-05-01T00:00:00Z");
+        await gitIn(served, ["update-ref", "refs/heads/main", third]);
+        const moved = await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "main" });
+        assert.deepEqual([moved.gitSha, moved.movingRef], [third, true]);
+        assert.equal(await spy.count("fetch", url), 2, "a moved branch is fetched once");
+        assert.equal((await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "main" })).gitSha, third);
+        assert.equal((await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "HEAD" })).gitSha, third, "the fetch brought HEAD along");
+        assert.equal((await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "v1" })).gitSha, fixture.first);
+        assert.equal(await spy.count("fetch", url), 2, "and not again");
+
+        await gitIn(served, ["update-ref", "-d", "refs/heads/main"]);
+        const gone = await failure(remote.client.resolveRevision({ repositoryUrl: url, gitRev: "main" }));
+        assert.equal(gone.code, Code.NotFound, gone.message);
+        assert.equal(await spy.count("fetch", url), 3, "a deleted branch is fetched once, to forget it");
+      } finally {
+        await spy.remove();
         await remote.stop();
       }
     });
@@ -125,6 +165,37 @@ describe("context-service over gRPC with real git repositories", () => {
     it("answers NOT_FOUND for a repository the git server does not have", async () => {
       const error = await failure(service.client.resolveRevision({ repositoryUrl: `${daemon.url}missing.git`, gitRev: "main" }));
       assert.equal(error.code, Code.NotFound, error.message);
+    });
+  });
+
+  describe("repositories on this machine", () => {
+    it("fetch a moving ref only when it has moved, reading where it points from the repository itself", async () => {
+      const working = join(work, "moving-local");
+      await makeFixture(working);
+      const bare = join(work, "moving-local-bare.git");
+      await gitIn(work, ["clone", "-q", "--bare", working, bare]);
+      // A working tree (its refs are in .git) by path, and a bare repository by file:// URL.
+      for (const [url, repo] of [[working, working], [`file://${bare}`, bare]] as const) {
+        const spy = await spyOnGit();
+        try {
+          const first = (await service.client.resolveRevision({ repositoryUrl: url, gitRev: "main" })).gitSha;
+          const fetchesBefore = await spy.count("fetch", url);
+          for (let round = 0; round < 3; round++) assert.equal((await service.client.resolveRevision({ repositoryUrl: url, gitRev: "main" })).gitSha, first);
+          assert.equal((await service.client.prepareContext({ repositoryUrl: url, gitRev: "main" })).context!.gitSha, first);
+          assert.equal((await service.client.resolveRevision({ repositoryUrl: url, gitRev: "HEAD" })).gitSha, first);
+          assert.equal(await spy.count("fetch", url), fetchesBefore, `${url}: an unmoved branch or HEAD is not fetched`);
+          assert.equal(await spy.count("ls-remote", url), 0, `${url}: a repository on this machine is read, not asked`);
+
+          const tree = await gitIn(repo, ["rev-parse", `${first}^{tree}`]);
+          const next = await gitIn(repo, ["commit-tree", tree, "-p", first, "-m", "moved"], "2024-05-01T00:00:00Z");
+          await gitIn(repo, ["update-ref", "refs/heads/main", next]);
+          assert.equal((await service.client.resolveRevision({ repositoryUrl: url, gitRev: "main" })).gitSha, next);
+          assert.equal((await service.client.resolveRevision({ repositoryUrl: url, gitRev: "HEAD" })).gitSha, next);
+          assert.equal(await spy.count("fetch", url), fetchesBefore + 1, `${url}: a moved branch is fetched once`);
+        } finally {
+          await spy.remove();
+        }
+      }
     });
   });
 

@@ -3,7 +3,7 @@ import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition, invalidField, notFound, unavailable } from "./errors.js";
 import { GitFailure, git, gitMaybe, killOrphanedGit } from "./git.js";
-import { checkRepositoryUrl, checkRevision } from "./repository-url.js";
+import { checkRepositoryUrl, checkRevision, localRepositoryPath } from "./repository-url.js";
 import { SingleFlight } from "../../shared/single-flight.js";
 
 export interface ResolvedRevision {
@@ -20,17 +20,21 @@ const REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", `+HE
 
 interface Lookup {
   sha: string;
-  moving: boolean;
+  /** For a branch or HEAD, its name in the repository the mirror is fetched from; tags and SHAs have none. */
+  movingRef?: string;
 }
 
 /**
  * One bare mirror per repository under root/mirrors. A revision is fetched only when the mirror does not know
- * it or it is a moving ref. Fetches of one repository are single-flight: a request that arrives while a
- * fetch runs waits for that fetch instead of starting another, so the mirror is never fetched twice at once.
+ * it, or it is a moving ref that has moved: where a moving ref points is learnt first with one cheap look
+ * (git ls-remote, or reading a repository on this machine directly). Fetches of one repository are
+ * single-flight: a request that arrives while a fetch runs waits for that fetch instead of starting another, so
+ * the mirror is never fetched twice at once; looks at one ref are single-flight likewise.
  * (One service process owns a state directory; git's own ref locks guard the rest.)
  */
 export class MirrorStore {
   private readonly fetches = new SingleFlight<void>();
+  private readonly refLooks = new SingleFlight<string | undefined>();
 
   constructor(
     private readonly root: string,
@@ -53,18 +57,41 @@ export class MirrorStore {
     const url = checkRepositoryUrl(repositoryUrl);
     const rev = checkRevision(gitRev);
     const mirror = this.mirrorPath(url);
-    let fetched = false;
-    if (!(await isDirectory(mirror))) {
-      await this.fetch(url, mirror, signal);
-      fetched = true;
+    const known = (await isDirectory(mirror)) ? await lookup(mirror, rev, signal) : undefined;
+    if (known && (!known.movingRef || (await this.currentSha(url, mirror, known.movingRef, signal)) === known.sha)) {
+      return { mirror, gitSha: known.sha, movingRef: known.movingRef !== undefined };
     }
-    let found = await lookup(mirror, rev, signal);
-    if (!fetched && (found === undefined || found.moving)) {
-      await this.fetch(url, mirror, signal);
-      found = await lookup(mirror, rev, signal);
-    }
+    await this.fetch(url, mirror, signal);
+    const found = await lookup(mirror, rev, signal);
     if (!found) throw notFound(`git_rev: "${rev}" is not a branch, tag or commit of ${url}`);
-    return { mirror, gitSha: found.sha, movingRef: found.moving };
+    return { mirror, gitSha: found.sha, movingRef: found.movingRef !== undefined };
+  }
+
+  /**
+   * The commit a ref (HEAD or refs/heads/…) names in the repository now, without fetching it; undefined when the
+   * ref is not there (any more), which the fetch that follows then explains.
+   */
+  private currentSha(url: string, mirror: string, ref: string, signal?: AbortSignal): Promise<string | undefined> {
+    return this.refLooks.run(`${mirror}\0${ref}`, (lookSignal) => this.currentShaNow(url, ref, lookSignal), signal);
+  }
+
+  private async currentShaNow(url: string, ref: string, signal: AbortSignal): Promise<string | undefined> {
+    const options = { signal, timeoutMs: this.fetchTimeoutMs };
+    const path = localRepositoryPath(url);
+    if (path !== undefined) {
+      // Read on this machine: a working tree keeps its repository in .git (a directory, or a file naming it).
+      const gitDir = (await exists(join(path, ".git"))) ? join(path, ".git") : path;
+      return (await gitMaybe(["rev-parse", "--verify", "--quiet", `${ref}^{commit}`], { ...options, gitDir }))?.trim() || undefined;
+    }
+    const listing = await git(["ls-remote", url, ref], options).catch((error: unknown) => {
+      throw fetchError(url, error);
+    });
+    // ls-remote matches the name's tail too (refs/heads/x/main for main): only the exact name counts.
+    for (const line of listing.split("\n")) {
+      const [sha, name] = line.split("\t");
+      if (name === ref) return sha;
+    }
+    return undefined;
   }
 
   /** Joins the fetch in flight for this mirror or starts one. */
@@ -118,22 +145,23 @@ async function lookup(mirror: string, rev: string, signal?: AbortSignal): Promis
   const commitOf = async (name: string) => (await gitMaybe(["rev-parse", "--verify", "--quiet", `${name}^{commit}`], { gitDir: mirror, signal }))?.trim();
   if (rev === "HEAD") {
     const sha = await commitOf(REMOTE_HEAD);
-    return sha ? { sha, moving: true } : undefined;
+    return sha ? { sha, movingRef: "HEAD" } : undefined;
   }
   if (/^[0-9a-f]{40}$/.test(rev)) {
     const sha = await commitOf(rev);
-    return sha ? { sha, moving: false } : undefined;
+    return sha ? { sha } : undefined;
   }
   if (rev.startsWith("refs/heads/") || rev.startsWith("refs/tags/")) {
     const sha = await commitOf(rev);
-    return sha ? { sha, moving: rev.startsWith("refs/heads/") } : undefined;
+    if (!sha) return undefined;
+    return rev.startsWith("refs/heads/") ? { sha, movingRef: rev } : { sha };
   }
   const [branch, tag] = await Promise.all([commitOf(`refs/heads/${rev}`), commitOf(`refs/tags/${rev}`)]);
   if (branch && tag && branch !== tag) {
     throw invalidField("git_rev", `must name one ref, and this one is ambiguous: both a branch and a tag; give refs/heads/${rev} or refs/tags/${rev}`, rev);
   }
-  if (branch) return { sha: branch, moving: true };
-  if (tag) return { sha: tag, moving: false };
+  if (branch) return { sha: branch, movingRef: `refs/heads/${rev}` };
+  if (tag) return { sha: tag };
   if (/^[0-9a-f]{4,39}$/.test(rev)) return lookupShortSha(mirror, rev, signal);
   return undefined;
 }
@@ -147,7 +175,7 @@ async function lookupShortSha(mirror: string, prefix: string, signal?: AbortSign
   if (commits.length > 1) {
     throw invalidField("git_rev", `must name one commit, and this prefix is ambiguous: it starts ${commits.length} commits (${commits.slice(0, 5).join(", ")}); give more digits`, prefix);
   }
-  return commits[0] ? { sha: commits[0], moving: false } : undefined;
+  return commits[0] ? { sha: commits[0] } : undefined;
 }
 
 /** Turns git's words into what the caller can act on. */
@@ -166,6 +194,13 @@ function fetchError(url: string, error: unknown): Error {
     return failedPrecondition(`repository ${url} needs credentials the context-service does not have: ${why}`);
   }
   return unavailable(`repository ${url} could not be fetched (retry when it is reachable): ${why}`);
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 async function isDirectory(path: string): Promise<boolean> {

@@ -10,11 +10,15 @@ export function checkRepositoryUrl(url: string): string {
   const rule = repositoryUrlRule(url);
   if (rule) throw invalidField("repository_url", rule, url);
   const trimmed = url.length > 1 ? url.replace(/\/+$/, "") : url;
-  if (trimmed.startsWith("/") || trimmed.startsWith("file://")) {
-    const path = trimmed.startsWith("file://") ? decodeURIComponent(trimmed.slice("file://".length)) : trimmed;
-    if (!existsSync(path)) throw notFound(`repository_url: the repository "${url}" does not exist on the context-service's machine`);
-  }
+  const path = localRepositoryPath(trimmed);
+  if (path !== undefined && !existsSync(path)) throw notFound(`repository_url: the repository "${url}" does not exist on the context-service's machine`);
   return trimmed;
+}
+
+/** The path of a repository on this machine (an absolute path or a file:// URL); undefined for a remote one. */
+export function localRepositoryPath(url: string): string | undefined {
+  if (url.startsWith("file://")) return decodeURIComponent(url.slice("file://".length));
+  return url.startsWith("/") ? url : undefined;
 }
 
 /** Checks GIT_REV's shape (shared/request-rules.ts): a branch, tag, commit SHA or HEAD, never an expression. */
