@@ -35,7 +35,10 @@ const dockerSocket = setting(
   "STEPRUNNER_DOCKER_SOCKET",
   buildkitAddresses[0]!.startsWith("docker-unix://") ? buildkitAddresses[0]!.slice("docker-unix://".length) : "/var/lib/steprunner/run/docker.sock",
 );
-const handoff = setting("STEPRUNNER_IMAGE_HANDOFF", "layer-store");
+// dockerd's BuildKit leaves images in dockerd's store; a standalone buildkitd pushes them to the registry.
+const imageOutput = setting("STEPRUNNER_IMAGE_OUTPUT", buildkitAddresses[0]!.startsWith("docker-unix://") ? "dockerd" : "registry");
+if (imageOutput !== "dockerd" && imageOutput !== "registry") throw new Error(`STEPRUNNER_IMAGE_OUTPUT must be dockerd or registry, got "${imageOutput}"`);
+const handoff = setting("STEPRUNNER_IMAGE_HANDOFF", imageOutput === "registry" ? "registry" : "layer-store");
 if (handoff !== "layer-store" && handoff !== "registry") throw new Error(`STEPRUNNER_IMAGE_HANDOFF must be layer-store or registry, got "${handoff}"`);
 const defaultBaseRunner = setting("OPSCHAIN_BASE_RUNNER", `${registryAddress}/steprunner/runner:${STEPRUNNER_VERSION}`);
 
@@ -63,6 +66,7 @@ const images = new ImageBuilder(
   registry,
   new ReuseRecords(join(stateDir, "images")),
   {
+    imageOutput,
     defaultBaseRunner,
     version: STEPRUNNER_VERSION,
     stepsRepository: "steprunner/steps",

@@ -38,7 +38,16 @@ export interface Registry {
   deleteManifest(repository: string, digest: string, signal?: AbortSignal): Promise<void>;
 }
 
+/**
+ * Where a build's image goes: into dockerd's image store (BuildKit's moby exporter, dockerd's BuildKit), or
+ * straight into the registry (the image exporter with push, a standalone buildkitd, which has no image store
+ * of its own that a step could mount).
+ */
+export type ImageOutput = "dockerd" | "registry";
+
 export interface ImageBuilderSettings {
+  /** Absent: dockerd. */
+  imageOutput?: ImageOutput;
   defaultBaseRunner: string;
   /** OPSCHAIN_VERSION. */
   version: string;
@@ -64,10 +73,10 @@ export interface BuildObserver {
   transportRetried(): void;
 }
 
-/** A built image: its record and what dockerd says of it, inspected once. */
+/** A built image: its record and, for an image in dockerd, what dockerd says of it, inspected once. */
 interface Built {
   record: ReuseRecord;
-  inspect: ImageInspect;
+  inspect?: ImageInspect;
 }
 
 interface SharedBuild {
@@ -101,6 +110,15 @@ export class ImageBuilder {
 
   get queueDepth(): number {
     return this.queue.depth;
+  }
+
+  private get output(): ImageOutput {
+    return this.settings.imageOutput ?? "dockerd";
+  }
+
+  /** "<registry>/<steps repository>", where pushed step images are named. */
+  private get stepsReference(): string {
+    return `${this.registry.address}/${this.settings.stepsRepository}`;
   }
 
   build(request: BuildRequest, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
@@ -142,6 +160,9 @@ export class ImageBuilder {
     };
     const contentKey = this.contentKey(context, baseDigest, buildArgs, request.network);
     const handoff = request.handoff ?? this.settings.defaultHandoff;
+    if (this.output === "registry" && handoff === "layer-store") {
+      throw new ConnectError("handoff: the layer-store hand-off needs dockerd's image store, and this image-service builds on a standalone buildkitd; ask for the registry hand-off", Code.FailedPrecondition);
+    }
 
     if (!request.buildWithoutCache) {
       const reused = await this.reuse(contentKey, handoff, signal);
@@ -226,7 +247,10 @@ export class ImageBuilder {
       network: request.network,
       noCache: request.buildWithoutCache,
       secrets: { env_context_zip: () => readFile(context.secretZipPath) },
-      exporter: { type: "moby", attrs: { name: `${this.settings.stepsRepository}:${tag}` } },
+      exporter:
+        this.output === "registry"
+          ? { type: "image", attrs: { name: `${this.stepsReference}:${tag}`, push: "true" } }
+          : { type: "moby", attrs: { name: `${this.settings.stepsRepository}:${tag}` } },
       // Pushed images carry their build cache, and builds import it from the last one pushed for the same
       // Dockerfile, so that a BuildKit without local cache (a new node, a pruned one) still reuses layers.
       cacheExports: [{ type: "inline", attrs: {} }],
@@ -252,7 +276,23 @@ export class ImageBuilder {
     }
     const imageId = exporterResponse["containerimage.digest"];
     if (!imageId) throw new ConnectError("BuildKit finished without naming the image it exported", Code.Internal);
-    const record: ReuseRecord = { contentKey, imageId, cacheScope: scope, handoffs: ["layer-store"], builtAt: Date.now(), buildDurationMs: Date.now() - started };
+    const timing = { builtAt: Date.now(), buildDurationMs: Date.now() - started };
+    if (this.output === "registry") {
+      // The image exporter pushed it: its digest is the manifest's, the config's comes beside it.
+      const record: ReuseRecord = {
+        contentKey,
+        imageId: exporterResponse["containerimage.config.digest"] ?? imageId,
+        cacheScope: scope,
+        reference: `${this.stepsReference}@${imageId}`,
+        manifestDigest: imageId,
+        handoffs: ["registry"],
+        ...timing,
+      };
+      await this.records.put(record);
+      await this.records.setCacheSource(scope, `${this.stepsReference}:${tag}`);
+      return { record };
+    }
+    const record: ReuseRecord = { contentKey, imageId, cacheScope: scope, handoffs: ["layer-store"], ...timing };
     await this.records.put(record);
     return { record, inspect: await this.inspect(record.imageId, signal) };
   }
@@ -261,6 +301,12 @@ export class ImageBuilder {
     const record = await this.records.get(contentKey);
     if (!record) return undefined;
     const expired = Date.now() - record.builtAt > this.settings.reuseTtlMs;
+    if (this.output === "registry") {
+      // The registry is the image store: an image is reused while its manifest is there.
+      if (!expired && record.reference && (await this.inRegistry(record, signal))) return this.describe(record, undefined, handoff, true, signal);
+      await this.records.remove(contentKey);
+      return undefined;
+    }
     const inspect = expired ? undefined : await this.images.inspectImage(record.imageId, signal);
     if (!inspect) {
       await this.records.remove(contentKey);
@@ -275,8 +321,19 @@ export class ImageBuilder {
     return inspect;
   }
 
+  private async inRegistry(record: ReuseRecord, signal?: AbortSignal): Promise<boolean> {
+    try {
+      await this.registry.manifest(parseImageReference(record.reference!).repository, record.manifestDigest!, signal);
+      return true;
+    } catch (error) {
+      if (error instanceof RegistryError && error.status === 404) return false;
+      throw error;
+    }
+  }
+
   /** Pushes the image when the registry hand-off is asked for and it is not there yet. */
   private async handOver({ record: built, inspect }: Built, handoff: Handoff, reused: boolean, signal?: AbortSignal): Promise<ImageResult> {
+    if (!inspect) return this.describe(built, undefined, handoff, reused, signal);
     let record = built;
     // Another caller of a merged build may have pushed it meanwhile.
     if (handoff === "registry" && !record.reference) record = (await this.records.get(record.contentKey)) ?? record;
@@ -305,19 +362,13 @@ export class ImageBuilder {
     return record;
   }
 
-  private async describe(record: ReuseRecord, inspect: ImageInspect, handoff: Handoff, reused: boolean, signal?: AbortSignal): Promise<ImageResult> {
-    const config = {
-      env: inspect.Config?.Env ?? [],
-      entrypoint: inspect.Config?.Entrypoint ?? [],
-      cmd: inspect.Config?.Cmd ?? [],
-      workingDir: inspect.Config?.WorkingDir ?? "",
-      user: inspect.Config?.User ?? "",
-      labels: inspect.Config?.Labels ?? {},
-    };
-    const common = { imageId: record.imageId, handoff, config, contentKey: record.contentKey, reused, builtAt: record.builtAt, buildDurationMs: record.buildDurationMs };
-    if (handoff === "layer-store") {
+  /** The image as the step-service takes it; its config from dockerd when it is there, else from the registry. */
+  private async describe(record: ReuseRecord, inspect: ImageInspect | undefined, handoff: Handoff, reused: boolean, signal?: AbortSignal): Promise<ImageResult> {
+    const common = { imageId: record.imageId, handoff, contentKey: record.contentKey, reused, builtAt: record.builtAt, buildDurationMs: record.buildDurationMs };
+    if (handoff === "layer-store" && inspect) {
       return {
         ...common,
+        config: imageConfig(inspect.Config),
         reference: "",
         manifestDigest: "",
         layers: (inspect.RootFS.Layers ?? []).map((diffId) => ({ digest: "", diffId, size: 0n, mediaType: "" })),
@@ -329,6 +380,7 @@ export class ImageBuilder {
     const configFile = await this.registry.config(repository, manifest.config, signal);
     return {
       ...common,
+      config: imageConfig(inspect?.Config ?? configFile.config),
       reference: record.reference!,
       manifestDigest: record.manifestDigest!,
       layers: manifest.layers.map((layer, index) => ({
@@ -353,8 +405,12 @@ export class ImageBuilder {
       if (now - record.builtAt < olderThanMs) continue;
       if ([...this.inFlight.keys()].some((key) => key.startsWith(record.contentKey))) continue;
       const tag = record.contentKey.replace(/^sha256:/, "");
-      await this.images.removeImage(`${this.settings.stepsRepository}:${tag}`, signal);
-      if (record.reference) {
+      if (this.output === "dockerd") await this.images.removeImage(`${this.settings.stepsRepository}:${tag}`, signal);
+      if (record.reference && this.output === "registry") {
+        await this.registry.deleteManifest(parseImageReference(record.reference).repository, record.manifestDigest!, signal).catch((error: unknown) => {
+          if (!(error instanceof RegistryError && error.status === 404)) throw error;
+        });
+      } else if (record.reference) {
         const { repository } = parseImageReference(record.reference);
         await this.images.removeImage(`${this.registry.address}/${repository}:${tag}`, signal);
         await this.registry.deleteManifest(repository, record.manifestDigest!, signal);
@@ -419,4 +475,26 @@ function layerDirectories(inspect: ImageInspect): string[] {
   if (inspect.GraphDriver.Name !== "overlay2" || !data.UpperDir) return [];
   const lower = data.LowerDir ? data.LowerDir.split(":").reverse() : [];
   return [...lower, data.UpperDir];
+}
+
+/** The fields dockerd's inspect and the registry's config file both carry, under the same names. */
+interface RunSettings {
+  User?: string;
+  Env?: string[] | null;
+  Entrypoint?: string[] | null;
+  Cmd?: string[] | null;
+  WorkingDir?: string;
+  Labels?: Record<string, string> | null;
+}
+
+/** An image's run settings, from dockerd's inspect or the registry's config file. */
+function imageConfig(config: RunSettings | null | undefined): ImageResult["config"] {
+  return {
+    env: config?.Env ?? [],
+    entrypoint: config?.Entrypoint ?? [],
+    cmd: config?.Cmd ?? [],
+    workingDir: config?.WorkingDir ?? "",
+    user: config?.User ?? "",
+    labels: config?.Labels ?? {},
+  };
 }

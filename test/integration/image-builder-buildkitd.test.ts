@@ -1,0 +1,126 @@
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { loadDefaultDockerfile } from "../../services/context-service/core/default-dockerfile.js";
+import { BuildKitClient } from "../../services/image-service/buildkit/client.js";
+import { buildDockerfile } from "../../services/image-service/buildkit/dockerfile-build.js";
+import { ContextCache } from "../../services/image-service/core/context-cache.js";
+import { type DockerfileBuilder, ImageBuilder } from "../../services/image-service/core/image-builder.js";
+import type { BuildRequest } from "../../services/image-service/core/model.js";
+import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
+import { DockerApi } from "../../services/image-service/docker/docker-api.js";
+import { createLogger } from "../../services/shared/log.js";
+import { RegistryClient, RegistryError } from "../../services/shared/registry/registry-client.js";
+import { ImageMaterialiser } from "../../services/step-service/images/images.js";
+import { LayerStore } from "../../services/step-service/images/layer-store.js";
+import { ContainerRuntime, instanceTagOf } from "../../services/step-service/runtime/container.js";
+import { LocalContextProvider } from "../support/contexts.js";
+import { stack } from "../support/stack.js";
+import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
+import { leftovers, removeState, testConfig } from "../support/step-service.js";
+
+const STEPS_REPOSITORY = "steprunner-test/buildkitd-steps";
+
+describe("the image-builder on a standalone buildkitd v0.24: images pushed to the registry", { skip: buildkitdUnavailable }, () => {
+  let work: string;
+  let buildkitd: StandaloneBuildKitd;
+  let client: BuildKitClient;
+  let provider: LocalContextProvider;
+  let images: ImageBuilder;
+  const registry = new RegistryClient(stack.registry);
+  let solves = 0;
+
+  before(async () => {
+    await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
+    work = await mkdtemp(join(stack.stateDir, "tmp", "image-builder-buildkitd-"));
+    await mkdir(join(work, "contexts"));
+    buildkitd = await StandaloneBuildKitd.start({ allowNetworkHost: false });
+    client = new BuildKitClient(buildkitd.address);
+    provider = new LocalContextProvider(join(work, "contexts"));
+    const builder: DockerfileBuilder = {
+      build: (build, onStatus, signal) => {
+        solves++;
+        return buildDockerfile(client, build, onStatus, signal);
+      },
+    };
+    // No dockerd here: the image store is never asked (an unreachable socket would fail the test if it were).
+    images = new ImageBuilder(new ContextCache(provider, join(work, "cache")), builder, new DockerApi(join(work, "no-dockerd.sock")), registry, new ReuseRecords(join(work, "records")), {
+      imageOutput: "registry",
+      defaultBaseRunner: stack.baseRunner,
+      version: "0.1.0",
+      stepsRepository: STEPS_REPOSITORY,
+      defaultHandoff: "registry",
+      reuseTtlMs: 3_600_000,
+      maxConcurrentBuilds: 2,
+      transportAttempts: 1,
+    });
+  });
+
+  after(async () => {
+    client?.close();
+    await buildkitd?.stop();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  const request = (contextId: string, extra: Partial<BuildRequest> = {}): BuildRequest => ({ contextId, baseRunner: "", network: "none", buildWithoutCache: false, handoff: undefined, ...extra });
+
+  it("pushes the default Dockerfile's image, reuses it from the registry without a solve, and a step runs it", async () => {
+    const contextId = await provider.add({ files: { "actions.rb": `# ${Date.now()}\ntask :hello do puts "hello" end\n` }, properties: {}, dockerfile: loadDefaultDockerfile("0.1.0").text, defaultDockerfile: true });
+    const built = await images.build(request(contextId), () => {});
+    assert.equal(built.reused, false);
+    assert.equal(built.handoff, "registry");
+    assert.ok(built.reference.startsWith(`${stack.registry}/${STEPS_REPOSITORY}@sha256:`), built.reference);
+    assert.equal(built.config.user, "opschain");
+    assert.ok(built.layers.length >= 2 && built.layers.every((layer) => layer.digest.startsWith("sha256:") && layer.diffId.startsWith("sha256:")));
+
+    const again = await images.build(request(contextId), () => {});
+    assert.equal(again.reused, true);
+    assert.equal(again.reference, built.reference);
+    assert.equal(solves, 1, "reused from the registry: no second solve");
+
+    const layerHandoff = await images.build(request(contextId, { handoff: "layer-store" }), () => {}).catch((error) => ConnectError.from(error));
+    assert.ok(layerHandoff instanceof ConnectError && layerHandoff.code === Code.FailedPrecondition, String(layerHandoff));
+
+    // The step-service takes it from the registry into its layer store and runs it.
+    const config = await testConfig();
+    const logger = createLogger("test", {}, { quiet: true });
+    try {
+      const layers = new LayerStore(join(config.stateDir, "layers"), config.layerCacheBytes, logger);
+      await layers.init();
+      const runtime = new ContainerRuntime(
+        { runcPath: "runc", runcRoot: config.runcRoot, workDir: join(config.stateDir, "work"), instanceTag: instanceTagOf(config.stateDir), killGraceMs: 1000, maxResultBytes: 1024 },
+        logger,
+      );
+      const rootfs = await new ImageMaterialiser(layers).materialise({ kind: "registry", reference: built.reference }, new AbortController().signal);
+      const lines: string[] = [];
+      const exit = await runtime.run({
+        stepId: "buildkitd-image",
+        image: rootfs,
+        args: ["sh", "-c", "id -u; grep -c hello /opt/opschain/actions.rb"],
+        env: {},
+        limits: config.defaultLimits,
+        hostNetwork: false,
+        binds: [],
+        userDirs: [],
+        resultPath: "opt/opschain/none.json",
+        timeoutMs: 30_000,
+        onOutput: (_stream, text) => lines.push(text),
+        onStarted: () => {},
+        signal: new AbortController().signal,
+      });
+      rootfs.release();
+      assert.equal(exit.exitCode, 0, lines.join("\n"));
+      assert.deepEqual(lines, ["10001", "1"]);
+      assert.deepEqual(await leftovers(config), { containers: [], mounts: [], cgroups: [], dirs: [] });
+    } finally {
+      await removeState(config);
+    }
+
+    // Pruning removes the manifest from the registry; the next build solves again.
+    assert.deepEqual(await images.prune(0), [built.contentKey]);
+    const [, repository, digest] = /^[^/]+\/(.+)@(sha256:[0-9a-f]{64})$/.exec(built.reference)!;
+    await assert.rejects(registry.manifest(repository!, digest!), (error: unknown) => error instanceof RegistryError && error.status === 404);
+  });
+});
