@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { createLogger } from "../../services/shared/log.js";
+import { ContainerRuntime, type ContainerRun } from "../../services/step-service/runtime/container.js";
 import { buildSpec } from "../../services/step-service/runtime/spec.js";
 import { unpackImage } from "../support/rootfs.js";
 import { SYSCALL_PROBE } from "../support/syscall-probe.js";
@@ -133,6 +135,46 @@ describe("runc with the base runner's root filesystem", () => {
         result.stdout.match(/^\d+\.\d+\.\d+$/m)?.[0] ?? "a Bundler version",
         "no user namespace",
       ]);
+    });
+  });
+
+  describe("with the step-service's runtime and this host's cgroups", () => {
+    /** Runs a step through ContainerRuntime, the rootfs unpacked above as its one lower directory. */
+    async function runStep(stepId: string, script: string): Promise<Awaited<ReturnType<ContainerRuntime["run"]>>> {
+      const runtime = new ContainerRuntime(
+        { runcPath: "runc", runcRoot: stateRoot, workDir: join(work, "steps"), instanceTag: `test${process.pid}`, killGraceMs: 1000, maxResultBytes: 1024 },
+        createLogger("test", {}, { quiet: true }),
+      );
+      const output: string[] = [];
+      const request: ContainerRun = {
+        stepId,
+        image: { imageId: "unpacked", lowerDirs: [join(bundle, "rootfs")], config: { env: [], entrypoint: [], cmd: [], workingDir: "/opt/opschain", user: "opschain" }, release: () => {} },
+        args: ["/bin/sh", "-c", script],
+        env: {},
+        limits: { memoryBytes: 64 * 1024 * 1024, cpuMillis: 1000, pids: 128 },
+        hostNetwork: false,
+        binds: [],
+        userDirs: [],
+        resultPath: "opt/opschain/none.json",
+        timeoutMs: 60_000,
+        onOutput: (_stream, text) => output.push(text),
+        onStarted: () => {},
+        signal: new AbortController().signal,
+      };
+      const exit = await runtime.run(request);
+      const cgroups = await runtime.stepCgroups();
+      assert.ok(!(await cgroups.names()).includes(runtime.containerId(stepId)), "the step's cgroups are removed");
+      return { ...exit, result: { text: output.join("\n") } };
+    }
+
+    it("tells an OOM kill from the step's own SIGKILL through the parent cgroup's memory limit", async () => {
+      // Each in a child of the shell, as a step's command runs under its entry script (not as the container's init).
+      const oom = await runStep("oom", `ruby -e 'a = []; loop { a << "x" * 1_000_000 }'; exit $?`);
+      assert.equal(oom.signal, "SIGKILL", JSON.stringify(oom));
+      assert.equal(oom.oomKilled, true);
+      const ownKill = await runStep("own-kill", "sh -c 'kill -KILL $$'; exit $?");
+      assert.equal(ownKill.signal, "SIGKILL", JSON.stringify(ownKill));
+      assert.equal(ownKill.oomKilled, false);
     });
   });
 });
