@@ -6,7 +6,7 @@ import { createLogger } from "../../services/shared/log.js";
 import { ContainerRuntime, type ContainerRun } from "../../services/step-service/runtime/container.js";
 import { buildSpec } from "../../services/step-service/runtime/spec.js";
 import { unpackImage } from "../support/rootfs.js";
-import { SYSCALL_PROBE } from "../support/syscall-probe.js";
+import { OUTSIDE_ALLOWLIST_PROBE, SYSCALL_PROBE } from "../support/syscall-probe.js";
 import { run, stack } from "../support/stack.js";
 
 describe("runc with the base runner's root filesystem", () => {
@@ -99,8 +99,8 @@ describe("runc with the base runner's root filesystem", () => {
       return run("runc", ["--root", stateRoot, "run", "--bundle", ourBundle, id], { timeoutMs: 60_000 });
     }
 
-    const probe = async (name: string, seccomp: boolean): Promise<Map<string, number>> => {
-      const result = await runWithOurSpec(name, ["perl", "-e", SYSCALL_PROBE], seccomp);
+    const probe = async (name: string, seccomp: boolean, script = SYSCALL_PROBE): Promise<Map<string, number>> => {
+      const result = await runWithOurSpec(name, ["perl", "-e", script], seccomp);
       assert.equal(result.code, 0, result.stderr);
       return new Map(result.stdout.trim().split("\n").map((line) => [line.split(" ")[0]!, Number(line.split(" ")[1])]));
     };
@@ -114,6 +114,14 @@ describe("runc with the base runner's root filesystem", () => {
       for (const name of ["mount", "umount2", "chroot", "setns", "clone3", "keyctl", "add_key", "name_to_handle_at", "perf_event_open", "bpf"]) {
         assert.notEqual(control.get(name), denied.get(name), `${name} without the profile gave errno ${control.get(name)}`);
       }
+    });
+
+    it("refuses with EPERM a call outside the allowlist that is none of the named denials, and allows the rest", async () => {
+      const denied = await probe("probe-outside", true, OUTSIDE_ALLOWLIST_PROBE);
+      const control = await probe("probe-outside-plain", false, OUTSIDE_ALLOWLIST_PROBE);
+      assert.deepEqual(Object.fromEntries(denied), { move_pages: EPERM, personality_no_randomize: EPERM, personality_query: 0 });
+      assert.notEqual(control.get("move_pages"), EPERM);
+      assert.equal(control.get("personality_no_randomize"), 0);
     });
 
     it("still runs Ruby threads, fork and exec, git and Bundler, under seccomp mode 2", async () => {
