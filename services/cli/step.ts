@@ -3,10 +3,11 @@ import { resolve } from "node:path";
 import { type JsonObject, toJson } from "@bufbuild/protobuf";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { LogStream } from "../../gen/steprunner/image/v1/image_service_pb.js";
-import { type LogLine, RunStepResponseSchema, type Step, StepService, StepState, StepSchema } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { type LogLine, type RunStepResponse, RunStepResponseSchema, type Step, StepService, StepState, StepSchema } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../shared/client/transport.js";
 import { BuildProgressPrinter } from "./build-progress.js";
 import { type Command, serviceAddressOptions } from "./command.js";
+import { LiveStepView } from "./tty-progress.js";
 
 const stepAddr = { "step-addr": serviceAddressOptions["step-addr"] };
 
@@ -41,6 +42,42 @@ function fail(error: unknown): number {
   return 1;
 }
 
+export type RunProgress = "plain" | "tty" | "json";
+
+/** tty only when stdout and stderr are terminals: the view is drawn on stderr, and redirected it is noise. */
+export function progressModeOnThisTerminal(requested: RunProgress): RunProgress {
+  return requested === "tty" && !(process.stdout.isTTY && process.stderr.isTTY) ? "plain" : requested;
+}
+
+/** Shows a step's events as they arrive, in the given mode, then its outcome; returns the finished step. */
+export async function presentStep(responses: AsyncIterable<RunStepResponse>, progress: RunProgress): Promise<Step> {
+  const builds = new BuildProgressPrinter("plain", (text) => process.stderr.write(text));
+  const live = progress === "tty" ? new LiveStepView(process.stderr) : undefined;
+  let finished: Step | undefined;
+  try {
+    for await (const response of responses) {
+      const event = response.event;
+      if (event.case === "finished") finished = event.value.step;
+      if (progress === "json") console.log(JSON.stringify(toJson(RunStepResponseSchema, response)));
+      else if (live) live.update(response);
+      else if (event.case === "accepted") console.error(`step ${event.value.step?.id} accepted`);
+      else if (event.case === "phaseChanged") console.error(`${StepState[event.value.state].toLowerCase()}…`);
+      else if (event.case === "warning") console.error(`warning: ${event.value}`);
+      else if (event.case === "logLine") printLine(event.value);
+      else if (event.case === "buildProgress") builds.print(event.value);
+    }
+  } finally {
+    live?.end();
+  }
+  if (!finished) throw new Error("the step-service ended the stream without a finished event");
+  if (progress !== "json") {
+    if (finished.imageId) console.error(`image ${finished.imageId} ${finished.imageReused ? "reused: nothing to build" : "built"}`);
+    console.error(`step ${finished.id}: ${StepState[finished.state].toLowerCase()} (${finished.reason})`);
+    if (finished.result) console.log(JSON.stringify((toJson(StepSchema, finished) as JsonObject).result, null, 2));
+  }
+  return finished;
+}
+
 export const runCommand: Command = {
   usage: "--repo R --action A [--rev V] [--env K=V …] [--properties F] [--timeout S] [--network] [--progress plain|tty|json]",
   options: {
@@ -53,14 +90,14 @@ export const runCommand: Command = {
     secret: { type: "string", multiple: true, description: "a JSON pointer to a secret property, e.g. /project/opschain/env/TOKEN (repeatable)" },
     timeout: { type: "string", description: "seconds before the step is stopped (default: the service's)" },
     network: { type: "boolean", description: "run with the host's network instead of none" },
-    progress: { type: "string", description: "plain or tty (log lines and phases as text) or json (one event a line)", default: "plain" },
+    progress: { type: "string", description: "plain (log lines and phases as text), tty (a live view, plain when not on a terminal) or json (one event a line)", default: "plain" },
   },
   async run(values) {
     if (!values.repo || !values.action) {
       console.error("steprunner run: --repo and --action are required");
       return 2;
     }
-    const progress = String(values.progress);
+    const progress = String(values.progress) as RunProgress;
     if (!["plain", "tty", "json"].includes(progress)) {
       console.error("steprunner run: --progress must be plain, tty or json");
       return 2;
@@ -96,9 +133,7 @@ export const runCommand: Command = {
     process.once("SIGINT", () => abort.abort());
     try {
       const client = createClient(StepService, transport.transport);
-      const builds = new BuildProgressPrinter("plain", (text) => process.stderr.write(text));
-      let finished: Step | undefined;
-      for await (const response of client.runStep(
+      const responses = client.runStep(
         {
           repositoryUrl: /^[a-z]+:\/\//.test(repo) ? repo : resolve(repo),
           gitRev: String(values.rev),
@@ -109,23 +144,8 @@ export const runCommand: Command = {
           ...(timeout ? { timeout: { seconds: BigInt(Math.floor(timeout)), nanos: Math.round((timeout % 1) * 1e9) } } : {}),
         },
         { signal: abort.signal },
-      )) {
-        if (progress === "json") console.log(JSON.stringify(toJson(RunStepResponseSchema, response)));
-        const event = response.event;
-        if (event.case === "finished") finished = event.value.step;
-        if (progress === "json") continue;
-        if (event.case === "accepted") console.error(`step ${event.value.step?.id} accepted`);
-        else if (event.case === "phaseChanged") console.error(`${StepState[event.value.state].toLowerCase()}…`);
-        else if (event.case === "warning") console.error(`warning: ${event.value}`);
-        else if (event.case === "logLine") printLine(event.value);
-        else if (event.case === "buildProgress") builds.print(event.value);
-      }
-      if (!finished) throw new Error("the step-service ended the stream without a finished event");
-      if (progress !== "json") {
-        if (finished.imageId) console.error(`image ${finished.imageId} ${finished.imageReused ? "reused: nothing to build" : "built"}`);
-        console.error(`step ${finished.id}: ${StepState[finished.state].toLowerCase()} (${finished.reason})`);
-        if (finished.result) console.log(JSON.stringify((toJson(StepSchema, finished) as JsonObject).result, null, 2));
-      }
+      );
+      const finished = await presentStep(responses, progressModeOnThisTerminal(progress));
       return exitStatusOf(finished);
     } catch (error) {
       return fail(error);

@@ -2,9 +2,11 @@ import assert from "node:assert/strict";
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { createLogger } from "../../services/shared/log.js";
+import { ContainerRuntime, type ContainerRun } from "../../services/step-service/runtime/container.js";
 import { buildSpec } from "../../services/step-service/runtime/spec.js";
 import { unpackImage } from "../support/rootfs.js";
-import { SYSCALL_PROBE } from "../support/syscall-probe.js";
+import { OUTSIDE_ALLOWLIST_PROBE, SYSCALL_PROBE } from "../support/syscall-probe.js";
 import { run, stack } from "../support/stack.js";
 
 describe("runc with the base runner's root filesystem", () => {
@@ -97,8 +99,8 @@ describe("runc with the base runner's root filesystem", () => {
       return run("runc", ["--root", stateRoot, "run", "--bundle", ourBundle, id], { timeoutMs: 60_000 });
     }
 
-    const probe = async (name: string, seccomp: boolean): Promise<Map<string, number>> => {
-      const result = await runWithOurSpec(name, ["perl", "-e", SYSCALL_PROBE], seccomp);
+    const probe = async (name: string, seccomp: boolean, script = SYSCALL_PROBE): Promise<Map<string, number>> => {
+      const result = await runWithOurSpec(name, ["perl", "-e", script], seccomp);
       assert.equal(result.code, 0, result.stderr);
       return new Map(result.stdout.trim().split("\n").map((line) => [line.split(" ")[0]!, Number(line.split(" ")[1])]));
     };
@@ -112,6 +114,14 @@ describe("runc with the base runner's root filesystem", () => {
       for (const name of ["mount", "umount2", "chroot", "setns", "clone3", "keyctl", "add_key", "name_to_handle_at", "perf_event_open", "bpf"]) {
         assert.notEqual(control.get(name), denied.get(name), `${name} without the profile gave errno ${control.get(name)}`);
       }
+    });
+
+    it("refuses with EPERM a call outside the allowlist that is none of the named denials, and allows the rest", async () => {
+      const denied = await probe("probe-outside", true, OUTSIDE_ALLOWLIST_PROBE);
+      const control = await probe("probe-outside-plain", false, OUTSIDE_ALLOWLIST_PROBE);
+      assert.deepEqual(Object.fromEntries(denied), { move_pages: EPERM, personality_no_randomize: EPERM, personality_query: 0 });
+      assert.notEqual(control.get("move_pages"), EPERM);
+      assert.equal(control.get("personality_no_randomize"), 0);
     });
 
     it("still runs Ruby threads, fork and exec, git and Bundler, under seccomp mode 2", async () => {
@@ -133,6 +143,46 @@ describe("runc with the base runner's root filesystem", () => {
         result.stdout.match(/^\d+\.\d+\.\d+$/m)?.[0] ?? "a Bundler version",
         "no user namespace",
       ]);
+    });
+  });
+
+  describe("with the step-service's runtime and this host's cgroups", () => {
+    /** Runs a step through ContainerRuntime, the rootfs unpacked above as its one lower directory. */
+    async function runStep(stepId: string, script: string): Promise<Awaited<ReturnType<ContainerRuntime["run"]>>> {
+      const runtime = new ContainerRuntime(
+        { runcPath: "runc", runcRoot: stateRoot, workDir: join(work, "steps"), instanceTag: `test${process.pid}`, killGraceMs: 1000, maxResultBytes: 1024 },
+        createLogger("test", {}, { quiet: true }),
+      );
+      const output: string[] = [];
+      const request: ContainerRun = {
+        stepId,
+        image: { imageId: "unpacked", lowerDirs: [join(bundle, "rootfs")], config: { env: [], entrypoint: [], cmd: [], workingDir: "/opt/opschain", user: "opschain" }, release: () => {} },
+        args: ["/bin/sh", "-c", script],
+        env: {},
+        limits: { memoryBytes: 64 * 1024 * 1024, cpuMillis: 1000, pids: 128 },
+        hostNetwork: false,
+        binds: [],
+        userDirs: [],
+        resultPath: "opt/opschain/none.json",
+        timeoutMs: 60_000,
+        onOutput: (_stream, text) => output.push(text),
+        onStarted: () => {},
+        signal: new AbortController().signal,
+      };
+      const exit = await runtime.run(request);
+      const cgroups = await runtime.stepCgroups();
+      assert.ok(!(await cgroups.names()).includes(runtime.containerId(stepId)), "the step's cgroups are removed");
+      return { ...exit, result: { text: output.join("\n") } };
+    }
+
+    it("tells an OOM kill from the step's own SIGKILL through the parent cgroup's memory limit", async () => {
+      // Each in a child of the shell, as a step's command runs under its entry script (not as the container's init).
+      const oom = await runStep("oom", `ruby -e 'a = []; loop { a << "x" * 1_000_000 }'; exit $?`);
+      assert.equal(oom.signal, "SIGKILL", JSON.stringify(oom));
+      assert.equal(oom.oomKilled, true);
+      const ownKill = await runStep("own-kill", "sh -c 'kill -KILL $$'; exit $?");
+      assert.equal(ownKill.signal, "SIGKILL", JSON.stringify(ownKill));
+      assert.equal(ownKill.oomKilled, false);
     });
   });
 });

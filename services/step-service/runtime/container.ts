@@ -1,7 +1,7 @@
 import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, statSync } from "node:fs";
-import { chown, cp, lstat, mkdir, readFile, readdir, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import { chown, cp, lstat, mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { constants } from "node:os";
@@ -10,11 +10,11 @@ import { setTimeout as delay } from "node:timers/promises";
 import { promisify } from "node:util";
 import type { Logger } from "../../shared/log.js";
 import type { ImageRootfs } from "../images/images.js";
+import { DEFAULT_CGROUP_ROOT, detectCgroups, type StepCgroups } from "./cgroups.js";
 import { insideRoot } from "./paths.js";
 import { buildSpec, type Limits, resolveUser } from "./spec.js";
 
 const exec = promisify(execFile);
-const CGROUP_ROOT = "/sys/fs/cgroup";
 /** Longest line kept whole; longer output is cut into lines of this size so memory stays bounded. */
 const MAX_LINE_BYTES = 64 * 1024;
 
@@ -29,6 +29,8 @@ export interface RuntimeSettings {
   killGraceMs: number;
   /** Largest step_result.json read back. */
   maxResultBytes: number;
+  /** Where the cgroup hierarchy is mounted; /sys/fs/cgroup unless a test passes a recorded layout. */
+  cgroupRoot?: string;
 }
 
 export type OutputStream = "stdout" | "stderr";
@@ -75,10 +77,18 @@ export class RuntimeError extends Error {}
  * a spec from the image config and the step, and a teardown that always runs.
  */
 export class ContainerRuntime {
+  private cgroups?: Promise<StepCgroups>;
+
   constructor(
     private readonly settings: RuntimeSettings,
     private readonly logger: Logger,
   ) {}
+
+  /** v1 or v2, detected once. */
+  stepCgroups(): Promise<StepCgroups> {
+    this.cgroups ??= detectCgroups(this.settings.cgroupRoot ?? DEFAULT_CGROUP_ROOT);
+    return this.cgroups;
+  }
 
   containerId(stepId: string): string {
     return `steprunner-${this.settings.instanceTag}-${stepId}`;
@@ -107,7 +117,8 @@ export class ContainerRuntime {
         await mkdir(target, { recursive: true });
         await chown(target, user.uid, user.gid);
       }
-      const memoryCgroup = await this.memoryCgroup(request.stepId, request.limits.memoryBytes);
+      const cgroups = await this.stepCgroups();
+      await cgroups.create(id, request.limits.memoryBytes);
       const spec = buildSpec({
         rootfs,
         image: request.image.config,
@@ -117,12 +128,12 @@ export class ContainerRuntime {
         hostname: "step",
         limits: request.limits,
         hostNetwork: request.hostNetwork,
-        cgroupsPath: `/${this.containerId(request.stepId)}/container`,
+        cgroupsPath: `/${id}/container`,
         binds: request.binds,
       });
       await writeFile(join(dir, "config.json"), JSON.stringify(spec));
       const exit = await this.runc(id, dir, request);
-      const oomKilled = exit.signal === "SIGKILL" && (await memoryLimitHit(memoryCgroup));
+      const oomKilled = exit.signal === "SIGKILL" && (await cgroups.oomKilled(id));
       const result = await this.readResult(upper, request.resultPath);
       return { ...exit, oomKilled, result };
     } finally {
@@ -138,7 +149,8 @@ export class ContainerRuntime {
     await exec(this.settings.runcPath, ["--root", this.settings.runcRoot, "delete", "--force", id]).catch(() => undefined);
     await exec("umount", [join(dir, "rootfs")]).catch(() => undefined);
     await rm(dir, { recursive: true, force: true });
-    await this.removeCgroups(stepId);
+    const cgroups = await this.stepCgroups();
+    await cgroups.remove(id, (path, error) => this.logger.warn("could not remove a cgroup", { path, error }));
   }
 
   /** Reaps what a crashed service left: containers under our runc root, our cgroups, mounts and step dirs. */
@@ -148,37 +160,12 @@ export class ContainerRuntime {
     const listed = await exec(this.settings.runcPath, ["--root", this.settings.runcRoot, "list", "-q"]).catch(() => ({ stdout: "" }));
     for (const id of listed.stdout.split("\n")) if (id.startsWith(prefix)) stepIds.add(id.slice(prefix.length));
     for (const name of await readdir(this.settings.workDir).catch(() => [] as string[])) stepIds.add(name);
-    for (const controller of await readdir(CGROUP_ROOT).catch(() => [] as string[])) {
-      for (const name of await readdir(join(CGROUP_ROOT, controller)).catch(() => [] as string[])) {
-        if (name.startsWith(prefix)) stepIds.add(name.slice(prefix.length));
-      }
+    for (const name of await (await this.stepCgroups()).names()) {
+      if (name.startsWith(prefix)) stepIds.add(name.slice(prefix.length));
     }
     for (const stepId of stepIds) await this.teardown(stepId);
     if (stepIds.size > 0) this.logger.warn("reaped containers left by an earlier run", { steps: [...stepIds] });
     return [...stepIds];
-  }
-
-  /** A parent memory cgroup of our own that holds the limit and outlives runc's container cgroup. */
-  private async memoryCgroup(stepId: string, memoryBytes: number): Promise<string> {
-    const path = join(CGROUP_ROOT, "memory", this.containerId(stepId));
-    await mkdir(path, { recursive: true });
-    await writeFile(join(path, "memory.limit_in_bytes"), String(memoryBytes));
-    // Without swap accounting the file is absent and the limit holds for RAM alone.
-    await writeFile(join(path, "memory.memsw.limit_in_bytes"), String(memoryBytes)).catch(() => undefined);
-    return path;
-  }
-
-  private async removeCgroups(stepId: string): Promise<void> {
-    const name = this.containerId(stepId);
-    for (const controller of await readdir(CGROUP_ROOT).catch(() => [] as string[])) {
-      const path = join(CGROUP_ROOT, controller, name);
-      for (const child of await readdir(path, { withFileTypes: true }).catch(() => [])) {
-        if (child.isDirectory()) await rmdir(join(path, child.name)).catch(() => undefined);
-      }
-      await rmdir(path).catch((error: NodeJS.ErrnoException) => {
-        if (error.code !== "ENOENT") this.logger.warn("could not remove a cgroup", { path, error });
-      });
-    }
   }
 
   private async runc(id: string, bundle: string, request: ContainerRun): Promise<Omit<ContainerExit, "oomKilled" | "result">> {
@@ -266,17 +253,6 @@ async function killOrphanedRunc(pidFile: string, id: string): Promise<void> {
     return; // it has just exited
   }
   for (let i = 0; i < 50 && (await stat(`/proc/${pid}`).catch(() => undefined)); i++) await delay(20);
-}
-
-/**
- * Whether the memory cgroup's usage ever reached its limit: together with a SIGKILL, that is the OOM killer's
- * doing. (cgroup v1 counts oom_kill on the container's own cgroup, which runc removes when it exits, and this
- * kernel leaves memory.failcnt at 0, so the high-water mark of our parent cgroup is what survives.)
- */
-async function memoryLimitHit(path: string): Promise<boolean> {
-  const read = async (name: string) => Number((await readFile(join(path, name), "utf8").catch(() => "0")).trim());
-  const limit = await read("memory.limit_in_bytes");
-  return (await read("memory.failcnt")) > 0 || (limit > 0 && (await read("memory.max_usage_in_bytes")) >= limit);
 }
 
 async function runcError(logFile: string): Promise<string | undefined> {
