@@ -60,7 +60,7 @@ const registry = new RegistryClient(registryAddress);
 const contextService = serviceTransport(setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"));
 const builder = new Builder(buildkit, registry, { buildkitAddress: buildkitAddresses[0]!, defaultBaseRunner });
 const images = new ImageBuilder(
-  new ContextCache(new ContextServiceProvider(contextService.transport), join(stateDir, "contexts")),
+  new ContextCache(new ContextServiceProvider(contextService.transport), join(stateDir, "contexts"), numberSetting("STEPRUNNER_IMAGE_CONTEXTS_MAX_AGE_MS", 24 * 3600_000)),
   sharded,
   new DockerApi(dockerSocket, registryCredentials),
   registry,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, utimes } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -25,5 +25,19 @@ describe("the image-service's context cache", () => {
     const local = await cache.materialize(contextId);
     assert.notEqual(local.contextSources.base, base.hostPath);
     assert.equal(await readFile(join(local.contextSources.changes!, "actions.rb"), "utf8"), "task :hello\n", "the repository unpacked from repo.tar");
+  });
+
+  it("removes contexts unused for longer than its limit, and keeps those in use", async () => {
+    const provider = new LocalContextProvider(dir);
+    const add = (name: string) => provider.add({ files: { [name]: name }, properties: {}, dockerfile: "FROM scratch\n", defaultDockerfile: false });
+    const [old, fresh] = [await add("old.txt"), await add("fresh.txt")];
+    const cache = new ContextCache(provider, join(dir, "evicting"), 60_000);
+    await cache.materialize(old);
+    await cache.materialize(fresh);
+    const hourAgo = new Date(Date.now() - 3600_000);
+    await utimes(join(dir, "evicting", old.slice(7)), hourAgo, hourAgo);
+    assert.deepEqual(await cache.sweep(), [old]);
+    assert.deepEqual(await readdir(join(dir, "evicting")), [fresh.slice(7)]);
+    assert.equal((await cache.materialize(old)).contextId, old, "an evicted context is fetched again when asked for");
   });
 });

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { mkdir, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { spawn } from "node:child_process";
@@ -38,6 +38,7 @@ export interface ContextProvider {
 }
 
 const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
+const SWEEP_INTERVAL_MS = 10 * 60_000;
 
 /**
  * Makes prepared contexts local. The repository's directories (and repo.tar) are read where the context-service
@@ -48,18 +49,36 @@ const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
  */
 export class ContextCache implements ContextSource {
   private readonly downloads = new SingleFlight<LocalContext>();
+  private lastSweep = Date.now();
 
+  /** maxAgeMs: a context unused this long is removed (no build takes that long). */
   constructor(
     private readonly provider: ContextProvider,
     private readonly dir: string,
+    private readonly maxAgeMs = 24 * 3600_000,
   ) {}
 
-  materialize(contextId: string, signal?: AbortSignal): Promise<LocalContext> {
-    if (!CONTEXT_ID.test(contextId)) {
-      return Promise.reject(invalidField("context_id", 'must be a prepared context\'s id: "sha256:" and 64 hex digits', contextId));
-    }
+  async materialize(contextId: string, signal?: AbortSignal): Promise<LocalContext> {
+    if (!CONTEXT_ID.test(contextId)) throw invalidField("context_id", 'must be a prepared context\'s id: "sha256:" and 64 hex digits', contextId);
     // One download per context however many builds ask; it stops only when all of them have gone.
-    return this.downloads.run(contextId, (workSignal) => this.fetch(contextId, workSignal), signal);
+    const context = await this.downloads.run(contextId, (workSignal) => this.fetch(contextId, workSignal), signal);
+    const now = new Date();
+    await utimes(join(this.dir, contextId.slice(7)), now, now).catch(() => undefined);
+    if (Date.now() - this.lastSweep > Math.min(this.maxAgeMs, SWEEP_INTERVAL_MS)) await this.sweep();
+    return context;
+  }
+
+  /** Removes the contexts unused for longer than maxAgeMs (and staging a crash left); returns the ids removed. */
+  async sweep(): Promise<string[]> {
+    this.lastSweep = Date.now();
+    const removed: string[] = [];
+    for (const name of await readdir(this.dir).catch(() => [] as string[])) {
+      const used = (await stat(join(this.dir, name)).catch(() => undefined))?.mtimeMs;
+      if (used === undefined || Date.now() - used <= this.maxAgeMs) continue;
+      await rm(join(this.dir, name), { recursive: true, force: true });
+      if (/^[0-9a-f]{64}$/.test(name)) removed.push(`sha256:${name}`);
+    }
+    return removed;
   }
 
   private async fetch(contextId: string, signal: AbortSignal): Promise<LocalContext> {
