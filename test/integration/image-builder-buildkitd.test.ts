@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -17,7 +18,7 @@ import { ImageMaterialiser } from "../../services/step-service/images/images.js"
 import { LayerStore } from "../../services/step-service/images/layer-store.js";
 import { ContainerRuntime, instanceTagOf } from "../../services/step-service/runtime/container.js";
 import { LocalContextProvider } from "../support/contexts.js";
-import { stack } from "../support/stack.js";
+import { run, stack } from "../support/stack.js";
 import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
 import { leftovers, removeState, testConfig } from "../support/step-service.js";
 
@@ -122,5 +123,73 @@ describe("the image-builder on a standalone buildkitd v0.24: images pushed to th
     assert.deepEqual(await images.prune(0), [built.contentKey]);
     const [, repository, digest] = /^[^/]+\/(.+)@(sha256:[0-9a-f]{64})$/.exec(built.reference)!;
     await assert.rejects(registry.manifest(repository!, digest!), (error: unknown) => error instanceof RegistryError && error.status === 404);
+  });
+
+  /** The image's layers pulled into a layer store of the test's own, and a function to remove it. */
+  async function unpacked(reference: string): Promise<{ dirs: string[]; remove(): Promise<void> }> {
+    const config = await testConfig();
+    const layers = new LayerStore(join(config.stateDir, "layers"), config.layerCacheBytes, createLogger("test", {}, { quiet: true }));
+    await layers.init();
+    const rootfs = await new ImageMaterialiser(layers).materialise({ kind: "registry", reference }, new AbortController().signal);
+    return {
+      dirs: rootfs.lowerDirs,
+      remove: async () => {
+        rootfs.release();
+        await removeState(config);
+      },
+    };
+  }
+
+  it("gives secret properties to RUN only as the env_context_zip secret, never to a pushed layer or the config", async () => {
+    const secret = `s3cret-${randomBytes(12).toString("hex")}`;
+    const dockerfile = [
+      "ARG OPSCHAIN_BASE_RUNNER",
+      "FROM ${OPSCHAIN_BASE_RUNNER}",
+      // The secret's random part is not in the Dockerfile: the RUN line's text is in the image's history.
+      "RUN --mount=type=secret,id=env_context_zip,target=/tmp/ctx.zip,uid=10001 unzip -p /tmp/ctx.zip | grep -c s3cret- > /opt/opschain/secret-seen",
+      "",
+    ].join("\n");
+    const image = await images.build(request(await provider.add({ files: { "a.txt": "a" }, properties: { project: { opschain: { env: { TOKEN: secret } } } }, secrets: [secret], dockerfile, defaultDockerfile: false })), () => {});
+    const layers = await unpacked(image.reference);
+    try {
+      const seen = await run("cat", [join(layers.dirs.at(-1)!, "opt/opschain/secret-seen")]);
+      assert.equal(seen.stdout.trim(), "1", "the RUN line read the secret from the mount");
+      const grep = await run("grep", ["-rlF", secret, ...layers.dirs]);
+      assert.equal(grep.code, 1, `the secret is in no layer: ${grep.stdout}`);
+      const [, repository] = /^[^/]+\/(.+)@/.exec(image.reference)!;
+      const { manifest } = await registry.manifest(repository!, image.manifestDigest);
+      assert.ok(!JSON.stringify(await registry.config(repository!, manifest.config)).includes(secret), "nor in the image config");
+    } finally {
+      await layers.remove();
+    }
+  });
+
+  it("merges two identical builds in flight into one solve", async () => {
+    const contextId = await provider.add({ files: { "b.txt": randomBytes(8).toString("hex") }, properties: {}, dockerfile: loadDefaultDockerfile("0.1.0").text, defaultDockerfile: true });
+    const before = solves;
+    const [a, b] = await Promise.all([images.build(request(contextId), () => {}), images.build(request(contextId), () => {})]);
+    assert.equal(solves - before, 1);
+    assert.equal(a.reference, b.reference);
+  });
+
+  it("stops a build when its caller cancels, and leaves no process of it in buildkitd", async () => {
+    const marker = `steprunner-cancel-${randomBytes(6).toString("hex")}`;
+    // A command after the sleep keeps the shell, whose command line names the marker, waiting for it.
+    const dockerfile = `ARG OPSCHAIN_BASE_RUNNER\nFROM \${OPSCHAIN_BASE_RUNNER}\nRUN sleep 600; echo ${marker}\n`;
+    const contextId = await provider.add({ files: { "c.txt": "c" }, properties: {}, dockerfile, defaultDockerfile: false });
+    const controller = new AbortController();
+    const building = images.build(request(contextId), () => {}, controller.signal).catch((error) => ConnectError.from(error));
+    const running = async () => (await run("pgrep", ["-f", marker])).code === 0;
+    for (let waited = 0; !(await running()); waited += 100) {
+      assert.ok(waited < 60_000, "the RUN line started");
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    controller.abort(new Error("the caller went away"));
+    const error = await building;
+    assert.ok(error instanceof ConnectError && error.code === Code.Canceled, String(error));
+    for (let waited = 0; await running(); waited += 100) {
+      assert.ok(waited < 15_000, "buildkitd stopped the RUN line's process");
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
   });
 });
