@@ -125,6 +125,20 @@ describe("the main job: the sample repository's actions through the running serv
     assert.match(output(outcome, LogStream.STDOUT), /sample-tool 1\.0, built into the runner image/);
   });
 
+  it("builds and runs the downloaded default Dockerfile committed unchanged as .mintpress/Dockerfile", async () => {
+    const downloaded = await (await fetch(`http://${stack.contextAddr}/downloads/Dockerfile`)).text();
+    const git = (...args: string[]) => run("git", ["-C", repository, "-c", "user.name=test", "-c", "user.email=test@steprunner.invalid", ...args]);
+    assert.equal((await git("checkout", "-q", "-b", "downloaded-dockerfile", "main")).code, 0);
+    await mkdir(join(repository, ".mintpress"), { recursive: true });
+    await writeFile(join(repository, ".mintpress", "Dockerfile"), downloaded);
+    assert.equal((await git("add", ".mintpress/Dockerfile")).code, 0);
+    assert.equal((await git("commit", "-q", "-m", "the downloaded Dockerfile")).code, 0);
+    assert.equal((await git("checkout", "-q", "main")).code, 0);
+    const outcome = await runStep("hello", { gitRev: "downloaded-dockerfile" });
+    assert.equal(outcome.step.state, StepState.SUCCESS, outcome.step.reason);
+    assert.match(output(outcome, LogStream.STDOUT), /hello/);
+  });
+
   it("counts the steps and their phases in the step-service's Prometheus metrics", async () => {
     const text = await (await fetch(`http://${stack.stepAddr}/metrics`)).text();
     const count = (state: string) => Number(new RegExp(`^steprunner_steps_total\\{[^}]*state="${state}"[^}]*\\} (\\d+)$`, "m").exec(text)?.[1] ?? 0);
