@@ -477,18 +477,8 @@ function layerDirectories(inspect: ImageInspect): string[] {
   return [...lower, data.UpperDir];
 }
 
-/** The fields dockerd's inspect and the registry's config file both carry, under the same names. */
-interface RunSettings {
-  User?: string;
-  Env?: string[] | null;
-  Entrypoint?: string[] | null;
-  Cmd?: string[] | null;
-  WorkingDir?: string;
-  Labels?: Record<string, string> | null;
-}
-
-/** An image's run settings, from dockerd's inspect or the registry's config file. */
-function imageConfig(config: RunSettings | null | undefined): ImageResult["config"] {
+/** An image's run settings, from dockerd's inspect or the registry's config file (the same field names). */
+function imageConfig(config: ImageInspect["Config"] | ImageConfigFile["config"] | undefined): ImageResult["config"] {
   return {
     env: config?.Env ?? [],
     entrypoint: config?.Entrypoint ?? [],
