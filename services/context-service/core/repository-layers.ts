@@ -94,6 +94,11 @@ export class RepositoryLayers {
       if (refusedPath(entry.path)) throw failedPrecondition(`commit ${sha} has a path git refuses to check out ("${entry.path.toString()}"); the repository is refused`);
     }
     const repository = join(this.root, basename(mirror).replace(/\.git$/, ""));
+    const variant = `${options.excludeGitHistory ? "no-git" : "git"}${exported ? "-export-ignore" : ""}`;
+    // A commit seen before (a warm step) gets the layers chosen then, with no git work, while they are all kept.
+    const chosen = join(repository, "commits", `${sha}-${variant}.layers.json`);
+    const remembered = await this.remembered(chosen);
+    if (remembered) return remembered;
     // git packs the history while the tree is written: two processes for two cores. Both are waited for,
     // so that a failure of one is reported only once the other has cleaned up after itself.
     const [historySettled, baseSettled] = await Promise.allSettled([
@@ -103,7 +108,6 @@ export class RepositoryLayers {
     if (baseSettled.status === "rejected") throw baseSettled.reason;
     if (historySettled.status === "rejected") throw historySettled.reason;
     const [history, base] = [historySettled.value, baseSettled.value];
-    const variant = `${options.excludeGitHistory ? "no-git" : "git"}${exported ? "-export-ignore" : ""}`;
     const identity = `changes:${sha}:${variant}:${base.info.sha}:${history?.info.sha ?? "-"}`;
     const name = `${sha}-${createHash("sha256").update(identity).digest("hex").slice(0, 16)}`;
     const changes = await this.once(join(repository, "commits", name), identity, signal, async (dir, workSignal) => {
@@ -111,12 +115,33 @@ export class RepositoryLayers {
       await this.trees.checkOut(mirror, dir, sha, changed.map((change) => change.entry), workSignal);
       if (history) await this.writeGitDirectory(mirror, dir, sha, tree, exported, history.info.sha, workSignal);
     });
-    await this.sweep();
-    return [
+    const layers: LayerDirectory[] = [
       { name: "history", identity: history ? `pack:${history.info.sha}` : "empty", path: history?.path ?? this.emptyDir },
       { name: "base", identity: base.identity, path: base.path },
       { name: "changes", identity, path: changes },
     ];
+    await writeFile(chosen, JSON.stringify(layers));
+    await this.sweep();
+    return layers;
+  }
+
+  /** The layers remembered for a commit, if every one of them is still complete; marks them used. */
+  private async remembered(chosen: string): Promise<LayerDirectory[] | undefined> {
+    const text = await readFile(chosen, "utf8").catch(() => undefined);
+    if (text === undefined) return undefined;
+    let layers: LayerDirectory[];
+    try {
+      layers = JSON.parse(text) as LayerDirectory[];
+    } catch {
+      return undefined; // being written by another request: choose again
+    }
+    for (const layer of layers) {
+      if (layer.identity !== "empty" && (await readFile(`${layer.path}.identity`, "utf8").catch(() => undefined)) !== layer.identity) return undefined;
+    }
+    for (const layer of layers) if (layer.identity !== "empty") await this.use(layer.path);
+    const now = new Date();
+    await utimes(chosen, now, now).catch(() => undefined);
+    return layers;
   }
 
   /** The newest history pack of an ancestor whose newer objects stay small, or a new one at this commit. */
@@ -266,9 +291,10 @@ export class RepositoryLayers {
       for (const kind of ["packs", "trees", "commits"]) {
         const dir = join(this.root, repository, kind);
         for (const name of await readdir(dir).catch(() => [] as string[])) {
-          if (!name.endsWith(".identity")) continue;
           const used = (await stat(join(dir, name)).catch(() => undefined))?.mtimeMs ?? Infinity;
           if (used >= oldest) continue;
+          if (name.endsWith(".layers.json")) await rm(join(dir, name), { force: true });
+          if (!name.endsWith(".identity")) continue;
           const path = join(dir, name.slice(0, -".identity".length));
           // The identity first: a half-removed directory is never taken for a complete one.
           await rm(`${path}.identity`, { force: true });
