@@ -173,6 +173,8 @@ describe("context-service repo.tar from real git repositories", () => {
     assert.equal(await readFile(join(dir, "docs/guide.md"), "utf8"), "guide\n");
     assert.equal(await gitIn(dir, ["status", "--porcelain"]), "");
     assert.match(await gitIn(dir, ["ls-files", "-v", "docs/internal/notes.txt"]), /^S /);
+    const again = await prepare(service, { repositoryUrl: fixture.path, gitRev: "main", honorExportIgnore: true });
+    assert.deepEqual(again.directories, context.directories, "the same commit again gets the layers chosen before");
   });
 
   it("leaves .git out when exclude_git_history is set", async () => {

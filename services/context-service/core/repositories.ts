@@ -69,9 +69,9 @@ export class GitRepositories implements Repositories {
           read: () => gitBytes(["cat-file", "blob", oid], { gitDir: mirror, signal }),
         };
       },
-      layers: async (options, layersSignal) => {
-        const exported = options.honorExportIgnore ? await this.trees.exportedPaths(mirror, gitSha, layersSignal) : undefined;
-        return this.repositoryLayers.prepare(mirror, gitSha, tree, exported, options, layersSignal);
+      layers: (options, layersSignal) => {
+        const exportedPaths = options.honorExportIgnore ? () => this.trees.exportedPaths(mirror, gitSha, layersSignal) : undefined;
+        return this.repositoryLayers.prepare(mirror, gitSha, tree, exportedPaths, options, layersSignal);
       },
     };
   }

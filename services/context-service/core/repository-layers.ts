@@ -89,16 +89,25 @@ export class RepositoryLayers {
     return join(this.root, "empty");
   }
 
-  async prepare(mirror: string, sha: string, tree: TreeEntry[], exported: Set<string> | undefined, options: RepositoryOptions, signal?: AbortSignal): Promise<LayerDirectory[]> {
+  /** exportedPaths: the paths git archive keeps, asked for only when export-ignore is honoured and layers are made. */
+  async prepare(
+    mirror: string,
+    sha: string,
+    tree: TreeEntry[],
+    exportedPaths: (() => Promise<Set<string>>) | undefined,
+    options: RepositoryOptions,
+    signal?: AbortSignal,
+  ): Promise<LayerDirectory[]> {
     for (const entry of tree) {
       if (refusedPath(entry.path)) throw failedPrecondition(`commit ${sha} has a path git refuses to check out ("${entry.path.toString()}"); the repository is refused`);
     }
     const repository = join(this.root, basename(mirror).replace(/\.git$/, ""));
-    const variant = `${options.excludeGitHistory ? "no-git" : "git"}${exported ? "-export-ignore" : ""}`;
+    const variant = `${options.excludeGitHistory ? "no-git" : "git"}${exportedPaths ? "-export-ignore" : ""}`;
     // A commit seen before (a warm step) gets the layers chosen then, with no git work, while they are all kept.
     const chosen = join(repository, "commits", `${sha}-${variant}.layers.json`);
     const remembered = await this.remembered(chosen);
     if (remembered) return remembered;
+    const exported = exportedPaths ? await exportedPaths() : undefined;
     // git packs the history while the tree is written: two processes for two cores. Both are waited for,
     // so that a failure of one is reported only once the other has cleaned up after itself.
     const [historySettled, baseSettled] = await Promise.allSettled([
