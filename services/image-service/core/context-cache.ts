@@ -84,13 +84,11 @@ export class ContextCache implements ContextSource {
   private async fetch(contextId: string, signal: AbortSignal): Promise<LocalContext> {
     const remote = await this.provider.describe(contextId, signal);
     const root = join(this.dir, contextId.slice(7));
-    const saved = await readFile(join(root, "sources.json"), "utf8").catch(() => undefined);
+    const saved = await readFile(join(root, "sources.json"), "utf8").then((text) => JSON.parse(text) as Record<string, string>, () => undefined);
     // Directories read in place may have been removed since (the context-service drops unused ones): then the
     // context is made local again.
-    const sharedBefore = remote.directories.some((directory) => saved?.includes(JSON.stringify(directory.hostPath)));
-    if (saved !== undefined && (!sharedBefore || (await sharedDirectories(remote.directories)))) {
-      return { ...layout(root, remote), contextSources: JSON.parse(saved) as Record<string, string> };
-    }
+    const readInPlace = saved !== undefined && remote.directories.some((directory) => saved[directory.name] === directory.hostPath);
+    if (saved !== undefined && (!readInPlace || (await sharedDirectories(remote.directories)))) return { ...layout(root, remote), contextSources: saved };
     const staging = `${root}.${process.pid}.${Date.now()}.tmp`;
     try {
       const staged = layout(staging, remote);
