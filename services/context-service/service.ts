@@ -24,7 +24,7 @@ export interface ContextServiceSettings {
   maxPropertiesBytes: number;
 }
 
-/** The settings from the environment, with the defaults the README documents. */
+/** The settings from the environment, with the defaults docs/settings.md documents. */
 export function contextServiceSettings(): ContextServiceSettings {
   const repoFolder = setting("OPSCHAIN_REPO_FOLDER", DEFAULT_REPO_FOLDER);
   checkRepoFolder(repoFolder);

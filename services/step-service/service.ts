@@ -25,7 +25,7 @@ export interface StepServiceConfig extends StepServiceSettings {
   stepImage: string;
 }
 
-/** The step-service's settings (README's settings table), from the environment. */
+/** The step-service's settings (docs/settings.md), from the environment. */
 export function configFromEnv(): StepServiceConfig {
   const stateDir = setting("STEPRUNNER_STEP_STATE_DIR", join(setting("STEPRUNNER_STATE_DIR", "/var/lib/steprunner"), "step"));
   const registry = setting("STEPRUNNER_REGISTRY_ADDR", "127.0.0.1:5000");

@@ -1,4 +1,4 @@
-/** Reads a setting from the environment, with the default every service documents in the README. */
+/** Reads a setting from the environment, with the default every service documents in docs/settings.md. */
 export function setting(name: string, fallback: string): string {
   const value = process.env[name];
   return value === undefined || value === "" ? fallback : value;
