@@ -1,5 +1,5 @@
-# Builds images offline from Debian packages (debootstrap, never Docker Hub), imports them into our dockerd
-# and pushes them to the local registry. Sourced by runner-image.sh and service-base-image.sh.
+# Builds images offline from Debian packages (debootstrap, never Docker Hub) and pushes them straight to the
+# local registry (no Docker daemon needed: a standalone buildkitd pulls them from there, and so does dockerd). Sourced by runner-image.sh and service-base-image.sh.
 # shellcheck shell=bash
 
 # json_field EXPR: prints EXPR of the JSON document j read from stdin (Node is on every machine we run on).
@@ -17,7 +17,7 @@ published_inputs() {
   curl -sf "http://$STEPRUNNER_REGISTRY_ADDR/v2/$repo/blobs/$config" | json_field 'j.config.Labels["org.steprunner.inputs"]' || true
 }
 
-# ensure_debian_image REF PACKAGES INPUTS_DIGEST CONFIGURE_FN [docker import --change …]
+# ensure_debian_image REF PACKAGES INPUTS_DIGEST CONFIGURE_FN [push-rootfs option …]
 # Builds REF from debootstrap minbase plus PACKAGES unless the registry's REF already has INPUTS_DIGEST.
 # CONFIGURE_FN ROOTFS adjusts the root filesystem before it is imported.
 ensure_debian_image() {
@@ -40,12 +40,9 @@ ensure_debian_image() {
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/* "$rootfs"/tmp/*
     touch "$work/done"
   fi
-  log "importing $ref into dockerd"
-  local changes=(--change "LABEL org.steprunner.inputs=$digest org.opencontainers.image.version=$STEPRUNNER_VERSION")
-  for change in "$@"; do changes+=(--change "$change"); done
-  tar -C "$rootfs" --numeric-owner -c . | docker_cli import "${changes[@]}" - "$ref" >/dev/null
   log "pushing $ref"
-  docker_cli push "$ref" >/dev/null
+  node "$STEPRUNNER_ROOT/dist/deploy/local/push-rootfs.js" "$ref" "$rootfs" \
+    --label "org.steprunner.inputs=$digest" --label "org.opencontainers.image.version=$STEPRUNNER_VERSION" "$@" >/dev/null
   # Keep only the root filesystem of the current inputs.
   find "$images" -mindepth 1 -maxdepth 1 ! -name "${digest:0:16}" -exec rm -rf {} +
 }

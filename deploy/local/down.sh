@@ -7,6 +7,8 @@ source "$here/env.sh"
 
 "$here/services.sh" stop
 "$here/registry.sh" stop
+# Whichever BuildKit ran (the setting may have changed since the stack came up).
+"$here/buildkitd.sh" stop
 "$here/dockerd.sh" stop
 
 leftovers="$("$here/leftovers.sh")" || true

@@ -11,10 +11,18 @@ STEPRUNNER_VERSION="$(sed -n 's/^  "version": "\(.*\)",$/\1/p' "$STEPRUNNER_ROOT
 : "${STEPRUNNER_CONTEXT_ADDR:=127.0.0.1:7701}"
 : "${STEPRUNNER_IMAGE_ADDR:=127.0.0.1:7702}"
 : "${STEPRUNNER_STEP_ADDR:=127.0.0.1:7703}"
+# Which BuildKit the stack runs: the one inside Debian's dockerd, or a standalone buildkitd (STEPRUNNER_BUILDKITD_BIN).
+: "${STEPRUNNER_BUILDKIT:=dockerd}"
 DOCKER_SOCK="$STEPRUNNER_RUN_DIR/docker.sock"
-: "${STEPRUNNER_BUILDKIT_ADDR:=docker-unix://$DOCKER_SOCK}"
+BUILDKITD_SOCK="$STEPRUNNER_RUN_DIR/buildkitd.sock"
+if [[ "$STEPRUNNER_BUILDKIT" == buildkitd ]]; then
+  : "${STEPRUNNER_BUILDKIT_ADDR:=unix://$BUILDKITD_SOCK}"
+else
+  : "${STEPRUNNER_BUILDKIT_ADDR:=docker-unix://$DOCKER_SOCK}"
+fi
 export STEPRUNNER_ROOT STEPRUNNER_VERSION STEPRUNNER_STATE_DIR STEPRUNNER_RUN_DIR STEPRUNNER_REGISTRY_ADDR \
-  OPSCHAIN_BASE_RUNNER STEPRUNNER_CONTEXT_ADDR STEPRUNNER_IMAGE_ADDR STEPRUNNER_STEP_ADDR STEPRUNNER_BUILDKIT_ADDR
+  OPSCHAIN_BASE_RUNNER STEPRUNNER_CONTEXT_ADDR STEPRUNNER_IMAGE_ADDR STEPRUNNER_STEP_ADDR STEPRUNNER_BUILDKIT \
+  STEPRUNNER_BUILDKIT_ADDR
 
 # Debian's 20.10 client matches the daemon; /usr/local/bin/docker may be a newer one that needs buildx.
 docker_cli() { /usr/bin/docker --host "unix://$DOCKER_SOCK" "$@"; }
@@ -66,3 +74,6 @@ wait_for() {
   for _ in $(seq $((seconds * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
   die "$what did not come up within ${seconds}s"
 }
+
+[[ "$STEPRUNNER_BUILDKIT" == dockerd || "$STEPRUNNER_BUILDKIT" == buildkitd ]] ||
+  die "STEPRUNNER_BUILDKIT must be dockerd or buildkitd, got $STEPRUNNER_BUILDKIT"

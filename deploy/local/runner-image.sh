@@ -28,7 +28,7 @@ configure_runner() {
 case "${1:-}" in
   ensure)
     ensure_debian_image "$OPSCHAIN_BASE_RUNNER" "$packages" "$(inputs_digest)" configure_runner \
-      'USER opschain' 'WORKDIR /opt/opschain' 'ENV LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+      --user opschain --workdir /opt/opschain --env LANG=C.UTF-8 --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
     ;;
   inputs-digest) inputs_digest ;;
   *) echo "usage: $0 ensure|inputs-digest" >&2; exit 2 ;;

@@ -21,7 +21,7 @@ configure_service_base() {
 case "${1:-}" in
   ensure)
     ensure_debian_image "$STEPRUNNER_SERVICE_BASE" "$packages" "$(inputs_digest)" configure_service_base \
-      'WORKDIR /opt/steprunner' 'ENV LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+      --workdir /opt/steprunner --env LANG=C.UTF-8 --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
     ;;
   inputs-digest) inputs_digest ;;
   *) echo "usage: $0 ensure|inputs-digest" >&2; exit 2 ;;

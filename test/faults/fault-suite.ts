@@ -1,5 +1,5 @@
 // The fault-injection suite against a running local stack (deploy/local/env.sh settings): npm run faults -- --per-kind N
-// Faults restart services, dockerd and the registry: run it against a stack of its own, never a shared one.
+// Faults restart services, the BuildKit daemon and the registry: run it against a stack of its own, never a shared one.
 import { writeFile } from "node:fs/promises";
 import { cpus, hostname, totalmem } from "node:os";
 import { parseArgs } from "node:util";
@@ -40,7 +40,7 @@ started ${began.toISOString()}, took ${((Date.now() - began.getTime()) / 60_000)
 (state in \`${stack.stateDir}\`, registry ${stack.registry}, step-service ${stack.stepAddr}).
 
 After every fault the suite waits for the step-service to be idle and then checks that no runc container or
-state, step directory, overlay or other mount, cgroup, BuildKit job (process or bundle in dockerd's executor),
+state, step directory, overlay or other mount, cgroup, BuildKit job (process or bundle in the BuildKit daemon's executor),
 stray process or temporary/partial file of the services is left (leaks), that every step it started has a
 record (lost), and that every record is final and whole, its log ending with its final state, the database
 passing \`PRAGMA integrity_check\`, and the final state the one the fault must give (bad).

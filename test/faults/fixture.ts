@@ -41,7 +41,7 @@ const BIG_LAYER = `${HEADER}COPY --from=repository --chown=10001:10001 / /opt/op
 RUN head -c 24M /dev/urandom >/opt/opschain/big.bin
 ${FOOTER}`;
 
-/** A RUN of a few seconds that depends on the commit: a build that a restart of dockerd can interrupt. */
+/** A RUN of a few seconds that depends on the commit: a build that a restart of the BuildKit daemon can interrupt. */
 const SHORT_BUILD = `${HEADER}COPY --from=repository --chown=10001:10001 / /opt/opschain/
 RUN echo "fault suite: a short RUN" && sleep 6
 ${FOOTER}`;

@@ -14,9 +14,9 @@ export const FINAL_STATES: ReadonlySet<StepState> = new Set([StepState.SUCCESS, 
 
 /**
  * Everything of ours a step may leave behind, as it looks when no step runs: step containers (runc state,
- * processes, bundle/upper/work directories, overlay mounts, cgroups), BuildKit jobs in dockerd, and the
+ * processes, bundle/upper/work directories, overlay mounts, cgroups), BuildKit jobs (in dockerd or buildkitd), and the
  * services' temporary and half-written files. Returns one line per leak; empty when clean.
- * `baselineMounts` are the mounts under the state directory that were there before the faults (dockerd's own).
+ * `baselineMounts` are the mounts under the state directory that were there before the faults (the BuildKit daemon's own).
  */
 export async function findLeaks(stack: FaultStack, baselineMounts: ReadonlySet<string>): Promise<string[]> {
   const leaks: string[] = [];
@@ -43,7 +43,7 @@ export async function findLeaks(stack: FaultStack, baselineMounts: ReadonlySet<s
     }
   }
 
-  const executor = join(stack.dockerDataRoot, "buildkit", "executor");
+  const executor = stack.buildkitExecutor;
   for (const name of await entries(executor)) {
     if (name !== "resolv.conf" && name !== "runc-log.json" && name !== "hosts") leaks.push(`BuildKit job bundle ${join(executor, name)}`);
   }
@@ -69,7 +69,7 @@ export async function findLeaks(stack: FaultStack, baselineMounts: ReadonlySet<s
   return leaks;
 }
 
-/** The mounts under the state directory now (dockerd's own, before any fault). */
+/** The mounts under the state directory now (the BuildKit daemon's own, before any fault). */
 export async function mountsUnder(stateDir: string): Promise<Set<string>> {
   const mounts = new Set<string>();
   for (const line of (await readFile("/proc/mounts", "utf8")).split("\n")) {

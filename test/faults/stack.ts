@@ -18,7 +18,11 @@ export class FaultStack {
   readonly runcRoot = env("STEPRUNNER_STEP_RUNC_ROOT", join(this.stepStateDir, "runc"));
   readonly contextStateDir = env("STEPRUNNER_CONTEXT_STATE_DIR", join(this.stateDir, "context"));
   readonly imageStateDir = env("STEPRUNNER_IMAGE_STATE_DIR", join(this.stateDir, "image"));
-  readonly dockerDataRoot = join(this.stateDir, "docker");
+  /** Which BuildKit the stack runs (deploy/local/env.sh's STEPRUNNER_BUILDKIT): dockerd's or a standalone buildkitd. */
+  readonly buildkit = env("STEPRUNNER_BUILDKIT", "dockerd") as "dockerd" | "buildkitd";
+  /** Where that BuildKit keeps the bundles of the RUNs in progress (and its runc the state of their containers). */
+  readonly buildkitExecutor =
+    this.buildkit === "buildkitd" ? join(this.stateDir, "buildkitd", "runc-overlayfs", "executor") : join(this.stateDir, "docker", "buildkit", "executor");
   readonly registry = env("STEPRUNNER_REGISTRY_ADDR", "127.0.0.1:5000");
   readonly stepAddr = env("STEPRUNNER_STEP_ADDR", "127.0.0.1:7703");
   private transport: ServiceTransport | undefined;
@@ -39,14 +43,14 @@ export class FaultStack {
     this.stepClient = undefined;
   }
 
-  /** The pid a deploy/local script recorded for a daemon (dockerd, registry, context-service, …). */
+  /** The pid a deploy/local script recorded for a daemon (dockerd or buildkitd, registry, context-service, …). */
   async pidOf(daemon: string): Promise<number | undefined> {
     const text = await readFile(join(this.runDir, `${daemon}.pid`), "utf8").catch(() => "");
     return Number(text.trim()) || undefined;
   }
 
   async daemonPids(): Promise<number[]> {
-    const names = ["dockerd", "registry", "context-service", "image-service", "step-service"];
+    const names = [this.buildkit, "registry", "context-service", "image-service", "step-service"];
     return (await Promise.all(names.map((name) => this.pidOf(name)))).filter((pid): pid is number => pid !== undefined);
   }
 
@@ -78,6 +82,12 @@ export class FaultStack {
     }
     if (service === "step-service") this.resetClients();
     await this.startServices(extraEnv);
+  }
+
+  /** Stops the BuildKit daemon and starts it again (each in-flight build loses its daemon). */
+  async restartBuildKit(): Promise<void> {
+    await this.script(`${this.buildkit}.sh`, ["stop"]);
+    await this.script(`${this.buildkit}.sh`, ["start"]);
   }
 
   close(): void {

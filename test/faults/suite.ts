@@ -26,18 +26,27 @@ export const FAULT_KINDS = [
   "SIGKILL context-service",
   "SIGKILL image-service",
   "SIGKILL step-service",
-  "dockerd restarted mid-build",
+  "BuildKit daemon restarted mid-build",
   "registry stopped mid-push",
   "registry stopped mid-pull",
   "disk full",
   "client disconnects mid-stream",
   "20 concurrent steps with random cancels",
 ] as const;
+/** The kinds that hurt BuildKit or a build in it: what CI runs again on the stack's other BuildKit. */
+export const BUILDKIT_FAULT_KINDS: readonly FaultKind[] = [
+  "cancel mid-build",
+  "timeout in build",
+  "SIGKILL image-service",
+  "BuildKit daemon restarted mid-build",
+  "registry stopped mid-push",
+  "client disconnects mid-stream",
+];
 type StepInit = MessageInitShape<typeof RunStepRequestSchema>;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 /** Kinds that need the image-service to hand images over through the registry. */
 const REGISTRY_KINDS: ReadonlySet<FaultKind> = new Set(["registry stopped mid-push", "registry stopped mid-pull"]);
-const SLOW_KINDS: ReadonlySet<FaultKind> = new Set([...REGISTRY_KINDS, "dockerd restarted mid-build"]);
+const SLOW_KINDS: ReadonlySet<FaultKind> = new Set([...REGISTRY_KINDS, "BuildKit daemon restarted mid-build"]);
 
 export interface KindResult {
   kind: FaultKind;
@@ -154,7 +163,7 @@ class StallingGitServer {
 
 export interface SuiteOptions {
   perKind: number;
-  /** Faults of the slow kinds (dockerd and registry restarts), when fewer than perKind. */
+  /** Faults of the slow kinds (BuildKit daemon and registry restarts), when fewer than perKind. */
   slowPerKind?: number;
   kinds?: readonly FaultKind[];
   log?: (message: string) => void;
@@ -294,9 +303,9 @@ export class FaultSuite {
     return step;
   }
 
-  /** A BuildKit RUN of ours is running in dockerd. */
+  /** A BuildKit RUN of ours is running in the BuildKit daemon. */
   private async buildRunning(): Promise<boolean> {
-    const executor = join(this.stack.dockerDataRoot, "buildkit", "executor");
+    const executor = this.stack.buildkitExecutor;
     for (const name of await readdir("/proc").catch(() => [] as string[])) {
       if (!/^\d+$/.test(name)) continue;
       const cmdline = await readFile(`/proc/${name}/cmdline`, "utf8").catch(() => "");
@@ -372,12 +381,11 @@ export class FaultSuite {
         await this.expectFinal(call, [StepState.SYSTEM_ERROR], problems, /step-service stopped/);
         return true;
       }
-      case "dockerd restarted mid-build": {
+      case "BuildKit daemon restarted mid-build": {
         await this.fixture.newCommit(BRANCHES.shortBuild);
         const call = this.call({ gitRev: BRANCHES.shortBuild }, ids);
         await call.until("the RUN", () => this.buildRunning());
-        await stack.script("dockerd.sh", ["stop"]);
-        await stack.script("dockerd.sh", ["start"]);
+        await stack.restartBuildKit();
         // The image-service may retry the build on the restarted daemon (a BuildKit transport failure).
         await this.expectFinal(call, [StepState.SYSTEM_ERROR, StepState.SUCCESS], problems);
         return true;

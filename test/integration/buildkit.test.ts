@@ -10,9 +10,9 @@ import type { SessionTransport } from "../../services/image-service/buildkit/ses
 import { startBuildKitProxy } from "../support/buildkit-socket-proxy.js";
 import { type Certificates, makeCertificates } from "../support/certificates.js";
 import type { BuildKitTls } from "../../services/image-service/buildkit/address.js";
-import { stack } from "../support/stack.js";
+import { needsDockerd, stack } from "../support/stack.js";
 
-describe("BuildKit inside dockerd, through our TypeScript transport (POST /grpc upgraded to h2c)", () => {
+describe("BuildKit inside dockerd, through our TypeScript transport (POST /grpc upgraded to h2c)", needsDockerd("its BuildKit"), () => {
   let buildkit: BuildKitClient;
   before(() => {
     buildkit = new BuildKitClient(stack.buildkitAddr);
@@ -64,7 +64,7 @@ describe("BuildKit inside dockerd, through our TypeScript transport (POST /grpc 
   });
 });
 
-describe("builds through each way of reaching BuildKit", () => {
+describe("builds through each way of reaching BuildKit", needsDockerd("the transports are checked against its BuildKit"), () => {
   let work: string;
   const nonce = randomBytes(6).toString("hex");
   let directImageId: string | undefined;
@@ -138,7 +138,7 @@ describe("builds through each way of reaching BuildKit", () => {
   }
 });
 
-describe("BuildKit over tcp:// with mutual TLS", () => {
+describe("BuildKit over tcp:// with mutual TLS", needsDockerd("a TLS proxy in front of its BuildKit"), () => {
   let work: string;
   let certificates: Certificates;
   before(async () => {

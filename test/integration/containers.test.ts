@@ -9,7 +9,7 @@ import { LogStream } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { type Step, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { buildServiceImages } from "../../deploy/images/build-images.js";
-import { ROOT, run, stack } from "../support/stack.js";
+import { needsDockerd, ROOT, run, stack } from "../support/stack.js";
 
 // testcontainers talks to our dockerd, and must not start its Ryuk helper: nothing is pulled here.
 process.env.DOCKER_HOST = `unix://${stack.runDir}/docker.sock`;
@@ -21,7 +21,7 @@ type Started = Awaited<ReturnType<InstanceType<typeof GenericContainer>["start"]
 
 const PORTS = { context: 7811, image: 7812, step: 7813 };
 
-describe("the service images, run as containers the way a deployment runs them (testcontainers)", () => {
+describe("the service images, run as containers the way a deployment runs them (testcontainers)", needsDockerd("testcontainers runs the service images in it"), () => {
   let work: string;
   let repository: string;
   const containers: Started[] = [];

@@ -15,7 +15,7 @@ import { ReuseRecords } from "../../services/image-service/core/reuse-records.js
 import { DockerApi } from "../../services/image-service/docker/docker-api.js";
 import { RegistryClient } from "../../services/shared/registry/registry-client.js";
 import { type ContextInput, LocalContextProvider } from "../support/contexts.js";
-import { run, stack } from "../support/stack.js";
+import { needsDockerd, run, stack } from "../support/stack.js";
 
 const STEPS_REPOSITORY = "steprunner-test/steps";
 
@@ -30,7 +30,7 @@ class CountingBuilder implements DockerfileBuilder {
   };
 }
 
-describe("building step images on the real BuildKit", () => {
+describe("building step images on the real BuildKit", needsDockerd("its image store and moby exporter; image-builder-buildkitd.test.ts is the standalone buildkitd's"), () => {
   let work: string;
   let client: BuildKitClient;
   let docker: DockerApi;

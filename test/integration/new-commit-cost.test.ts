@@ -16,7 +16,7 @@ import { serviceTransport } from "../../services/shared/client/transport.js";
 import { RegistryClient } from "../../services/shared/registry/registry-client.js";
 import { type TestContextService, startTestContextService } from "../support/context-service.js";
 import { commitFiles, gitIn } from "../support/git-fixture.js";
-import { run, stack } from "../support/stack.js";
+import { needsDockerd, run, stack } from "../support/stack.js";
 import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
 
 const STEPS_REPOSITORY = "steprunner-test/new-commit";
@@ -96,7 +96,7 @@ async function historyFixture(prefix: string): Promise<HistoryFixture> {
   };
 }
 
-describe("a new commit on a repository with a long history", () => {
+describe("a new commit on a repository with a long history", needsDockerd("this half measures its BuildKit; the other half starts a buildkitd of its own"), () => {
   let fixture: HistoryFixture;
   let client: BuildKitClient;
   let docker: DockerApi;

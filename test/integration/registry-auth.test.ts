@@ -9,11 +9,11 @@ import { BuildKitClient } from "../../services/image-service/buildkit/client.js"
 import { buildDockerfile } from "../../services/image-service/buildkit/dockerfile-build.js";
 import { DockerApi } from "../../services/image-service/docker/docker-api.js";
 import { readRegistryCredentials } from "../../services/shared/registry/credentials.js";
-import { run, stack } from "../support/stack.js";
+import { needsDockerd, run, stack } from "../support/stack.js";
 
 const AUTH_REGISTRY = "127.0.0.1:5011";
 
-describe("a registry that needs credentials", () => {
+describe("a registry that needs credentials", needsDockerd("it pushes the base image there with its X-Registry-Auth, and builds with its moby exporter"), () => {
   let work: string;
   let registry: ChildProcess;
   const password = randomBytes(12).toString("hex");

@@ -11,6 +11,8 @@ import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../.
 import { type Step, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { REDACTED } from "../../services/context-service/core/step-context.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
+import { parseImageReference } from "../../services/shared/registry/image-reference.js";
+import { RegistryClient } from "../../services/shared/registry/registry-client.js";
 import { commitFiles, gitIn } from "../support/git-fixture.js";
 import { occurrences, occurrencesInImageArchive, occurrencesUnder } from "../support/secret-search.js";
 import { ROOT, run, stack } from "../support/stack.js";
@@ -171,19 +173,44 @@ describe("a secret property, through all three services, with the default and a 
   it("leaves it in no layer or config of the images built", async () => {
     const imageIds = [...new Set(finished.map((step) => step.imageId).filter(Boolean))];
     assert.equal(imageIds.length, 2, "one image for each Dockerfile");
-    const inspect = await docker("image", "inspect", ...imageIds);
-    assert.equal(inspect.code, 0, inspect.stderr);
-    assert.ok(!inspect.stdout.includes(SECRET), "not in the image configs");
-    const save = spawn("/usr/bin/docker", ["--host", `unix://${stack.runDir}/docker.sock`, "image", "save", ...imageIds], { stdio: ["ignore", "pipe", "inherit"] });
-    const hits = await occurrencesInImageArchive(save.stdout, SECRET);
-    assert.equal(await new Promise((resolve) => save.once("close", resolve)), 0);
+    const { hits, copied } = stack.buildkit === "dockerd" ? await searchDockerd(imageIds) : await searchRegistry(imageIds);
     assert.deepEqual(hits, []);
-    const copied = await occurrencesInImageArchive(
-      spawn("/usr/bin/docker", ["--host", `unix://${stack.runDir}/docker.sock`, "image", "save", finished[1]!.imageId], { stdio: ["ignore", "pipe", "inherit"] }).stdout,
-      REDACTED,
-    );
     assert.ok(copied.some((hit) => hit.endsWith("copied_step_context.json.zip!step_context.json")), `the custom image holds the redacted copy, which the search looked into: ${copied.join(" ")}`);
   });
+
+  /** dockerd holds the images: their configs (inspect) and layers (save). */
+  async function searchDockerd(imageIds: string[]): Promise<{ hits: string[]; copied: string[] }> {
+    const inspect = await docker("image", "inspect", ...imageIds);
+    assert.equal(inspect.code, 0, inspect.stderr);
+    const save = (ids: string[]) => spawn("/usr/bin/docker", ["--host", `unix://${stack.runDir}/docker.sock`, "image", "save", ...ids], { stdio: ["ignore", "pipe", "inherit"] });
+    const saved = save(imageIds);
+    const hits = await occurrencesInImageArchive(saved.stdout, SECRET);
+    assert.equal(await new Promise((resolve) => saved.once("close", resolve)), 0);
+    if (inspect.stdout.includes(SECRET)) hits.push("an image config");
+    return { hits, copied: await occurrencesInImageArchive(save([finished[1]!.imageId]).stdout, REDACTED) };
+  }
+
+  /** A standalone buildkitd pushed the images: their manifests, configs and layers in the registry. */
+  async function searchRegistry(imageIds: string[]): Promise<{ hits: string[]; copied: string[] }> {
+    const recordsDir = join(root, "state", "image", "images");
+    const records = await Promise.all((await readdir(recordsDir)).filter((name) => name.endsWith(".json")).map(async (name) => JSON.parse(await readFile(join(recordsDir, name), "utf8")) as { imageId: string; reference?: string }));
+    const registry = new RegistryClient(stack.registry);
+    const hits: string[] = [];
+    const copied: string[] = [];
+    for (const imageId of imageIds) {
+      const reference = records.find((record) => record.imageId === imageId)?.reference;
+      assert.ok(reference, `image ${imageId} was pushed`);
+      const { repository, reference: digest } = parseImageReference(reference);
+      const { manifest } = await registry.manifest(repository, digest);
+      if (JSON.stringify(await registry.config(repository, manifest.config)).includes(SECRET)) hits.push(`config of ${reference}`);
+      for (const layer of manifest.layers) {
+        const bytes = Buffer.concat(await (await registry.blob(repository, layer.digest)).toArray());
+        hits.push(...(await occurrences(bytes, SECRET, layer.digest)));
+        if (imageId === finished[1]!.imageId) copied.push(...(await occurrences(bytes, REDACTED, layer.digest)));
+      }
+    }
+    return { hits, copied };
+  }
 
   it("leaves it in no file of the services' state (databases with their WAL, logs, layers, caches) nor their logs", async () => {
     const step = join(root, "state", "step");

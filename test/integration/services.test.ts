@@ -42,7 +42,7 @@ describe("the running services", () => {
     });
     assert.equal(result.code, 0, result.stdout + result.stderr);
     for (const service of services) assert.match(result.stdout, new RegExp(`^${service.name} +\\S+ +SERVING$`, "m"));
-    assert.match(result.stdout, /^ +worker +moby: linux\/amd64/m);
+    assert.match(result.stdout, stack.buildkit === "dockerd" ? /^ +worker +moby: linux\/amd64/m : /^ +worker +[a-z0-9]+: linux\/amd64/m);
     assert.match(result.stdout, /^registry +\S+ +registry\/2\.0$/m);
     assert.match(result.stdout, /^runc +runc version \d+\.\d+\.\d+/m);
 

@@ -8,7 +8,7 @@ import { createLogger } from "../../services/shared/log.js";
 import { type ImageRootfs, ImageMaterialiser, type StepImage } from "../../services/step-service/images/images.js";
 import { LayerStore } from "../../services/step-service/images/layer-store.js";
 import { instanceTagOf, ContainerRuntime, type ContainerRun, RuntimeError } from "../../services/step-service/runtime/container.js";
-import { stack } from "../support/stack.js";
+import { needsDockerd, stack } from "../support/stack.js";
 import { leftovers, removeState, repository, startStepService, type TestStepService, testConfig } from "../support/step-service.js";
 import { ROOT } from "../support/stack.js";
 
@@ -22,7 +22,7 @@ async function dockerLayerDirectories(reference: string): Promise<{ directories:
   return { directories: [...lower, image.GraphDriver.Data.UpperDir], user: image.Config.User, env: image.Config.Env, workingDir: image.Config.WorkingDir };
 }
 
-describe("both image hand-offs run the same step", () => {
+describe("both image hand-offs run the same step", needsDockerd("the layer-store hand-off mounts its layer directories"), () => {
   it("mounts dockerd's layer directories read-only with no copy, and pulls from the registry into the layer store", async () => {
     const config = await testConfig();
     const logger = createLogger("test", {}, { quiet: true });

@@ -18,7 +18,7 @@ import { startTestContextService, type TestContextService } from "../support/con
 import { commitFiles, gitIn } from "../support/git-fixture.js";
 import { startTestImageService, type TestImageService } from "../support/image-service.js";
 import { type RecordedCall, startRecordingBuildKitProxy } from "../support/recording-buildkit-proxy.js";
-import { run, stack } from "../support/stack.js";
+import { needsDockerd, run, stack } from "../support/stack.js";
 import { leftovers, removeState, testConfig } from "../support/step-service.js";
 
 const STEPS_REPOSITORY = "steprunner-test/tracing";
@@ -28,7 +28,7 @@ const SOLVE = "/moby.buildkit.v1.Control/Solve";
  * One step through in-process context-, image- and step-services on the real BuildKit and runc. The
  * repository's two commits have fixed dates, so after the first run BuildKit's cache answers both solves.
  */
-describe("tracing across the three services and BuildKit", () => {
+describe("tracing across the three services and BuildKit", needsDockerd("a recording proxy in front of its BuildKit"), () => {
   let work: string;
   let repository: string;
   let commits: string[];

@@ -10,6 +10,8 @@ const env = (name: string, fallback: string) => process.env[name] || fallback;
 
 /** The local stack's settings, with the same defaults as deploy/local/env.sh. */
 export const stack = {
+  /** Which BuildKit the stack runs: the one inside dockerd, or a standalone buildkitd (STEPRUNNER_BUILDKIT). */
+  buildkit: env("STEPRUNNER_BUILDKIT", "dockerd") as "dockerd" | "buildkitd",
   stateDir: env("STEPRUNNER_STATE_DIR", "/var/lib/steprunner"),
   registry: env("STEPRUNNER_REGISTRY_ADDR", "127.0.0.1:5000"),
   contextAddr: env("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"),
@@ -19,7 +21,7 @@ export const stack = {
     return env("STEPRUNNER_RUN_DIR", `${this.stateDir}/run`);
   },
   get buildkitAddr() {
-    return env("STEPRUNNER_BUILDKIT_ADDR", `docker-unix://${this.runDir}/docker.sock`);
+    return env("STEPRUNNER_BUILDKIT_ADDR", this.buildkit === "buildkitd" ? `unix://${this.runDir}/buildkitd.sock` : `docker-unix://${this.runDir}/docker.sock`);
   },
   get baseRunner() {
     return env("OPSCHAIN_BASE_RUNNER", `${this.registry}/steprunner/runner:${packageVersion()}`);
@@ -50,4 +52,9 @@ export async function run(file: string, args: string[], options: { cwd?: string;
     const failure = error as { code?: number; stdout?: string; stderr?: string };
     return { code: typeof failure.code === "number" ? failure.code : -1, stdout: failure.stdout ?? "", stderr: failure.stderr ?? String(error) };
   }
+}
+
+/** The skip option of a test that needs dockerd itself (its image store or Docker API), on a stack without it. */
+export function needsDockerd(why: string): { skip: string | false } {
+  return { skip: stack.buildkit === "dockerd" ? false : `needs dockerd (${why}); this stack runs a standalone buildkitd` };
 }

@@ -123,6 +123,62 @@ export class RegistryClient {
     if (!response.ok && response.status !== 404) throw new RegistryError(`registry ${this.address}: DELETE of ${repository}@${digest} answered ${response.status}`, response.status);
   }
 
+  /**
+   * Uploads a blob from a stream of unknown length (one chunked PATCH, then the PUT that names its digest,
+   * which the stream's own hash gives at its end). Returns its descriptor without the media type.
+   */
+  async pushBlob(repository: string, content: Readable, signal?: AbortSignal): Promise<{ digest: string; size: number }> {
+    const started = await this.send("POST", `${this.base}/${repository}/blobs/uploads/`, {}, undefined, signal);
+    const hash = createHash("sha256");
+    let size = 0;
+    const counted = content.pipe(
+      new Transform({
+        transform(chunk: Buffer, _encoding, callback) {
+          hash.update(chunk);
+          size += chunk.length;
+          callback(null, chunk);
+        },
+      }),
+    );
+    content.once("error", (error) => counted.destroy(error));
+    const patched = await this.send("PATCH", this.uploadUrl(started), { "content-type": "application/octet-stream" }, counted, signal);
+    const digest = `sha256:${hash.digest("hex")}`;
+    const target = new URL(this.uploadUrl(patched));
+    target.searchParams.set("digest", digest);
+    await this.send("PUT", target.toString(), {}, undefined, signal);
+    return { digest, size };
+  }
+
+  /** Uploads a manifest under a tag; returns its digest. */
+  async putManifest(repository: string, tag: string, manifest: ImageManifest, signal?: AbortSignal): Promise<string> {
+    const bytes = Buffer.from(JSON.stringify(manifest));
+    await this.send("PUT", `${this.base}/${repository}/manifests/${tag}`, { "content-type": manifest.mediaType ?? MANIFEST_MEDIA_TYPES[0] }, bytes, signal);
+    return sha256(bytes);
+  }
+
+  private uploadUrl(response: Response): string {
+    const location = response.headers.get("location");
+    if (!location) throw new RegistryError(`registry ${this.address} gave no upload location`, 502);
+    return new URL(location, this.base).toString();
+  }
+
+  private async send(method: string, url: string, headers: Record<string, string>, body: Readable | Buffer | undefined, signal?: AbortSignal): Promise<Response> {
+    let response: Response;
+    try {
+      const payload = body instanceof Readable ? (Readable.toWeb(body) as unknown as ReadableStream) : body;
+      response = await fetch(url, { method, headers, body: payload, signal, ...(body instanceof Readable ? { duplex: "half" } : {}) } as RequestInit);
+    } catch (error) {
+      if (signal?.aborted) throw error;
+      throw new RegistryError(`registry ${this.address} is unreachable: ${(error as Error).message}`, 0);
+    }
+    if (!response.ok) {
+      const text = await response.text().catch(() => "");
+      throw new RegistryError(`registry ${this.address}: ${method} ${new URL(url).pathname} answered ${response.status} ${text.slice(0, 200).trim()}`, response.status);
+    }
+    await response.body?.cancel();
+    return response;
+  }
+
   private async get(path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Response> {
     let response: Response;
     try {
