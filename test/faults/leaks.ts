@@ -54,7 +54,7 @@ export async function findLeaks(stack: FaultStack, baselineMounts: ReadonlySet<s
     if (!cmdline) continue;
     if (cmdline.includes(executor)) leaks.push(`BuildKit job process ${pid}: ${cmdline.slice(0, 160)}`);
     else if (cmdline.includes(prefix)) leaks.push(`step container process ${pid}: ${cmdline.slice(0, 160)}`);
-    else if (cmdline.includes(stack.stateDir) && !daemons.has(pid) && !(await descendsFrom(pid, daemons))) {
+    else if (cmdline.includes(`${stack.stateDir}/`) && !daemons.has(pid) && !(await descendsFrom(pid, daemons))) {
       leaks.push(`process ${pid} outside the stack's daemons: ${cmdline.slice(0, 160)}`);
     }
   }

@@ -85,3 +85,32 @@ describe("DATA packets sent in parts", () => {
     }
   });
 });
+
+describe("DiffCopy when the daemon goes away", () => {
+  it("fails the call, and leaves no failure unhandled, when the daemon closes the stream while the listing is sent", async () => {
+    const root = await mkdtemp(join(tmpdir(), "steprunner-file-sync-gone-"));
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      for (let i = 0; i < 20; i++) await writeFile(join(root, `file-${i}`), "x");
+      let sends = 0;
+      const call: BidiCall = {
+        headers: new Map(),
+        // The daemon ends its side at once, then refuses what is still sent.
+        messages: (async function* () {})(),
+        send: async () => {
+          if (++sends > 2) throw new Error("the daemon closed the stream");
+          await new Promise((resolve) => setImmediate(resolve));
+        },
+        signal: new AbortController().signal,
+      };
+      await assert.rejects(sendDirectory(call, "context", root), /the daemon closed the stream/);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.deepEqual(unhandled, []);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+});

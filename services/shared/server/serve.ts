@@ -170,4 +170,7 @@ export function stopOnSignals(server: RunningServer, logger: Logger, graceMs: nu
   };
   process.on("SIGTERM", (signal) => void stop(signal));
   process.on("SIGINT", (signal) => void stop(signal));
+  // A promise that failed with nobody waiting (a stream or socket error after its call was over) is a defect to
+  // log with its stack, not a reason to end every call in flight: the call it belonged to has already ended.
+  process.on("unhandledRejection", (reason) => logger.error("a failure that nothing awaited; the service keeps serving", { error: reason }));
 }

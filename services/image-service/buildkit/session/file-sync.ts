@@ -50,6 +50,9 @@ export async function sendDirectory(call: BidiCall, dirName: string, source: Loc
     for (const entry of entries) await send(create(PacketSchema, { type: PacketType.PACKET_STAT, stat: entry.stat }));
     await send(create(PacketSchema, { type: PacketType.PACKET_STAT }));
   })();
+  // Its failure (the daemon gone mid-listing) is thrown where it is awaited, below; until then it must not count
+  // as unhandled, which would end the process.
+  listing.catch(() => {});
 
   // REQs can arrive before the listing is done; answer them in order once it is.
   for await (const bytes of call.messages) {
