@@ -1,0 +1,115 @@
+# frozen_string_literal: true
+
+require 'json'
+require 'yaml'
+require 'zlib'
+
+module OpsChain
+  # Where the step's files are: the repository (/opt/opschain), its repo folder, the step context in it.
+  module Paths
+    REPO_FOLDERS = %w[.opschain .mintpress].freeze
+    CONTEXT_NAMES = %w[step_context.json step_context.json.zip].freeze
+
+    module_function
+
+    def repo_dir = ENV.fetch('OPSCHAIN_REPO_DIR', '/opt/opschain')
+
+    # OPSCHAIN_REPO_FOLDER when set (the step-service always sets it), else .mintpress as before.
+    def configured_folder
+      folder = ENV.fetch('OPSCHAIN_REPO_FOLDER', '')
+      folder.empty? ? nil : folder
+    end
+
+    # The repo folders to look in, the configured one first: .opschain and .mintpress are both understood.
+    def folders = [configured_folder, *REPO_FOLDERS].compact.uniq
+
+    # The repo folder in use: the configured one if it exists in the repository, else the first that exists.
+    def repo_folder
+      folders.find { |folder| File.directory?(File.join(repo_dir, folder)) } || configured_folder || '.mintpress'
+    end
+
+    # The first step_context.json or step_context.json.zip found in the repo folders, or nil.
+    def context_file
+      folders.product(CONTEXT_NAMES).map { |folder, name| File.join(repo_dir, folder, name) }.find { |path| File.file?(path) }
+    end
+  end
+
+  # Reads step_context.json, plain or inside step_context.json.zip (as the BuildKit secret mount gives it).
+  module StepContextFile
+    module_function
+
+    def read(path)
+      text = path.end_with?('.zip') ? Zip.entry(File.binread(path), 'step_context.json') : File.read(path)
+      normalise(JSON.parse(text))
+    rescue JSON::ParserError => e
+      raise ArgumentError, "#{path}: not a JSON step context (#{e.message})"
+    end
+
+    # {"context": {...}, "properties": {"<owner>": {...}}}; the older shape (context.project/environment and
+    # top-level project.properties / environment.properties) becomes the newer one.
+    def normalise(document)
+      raise ArgumentError, 'the step context must be a JSON object' unless document.is_a?(Hash)
+
+      context = document['context'].is_a?(Hash) ? document['context'].dup : {}
+      properties = document['properties'].is_a?(Hash) ? document['properties'].dup : {}
+      %w[project environment asset].each do |owner|
+        legacy = document[owner]
+        properties[owner] ||= legacy['properties'] if legacy.is_a?(Hash) && legacy['properties'].is_a?(Hash)
+      end
+      parents = context['parents'].is_a?(Hash) ? context['parents'].dup : {}
+      %w[project environment asset].each { |owner| parents[owner] ||= context[owner] if context[owner].is_a?(Hash) }
+      context['parents'] = parents unless parents.empty?
+      context['parent_order'] ||= properties.keys
+      { 'context' => context, 'properties' => properties }
+    end
+
+    # The one zip reader opschain-exec needs: finds an entry through the central directory (stored or deflated).
+    module Zip
+      module_function
+
+      def entry(bytes, name)
+        eocd = bytes.rindex("PK\x05\x06".b) or raise ArgumentError, 'not a zip file'
+        count, _size, offset = bytes.byteslice(eocd + 10, 10).unpack('vVV')
+        count.times do
+          header = bytes.byteslice(offset, 46)
+          raise ArgumentError, 'corrupt zip central directory' unless header&.start_with?("PK\x01\x02".b)
+
+          method, = header.byteslice(10, 2).unpack('v')
+          compressed, = header.byteslice(20, 4).unpack('V')
+          name_length, extra_length, comment_length = header.byteslice(28, 6).unpack('vvv')
+          local, = header.byteslice(42, 4).unpack('V')
+          entry_name = bytes.byteslice(offset + 46, name_length)
+          offset += 46 + name_length + extra_length + comment_length
+          next unless entry_name == name
+
+          local_name, local_extra = bytes.byteslice(local + 26, 4).unpack('vv')
+          data = bytes.byteslice(local + 30 + local_name + local_extra, compressed)
+          return data.force_encoding('UTF-8') if method.zero?
+          raise ArgumentError, "zip entry #{name}: unsupported compression method #{method}" unless method == 8
+
+          inflater = Zlib::Inflate.new(-Zlib::MAX_WBITS)
+          return inflater.inflate(data).tap { inflater.close }.force_encoding('UTF-8')
+        end
+        raise ArgumentError, "the zip holds no #{name}"
+      end
+    end
+  end
+
+  # Repository properties: <repo folder>/properties.json (or .yaml/.yml), read only, below every owner.
+  module RepositoryProperties
+    module_function
+
+    def load
+      folder = Paths.repo_folder
+      %w[properties.json properties.yaml properties.yml].each_with_object({}) do |name, merged|
+        path = File.join(Paths.repo_dir, folder, name)
+        next unless File.file?(path)
+
+        values = name.end_with?('.json') ? JSON.parse(File.read(path)) : YAML.safe_load(File.read(path))
+        raise ArgumentError, "#{path} must hold a JSON object" unless values.is_a?(Hash)
+
+        merged.replace(OpsChain.deep_merge(merged, values))
+      end
+    end
+  end
+end
