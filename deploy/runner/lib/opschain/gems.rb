@@ -26,6 +26,7 @@ module OpsChain
                                 'Steps run without network access: install them in the image (a RUN line in your ' \
                                 "#{Paths.repo_folder}/Dockerfile) or remove them from the Gemfile"
       end
+      Bundler.ui = Bundler::UI::Silent.new # no "Resolving dependencies..." in the step's output
       Bundler.setup
       true
     rescue LoadError, StandardError => e

@@ -136,7 +136,7 @@ module OpsChain
       @resource_name = name.to_s
       @scope_path = scope_path
       @values = Properties.new
-      @property_sets = []
+      @pending = [] # [:set, key, value] and [:merge, values or lazy], applied in order when first read
       @actions = []
       @available = nil
       @ignored_failures = []
@@ -158,7 +158,7 @@ module OpsChain
         resolve_property_sets
         return @values
       end
-      @property_sets << values
+      @pending << [:merge, values]
       @controller = nil
     end
 
@@ -173,8 +173,16 @@ module OpsChain
 
     def lazy(&block) = LazyPropertyValue.new(&block)
 
+    # Replaces the controller actions this resource shows; a description or step name not given is the type's.
     def available_actions(*specs)
-      @available = ControllerAction.list(specs.length == 1 && specs.first.is_a?(Hash) ? specs.first : specs)
+      defaults = resource_type.default_controller_actions.to_h { |spec| [spec.name, spec] }
+      @available = ControllerAction.list(specs.length == 1 && specs.first.is_a?(Hash) ? specs.first : specs).map do |spec|
+        default = defaults[spec.name]
+        next spec unless default
+
+        ControllerAction.new(name: spec.name, description: spec.description || default.description,
+                             step_name: spec.step_name || default.step_name, ignore_failure: spec.ignore_failure.nil? ? default.ignore_failure : spec.ignore_failure)
+      end
     end
 
     def ignore_failures(*names)
@@ -217,7 +225,7 @@ module OpsChain
     def method_missing(name, *args, &block)
       key = name.to_s
       if args.length == 1 && !block && !key.end_with?('=', '?', '!')
-        @values[key] = args.first.is_a?(Resource) ? args.first.controller : args.first
+        @pending << [:set, key, args.first.is_a?(Resource) ? args.first.controller : args.first]
         @controller = nil
         return args.first
       end
@@ -231,17 +239,24 @@ module OpsChain
       super
     end
 
-    def respond_to_missing?(name, include_private = false) = @values.key?(name.to_s) || super
+    def respond_to_missing?(name, include_private = false)
+      resolve_property_sets
+      @values.key?(name.to_s) || super
+    end
 
     def inspect = "#<OpsChain::Resource #{resource_type.name} #{path}>"
 
     private
 
     def resolve_property_sets
-      until @property_sets.empty?
-        values = @property_sets.shift
-        values = values.__value__ if values.is_a?(LazyPropertyValue)
-        @values.deep_merge!(Properties.plain(values))
+      until @pending.empty?
+        kind, *operation = @pending.shift
+        if kind == :set
+          @values[operation[0]] = operation[1]
+        else
+          values = operation[0].is_a?(LazyPropertyValue) ? operation[0].__value__ : operation[0]
+          @values.deep_merge!(Properties.plain(values))
+        end
       end
     end
   end
