@@ -200,6 +200,12 @@ class ActionsTest < Minitest::Test
     assert_equal ['Deploying to Receivables in Finance', 'deploy', 'deploy', 'manager', 'false'], lines(action('report_target'))
   end
 
+  def test_parents_come_from_the_change_when_the_context_has_none
+    write_context(properties: {}, context: { 'change' => { 'project_code' => 'fin', 'project_name' => 'Finance', 'environment_code' => 'dev', 'environment_name' => '' } })
+    write('actions.rb', "action(:p) { puts OpsChain.context.parents.project.name, OpsChain.context.parents.environment.code, OpsChain.context.parents.environment.name.inspect }\n")
+    assert_equal %w[Finance dev nil], lines(action('p'))
+  end
+
   def test_the_sample_projects_actions_still_run
     write_context(properties: { 'project' => { 'app' => 'sample-app', 'opschain' => { 'env' => { 'GREETING' => 'hello' } } }, 'environment' => {} },
                   context: { 'change' => { 'environment_code' => 'dev' } })

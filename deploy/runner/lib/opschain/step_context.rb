@@ -58,6 +58,12 @@ module OpsChain
       end
       parents = context['parents'].is_a?(Hash) ? context['parents'].dup : {}
       %w[project environment asset].each { |owner| parents[owner] ||= context[owner] if context[owner].is_a?(Hash) }
+      # Without parents, those the change names (change.project_code / _name, environment_code / _name).
+      change = context['change'].is_a?(Hash) ? context['change'] : {}
+      %w[project environment].each do |owner|
+        named = { 'code' => change["#{owner}_code"], 'name' => change["#{owner}_name"] }.reject { |_, value| value.to_s.empty? }
+        parents[owner] ||= named unless named.empty?
+      end
       context['parents'] = parents unless parents.empty?
       context['parent_order'] ||= properties.keys
       { 'context' => context, 'properties' => properties }
