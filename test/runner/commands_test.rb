@@ -54,6 +54,22 @@ class CommandsTest < Minitest::Test
     assert_equal "bundled\n", result.stdout
   end
 
+  def test_bundle_and_lint_names_missing_gems_and_lints_the_actions
+    write('Gemfile', "source 'https://rubygems.org'\ngem 'rake'\ngem 'no-such-gem-three'\n")
+    write('actions.rb', "action(:x) {}\n")
+    path = { 'PATH' => "#{BIN}:#{ENV.fetch('PATH')}" }
+    missing = run_command('bundle_and_lint.sh', env: path)
+    assert_equal 1, missing.exitstatus
+    assert_match(/asks for gems this runner image does not have: no-such-gem-three \(>= 0\)/, missing.stderr)
+    write('Gemfile', "source 'https://rubygems.org'\ngem 'rake'\n")
+    linted = run_command('bundle_and_lint.sh', env: path.merge('BUNDLE_USER_HOME' => @repo))
+    assert linted.success?, linted.stderr
+    assert_match(/opschain-lint: .*actions.rb defines 1 actions/, linted.stdout)
+    write('actions.rb', "action a: ['missing'] do end\n")
+    refute run_command('bundle_and_lint.sh', env: path.merge('BUNDLE_USER_HOME' => @repo)).success?
+    assert run_command('bundle_and_lint.sh', 'false', env: path.merge('BUNDLE_USER_HOME' => @repo)).success?
+  end
+
   def test_opschain_lint_reports_unknown_prerequisites
     write('actions.rb', "action a: ['missing'] do end\naction(:b) {}\n")
     result = run_command('opschain-lint')

@@ -18,14 +18,7 @@ module OpsChain
       path = gemfile(repo_dir)
       return false unless File.file?(path)
 
-      ENV['BUNDLE_GEMFILE'] = path
-      require 'bundler'
-      missing = missing_gems(path)
-      unless missing.empty?
-        raise MissingGemsError, "#{path} asks for gems this runner image does not have: #{missing.join(', ')}. " \
-                                'Steps run without network access: install them in the image (a RUN line in your ' \
-                                "#{Paths.repo_folder}/Dockerfile) or remove them from the Gemfile"
-      end
+      check!(path)
       Bundler.ui = Bundler::UI::Silent.new # no "Resolving dependencies..." in the step's output
       Bundler.setup
       true
@@ -34,6 +27,20 @@ module OpsChain
       raise unless defined?(Bundler::BundlerError) && e.is_a?(Bundler::BundlerError)
 
       raise MissingGemsError, "#{path} cannot be used with the gems of this runner image: #{e.message.strip}"
+    end
+
+    # Raises MissingGemsError naming every gem the Gemfile asks for that the image does not have.
+    def check!(path = gemfile)
+      return unless File.file?(path)
+
+      ENV['BUNDLE_GEMFILE'] = path
+      require 'bundler'
+      missing = missing_gems(path)
+      return if missing.empty?
+
+      raise MissingGemsError, "#{path} asks for gems this runner image does not have: #{missing.join(', ')}. " \
+                              'Steps run without network access: install them in the image (a RUN line in your ' \
+                              "#{Paths.repo_folder}/Dockerfile) or remove them from the Gemfile"
     end
 
     # The Gemfile's dependencies (for this platform) that no installed gem satisfies, as "name (requirement)".

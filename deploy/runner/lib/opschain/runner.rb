@@ -58,8 +58,8 @@ module OpsChain
       OpsChain.write_files! if write_files
     end
 
-    def setup_gems
-      Gems.setup!
+    def setup_gems(check_only: false)
+      check_only ? Gems.check! : Gems.setup!
     rescue MissingGemsError => e
       warn "opschain: #{e.message}"
       exit 1
