@@ -131,6 +131,32 @@ class PropertiesTest < Minitest::Test
     assert File.exist?(File.join(@repo, '.opschain/step_result.json'))
   end
 
+  def test_the_properties_tree_applies_the_files_of_the_steps_parents_top_down
+    write_context(properties: { 'project' => {} }, folder: '.opschain',
+                  context: { 'parents' => { 'project' => { 'code' => 'bank' }, 'environment' => { 'code' => 'dev' } } })
+    tree = {
+      'properties/common.json' => { 'level' => 'root', 'root' => 1 },
+      'properties/projects/common.yaml' => "level: projects\nprojects: 1\n",
+      'properties/projects/bank/bank.json' => { 'level' => 'bank', 'bank' => 1 },
+      'properties/projects/other/other.json' => { 'level' => 'other', 'other' => 1 },
+      'properties/projects/bank/environments/all.json' => { 'level' => 'all-envs' },
+      'properties/projects/bank/environments/dev/b.json' => { 'level' => 'dev-b' },
+      'properties/projects/bank/environments/dev/a.json' => { 'level' => 'dev-a', 'dev' => 1 },
+      'properties/projects/bank/environments/dev/ignored.txt' => 'not properties',
+      'properties/projects/bank/environments/staging/s.json' => { 'level' => 'staging' }
+    }
+    tree.each { |path, content| write(".opschain/#{path}", content.is_a?(String) ? content : JSON.generate(content)) }
+    write('actions.rb', <<~RUBY)
+      action :tree do
+        puts OpsChain.properties.level, OpsChain.properties.to_h.keys.sort.join(',')
+        puts OpsChain.repository_properties_for(:project).to_h.keys.join(','), OpsChain.repository_properties_for(:environment).level
+      end
+    RUBY
+    result = action('tree', env: { 'OPSCHAIN_REPO_FOLDER' => '.opschain' })
+    assert result.success?, result.stderr
+    assert_equal ['dev-b', 'bank,dev,level,projects,root', 'level,bank', 'dev-b'], result.stdout.lines.map(&:chomp)
+  end
+
   def test_the_mintpress_folder_is_used_when_the_configured_one_is_absent
     write_context(properties: PROPERTIES, folder: '.mintpress')
     write('actions.rb', "action(:x) { OpsChain.properties_for(:project).seen = OpsChain.properties.server.setting }\n")

@@ -104,6 +104,11 @@ module OpsChain
     # Repository properties (<repo folder>/properties.json), read only.
     def repository_properties = ReadOnlyProperties.build(repository_properties_values, 'OpsChain.repository_properties')
 
+    # One parent's own repository properties (files in properties/projects/<code>/ for :project…), read only.
+    def repository_properties_for(owner)
+      ReadOnlyProperties.build(RepositoryProperties.for_owner(owner), "OpsChain.repository_properties_for(:#{owner})")
+    end
+
     def project = OwnerView.new('project')
     def environment = OwnerView.new('environment')
     def asset = OwnerView.new('asset')

@@ -101,20 +101,59 @@ module OpsChain
     end
   end
 
-  # Repository properties: <repo folder>/properties.json (or .yaml/.yml), read only, below every owner.
+  # Repository properties, read only, below every owner: <repo folder>/properties.json (.yaml, .yml), then the
+  # files of the <repo folder>/properties/ tree that apply to the step's parents, top down:
+  #   properties/*, properties/projects/*, properties/projects/<project code>/*,
+  #   …/<project code>/environments/*, …/environments/<environment code>/*,
+  #   …/<environment code>/assets/*, …/assets/<asset code>/*
+  # (files directly in each folder, .json/.yaml/.yml, alphabetically; codes from context.parents).
   module RepositoryProperties
+    EXTENSIONS = %w[.json .yaml .yml].freeze
+
     module_function
 
-    def load
-      folder = Paths.repo_folder
-      %w[properties.json properties.yaml properties.yml].each_with_object({}) do |name, merged|
-        path = File.join(Paths.repo_dir, folder, name)
-        next unless File.file?(path)
+    def load = folders.reduce({}) { |merged, (_, dir)| OpsChain.deep_merge(merged, merge_files(dir, top_level: dir == root)) }
 
+    # Only the files of one owner's own folder (properties/projects/<code>/ for :project…).
+    def for_owner(owner)
+      folders.select { |name, _| name == owner.to_s }.reduce({}) { |merged, (_, dir)| OpsChain.deep_merge(merged, merge_files(dir)) }
+    end
+
+    def root = File.join(Paths.repo_dir, Paths.repo_folder)
+
+    # [owner or nil, folder] in load order.
+    def folders
+      base = File.join(root, 'properties')
+      parents = OpsChain.document['context']['parents'] || {}
+      list = [[nil, root], [nil, base], [nil, File.join(base, 'projects')]]
+      path = File.join(base, 'projects')
+      [%w[project environments], %w[environment assets], ['asset', nil]].each do |owner, below|
+        code = parents.is_a?(Hash) && parents[owner].is_a?(Hash) ? parents[owner]['code'].to_s : ''
+        break if code.empty? || code.include?('/') || code.start_with?('.')
+
+        path = File.join(path, code)
+        list << [owner, path]
+        break unless below
+
+        path = File.join(path, below)
+        list << [nil, path]
+      end
+      list
+    end
+
+    # The properties files directly in dir, merged alphabetically; in the repo folder itself only properties.*.
+    def merge_files(dir, top_level: false)
+      return {} unless File.directory?(dir)
+
+      names = Dir.children(dir).sort.select { |name| EXTENSIONS.include?(File.extname(name)) && File.file?(File.join(dir, name)) }
+      names = names.select { |name| File.basename(name, '.*') == 'properties' } if top_level
+      names.reduce({}) do |merged, name|
+        path = File.join(dir, name)
         values = name.end_with?('.json') ? JSON.parse(File.read(path)) : YAML.safe_load(File.read(path))
+        values = {} if values.nil?
         raise ArgumentError, "#{path} must hold a JSON object" unless values.is_a?(Hash)
 
-        merged.replace(OpsChain.deep_merge(merged, values))
+        OpsChain.deep_merge(merged, values)
       end
     end
   end
