@@ -70,6 +70,15 @@ class CommandsTest < Minitest::Test
     assert run_command('bundle_and_lint.sh', 'false', env: path.merge('BUNDLE_USER_HOME' => @repo)).success?
   end
 
+  def test_a_file_property_that_cannot_be_written_fails_the_step_with_a_result
+    write_context(properties: { 'project' => { 'opschain' => { 'files' => { '/proc/not-writable/x' => { 'content' => 'x' } } } } })
+    write('actions.rb', "action(:x) { puts 'ran' }\n")
+    result = action('x')
+    assert_equal 1, result.exitstatus
+    assert_match(/not-writable/, result.stderr)
+    assert_equal({}, diffs)
+  end
+
   def test_opschain_lint_reports_unknown_prerequisites
     write('actions.rb', "action a: ['missing'] do end\naction(:b) {}\n")
     result = run_command('opschain-lint')

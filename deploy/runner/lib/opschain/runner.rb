@@ -12,10 +12,10 @@ module OpsChain
     # Rake's default. Writes step_result.json whatever the outcome (not when only listing).
     def action(argv)
       listing = argv.any? { |arg| arg.start_with?('-') }
-      prepare(write_files: !listing)
-      at_exit { OpsChain.write_result } unless listing
+      at_exit { write_result } unless listing
       app = Rake.application
       app.standard_exception_handling do
+        prepare(write_files: !listing)
         setup_gems
         app.init('opschain-action', ['--rakefile', actions_file, *argv])
         app.load_rakefile
@@ -50,6 +50,13 @@ module OpsChain
       problems.each { |problem| warn "opschain-lint: #{problem}" }
       puts "opschain-lint: #{actions_file} defines #{Rake::Task.tasks.length} actions" if problems.empty?
       problems.empty?
+    end
+
+    # The result, whatever happened; a step context that cannot be read is reported once, by what failed on it.
+    def write_result
+      OpsChain.write_result
+    rescue StandardError => e
+      warn "opschain-action: step_result.json not written: #{e.class}: #{e.message}"
     end
 
     def prepare(write_files:)
