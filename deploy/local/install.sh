@@ -3,7 +3,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
-packages=(docker.io docker-registry runc debootstrap git ca-certificates curl openssl attr apache2-utils python3-grpc-tools docker-compose)
+packages=(docker.io docker-registry runc debootstrap git ca-certificates curl openssl attr apache2-utils python3-grpc-tools docker-compose
+  ruby ruby-hashie ruby-minitest ruby-bundler rake) # ruby…: test/runner, the runner image's opschain library tests
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")

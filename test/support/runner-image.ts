@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { readdir, readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { gzipSync } from "node:zlib";
 import tar from "tar-stream";
 import { parseImageReference } from "../../services/shared/registry/image-reference.js";
@@ -10,7 +10,7 @@ import { ROOT, stack } from "./stack.js";
 let pushed: Promise<string> | undefined;
 
 /**
- * The base runner with this worktree's deploy/runner/bin/ as one more layer, pushed under a tag named by the
+ * The base runner with this worktree's deploy/runner/bin/ and lib/ as one more layer, pushed under a tag named by the
  * layer's digest. Other worktrees push their own base runner under the shared tag; the step entry under test
  * must be the one here. (It also gives the layer store a two-layer image.)
  */
@@ -30,6 +30,14 @@ async function push(): Promise<string> {
   const pack = tar.pack();
   for (const name of (await readdir(binDir)).sort()) {
     pack.entry({ name: `usr/local/bin/${name}`, mode: 0o755, uid: 0, gid: 0, mtime: new Date(0) }, await readFile(join(binDir, name)));
+  }
+  // The opschain library, where runner-image.sh installs it as the gem opschain-core.
+  const libDir = join(ROOT, "deploy/runner/lib");
+  for (const entry of (await readdir(libDir, { recursive: true, withFileTypes: true })).sort((a, b) => join(a.parentPath, a.name).localeCompare(join(b.parentPath, b.name)))) {
+    const path = relative(libDir, join(entry.parentPath, entry.name));
+    const name = `usr/local/lib/opschain-core/lib/${path}`;
+    if (entry.isDirectory()) pack.entry({ name, type: "directory", mode: 0o755, uid: 0, gid: 0, mtime: new Date(0) });
+    else pack.entry({ name, mode: 0o644, uid: 0, gid: 0, mtime: new Date(0) }, await readFile(join(libDir, path)));
   }
   pack.finalize();
   const chunks: Buffer[] = [];
