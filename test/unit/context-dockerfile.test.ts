@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { defaultDockerfile } from "../../services/context-service/core/default-dockerfile.js";
-import { type TreeFile, checkCustomDockerfile, checkRepoFolder, findRepositoryDockerfile } from "../../services/context-service/core/dockerfile.js";
+import { type TreeFile, checkCustomDockerfile, checkRepoFolder, chooseRepoFolder, findRepositoryDockerfile } from "../../services/context-service/core/dockerfile.js";
 import { ContextError } from "../../services/context-service/core/errors.js";
 
 /** A commit's tree in memory: path → file, or "dir"; a string starting with "->" is a symlink. */
@@ -61,5 +61,30 @@ describe("the repository's Dockerfile", () => {
     assert.equal(checkRepoFolder(".mintpress/"), ".mintpress");
     assert.equal(checkRepoFolder("ops/.opschain"), "ops/.opschain");
     for (const bad of ["..", "a/../..", "/abs", "a//b", "./a", ".git", ""]) assert.throws(() => checkRepoFolder(bad), refusal("invalid-argument", /./), bad);
+  });
+});
+
+describe("the repo folder a commit uses (.opschain and .mintpress both understood)", () => {
+  const sha = "0123456789abcdef0123456789abcdef01234567";
+  it("is the configured one when the commit has it, even when the other exists too", async () => {
+    const tree = fakeTree({ ".mintpress": "dir", ".opschain": "dir" });
+    assert.deepEqual(await chooseRepoFolder(tree, ".mintpress", sha), { folder: ".mintpress" });
+    assert.deepEqual(await chooseRepoFolder(tree, ".opschain", sha), { folder: ".opschain" });
+  });
+
+  it("is the other one, with a warning that says so, when only that one is in the commit", async () => {
+    const opschain = await chooseRepoFolder(fakeTree({ ".opschain": "dir", ".opschain/Dockerfile": "FROM x\n" }), ".mintpress", sha);
+    assert.equal(opschain.folder, ".opschain");
+    assert.match(opschain.warning!, /^the repo folder \.mintpress \(OPSCHAIN_REPO_FOLDER\) is not in commit 0123456789ab, but \.opschain is: \.opschain is used instead/);
+    assert.match(opschain.warning!, /step context and step_result\.json under \/opt\/opschain\/\.opschain/);
+    const mintpress = await chooseRepoFolder(fakeTree({ ".mintpress": "dir" }), ".opschain", sha);
+    assert.equal(mintpress.folder, ".mintpress");
+    // A custom folder that is absent falls back too, to whichever of the two the commit has.
+    assert.equal((await chooseRepoFolder(fakeTree({ ".opschain": "dir" }), "ops", sha)).folder, ".opschain");
+  });
+
+  it("stays the configured one when neither is there, or the other is not a directory", async () => {
+    assert.deepEqual(await chooseRepoFolder(fakeTree({}), ".mintpress", sha), { folder: ".mintpress" });
+    assert.deepEqual(await chooseRepoFolder(fakeTree({ ".opschain": "a file" }), ".mintpress", sha), { folder: ".mintpress" });
   });
 });

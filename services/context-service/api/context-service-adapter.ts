@@ -8,6 +8,7 @@ import {
   ContextFileSchema,
   ContextService,
   DockerfileSource,
+  type ParentsValues,
   type PrepareContextRequest,
   PreparedContextSchema,
   RepositoryOptionsSchema,
@@ -122,18 +123,38 @@ function prepareInput(request: PrepareContextRequest): PrepareInput {
         environment_name: change?.environmentName ?? "",
         created_by: change?.createdBy ?? "",
         created_at: createdAt ? createdAt.toISOString() : null,
+        metadata: (change?.metadata ?? {}) as JsonObject,
+        git_remote_name: change?.gitRemoteName ?? "",
       },
       step: {
         id: step?.id ?? "",
         action: step?.action ?? "",
+        // The docs' sample names the step by its action.
+        name: step?.action ?? "",
         change_id: change?.id ?? "",
+        parent_step_id: step?.parentStepId ?? "",
         full_path: step?.fullPath ?? "",
         child_execution_strategy: STRATEGIES[strategy],
         arguments: (step?.arguments ?? {}) as JsonObject,
+        input_arguments: (step?.arguments ?? {}) as JsonObject,
       },
-      user: { name: values?.user?.name ?? "" },
+      user: { name: values?.user?.name ?? "", groups: [...(values?.user?.groups ?? [])] },
+      parents: parentsOf(values?.parents),
     },
   };
+}
+
+/** context.parents: only the nodes given, each with the fields given. */
+function parentsOf(parents: ParentsValues | undefined): JsonObject {
+  const result: JsonObject = {};
+  for (const kind of ["project", "environment", "asset"] as const) {
+    const node = parents?.[kind];
+    if (!node) continue;
+    const fields: JsonObject = {};
+    for (const field of ["id", "code", "name", "description"] as const) if (node[field]) fields[field] = node[field];
+    result[kind] = fields;
+  }
+  return result;
 }
 
 function contextFile(file: ContextFileRecord) {

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { inSpan } from "../../shared/tracing.js";
 import type { BlobInfo, BlobStore } from "./blob-store.js";
 import type { DefaultDockerfile } from "./default-dockerfile.js";
-import { checkCustomDockerfile, checkRepoFolder, findRepositoryDockerfile, refersToRepoTar } from "./dockerfile.js";
+import { checkCustomDockerfile, checkRepoFolder, chooseRepoFolder, findRepositoryDockerfile, refersToRepoTar } from "./dockerfile.js";
 import { ContextError, invalidField, notFound } from "./errors.js";
 import { writeRepoTar } from "./repo-tar.js";
 import type { Repositories, Revision } from "./repositories.js";
@@ -96,10 +96,13 @@ export class ContextPreparer {
 
   private async assemble(input: PrepareInput, signal?: AbortSignal): Promise<PreparedContextRecord> {
     // Everything the request says is checked before git is asked anything: bad input changes nothing.
-    const repoFolder = checkRepoFolder(input.repoFolder || this.settings.repoFolder);
+    const configuredFolder = checkRepoFolder(input.repoFolder || this.settings.repoFolder);
     checkStepContextInput({ ...input, gitSha: "" }, input.secretPointers, this.settings);
     const commit = await inSpan("context.fetch", {}, () => this.repositories.open(input.repositoryUrl, input.gitRev, signal));
     const warnings = [...commit.warnings];
+    const chosen = await chooseRepoFolder(commit.lookup, configuredFolder, commit.gitSha);
+    const repoFolder = chosen.folder;
+    if (chosen.warning) warnings.push(chosen.warning);
 
     const custom = await findRepositoryDockerfile(commit.lookup, repoFolder, this.settings.maxDockerfileBytes);
     if (custom) warnings.push(...checkCustomDockerfile(custom.toString("utf8"), `${repoFolder}/Dockerfile`));
@@ -121,7 +124,7 @@ export class ContextPreparer {
       ];
       const secretStepContext = await file("secret-step-context-zip", "step_context.json.zip", zipStepContext(document));
       const record: PreparedContextRecord = {
-        contextId: contextId(files, secretStepContext, directories, options),
+        contextId: contextId(files, secretStepContext, directories, options, repoFolder),
         gitRev: input.gitRev,
         gitSha: commit.gitSha,
         repoFolder,
@@ -202,8 +205,10 @@ export class ContextPreparer {
 }
 
 /** A digest over the files' digests and the directories' identities: it changes exactly when any of them does. */
-function contextId(files: ContextFileRecord[], secret: ContextFileRecord, directories: LayerDirectory[], options: RepositoryOptions): string {
+function contextId(files: ContextFileRecord[], secret: ContextFileRecord, directories: LayerDirectory[], options: RepositoryOptions, repoFolder: string): string {
   const lines = [
+    // Two folders may give the same files (the default Dockerfile), but not the same place of the step context.
+    `repo-folder ${repoFolder}\n`,
     ...[...files, secret].map((file) => `${file.kind} ${file.name} ${file.digest}\n`),
     ...directories.map((directory) => `directory ${directory.name} ${directory.identity}\n`),
     `options git-history=${!options.excludeGitHistory} export-ignore=${options.honorExportIgnore}\n`,
