@@ -4,7 +4,7 @@ import { applyPatch, findConflict, PatchError } from "./json-patch.js";
 import type { PropertySet, StepRequest } from "./ports.js";
 import type { StepRecord, StepState } from "./records.js";
 import type { StepResultData } from "./result.js";
-import type { StepEvent } from "./step-runner.js";
+import { type StepEvent, StepRunnerDrainingError } from "./step-runner.js";
 
 /** What the change runner needs of the step runner (StepRunner). */
 export interface StepSubmitter {
@@ -169,7 +169,8 @@ export class ChangeRunner {
     } catch (error) {
       const reason = `step ${node.id} (${node.action}) could not start: ${(error as Error).message}`;
       this.setNode(change, node, "not_run", reason);
-      return { diffs: [], failure: { state: "system_error", reason } };
+      // A service shutting down hands the change back, as it does its running steps: run it again.
+      return { diffs: [], failure: { state: error instanceof StepRunnerDrainingError ? "handed_back" : "system_error", reason } };
     }
     const { record, result } = ran;
     if (record.state !== "success") return { diffs: [], failure: { state: record.state, reason: `step ${node.id} (${node.action}): ${record.reason}` } };
