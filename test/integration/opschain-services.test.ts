@@ -91,6 +91,7 @@ describe("OpsChain projects' services side (#14) through the running services", 
   let work: string;
   let opschainRepo: string;
   let syntaxRepo: string;
+  let trustRepo: string;
   const transport = serviceTransport(stack.stepAddr, {});
   const client = createClient(StepService, transport.transport);
   const properties: Array<{ owner: string; properties: JsonObject }> = [
@@ -112,6 +113,29 @@ describe("OpsChain projects' services side (#14) through the running services", 
     await mkdir(syntaxRepo);
     await gitIn(syntaxRepo, ["init", "-q", "-b", "main"]);
     await commitFiles(syntaxRepo, { "actions.rb": ACTIONS, ".mintpress/Dockerfile": `# syntax=docker/dockerfile:1.4\n${defaultDockerfile("test")}` }, "syntax line", "2026-01-01T00:00:00Z");
+    // OpsChain's sample Dockerfile as it works on BuildKit v0.8: no syntax line, --link or --exclude, nor the
+    // runner scripts it calls; its trust store stage, repository stage and secret mounts as they are.
+    trustRepo = join(work, "trust-repo");
+    await mkdir(trustRepo);
+    await gitIn(trustRepo, ["init", "-q", "-b", "main"]);
+    const sample = [
+      "ARG OPSCHAIN_BASE_RUNNER",
+      "FROM scratch as repo",
+      "ADD ./repo.tar .",
+      "FROM scratch as trust_store",
+      "ADD ./opschain-trust-store.tar .",
+      "FROM ${OPSCHAIN_BASE_RUNNER}",
+      "USER opschain",
+      "COPY --chown=10001:10001 --from=trust_store / /opt/opschain-trust/",
+      "COPY --chown=10001:10001 --from=repo / /opt/opschain/",
+      "ARG GIT_REV",
+      "ARG GIT_SHA",
+      "RUN --mount=type=secret,required=true,id=env_context_zip,uid=10001,gid=10001,target=/opt/opschain/.opschain/step_context.json.zip \\",
+      "    --mount=type=secret,required=false,id=mintpress_license,uid=10001,gid=10001,target=/opt/opschain/.environmint/mintpress.license \\",
+      "    test -s /opt/opschain/.opschain/step_context.json.zip && test ! -e /opt/opschain/.environmint/mintpress.license",
+      "",
+    ].join("\n");
+    await commitFiles(trustRepo, { "actions.rb": ACTIONS, ".mintpress/Dockerfile": sample }, "the sample Dockerfile", "2026-01-01T00:00:00Z");
     await gitIn(syntaxRepo, ["checkout", "-q", "-b", "link"]);
     await commitFiles(
       syntaxRepo,
@@ -262,6 +286,12 @@ describe("OpsChain projects' services side (#14) through the running services", 
     const folder = await cli(["--action", "where first", "--repo-folder", ".opschain"]);
     assert.equal(folder.code, 0, folder.stderr);
     assert.match(folder.stdout, /^folder=\.opschain context=true custom=true\nran first$/m);
+  });
+
+  it("builds OpsChain's sample Dockerfile without what BuildKit v0.8 lacks: the trust store tar, repo.tar stage and secret mounts", async () => {
+    const { step, stdout } = await runStep({ repositoryUrl: trustRepo, action: "first" });
+    assert.equal(step.state, StepState.SUCCESS, step.reason);
+    assert.match(stdout, /^ran first$/m);
   });
 
   it("ignores a # syntax= line naming a frontend image that cannot be pulled, with a warning, when the builtin frontend understands the file", async () => {

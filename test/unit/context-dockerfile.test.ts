@@ -3,6 +3,7 @@ import { describe, it } from "node:test";
 import { defaultDockerfile } from "../../services/context-service/core/default-dockerfile.js";
 import { type TreeFile, checkCustomDockerfile, checkRepoFolder, chooseRepoFolder, findRepositoryDockerfile } from "../../services/context-service/core/dockerfile.js";
 import { ContextError } from "../../services/context-service/core/errors.js";
+import { refersToTrustStore, trustStoreTar } from "../../services/context-service/core/trust-store.js";
 
 /** A commit's tree in memory: path → file, or "dir"; a string starting with "->" is a symlink. */
 function fakeTree(entries: Record<string, string>) {
@@ -86,5 +87,33 @@ describe("the repo folder a commit uses (.opschain and .mintpress both understoo
   it("stays the configured one when neither is there, or the other is not a directory", async () => {
     assert.deepEqual(await chooseRepoFolder(fakeTree({}), ".mintpress", sha), { folder: ".mintpress" });
     assert.deepEqual(await chooseRepoFolder(fakeTree({ ".opschain": "a file" }), ".mintpress", sha), { folder: ".mintpress" });
+  });
+});
+
+describe("opschain-trust-store.tar", () => {
+  it("is made for a Dockerfile that names it", () => {
+    assert.equal(refersToTrustStore("FROM scratch AS trust_store\nADD ./opschain-trust-store.tar .\n"), true);
+    assert.equal(refersToTrustStore("# ADD ./opschain-trust-store.tar .\nFROM x\n"), false, "a comment does not count");
+  });
+
+  it("holds the trust store directory's files, sorted, with the same bytes every time; empty without one", async () => {
+    const { mkdtemp, writeFile, mkdir, rm } = await import("node:fs/promises");
+    const { tmpdir } = await import("node:os");
+    const { join } = await import("node:path");
+    const dir = await mkdtemp(join(tmpdir(), "trust-store-"));
+    try {
+      await writeFile(join(dir, "b.crt"), "B\n");
+      await writeFile(join(dir, "a.pem"), "A\n");
+      await mkdir(join(dir, "sub"));
+      const tar = await trustStoreTar(dir);
+      assert.deepEqual(tar, await trustStoreTar(dir));
+      const names = [...tar.toString("latin1").matchAll(/(?:^|\0{2,})([a-z]\.(?:pem|crt))\0/g)].map((match) => match[1]);
+      assert.deepEqual(names, ["a.pem", "b.crt"]);
+      const empty = await trustStoreTar("");
+      assert.equal(empty.length, 1024, "an empty tar: two zero blocks");
+      assert.deepEqual(await trustStoreTar(join(dir, "absent")), empty);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

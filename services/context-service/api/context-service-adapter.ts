@@ -37,6 +37,7 @@ const TO_CORE_KIND: Partial<Record<ContextFileKind, CoreFileKind>> = {
   [ContextFileKind.STEP_CONTEXT_ZIP]: "step-context-zip",
   [ContextFileKind.DOCKERFILE]: "dockerfile",
   [ContextFileKind.SECRET_STEP_CONTEXT_ZIP]: "secret-step-context-zip",
+  [ContextFileKind.TRUST_STORE_TAR]: "trust-store-tar",
 };
 const FILE_KIND_NAMES = Object.keys(TO_CORE_KIND).map((kind) => `CONTEXT_FILE_KIND_${ContextFileKind[Number(kind)]}`).join(", ");
 const FROM_CORE_KIND = Object.fromEntries(Object.entries(TO_CORE_KIND).map(([api, core]) => [core, Number(api)])) as Record<CoreFileKind, ContextFileKind>;

@@ -7,6 +7,7 @@ import type { DefaultDockerfile } from "./default-dockerfile.js";
 import { checkCustomDockerfile, checkRepoFolder, chooseRepoFolder, findRepositoryDockerfile, refersToRepoTar } from "./dockerfile.js";
 import { ContextError, invalidField, notFound } from "./errors.js";
 import { writeRepoTar } from "./repo-tar.js";
+import { refersToTrustStore, TRUST_STORE_TAR, trustStoreTar } from "./trust-store.js";
 import type { Repositories, Revision } from "./repositories.js";
 import type { LayerDirectory, RepositoryOptions } from "./repository-layers.js";
 import { SingleFlight } from "../../shared/single-flight.js";
@@ -19,7 +20,7 @@ import {
   zipStepContext,
 } from "./step-context.js";
 
-export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip";
+export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip" | "trust-store-tar";
 
 export interface ContextFileRecord extends BlobInfo {
   kind: ContextFileKind;
@@ -60,6 +61,8 @@ export interface PreparerSettings {
   repoFolder: string;
   maxDockerfileBytes: number;
   maxPropertiesBytes: number;
+  /** The CA certificates put into opschain-trust-store.tar for a Dockerfile that names it; empty: none. */
+  trustStoreDir?: string;
 }
 
 const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
@@ -121,6 +124,7 @@ export class ContextPreparer {
         ...(repoTar ? [this.fileRecord("repo-tar", "repo.tar", repoTar)] : []),
         await file("step-context-zip", "step_context.json.zip", zipStepContext(redacted)),
         await file("dockerfile", "Dockerfile", dockerfile),
+        ...(custom && refersToTrustStore(custom.toString("utf8")) ? [await file("trust-store-tar", TRUST_STORE_TAR, await trustStoreTar(this.settings.trustStoreDir ?? ""))] : []),
       ];
       const secretStepContext = await file("secret-step-context-zip", "step_context.json.zip", zipStepContext(document));
       const record: PreparedContextRecord = {
