@@ -159,6 +159,14 @@ export class ImageBuilder {
         );
       }
     }
+    // Said to every caller, also when the image is reused or the build merged with another.
+    const skipped = await this.skippedSyntax(context, signal);
+    if (skipped) {
+      emit({
+        kind: "warning",
+        message: `the Dockerfile's line ${skipped.syntax.line} "${skipped.syntax.text}" names the frontend image ${skipped.syntax.image}, which ${skipped.unpullable}; the line is ignored and BuildKit's builtin Dockerfile frontend builds the file`,
+      });
+    }
     const baseDigest = await this.resolveBaseImage(base, baseRunner, signal);
     const buildArgs = {
       GIT_REV: context.gitRev,
@@ -188,7 +196,7 @@ export class ImageBuilder {
           () => {
             tracer().startSpan("image.queue", { startTime: queuedAt }).end();
             return inSpan("image.solve", { "image.content_key": contentKey, "image.no_cache": request.buildWithoutCache }, () =>
-              this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, controller.signal),
+              this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, controller.signal, skipped),
             );
           },
           (position) => fanOut({ kind: "queued", position }),
@@ -234,6 +242,7 @@ export class ImageBuilder {
     request: BuildRequest,
     emit: Listener,
     signal: AbortSignal,
+    skipped?: { syntax: SyntaxDirective; unpullable: string },
   ): Promise<Built> {
     const started = Date.now();
     const tag = contentKey.replace(/^sha256:/, "");
@@ -248,14 +257,7 @@ export class ImageBuilder {
       }
       if (events.length) emit({ kind: "progress", events });
     };
-    const syntax = context.defaultDockerfile ? undefined : findSyntaxDirective(await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8"));
-    const unpullable = syntax ? await this.unpullableFrontend(syntax, signal) : undefined;
-    if (syntax && unpullable) {
-      emit({
-        kind: "warning",
-        message: `the Dockerfile's line ${syntax.line} "${syntax.text}" names the frontend image ${syntax.image}, which ${unpullable}; the line is ignored and BuildKit's builtin Dockerfile frontend builds the file`,
-      });
-    }
+    const { syntax, unpullable } = skipped ?? {};
     const build: DockerfileBuild = {
       ...(unpullable ? { ignoreSyntaxDirective: true } : {}),
       context: { entries: context.contextSources },
@@ -320,6 +322,14 @@ export class ImageBuilder {
     const record: ReuseRecord = { contentKey, imageId, cacheScope: scope, handoffs: ["layer-store"], ...timing };
     await this.records.put(record);
     return { record, inspect: await this.inspect(record.imageId, signal) };
+  }
+
+  /** The repository Dockerfile's syntax directive when it is to be skipped, and why. */
+  private async skippedSyntax(context: LocalContext, signal?: AbortSignal): Promise<{ syntax: SyntaxDirective; unpullable: string } | undefined> {
+    if (context.defaultDockerfile) return undefined;
+    const syntax = findSyntaxDirective(await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8"));
+    const unpullable = syntax ? await this.unpullableFrontend(syntax, signal) : undefined;
+    return syntax && unpullable ? { syntax, unpullable } : undefined;
   }
 
   /** Why the frontend image a syntax directive names cannot be used here, or undefined when it can. */
