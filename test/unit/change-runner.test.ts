@@ -265,6 +265,19 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
     assert.equal([...runtime.seen.keys()].filter((id) => id.startsWith("single")).length, 1);
   });
 
+  it("masks the secrets in the change's properties, also after a step moved them", async () => {
+    runtime.actions = { secretive: () => diff("project", { op: "copy", from: "/token", path: "/copied" }, { op: "add", path: "/plain", value: "visible" }) };
+    const events: RunChangeResponse[] = [];
+    for await (const event of client.runChange({
+      changeId: "secret",
+      step: { repositoryUrl: stateDir, action: "secretive", properties: [{ owner: "project", properties: { token: "s3cr3t-value" } }], secretPointers: ["/project/token"] },
+    })) events.push(event);
+    const change = (events.at(-1)!.event.value as { change: Change }).change;
+    assert.equal(change.state, StepState.SUCCESS, change.reason);
+    assert.deepEqual(change.properties[0]?.properties, { token: "***", copied: "***", plain: "visible" });
+    assert.ok(!JSON.stringify(events, (_key, value) => (typeof value === "bigint" ? String(value) : value)).includes("s3cr3t-value"), "no event shows the secret");
+  });
+
   it("validates the request with fields named from RunChange's", async () => {
     const refused = async (request: object, field: RegExp) => {
       const error = await (async () => {

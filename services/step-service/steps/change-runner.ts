@@ -4,6 +4,7 @@ import { applyPatch, findConflict, PatchError } from "./json-patch.js";
 import type { PropertySet, StepRequest } from "./ports.js";
 import type { StepRecord, StepState } from "./records.js";
 import type { StepResultData } from "./result.js";
+import { SecretMasker } from "./secrets.js";
 import { type StepEvent, StepRunnerDrainingError } from "./step-runner.js";
 
 /** What the change runner needs of the step runner (StepRunner). */
@@ -69,6 +70,8 @@ interface ActiveChange {
   stopReason?: Failure;
   sequence: number;
   caller: string;
+  /** Masks the request's secret values (and what they became) in every view of the change sent out. */
+  masker: SecretMasker;
 }
 
 /**
@@ -112,9 +115,17 @@ export class ChangeRunner {
       createdAt: Date.now(),
       finishedAt: null,
     };
-    const change: ActiveChange = { view, controller: new AbortController(), listener, running: new Set(), sequence: 1, caller };
+    const change: ActiveChange = {
+      view,
+      controller: new AbortController(),
+      listener,
+      running: new Set(),
+      sequence: 1,
+      caller,
+      masker: new SecretMasker(request.root.properties, request.root.secretPointers),
+    };
     this.changes.set(id, change);
-    listener({ type: "accepted", change: snapshot(view) });
+    listener({ type: "accepted", change: snapshot(change) });
     const onCallerGone = () => this.cancel(id, "the caller of RunChange went away");
     signal.addEventListener("abort", onCallerGone, { once: true });
     const timer = setTimeout(() => this.stop(change, { state: "timed_out", reason: `the change timed out after ${request.timeoutMs / 1000} s` }), request.timeoutMs);
@@ -131,9 +142,11 @@ export class ChangeRunner {
         const end = change.stopReason ?? failure;
         Object.assign(view, { state: end ? end.state : "success", reason: end ? end.reason : "every step succeeded", finishedAt: Date.now() });
         this.changes.delete(id);
-        listener({ type: "finished", change: snapshot(view) });
+        // The secrets as the steps left them are masked too.
+        const final = new SecretMasker(view.properties, request.root.secretPointers);
+        listener({ type: "finished", change: { ...snapshot(change), properties: final.json(change.masker.json(structuredClone(view.properties))) } });
       });
-    return snapshot(view);
+    return snapshot(change);
   }
 
   /** Cancels a whole change (by its id or any of its steps' ids); false when no active change has it. */
@@ -188,7 +201,7 @@ export class ChangeRunner {
     for (const child of result.children) {
       node.children.push({ id: `${change.view.id}.${++change.sequence}`, action: child.action, parentId: node.id, state: "pending", reason: "", childExecutionStrategy: "sequential", children: [] });
     }
-    change.listener({ type: "tree", change: snapshot(change.view) });
+    change.listener({ type: "tree", change: snapshot(change) });
     const collected: Diffs = [...diffs];
     if (result.childExecutionStrategy === "sequential") {
       for (const child of node.children) {
@@ -279,7 +292,7 @@ export class ChangeRunner {
     if (node.state === state && node.reason === reason) return;
     node.state = state;
     node.reason = reason;
-    change.listener({ type: "tree", change: snapshot(change.view) });
+    change.listener({ type: "tree", change: snapshot(change) });
   }
 }
 
@@ -321,6 +334,7 @@ function markNotRun(node: ChangeNode, why: string): void {
   node.children.forEach((child) => markNotRun(child, why));
 }
 
-function snapshot(view: ChangeView): ChangeView {
-  return structuredClone(view);
+/** A copy of the change's view to send out, secrets masked. */
+function snapshot(change: ActiveChange): ChangeView {
+  return change.masker.json(structuredClone(change.view));
 }
