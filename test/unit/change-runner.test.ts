@@ -278,6 +278,17 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
     assert.ok(!JSON.stringify(events, (_key, value) => (typeof value === "bigint" ? String(value) : value)).includes("s3cr3t-value"), "no event shows the secret");
   });
 
+  it("uses .opschain in a local repository directory that has no .mintpress, with a warning (the local stand-in)", async () => {
+    const { mkdir } = await import("node:fs/promises");
+    const dir = join(stateDir, "local-opschain");
+    await mkdir(join(dir, ".opschain"), { recursive: true });
+    runtime.actions = { where: () => ({}) };
+    const warnings: string[] = [];
+    for await (const event of client.runStep({ stepId: "local-folder", repositoryUrl: dir, action: "where" })) if (event.event.case === "warning") warnings.push(event.event.value);
+    assert.equal(runtime.seen.get("local-folder")?.env.OPSCHAIN_REPO_FOLDER, ".opschain");
+    assert.ok(warnings.some((warning) => /\.mintpress is not in the repository directory, but \.opschain is/.test(warning)), warnings.join("\n"));
+  });
+
   it("validates the request with fields named from RunChange's", async () => {
     const refused = async (request: object, field: RegExp) => {
       const error = await (async () => {
