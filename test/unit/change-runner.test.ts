@@ -211,6 +211,14 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
     assert.equal(runtime.seen.has("fails.3"), false);
   });
 
+  it("refuses a declared child step whose action is an option to Rake, naming it, and runs nothing more", async () => {
+    runtime.actions = { sneaky: () => children("sequential", "--require=socket") };
+    const { change } = await runChange("sneaky", "sneaky");
+    assert.equal(change.state, StepState.ERROR);
+    assert.match(change.reason, /^step sneaky\.1 \(sneaky\) declares a child step "--require=socket" that cannot run: must be what opschain-action accepts.*the option "--require=socket" is refused/);
+    assert.equal(change.root?.children.length, 0);
+  });
+
   it("refuses property changes that do not apply, naming the step", async () => {
     runtime.actions = { bad: () => diff("project", { op: "remove", path: "/missing" }) };
     const { change } = await runChange("badpatch", "bad");

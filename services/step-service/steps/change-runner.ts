@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../../shared/log.js";
+import { ActionRuleError, parseAction } from "./action-arguments.js";
 import { applyPatch, findConflict, PatchError } from "./json-patch.js";
 import type { PropertySet, StepRequest } from "./ports.js";
 import type { StepRecord, StepState } from "./records.js";
@@ -197,6 +198,17 @@ export class ChangeRunner {
       return { diffs: [], failure: { state: "error", reason } };
     }
     if (!result || result.children.length === 0 || request.root.dryRun) return { diffs };
+    // A declared child runs as its own step: its action must pass the rule a request's action does.
+    for (const child of result.children) {
+      try {
+        parseAction(child.action);
+      } catch (error) {
+        if (!(error instanceof ActionRuleError)) throw error;
+        const reason = `step ${node.id} (${node.action}) declares a child step ${JSON.stringify(child.action)} that cannot run: ${error.message}`;
+        this.setNode(change, node, "error", reason);
+        return { diffs, failure: { state: "error", reason } };
+      }
+    }
     node.childExecutionStrategy = result.childExecutionStrategy;
     for (const child of result.children) {
       node.children.push({ id: `${change.view.id}.${++change.sequence}`, action: child.action, parentId: node.id, state: "pending", reason: "", childExecutionStrategy: "sequential", children: [] });
