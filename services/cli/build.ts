@@ -8,11 +8,12 @@ import { BuildProgressPrinter, type ProgressMode } from "./build-progress.js";
 import { type Command, serviceAddressOptions } from "./command.js";
 
 export const buildCommand: Command = {
-  usage: "--repo R --rev V [--properties F] [--progress plain|json] [--handoff layer-store|registry] [--no-cache] [--network]",
+  usage: "--repo R --rev V [--repo-folder DIR] [--properties F] [--progress plain|json] [--handoff layer-store|registry] [--no-cache] [--network]",
   options: {
     repo: { type: "string", description: "the git repository: a path, file://, http(s):// or ssh:// URL" },
     rev: { type: "string", description: "GIT_REV: a branch, tag, commit SHA or HEAD", default: "HEAD" },
     properties: { type: "string", description: 'a JSON file {"<owner>": {...}, ...}, owners in merge order' },
+    "repo-folder": { type: "string", description: "OPSCHAIN_REPO_FOLDER: the folder holding the custom Dockerfile, e.g. .opschain (default: the service's, .mintpress; when it is absent and the other of .opschain/.mintpress exists, that one is used)" },
     progress: { type: "string", description: "plain or json", default: "plain" },
     handoff: { type: "string", description: "how the image reaches the step-service: layer-store or registry (default: the service's)" },
     "no-cache": { type: "boolean", description: "build without reuse and without BuildKit's cache" },
@@ -42,6 +43,7 @@ export const buildCommand: Command = {
       const { context } = await createClient(ContextService, contexts.transport).prepareContext({
         repositoryUrl: values.repo,
         gitRev: String(values.rev),
+        repoFolder: typeof values["repo-folder"] === "string" ? values["repo-folder"] : "",
         properties,
       });
       if (!context) throw new Error("the context-service returned no context");

@@ -8,6 +8,7 @@ import { serviceTransport } from "../shared/client/transport.js";
 import { BuildProgressPrinter } from "./build-progress.js";
 import { type Command, serviceAddressOptions } from "./command.js";
 import { LiveStepView } from "./tty-progress.js";
+import { exitStatusOfChange, presentChange } from "./change.js";
 
 const stepAddr = { "step-addr": serviceAddressOptions["step-addr"] };
 
@@ -79,12 +80,16 @@ export async function presentStep(responses: AsyncIterable<RunStepResponse>, pro
 }
 
 export const runCommand: Command = {
-  usage: "--repo R --action A [--rev V] [--env K=V …] [--properties F] [--timeout S] [--network] [--progress plain|tty|json]",
+  usage: "--repo R --action A [--rev V] [--repo-folder DIR] [--env K=V …] [--properties F] [--timeout S] [--network] [--children] [--dry-run] [--progress plain|tty|json]",
   options: {
     ...stepAddr,
     repo: { type: "string", description: "the repository: a local path or a git URL" },
     rev: { type: "string", description: "GIT_REV: a branch, tag or commit", default: "HEAD" },
-    action: { type: "string", description: "the action (a Rake task of actions.rb)" },
+    action: { type: "string", description: 'what opschain-action runs: one or more Rake tasks of actions.rb ("build test"), or -T / -AT to list them' },
+    "repo-folder": { type: "string", description: "OPSCHAIN_REPO_FOLDER, e.g. .opschain (default: the service's, .mintpress)" },
+    children: { type: "boolean", description: "run the step's child steps too (as its step_result.json declares them), each in a fresh container: a change (RunChange)" },
+    "change-id": { type: "string", description: "with --children: the change's id (default: the service picks one)" },
+    "dry-run": { type: "boolean", description: "run with OPSCHAIN_DRY_RUN=true: the action reports its expected step tree instead of running" },
     env: { type: "string", multiple: true, description: "an env var property K=V for the step (repeatable; owner \"change\")" },
     properties: { type: "string", description: "a JSON file: {\"<owner>\": {…properties…}, …} in merge order" },
     secret: { type: "string", multiple: true, description: "a JSON pointer to a secret property, e.g. /project/opschain/env/TOKEN (repeatable)" },
@@ -131,20 +136,29 @@ export const runCommand: Command = {
     const transport = serviceTransport(String(values["step-addr"]));
     const abort = new AbortController();
     process.once("SIGINT", () => abort.abort());
+    const stepTimeout = timeout ? { timeout: { seconds: BigInt(Math.floor(timeout)), nanos: Math.round((timeout % 1) * 1e9) } } : {};
+    const step = {
+      repositoryUrl: /^[a-z]+:\/\//.test(repo) ? repo : resolve(repo),
+      gitRev: String(values.rev),
+      action: String(values.action),
+      properties,
+      secretPointers: (values.secret as string[] | undefined) ?? [],
+      hostNetwork: values.network === true,
+      repoFolder: typeof values["repo-folder"] === "string" ? values["repo-folder"] : "",
+      dryRun: values["dry-run"] === true,
+    };
     try {
       const client = createClient(StepService, transport.transport);
-      const responses = client.runStep(
-        {
-          repositoryUrl: /^[a-z]+:\/\//.test(repo) ? repo : resolve(repo),
-          gitRev: String(values.rev),
-          action: String(values.action),
-          properties,
-          secretPointers: (values.secret as string[] | undefined) ?? [],
-          hostNetwork: values.network === true,
-          ...(timeout ? { timeout: { seconds: BigInt(Math.floor(timeout)), nanos: Math.round((timeout % 1) * 1e9) } } : {}),
-        },
-        { signal: abort.signal },
-      );
+      if (values.children === true) {
+        // The timeout covers the whole tree (and each step).
+        const responses = client.runChange(
+          { changeId: typeof values["change-id"] === "string" ? values["change-id"] : "", step: { ...step, ...stepTimeout }, ...stepTimeout },
+          { signal: abort.signal },
+        );
+        const change = await presentChange(responses, progressModeOnThisTerminal(progress));
+        return exitStatusOfChange(change);
+      }
+      const responses = client.runStep({ ...step, ...stepTimeout }, { signal: abort.signal });
       const finished = await presentStep(responses, progressModeOnThisTerminal(progress));
       return exitStatusOf(finished);
     } catch (error) {

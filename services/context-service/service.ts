@@ -22,6 +22,8 @@ export interface ContextServiceSettings {
   layersMaxAgeMs: number;
   maxDockerfileBytes: number;
   maxPropertiesBytes: number;
+  /** Where the CA certificates of opschain-trust-store.tar come from; empty: the tar is empty. */
+  trustStoreDir: string;
 }
 
 /** The settings from the environment, with the defaults docs/settings.md documents. */
@@ -36,6 +38,7 @@ export function contextServiceSettings(): ContextServiceSettings {
     layersMaxAgeMs: numberSetting("STEPRUNNER_CONTEXT_LAYERS_MAX_AGE_MS", DEFAULT_LAYER_LIMITS.maxAgeMs),
     maxDockerfileBytes: numberSetting("STEPRUNNER_CONTEXT_MAX_DOCKERFILE_BYTES", 1024 * 1024),
     maxPropertiesBytes: numberSetting("STEPRUNNER_CONTEXT_MAX_PROPERTIES_BYTES", 4 * 1024 * 1024),
+    trustStoreDir: setting("STEPRUNNER_TRUST_STORE_DIR", ""),
   };
 }
 

@@ -10,6 +10,7 @@ import { RegistryClient } from "../shared/registry/registry-client.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
 import { startTracingFromSettings } from "../shared/tracing.js";
+import type { SyntaxPolicy } from "./core/syntax-directive.js";
 import { STEPRUNNER_VERSION } from "../shared/version.js";
 import { ContextServiceProvider } from "./api/context-service-provider.js";
 import { imageServiceAdapter } from "./api/image-service-adapter.js";
@@ -75,6 +76,7 @@ const images = new ImageBuilder(
     maxConcurrentBuilds: numberSetting("STEPRUNNER_MAX_CONCURRENT_BUILDS", 8),
     transportAttempts: 3,
     registryCredentials,
+    syntaxPolicy: syntaxPolicy(setting("STEPRUNNER_DOCKERFILE_SYNTAX", "auto")),
   },
   {
     buildEnded: (outcome, seconds) => builds.observe({ outcome }, seconds),
@@ -120,4 +122,9 @@ async function buildkitTls(): Promise<BuildKitTls | undefined> {
     key: key ? await readFile(key, "utf8") : undefined,
     serverName: setting("STEPRUNNER_BUILDKIT_TLS_SERVER_NAME", "") || undefined,
   };
+}
+
+function syntaxPolicy(value: string): SyntaxPolicy {
+  if (value === "auto" || value === "pull" || value === "builtin") return value;
+  throw new Error(`STEPRUNNER_DOCKERFILE_SYNTAX must be auto, pull or builtin, got "${value}"`);
 }

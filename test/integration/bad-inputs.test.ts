@@ -12,7 +12,7 @@ import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { type ChildExecutionStrategy, ContextFileKind, ContextService, type PrepareContextRequestSchema } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import { type BuildImageRequestSchema, type ImageHandoff, ImageService, type NetworkMode } from "../../gen/steprunner/image/v1/image_service_pb.js";
-import { type RunStepRequestSchema, type RunStepResponse, type Step, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { type RunChangeRequestSchema, type RunStepRequestSchema, type RunStepResponse, type Step, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { gitIn, makeFixture } from "../support/git-fixture.js";
 import { BOMB_BYTES, ESCAPING_DOCKERFILES, type HostileRepository, makeHostileRepository } from "../support/hostile-repo.js";
@@ -81,6 +81,7 @@ describe("bad inputs through the public gRPC API", () => {
     const fixtureSha = `sha256:${"0".repeat(64)}`;
     const prepare = (request: () => PrepareInit) => () => contexts.prepareContext(request());
     const runStep = (request: () => RunInit) => () => drain(steps.runStep(request()));
+    const runChange = (request: () => MessageInitShape<typeof RunChangeRequestSchema>) => () => drain(steps.runChange(request()));
     const buildImage = (request: MessageInitShape<typeof BuildImageRequestSchema>) => () => drain(images.buildImage(request));
     // [name, call, code, what the message must say, the field an INVALID_ARGUMENT names]
     const cases: Array<[string, () => Promise<unknown>, Code, RegExp, string?]> = [
@@ -151,8 +152,11 @@ describe("bad inputs through the public gRPC API", () => {
       ["PruneCache: a duration of mixed signs", () => images.pruneCache({ keepDuration: { seconds: 5n, nanos: -1 } }), Code.InvalidArgument, /must be a valid duration/, "keep_duration"],
       ["PruneImages: a negative age", () => images.pruneImages({ olderThan: { seconds: -60n } }), Code.InvalidArgument, /must not be negative, got "-60s"$/, "older_than"],
       // Steps.
-      ["RunStep: no action", runStep(() => ({ repositoryUrl: plain })), Code.InvalidArgument, /must be a Rake task of actions\.rb/, "action"],
-      ["RunStep: an action that is an option to Rake", runStep(() => ({ repositoryUrl: plain, action: "--require=socket" })), Code.InvalidArgument, /not starting with '-'/, "action"],
+      ["RunStep: no action", runStep(() => ({ repositoryUrl: plain })), Code.InvalidArgument, /must be what opschain-action accepts: one or more Rake tasks of actions\.rb/, "action"],
+      ["RunStep: an action that is an option to Rake", runStep(() => ({ repositoryUrl: plain, action: "--require=socket" })), Code.InvalidArgument, /the option "--require=socket" is refused \(only -T and -AT are allowed/, "action"],
+      ["RunStep: a listing with an option that runs code", runStep(() => ({ repositoryUrl: plain, action: "-T -e exit!" })), Code.InvalidArgument, /the option "-e" is refused/, "action"],
+      ["RunStep: a task with an environment setting", runStep(() => ({ repositoryUrl: plain, action: "hello RUBYOPT=-rsocket" })), Code.InvalidArgument, /"RUBYOPT=-rsocket" is not a task name/, "action"],
+      ["RunChange: an action that is an option to Rake", runChange(() => ({ step: { repositoryUrl: plain, action: "hello --rakefile=/etc/passwd" } })), Code.InvalidArgument, /^step\.action: .*the option "--rakefile=\/etc\/passwd" is refused/, "step.action"],
       ["RunStep: a step id with a path in it", runStep(() => ({ repositoryUrl: plain, action: "hello", stepId: "../../x" })), Code.InvalidArgument, /must be 1-64 characters of \[A-Za-z0-9_\.-\]/, "step_id"],
       ["RunStep: a repository URL git would run a command for", runStep(() => ({ repositoryUrl: "ext::sh -c id", action: "hello" })), Code.InvalidArgument, /must be an absolute path/, "repository_url"],
       ["RunStep: a revision expression", runStep(() => ({ repositoryUrl: plain, action: "hello", gitRev: "HEAD@{1}" })), Code.InvalidArgument, /without '@\{'/, "git_rev"],

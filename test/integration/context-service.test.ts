@@ -208,16 +208,21 @@ describe("context-service over gRPC with real git repositories", () => {
       assert.match((await readAll(service, context.contextId, ContextFileKind.DOCKERFILE)).toString(), /RUN echo custom/);
     });
 
-    it("is the default one when the commit has none, or another repo folder is asked for", async () => {
+    it("is the default one when the commit has none", async () => {
       const { dockerfile } = await service.client.getDefaultDockerfile({});
-      for (const request of [
-        { repositoryUrl: fixture.path, gitRev: "v1" },
-        { repositoryUrl: fixture.path, gitRev: "main", repoFolder: ".opschain" },
-      ]) {
-        const context = (await service.client.prepareContext(request)).context!;
-        assert.equal(context.dockerfileSource, DockerfileSource.DEFAULT);
-        assert.equal((await readAll(service, context.contextId, ContextFileKind.DOCKERFILE)).toString(), dockerfile);
-      }
+      const context = (await service.client.prepareContext({ repositoryUrl: fixture.path, gitRev: "v1" })).context!;
+      assert.equal(context.dockerfileSource, DockerfileSource.DEFAULT);
+      assert.equal((await readAll(service, context.contextId, ContextFileKind.DOCKERFILE)).toString(), dockerfile);
+    });
+
+    it("comes from the other of .opschain and .mintpress, with a warning, when the folder asked for is not in the commit", async () => {
+      const asked = (await service.client.prepareContext({ repositoryUrl: fixture.path, gitRev: "main", repoFolder: ".opschain" })).context!;
+      assert.equal(asked.dockerfileSource, DockerfileSource.REPOSITORY);
+      assert.equal(asked.repoFolder, ".mintpress");
+      assert.ok(asked.warnings.some((warning) => /^the repo folder \.opschain \(OPSCHAIN_REPO_FOLDER\) is not in commit [0-9a-f]{12}, but \.mintpress is/.test(warning)), asked.warnings.join("\n"));
+      const named = (await service.client.prepareContext({ repositoryUrl: fixture.path, gitRev: "main", repoFolder: ".mintpress" })).context!;
+      assert.equal(named.repoFolder, ".mintpress");
+      assert.deepEqual(named.warnings.filter((warning) => /repo folder/.test(warning)), []);
     });
 
     it("warns, without refusing, about a Dockerfile that leaves the base runner or sets ENTRYPOINT", async () => {

@@ -299,7 +299,7 @@ describe("step-service with real runc and the base runner", () => {
   });
 
   it("answers bad requests with INVALID_ARGUMENT and unknown steps with NOT_FOUND", async () => {
-    await assert.rejects(runStep(service.client, { repositoryUrl: repo, action: "" }), /action: must be a Rake task/);
+    await assert.rejects(runStep(service.client, { repositoryUrl: repo, action: "" }), /action: must be what opschain-action accepts: one or more Rake tasks/);
     await assert.rejects(service.client.getStep({ stepId: "no-such-step" }), /no step with id/);
     const info = await service.client.getRuntimeInfo({});
     assert.equal(info.maxConcurrentSteps, 4);

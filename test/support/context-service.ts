@@ -28,6 +28,7 @@ export async function startTestContextService(overrides: Partial<ContextServiceS
     layersMaxAgeMs: 3600_000,
     maxDockerfileBytes: 1024 * 1024,
     maxPropertiesBytes: 64 * 1024,
+    trustStoreDir: "",
     ...overrides,
   };
   const logger = createLogger("context-service-test", {}, { quiet: true });

@@ -25,7 +25,7 @@ export interface ContextInput {
  * the step context zip (redacted and full) and a Dockerfile.
  */
 export class LocalContextProvider implements ContextProvider {
-  private readonly contexts = new Map<string, { remote: RemoteContext; paths: Record<ContextFileKind, string> }>();
+  private readonly contexts = new Map<string, { remote: RemoteContext; paths: Partial<Record<ContextFileKind, string>> }>();
 
   constructor(private readonly dir: string) {}
 
@@ -87,6 +87,6 @@ export class LocalContextProvider implements ContextProvider {
   }
 
   async *read(contextId: string, kind: ContextFileKind): AsyncIterable<Uint8Array> {
-    yield* createReadStream(this.contexts.get(contextId)!.paths[kind]);
+    yield* createReadStream(this.contexts.get(contextId)!.paths[kind]!);
   }
 }

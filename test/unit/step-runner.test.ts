@@ -289,7 +289,8 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
       assert.match(error.rawMessage, message);
     };
     await invalid({ stepId: "bad id!" }, /step_id/);
-    await invalid({ action: "rm -rf" }, /^action: must be a Rake task/);
+    await invalid({ action: "rm -rf" }, /^action: must be what opschain-action accepts: .*the option "-rf" is refused/);
+    await invalid({ action: "deploy --require=socket" }, /the option "--require=socket" is refused/);
     await invalid({ repoFolder: "../x" }, /repo_folder/);
     await invalid({ secretPointers: ["/nobody/x"] }, /^secret_pointers\[0\]: .*"nobody" is not an owner/);
     await invalid({ limits: { memoryBytes: 1n } }, /memory_bytes/);

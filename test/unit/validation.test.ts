@@ -75,13 +75,44 @@ describe("RunStep's request at the step-service's boundary", () => {
     assert.equal(validate({ timeout: { seconds: 1n, nanos: 500_000_000 } }).timeoutMs, 1500);
   });
 
+  it("accepts what opschain-action accepts: several tasks, -T and -AT (with a pattern), spaces normalised", () => {
+    assert.equal(validate({ action: "build  test ns:deploy" }).action, "build test ns:deploy");
+    assert.equal(validate({ action: "-T" }).action, "-T");
+    assert.equal(validate({ action: "-AT" }).action, "-AT");
+    assert.equal(validate({ action: "-A -T deploy" }).action, "-AT deploy");
+    assert.equal(validate({ action: "-TA" }).action, "-AT");
+  });
+
+  it("fills context.change and context.step's action (and full path) from the request, and parents from the change", () => {
+    const values = validate({ action: "build test" }).contextValues as { change: Record<string, unknown>; step: Record<string, unknown>; parents?: Record<string, unknown> };
+    assert.equal(values.change.action, "build test");
+    assert.equal(values.step.action, "build test");
+    assert.equal(values.step.fullPath, "build test");
+    const given = validate({
+      action: "deploy",
+      contextValues: { change: { action: "release", projectCode: "fin", projectName: "Finance", environmentCode: "dev" }, step: { action: "deploy_web" } },
+    }).contextValues as { change: Record<string, unknown>; step: Record<string, unknown>; parents: Record<string, unknown> };
+    assert.equal(given.change.action, "release", "the caller's values win");
+    assert.equal(given.step.action, "deploy_web");
+    assert.deepEqual(given.parents, { project: { code: "fin", name: "Finance" }, environment: { code: "dev" } });
+    const explicit = validate({ contextValues: { change: { projectCode: "fin" }, parents: { project: { id: "p1", code: "finance" } } } }).contextValues as { parents: Record<string, unknown> };
+    assert.deepEqual(explicit.parents, { project: { id: "p1", code: "finance" } });
+  });
+
   const cases: Array<[string, MessageInitShape<typeof RunStepRequestSchema>, RegExp]> = [
     ["step_id", { stepId: "bad id!" }, /^step_id: must be 1-64 characters/],
     ["repository_url", { repositoryUrl: "" }, /^repository_url: must be an absolute path or a file:\/\/.*, got ""$/],
     ["repository_url", { repositoryUrl: "ext::sh -c x" }, /^repository_url: must be/],
     ["git_rev", { gitRev: "main~1" }, /^git_rev: must be a branch, .*, or empty for HEAD, got "main~1"$/],
-    ["action", { action: "" }, /^action: must be a Rake task/],
-    ["action", { action: "--trace" }, /not starting with '-'/],
+    ["action", { action: "" }, /^action: must be what opschain-action accepts: one or more Rake tasks/],
+    ["action", { action: "--trace" }, /the option "--trace" is refused \(only -T and -AT are allowed/],
+    ["action", { action: "-T -e system('id')" }, /the option "-e" is refused/],
+    ["action", { action: "deploy -f /etc/passwd" }, /the option "-f" is refused/],
+    ["action", { action: "-AT a b" }, /a listing takes at most one pattern/],
+    ["action", { action: "deploy FOO=bar" }, /"FOO=bar" is not a task name/],
+    ["action", { action: "deploy[1,2]" }, /is not a task name/],
+    ["action", { action: "a\nb" }, /without line breaks/],
+    ["action", { action: "-A" }, /-A lists nothing without -T/],
     ["properties[0].owner", { properties: [{ owner: "Project" }] }, /^properties\[0\]\.owner: must be/],
     ["properties[1].owner", { properties: [{ owner: "p" }, { owner: "p" }] }, /^properties\[1\]\.owner: must differ/],
     ["secret_pointers[0]", { properties: [{ owner: "project" }], secretPointers: ["/nobody/x"] }, /^secret_pointers\[0\]: .*"nobody" is not an owner/],

@@ -8,6 +8,7 @@ import {
   ContextFileSchema,
   ContextService,
   DockerfileSource,
+  type ParentsValues,
   type PrepareContextRequest,
   PreparedContextSchema,
   RepositoryOptionsSchema,
@@ -36,6 +37,7 @@ const TO_CORE_KIND: Partial<Record<ContextFileKind, CoreFileKind>> = {
   [ContextFileKind.STEP_CONTEXT_ZIP]: "step-context-zip",
   [ContextFileKind.DOCKERFILE]: "dockerfile",
   [ContextFileKind.SECRET_STEP_CONTEXT_ZIP]: "secret-step-context-zip",
+  [ContextFileKind.TRUST_STORE_TAR]: "trust-store-tar",
 };
 const FILE_KIND_NAMES = Object.keys(TO_CORE_KIND).map((kind) => `CONTEXT_FILE_KIND_${ContextFileKind[Number(kind)]}`).join(", ");
 const FROM_CORE_KIND = Object.fromEntries(Object.entries(TO_CORE_KIND).map(([api, core]) => [core, Number(api)])) as Record<CoreFileKind, ContextFileKind>;
@@ -122,18 +124,38 @@ function prepareInput(request: PrepareContextRequest): PrepareInput {
         environment_name: change?.environmentName ?? "",
         created_by: change?.createdBy ?? "",
         created_at: createdAt ? createdAt.toISOString() : null,
+        metadata: (change?.metadata ?? {}) as JsonObject,
+        git_remote_name: change?.gitRemoteName ?? "",
       },
       step: {
         id: step?.id ?? "",
         action: step?.action ?? "",
+        // The docs' sample names the step by its action.
+        name: step?.action ?? "",
         change_id: change?.id ?? "",
+        parent_step_id: step?.parentStepId ?? "",
         full_path: step?.fullPath ?? "",
         child_execution_strategy: STRATEGIES[strategy],
         arguments: (step?.arguments ?? {}) as JsonObject,
+        input_arguments: (step?.arguments ?? {}) as JsonObject,
       },
-      user: { name: values?.user?.name ?? "" },
+      user: { name: values?.user?.name ?? "", groups: [...(values?.user?.groups ?? [])] },
+      parents: parentsOf(values?.parents),
     },
   };
+}
+
+/** context.parents: only the nodes given, each with the fields given. */
+function parentsOf(parents: ParentsValues | undefined): JsonObject {
+  const result: JsonObject = {};
+  for (const kind of ["project", "environment", "asset"] as const) {
+    const node = parents?.[kind];
+    if (!node) continue;
+    const fields: JsonObject = {};
+    for (const field of ["id", "code", "name", "description"] as const) if (node[field]) fields[field] = node[field];
+    result[kind] = fields;
+  }
+  return result;
 }
 
 function contextFile(file: ContextFileRecord) {

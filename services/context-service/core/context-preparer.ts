@@ -4,9 +4,10 @@ import { join } from "node:path";
 import { inSpan } from "../../shared/tracing.js";
 import type { BlobInfo, BlobStore } from "./blob-store.js";
 import type { DefaultDockerfile } from "./default-dockerfile.js";
-import { checkCustomDockerfile, checkRepoFolder, findRepositoryDockerfile, refersToRepoTar } from "./dockerfile.js";
+import { checkCustomDockerfile, checkRepoFolder, chooseRepoFolder, findRepositoryDockerfile, refersToRepoTar } from "./dockerfile.js";
 import { ContextError, invalidField, notFound } from "./errors.js";
 import { writeRepoTar } from "./repo-tar.js";
+import { refersToTrustStore, TRUST_STORE_TAR, trustStoreTar } from "./trust-store.js";
 import type { Repositories, Revision } from "./repositories.js";
 import type { LayerDirectory, RepositoryOptions } from "./repository-layers.js";
 import { SingleFlight } from "../../shared/single-flight.js";
@@ -19,7 +20,7 @@ import {
   zipStepContext,
 } from "./step-context.js";
 
-export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip";
+export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip" | "trust-store-tar";
 
 export interface ContextFileRecord extends BlobInfo {
   kind: ContextFileKind;
@@ -60,6 +61,8 @@ export interface PreparerSettings {
   repoFolder: string;
   maxDockerfileBytes: number;
   maxPropertiesBytes: number;
+  /** The CA certificates put into opschain-trust-store.tar for a Dockerfile that names it; empty: none. */
+  trustStoreDir?: string;
 }
 
 const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
@@ -96,10 +99,13 @@ export class ContextPreparer {
 
   private async assemble(input: PrepareInput, signal?: AbortSignal): Promise<PreparedContextRecord> {
     // Everything the request says is checked before git is asked anything: bad input changes nothing.
-    const repoFolder = checkRepoFolder(input.repoFolder || this.settings.repoFolder);
+    const configuredFolder = checkRepoFolder(input.repoFolder || this.settings.repoFolder);
     checkStepContextInput({ ...input, gitSha: "" }, input.secretPointers, this.settings);
     const commit = await inSpan("context.fetch", {}, () => this.repositories.open(input.repositoryUrl, input.gitRev, signal));
     const warnings = [...commit.warnings];
+    const chosen = await chooseRepoFolder(commit.lookup, configuredFolder, commit.gitSha);
+    const repoFolder = chosen.folder;
+    if (chosen.warning) warnings.push(chosen.warning);
 
     const custom = await findRepositoryDockerfile(commit.lookup, repoFolder, this.settings.maxDockerfileBytes);
     if (custom) warnings.push(...checkCustomDockerfile(custom.toString("utf8"), `${repoFolder}/Dockerfile`));
@@ -118,10 +124,11 @@ export class ContextPreparer {
         ...(repoTar ? [this.fileRecord("repo-tar", "repo.tar", repoTar)] : []),
         await file("step-context-zip", "step_context.json.zip", zipStepContext(redacted)),
         await file("dockerfile", "Dockerfile", dockerfile),
+        ...(custom && refersToTrustStore(custom.toString("utf8")) ? [await file("trust-store-tar", TRUST_STORE_TAR, await trustStoreTar(this.settings.trustStoreDir ?? ""))] : []),
       ];
       const secretStepContext = await file("secret-step-context-zip", "step_context.json.zip", zipStepContext(document));
       const record: PreparedContextRecord = {
-        contextId: contextId(files, secretStepContext, directories, options),
+        contextId: contextId(files, secretStepContext, directories, options, repoFolder),
         gitRev: input.gitRev,
         gitSha: commit.gitSha,
         repoFolder,
@@ -202,8 +209,10 @@ export class ContextPreparer {
 }
 
 /** A digest over the files' digests and the directories' identities: it changes exactly when any of them does. */
-function contextId(files: ContextFileRecord[], secret: ContextFileRecord, directories: LayerDirectory[], options: RepositoryOptions): string {
+function contextId(files: ContextFileRecord[], secret: ContextFileRecord, directories: LayerDirectory[], options: RepositoryOptions, repoFolder: string): string {
   const lines = [
+    // Two folders may give the same files (the default Dockerfile), but not the same place of the step context.
+    `repo-folder ${repoFolder}\n`,
     ...[...files, secret].map((file) => `${file.kind} ${file.name} ${file.digest}\n`),
     ...directories.map((directory) => `directory ${directory.name} ${directory.identity}\n`),
     `options git-history=${!options.excludeGitHistory} export-ignore=${options.honorExportIgnore}\n`,

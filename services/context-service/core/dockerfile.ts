@@ -20,6 +20,31 @@ export function checkRepoFolder(folder: string): string {
   return trimmed;
 }
 
+/** The repo folders both brands use: OpsChain's and MintPress's. */
+export const KNOWN_REPO_FOLDERS = [".opschain", ".mintpress"] as const;
+
+/**
+ * The repo folder a commit uses: the configured one when the commit has it; otherwise the other of .opschain
+ * and .mintpress when the commit has that one as a directory (with a warning saying so), so that a repository
+ * written for either brand runs unchanged; otherwise the configured one (the default Dockerfile is used).
+ */
+export async function chooseRepoFolder(lookup: TreeLookup, configured: string, commit: string): Promise<{ folder: string; warning?: string }> {
+  if (await lookup(configured)) return { folder: configured };
+  for (const other of KNOWN_REPO_FOLDERS) {
+    if (other === configured) continue;
+    const entry = await lookup(other);
+    if (entry?.kind !== "directory") continue;
+    return {
+      folder: other,
+      warning:
+        `the repo folder ${configured} (OPSCHAIN_REPO_FOLDER) is not in commit ${commit.slice(0, 12)}, but ${other} is: ${other} is used instead ` +
+        `(${other}/Dockerfile when there is one, and the step context and step_result.json under /opt/opschain/${other}); ` +
+        `set the repo folder to ${other} (repo_folder, --repo-folder or OPSCHAIN_REPO_FOLDER) to say so and silence this warning`,
+    };
+  }
+  return { folder: configured };
+}
+
 /** One entry of a commit's tree, as the repository's Dockerfile lookup needs it. */
 export interface TreeFile {
   /** "file", "executable", "symlink", "directory" or "submodule". */

@@ -10,11 +10,13 @@ export interface PropertySetInput {
   properties: JsonObject;
 }
 
-/** context.change, context.step and context.user of step_context.json, as OpsChain's users read them. */
+/** context.change, context.step, context.user and context.parents of step_context.json, as OpsChain's users read them. */
 export interface StepContextValues {
   change: Record<string, Json>;
   step: Record<string, Json>;
   user: Record<string, Json>;
+  /** By type: project, environment, asset (only those the step runs under). */
+  parents?: Record<string, Json>;
 }
 
 export interface StepContextInput {
@@ -76,6 +78,7 @@ export function stepContextDocument(input: StepContextInput): JsonObject {
       change: { ...input.values.change, git_rev: input.gitRev, commit_sha: input.gitSha },
       step: input.values.step,
       user: input.values.user,
+      parents: input.values.parents ?? {},
       parent_order: input.properties.map((set) => set.owner),
     },
     properties,

@@ -12,6 +12,7 @@ const KINDS: Record<ContextFileKind, ApiFileKind> = {
   "step-context-zip": ApiFileKind.STEP_CONTEXT_ZIP,
   dockerfile: ApiFileKind.DOCKERFILE,
   "secret-step-context-zip": ApiFileKind.SECRET_STEP_CONTEXT_ZIP,
+  "trust-store-tar": ApiFileKind.TRUST_STORE_TAR,
 };
 
 /** Prepared contexts read from the context-service over gRPC. */
@@ -30,7 +31,7 @@ export class ContextServiceProvider implements ContextProvider {
     for (const [kind, apiKind] of Object.entries(KINDS) as Array<[ContextFileKind, ApiFileKind]>) {
       const file = listed.find((candidate) => candidate.kind === apiKind);
       if (file) files[kind] = { digest: file.digest, size: file.sizeBytes, hostPath: file.hostPath };
-      else if (kind !== "repo-tar") throw new Error(`the context-service described ${contextId} without its ${kind}`);
+      else if (kind !== "repo-tar" && kind !== "trust-store-tar") throw new Error(`the context-service described ${contextId} without its ${kind}`);
     }
     return {
       contextId: context.contextId,

@@ -24,6 +24,12 @@ export interface DockerfileBuild {
   network: "none" | "host";
   /** Ignore BuildKit's cache for every stage. */
   noCache: boolean;
+  /**
+   * Build with BuildKit's builtin Dockerfile frontend even when the Dockerfile's first lines name another
+   * with "# syntax=" (whose image could not be pulled). BuildKit's frontend skips the directive when the
+   * "cmdline" attribute is set, as it is for a frontend it forwarded to.
+   */
+  ignoreSyntaxDirective?: boolean;
   secrets?: Record<string, () => Promise<Uint8Array>>;
   exporter: { type: string; attrs: Record<string, string> };
   cacheImports?: CacheEntry[];
@@ -85,6 +91,7 @@ export async function buildDockerfile(
     for (const [name, value] of Object.entries(build.buildArgs)) frontendAttrs[`build-arg:${name}`] = value;
     for (const [name, value] of Object.entries(build.labels ?? {})) frontendAttrs[`label:${name}`] = value;
     if (build.noCache) frontendAttrs["no-cache"] = "";
+    if (build.ignoreSyntaxDirective) frontendAttrs.cmdline = "";
     if (build.target) frontendAttrs.target = build.target;
     // BuildKit v0.8's Dockerfile frontend reads cache imports from this attribute, later ones from Cache.
     if (build.cacheImports?.length) {

@@ -10,7 +10,9 @@ import { stableTime } from "../../shared/stable-time.js";
 import { invalidField } from "../../shared/validation.js";
 import type { ContextFileInfo, ContextSource, LocalContext, RepositoryOptions } from "./model.js";
 
-export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip";
+export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip" | "trust-store-tar";
+
+type OptionalFile = "repo-tar" | "trust-store-tar";
 
 /** One directory of the build context as the context-service describes it (ContextDirectory). */
 export interface RemoteDirectory {
@@ -26,8 +28,8 @@ export interface RemoteContext {
   defaultDockerfile: boolean;
   repositoryId: string;
   repositoryOptions: RepositoryOptions;
-  /** repo.tar is listed only when the Dockerfile refers to it. */
-  files: Omit<Record<ContextFileKind, ContextFileInfo>, "repo-tar"> & { "repo-tar"?: ContextFileInfo };
+  /** repo.tar and opschain-trust-store.tar are listed only when the Dockerfile refers to them. */
+  files: Omit<Record<ContextFileKind, ContextFileInfo>, OptionalFile> & Partial<Record<OptionalFile, ContextFileInfo>>;
   directories: RemoteDirectory[];
 }
 
@@ -103,6 +105,11 @@ export class ContextCache implements ContextSource {
         await this.download(contextId, kind, remote.files[kind], path, signal);
       }
       const sources: Record<string, string> = { "step_context.json.zip": join(root, "step_context.json.zip") };
+      const trustStore = remote.files["trust-store-tar"];
+      if (trustStore) {
+        await this.download(contextId, "trust-store-tar", trustStore, join(staging, "opschain-trust-store.tar"), signal);
+        sources["opschain-trust-store.tar"] = join(root, "opschain-trust-store.tar");
+      }
       const repoTar = remote.files["repo-tar"];
       if (repoTar) {
         if (await sharedFile(repoTar)) sources["repo.tar"] = repoTar.hostPath!;

@@ -16,6 +16,7 @@ import { findRemoteSource } from "./remote-sources.js";
 import { explainBuildFailure, isTransient } from "./build-errors.js";
 import type { BuildEvent, BuildRequest, ContextSource, Handoff, ImageResult, LocalContext } from "./model.js";
 import type { ReuseRecord, ReuseRecords } from "./reuse-records.js";
+import { findSyntaxDirective, isNotUnderstood, registryHostOf, type SyntaxDirective, type SyntaxPolicy } from "./syntax-directive.js";
 
 /** Runs a Dockerfile build on BuildKit (buildDockerfile over a BuildKitClient in production). */
 export interface DockerfileBuilder {
@@ -61,6 +62,13 @@ export interface ImageBuilderSettings {
   transportAttempts: number;
   /** Credentials by registry host for BuildKit's pulls; none: anonymous. */
   registryCredentials?: RegistryCredentials;
+  /**
+   * A "# syntax=" line (STEPRUNNER_DOCKERFILE_SYNTAX): "auto" (the default) uses the frontend image when it is
+   * in this service's registry and otherwise ignores the line with a warning (the builtin frontend builds the
+   * file; when it does not understand it, the build is refused naming the line); "pull" lets BuildKit pull
+   * it from wherever it names; "builtin" always ignores the line.
+   */
+  syntaxPolicy?: SyntaxPolicy;
 }
 
 type Listener = (event: BuildEvent) => void;
@@ -151,6 +159,14 @@ export class ImageBuilder {
         );
       }
     }
+    // Said to every caller, also when the image is reused or the build merged with another.
+    const skipped = await this.skippedSyntax(context, signal);
+    if (skipped) {
+      emit({
+        kind: "warning",
+        message: `the Dockerfile's line ${skipped.syntax.line} "${skipped.syntax.text}" names the frontend image ${skipped.syntax.image}, which ${skipped.unpullable}; the line is ignored and BuildKit's builtin Dockerfile frontend builds the file`,
+      });
+    }
     const baseDigest = await this.resolveBaseImage(base, baseRunner, signal);
     const buildArgs = {
       GIT_REV: context.gitRev,
@@ -180,7 +196,7 @@ export class ImageBuilder {
           () => {
             tracer().startSpan("image.queue", { startTime: queuedAt }).end();
             return inSpan("image.solve", { "image.content_key": contentKey, "image.no_cache": request.buildWithoutCache }, () =>
-              this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, controller.signal),
+              this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, controller.signal, skipped),
             );
           },
           (position) => fanOut({ kind: "queued", position }),
@@ -226,6 +242,7 @@ export class ImageBuilder {
     request: BuildRequest,
     emit: Listener,
     signal: AbortSignal,
+    skipped?: { syntax: SyntaxDirective; unpullable: string },
   ): Promise<Built> {
     const started = Date.now();
     const tag = contentKey.replace(/^sha256:/, "");
@@ -240,7 +257,9 @@ export class ImageBuilder {
       }
       if (events.length) emit({ kind: "progress", events });
     };
+    const { syntax, unpullable } = skipped ?? {};
     const build: DockerfileBuild = {
+      ...(unpullable ? { ignoreSyntaxDirective: true } : {}),
       context: { entries: context.contextSources },
       dockerfileDir: context.dockerfileDir,
       buildArgs,
@@ -271,7 +290,15 @@ export class ImageBuilder {
           continue;
         }
         const failedVertex = [...logTails.keys()].pop();
-        throw explainBuildFailure(error, failedVertex ? logTails.get(failedVertex)! : "");
+        const explained = explainBuildFailure(error, failedVertex ? logTails.get(failedVertex)! : "");
+        if (syntax && unpullable && isNotUnderstood(explained.rawMessage)) {
+          throw new ConnectError(
+            `the Dockerfile's line ${syntax.line} "${syntax.text}" names the frontend image ${syntax.image}, which ${unpullable}, and BuildKit's builtin Dockerfile frontend does not understand the file (${explained.rawMessage}); ` +
+              `use only what the builtin frontend supports (BuildKit v0.8 in dockerd lacks COPY --link and heredocs, for example), or push ${syntax.image} to ${this.registry.address} and name it there`,
+            Code.FailedPrecondition,
+          );
+        }
+        throw explained;
       }
     }
     const imageId = exporterResponse["containerimage.digest"];
@@ -295,6 +322,37 @@ export class ImageBuilder {
     const record: ReuseRecord = { contentKey, imageId, cacheScope: scope, handoffs: ["layer-store"], ...timing };
     await this.records.put(record);
     return { record, inspect: await this.inspect(record.imageId, signal) };
+  }
+
+  /** The repository Dockerfile's syntax directive when it is to be skipped, and why. */
+  private async skippedSyntax(context: LocalContext, signal?: AbortSignal): Promise<{ syntax: SyntaxDirective; unpullable: string } | undefined> {
+    if (context.defaultDockerfile) return undefined;
+    const syntax = findSyntaxDirective(await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8"));
+    const unpullable = syntax ? await this.unpullableFrontend(syntax, signal) : undefined;
+    return syntax && unpullable ? { syntax, unpullable } : undefined;
+  }
+
+  /** Why the frontend image a syntax directive names cannot be used here, or undefined when it can. */
+  private async unpullableFrontend(syntax: SyntaxDirective, signal?: AbortSignal): Promise<string | undefined> {
+    const policy = this.settings.syntaxPolicy ?? "auto";
+    if (policy === "pull") return undefined;
+    if (policy === "builtin") return "STEPRUNNER_DOCKERFILE_SYNTAX=builtin says not to pull";
+    const host = registryHostOf(syntax.image);
+    // Nothing beyond this service's own registry is asked: these machines reach no other.
+    if (host !== this.registry.address) return `is not in this service's registry (${this.registry.address}) and cannot be pulled from ${host} here (STEPRUNNER_DOCKERFILE_SYNTAX=pull lets BuildKit try)`;
+    let reference: ImageReference;
+    try {
+      reference = parseImageReference(syntax.image);
+    } catch (error) {
+      return `is not a valid image reference (${(error as Error).message})`;
+    }
+    try {
+      await this.registry.manifest(reference.repository, reference.reference, signal);
+      return undefined;
+    } catch (error) {
+      if (error instanceof RegistryError && error.status === 404) return `is not in the registry ${this.registry.address}`;
+      return `could not be looked up in the registry ${this.registry.address} (${(error as Error).message})`;
+    }
   }
 
   private async reuse(contentKey: string, handoff: Handoff, signal?: AbortSignal): Promise<ImageResult | undefined> {

@@ -11,7 +11,6 @@ import {
   type RunStepResponse,
   type Step,
   StepService,
-  StepState,
 } from "../../../gen/steprunner/step/v1/step_service_pb.js";
 import { MAX_OWNERS, MAX_SECRET_POINTERS, ownerRule, repositoryUrlRule, revisionRule, secretPointerRule } from "../../shared/request-rules.js";
 import { durationMs, invalidField } from "../../shared/validation.js";
@@ -22,6 +21,11 @@ import type { StepRequest } from "../steps/ports.js";
 import { FINAL_STATES, type StepRecord, type StepState as DomainState } from "../steps/records.js";
 import { CallerLimitError, type StepEvent, StepExistsError, StepNotFoundError, type StepRunner, StepRunnerDrainingError } from "../steps/step-runner.js";
 import { callerOf } from "../../shared/server/caller.js";
+import { ChangeRunner } from "../steps/change-runner.js";
+import { runChangeHandler } from "./change-adapter.js";
+import { STATES } from "./states.js";
+import { ActionRuleError, normalisedAction } from "../steps/action-arguments.js";
+import { withRequestDefaults } from "./context-values.js";
 
 export interface StepServiceSettings {
   runcPath: string;
@@ -34,30 +38,18 @@ export interface StepServiceSettings {
 
 const STEP_ID = /^[A-Za-z0-9_.-]{1,64}$/;
 const STEP_ID_RULE = "must be 1-64 characters of [A-Za-z0-9_.-]";
-/** A Rake task name; never an option to Rake. */
-const ACTION = /^[A-Za-z0-9_][A-Za-z0-9_:.-]{0,254}$/;
 const MiB = 1024n * 1024n;
 /** The range of google.protobuf.Timestamp: 0001-01-01 to 9999-12-31. */
 const EARLIEST_SECONDS = -62_135_596_800n;
 const LATEST_SECONDS = 253_402_300_799n;
-const STATES: Record<DomainState, StepState> = {
-  queued: StepState.QUEUED,
-  preparing: StepState.PREPARING,
-  building: StepState.BUILDING,
-  running: StepState.RUNNING,
-  success: StepState.SUCCESS,
-  error: StepState.ERROR,
-  timed_out: StepState.TIMED_OUT,
-  cancelled: StepState.CANCELLED,
-  system_error: StepState.SYSTEM_ERROR,
-  handed_back: StepState.HANDED_BACK,
-};
 const PHASES = { queue: Phase.QUEUE, context: Phase.CONTEXT, build: Phase.BUILD, pull: Phase.PULL, run: Phase.RUN, teardown: Phase.TEARDOWN } as const;
 const STREAMS = { stdout: LogStream.STDOUT, stderr: LogStream.STDERR, system: LogStream.SYSTEM } as const;
 
 /** The Connect adapter of StepService: validates requests and maps the core's records and events. */
-export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRunner): ServiceImpl<typeof StepService> {
+export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRunner, changes = new ChangeRunner(runner)): ServiceImpl<typeof StepService> {
   return {
+    runChange: runChangeHandler(settings, changes),
+
     async *runStep(request, context) {
       const domain = validateRunStep(request, settings);
       const existing = domain.stepId ? runner.get(domain.stepId) : undefined;
@@ -75,7 +67,8 @@ export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRu
         throw mapError(error);
       }
       for await (const event of events.drain(context.signal)) {
-        yield toResponse(event);
+        const response = toResponse(event);
+        if (response) yield response;
         if (event.type === "finished") return;
       }
     },
@@ -119,6 +112,12 @@ export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRu
     },
 
     async cancelStep(request) {
+      // A change's id, or a step of a running change: the whole change stops.
+      const changeId = changes.changeOf(request.stepId);
+      if (changeId && changes.cancel(request.stepId)) {
+        const current = runner.get(request.stepId) ?? runner.get(`${changeId}.1`);
+        if (current) return { step: toStep(current) };
+      }
       find(runner, request.stepId);
       return { step: toStep(runner.cancel(request.stepId)) };
     },
@@ -161,8 +160,12 @@ export function validateRunStep(request: RunStepRequest, settings: StepServiceSe
   if (urlRule) throw invalidField("repository_url", urlRule, request.repositoryUrl);
   const revRule = request.gitRev === "" ? undefined : revisionRule(request.gitRev);
   if (revRule) throw invalidField("git_rev", `${revRule}, or empty for HEAD`, request.gitRev);
-  if (!ACTION.test(request.action)) {
-    throw invalidField("action", "must be a Rake task of actions.rb: 1-255 letters, digits, '_', ':', '.' or '-', not starting with '-' (e.g. deploy or ns:task)", request.action);
+  let action: string;
+  try {
+    action = normalisedAction(request.action);
+  } catch (error) {
+    if (error instanceof ActionRuleError) throw invalidField("action", error.message, request.action);
+    throw error;
   }
   if (request.properties.length > MAX_OWNERS) throw invalidField("properties", `must have at most ${MAX_OWNERS} owners`, request.properties.length);
   const owners = new Set<string>();
@@ -209,21 +212,24 @@ export function validateRunStep(request: RunStepRequest, settings: StepServiceSe
     stepId: request.stepId,
     repositoryUrl: request.repositoryUrl,
     gitRev: request.gitRev || "HEAD",
-    action: request.action,
+    action,
     properties: request.properties.map((set) => ({ owner: set.owner, properties: (set.properties ?? {}) as Record<string, unknown> })),
     secretPointers: request.secretPointers,
-    contextValues: request.contextValues ? (toJson(StepContextValuesSchema, request.contextValues) as JsonObject) : {},
+    contextValues: toJson(StepContextValuesSchema, withRequestDefaults(request.contextValues, action)) as JsonObject,
     repoFolder,
     excludeGitHistory: request.excludeGitHistory,
     timeoutMs,
     hostNetwork: request.hostNetwork,
     limits,
     buildWithoutCache: request.buildWithoutCache,
+    dryRun: request.dryRun,
   };
 }
 
-function toResponse(event: StepEvent): RunStepResponse {
+export function toResponse(event: StepEvent): RunStepResponse | undefined {
   switch (event.type) {
+    case "result":
+      return undefined;
     case "accepted":
       return { event: { case: "accepted", value: { step: toStep(event.step) } } } as RunStepResponse;
     case "phase":
@@ -271,6 +277,7 @@ export function toStep(record: StepRecord): Step {
             children: record.result.children.map((child) => ({ action: child.action })),
             childExecutionStrategy: record.result.childExecutionStrategy === "parallel" ? ChildExecutionStrategy.PARALLEL : ChildExecutionStrategy.SEQUENTIAL,
           },
+          ...(record.result.expectedStepTree !== undefined ? { expectedStepTree: fromJson(ValueSchema, record.result.expectedStepTree as JsonObject) } : {}),
         }
       : undefined,
     logLines: BigInt(record.logLines),

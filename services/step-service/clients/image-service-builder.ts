@@ -12,11 +12,17 @@ export class ImageServiceBuilder implements ImageBuilder {
     this.client = createClient(ImageService, transport);
   }
 
-  build(context: PreparedStepContext, request: StepRequest, onProgress: (progress: BuildProgress) => void, signal: AbortSignal): Promise<BuiltStepImage> {
-    return callService("image-service", signal, () => this.buildImage(context, request, onProgress, signal));
+  build(context: PreparedStepContext, request: StepRequest, onProgress: (progress: BuildProgress) => void, signal: AbortSignal, onWarning?: (message: string) => void): Promise<BuiltStepImage> {
+    return callService("image-service", signal, () => this.buildImage(context, request, onProgress, signal, onWarning));
   }
 
-  private async buildImage(context: PreparedStepContext, request: StepRequest, onProgress: (progress: BuildProgress) => void, signal: AbortSignal): Promise<BuiltStepImage> {
+  private async buildImage(
+    context: PreparedStepContext,
+    request: StepRequest,
+    onProgress: (progress: BuildProgress) => void,
+    signal: AbortSignal,
+    onWarning?: (message: string) => void,
+  ): Promise<BuiltStepImage> {
     const stream = this.client.buildImage(
       {
         contextId: context.contextId,
@@ -27,6 +33,7 @@ export class ImageServiceBuilder implements ImageBuilder {
     );
     for await (const response of stream) {
       if (response.event.case === "progress") onProgress(response.event.value);
+      if (response.event.case === "warning") onWarning?.(response.event.value.message);
       if (response.event.case !== "image") continue;
       const image = response.event.value;
       if (image.handoff === ImageHandoff.LAYER_STORE) {

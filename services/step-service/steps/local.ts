@@ -1,5 +1,5 @@
 import { stat } from "node:fs/promises";
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import type { BuiltStepImage, ContextPreparer, ImageBuilder, PreparedStepContext, StepRequest } from "./ports.js";
 
 /**
@@ -11,14 +11,25 @@ export class LocalDirectoryContextPreparer implements ContextPreparer {
     const dir = resolve(request.repositoryUrl.replace(/^file:\/\//, ""));
     const info = await stat(dir).catch(() => undefined);
     if (!info?.isDirectory()) throw new Error(`repository ${request.repositoryUrl} is not a local directory`);
+    const warnings = ["the repository directory was used as it is: no git revision was resolved and no image was built"];
+    // As the context-service does: the other of .opschain and .mintpress when only that one is there.
+    let repoFolder = request.repoFolder;
+    if (!(await stat(join(dir, repoFolder)).catch(() => undefined))) {
+      for (const other of [".opschain", ".mintpress"].filter((folder) => folder !== repoFolder)) {
+        if (!(await stat(join(dir, other)).catch(() => undefined))?.isDirectory()) continue;
+        warnings.push(`the repo folder ${repoFolder} is not in the repository directory, but ${other} is: ${other} is used instead`);
+        repoFolder = other;
+        break;
+      }
+    }
     return {
       contextId: "",
       gitRev: request.gitRev,
       gitSha: "",
-      repoFolder: request.repoFolder,
+      repoFolder,
       stepContext: stepContextDocument(request),
       repositoryDir: dir,
-      warnings: ["the repository directory was used as it is: no git revision was resolved and no image was built"],
+      warnings,
     };
   }
 }

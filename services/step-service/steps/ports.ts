@@ -25,6 +25,13 @@ export interface StepRequest {
   hostNetwork: boolean;
   limits: Limits;
   buildWithoutCache: boolean;
+  /** Run the action with OPSCHAIN_DRY_RUN=true: it reports its expected step tree instead of running. */
+  dryRun?: boolean;
+  /**
+   * Values set in the step_context.json mounted at run time only (not in the build context), over what the
+   * context-service wrote: e.g. {"step": {"id": …, "parent_step_id": …}} for a change's child step.
+   */
+  runtimeContext?: Record<string, Record<string, unknown>>;
 }
 
 /** What the context-service hands back for a step. */
@@ -64,6 +71,8 @@ export interface ImageBuilder {
     request: StepRequest,
     onProgress: (progress: BuildProgress) => void,
     signal: AbortSignal,
+    /** Told of the build's warnings (e.g. an ignored "# syntax=" line). */
+    onWarning?: (message: string) => void,
   ): Promise<BuiltStepImage>;
 }
 

@@ -4,6 +4,8 @@ export interface StepResultData {
   propertiesDiffs: { owner: string; operations: Record<string, unknown>[] }[];
   children: { action: string }[];
   childExecutionStrategy: "sequential" | "parallel";
+  /** A dry run's expected_step_tree, any JSON; absent when the step reported none (or null). */
+  expectedStepTree?: unknown;
 }
 
 export class InvalidResultError extends Error {}
@@ -50,6 +52,7 @@ export function parseStepResult(text: string): StepResultData {
     propertiesDiffs,
     children: (children as { action: string }[]).map((child) => ({ action: child.action })),
     childExecutionStrategy: strategy,
+    ...(document.expected_step_tree !== undefined && document.expected_step_tree !== null ? { expectedStepTree: document.expected_step_tree } : {}),
   };
 }
 

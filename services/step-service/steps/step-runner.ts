@@ -11,7 +11,8 @@ import { type ContainerExit, RuntimeError } from "../runtime/container.js";
 import { followLog, type LogLine, logPath, recoverLog, StepLog } from "./logs.js";
 import { type ContainerRunner, type ContextPreparer, type ImageBuilder, type ImageSource, type LayerUpkeep, RefusedInputError, type StepRequest } from "./ports.js";
 import { FINAL_STATES, type PhaseName, type StepRecord, StepRecords, type StepState } from "./records.js";
-import { InvalidResultError, parseStepResult } from "./result.js";
+import { InvalidResultError, parseStepResult, type StepResultData } from "./result.js";
+import { requestEnvironment, runtimeStepContext, stepCommand } from "./run-command.js";
 import { BuildLogMasker, SecretMasker } from "./secrets.js";
 
 export type StepEvent =
@@ -20,6 +21,8 @@ export type StepEvent =
   | { type: "build"; progress: BuildProgress }
   | { type: "log"; line: LogLine }
   | { type: "warning"; message: string }
+  /** The step's parsed step_result.json before secrets are masked: for the service's own use, never sent to a caller. */
+  | { type: "result"; result: StepResultData }
   | { type: "finished"; step: StepRecord };
 
 export interface StepRunnerSettings {
@@ -280,7 +283,8 @@ export class StepRunner {
       const built = await this.phase(active, "build", async (span) => {
         const buildLog = new BuildLogMasker(masker);
         const onProgress = (progress: BuildProgress) => this.emit(active, { type: "build", progress: buildLog.mask(progress) });
-        const result = await this.parts.images.build(prepared, request, onProgress, signal).finally(() => {
+        const onWarning = (message: string) => this.emit(active, { type: "warning", message: masker.text(message) });
+        const result = await this.parts.images.build(prepared, request, onProgress, signal, onWarning).finally(() => {
           const rest = buildLog.flush();
           if (rest) this.emit(active, { type: "build", progress: rest });
         });
@@ -293,15 +297,15 @@ export class StepRunner {
       const rootfs = await this.phase(active, "pull", () => this.parts.materialiser.materialise(built.image, signal));
       image = rootfs;
 
-      await writeFile(contextFile, JSON.stringify(prepared.stepContext), { mode: 0o644 });
+      await writeFile(contextFile, JSON.stringify(runtimeStepContext(prepared.stepContext, record.id, request)), { mode: 0o644 });
       const repoDir = `/opt/opschain/${prepared.repoFolder}`;
       const exit = await this.phase(active, "run", async (span) => {
         log.append("system", `[steprunner] running ${request.action} in image ${record.imageId}`);
         const exited = await this.parts.runtime.run({
           stepId: record.id,
           image: rootfs,
-          args: ["opschain-action", request.action],
-          env: { ...envProperties(request), OPSCHAIN_REPO_FOLDER: prepared.repoFolder },
+          args: stepCommand(request),
+          env: { ...envProperties(request), ...requestEnvironment(request), OPSCHAIN_REPO_FOLDER: prepared.repoFolder },
           limits: request.limits,
           hostNetwork: request.hostNetwork,
           binds: [{ source: contextFile, destination: `${repoDir}/step_context.json` }],
@@ -320,7 +324,9 @@ export class StepRunner {
       end = outcome(exit, request);
       if (exit.result && "text" in exit.result) {
         try {
-          record.result = masker.json(parseStepResult(exit.result.text));
+          const parsed = parseStepResult(exit.result.text);
+          this.emit(active, { type: "result", result: parsed });
+          record.result = masker.json(parsed);
         } catch (error) {
           // A step that failed anyway keeps its own reason; the bad result is only noted.
           if (end.state === "success" || !(error instanceof InvalidResultError)) throw error;

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file steprunner/context/v1/context_service.proto.
  */
 export const file_steprunner_context_v1_context_service: GenFile = /*@__PURE__*/
-  fileDesc("CitzdGVwcnVubmVyL2NvbnRleHQvdjEvY29udGV4dF9zZXJ2aWNlLnByb3RvEhVzdGVwcnVubmVyLmNvbnRleHQudjEiSQoLUHJvcGVydHlTZXQSDQoFb3duZXIYASABKAkSKwoKcHJvcGVydGllcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QizgEKDENoYW5nZVZhbHVlcxIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSFAoMcHJvamVjdF9jb2RlGAMgASgJEhQKDHByb2plY3RfbmFtZRgEIAEoCRIYChBlbnZpcm9ubWVudF9jb2RlGAUgASgJEhgKEGVudmlyb25tZW50X25hbWUYBiABKAkSEgoKY3JlYXRlZF9ieRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK4AQoKU3RlcFZhbHVlcxIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSEQoJZnVsbF9wYXRoGAMgASgJEk8KGGNoaWxkX2V4ZWN1dGlvbl9zdHJhdGVneRgEIAEoDjItLnN0ZXBydW5uZXIuY29udGV4dC52MS5DaGlsZEV4ZWN1dGlvblN0cmF0ZWd5EioKCWFyZ3VtZW50cxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiGgoKVXNlclZhbHVlcxIMCgRuYW1lGAEgASgJIqoBChFTdGVwQ29udGV4dFZhbHVlcxIzCgZjaGFuZ2UYASABKAsyIy5zdGVwcnVubmVyLmNvbnRleHQudjEuQ2hhbmdlVmFsdWVzEi8KBHN0ZXAYAiABKAsyIS5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcFZhbHVlcxIvCgR1c2VyGAMgASgLMiEuc3RlcHJ1bm5lci5jb250ZXh0LnYxLlVzZXJWYWx1ZXMiogIKFVByZXBhcmVDb250ZXh0UmVxdWVzdBIWCg5yZXBvc2l0b3J5X3VybBgBIAEoCRIPCgdnaXRfcmV2GAIgASgJEhMKC3JlcG9fZm9sZGVyGAMgASgJEhsKE2V4Y2x1ZGVfZ2l0X2hpc3RvcnkYBCABKAgSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMSGwoTaG9ub3JfZXhwb3J0X2lnbm9yZRgIIAEoCCJRChZQcmVwYXJlQ29udGV4dFJlc3BvbnNlEjcKB2NvbnRleHQYASABKAsyJi5zdGVwcnVubmVyLmNvbnRleHQudjEuUHJlcGFyZWRDb250ZXh0IogBCgtDb250ZXh0RmlsZRI0CgRraW5kGAEgASgOMiYuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNvbnRleHRGaWxlS2luZBIMCgRuYW1lGAIgASgJEg4KBmRpZ2VzdBgDIAEoCRISCgpzaXplX2J5dGVzGAQgASgDEhEKCWhvc3RfcGF0aBgFIAEoCSJFChBDb250ZXh0RGlyZWN0b3J5EgwKBG5hbWUYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSEQoJaG9zdF9wYXRoGAMgASgJIk0KEVJlcG9zaXRvcnlPcHRpb25zEhsKE2V4Y2x1ZGVfZ2l0X2hpc3RvcnkYASABKAgSGwoTaG9ub3JfZXhwb3J0X2lnbm9yZRgCIAEoCCLBAwoPUHJlcGFyZWRDb250ZXh0EhIKCmNvbnRleHRfaWQYASABKAkSDwoHZ2l0X3JldhgCIAEoCRIPCgdnaXRfc2hhGAMgASgJEhMKC3JlcG9fZm9sZGVyGAQgASgJEjEKBWZpbGVzGAUgAygLMiIuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNvbnRleHRGaWxlEkIKEWRvY2tlcmZpbGVfc291cmNlGAYgASgOMicuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkRvY2tlcmZpbGVTb3VyY2USEAoId2FybmluZ3MYByADKAkSPwoTc2VjcmV0X3N0ZXBfY29udGV4dBgIIAEoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Db250ZXh0RmlsZRI8CgtkaXJlY3RvcmllcxgJIAMoCzInLnN0ZXBydW5uZXIuY29udGV4dC52MS5Db250ZXh0RGlyZWN0b3J5EkQKEnJlcG9zaXRvcnlfb3B0aW9ucxgKIAEoCzIoLnN0ZXBydW5uZXIuY29udGV4dC52MS5SZXBvc2l0b3J5T3B0aW9ucxIVCg1yZXBvc2l0b3J5X2lkGAsgASgJIicKEUdldENvbnRleHRSZXF1ZXN0EhIKCmNvbnRleHRfaWQYASABKAkiTQoSR2V0Q29udGV4dFJlc3BvbnNlEjcKB2NvbnRleHQYASABKAsyJi5zdGVwcnVubmVyLmNvbnRleHQudjEuUHJlcGFyZWRDb250ZXh0InIKFlJlYWRDb250ZXh0RmlsZVJlcXVlc3QSEgoKY29udGV4dF9pZBgBIAEoCRI0CgRraW5kGAIgASgOMiYuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNvbnRleHRGaWxlS2luZBIOCgZvZmZzZXQYAyABKAMiKAoXUmVhZENvbnRleHRGaWxlUmVzcG9uc2USDQoFY2h1bmsYASABKAwiQQoWUmVzb2x2ZVJldmlzaW9uUmVxdWVzdBIWCg5yZXBvc2l0b3J5X3VybBgBIAEoCRIPCgdnaXRfcmV2GAIgASgJIj4KF1Jlc29sdmVSZXZpc2lvblJlc3BvbnNlEg8KB2dpdF9zaGEYASABKAkSEgoKbW92aW5nX3JlZhgCIAEoCCIdChtHZXREZWZhdWx0RG9ja2VyZmlsZVJlcXVlc3QiUwocR2V0RGVmYXVsdERvY2tlcmZpbGVSZXNwb25zZRISCgpkb2NrZXJmaWxlGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSDgoGZGlnZXN0GAMgASgJKpIBChZDaGlsZEV4ZWN1dGlvblN0cmF0ZWd5EigKJENISUxEX0VYRUNVVElPTl9TVFJBVEVHWV9VTlNQRUNJRklFRBAAEicKI0NISUxEX0VYRUNVVElPTl9TVFJBVEVHWV9TRVFVRU5USUFMEAESJQohQ0hJTERfRVhFQ1VUSU9OX1NUUkFURUdZX1BBUkFMTEVMEAIqzQEKD0NvbnRleHRGaWxlS2luZBIhCh1DT05URVhUX0ZJTEVfS0lORF9VTlNQRUNJRklFRBAAEh4KGkNPTlRFWFRfRklMRV9LSU5EX1JFUE9fVEFSEAESJgoiQ09OVEVYVF9GSUxFX0tJTkRfU1RFUF9DT05URVhUX1pJUBACEiAKHENPTlRFWFRfRklMRV9LSU5EX0RPQ0tFUkZJTEUQAxItCilDT05URVhUX0ZJTEVfS0lORF9TRUNSRVRfU1RFUF9DT05URVhUX1pJUBAEKnYKEERvY2tlcmZpbGVTb3VyY2USIQodRE9DS0VSRklMRV9TT1VSQ0VfVU5TUEVDSUZJRUQQABIdChlET0NLRVJGSUxFX1NPVVJDRV9ERUZBVUxUEAESIAocRE9DS0VSRklMRV9TT1VSQ0VfUkVQT1NJVE9SWRACMuMECg5Db250ZXh0U2VydmljZRJyCg5QcmVwYXJlQ29udGV4dBIsLnN0ZXBydW5uZXIuY29udGV4dC52MS5QcmVwYXJlQ29udGV4dFJlcXVlc3QaLS5zdGVwcnVubmVyLmNvbnRleHQudjEuUHJlcGFyZUNvbnRleHRSZXNwb25zZSIDkAICEmYKCkdldENvbnRleHQSKC5zdGVwcnVubmVyLmNvbnRleHQudjEuR2V0Q29udGV4dFJlcXVlc3QaKS5zdGVwcnVubmVyLmNvbnRleHQudjEuR2V0Q29udGV4dFJlc3BvbnNlIgOQAgESdwoPUmVhZENvbnRleHRGaWxlEi0uc3RlcHJ1bm5lci5jb250ZXh0LnYxLlJlYWRDb250ZXh0RmlsZVJlcXVlc3QaLi5zdGVwcnVubmVyLmNvbnRleHQudjEuUmVhZENvbnRleHRGaWxlUmVzcG9uc2UiA5ACATABEnUKD1Jlc29sdmVSZXZpc2lvbhItLnN0ZXBydW5uZXIuY29udGV4dC52MS5SZXNvbHZlUmV2aXNpb25SZXF1ZXN0Gi4uc3RlcHJ1bm5lci5jb250ZXh0LnYxLlJlc29sdmVSZXZpc2lvblJlc3BvbnNlIgOQAgIShAEKFEdldERlZmF1bHREb2NrZXJmaWxlEjIuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkdldERlZmF1bHREb2NrZXJmaWxlUmVxdWVzdBozLnN0ZXBydW5uZXIuY29udGV4dC52MS5HZXREZWZhdWx0RG9ja2VyZmlsZVJlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CitzdGVwcnVubmVyL2NvbnRleHQvdjEvY29udGV4dF9zZXJ2aWNlLnByb3RvEhVzdGVwcnVubmVyLmNvbnRleHQudjEiSQoLUHJvcGVydHlTZXQSDQoFb3duZXIYASABKAkSKwoKcHJvcGVydGllcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QikgIKDENoYW5nZVZhbHVlcxIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSFAoMcHJvamVjdF9jb2RlGAMgASgJEhQKDHByb2plY3RfbmFtZRgEIAEoCRIYChBlbnZpcm9ubWVudF9jb2RlGAUgASgJEhgKEGVudmlyb25tZW50X25hbWUYBiABKAkSEgoKY3JlYXRlZF9ieRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCghtZXRhZGF0YRgJIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFwoPZ2l0X3JlbW90ZV9uYW1lGAogASgJItABCgpTdGVwVmFsdWVzEgoKAmlkGAEgASgJEg4KBmFjdGlvbhgCIAEoCRIRCglmdWxsX3BhdGgYAyABKAkSTwoYY2hpbGRfZXhlY3V0aW9uX3N0cmF0ZWd5GAQgASgOMi0uc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNoaWxkRXhlY3V0aW9uU3RyYXRlZ3kSKgoJYXJndW1lbnRzGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5wYXJlbnRfc3RlcF9pZBgGIAEoCSIqCgpVc2VyVmFsdWVzEgwKBG5hbWUYASABKAkSDgoGZ3JvdXBzGAIgAygJIksKDFBhcmVudFZhbHVlcxIKCgJpZBgBIAEoCRIMCgRjb2RlGAIgASgJEgwKBG5hbWUYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkiswEKDVBhcmVudHNWYWx1ZXMSNAoHcHJvamVjdBgBIAEoCzIjLnN0ZXBydW5uZXIuY29udGV4dC52MS5QYXJlbnRWYWx1ZXMSOAoLZW52aXJvbm1lbnQYAiABKAsyIy5zdGVwcnVubmVyLmNvbnRleHQudjEuUGFyZW50VmFsdWVzEjIKBWFzc2V0GAMgASgLMiMuc3RlcHJ1bm5lci5jb250ZXh0LnYxLlBhcmVudFZhbHVlcyLhAQoRU3RlcENvbnRleHRWYWx1ZXMSMwoGY2hhbmdlGAEgASgLMiMuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNoYW5nZVZhbHVlcxIvCgRzdGVwGAIgASgLMiEuc3RlcHJ1bm5lci5jb250ZXh0LnYxLlN0ZXBWYWx1ZXMSLwoEdXNlchgDIAEoCzIhLnN0ZXBydW5uZXIuY29udGV4dC52MS5Vc2VyVmFsdWVzEjUKB3BhcmVudHMYBCABKAsyJC5zdGVwcnVubmVyLmNvbnRleHQudjEuUGFyZW50c1ZhbHVlcyKiAgoVUHJlcGFyZUNvbnRleHRSZXF1ZXN0EhYKDnJlcG9zaXRvcnlfdXJsGAEgASgJEg8KB2dpdF9yZXYYAiABKAkSEwoLcmVwb19mb2xkZXIYAyABKAkSGwoTZXhjbHVkZV9naXRfaGlzdG9yeRgEIAEoCBI2Cgpwcm9wZXJ0aWVzGAUgAygLMiIuc3RlcHJ1bm5lci5jb250ZXh0LnYxLlByb3BlcnR5U2V0EhcKD3NlY3JldF9wb2ludGVycxgGIAMoCRJACg5jb250ZXh0X3ZhbHVlcxgHIAEoCzIoLnN0ZXBydW5uZXIuY29udGV4dC52MS5TdGVwQ29udGV4dFZhbHVlcxIbChNob25vcl9leHBvcnRfaWdub3JlGAggASgIIlEKFlByZXBhcmVDb250ZXh0UmVzcG9uc2USNwoHY29udGV4dBgBIAEoCzImLnN0ZXBydW5uZXIuY29udGV4dC52MS5QcmVwYXJlZENvbnRleHQiiAEKC0NvbnRleHRGaWxlEjQKBGtpbmQYASABKA4yJi5zdGVwcnVubmVyLmNvbnRleHQudjEuQ29udGV4dEZpbGVLaW5kEgwKBG5hbWUYAiABKAkSDgoGZGlnZXN0GAMgASgJEhIKCnNpemVfYnl0ZXMYBCABKAMSEQoJaG9zdF9wYXRoGAUgASgJIkUKEENvbnRleHREaXJlY3RvcnkSDAoEbmFtZRgBIAEoCRIQCghpZGVudGl0eRgCIAEoCRIRCglob3N0X3BhdGgYAyABKAkiTQoRUmVwb3NpdG9yeU9wdGlvbnMSGwoTZXhjbHVkZV9naXRfaGlzdG9yeRgBIAEoCBIbChNob25vcl9leHBvcnRfaWdub3JlGAIgASgIIsEDCg9QcmVwYXJlZENvbnRleHQSEgoKY29udGV4dF9pZBgBIAEoCRIPCgdnaXRfcmV2GAIgASgJEg8KB2dpdF9zaGEYAyABKAkSEwoLcmVwb19mb2xkZXIYBCABKAkSMQoFZmlsZXMYBSADKAsyIi5zdGVwcnVubmVyLmNvbnRleHQudjEuQ29udGV4dEZpbGUSQgoRZG9ja2VyZmlsZV9zb3VyY2UYBiABKA4yJy5zdGVwcnVubmVyLmNvbnRleHQudjEuRG9ja2VyZmlsZVNvdXJjZRIQCgh3YXJuaW5ncxgHIAMoCRI/ChNzZWNyZXRfc3RlcF9jb250ZXh0GAggASgLMiIuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNvbnRleHRGaWxlEjwKC2RpcmVjdG9yaWVzGAkgAygLMicuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNvbnRleHREaXJlY3RvcnkSRAoScmVwb3NpdG9yeV9vcHRpb25zGAogASgLMiguc3RlcHJ1bm5lci5jb250ZXh0LnYxLlJlcG9zaXRvcnlPcHRpb25zEhUKDXJlcG9zaXRvcnlfaWQYCyABKAkiJwoRR2V0Q29udGV4dFJlcXVlc3QSEgoKY29udGV4dF9pZBgBIAEoCSJNChJHZXRDb250ZXh0UmVzcG9uc2USNwoHY29udGV4dBgBIAEoCzImLnN0ZXBydW5uZXIuY29udGV4dC52MS5QcmVwYXJlZENvbnRleHQicgoWUmVhZENvbnRleHRGaWxlUmVxdWVzdBISCgpjb250ZXh0X2lkGAEgASgJEjQKBGtpbmQYAiABKA4yJi5zdGVwcnVubmVyLmNvbnRleHQudjEuQ29udGV4dEZpbGVLaW5kEg4KBm9mZnNldBgDIAEoAyIoChdSZWFkQ29udGV4dEZpbGVSZXNwb25zZRINCgVjaHVuaxgBIAEoDCJBChZSZXNvbHZlUmV2aXNpb25SZXF1ZXN0EhYKDnJlcG9zaXRvcnlfdXJsGAEgASgJEg8KB2dpdF9yZXYYAiABKAkiPgoXUmVzb2x2ZVJldmlzaW9uUmVzcG9uc2USDwoHZ2l0X3NoYRgBIAEoCRISCgptb3ZpbmdfcmVmGAIgASgIIh0KG0dldERlZmF1bHREb2NrZXJmaWxlUmVxdWVzdCJTChxHZXREZWZhdWx0RG9ja2VyZmlsZVJlc3BvbnNlEhIKCmRvY2tlcmZpbGUYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIOCgZkaWdlc3QYAyABKAkqkgEKFkNoaWxkRXhlY3V0aW9uU3RyYXRlZ3kSKAokQ0hJTERfRVhFQ1VUSU9OX1NUUkFURUdZX1VOU1BFQ0lGSUVEEAASJwojQ0hJTERfRVhFQ1VUSU9OX1NUUkFURUdZX1NFUVVFTlRJQUwQARIlCiFDSElMRF9FWEVDVVRJT05fU1RSQVRFR1lfUEFSQUxMRUwQAir0AQoPQ29udGV4dEZpbGVLaW5kEiEKHUNPTlRFWFRfRklMRV9LSU5EX1VOU1BFQ0lGSUVEEAASHgoaQ09OVEVYVF9GSUxFX0tJTkRfUkVQT19UQVIQARImCiJDT05URVhUX0ZJTEVfS0lORF9TVEVQX0NPTlRFWFRfWklQEAISIAocQ09OVEVYVF9GSUxFX0tJTkRfRE9DS0VSRklMRRADEi0KKUNPTlRFWFRfRklMRV9LSU5EX1NFQ1JFVF9TVEVQX0NPTlRFWFRfWklQEAQSJQohQ09OVEVYVF9GSUxFX0tJTkRfVFJVU1RfU1RPUkVfVEFSEAUqdgoQRG9ja2VyZmlsZVNvdXJjZRIhCh1ET0NLRVJGSUxFX1NPVVJDRV9VTlNQRUNJRklFRBAAEh0KGURPQ0tFUkZJTEVfU09VUkNFX0RFRkFVTFQQARIgChxET0NLRVJGSUxFX1NPVVJDRV9SRVBPU0lUT1JZEAIy4wQKDkNvbnRleHRTZXJ2aWNlEnIKDlByZXBhcmVDb250ZXh0Eiwuc3RlcHJ1bm5lci5jb250ZXh0LnYxLlByZXBhcmVDb250ZXh0UmVxdWVzdBotLnN0ZXBydW5uZXIuY29udGV4dC52MS5QcmVwYXJlQ29udGV4dFJlc3BvbnNlIgOQAgISZgoKR2V0Q29udGV4dBIoLnN0ZXBydW5uZXIuY29udGV4dC52MS5HZXRDb250ZXh0UmVxdWVzdBopLnN0ZXBydW5uZXIuY29udGV4dC52MS5HZXRDb250ZXh0UmVzcG9uc2UiA5ACARJ3Cg9SZWFkQ29udGV4dEZpbGUSLS5zdGVwcnVubmVyLmNvbnRleHQudjEuUmVhZENvbnRleHRGaWxlUmVxdWVzdBouLnN0ZXBydW5uZXIuY29udGV4dC52MS5SZWFkQ29udGV4dEZpbGVSZXNwb25zZSIDkAIBMAESdQoPUmVzb2x2ZVJldmlzaW9uEi0uc3RlcHJ1bm5lci5jb250ZXh0LnYxLlJlc29sdmVSZXZpc2lvblJlcXVlc3QaLi5zdGVwcnVubmVyLmNvbnRleHQudjEuUmVzb2x2ZVJldmlzaW9uUmVzcG9uc2UiA5ACAhKEAQoUR2V0RGVmYXVsdERvY2tlcmZpbGUSMi5zdGVwcnVubmVyLmNvbnRleHQudjEuR2V0RGVmYXVsdERvY2tlcmZpbGVSZXF1ZXN0GjMuc3RlcHJ1bm5lci5jb250ZXh0LnYxLkdldERlZmF1bHREb2NrZXJmaWxlUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * PropertySet is one owner's properties (project, environment, change, ...), a JSON object.
@@ -86,6 +86,20 @@ export type ChangeValues = Message<"steprunner.context.v1.ChangeValues"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 8;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * The change's metadata (context.change.metadata), a JSON object.
+   *
+   * @generated from field: google.protobuf.Struct metadata = 9;
+   */
+  metadata?: JsonObject | undefined;
+
+  /**
+   * The Git remote the change runs from (context.change.git_remote_name).
+   *
+   * @generated from field: string git_remote_name = 10;
+   */
+  gitRemoteName: string;
 };
 
 /**
@@ -122,9 +136,18 @@ export type StepValues = Message<"steprunner.context.v1.StepValues"> & {
   childExecutionStrategy: ChildExecutionStrategy;
 
   /**
+   * The step's input arguments (context.step.arguments, and context.step.input_arguments as the docs name them).
+   *
    * @generated from field: google.protobuf.Struct arguments = 5;
    */
   arguments?: JsonObject | undefined;
+
+  /**
+   * The id of the step whose child step this is (context.step.parent_step_id); empty for a change's first step.
+   *
+   * @generated from field: string parent_step_id = 6;
+   */
+  parentStepId: string;
 };
 
 /**
@@ -144,6 +167,13 @@ export type UserValues = Message<"steprunner.context.v1.UserValues"> & {
    * @generated from field: string name = 1;
    */
   name: string;
+
+  /**
+   * The user's groups (context.user.groups).
+   *
+   * @generated from field: repeated string groups = 2;
+   */
+  groups: string[];
 };
 
 /**
@@ -152,6 +182,71 @@ export type UserValues = Message<"steprunner.context.v1.UserValues"> & {
  */
 export const UserValuesSchema: GenMessage<UserValues> = /*@__PURE__*/
   messageDesc(file_steprunner_context_v1_context_service, 3);
+
+/**
+ * ParentValues describe one node a step runs under (a project, an environment or an asset).
+ *
+ * @generated from message steprunner.context.v1.ParentValues
+ */
+export type ParentValues = Message<"steprunner.context.v1.ParentValues"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string code = 2;
+   */
+  code: string;
+
+  /**
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string description = 4;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message steprunner.context.v1.ParentValues.
+ * Use `create(ParentValuesSchema)` to create a new message.
+ */
+export const ParentValuesSchema: GenMessage<ParentValues> = /*@__PURE__*/
+  messageDesc(file_steprunner_context_v1_context_service, 4);
+
+/**
+ * ParentsValues are the nodes a step runs under, by type (context.parents in step_context.json). Only the nodes
+ * given appear; when project or environment is absent, it is made from change.project_code/project_name and
+ * change.environment_code/environment_name if those are set.
+ *
+ * @generated from message steprunner.context.v1.ParentsValues
+ */
+export type ParentsValues = Message<"steprunner.context.v1.ParentsValues"> & {
+  /**
+   * @generated from field: steprunner.context.v1.ParentValues project = 1;
+   */
+  project?: ParentValues | undefined;
+
+  /**
+   * @generated from field: steprunner.context.v1.ParentValues environment = 2;
+   */
+  environment?: ParentValues | undefined;
+
+  /**
+   * @generated from field: steprunner.context.v1.ParentValues asset = 3;
+   */
+  asset?: ParentValues | undefined;
+};
+
+/**
+ * Describes the message steprunner.context.v1.ParentsValues.
+ * Use `create(ParentsValuesSchema)` to create a new message.
+ */
+export const ParentsValuesSchema: GenMessage<ParentsValues> = /*@__PURE__*/
+  messageDesc(file_steprunner_context_v1_context_service, 5);
 
 /**
  * StepContextValues are the context values written into step_context.json beside the properties.
@@ -173,6 +268,11 @@ export type StepContextValues = Message<"steprunner.context.v1.StepContextValues
    * @generated from field: steprunner.context.v1.UserValues user = 3;
    */
   user?: UserValues | undefined;
+
+  /**
+   * @generated from field: steprunner.context.v1.ParentsValues parents = 4;
+   */
+  parents?: ParentsValues | undefined;
 };
 
 /**
@@ -180,7 +280,7 @@ export type StepContextValues = Message<"steprunner.context.v1.StepContextValues
  * Use `create(StepContextValuesSchema)` to create a new message.
  */
 export const StepContextValuesSchema: GenMessage<StepContextValues> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 4);
+  messageDesc(file_steprunner_context_v1_context_service, 6);
 
 /**
  * @generated from message steprunner.context.v1.PrepareContextRequest
@@ -248,7 +348,7 @@ export type PrepareContextRequest = Message<"steprunner.context.v1.PrepareContex
  * Use `create(PrepareContextRequestSchema)` to create a new message.
  */
 export const PrepareContextRequestSchema: GenMessage<PrepareContextRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 5);
+  messageDesc(file_steprunner_context_v1_context_service, 7);
 
 /**
  * @generated from message steprunner.context.v1.PrepareContextResponse
@@ -265,7 +365,7 @@ export type PrepareContextResponse = Message<"steprunner.context.v1.PrepareConte
  * Use `create(PrepareContextResponseSchema)` to create a new message.
  */
 export const PrepareContextResponseSchema: GenMessage<PrepareContextResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 6);
+  messageDesc(file_steprunner_context_v1_context_service, 8);
 
 /**
  * @generated from message steprunner.context.v1.ContextFile
@@ -309,7 +409,7 @@ export type ContextFile = Message<"steprunner.context.v1.ContextFile"> & {
  * Use `create(ContextFileSchema)` to create a new message.
  */
 export const ContextFileSchema: GenMessage<ContextFile> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 7);
+  messageDesc(file_steprunner_context_v1_context_service, 9);
 
 /**
  * ContextDirectory is one directory of the build context, holding part of the repository. Together, each
@@ -349,7 +449,7 @@ export type ContextDirectory = Message<"steprunner.context.v1.ContextDirectory">
  * Use `create(ContextDirectorySchema)` to create a new message.
  */
 export const ContextDirectorySchema: GenMessage<ContextDirectory> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 8);
+  messageDesc(file_steprunner_context_v1_context_service, 10);
 
 /**
  * RepositoryOptions are the options repo.tar and the directories were made with.
@@ -373,7 +473,7 @@ export type RepositoryOptions = Message<"steprunner.context.v1.RepositoryOptions
  * Use `create(RepositoryOptionsSchema)` to create a new message.
  */
 export const RepositoryOptionsSchema: GenMessage<RepositoryOptions> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 9);
+  messageDesc(file_steprunner_context_v1_context_service, 11);
 
 /**
  * @generated from message steprunner.context.v1.PreparedContext
@@ -452,7 +552,7 @@ export type PreparedContext = Message<"steprunner.context.v1.PreparedContext"> &
  * Use `create(PreparedContextSchema)` to create a new message.
  */
 export const PreparedContextSchema: GenMessage<PreparedContext> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 10);
+  messageDesc(file_steprunner_context_v1_context_service, 12);
 
 /**
  * @generated from message steprunner.context.v1.GetContextRequest
@@ -469,7 +569,7 @@ export type GetContextRequest = Message<"steprunner.context.v1.GetContextRequest
  * Use `create(GetContextRequestSchema)` to create a new message.
  */
 export const GetContextRequestSchema: GenMessage<GetContextRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 11);
+  messageDesc(file_steprunner_context_v1_context_service, 13);
 
 /**
  * @generated from message steprunner.context.v1.GetContextResponse
@@ -486,7 +586,7 @@ export type GetContextResponse = Message<"steprunner.context.v1.GetContextRespon
  * Use `create(GetContextResponseSchema)` to create a new message.
  */
 export const GetContextResponseSchema: GenMessage<GetContextResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 12);
+  messageDesc(file_steprunner_context_v1_context_service, 14);
 
 /**
  * @generated from message steprunner.context.v1.ReadContextFileRequest
@@ -513,7 +613,7 @@ export type ReadContextFileRequest = Message<"steprunner.context.v1.ReadContextF
  * Use `create(ReadContextFileRequestSchema)` to create a new message.
  */
 export const ReadContextFileRequestSchema: GenMessage<ReadContextFileRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 13);
+  messageDesc(file_steprunner_context_v1_context_service, 15);
 
 /**
  * @generated from message steprunner.context.v1.ReadContextFileResponse
@@ -530,7 +630,7 @@ export type ReadContextFileResponse = Message<"steprunner.context.v1.ReadContext
  * Use `create(ReadContextFileResponseSchema)` to create a new message.
  */
 export const ReadContextFileResponseSchema: GenMessage<ReadContextFileResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 14);
+  messageDesc(file_steprunner_context_v1_context_service, 16);
 
 /**
  * @generated from message steprunner.context.v1.ResolveRevisionRequest
@@ -552,7 +652,7 @@ export type ResolveRevisionRequest = Message<"steprunner.context.v1.ResolveRevis
  * Use `create(ResolveRevisionRequestSchema)` to create a new message.
  */
 export const ResolveRevisionRequestSchema: GenMessage<ResolveRevisionRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 15);
+  messageDesc(file_steprunner_context_v1_context_service, 17);
 
 /**
  * @generated from message steprunner.context.v1.ResolveRevisionResponse
@@ -576,7 +676,7 @@ export type ResolveRevisionResponse = Message<"steprunner.context.v1.ResolveRevi
  * Use `create(ResolveRevisionResponseSchema)` to create a new message.
  */
 export const ResolveRevisionResponseSchema: GenMessage<ResolveRevisionResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 16);
+  messageDesc(file_steprunner_context_v1_context_service, 18);
 
 /**
  * @generated from message steprunner.context.v1.GetDefaultDockerfileRequest
@@ -589,7 +689,7 @@ export type GetDefaultDockerfileRequest = Message<"steprunner.context.v1.GetDefa
  * Use `create(GetDefaultDockerfileRequestSchema)` to create a new message.
  */
 export const GetDefaultDockerfileRequestSchema: GenMessage<GetDefaultDockerfileRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 17);
+  messageDesc(file_steprunner_context_v1_context_service, 19);
 
 /**
  * @generated from message steprunner.context.v1.GetDefaultDockerfileResponse
@@ -618,7 +718,7 @@ export type GetDefaultDockerfileResponse = Message<"steprunner.context.v1.GetDef
  * Use `create(GetDefaultDockerfileResponseSchema)` to create a new message.
  */
 export const GetDefaultDockerfileResponseSchema: GenMessage<GetDefaultDockerfileResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_context_v1_context_service, 18);
+  messageDesc(file_steprunner_context_v1_context_service, 20);
 
 /**
  * ChildExecutionStrategy says how a step's child steps run.
@@ -688,6 +788,15 @@ export enum ContextFileKind {
    * @generated from enum value: CONTEXT_FILE_KIND_SECRET_STEP_CONTEXT_ZIP = 4;
    */
   SECRET_STEP_CONTEXT_ZIP = 4,
+
+  /**
+   * opschain-trust-store.tar: the CA certificates of the context-service's trust store directory
+   * (STEPRUNNER_TRUST_STORE_DIR; empty when unset), as OpsChain's sample Dockerfile ADDs them. Listed only when
+   * the Dockerfile names it.
+   *
+   * @generated from enum value: CONTEXT_FILE_KIND_TRUST_STORE_TAR = 5;
+   */
+  TRUST_STORE_TAR = 5,
 }
 
 /**

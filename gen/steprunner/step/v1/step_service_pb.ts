@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Duration, ListValue, Timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, ListValue, Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { ChildExecutionStrategy, PropertySet, StepContextValues } from "../../context/v1/context_service_pb.js";
 import { file_steprunner_context_v1_context_service } from "../../context/v1/context_service_pb.js";
@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file steprunner/step/v1/step_service.proto.
  */
 export const file_steprunner_step_v1_step_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVzdGVwcnVubmVyL3N0ZXAvdjEvc3RlcF9zZXJ2aWNlLnByb3RvEhJzdGVwcnVubmVyLnN0ZXAudjEiQAoGTGltaXRzEhQKDG1lbW9yeV9ieXRlcxgBIAEoAxISCgpjcHVfbWlsbGlzGAIgASgDEgwKBHBpZHMYAyABKAMiqgMKDlJ1blN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkSFgoOcmVwb3NpdG9yeV91cmwYAiABKAkSDwoHZ2l0X3JldhgDIAEoCRIOCgZhY3Rpb24YBCABKAkSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMSEwoLcmVwb19mb2xkZXIYCCABKAkSGwoTZXhjbHVkZV9naXRfaGlzdG9yeRgJIAEoCBIqCgd0aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGhvc3RfbmV0d29yaxgLIAEoCBIqCgZsaW1pdHMYDCABKAsyGi5zdGVwcnVubmVyLnN0ZXAudjEuTGltaXRzEhsKE2J1aWxkX3dpdGhvdXRfY2FjaGUYDSABKAgiNgoMU3RlcEFjY2VwdGVkEiYKBHN0ZXAYASABKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcCKQAQoMUGhhc2VDaGFuZ2VkEiwKBXN0YXRlGAEgASgOMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBTdGF0ZRIoCgVwaGFzZRgCIAEoDjIZLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKBAQoHTG9nTGluZRIOCgZvZmZzZXQYASABKAMSLgoGc3RyZWFtGAIgASgOMh4uc3RlcHJ1bm5lci5pbWFnZS52MS5Mb2dTdHJlYW0SDAoEdGV4dBgDIAEoCRIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI2CgxTdGVwRmluaXNoZWQSJgoEc3RlcBgBIAEoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwIsMCCg9SdW5TdGVwUmVzcG9uc2USNAoIYWNjZXB0ZWQYASABKAsyIC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcEFjY2VwdGVkSAASOQoNcGhhc2VfY2hhbmdlZBgCIAEoCzIgLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZUNoYW5nZWRIABI8Cg5idWlsZF9wcm9ncmVzcxgDIAEoCzIiLnN0ZXBydW5uZXIuaW1hZ2UudjEuQnVpbGRQcm9ncmVzc0gAEi8KCGxvZ19saW5lGAQgASgLMhsuc3RlcHJ1bm5lci5zdGVwLnYxLkxvZ0xpbmVIABI0CghmaW5pc2hlZBgFIAEoCzIgLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwRmluaXNoZWRIABIRCgd3YXJuaW5nGAYgASgJSABCBwoFZXZlbnQilAEKC1BoYXNlVGltaW5nEigKBXBoYXNlGAEgASgOMhkuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlEi4KCnN0YXJ0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIhsKCUNoaWxkU3RlcBIOCgZhY3Rpb24YASABKAkimAEKFENoaWxkU3RlcERlZmluaXRpb25zEi8KCGNoaWxkcmVuGAEgAygLMh0uc3RlcHJ1bm5lci5zdGVwLnYxLkNoaWxkU3RlcBJPChhjaGlsZF9leGVjdXRpb25fc3RyYXRlZ3kYAiABKA4yLS5zdGVwcnVubmVyLmNvbnRleHQudjEuQ2hpbGRFeGVjdXRpb25TdHJhdGVneSJPCg5Qcm9wZXJ0aWVzRGlmZhINCgVvd25lchgBIAEoCRIuCgpvcGVyYXRpb25zGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkxpc3RWYWx1ZSLBAQoKU3RlcFJlc3VsdBIrCgpwcm9wZXJ0aWVzGAEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBI8ChBwcm9wZXJ0aWVzX2RpZmZzGAIgAygLMiIuc3RlcHJ1bm5lci5zdGVwLnYxLlByb3BlcnRpZXNEaWZmEkgKFmNoaWxkX3N0ZXBfZGVmaW5pdGlvbnMYAyABKAsyKC5zdGVwcnVubmVyLnN0ZXAudjEuQ2hpbGRTdGVwRGVmaW5pdGlvbnMi5QMKBFN0ZXASCgoCaWQYASABKAkSLAoFc3RhdGUYAiABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEg4KBnJlYXNvbhgDIAEoCRIWCg5yZXBvc2l0b3J5X3VybBgEIAEoCRIPCgdnaXRfcmV2GAUgASgJEg8KB2dpdF9zaGEYBiABKAkSDgoGYWN0aW9uGAcgASgJEhAKCGltYWdlX2lkGAggASgJEhQKDGltYWdlX3JldXNlZBgJIAEoCBIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZXhpdF9jb2RlGAwgASgFEg4KBnNpZ25hbBgNIAEoCRISCgpvb21fa2lsbGVkGA4gASgIEi8KBnBoYXNlcxgPIAMoCzIfLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZVRpbWluZxIuCgZyZXN1bHQYECABKAsyHi5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFJlc3VsdBIRCglsb2dfbGluZXMYESABKAMSFQoNbG9nX3RydW5jYXRlZBgSIAEoCCIhCg5HZXRTdGVwUmVxdWVzdBIPCgdzdGVwX2lkGAEgASgJIjkKD0dldFN0ZXBSZXNwb25zZRImCgRzdGVwGAEgASgLMhguc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXAiaAoQTGlzdFN0ZXBzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRItCgZzdGF0ZXMYAyADKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlIlUKEUxpc3RTdGVwc1Jlc3BvbnNlEicKBXN0ZXBzGAEgAygLMhguc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXASFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkkKEUZvbGxvd0xvZ3NSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkSEwoLZnJvbV9vZmZzZXQYAiABKAMSDgoGZm9sbG93GAMgASgIIj8KEkZvbGxvd0xvZ3NSZXNwb25zZRIpCgRsaW5lGAEgASgLMhsuc3RlcHJ1bm5lci5zdGVwLnYxLkxvZ0xpbmUiJAoRQ2FuY2VsU3RlcFJlcXVlc3QSDwoHc3RlcF9pZBgBIAEoCSI8ChJDYW5jZWxTdGVwUmVzcG9uc2USJgoEc3RlcBgBIAEoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwIhcKFUdldFJ1bnRpbWVJbmZvUmVxdWVzdCKrAQoWR2V0UnVudGltZUluZm9SZXNwb25zZRIUCgxydW5jX3ZlcnNpb24YASABKAkSGAoQb2NpX3NwZWNfdmVyc2lvbhgCIAEoCRIWCg5jZ3JvdXBfdmVyc2lvbhgDIAEoBRIcChRtYXhfY29uY3VycmVudF9zdGVwcxgEIAEoBRIVCg1ydW5uaW5nX3N0ZXBzGAUgASgFEhQKDHF1ZXVlZF9zdGVwcxgGIAEoBSqkAgoJU3RlcFN0YXRlEhoKFlNURVBfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFTVEVQX1NUQVRFX1FVRVVFRBABEhgKFFNURVBfU1RBVEVfUFJFUEFSSU5HEAISFwoTU1RFUF9TVEFURV9CVUlMRElORxADEhYKElNURVBfU1RBVEVfUlVOTklORxAEEhYKElNURVBfU1RBVEVfU1VDQ0VTUxAFEhQKEFNURVBfU1RBVEVfRVJST1IQBhIYChRTVEVQX1NUQVRFX1RJTUVEX09VVBAHEhgKFFNURVBfU1RBVEVfQ0FOQ0VMTEVEEAgSGwoXU1RFUF9TVEFURV9TWVNURU1fRVJST1IQCRIaChZTVEVQX1NUQVRFX0hBTkRFRF9CQUNLEAoqhgEKBVBoYXNlEhUKEVBIQVNFX1VOU1BFQ0lGSUVEEAASDwoLUEhBU0VfUVVFVUUQARIRCg1QSEFTRV9DT05URVhUEAISDwoLUEhBU0VfQlVJTEQQAxIOCgpQSEFTRV9QVUxMEAQSDQoJUEhBU0VfUlVOEAUSEgoOUEhBU0VfVEVBUkRPV04QBjLPBAoLU3RlcFNlcnZpY2USVAoHUnVuU3RlcBIiLnN0ZXBydW5uZXIuc3RlcC52MS5SdW5TdGVwUmVxdWVzdBojLnN0ZXBydW5uZXIuc3RlcC52MS5SdW5TdGVwUmVzcG9uc2UwARJXCgdHZXRTdGVwEiIuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFN0ZXBSZXF1ZXN0GiMuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFN0ZXBSZXNwb25zZSIDkAIBEl0KCUxpc3RTdGVwcxIkLnN0ZXBydW5uZXIuc3RlcC52MS5MaXN0U3RlcHNSZXF1ZXN0GiUuc3RlcHJ1bm5lci5zdGVwLnYxLkxpc3RTdGVwc1Jlc3BvbnNlIgOQAgESYgoKRm9sbG93TG9ncxIlLnN0ZXBydW5uZXIuc3RlcC52MS5Gb2xsb3dMb2dzUmVxdWVzdBomLnN0ZXBydW5uZXIuc3RlcC52MS5Gb2xsb3dMb2dzUmVzcG9uc2UiA5ACATABEmAKCkNhbmNlbFN0ZXASJS5zdGVwcnVubmVyLnN0ZXAudjEuQ2FuY2VsU3RlcFJlcXVlc3QaJi5zdGVwcnVubmVyLnN0ZXAudjEuQ2FuY2VsU3RlcFJlc3BvbnNlIgOQAgISbAoOR2V0UnVudGltZUluZm8SKS5zdGVwcnVubmVyLnN0ZXAudjEuR2V0UnVudGltZUluZm9SZXF1ZXN0Giouc3RlcHJ1bm5lci5zdGVwLnYxLkdldFJ1bnRpbWVJbmZvUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_steprunner_context_v1_context_service, file_steprunner_image_v1_image_service]);
+  fileDesc("CiVzdGVwcnVubmVyL3N0ZXAvdjEvc3RlcF9zZXJ2aWNlLnByb3RvEhJzdGVwcnVubmVyLnN0ZXAudjEiQAoGTGltaXRzEhQKDG1lbW9yeV9ieXRlcxgBIAEoAxISCgpjcHVfbWlsbGlzGAIgASgDEgwKBHBpZHMYAyABKAMiuwMKDlJ1blN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkSFgoOcmVwb3NpdG9yeV91cmwYAiABKAkSDwoHZ2l0X3JldhgDIAEoCRIOCgZhY3Rpb24YBCABKAkSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMSEwoLcmVwb19mb2xkZXIYCCABKAkSGwoTZXhjbHVkZV9naXRfaGlzdG9yeRgJIAEoCBIqCgd0aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGhvc3RfbmV0d29yaxgLIAEoCBIqCgZsaW1pdHMYDCABKAsyGi5zdGVwcnVubmVyLnN0ZXAudjEuTGltaXRzEhsKE2J1aWxkX3dpdGhvdXRfY2FjaGUYDSABKAgSDwoHZHJ5X3J1bhgOIAEoCCI2CgxTdGVwQWNjZXB0ZWQSJgoEc3RlcBgBIAEoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwIpABCgxQaGFzZUNoYW5nZWQSLAoFc3RhdGUYASABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEigKBXBoYXNlGAIgASgOMhkuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoEBCgdMb2dMaW5lEg4KBm9mZnNldBgBIAEoAxIuCgZzdHJlYW0YAiABKA4yHi5zdGVwcnVubmVyLmltYWdlLnYxLkxvZ1N0cmVhbRIMCgR0ZXh0GAMgASgJEigKBHRpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjYKDFN0ZXBGaW5pc2hlZBImCgRzdGVwGAEgASgLMhguc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXAiwwIKD1J1blN0ZXBSZXNwb25zZRI0CghhY2NlcHRlZBgBIAEoCzIgLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwQWNjZXB0ZWRIABI5Cg1waGFzZV9jaGFuZ2VkGAIgASgLMiAuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlQ2hhbmdlZEgAEjwKDmJ1aWxkX3Byb2dyZXNzGAMgASgLMiIuc3RlcHJ1bm5lci5pbWFnZS52MS5CdWlsZFByb2dyZXNzSAASLwoIbG9nX2xpbmUYBCABKAsyGy5zdGVwcnVubmVyLnN0ZXAudjEuTG9nTGluZUgAEjQKCGZpbmlzaGVkGAUgASgLMiAuc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBGaW5pc2hlZEgAEhEKB3dhcm5pbmcYBiABKAlIAEIHCgVldmVudCKUAQoLUGhhc2VUaW1pbmcSKAoFcGhhc2UYASABKA4yGS5zdGVwcnVubmVyLnN0ZXAudjEuUGhhc2USLgoKc3RhcnRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoIZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iGwoJQ2hpbGRTdGVwEg4KBmFjdGlvbhgBIAEoCSKYAQoUQ2hpbGRTdGVwRGVmaW5pdGlvbnMSLwoIY2hpbGRyZW4YASADKAsyHS5zdGVwcnVubmVyLnN0ZXAudjEuQ2hpbGRTdGVwEk8KGGNoaWxkX2V4ZWN1dGlvbl9zdHJhdGVneRgCIAEoDjItLnN0ZXBydW5uZXIuY29udGV4dC52MS5DaGlsZEV4ZWN1dGlvblN0cmF0ZWd5Ik8KDlByb3BlcnRpZXNEaWZmEg0KBW93bmVyGAEgASgJEi4KCm9wZXJhdGlvbnMYAiABKAsyGi5nb29nbGUucHJvdG9idWYuTGlzdFZhbHVlIvUBCgpTdGVwUmVzdWx0EisKCnByb3BlcnRpZXMYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjwKEHByb3BlcnRpZXNfZGlmZnMYAiADKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuUHJvcGVydGllc0RpZmYSSAoWY2hpbGRfc3RlcF9kZWZpbml0aW9ucxgDIAEoCzIoLnN0ZXBydW5uZXIuc3RlcC52MS5DaGlsZFN0ZXBEZWZpbml0aW9ucxIyChJleHBlY3RlZF9zdGVwX3RyZWUYBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUi5QMKBFN0ZXASCgoCaWQYASABKAkSLAoFc3RhdGUYAiABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEg4KBnJlYXNvbhgDIAEoCRIWCg5yZXBvc2l0b3J5X3VybBgEIAEoCRIPCgdnaXRfcmV2GAUgASgJEg8KB2dpdF9zaGEYBiABKAkSDgoGYWN0aW9uGAcgASgJEhAKCGltYWdlX2lkGAggASgJEhQKDGltYWdlX3JldXNlZBgJIAEoCBIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZXhpdF9jb2RlGAwgASgFEg4KBnNpZ25hbBgNIAEoCRISCgpvb21fa2lsbGVkGA4gASgIEi8KBnBoYXNlcxgPIAMoCzIfLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZVRpbWluZxIuCgZyZXN1bHQYECABKAsyHi5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFJlc3VsdBIRCglsb2dfbGluZXMYESABKAMSFQoNbG9nX3RydW5jYXRlZBgSIAEoCCKDAQoQUnVuQ2hhbmdlUmVxdWVzdBIRCgljaGFuZ2VfaWQYASABKAkSMAoEc3RlcBgCIAEoCzIiLnN0ZXBydW5uZXIuc3RlcC52MS5SdW5TdGVwUmVxdWVzdBIqCgd0aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIvwBCgpDaGFuZ2VTdGVwEgoKAmlkGAEgASgJEg4KBmFjdGlvbhgCIAEoCRIRCglwYXJlbnRfaWQYAyABKAkSLAoFc3RhdGUYBCABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEg4KBnJlYXNvbhgFIAEoCRJPChhjaGlsZF9leGVjdXRpb25fc3RyYXRlZ3kYBiABKA4yLS5zdGVwcnVubmVyLmNvbnRleHQudjEuQ2hpbGRFeGVjdXRpb25TdHJhdGVneRIwCghjaGlsZHJlbhgHIAMoCzIeLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2VTdGVwIpkCCgZDaGFuZ2USCgoCaWQYASABKAkSLAoFc3RhdGUYAiABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEg4KBnJlYXNvbhgDIAEoCRIsCgRyb290GAQgASgLMh4uc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZVN0ZXASNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIuCgpjcmVhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPAoOQ2hhbmdlQWNjZXB0ZWQSKgoGY2hhbmdlGAEgASgLMhouc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZSJQCglTdGVwRXZlbnQSDwoHc3RlcF9pZBgBIAEoCRIyCgVldmVudBgCIAEoCzIjLnN0ZXBydW5uZXIuc3RlcC52MS5SdW5TdGVwUmVzcG9uc2UiOQoLVHJlZUNoYW5nZWQSKgoGY2hhbmdlGAEgASgLMhouc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZSI8Cg5DaGFuZ2VGaW5pc2hlZBIqCgZjaGFuZ2UYASABKAsyGi5zdGVwcnVubmVyLnN0ZXAudjEuQ2hhbmdlIo0CChFSdW5DaGFuZ2VSZXNwb25zZRI2CghhY2NlcHRlZBgBIAEoCzIiLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2VBY2NlcHRlZEgAEjMKCnN0ZXBfZXZlbnQYAiABKAsyHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcEV2ZW50SAASNwoMdHJlZV9jaGFuZ2VkGAMgASgLMh8uc3RlcHJ1bm5lci5zdGVwLnYxLlRyZWVDaGFuZ2VkSAASNgoIZmluaXNoZWQYBCABKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuQ2hhbmdlRmluaXNoZWRIABIRCgd3YXJuaW5nGAUgASgJSABCBwoFZXZlbnQiIQoOR2V0U3RlcFJlcXVlc3QSDwoHc3RlcF9pZBgBIAEoCSI5Cg9HZXRTdGVwUmVzcG9uc2USJgoEc3RlcBgBIAEoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwImgKEExpc3RTdGVwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSLQoGc3RhdGVzGAMgAygOMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBTdGF0ZSJVChFMaXN0U3RlcHNSZXNwb25zZRInCgVzdGVwcxgBIAMoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJJChFGb2xsb3dMb2dzUmVxdWVzdBIPCgdzdGVwX2lkGAEgASgJEhMKC2Zyb21fb2Zmc2V0GAIgASgDEg4KBmZvbGxvdxgDIAEoCCI/ChJGb2xsb3dMb2dzUmVzcG9uc2USKQoEbGluZRgBIAEoCzIbLnN0ZXBydW5uZXIuc3RlcC52MS5Mb2dMaW5lIiQKEUNhbmNlbFN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkiPAoSQ2FuY2VsU3RlcFJlc3BvbnNlEiYKBHN0ZXAYASABKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcCIXChVHZXRSdW50aW1lSW5mb1JlcXVlc3QiqwEKFkdldFJ1bnRpbWVJbmZvUmVzcG9uc2USFAoMcnVuY192ZXJzaW9uGAEgASgJEhgKEG9jaV9zcGVjX3ZlcnNpb24YAiABKAkSFgoOY2dyb3VwX3ZlcnNpb24YAyABKAUSHAoUbWF4X2NvbmN1cnJlbnRfc3RlcHMYBCABKAUSFQoNcnVubmluZ19zdGVwcxgFIAEoBRIUCgxxdWV1ZWRfc3RlcHMYBiABKAUqpAIKCVN0ZXBTdGF0ZRIaChZTVEVQX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRU1RFUF9TVEFURV9RVUVVRUQQARIYChRTVEVQX1NUQVRFX1BSRVBBUklORxACEhcKE1NURVBfU1RBVEVfQlVJTERJTkcQAxIWChJTVEVQX1NUQVRFX1JVTk5JTkcQBBIWChJTVEVQX1NUQVRFX1NVQ0NFU1MQBRIUChBTVEVQX1NUQVRFX0VSUk9SEAYSGAoUU1RFUF9TVEFURV9USU1FRF9PVVQQBxIYChRTVEVQX1NUQVRFX0NBTkNFTExFRBAIEhsKF1NURVBfU1RBVEVfU1lTVEVNX0VSUk9SEAkSGgoWU1RFUF9TVEFURV9IQU5ERURfQkFDSxAKKoYBCgVQaGFzZRIVChFQSEFTRV9VTlNQRUNJRklFRBAAEg8KC1BIQVNFX1FVRVVFEAESEQoNUEhBU0VfQ09OVEVYVBACEg8KC1BIQVNFX0JVSUxEEAMSDgoKUEhBU0VfUFVMTBAEEg0KCVBIQVNFX1JVThAFEhIKDlBIQVNFX1RFQVJET1dOEAYyqwUKC1N0ZXBTZXJ2aWNlElQKB1J1blN0ZXASIi5zdGVwcnVubmVyLnN0ZXAudjEuUnVuU3RlcFJlcXVlc3QaIy5zdGVwcnVubmVyLnN0ZXAudjEuUnVuU3RlcFJlc3BvbnNlMAESWgoJUnVuQ2hhbmdlEiQuc3RlcHJ1bm5lci5zdGVwLnYxLlJ1bkNoYW5nZVJlcXVlc3QaJS5zdGVwcnVubmVyLnN0ZXAudjEuUnVuQ2hhbmdlUmVzcG9uc2UwARJXCgdHZXRTdGVwEiIuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFN0ZXBSZXF1ZXN0GiMuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFN0ZXBSZXNwb25zZSIDkAIBEl0KCUxpc3RTdGVwcxIkLnN0ZXBydW5uZXIuc3RlcC52MS5MaXN0U3RlcHNSZXF1ZXN0GiUuc3RlcHJ1bm5lci5zdGVwLnYxLkxpc3RTdGVwc1Jlc3BvbnNlIgOQAgESYgoKRm9sbG93TG9ncxIlLnN0ZXBydW5uZXIuc3RlcC52MS5Gb2xsb3dMb2dzUmVxdWVzdBomLnN0ZXBydW5uZXIuc3RlcC52MS5Gb2xsb3dMb2dzUmVzcG9uc2UiA5ACATABEmAKCkNhbmNlbFN0ZXASJS5zdGVwcnVubmVyLnN0ZXAudjEuQ2FuY2VsU3RlcFJlcXVlc3QaJi5zdGVwcnVubmVyLnN0ZXAudjEuQ2FuY2VsU3RlcFJlc3BvbnNlIgOQAgISbAoOR2V0UnVudGltZUluZm8SKS5zdGVwcnVubmVyLnN0ZXAudjEuR2V0UnVudGltZUluZm9SZXF1ZXN0Giouc3RlcHJ1bm5lci5zdGVwLnYxLkdldFJ1bnRpbWVJbmZvUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_steprunner_context_v1_context_service, file_steprunner_image_v1_image_service]);
 
 /**
  * Limits bound a step's container; zero means the service's default.
@@ -76,7 +76,9 @@ export type RunStepRequest = Message<"steprunner.step.v1.RunStepRequest"> & {
   gitRev: string;
 
   /**
-   * The action to run: a Rake task of the repository's actions.rb.
+   * What opschain-action runs: one or more Rake tasks of the repository's actions.rb separated by spaces
+   * ("deploy", "build test"), or a listing: "-T" or "-AT", optionally followed by a pattern. Any other
+   * option is refused.
    *
    * @generated from field: string action = 4;
    */
@@ -136,6 +138,14 @@ export type RunStepRequest = Message<"steprunner.step.v1.RunStepRequest"> & {
    * @generated from field: bool build_without_cache = 13;
    */
   buildWithoutCache: boolean;
+
+  /**
+   * Run the action as a dry run (OPSCHAIN_DRY_RUN=true): the action reports the step tree it expects in
+   * step_result.json's expected_step_tree instead of running.
+   *
+   * @generated from field: bool dry_run = 14;
+   */
+  dryRun: boolean;
 };
 
 /**
@@ -407,6 +417,14 @@ export type StepResult = Message<"steprunner.step.v1.StepResult"> & {
    * @generated from field: steprunner.step.v1.ChildStepDefinitions child_step_definitions = 3;
    */
   childStepDefinitions?: ChildStepDefinitions | undefined;
+
+  /**
+   * A dry run's expected step tree as the action reported it (step_result.json's expected_step_tree); unset
+   * when the action reported none.
+   *
+   * @generated from field: google.protobuf.Value expected_step_tree = 4;
+   */
+  expectedStepTree?: Value | undefined;
 };
 
 /**
@@ -531,6 +549,276 @@ export const StepSchema: GenMessage<Step> = /*@__PURE__*/
   messageDesc(file_steprunner_step_v1_step_service, 12);
 
 /**
+ * @generated from message steprunner.step.v1.RunChangeRequest
+ */
+export type RunChangeRequest = Message<"steprunner.step.v1.RunChangeRequest"> & {
+  /**
+   * The change's id (1-48 of [A-Za-z0-9_.-]); its steps are "<change_id>.1" (the first), "<change_id>.2" and
+   * on in the order they are created. Empty: the service picks one.
+   *
+   * @generated from field: string change_id = 1;
+   */
+  changeId: string;
+
+  /**
+   * The first step, as RunStep takes it; its step_id must be empty. Its properties, context values,
+   * repository and options apply to every step of the tree. When dry_run is set, only this step runs.
+   *
+   * @generated from field: steprunner.step.v1.RunStepRequest step = 2;
+   */
+  step?: RunStepRequest | undefined;
+
+  /**
+   * The timeout of the whole tree; zero means the service's default step timeout. Each step's own
+   * timeout (step.timeout) still applies to it, cut short by what is left of this one.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 3;
+   */
+  timeout?: Duration | undefined;
+};
+
+/**
+ * Describes the message steprunner.step.v1.RunChangeRequest.
+ * Use `create(RunChangeRequestSchema)` to create a new message.
+ */
+export const RunChangeRequestSchema: GenMessage<RunChangeRequest> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 13);
+
+/**
+ * ChangeStep is one step of a change's tree.
+ *
+ * @generated from message steprunner.step.v1.ChangeStep
+ */
+export type ChangeStep = Message<"steprunner.step.v1.ChangeStep"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string action = 2;
+   */
+  action: string;
+
+  /**
+   * The id of the step that declared this one; empty for the first step.
+   *
+   * @generated from field: string parent_id = 3;
+   */
+  parentId: string;
+
+  /**
+   * QUEUED until it starts; a step never started because the tree ended first stays
+   * STEP_STATE_UNSPECIFIED with reason saying why.
+   *
+   * @generated from field: steprunner.step.v1.StepState state = 4;
+   */
+  state: StepState;
+
+  /**
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+
+  /**
+   * How this step's children run.
+   *
+   * @generated from field: steprunner.context.v1.ChildExecutionStrategy child_execution_strategy = 6;
+   */
+  childExecutionStrategy: ChildExecutionStrategy;
+
+  /**
+   * @generated from field: repeated steprunner.step.v1.ChangeStep children = 7;
+   */
+  children: ChangeStep[];
+};
+
+/**
+ * Describes the message steprunner.step.v1.ChangeStep.
+ * Use `create(ChangeStepSchema)` to create a new message.
+ */
+export const ChangeStepSchema: GenMessage<ChangeStep> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 14);
+
+/**
+ * @generated from message steprunner.step.v1.Change
+ */
+export type Change = Message<"steprunner.step.v1.Change"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The tree's state: SUCCESS when every step succeeded, else the state of the first step that did not
+   * (ERROR also when parallel steps' property changes conflict).
+   *
+   * @generated from field: steprunner.step.v1.StepState state = 2;
+   */
+  state: StepState;
+
+  /**
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: steprunner.step.v1.ChangeStep root = 4;
+   */
+  root?: ChangeStep | undefined;
+
+  /**
+   * Every owner's properties after all the steps' changes were applied in order.
+   *
+   * @generated from field: repeated steprunner.context.v1.PropertySet properties = 5;
+   */
+  properties: PropertySet[];
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 6;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp finished_at = 7;
+   */
+  finishedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message steprunner.step.v1.Change.
+ * Use `create(ChangeSchema)` to create a new message.
+ */
+export const ChangeSchema: GenMessage<Change> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 15);
+
+/**
+ * @generated from message steprunner.step.v1.ChangeAccepted
+ */
+export type ChangeAccepted = Message<"steprunner.step.v1.ChangeAccepted"> & {
+  /**
+   * @generated from field: steprunner.step.v1.Change change = 1;
+   */
+  change?: Change | undefined;
+};
+
+/**
+ * Describes the message steprunner.step.v1.ChangeAccepted.
+ * Use `create(ChangeAcceptedSchema)` to create a new message.
+ */
+export const ChangeAcceptedSchema: GenMessage<ChangeAccepted> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 16);
+
+/**
+ * StepEvent is one event of one step of the change, as RunStep streams them.
+ *
+ * @generated from message steprunner.step.v1.StepEvent
+ */
+export type StepEvent = Message<"steprunner.step.v1.StepEvent"> & {
+  /**
+   * @generated from field: string step_id = 1;
+   */
+  stepId: string;
+
+  /**
+   * @generated from field: steprunner.step.v1.RunStepResponse event = 2;
+   */
+  event?: RunStepResponse | undefined;
+};
+
+/**
+ * Describes the message steprunner.step.v1.StepEvent.
+ * Use `create(StepEventSchema)` to create a new message.
+ */
+export const StepEventSchema: GenMessage<StepEvent> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 17);
+
+/**
+ * TreeChanged carries the whole tree after a step was added to it or changed state.
+ *
+ * @generated from message steprunner.step.v1.TreeChanged
+ */
+export type TreeChanged = Message<"steprunner.step.v1.TreeChanged"> & {
+  /**
+   * @generated from field: steprunner.step.v1.Change change = 1;
+   */
+  change?: Change | undefined;
+};
+
+/**
+ * Describes the message steprunner.step.v1.TreeChanged.
+ * Use `create(TreeChangedSchema)` to create a new message.
+ */
+export const TreeChangedSchema: GenMessage<TreeChanged> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 18);
+
+/**
+ * @generated from message steprunner.step.v1.ChangeFinished
+ */
+export type ChangeFinished = Message<"steprunner.step.v1.ChangeFinished"> & {
+  /**
+   * @generated from field: steprunner.step.v1.Change change = 1;
+   */
+  change?: Change | undefined;
+};
+
+/**
+ * Describes the message steprunner.step.v1.ChangeFinished.
+ * Use `create(ChangeFinishedSchema)` to create a new message.
+ */
+export const ChangeFinishedSchema: GenMessage<ChangeFinished> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 19);
+
+/**
+ * @generated from message steprunner.step.v1.RunChangeResponse
+ */
+export type RunChangeResponse = Message<"steprunner.step.v1.RunChangeResponse"> & {
+  /**
+   * @generated from oneof steprunner.step.v1.RunChangeResponse.event
+   */
+  event: {
+    /**
+     * @generated from field: steprunner.step.v1.ChangeAccepted accepted = 1;
+     */
+    value: ChangeAccepted;
+    case: "accepted";
+  } | {
+    /**
+     * @generated from field: steprunner.step.v1.StepEvent step_event = 2;
+     */
+    value: StepEvent;
+    case: "stepEvent";
+  } | {
+    /**
+     * @generated from field: steprunner.step.v1.TreeChanged tree_changed = 3;
+     */
+    value: TreeChanged;
+    case: "treeChanged";
+  } | {
+    /**
+     * The last event.
+     *
+     * @generated from field: steprunner.step.v1.ChangeFinished finished = 4;
+     */
+    value: ChangeFinished;
+    case: "finished";
+  } | {
+    /**
+     * @generated from field: string warning = 5;
+     */
+    value: string;
+    case: "warning";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message steprunner.step.v1.RunChangeResponse.
+ * Use `create(RunChangeResponseSchema)` to create a new message.
+ */
+export const RunChangeResponseSchema: GenMessage<RunChangeResponse> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 20);
+
+/**
  * @generated from message steprunner.step.v1.GetStepRequest
  */
 export type GetStepRequest = Message<"steprunner.step.v1.GetStepRequest"> & {
@@ -545,7 +833,7 @@ export type GetStepRequest = Message<"steprunner.step.v1.GetStepRequest"> & {
  * Use `create(GetStepRequestSchema)` to create a new message.
  */
 export const GetStepRequestSchema: GenMessage<GetStepRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 13);
+  messageDesc(file_steprunner_step_v1_step_service, 21);
 
 /**
  * @generated from message steprunner.step.v1.GetStepResponse
@@ -562,7 +850,7 @@ export type GetStepResponse = Message<"steprunner.step.v1.GetStepResponse"> & {
  * Use `create(GetStepResponseSchema)` to create a new message.
  */
 export const GetStepResponseSchema: GenMessage<GetStepResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 14);
+  messageDesc(file_steprunner_step_v1_step_service, 22);
 
 /**
  * @generated from message steprunner.step.v1.ListStepsRequest
@@ -591,7 +879,7 @@ export type ListStepsRequest = Message<"steprunner.step.v1.ListStepsRequest"> & 
  * Use `create(ListStepsRequestSchema)` to create a new message.
  */
 export const ListStepsRequestSchema: GenMessage<ListStepsRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 15);
+  messageDesc(file_steprunner_step_v1_step_service, 23);
 
 /**
  * @generated from message steprunner.step.v1.ListStepsResponse
@@ -613,7 +901,7 @@ export type ListStepsResponse = Message<"steprunner.step.v1.ListStepsResponse"> 
  * Use `create(ListStepsResponseSchema)` to create a new message.
  */
 export const ListStepsResponseSchema: GenMessage<ListStepsResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 16);
+  messageDesc(file_steprunner_step_v1_step_service, 24);
 
 /**
  * @generated from message steprunner.step.v1.FollowLogsRequest
@@ -644,7 +932,7 @@ export type FollowLogsRequest = Message<"steprunner.step.v1.FollowLogsRequest"> 
  * Use `create(FollowLogsRequestSchema)` to create a new message.
  */
 export const FollowLogsRequestSchema: GenMessage<FollowLogsRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 17);
+  messageDesc(file_steprunner_step_v1_step_service, 25);
 
 /**
  * @generated from message steprunner.step.v1.FollowLogsResponse
@@ -661,7 +949,7 @@ export type FollowLogsResponse = Message<"steprunner.step.v1.FollowLogsResponse"
  * Use `create(FollowLogsResponseSchema)` to create a new message.
  */
 export const FollowLogsResponseSchema: GenMessage<FollowLogsResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 18);
+  messageDesc(file_steprunner_step_v1_step_service, 26);
 
 /**
  * @generated from message steprunner.step.v1.CancelStepRequest
@@ -678,7 +966,7 @@ export type CancelStepRequest = Message<"steprunner.step.v1.CancelStepRequest"> 
  * Use `create(CancelStepRequestSchema)` to create a new message.
  */
 export const CancelStepRequestSchema: GenMessage<CancelStepRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 19);
+  messageDesc(file_steprunner_step_v1_step_service, 27);
 
 /**
  * @generated from message steprunner.step.v1.CancelStepResponse
@@ -695,7 +983,7 @@ export type CancelStepResponse = Message<"steprunner.step.v1.CancelStepResponse"
  * Use `create(CancelStepResponseSchema)` to create a new message.
  */
 export const CancelStepResponseSchema: GenMessage<CancelStepResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 20);
+  messageDesc(file_steprunner_step_v1_step_service, 28);
 
 /**
  * @generated from message steprunner.step.v1.GetRuntimeInfoRequest
@@ -708,7 +996,7 @@ export type GetRuntimeInfoRequest = Message<"steprunner.step.v1.GetRuntimeInfoRe
  * Use `create(GetRuntimeInfoRequestSchema)` to create a new message.
  */
 export const GetRuntimeInfoRequestSchema: GenMessage<GetRuntimeInfoRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 21);
+  messageDesc(file_steprunner_step_v1_step_service, 29);
 
 /**
  * @generated from message steprunner.step.v1.GetRuntimeInfoResponse
@@ -756,7 +1044,7 @@ export type GetRuntimeInfoResponse = Message<"steprunner.step.v1.GetRuntimeInfoR
  * Use `create(GetRuntimeInfoResponseSchema)` to create a new message.
  */
 export const GetRuntimeInfoResponseSchema: GenMessage<GetRuntimeInfoResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 22);
+  messageDesc(file_steprunner_step_v1_step_service, 30);
 
 /**
  * StepState is where a step is; from SUCCESS on, the states are final.
@@ -893,6 +1181,19 @@ export const StepService: GenService<{
     methodKind: "server_streaming";
     input: typeof RunStepRequestSchema;
     output: typeof RunStepResponseSchema;
+  },
+  /**
+   * RunChange runs a step and then the child steps it declares in its step_result.json, each as a fresh step,
+   * sequentially or in parallel as declared, each seeing the properties its predecessors changed. It streams
+   * every step's events and the tree as it grows, until the whole tree ends. CancelStep with the change's id
+   * (or any of its steps' ids) cancels the whole tree; the timeout covers the whole tree.
+   *
+   * @generated from rpc steprunner.step.v1.StepService.RunChange
+   */
+  runChange: {
+    methodKind: "server_streaming";
+    input: typeof RunChangeRequestSchema;
+    output: typeof RunChangeResponseSchema;
   },
   /**
    * GetStep returns a step's durable record.

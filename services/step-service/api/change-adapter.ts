@@ -1,0 +1,121 @@
+import { create, type JsonObject } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { ChildExecutionStrategy } from "../../../gen/steprunner/context/v1/context_service_pb.js";
+import {
+  type Change,
+  type ChangeStep,
+  ChangeSchema,
+  type RunChangeRequest,
+  type RunChangeResponse,
+  StepState,
+} from "../../../gen/steprunner/step/v1/step_service_pb.js";
+import { callerOf } from "../../shared/server/caller.js";
+import { durationMs, invalidField, invalidFieldMessage } from "../../shared/validation.js";
+import { type ChangeEvent, ChangeExistsError, type ChangeNode, type ChangeRunner, type ChangeView } from "../steps/change-runner.js";
+import { CallerLimitError, StepRunnerDrainingError } from "../steps/step-runner.js";
+import { type StepServiceSettings, toResponse, validateRunStep } from "./step-service-adapter.js";
+import { STATES } from "./states.js";
+
+const CHANGE_ID = /^[A-Za-z0-9_.-]{1,48}$/;
+
+/** RunChange: validates the request, starts the change, and streams its events until it ends. */
+export function runChangeHandler(settings: StepServiceSettings, changes: ChangeRunner) {
+  return async function* runChange(request: RunChangeRequest, context: HandlerContext): AsyncGenerator<RunChangeResponse> {
+    if (request.changeId !== "" && !CHANGE_ID.test(request.changeId)) {
+      throw invalidField("change_id", "must be 1-48 characters of [A-Za-z0-9_.-], or empty for one the service picks", request.changeId);
+    }
+    if (!request.step) throw invalidField("step", "must be given: the first step of the change, as RunStep takes it");
+    if (request.step.stepId !== "") throw invalidField("step.step_id", "must be empty: the change names its steps <change_id>.1, <change_id>.2, …", request.step.stepId);
+    let root;
+    try {
+      root = validateRunStep(request.step, settings);
+    } catch (error) {
+      throw prefixed(error, "step.");
+    }
+    const timeoutMs = request.timeout ? durationMs("timeout", request.timeout) : 0;
+    if (timeoutMs < 0 || timeoutMs > settings.maxTimeoutMs) {
+      throw invalidField("timeout", `must be between 0 and ${settings.maxTimeoutMs / 1000} s (0 or unset for the default)`, `${request.timeout!.seconds}s`);
+    }
+    const events: ChangeEvent[] = [];
+    let wake: (() => void) | undefined;
+    const push = (event: ChangeEvent) => {
+      events.push(event);
+      wake?.();
+    };
+    try {
+      changes.start({ changeId: request.changeId, root, timeoutMs: timeoutMs || settings.maxTimeoutMs }, push, context.signal, callerOf(context));
+    } catch (error) {
+      if (error instanceof ChangeExistsError) throw new ConnectError(error.message, Code.AlreadyExists);
+      if (error instanceof StepRunnerDrainingError) throw new ConnectError(error.message, Code.Unavailable);
+      if (error instanceof CallerLimitError) throw new ConnectError(error.message, Code.ResourceExhausted);
+      throw ConnectError.from(error);
+    }
+    const onAbort = () => wake?.();
+    context.signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      for (;;) {
+        while (events.length > 0) {
+          const event = events.shift()!;
+          const response = toChangeResponse(event);
+          if (response) yield response;
+          if (event.type === "finished") return;
+        }
+        if (context.signal.aborted) return;
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+      }
+    } finally {
+      context.signal.removeEventListener("abort", onAbort);
+    }
+  };
+}
+
+/** An INVALID_ARGUMENT of the inner request with its field named from the outer one ("action" → "step.action"). */
+function prefixed(error: unknown, prefix: string): unknown {
+  if (!(error instanceof ConnectError) || error.code !== Code.InvalidArgument) return error;
+  const match = /^([a-z_][a-z0-9_.[\]]*): /.exec(error.rawMessage);
+  if (!match) return error;
+  return invalidFieldMessage(`${prefix}${match[1]}`, `${prefix}${error.rawMessage}`);
+}
+
+function toChangeResponse(event: ChangeEvent): RunChangeResponse | undefined {
+  switch (event.type) {
+    case "accepted":
+      return { event: { case: "accepted", value: { change: toChange(event.change) } } } as RunChangeResponse;
+    case "tree":
+      return { event: { case: "treeChanged", value: { change: toChange(event.change) } } } as RunChangeResponse;
+    case "warning":
+      return { event: { case: "warning", value: event.message } } as RunChangeResponse;
+    case "finished":
+      return { event: { case: "finished", value: { change: toChange(event.change) } } } as RunChangeResponse;
+    case "step": {
+      const inner = toResponse(event.event);
+      return inner ? ({ event: { case: "stepEvent", value: { stepId: event.stepId, event: inner } } } as RunChangeResponse) : undefined;
+    }
+  }
+}
+
+export function toChange(view: ChangeView): Change {
+  return create(ChangeSchema, {
+    id: view.id,
+    state: view.state === "running" ? StepState.RUNNING : STATES[view.state],
+    reason: view.reason,
+    root: toChangeStep(view.root),
+    properties: view.properties.map((set) => ({ owner: set.owner, properties: set.properties as JsonObject })),
+    createdAt: timestampFromMs(view.createdAt),
+    ...(view.finishedAt !== null ? { finishedAt: timestampFromMs(view.finishedAt) } : {}),
+  });
+}
+
+function toChangeStep(node: ChangeNode): ChangeStep {
+  return {
+    id: node.id,
+    action: node.action,
+    parentId: node.parentId,
+    state: node.state === "pending" ? StepState.QUEUED : node.state === "not_run" ? StepState.UNSPECIFIED : STATES[node.state],
+    reason: node.reason,
+    childExecutionStrategy: node.childExecutionStrategy === "parallel" ? ChildExecutionStrategy.PARALLEL : ChildExecutionStrategy.SEQUENTIAL,
+    children: node.children.map(toChangeStep),
+  } as ChangeStep;
+}
