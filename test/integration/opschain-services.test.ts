@@ -195,10 +195,10 @@ describe("OpsChain projects' services side (#14) through the running services", 
     assert.equal(both.step.action, "first second");
     const described = await runStep({ action: "-T" });
     assert.equal(described.step.state, StepState.SUCCESS, described.step.reason);
-    assert.match(described.stdout, /rake first\s+# First of two/);
-    assert.doesNotMatch(described.stdout, /rake second/);
+    assert.match(described.stdout, /opschain-action first\s+# First of two/);
+    assert.doesNotMatch(described.stdout, /opschain-action second/);
     const all = await runStep({ action: "-AT" });
-    assert.match(all.stdout, /rake second/);
+    assert.match(all.stdout, /opschain-action second/);
   });
 
   it("refuses an action that is another option to Rake, naming it", async () => {

@@ -9,7 +9,7 @@ import { buildDockerfile } from "../../services/image-service/buildkit/dockerfil
 import { explainBuildFailure } from "../../services/image-service/core/build-errors.js";
 import { isNotUnderstood } from "../../services/image-service/core/syntax-directive.js";
 import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
-import { stack } from "../support/stack.js";
+import { needsDockerd, stack } from "../support/stack.js";
 
 /**
  * A "# syntax=" line naming an image that cannot be pulled here, built with the directive skipped (the
@@ -63,7 +63,7 @@ describe("a # syntax= line skipped: the builtin Dockerfile frontend of each Buil
     await rm(work, { recursive: true, force: true });
   });
 
-  it("BuildKit v0.8 (dockerd): builds a file it understands, and names COPY --link and --exclude as unknown flags", async () => {
+  it("BuildKit v0.8 (dockerd): builds a file it understands, and names COPY --link and --exclude as unknown flags", needsDockerd("its BuildKit v0.8"), async () => {
     assert.equal(await build(stack.buildkitAddr, work, `${SYNTAX}${STAGE}COPY --chown=10001:10001 --from=files / /x/\n`), undefined);
     for (const flag of ["--link", "--exclude=.git"]) {
       const failure = await build(stack.buildkitAddr, work, `${SYNTAX}${STAGE}COPY ${flag} --from=files / /x/\n`);
