@@ -41,6 +41,8 @@ const imageOutput = setting("STEPRUNNER_IMAGE_OUTPUT", buildkitAddresses[0]!.sta
 if (imageOutput !== "dockerd" && imageOutput !== "registry") throw new Error(`STEPRUNNER_IMAGE_OUTPUT must be dockerd or registry, got "${imageOutput}"`);
 const handoff = setting("STEPRUNNER_IMAGE_HANDOFF", imageOutput === "registry" ? "registry" : "layer-store");
 if (handoff !== "layer-store" && handoff !== "registry") throw new Error(`STEPRUNNER_IMAGE_HANDOFF must be layer-store or registry, got "${handoff}"`);
+const layerCompression = setting("STEPRUNNER_IMAGE_COMPRESSION", "uncompressed");
+if (layerCompression !== "gzip" && layerCompression !== "uncompressed") throw new Error(`STEPRUNNER_IMAGE_COMPRESSION must be gzip or uncompressed, got "${layerCompression}"`);
 const defaultBaseRunner = setting("OPSCHAIN_BASE_RUNNER", `${registryAddress}/steprunner/runner:${STEPRUNNER_VERSION}`);
 
 const metrics = new ServiceMetrics("image-service");
@@ -68,6 +70,7 @@ const images = new ImageBuilder(
   new ReuseRecords(join(stateDir, "images")),
   {
     imageOutput,
+    layerCompression,
     defaultBaseRunner,
     version: STEPRUNNER_VERSION,
     stepsRepository: "steprunner/steps",

@@ -46,9 +46,14 @@ export interface Registry {
  */
 export type ImageOutput = "dockerd" | "registry";
 
+/** The layer compressions the step-service's layer store can read (Node has no zstd). */
+export type LayerCompression = "gzip" | "uncompressed";
+
 export interface ImageBuilderSettings {
   /** Absent: dockerd. */
   imageOutput?: ImageOutput;
+  /** How the image exporter compresses the layers it pushes (registry output); absent: BuildKit's default, gzip. */
+  layerCompression?: LayerCompression;
   defaultBaseRunner: string;
   /** OPSCHAIN_VERSION. */
   version: string;
@@ -268,7 +273,7 @@ export class ImageBuilder {
       secrets: { env_context_zip: () => readFile(context.secretZipPath) },
       exporter:
         this.output === "registry"
-          ? { type: "image", attrs: { name: `${this.stepsReference}:${tag}`, push: "true" } }
+          ? { type: "image", attrs: { name: `${this.stepsReference}:${tag}`, push: "true", ...(this.settings.layerCompression ? { compression: this.settings.layerCompression } : {}) } }
           : { type: "moby", attrs: { name: `${this.settings.stepsRepository}:${tag}` } },
       // Pushed images carry their build cache, and builds import it from the last one pushed for the same
       // Dockerfile, so that a BuildKit without local cache (a new node, a pruned one) still reuses layers.
