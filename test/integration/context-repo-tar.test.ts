@@ -10,7 +10,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { PrepareContextRequestSchema } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import { type Fixture, commitFiles, gitIn, makeFixture } from "../support/git-fixture.js";
 import { type TestContextService, startTestContextService } from "../support/context-service.js";
-import { run } from "../support/stack.js";
+import { run, samePassOnEither } from "../support/stack.js";
 
 /** A big blob, as a repository with a vendored archive has: git packs it like any other. */
 const BIG_OBJECT_BYTES = 5 * 1024 * 1024;
@@ -65,7 +65,7 @@ async function extract(tarBytes: Buffer, into: string): Promise<void> {
 
 const sha256 = (bytes: Buffer) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
 
-describe("context-service repo.tar from real git repositories", () => {
+describe("context-service repo.tar from real git repositories", samePassOnEither("no BuildKit"), () => {
   let work: string;
   let fixture: Fixture;
   let service: TestContextService;

@@ -18,7 +18,7 @@ import { type TestContextService, startTestContextService } from "../support/con
 import { type GitDaemon, freePort, startGitDaemon } from "../support/git-daemon.js";
 import { type Fixture, commitFiles, gitIn, makeFixture } from "../support/git-fixture.js";
 import { spyOnGit } from "../support/git-spy.js";
-import { run } from "../support/stack.js";
+import { run, samePassOnEither } from "../support/stack.js";
 import { failure } from "../support/rpc.js";
 
 type PrepareInit = MessageInitShape<typeof PrepareContextRequestSchema>;
@@ -39,7 +39,7 @@ function digest(context: PreparedContext, kind: ContextFileKind): string {
   return context.files.find((file) => file.kind === kind)!.digest;
 }
 
-describe("context-service over gRPC with real git repositories", () => {
+describe("context-service over gRPC with real git repositories", samePassOnEither("no BuildKit"), () => {
   let work: string;
   let fixture: Fixture;
   let service: TestContextService;

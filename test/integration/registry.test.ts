@@ -2,9 +2,9 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { parseImageReference } from "../../services/shared/registry/image-reference.js";
 import { RegistryClient, RegistryError } from "../../services/shared/registry/registry-client.js";
-import { stack } from "../support/stack.js";
+import { samePassOnEither, stack } from "../support/stack.js";
 
-describe("the local registry", () => {
+describe("the local registry", samePassOnEither("no BuildKit"), () => {
   const registry = new RegistryClient(stack.registry);
 
   it("answers /v2/ on loopback", async () => {

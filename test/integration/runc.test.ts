@@ -7,9 +7,9 @@ import { ContainerRuntime, type ContainerRun } from "../../services/step-service
 import { buildSpec } from "../../services/step-service/runtime/spec.js";
 import { unpackImage } from "../support/rootfs.js";
 import { OUTSIDE_ALLOWLIST_PROBE, SYSCALL_PROBE } from "../support/syscall-probe.js";
-import { run, stack } from "../support/stack.js";
+import { run, samePassOnEither, stack } from "../support/stack.js";
 
-describe("runc with the base runner's root filesystem", () => {
+describe("runc with the base runner's root filesystem", samePassOnEither("no BuildKit"), () => {
   let work: string;
   let bundle: string;
   let stateRoot: string;

@@ -58,3 +58,12 @@ export async function run(file: string, args: string[], options: { cwd?: string;
 export function needsDockerd(why: string): { skip: string | false } {
   return { skip: stack.buildkit === "dockerd" ? false : `needs dockerd (${why}); this stack runs a standalone buildkitd` };
 }
+
+/**
+ * The skip option of a test that does not depend on the stack's BuildKit (it uses none, or starts a daemon of its
+ * own): CI runs the integration suite once per BuildKit, and such a test only in the first, dockerd's, pass.
+ */
+export function samePassOnEither(why: string, otherSkip?: string): { skip: string | false } {
+  if (otherSkip) return { skip: otherSkip };
+  return { skip: stack.buildkit === "dockerd" ? false : `the same whichever BuildKit the stack runs (${why}): run in the dockerd pass` };
+}
