@@ -59,13 +59,13 @@ const sharded = new ShardedBuilder(
 const registry = new RegistryClient(registryAddress);
 const contextService = serviceTransport(setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"));
 const builder = new Builder(buildkit, registry, { buildkitAddress: buildkitAddresses[0]!, defaultBaseRunner });
-const images = new ImageBuilder(
-  new ContextCache(new ContextServiceProvider(contextService.transport), join(stateDir, "contexts"), numberSetting("STEPRUNNER_IMAGE_CONTEXTS_MAX_AGE_MS", 24 * 3600_000)),
-  sharded,
-  new DockerApi(dockerSocket, registryCredentials),
+const images = new ImageBuilder({
+  contexts: new ContextCache(new ContextServiceProvider(contextService.transport), join(stateDir, "contexts"), numberSetting("STEPRUNNER_IMAGE_CONTEXTS_MAX_AGE_MS", 24 * 3600_000)),
+  buildkit: sharded,
+  images: new DockerApi(dockerSocket, registryCredentials),
   registry,
-  new ReuseRecords(join(stateDir, "images")),
-  {
+  records: new ReuseRecords(join(stateDir, "images")),
+  settings: {
     imageOutput,
     defaultBaseRunner,
     version: STEPRUNNER_VERSION,
@@ -76,11 +76,11 @@ const images = new ImageBuilder(
     transportAttempts: 3,
     registryCredentials,
   },
-  {
+  observer: {
     buildEnded: (outcome, seconds) => builds.observe({ outcome }, seconds),
     transportRetried: () => retries.inc(),
   },
-);
+});
 metrics.gauge("steprunner_image_build_queue_depth", "Builds waiting for a build slot", () => images.queueDepth);
 
 // Expired step images are removed regularly so that disk does not grow by one image per step.

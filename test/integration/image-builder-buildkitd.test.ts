@@ -47,7 +47,7 @@ describe("the image-builder on a standalone buildkitd v0.24: images pushed to th
       },
     };
     // No dockerd here: the image store is never asked (an unreachable socket would fail the test if it were).
-    images = new ImageBuilder(new ContextCache(provider, join(work, "cache")), builder, new DockerApi(join(work, "no-dockerd.sock")), registry, new ReuseRecords(join(work, "records")), {
+    images = new ImageBuilder({ contexts: new ContextCache(provider, join(work, "cache")), buildkit: builder, images: new DockerApi(join(work, "no-dockerd.sock")), registry: registry, records: new ReuseRecords(join(work, "records")), settings: {
       imageOutput: "registry",
       defaultBaseRunner: stack.baseRunner,
       version: "0.1.0",
@@ -56,7 +56,7 @@ describe("the image-builder on a standalone buildkitd v0.24: images pushed to th
       reuseTtlMs: 3_600_000,
       maxConcurrentBuilds: 2,
       transportAttempts: 1,
-    });
+    } });
   });
 
   after(async () => {

@@ -40,7 +40,7 @@ describe("building step images on the real BuildKit", () => {
   const defaultDockerfile = loadDefaultDockerfile("0.1.0").text;
 
   function newImageBuilder(recordsDir: string, cacheDir: string, handoff: Handoff = "layer-store"): ImageBuilder {
-    return new ImageBuilder(new ContextCache(provider, cacheDir), counting, docker, new RegistryClient(stack.registry), new ReuseRecords(recordsDir), {
+    return new ImageBuilder({ contexts: new ContextCache(provider, cacheDir), buildkit: counting, images: docker, registry: new RegistryClient(stack.registry), records: new ReuseRecords(recordsDir), settings: {
       defaultBaseRunner: stack.baseRunner,
       version: "0.1.0",
       stepsRepository: STEPS_REPOSITORY,
@@ -48,7 +48,7 @@ describe("building step images on the real BuildKit", () => {
       reuseTtlMs: 3_600_000,
       maxConcurrentBuilds: 4,
       transportAttempts: 3,
-    });
+    } });
   }
 
   async function context(input: Partial<ContextInput> & { files?: Record<string, string> }): Promise<string> {

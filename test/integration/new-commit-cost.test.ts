@@ -109,7 +109,7 @@ describe("a new commit on a repository with a long history", () => {
     docker = new DockerApi(`${stack.runDir}/docker.sock`);
     counting = new CountingBuilder(client);
     const contexts = new ContextCache(new ContextServiceProvider(fixture.transport.transport), join(fixture.work, "cache"));
-    images = new ImageBuilder(contexts, counting, docker, new RegistryClient(stack.registry), new ReuseRecords(join(fixture.work, "records")), {
+    images = new ImageBuilder({ contexts: contexts, buildkit: counting, images: docker, registry: new RegistryClient(stack.registry), records: new ReuseRecords(join(fixture.work, "records")), settings: {
       defaultBaseRunner: stack.baseRunner,
       version: "0.1.0",
       stepsRepository: STEPS_REPOSITORY,
@@ -117,7 +117,7 @@ describe("a new commit on a repository with a long history", () => {
       reuseTtlMs: 3_600_000,
       maxConcurrentBuilds: 2,
       transportAttempts: 1,
-    });
+    } });
   });
 
   after(async () => {

@@ -86,24 +86,24 @@ describe("retries", () => {
         return { "containerimage.digest": `sha256:${"5".repeat(64)}` };
       },
     };
-    const images = new ImageBuilder(
-      { materialize: async () => context },
-      buildkit,
-      {
+    const images = new ImageBuilder({
+      contexts: { materialize: async () => context },
+      buildkit: buildkit,
+      images: {
         inspectImage: async () => ({ Id: "x", RepoDigests: [], Config: {}, RootFS: { Type: "layers", Layers: [] }, GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } }, Size: 0 }),
         removeImage: async () => {},
         tagImage: async () => {},
         pushImage: async () => assert.fail("no push"),
       },
-      {
+      registry: {
         address: "registry.test:5000",
         manifest: async () => ({ digest: `sha256:${"6".repeat(64)}`, manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } }),
         config: async () => assert.fail("no config"),
         deleteManifest: async () => {},
       },
-      new ReuseRecords(join(dir, String(Math.random()))),
-      { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 60_000, maxConcurrentBuilds: 1, transportAttempts: 3 },
-    );
+      records: new ReuseRecords(join(dir, String(Math.random()))),
+      settings: { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 60_000, maxConcurrentBuilds: 1, transportAttempts: 3 },
+    });
     const events: BuildEvent[] = [];
     return { images, attempts: () => attempts, events };
   }
@@ -136,19 +136,19 @@ describe("retries", () => {
 
 describe("bad input to a build", () => {
   const images = (materialize: () => Promise<LocalContext>) =>
-    new ImageBuilder(
-      { materialize },
-      { build: async () => assert.fail("no build for bad input") },
-      { inspectImage: async () => undefined, removeImage: async () => {}, tagImage: async () => {}, pushImage: async () => assert.fail("no push") },
-      {
+    new ImageBuilder({
+      contexts: { materialize },
+      buildkit: { build: async () => assert.fail("no build for bad input") },
+      images: { inspectImage: async () => undefined, removeImage: async () => {}, tagImage: async () => {}, pushImage: async () => assert.fail("no push") },
+      registry: {
         address: "registry.test:5000",
         manifest: async () => assert.fail("the registry is not asked"),
         config: async () => assert.fail("no config"),
         deleteManifest: async () => {},
       },
-      new ReuseRecords("/nonexistent"),
-      { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 0, maxConcurrentBuilds: 1, transportAttempts: 1 },
-    );
+      records: new ReuseRecords("/nonexistent"),
+      settings: { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 0, maxConcurrentBuilds: 1, transportAttempts: 1 },
+    });
   const request = (baseRunner: string) => ({ contextId: context.contextId, baseRunner, network: "none" as const, buildWithoutCache: false, handoff: undefined });
 
   for (const [name, baseRunner, expected] of [
@@ -181,16 +181,16 @@ describe("the registry hand-off of a reused image", () => {
       const pushed = [`sha256:${"a".repeat(64)}`, `sha256:${"b".repeat(64)}`];
       let pushes = 0;
       const lost = new Set<string>();
-      const images = new ImageBuilder(
-        { materialize: async () => context },
-        { build: async () => ({ "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
-        {
+      const images = new ImageBuilder({
+        contexts: { materialize: async () => context },
+        buildkit: { build: async () => ({ "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
+        images: {
           inspectImage: async () => ({ Id: "x", RepoDigests: [], Config: {}, RootFS: { Type: "layers", Layers: [] }, GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } }, Size: 0 }),
           removeImage: async () => {},
           tagImage: async () => {},
           pushImage: async () => ({ digest: pushed[pushes++]!, size: 1 }),
         },
-        {
+        registry: {
           address: "registry.test:5000",
           manifest: async (repository, reference) => {
             if (lost.has(reference)) throw new RegistryError(`manifest ${reference} unknown`, 404);
@@ -200,9 +200,9 @@ describe("the registry hand-off of a reused image", () => {
           config: async () => ({ rootfs: { type: "layers", diff_ids: [] } }) as never,
           deleteManifest: async () => {},
         },
-        new ReuseRecords(dir),
-        { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "registry", reuseTtlMs: 60_000, maxConcurrentBuilds: 1, transportAttempts: 1 },
-      );
+        records: new ReuseRecords(dir),
+        settings: { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "registry", reuseTtlMs: 60_000, maxConcurrentBuilds: 1, transportAttempts: 1 },
+      });
       const request = { contextId: context.contextId, baseRunner: "", network: "none" as const, buildWithoutCache: false, handoff: "registry" as const };
       const first = await images.build(request, () => {});
       assert.equal(first.reference, `registry.test:5000/steps@${pushed[0]}`);

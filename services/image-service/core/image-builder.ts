@@ -73,6 +73,18 @@ export interface BuildObserver {
   transportRetried(): void;
 }
 
+/** What an ImageBuilder works with: its ports (adapters in production, fakes in tests) and its settings. */
+export interface ImageBuilderOptions {
+  contexts: ContextSource;
+  buildkit: DockerfileBuilder;
+  images: ImageStore;
+  registry: Registry;
+  records: ReuseRecords;
+  settings: ImageBuilderSettings;
+  /** Absent: builds are not observed. */
+  observer?: BuildObserver;
+}
+
 /** A built image: its record and, for an image in dockerd, what dockerd says of it, inspected once. */
 interface Built {
   record: ReuseRecord;
@@ -95,17 +107,23 @@ const LOG_TAIL_BYTES = 4096;
 export class ImageBuilder {
   private readonly queue: BuildQueue;
   private readonly inFlight = new Map<string, SharedBuild>();
+  private readonly contexts: ContextSource;
+  private readonly buildkit: DockerfileBuilder;
+  private readonly images: ImageStore;
+  private readonly registry: Registry;
+  private readonly records: ReuseRecords;
+  private readonly settings: ImageBuilderSettings;
+  private readonly observer: BuildObserver;
 
-  constructor(
-    private readonly contexts: ContextSource,
-    private readonly buildkit: DockerfileBuilder,
-    private readonly images: ImageStore,
-    private readonly registry: Registry,
-    private readonly records: ReuseRecords,
-    private readonly settings: ImageBuilderSettings,
-    private readonly observer: BuildObserver = { buildEnded: () => {}, transportRetried: () => {} },
-  ) {
-    this.queue = new BuildQueue(settings.maxConcurrentBuilds);
+  constructor(options: ImageBuilderOptions) {
+    this.contexts = options.contexts;
+    this.buildkit = options.buildkit;
+    this.images = options.images;
+    this.registry = options.registry;
+    this.records = options.records;
+    this.settings = options.settings;
+    this.observer = options.observer ?? { buildEnded: () => {}, transportRetried: () => {} };
+    this.queue = new BuildQueue(options.settings.maxConcurrentBuilds);
   }
 
   get queueDepth(): number {
