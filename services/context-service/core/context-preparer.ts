@@ -1,5 +1,5 @@
-import { createHash, randomBytes } from "node:crypto";
-import { mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { mkdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { inSpan } from "../../shared/tracing.js";
 import type { BlobInfo, BlobStore } from "./blob-store.js";
@@ -18,6 +18,7 @@ import {
   stepContextDocument,
   zipStepContext,
 } from "./step-context.js";
+import { writeFileAtomic } from "../../shared/files/atomic-write.js";
 
 export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip";
 
@@ -195,9 +196,7 @@ export class ContextPreparer {
 
   private async saveManifest(record: PreparedContextRecord): Promise<void> {
     const path = this.manifestPath(record.contextId);
-    const partial = `${path}.${process.pid}-${randomBytes(6).toString("hex")}.partial`;
-    await writeFile(partial, JSON.stringify(record), { mode: 0o600 });
-    await rename(partial, path);
+    await writeFileAtomic(path, JSON.stringify(record), { mode: 0o600 });
   }
 }
 

@@ -7,6 +7,7 @@ import { GitFailure, git, spawnGit } from "./git.js";
 import { buildIndex } from "./git-index.js";
 import { type GitTrees, type TreeChange, type TreeEntry, diffTrees, refusedPath } from "./git-tree.js";
 import { SingleFlight } from "../../shared/single-flight.js";
+import { writeFileAtomic } from "../../shared/files/atomic-write.js";
 
 export interface RepositoryOptions {
   /** Leave .git out (OpsChain's include_git_history=false). */
@@ -129,7 +130,7 @@ export class RepositoryLayers {
       { name: "base", identity: base.identity, path: base.path },
       { name: "changes", identity, path: changes },
     ];
-    await writeFile(chosen, JSON.stringify(layers));
+    await writeFileAtomic(chosen, JSON.stringify(layers));
     await this.sweep();
     return layers;
   }

@@ -1,6 +1,7 @@
-import { mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Handoff } from "./model.js";
+import { writeFileAtomic } from "../../shared/files/atomic-write.js";
 
 /** What was built for a content key, so that the same inputs get the same image without a solve. */
 export interface ReuseRecord {
@@ -31,9 +32,7 @@ export class ReuseRecords {
 
   async put(record: ReuseRecord): Promise<void> {
     await mkdir(this.dir, { recursive: true });
-    const temporary = `${this.path(record.contentKey)}.${process.pid}.tmp`;
-    await writeFile(temporary, JSON.stringify(record));
-    await rename(temporary, this.path(record.contentKey));
+    await writeFileAtomic(this.path(record.contentKey), JSON.stringify(record));
   }
 
   async remove(contentKey: string): Promise<void> {
@@ -53,9 +52,7 @@ export class ReuseRecords {
   async setCacheSource(scope: string, reference: string): Promise<void> {
     const dir = join(this.dir, "cache-sources");
     await mkdir(dir, { recursive: true });
-    const temporary = join(dir, `${scope}.${process.pid}.tmp`);
-    await writeFile(temporary, JSON.stringify({ reference }));
-    await rename(temporary, join(dir, `${scope}.json`));
+    await writeFileAtomic(join(dir, `${scope}.json`), JSON.stringify({ reference }));
   }
 
   async list(): Promise<ReuseRecord[]> {

@@ -9,6 +9,7 @@ import { promisify } from "node:util";
 import { createGunzip } from "node:zlib";
 import tar from "tar-stream";
 import type { Logger } from "../../shared/log.js";
+import { writeFileAtomic } from "../../shared/files/atomic-write.js";
 
 const exec = promisify(execFile);
 const DIFF_ID = /^sha256:[a-f0-9]{64}$/;
@@ -127,7 +128,7 @@ export class LayerStore {
     try {
       const meta = JSON.parse(await readFile(metaPath, "utf8")) as LayerMeta;
       meta.lastUsedMs = Date.now();
-      await writeFile(metaPath, JSON.stringify(meta));
+      await writeFileAtomic(metaPath, JSON.stringify(meta));
       return true;
     } catch {
       return false;
