@@ -23,6 +23,7 @@ import { ImageBuilder } from "./core/image-builder.js";
 import type { Handoff } from "./core/model.js";
 import { ReuseRecords } from "./core/reuse-records.js";
 import { DockerApi } from "./docker/docker-api.js";
+import { ProcMountedLayers } from "./docker/overlay-mounts.js";
 
 const tracing = startTracingFromSettings("image-service");
 const logger = createLogger("image-service");
@@ -75,7 +76,9 @@ const images = new ImageBuilder({
     maxConcurrentBuilds: numberSetting("STEPRUNNER_MAX_CONCURRENT_BUILDS", 8),
     transportAttempts: 3,
     registryCredentials,
+    inUseHoldMs: numberSetting("STEPRUNNER_IMAGE_IN_USE_HOLD_HOURS", 25) * 3_600_000,
   },
+  mountedLayers: new ProcMountedLayers(),
   observer: {
     buildEnded: (outcome, seconds) => builds.observe({ outcome }, seconds),
     transportRetried: () => retries.inc(),

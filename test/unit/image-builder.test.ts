@@ -216,3 +216,92 @@ describe("the registry hand-off of a reused image", () => {
     }
   });
 });
+
+describe("pruning images a running step may have mounted (layer-store hand-off)", () => {
+  const upper = "/var/lib/docker/overlay2/upper/diff";
+  const lower = "/var/lib/docker/overlay2/lower/diff";
+
+  async function withBuilder(
+    options: { mounted: Set<string>; inUseHoldMs: number },
+    use: (images: ImageBuilder, removed: string[], clock: { advance(ms: number): void }) => Promise<void>,
+  ): Promise<void> {
+    const dir = await mkdtemp(join(tmpdir(), "steprunner-prune-in-use-"));
+    const realNow = Date.now;
+    let offset = 0;
+    Date.now = () => realNow() + offset;
+    try {
+      const removed: string[] = [];
+      const images = new ImageBuilder({
+        contexts: { materialize: async () => context },
+        buildkit: { build: async () => ({ "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
+        images: {
+          inspectImage: async () => ({
+            Id: "x",
+            RepoDigests: [],
+            Config: {},
+            RootFS: { Type: "layers", Layers: [] },
+            GraphDriver: { Name: "overlay2", Data: { UpperDir: upper, LowerDir: lower } },
+            Size: 0,
+          }),
+          removeImage: async (name) => void removed.push(name),
+          tagImage: async () => {},
+          pushImage: async () => assert.fail("no push"),
+        },
+        registry: {
+          address: "registry.test:5000",
+          manifest: async () => ({ digest: `sha256:${"6".repeat(64)}`, manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } }),
+          config: async () => assert.fail("no config"),
+          deleteManifest: async () => {},
+        },
+        records: new ReuseRecords(dir),
+        settings: {
+          defaultBaseRunner: "registry.test:5000/runner:1",
+          version: "0",
+          stepsRepository: "steps",
+          defaultHandoff: "layer-store",
+          reuseTtlMs: 60_000,
+          maxConcurrentBuilds: 1,
+          transportAttempts: 1,
+          inUseHoldMs: options.inUseHoldMs,
+        },
+        mountedLayers: { lowerDirs: async () => options.mounted },
+      });
+      await use(images, removed, { advance: (ms) => (offset += ms) });
+    } finally {
+      Date.now = realNow;
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+  const request = { contextId: context.contextId, baseRunner: "", network: "none" as const, buildWithoutCache: false, handoff: undefined };
+
+  it("keeps an expired image whose overlay2 directories a step has mounted as lower layers", async () => {
+    await withBuilder({ mounted: new Set([lower]), inUseHoldMs: 0 }, async (images, removed, clock) => {
+      const image = await images.build(request, () => {});
+      assert.deepEqual(image.layerDirectories, [lower, upper]);
+      clock.advance(120_000);
+      assert.deepEqual(await images.prune(), [], "an image in use is never removed");
+      assert.deepEqual(removed, []);
+    });
+  });
+
+  it("keeps an expired image handed over within the hold, although no mount of it is seen (another mount namespace)", async () => {
+    await withBuilder({ mounted: new Set(), inUseHoldMs: 3_600_000 }, async (images, removed, clock) => {
+      await images.build(request, () => {});
+      clock.advance(30_000);
+      // Reused (handed over again): a step is starting on it; then a prune of everything built before now.
+      assert.equal((await images.build(request, () => {})).reused, true);
+      clock.advance(1_000);
+      assert.deepEqual(await images.prune(0), []);
+      assert.deepEqual(removed, []);
+    });
+  });
+
+  it("removes an expired image once it is neither mounted nor handed over within the hold", async () => {
+    await withBuilder({ mounted: new Set(["/somewhere/else"]), inUseHoldMs: 3_600_000 }, async (images, removed, clock) => {
+      const image = await images.build(request, () => {});
+      clock.advance(3_600_001);
+      assert.deepEqual(await images.prune(), [image.contentKey]);
+      assert.deepEqual(removed, [`steps:${image.contentKey.slice(7)}`]);
+    });
+  });
+});

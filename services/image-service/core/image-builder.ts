@@ -30,6 +30,14 @@ export interface ImageStore {
   pushImage(repository: string, tag: string, signal?: AbortSignal): Promise<PushResult>;
 }
 
+/**
+ * Which directories are mounted as overlayfs lower layers on this host (a step-service's running steps, with
+ * the layer-store hand-off: dockerd's overlay2 directories of the image they run).
+ */
+export interface MountedLayers {
+  lowerDirs(signal?: AbortSignal): Promise<Set<string>>;
+}
+
 /** The registry images are handed over through. */
 export interface Registry {
   readonly address: string;
@@ -61,6 +69,11 @@ export interface ImageBuilderSettings {
   transportAttempts: number;
   /** Credentials by registry host for BuildKit's pulls; none: anonymous. */
   registryCredentials?: RegistryCredentials;
+  /**
+   * An image handed over in dockerd's layer store this recently may be under a running step (the longest a
+   * step may run): prune keeps it, mounted or not. Absent: 25 hours.
+   */
+  inUseHoldMs?: number;
 }
 
 type Listener = (event: BuildEvent) => void;
@@ -83,6 +96,8 @@ export interface ImageBuilderOptions {
   settings: ImageBuilderSettings;
   /** Absent: builds are not observed. */
   observer?: BuildObserver;
+  /** Absent: no mount is seen (prune then relies on inUseHoldMs alone). */
+  mountedLayers?: MountedLayers;
 }
 
 /** A built image: its record and, for an image in dockerd, what dockerd says of it, inspected once. */
@@ -99,6 +114,8 @@ interface SharedBuild {
 }
 
 const LOG_TAIL_BYTES = 4096;
+/** The step-service's longest step (24 hours) and an hour for its queue, context and build. */
+const DEFAULT_IN_USE_HOLD_MS = 25 * 3_600_000;
 
 /**
  * Builds the image of a prepared context, or reuses the one built before for the same inputs. Identical
@@ -114,6 +131,7 @@ export class ImageBuilder {
   private readonly records: ReuseRecords;
   private readonly settings: ImageBuilderSettings;
   private readonly observer: BuildObserver;
+  private readonly mountedLayers: MountedLayers;
 
   constructor(options: ImageBuilderOptions) {
     this.contexts = options.contexts;
@@ -123,6 +141,7 @@ export class ImageBuilder {
     this.records = options.records;
     this.settings = options.settings;
     this.observer = options.observer ?? { buildEnded: () => {}, transportRetried: () => {} };
+    this.mountedLayers = options.mountedLayers ?? { lowerDirs: async () => new Set() };
     this.queue = new BuildQueue(options.settings.maxConcurrentBuilds);
   }
 
@@ -384,6 +403,8 @@ export class ImageBuilder {
   private async describe(record: ReuseRecord, inspect: ImageInspect | undefined, handoff: Handoff, reused: boolean, signal?: AbortSignal): Promise<ImageResult> {
     const common = { imageId: record.imageId, handoff, contentKey: record.contentKey, reused, builtAt: record.builtAt, buildDurationMs: record.buildDurationMs };
     if (handoff === "layer-store" && inspect) {
+      // Before the step-service has it: from now on prune keeps the image for a step's longest run.
+      await this.records.markHandedOver(record.contentKey, Date.now());
       return {
         ...common,
         config: imageConfig(inspect.Config),
@@ -414,14 +435,20 @@ export class ImageBuilder {
   /**
    * Removes the images built longer ago than olderThanMs (default: the reuse TTL): their names in dockerd
    * (the image goes with its last name) and their manifests in the registry. Images a build in flight is
-   * producing are not touched. Returns the content keys removed.
+   * producing are not touched, nor images a step may be running on (see inUse). Returns the content keys
+   * removed.
    */
   async prune(olderThanMs = this.settings.reuseTtlMs, signal?: AbortSignal): Promise<string[]> {
     const removed: string[] = [];
     const now = Date.now();
+    let mounted: Set<string> | undefined;
     for (const record of await this.records.list()) {
       if (now - record.builtAt < olderThanMs) continue;
       if ([...this.inFlight.keys()].some((key) => key.startsWith(record.contentKey))) continue;
+      if (this.output === "dockerd") {
+        mounted ??= await this.mountedLayers.lowerDirs(signal);
+        if (await this.inUse(record, mounted, now, signal)) continue;
+      }
       const tag = record.contentKey.replace(/^sha256:/, "");
       if (this.output === "dockerd") await this.images.removeImage(`${this.settings.stepsRepository}:${tag}`, signal);
       if (record.reference && this.output === "registry") {
@@ -437,6 +464,19 @@ export class ImageBuilder {
       removed.push(record.contentKey);
     }
     return removed;
+  }
+
+  /**
+   * Whether a step may be running on an image in dockerd: removing it would delete overlay2 directories that
+   * the step's overlayfs has as lower layers. It is in use when any of its directories is mounted as a lower
+   * layer here, or, for a step-service whose mounts this process cannot see, when it was handed over in the
+   * layer store within the hold (a step's longest run).
+   */
+  private async inUse(record: ReuseRecord, mounted: Set<string>, now: number, signal?: AbortSignal): Promise<boolean> {
+    const handedOverAt = await this.records.handedOverAt(record.contentKey);
+    if (handedOverAt !== undefined && now - handedOverAt < (this.settings.inUseHoldMs ?? DEFAULT_IN_USE_HOLD_MS)) return true;
+    const inspect = await this.images.inspectImage(record.imageId, signal);
+    return inspect !== undefined && layerDirectories(inspect).some((dir) => mounted.has(dir));
   }
 
   /** A base runner must be a reference into our registry: checked before any work, so a bad one changes nothing. */

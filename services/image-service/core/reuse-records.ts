@@ -37,6 +37,25 @@ export class ReuseRecords {
 
   async remove(contentKey: string): Promise<void> {
     await rm(this.path(contentKey), { force: true });
+    await rm(this.handedOverPath(contentKey), { force: true });
+  }
+
+  /**
+   * Notes that the image was just handed over in dockerd's layer store (a step is about to mount its
+   * directories). Kept beside the record, not in it, so that it never races a push's update of the record.
+   */
+  async markHandedOver(contentKey: string, at: number): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    await writeFileAtomic(this.handedOverPath(contentKey), String(at));
+  }
+
+  /** When the image was last handed over in dockerd's layer store, if ever. */
+  async handedOverAt(contentKey: string): Promise<number | undefined> {
+    const text = await readFile(this.handedOverPath(contentKey), "utf8").catch((error: NodeJS.ErrnoException) => {
+      if (error.code === "ENOENT") return undefined;
+      throw error;
+    });
+    return text === undefined ? undefined : Number(text);
   }
 
   /** The last image pushed for a cache scope: where a BuildKit without local cache imports layers from. */
@@ -63,5 +82,9 @@ export class ReuseRecords {
 
   private path(contentKey: string): string {
     return join(this.dir, `${contentKey.replace(/^sha256:/, "")}.json`);
+  }
+
+  private handedOverPath(contentKey: string): string {
+    return join(this.dir, `${contentKey.replace(/^sha256:/, "")}.handed-over`);
   }
 }
