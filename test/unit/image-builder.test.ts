@@ -4,7 +4,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { BuildQueue } from "../../services/image-service/core/build-queue.js";
 import { type DockerfileBuilder, ImageBuilder } from "../../services/image-service/core/image-builder.js";
 import type { BuildEvent, LocalContext } from "../../services/image-service/core/model.js";
 import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
@@ -24,51 +23,6 @@ const context: LocalContext = {
   dockerfileDir: "/nonexistent",
   secretZipPath: "/nonexistent",
 };
-
-describe("the build queue", () => {
-  it("runs at most the limit at once and starts the rest in arrival order, telling each its place", async () => {
-    const queue = new BuildQueue(2);
-    const started: number[] = [];
-    const positions = new Map<number, number[]>();
-    const releases: Array<() => void> = [];
-    const builds = [0, 1, 2, 3, 4].map((n) =>
-      queue.run(
-        () => new Promise<void>((resolve) => {
-          started.push(n);
-          releases[n] = resolve;
-        }),
-        (position) => positions.set(n, [...(positions.get(n) ?? []), position]),
-      ),
-    );
-    await new Promise((resolve) => setImmediate(resolve));
-    assert.deepEqual(started, [0, 1]);
-    assert.equal(queue.depth, 3);
-    releases[1]!();
-    await new Promise((resolve) => setImmediate(resolve));
-    assert.deepEqual(started, [0, 1, 2]);
-    releases[0]!();
-    releases[2]!();
-    await new Promise((resolve) => setImmediate(resolve));
-    releases[3]!();
-    releases[4]!();
-    await Promise.all(builds);
-    assert.deepEqual(started, [0, 1, 2, 3, 4]);
-    assert.deepEqual(positions.get(4), [3, 2, 1], "the last one moved up as the others started");
-  });
-
-  it("lets a waiting build leave when it is cancelled", async () => {
-    const queue = new BuildQueue(1);
-    let release!: () => void;
-    const first = queue.run(() => new Promise<void>((resolve) => (release = resolve)), () => {});
-    const controller = new AbortController();
-    const second = queue.run(async () => assert.fail("a cancelled build must not start"), () => {}, controller.signal);
-    controller.abort(new Error("cancelled"));
-    await assert.rejects(second, /cancelled/);
-    assert.equal(queue.depth, 0);
-    release();
-    await first;
-  });
-});
 
 describe("retries", () => {
   let dir: string;

@@ -8,10 +8,10 @@ import { ProgressTracker } from "../buildkit/progress.js";
 import type { ImageInspect, PushResult } from "../docker/docker-api.js";
 import type { RegistryCredentials } from "../../shared/registry/credentials.js";
 import { type ImageReference, parseImageReference } from "../../shared/registry/image-reference.js";
+import { FifoQueue } from "../../shared/fifo-queue.js";
 import { inSpan, tracer } from "../../shared/tracing.js";
 import { invalidField } from "../../shared/validation.js";
 import { type ImageConfigFile, type ImageManifest, RegistryError } from "../../shared/registry/registry-client.js";
-import { BuildQueue } from "./build-queue.js";
 import { findRemoteSource } from "./remote-sources.js";
 import { explainBuildFailure, isTransient } from "./build-errors.js";
 import type { BuildEvent, BuildRequest, ContextSource, Handoff, ImageResult, LocalContext } from "./model.js";
@@ -122,7 +122,7 @@ const DEFAULT_IN_USE_HOLD_MS = 25 * 3_600_000;
  * builds in flight are merged into one; builds beyond the limit wait in FIFO order.
  */
 export class ImageBuilder {
-  private readonly queue: BuildQueue;
+  private readonly queue: FifoQueue;
   private readonly inFlight = new Map<string, SharedBuild>();
   private readonly contexts: ContextSource;
   private readonly buildkit: DockerfileBuilder;
@@ -142,7 +142,7 @@ export class ImageBuilder {
     this.settings = options.settings;
     this.observer = options.observer ?? { buildEnded: () => {}, transportRetried: () => {} };
     this.mountedLayers = options.mountedLayers ?? { lowerDirs: async () => new Set() };
-    this.queue = new BuildQueue(options.settings.maxConcurrentBuilds);
+    this.queue = new FifoQueue(options.settings.maxConcurrentBuilds);
   }
 
   get queueDepth(): number {
@@ -220,8 +220,7 @@ export class ImageBuilder {
               this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, controller.signal),
             );
           },
-          (position) => fanOut({ kind: "queued", position }),
-          controller.signal,
+          { onPosition: (position) => fanOut({ kind: "queued", position }), signal: controller.signal },
         )
         .finally(() => this.inFlight.delete(key));
       shared = { result, listeners, subscribers: 0, controller };
