@@ -22,6 +22,7 @@ import type { StepRequest } from "../steps/ports.js";
 import { FINAL_STATES, type StepRecord, type StepState as DomainState } from "../steps/records.js";
 import { CallerLimitError, type StepEvent, StepExistsError, StepNotFoundError, type StepRunner, StepRunnerDrainingError } from "../steps/step-runner.js";
 import { callerOf } from "../../shared/server/caller.js";
+import { EventChannel } from "../../shared/event-channel.js";
 
 export interface StepServiceSettings {
   runcPath: string;
@@ -68,13 +69,13 @@ export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRu
         yield { event: { case: "finished", value: { step: toStep(runner.get(existing.id)!) } } };
         return;
       }
-      const events = new EventQueue<StepEvent>();
+      const events = new EventChannel<StepEvent>(context.signal);
       try {
         runner.submit(domain, (event) => events.push(event), context.signal, callerOf(context));
       } catch (error) {
         throw mapError(error);
       }
-      for await (const event of events.drain(context.signal)) {
+      for await (const event of events) {
         yield toResponse(event);
         if (event.type === "finished") return;
       }
@@ -283,30 +284,4 @@ function ts(ms: number): Timestamp {
 }
 function duration(ms: number): Duration {
   return durationFromMs(ms);
-}
-
-/** Events pushed by the core, pulled by the stream; ends when the caller goes away. */
-class EventQueue<T> {
-  private readonly items: T[] = [];
-  private wake: (() => void) | undefined;
-
-  push(item: T): void {
-    this.items.push(item);
-    this.wake?.();
-  }
-
-  async *drain(signal: AbortSignal): AsyncGenerator<T> {
-    const onAbort = () => this.wake?.();
-    signal.addEventListener("abort", onAbort, { once: true });
-    try {
-      for (;;) {
-        while (this.items.length > 0) yield this.items.shift()!;
-        if (signal.aborted) return;
-        await new Promise<void>((resolve) => (this.wake = resolve));
-        this.wake = undefined;
-      }
-    } finally {
-      signal.removeEventListener("abort", onAbort);
-    }
-  }
 }
