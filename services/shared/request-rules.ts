@@ -1,3 +1,5 @@
+import { parseJsonPointer } from "./json-pointer.js";
+
 /**
  * Rules for request fields that more than one service checks (the step-service at its boundary, the
  * context-service again before git is asked anything). Each returns what is allowed when the value breaks the
@@ -55,8 +57,13 @@ export function ownerRule(owner: string): string | undefined {
 /** A secret pointer: an RFC 6901 JSON pointer into step_context.json's "properties", starting with an owner. */
 export function secretPointerRule(pointer: string, owners?: ReadonlySet<string>): string | undefined {
   const allowed = 'must be a JSON pointer into the properties, starting with their owner, e.g. "/project/opschain/env/API_TOKEN"';
-  if (!pointer.startsWith("/") || pointer.length < 2 || pointer.length > 1024 || /~[^01]|~$/.test(pointer)) return allowed;
-  const owner = pointer.split("/")[1]!.replace(/~1/g, "/").replace(/~0/g, "~");
+  if (pointer.length < 2 || pointer.length > 1024) return allowed;
+  let owner: string;
+  try {
+    owner = parseJsonPointer(pointer)[0]!;
+  } catch {
+    return allowed;
+  }
   if (owners && !owners.has(owner)) return `${allowed}; "${owner}" is not an owner of the request's properties`;
   return undefined;
 }

@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { type BuildProgress, BuildProgressSchema, type VertexLog } from "../../../gen/steprunner/image/v1/image_service_pb.js";
 import type { PropertySet } from "./ports.js";
+import { resolveJsonPointer } from "../../shared/json-pointer.js";
 
 const MASK = "***";
 
@@ -14,7 +15,11 @@ export class SecretMasker {
   constructor(properties: PropertySet[], pointers: string[]) {
     const root = Object.fromEntries(properties.map((set) => [set.owner, set.properties]));
     const values = new Set<string>();
-    for (const pointer of pointers) collect(resolvePointer(root, pointer), values);
+    for (const pointer of pointers) {
+      // "" would name every property: a secret pointer names one owner's property at least.
+      if (!pointer.startsWith("/")) throw new Error(`secret pointer "${pointer}" must start with "/"`);
+      collect(resolveJsonPointer(root, pointer), values);
+    }
     // Longest first, so that a secret containing another is masked whole.
     this.secrets = [...values].filter((value) => value.length > 0).sort((a, b) => b.length - a.length);
   }
@@ -84,17 +89,6 @@ export class BuildLogMasker {
   }
 }
 
-/** RFC 6901. Throws when the pointer is malformed; a pointer to nothing yields undefined. */
-export function resolvePointer(root: unknown, pointer: string): unknown {
-  if (!pointer.startsWith("/")) throw new Error(`secret pointer "${pointer}" must start with "/"`);
-  let current = root;
-  for (const token of pointer.slice(1).split("/")) {
-    const key = token.replace(/~1/g, "/").replace(/~0/g, "~");
-    if (typeof current !== "object" || current === null) return undefined;
-    current = (current as Record<string, unknown>)[key];
-  }
-  return current;
-}
 
 // Only strings: masking a number such as 1 everywhere would garble every log.
 function collect(value: unknown, into: Set<string>): void {
