@@ -48,6 +48,11 @@ export class SingleFlight<T> {
     });
   }
 
+  /** The keys with work running. */
+  keys(): string[] {
+    return [...this.flights.keys()];
+  }
+
   /** How many keys have work running (for tests and metrics). */
   get running(): number {
     return this.flights.size;

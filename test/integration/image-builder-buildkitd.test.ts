@@ -21,6 +21,7 @@ import { LocalContextProvider } from "../support/contexts.js";
 import { run, stack } from "../support/stack.js";
 import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
 import { leftovers, removeState, testConfig } from "../support/step-service.js";
+import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
 
 const STEPS_REPOSITORY = "steprunner-test/buildkitd-steps";
 
@@ -81,7 +82,7 @@ describe("the image-builder on a standalone buildkitd v0.24: images pushed to th
     assert.equal(again.reference, built.reference);
     assert.equal(solves, 1, "reused from the registry: no second solve");
 
-    const layerHandoff = await images.build(request(contextId, { handoff: "layer-store" }), () => {}).catch((error) => ConnectError.from(error));
+    const layerHandoff = await images.build(request(contextId, { handoff: "layer-store" }), () => {}).catch((error) => ConnectError.from(toConnectError(error)));
     assert.ok(layerHandoff instanceof ConnectError && layerHandoff.code === Code.FailedPrecondition, String(layerHandoff));
 
     // The step-service takes it from the registry into its layer store and runs it.
@@ -178,7 +179,7 @@ describe("the image-builder on a standalone buildkitd v0.24: images pushed to th
     const dockerfile = `ARG OPSCHAIN_BASE_RUNNER\nFROM \${OPSCHAIN_BASE_RUNNER}\nRUN sleep 600; echo ${marker}\n`;
     const contextId = await provider.add({ files: { "c.txt": "c" }, properties: {}, dockerfile, defaultDockerfile: false });
     const controller = new AbortController();
-    const building = images.build(request(contextId), () => {}, controller.signal).catch((error) => ConnectError.from(error));
+    const building = images.build(request(contextId), () => {}, controller.signal).catch((error) => ConnectError.from(toConnectError(error)));
     const running = async () => (await run("pgrep", ["-f", marker])).code === 0;
     for (let waited = 0; !(await running()); waited += 100) {
       assert.ok(waited < 60_000, "the RUN line started");

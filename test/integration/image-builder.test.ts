@@ -16,6 +16,7 @@ import { DockerApi } from "../../services/image-service/docker/docker-api.js";
 import { RegistryClient } from "../../services/shared/registry/registry-client.js";
 import { type ContextInput, LocalContextProvider } from "../support/contexts.js";
 import { run, stack } from "../support/stack.js";
+import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
 
 const STEPS_REPOSITORY = "steprunner-test/steps";
 
@@ -209,7 +210,7 @@ describe("building step images on the real BuildKit", () => {
     ["a missing base image, naming it", {}, { baseRunner: `${stack.registry}/steprunner/no-such-runner:1` }, /steprunner\/no-such-runner:1/],
   ] as const) {
     it(`fails with FAILED_PRECONDITION for ${name}`, async () => {
-      const failure = await images.build(request(await context(input), extra), () => {}).catch((error) => ConnectError.from(error));
+      const failure = await images.build(request(await context(input), extra), () => {}).catch((error) => ConnectError.from(toConnectError(error)));
       assert.ok(failure instanceof ConnectError, "the build failed");
       assert.equal(failure.code, Code.FailedPrecondition, failure.message);
       assert.match(failure.message, expected);
@@ -258,7 +259,7 @@ describe("building step images on the real BuildKit", () => {
         setTimeout(() => controller.abort(), 500);
       }
     }, controller.signal);
-    const failure = await building.catch((error) => ConnectError.from(error));
+    const failure = await building.catch((error) => ConnectError.from(toConnectError(error)));
     assert.ok(failure instanceof ConnectError);
     assert.equal(failure.code, Code.Canceled);
     let running = "";

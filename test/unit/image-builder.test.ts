@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
 import { type DockerfileBuilder, ImageBuilder } from "../../services/image-service/core/image-builder.js";
 import type { BuildEvent, LocalContext } from "../../services/image-service/core/model.js";
 import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
@@ -81,7 +82,7 @@ describe("retries", () => {
 
   it("never repeats a build that failed on its own", async () => {
     const { images, attempts } = builderFailing([new ConnectError("failed to solve: executor failed running [/bin/sh -c exit 1]: exit code: 1", Code.Unknown)]);
-    const failure = await images.build(request, () => {}).catch((error) => ConnectError.from(error));
+    const failure = await images.build(request, () => {}).catch((error) => ConnectError.from(toConnectError(error)));
     assert.ok(failure instanceof ConnectError);
     assert.equal(failure.code, Code.FailedPrecondition);
     assert.equal(attempts(), 1);
@@ -111,7 +112,7 @@ describe("bad input to a build", () => {
   ] as const) {
     it(`answers INVALID_ARGUMENT for ${name}, before any build`, async () => {
       let materialized = false;
-      const failure = await images(async () => ((materialized = true), context)).build(request(baseRunner), () => {}).catch((error) => ConnectError.from(error));
+      const failure = await images(async () => ((materialized = true), context)).build(request(baseRunner), () => {}).catch((error) => ConnectError.from(toConnectError(error)));
       assert.ok(failure instanceof ConnectError);
       assert.equal(failure.code, Code.InvalidArgument);
       assert.match(failure.rawMessage, expected);
@@ -122,7 +123,7 @@ describe("bad input to a build", () => {
   it("passes on the context-service's NOT_FOUND for a context it does not know", async () => {
     const failure = await images(async () => {
       throw new ConnectError("no prepared context sha256:111…", Code.NotFound);
-    }).build(request(""), () => {}).catch((error) => ConnectError.from(error));
+    }).build(request(""), () => {}).catch((error) => ConnectError.from(toConnectError(error)));
     assert.ok(failure instanceof ConnectError);
     assert.equal(failure.code, Code.NotFound);
   });

@@ -1,7 +1,6 @@
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
 import type { DockerfileBuild } from "../buildkit/dockerfile-build.js";
 import { ProgressTracker } from "../buildkit/progress.js";
@@ -9,11 +8,12 @@ import type { ImageInspect, PushResult } from "../docker/docker-api.js";
 import type { RegistryCredentials } from "../../shared/registry/credentials.js";
 import { type ImageReference, parseImageReference } from "../../shared/registry/image-reference.js";
 import { FifoQueue } from "../../shared/fifo-queue.js";
+import { SingleFlight } from "../../shared/single-flight.js";
 import { inSpan, tracer } from "../../shared/tracing.js";
-import { invalidField } from "../../shared/validation.js";
 import { type ImageConfigFile, type ImageManifest, RegistryError } from "../../shared/registry/registry-client.js";
 import { findRemoteSource } from "./remote-sources.js";
-import { explainBuildFailure, isTransient } from "./build-errors.js";
+import { explainBuildFailure, isTransient, rawMessage } from "./build-errors.js";
+import { buildCancelled, failedPrecondition, ImageError, invalidField, unavailable } from "./errors.js";
 import type { BuildEvent, BuildRequest, ContextSource, Handoff, ImageResult, LocalContext } from "./model.js";
 import type { ReuseRecord, ReuseRecords } from "./reuse-records.js";
 
@@ -106,12 +106,6 @@ interface Built {
   inspect?: ImageInspect;
 }
 
-interface SharedBuild {
-  result: Promise<Built>;
-  listeners: Set<Listener>;
-  subscribers: number;
-  controller: AbortController;
-}
 
 const LOG_TAIL_BYTES = 4096;
 /** The step-service's longest step (24 hours) and an hour for its queue, context and build. */
@@ -123,7 +117,9 @@ const DEFAULT_IN_USE_HOLD_MS = 25 * 3_600_000;
  */
 export class ImageBuilder {
   private readonly queue: FifoQueue;
-  private readonly inFlight = new Map<string, SharedBuild>();
+  private readonly builds = new SingleFlight<Built>();
+  /** Who follows each build in flight (its key), told of its events. */
+  private readonly listeners = new Map<string, Set<Listener>>();
   private readonly contexts: ContextSource;
   private readonly buildkit: DockerfileBuilder;
   private readonly images: ImageStore;
@@ -182,9 +178,8 @@ export class ImageBuilder {
     if (request.network === "none" && !context.defaultDockerfile) {
       const remote = findRemoteSource(await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8"));
       if (remote) {
-        throw new ConnectError(
+        throw failedPrecondition(
           `the Dockerfile's line ${remote.line} ADDs ${remote.source} from the network, which a build without network may not (BuildKit would fetch it outside the build's sandbox); commit the file to the repository, or build with host networking`,
-          Code.FailedPrecondition,
         );
       }
     }
@@ -198,7 +193,7 @@ export class ImageBuilder {
     const contentKey = this.contentKey(context, baseDigest, buildArgs, request.network);
     const handoff = request.handoff ?? this.settings.defaultHandoff;
     if (this.output === "registry" && handoff === "layer-store") {
-      throw new ConnectError("handoff: the layer-store hand-off needs dockerd's image store, and this image-service builds on a standalone buildkitd; ask for the registry hand-off", Code.FailedPrecondition);
+      throw failedPrecondition("handoff: the layer-store hand-off needs dockerd's image store, and this image-service builds on a standalone buildkitd; ask for the registry hand-off");
     }
 
     if (!request.buildWithoutCache) {
@@ -206,53 +201,36 @@ export class ImageBuilder {
       if (reused) return reused;
     }
     const key = `${contentKey}/${request.buildWithoutCache}`;
-    let shared = this.inFlight.get(key);
-    if (!shared) {
-      const controller = new AbortController();
-      const listeners = new Set<Listener>();
-      const fanOut = (event: BuildEvent) => listeners.forEach((listener) => listener(event));
-      const queuedAt = Date.now();
-      const result = this.queue
-        .run(
-          () => {
-            tracer().startSpan("image.queue", { startTime: queuedAt }).end();
-            return inSpan("image.solve", { "image.content_key": contentKey, "image.no_cache": request.buildWithoutCache }, () =>
-              this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, controller.signal),
-            );
-          },
-          { onPosition: (position) => fanOut({ kind: "queued", position }), signal: controller.signal },
-        )
-        .finally(() => this.inFlight.delete(key));
-      shared = { result, listeners, subscribers: 0, controller };
-      this.inFlight.set(key, shared);
-    }
-    const built = await this.follow(shared, emit, signal);
-    return this.handOver(built, handoff, false, signal);
-  }
-
-  /** Waits for a shared build; it is cancelled only when every caller waiting for it has gone. */
-  private async follow(shared: SharedBuild, emit: Listener, signal?: AbortSignal): Promise<Built> {
-    shared.subscribers++;
-    shared.listeners.add(emit);
-    let left = false;
-    const leave = () => {
-      if (left) return;
-      left = true;
-      shared.listeners.delete(emit);
-      if (--shared.subscribers === 0 && signal?.aborted) shared.controller.abort(signal.reason);
-    };
-    const cancelled = new Promise<never>((_, reject) => {
-      const onAbort = () => reject(new ConnectError("the build was cancelled", Code.Canceled));
-      if (signal?.aborted) onAbort();
-      signal?.addEventListener("abort", onAbort, { once: true });
-    });
-    signal?.addEventListener("abort", leave, { once: true });
+    // Identical builds share one solve; it is cancelled only when every caller waiting for it has gone.
+    let listeners = this.listeners.get(key);
+    if (!listeners) this.listeners.set(key, (listeners = new Set()));
+    listeners.add(emit);
+    const fanOut = (event: BuildEvent) => this.listeners.get(key)?.forEach((listener) => listener(event));
+    const queuedAt = Date.now();
+    let built: Built;
     try {
-      return await Promise.race([shared.result, cancelled]);
+      built = await this.builds.run(
+        key,
+        (flightSignal) =>
+          this.queue.run(
+            () => {
+              tracer().startSpan("image.queue", { startTime: queuedAt }).end();
+              return inSpan("image.solve", { "image.content_key": contentKey, "image.no_cache": request.buildWithoutCache }, () =>
+                this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, flightSignal),
+              );
+            },
+            { onPosition: (position) => fanOut({ kind: "queued", position }), signal: flightSignal },
+          ),
+        signal,
+      );
+    } catch (error) {
+      if (signal?.aborted) throw buildCancelled();
+      throw error;
     } finally {
-      signal?.removeEventListener("abort", leave);
-      leave();
+      listeners.delete(emit);
+      if (listeners.size === 0 && this.listeners.get(key) === listeners) this.listeners.delete(key);
     }
+    return this.handOver(built, handoff, false, signal);
   }
 
   private async solve(
@@ -300,10 +278,10 @@ export class ImageBuilder {
       try {
         exporterResponse = await this.buildkit.build(build, onStatus, signal);
       } catch (error) {
-        if (signal.aborted) throw new ConnectError("the build was cancelled", Code.Canceled);
+        if (signal.aborted) throw buildCancelled();
         if (isTransient(error) && attempt < this.settings.transportAttempts) {
           this.observer.transportRetried();
-          emit({ kind: "warning", message: `BuildKit connection failed (${ConnectError.from(error).rawMessage}); trying again (${attempt + 1}/${this.settings.transportAttempts})` });
+          emit({ kind: "warning", message: `BuildKit connection failed (${rawMessage(error)}); trying again (${attempt + 1}/${this.settings.transportAttempts})` });
           continue;
         }
         const failedVertex = [...logTails.keys()].pop();
@@ -311,7 +289,7 @@ export class ImageBuilder {
       }
     }
     const imageId = exporterResponse["containerimage.digest"];
-    if (!imageId) throw new ConnectError("BuildKit finished without naming the image it exported", Code.Internal);
+    if (!imageId) throw new ImageError("internal", "BuildKit finished without naming the image it exported");
     const timing = { builtAt: Date.now(), buildDurationMs: Date.now() - started };
     if (this.output === "registry") {
       // The image exporter pushed it: its digest is the manifest's, the config's comes beside it.
@@ -353,7 +331,7 @@ export class ImageBuilder {
 
   private async inspect(imageId: string, signal?: AbortSignal): Promise<ImageInspect> {
     const inspect = await this.images.inspectImage(imageId, signal);
-    if (!inspect) throw new ConnectError(`image ${imageId} vanished from dockerd`, Code.Unavailable);
+    if (!inspect) throw unavailable(`image ${imageId} vanished from dockerd`);
     return inspect;
   }
 
@@ -443,7 +421,7 @@ export class ImageBuilder {
     let mounted: Set<string> | undefined;
     for (const record of await this.records.list()) {
       if (now - record.builtAt < olderThanMs) continue;
-      if ([...this.inFlight.keys()].some((key) => key.startsWith(record.contentKey))) continue;
+      if (this.builds.keys().some((key) => key.startsWith(record.contentKey))) continue;
       if (this.output === "dockerd") {
         mounted ??= await this.mountedLayers.lowerDirs(signal);
         if (await this.inUse(record, mounted, now, signal)) continue;
@@ -495,9 +473,9 @@ export class ImageBuilder {
       return (await this.registry.manifest(reference.repository, reference.reference, signal)).digest;
     } catch (error) {
       if ((error as { status?: number }).status === 404) {
-        throw new ConnectError(`base_runner: the image ${baseRunner} is not in the registry; push it there, or for the default base runner run deploy/local/runner-image.sh ensure`, Code.FailedPrecondition);
+        throw failedPrecondition(`base_runner: the image ${baseRunner} is not in the registry; push it there, or for the default base runner run deploy/local/runner-image.sh ensure`);
       }
-      throw new ConnectError(`cannot resolve the base runner image ${baseRunner}: ${(error as Error).message}`, Code.Unavailable);
+      throw unavailable(`cannot resolve the base runner image ${baseRunner}: ${(error as Error).message}`);
     }
   }
 
