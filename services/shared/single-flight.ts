@@ -48,6 +48,11 @@ export class SingleFlight<T> {
     });
   }
 
+  /** Whether work runs for key. */
+  has(key: string): boolean {
+    return this.flights.has(key);
+  }
+
   /** The keys with work running. */
   keys(): string[] {
     return [...this.flights.keys()];
