@@ -4,8 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
-import { create } from "@bufbuild/protobuf";
-import { type BuildProgress, BuildProgressSchema } from "../../gen/steprunner/image/v1/image_service_pb.js";
+import type { BuildProgress } from "../../services/step-service/steps/ports.js";
 import { StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { createLogger, type Fields, type Logger } from "../../services/shared/log.js";
 import { stepServiceAdapter, type StepServiceSettings } from "../../services/step-service/api/step-service-adapter.js";
@@ -173,7 +172,7 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     const contexts = { prepare: async () => Promise.reject(new Error("git fetch failed")) };
     const builder = {
       async build(_context: unknown, _request: unknown, onProgress: (progress: BuildProgress) => void) {
-        onProgress(create(BuildProgressSchema, { vertexes: [{ name: "[1/2] FROM base" }] }));
+        onProgress({ vertexes: [{ digest: "v1", number: 1, name: "[1/2] FROM base", state: "started", error: "" }], statuses: [], logs: [] });
         throw new Error("solve failed");
       },
     };

@@ -1,9 +1,9 @@
-import { fromJson, type JsonObject, toJson } from "@bufbuild/protobuf";
+import { create, fromJson, type JsonObject, toJson } from "@bufbuild/protobuf";
 import { type Duration, durationFromMs, type Timestamp, timestampFromMs, ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ChildExecutionStrategy, StepContextValuesSchema } from "../../../gen/steprunner/context/v1/context_service_pb.js";
-import { LogStream } from "../../../gen/steprunner/image/v1/image_service_pb.js";
+import { type BuildProgress as BuildProgressMessage, BuildProgressSchema, LogStream, VertexState } from "../../../gen/steprunner/image/v1/image_service_pb.js";
 import {
   type LogLine as LogLineMessage,
   Phase,
@@ -18,7 +18,7 @@ import { durationMs, invalidField } from "../../shared/validation.js";
 import { cgroupVersion, runcInfo } from "../runtime/runc.js";
 import type { Limits } from "../runtime/spec.js";
 import type { LogLine } from "../steps/logs.js";
-import type { StepRequest } from "../steps/ports.js";
+import type { BuildLog, BuildProgress, BuildVertexState, StepRequest } from "../steps/ports.js";
 import { FINAL_STATES, type StepRecord, type StepState as DomainState } from "../steps/records.js";
 import { CallerLimitError, type StepEvent, StepExistsError, StepNotFoundError, type StepRunner, StepRunnerDrainingError } from "../steps/step-runner.js";
 import { callerOf } from "../../shared/server/caller.js";
@@ -55,6 +55,15 @@ const STATES: Record<DomainState, StepState> = {
 };
 const PHASES = { queue: Phase.QUEUE, context: Phase.CONTEXT, build: Phase.BUILD, pull: Phase.PULL, run: Phase.RUN, teardown: Phase.TEARDOWN } as const;
 const STREAMS = { stdout: LogStream.STDOUT, stderr: LogStream.STDERR, system: LogStream.SYSTEM } as const;
+const BUILD_STREAMS: Record<BuildLog["stream"], LogStream> = { unspecified: LogStream.UNSPECIFIED, ...STREAMS };
+const VERTEX_STATES: Record<BuildVertexState, VertexState> = {
+  unspecified: VertexState.UNSPECIFIED,
+  started: VertexState.STARTED,
+  completed: VertexState.COMPLETED,
+  cached: VertexState.CACHED,
+  errored: VertexState.ERRORED,
+  canceled: VertexState.CANCELED,
+};
 
 /** The Connect adapter of StepService: validates requests and maps the core's records and events. */
 export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRunner): ServiceImpl<typeof StepService> {
@@ -230,7 +239,7 @@ function toResponse(event: StepEvent): RunStepResponse {
     case "phase":
       return { event: { case: "phaseChanged", value: { state: STATES[event.state], phase: PHASES[event.phase], time: ts(event.time) } } } as RunStepResponse;
     case "build":
-      return { event: { case: "buildProgress", value: event.progress } } as RunStepResponse;
+      return { event: { case: "buildProgress", value: toBuildProgress(event.progress) } } as RunStepResponse;
     case "log":
       return { event: { case: "logLine", value: toLogLine(event.line) } } as RunStepResponse;
     case "warning":
@@ -284,4 +293,26 @@ function ts(ms: number): Timestamp {
 }
 function duration(ms: number): Duration {
   return durationFromMs(ms);
+}
+
+/** A build's progress as RunStep sends it (the image-service's BuildProgress message, which the API reuses). */
+export function toBuildProgress(progress: BuildProgress): BuildProgressMessage {
+  return create(BuildProgressSchema, {
+    vertexes: progress.vertexes.map((vertex) => ({
+      digest: vertex.digest,
+      number: vertex.number,
+      name: vertex.name,
+      state: VERTEX_STATES[vertex.state],
+      startedAt: vertex.startedAtMs === undefined ? undefined : ts(vertex.startedAtMs),
+      completedAt: vertex.completedAtMs === undefined ? undefined : ts(vertex.completedAtMs),
+      error: vertex.error,
+    })),
+    statuses: progress.statuses.map((status) => ({ ...status })),
+    logs: progress.logs.map((log) => ({
+      vertexDigest: log.vertexDigest,
+      stream: BUILD_STREAMS[log.stream],
+      data: log.data,
+      time: log.timeMs === undefined ? undefined : ts(log.timeMs),
+    })),
+  });
 }

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { rmSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { BuildProgress } from "../../../gen/steprunner/image/v1/image_service_pb.js";
+import type { BuildProgress } from "./ports.js";
 import { type Context, context, type Span, SpanStatusCode, trace } from "@opentelemetry/api";
 import type { Logger } from "../../shared/log.js";
 import { inSpan, tracer } from "../../shared/tracing.js";
