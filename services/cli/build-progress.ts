@@ -1,7 +1,7 @@
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { toJson } from "@bufbuild/protobuf";
 import { type BuildProgress, BuildProgressSchema, LogStream, VertexState } from "../../gen/steprunner/image/v1/image_service_pb.js";
-import { PlainProgressRenderer, type ProgressEvent, type VertexState as State } from "../image-service/buildkit/progress.js";
+import { PlainProgressRenderer, type ProgressEvent, type VertexState as State } from "../shared/build-progress.js";
 
 const STATES: Partial<Record<VertexState, State>> = {
   [VertexState.STARTED]: "started",
