@@ -13,6 +13,7 @@ describe("a service's unexpected errors", () => {
   let client: ReturnType<typeof serviceTransport>;
   const logged: Array<{ message: string } & Fields> = [];
   const logger: Logger = {
+    debug: () => {},
     info: () => {},
     warn: () => {},
     error: (message, fields) => logged.push({ message, ...fields }),
@@ -91,7 +92,7 @@ async function http2Post(port: number, path: string, contentType: string, body: 
 
 describe("a request that cannot be decoded", () => {
   let server: RunningServer;
-  const quiet: Logger = { info: () => {}, warn: () => {}, error: () => {}, child: () => quiet };
+  const quiet: Logger = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {}, child: () => quiet };
 
   before(async () => {
     server = await startServer({

@@ -130,6 +130,7 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
   it("logs each step's start and end as JSON fields with the step's and its change's ids", async () => {
     const lines: Array<{ message: string } & Fields> = [];
     const capturing = (base: Fields): Logger => ({
+      debug: (message, fields) => lines.push({ message, ...base, ...fields }),
       info: (message, fields) => lines.push({ message, ...base, ...fields }),
       warn: (message, fields) => lines.push({ message, ...base, ...fields }),
       error: (message, fields) => lines.push({ message, ...base, ...fields }),
