@@ -9,7 +9,7 @@ import type { JsonObject } from "@bufbuild/protobuf";
 import { ContextFileKind, ContextService, DockerfileSource } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import { releasedChunks } from "../shared/client/chunks.js";
 import { serviceTransport } from "../shared/client/transport.js";
-import { type Command, serviceAddressOptions } from "./command.js";
+import { type Command, clientSecurity, serviceAddressOptions } from "./command.js";
 import { writeAtomically } from "../shared/files/atomic-write.js";
 
 const LOCAL_PATH = /^(?![a-z][a-z0-9+.-]*:\/\/)(?![^/]+@[^/]+:)/i;
@@ -43,7 +43,7 @@ export const contextCommand: Command = {
         return 2;
       }
     }
-    const connection = serviceTransport(String(values["context-addr"]));
+    const connection = serviceTransport(String(values["context-addr"]), clientSecurity());
     const client = createClient(ContextService, connection.transport);
     try {
       const { context } = await client.prepareContext({

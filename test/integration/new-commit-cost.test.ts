@@ -18,6 +18,7 @@ import { type TestContextService, startTestContextService } from "../support/con
 import { commitFiles, gitIn } from "../support/git-fixture.js";
 import { run, stack } from "../support/stack.js";
 import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
+import { clientSecurityFromSettings } from "../../services/shared/config/common.js";
 
 const STEPS_REPOSITORY = "steprunner-test/new-commit";
 const HISTORY_COMMITS = 20_000;
@@ -82,7 +83,7 @@ async function historyFixture(prefix: string): Promise<HistoryFixture> {
   await longHistory(repo);
   await commitFiles(repo, { "actions.rb": 'task :hello do puts "hello" end\n' }, "actions", "2024-03-01T00:00:00Z");
   const contexts = await startTestContextService();
-  const transport = serviceTransport(contexts.address);
+  const transport = serviceTransport(contexts.address, clientSecurityFromSettings());
   return {
     work,
     repo,

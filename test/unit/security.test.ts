@@ -139,7 +139,7 @@ describe("service security, with real clients over real sockets", () => {
   it("reads its settings from files, never from values in the environment", async () => {
     const tokenFile = join(dir, "tokens");
     await writeFile(tokenFile, "\nfirst-token\nsecond-token\n");
-    const { serverSecurityFromSettings, clientSecurityFromSettings } = await import("../../services/shared/security.js");
+    const { serverSecurityFromSettings, clientSecurityFromSettings } = await import("../../services/shared/config/common.js");
     process.env.STEPRUNNER_AUTH_TOKEN_FILE = tokenFile;
     try {
       assert.deepEqual(serverSecurityFromSettings().tokens, ["first-token", "second-token"]);
