@@ -25,7 +25,7 @@ export class BuildProgressPrinter {
 
   print(progress: BuildProgress): void {
     if (this.mode === "json") {
-      this.write(JSON.stringify({ buildProgress: toJson(BuildProgressSchema, progress) }) + "\n");
+      this.write(`${JSON.stringify({ buildProgress: toJson(BuildProgressSchema, progress) })}\n`);
       return;
     }
     for (const event of this.events(progress)) this.write(this.plain.render(event));

@@ -40,7 +40,7 @@ export function createLogger(service: string, base: Fields = {}, options: Logger
   const write = (level: Exclude<LogLevel, "silent">, message: string, fields?: Fields) => {
     if (LOG_LEVELS.indexOf(level) < lowest) return;
     const line = { time: new Date().toISOString(), level, service, message, ...activeTraceIds(), ...base, ...fields };
-    out(JSON.stringify(line, errorsAsObjects) + "\n");
+    out(`${JSON.stringify(line, errorsAsObjects)}\n`);
   };
   return {
     debug: (message, fields) => write("debug", message, fields),

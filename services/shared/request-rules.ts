@@ -20,6 +20,7 @@ const OWNER = /^[a-z][a-z0-9_-]{0,62}$/;
 /** A repository address's shape; whether a local path exists is for the machine that reads it to say. */
 export function repositoryUrlRule(url: string): string | undefined {
   if (url.length > MAX_URL_LENGTH) return `must be at most ${MAX_URL_LENGTH} characters`;
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it refuses
   if (/[\u0000-\u001f\u007f]/.test(url)) return `must be ${URL_KINDS} without control characters`;
   const trimmed = url.length > 1 ? url.replace(/\/+$/, "") : url;
   if (trimmed.startsWith("file://")) {
@@ -38,6 +39,7 @@ export function revisionRule(rev: string): string | undefined {
   if (rev === "") return allowed;
   if (rev.length > MAX_REV_LENGTH) return `must be at most ${MAX_REV_LENGTH} characters`;
   const problem =
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it refuses
     /[\u0000-\u0020\u007f~^:?*[\\]/.test(rev) ? "without spaces, control characters or any of ~ ^ : ? * [ \\"
     : rev.startsWith("-") ? "not starting with '-'"
     : rev.includes("..") ? "without '..'"

@@ -32,7 +32,10 @@ describe("atomic writes", () => {
       /disk full/,
     );
     assert.equal(await readFile(path, "utf8"), "old");
-    assert.deepEqual((await readdir(dir)).filter((name) => name.startsWith("kept")), ["kept"]);
+    assert.deepEqual(
+      (await readdir(dir)).filter((name) => name.startsWith("kept")),
+      ["kept"],
+    );
   });
 
   it("gives two concurrent writers of one path different partials", async () => {

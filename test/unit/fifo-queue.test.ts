@@ -10,10 +10,11 @@ describe("the FIFO queue", () => {
     const releases: Array<() => void> = [];
     const builds = [0, 1, 2, 3, 4].map((n) =>
       queue.run(
-        () => new Promise<void>((resolve) => {
-          started.push(n);
-          releases[n] = resolve;
-        }),
+        () =>
+          new Promise<void>((resolve) => {
+            started.push(n);
+            releases[n] = resolve;
+          }),
         { onPosition: (position) => positions.set(n, [...(positions.get(n) ?? []), position]) },
       ),
     );

@@ -5,7 +5,11 @@ import { createLogger, parseLogLevel } from "../../services/shared/log.js";
 
 function capture(level?: Parameters<typeof parseLogLevel>[0]) {
   const lines: Record<string, unknown>[] = [];
-  const logger = createLogger("test-service", { instance: "a" }, { level: level ? parseLogLevel(level) : undefined, write: (line) => lines.push(JSON.parse(line)) });
+  const logger = createLogger(
+    "test-service",
+    { instance: "a" },
+    { level: level ? parseLogLevel(level) : undefined, write: (line) => lines.push(JSON.parse(line)) },
+  );
   return { logger, lines };
 }
 
@@ -29,7 +33,10 @@ describe("the JSON logger", () => {
     errorsOnly.logger.info("no");
     errorsOnly.logger.warn("no");
     errorsOnly.logger.error("yes");
-    assert.deepEqual(errorsOnly.lines.map((line) => line.message), ["yes"]);
+    assert.deepEqual(
+      errorsOnly.lines.map((line) => line.message),
+      ["yes"],
+    );
     const silent = capture("silent");
     silent.logger.error("no");
     assert.equal(silent.lines.length, 0);
@@ -45,7 +52,10 @@ describe("the JSON logger", () => {
     assert.equal(logged.code, Code.Unavailable);
     assert.equal(logged.rawMessage, "registry push failed");
     assert.match(String(logged.stack), /^ConnectError: \[unavailable\] registry push failed\n\s+at /);
-    assert.deepEqual({ ...(logged.cause as object), stack: undefined }, { name: "Error", message: "ENOSPC: no space left on device", code: "ENOSPC", stack: undefined });
+    assert.deepEqual(
+      { ...(logged.cause as object), stack: undefined },
+      { name: "Error", message: "ENOSPC: no space left on device", code: "ENOSPC", stack: undefined },
+    );
   });
 
   it("refuses an unknown level", () => {

@@ -6,7 +6,7 @@ import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
-import { type ClientSecurity } from "../../services/shared/security.js";
+import type { ClientSecurity } from "../../services/shared/security.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import type { RunningServer } from "../../services/shared/server/serve.js";
 import { type Certificates, makeCertificates } from "../support/certificates.js";

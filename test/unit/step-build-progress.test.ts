@@ -10,7 +10,14 @@ describe("a build's progress through the step-service", () => {
   it("comes out of RunStep as the image-service sent it, though the core holds it in its own terms", () => {
     const sent = create(BuildProgressSchema, {
       vertexes: [
-        { digest: "sha256:v1", number: 1, name: "[1/2] FROM base", state: VertexState.COMPLETED, startedAt: timestampFromMs(1000), completedAt: timestampFromMs(2500) },
+        {
+          digest: "sha256:v1",
+          number: 1,
+          name: "[1/2] FROM base",
+          state: VertexState.COMPLETED,
+          startedAt: timestampFromMs(1000),
+          completedAt: timestampFromMs(2500),
+        },
         { digest: "sha256:v2", number: 2, name: "[2/2] RUN false", state: VertexState.ERRORED, startedAt: timestampFromMs(3000), error: "exit code: 1" },
       ],
       statuses: [{ vertexDigest: "sha256:v1", id: "sha256:layer", current: 10n, total: 20n, completed: false }],

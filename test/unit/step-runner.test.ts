@@ -235,7 +235,7 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
   });
 
   it("queues past the limit in order, cancels a queued step, and reports the counts", async () => {
-    let release!: () => void;
+    let release: (() => void) | undefined;
     runtime.script = (request) =>
       new Promise((resolve) => {
         release = () => resolve({});
@@ -250,14 +250,15 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     const finished = ["q1", "q2", "q3"].map(
       (id) => new Promise<void>((resolve) => runner.submit({ ...base, stepId: id }, (event) => (listen(id)(event), event.type === "finished" && resolve()), signal)),
     );
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    // The first step runs once it reaches the runtime (however busy the machine); the others wait.
+    while (!release) await new Promise((resolve) => setTimeout(resolve, 5));
     const info = await client.getRuntimeInfo({});
     assert.deepEqual([info.runningSteps, info.queuedSteps, info.maxConcurrentSteps], [1, 2, 1]);
     const cancelled = await client.cancelStep({ stepId: "q2" });
     assert.equal(cancelled.step?.state, StepState.CANCELLED);
     release();
     while (!order.includes("q3")) await new Promise((resolve) => setTimeout(resolve, 5));
-    release();
+    release!();
     await Promise.all(finished);
     assert.deepEqual(order, ["q1", "q3"]);
   });

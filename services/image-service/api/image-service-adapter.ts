@@ -7,7 +7,7 @@ import {
   type BuildProgress,
   BuildProgressSchema,
   ImageHandoff,
-  ImageService,
+  type ImageService,
   LogStream,
   NetworkMode,
   VertexState,

@@ -458,7 +458,7 @@ export class ImageBuilder {
 
   /** A base runner must be a reference into our registry: checked before any work, so a bad one changes nothing. */
   private checkBaseRunner(baseRunner: string): ImageReference {
-    let reference;
+    let reference: ImageReference;
     try {
       reference = parseImageReference(baseRunner);
     } catch (error) {

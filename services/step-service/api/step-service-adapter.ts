@@ -10,7 +10,7 @@ import {
   type RunStepRequest,
   type RunStepResponse,
   type Step,
-  StepService,
+  type StepService,
   StepState,
 } from "../../../gen/steprunner/step/v1/step_service_pb.js";
 import { MAX_OWNERS, MAX_SECRET_POINTERS, ownerRule, repositoryUrlRule, revisionRule, secretPointerRule } from "../../shared/request-rules.js";
