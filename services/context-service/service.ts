@@ -74,7 +74,13 @@ export async function openContextService(settings: ContextServiceSettings, versi
   const mirrors = new MirrorStore(settings.stateDir, settings.fetchTimeoutMs);
   await mirrors.init();
   const repositories = new GitRepositories(mirrors, trees, layers);
-  const preparer = new ContextPreparer(repositories, blobs, join(settings.stateDir, "contexts"), dockerfile, settings);
+  const preparer = new ContextPreparer({
+    repositories,
+    blobs,
+    contextsDir: join(settings.stateDir, "contexts"),
+    defaultDockerfile: dockerfile,
+    settings,
+  });
   await preparer.init();
   return {
     dockerfile,

@@ -67,17 +67,34 @@ const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
 /** Part of every repo.tar cache key: bump it when repo.tar's layout changes, so old entries are not reused. */
 const REPO_TAR_FORMAT = "repo.tar/3";
 
+/** What a ContextPreparer works with. */
+export interface ContextPreparerOptions {
+  repositories: Repositories;
+  blobs: BlobStore;
+  /** Where prepared contexts' manifests are kept (0700: they name secret zips). */
+  contextsDir: string;
+  defaultDockerfile: DefaultDockerfile;
+  settings: PreparerSettings;
+}
+
 /** Turns (repository, revision, properties, values) into a prepared context, and serves its files. */
 export class ContextPreparer {
   private readonly repoTars = new SingleFlight<BlobInfo>();
+  private readonly repositories: Repositories;
+  private readonly blobs: BlobStore;
+  private readonly contextsDir: string;
+  private readonly defaultDockerfile: DefaultDockerfile;
+  private readonly settings: PreparerSettings;
 
-  constructor(
-    private readonly repositories: Repositories,
-    private readonly blobs: BlobStore,
-    private readonly contextsDir: string,
-    private readonly defaultDockerfile: DefaultDockerfile,
-    private readonly settings: PreparerSettings,
-  ) {}
+  constructor(options: ContextPreparerOptions) {
+    ({
+      repositories: this.repositories,
+      blobs: this.blobs,
+      contextsDir: this.contextsDir,
+      defaultDockerfile: this.defaultDockerfile,
+      settings: this.settings,
+    } = options);
+  }
 
   async init(): Promise<void> {
     await mkdir(this.contextsDir, { recursive: true, mode: 0o700 });
