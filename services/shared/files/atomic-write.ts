@@ -1,9 +1,12 @@
 import { randomBytes } from "node:crypto";
 import { rename, rm, writeFile } from "node:fs/promises";
 
-/** A fresh name beside path (same directory, so same filesystem: the rename is atomic), unique per call. */
+/**
+ * A fresh name beside path (same directory, so same filesystem: the rename is atomic), unique per call. Its
+ * ".partial-" is what the services' start-up sweeps look for to remove what a crash left half-written.
+ */
 export function partialPath(path: string): string {
-  return `${path}.${process.pid}-${randomBytes(6).toString("hex")}.partial`;
+  return `${path}.partial-${process.pid}-${randomBytes(6).toString("hex")}`;
 }
 
 /**
