@@ -56,7 +56,7 @@ describe("a service's unexpected errors", () => {
       ["unexpected error", "steprunner.image.v1.ImageService/GetBuilderInfo"],
       ["unexpected error", "steprunner.image.v1.ImageService/BuildImage"],
     ]);
-    assert.match(String(logged[0]!.error), /TypeError: registry answered 502[\s\S]*at /);
+    assert.match(String((logged[0]!.error as Error).stack), /TypeError: registry answered 502[\s\S]*at /, "the error itself, which the logger writes with its stack");
   });
 
   it("leave a service's own ConnectErrors as they are, unlogged", async () => {

@@ -114,7 +114,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 function explainUnexpected(logger: Logger): Interceptor {
   return onCallEnd((request) => (error) => {
     if (error instanceof ConnectError || !(error instanceof Error)) return error;
-    logger.error("unexpected error", { method: `${request.service.typeName}/${request.method.name}`, error: error.stack ?? error.message });
+    logger.error("unexpected error", { method: `${request.service.typeName}/${request.method.name}`, error });
     return new ConnectError(error.message, Code.Internal, undefined, undefined, error);
   });
 }
