@@ -1,7 +1,7 @@
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { toJson } from "@bufbuild/protobuf";
 import { type BuildProgress, BuildProgressSchema, LogStream, VertexState } from "../../gen/steprunner/image/v1/image_service_pb.js";
-import { PlainProgressRenderer, type ProgressEvent, type VertexState as State } from "../image-service/buildkit/progress.js";
+import { PlainProgressRenderer, type ProgressEvent, type VertexState as State } from "../shared/build-progress.js";
 
 const STATES: Partial<Record<VertexState, State>> = {
   [VertexState.STARTED]: "started",
@@ -25,7 +25,7 @@ export class BuildProgressPrinter {
 
   print(progress: BuildProgress): void {
     if (this.mode === "json") {
-      this.write(JSON.stringify({ buildProgress: toJson(BuildProgressSchema, progress) }) + "\n");
+      this.write(`${JSON.stringify({ buildProgress: toJson(BuildProgressSchema, progress) })}\n`);
       return;
     }
     for (const event of this.events(progress)) this.write(this.plain.render(event));

@@ -5,7 +5,7 @@ import { ContextService } from "../../gen/steprunner/context/v1/context_service_
 import { BuiltImageSchema, ImageHandoff, ImageService, NetworkMode } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { serviceTransport } from "../shared/client/transport.js";
 import { BuildProgressPrinter, type ProgressMode } from "./build-progress.js";
-import { type Command, serviceAddressOptions } from "./command.js";
+import { type Command, clientSecurity, serviceAddressOptions } from "./command.js";
 
 export const buildCommand: Command = {
   usage: "--repo R --rev V [--repo-folder DIR] [--properties F] [--progress plain|json] [--handoff layer-store|registry] [--no-cache] [--network]",
@@ -36,8 +36,8 @@ export const buildCommand: Command = {
       console.error(`steprunner build: --handoff must be layer-store or registry, got "${values.handoff}"`);
       return 2;
     }
-    const contexts = serviceTransport(String(values["context-addr"]));
-    const imagesTransport = serviceTransport(String(values["image-addr"]));
+    const contexts = serviceTransport(String(values["context-addr"]), clientSecurity());
+    const imagesTransport = serviceTransport(String(values["image-addr"]), clientSecurity());
     try {
       const properties = values.properties ? await readProperties(String(values.properties)) : [];
       const { context } = await createClient(ContextService, contexts.transport).prepareContext({

@@ -1,3 +1,6 @@
+import { clientSecurityFromSettings } from "../shared/config/common.js";
+import type { ClientSecurity } from "../shared/security.js";
+
 /** A subcommand of the steprunner CLI (its one-line summary is in main.ts). run() returns the process exit code. */
 export interface Command {
   usage: string;
@@ -24,3 +27,11 @@ export const serviceAddressOptions = {
     default: process.env.STEPRUNNER_STEP_ADDR || "127.0.0.1:7703",
   },
 } as const satisfies Command["options"];
+
+let security: ClientSecurity | undefined;
+
+/** What the CLI presents to the services (STEPRUNNER_CLIENT_TLS_*, STEPRUNNER_AUTH_TOKEN_FILE), read once. */
+export function clientSecurity(): ClientSecurity {
+  security ??= clientSecurityFromSettings();
+  return security;
+}

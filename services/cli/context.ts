@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { mkdir, readFile, rename, rm } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { once } from "node:events";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -9,7 +9,8 @@ import type { JsonObject } from "@bufbuild/protobuf";
 import { ContextFileKind, ContextService, DockerfileSource } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import { releasedChunks } from "../shared/client/chunks.js";
 import { serviceTransport } from "../shared/client/transport.js";
-import { type Command, serviceAddressOptions } from "./command.js";
+import { type Command, clientSecurity, serviceAddressOptions } from "./command.js";
+import { writeAtomically } from "../shared/files/atomic-write.js";
 
 const LOCAL_PATH = /^(?![a-z][a-z0-9+.-]*:\/\/)(?![^/]+@[^/]+:)/i;
 
@@ -42,7 +43,7 @@ export const contextCommand: Command = {
         return 2;
       }
     }
-    const connection = serviceTransport(String(values["context-addr"]));
+    const connection = serviceTransport(String(values["context-addr"]), clientSecurity());
     const client = createClient(ContextService, connection.transport);
     try {
       const { context } = await client.prepareContext({
@@ -62,24 +63,24 @@ export const contextCommand: Command = {
       const written: Array<{ name: string; digest: string; size: number }> = [];
       for (const file of toWrite) {
         const path = join(out, file.name);
-        const partial = `${path}.partial`;
         const hash = createHash("sha256");
-        const sink = createWriteStream(partial);
-        try {
-          for await (const chunk of releasedChunks(client.readContextFile({ contextId: context.contextId, kind: file.kind }))) {
-            hash.update(chunk);
-            if (!sink.write(chunk)) await once(sink, "drain");
+        const { digest, size } = await writeAtomically(path, async (partial) => {
+          const sink = createWriteStream(partial);
+          try {
+            for await (const chunk of releasedChunks(client.readContextFile({ contextId: context.contextId, kind: file.kind }))) {
+              hash.update(chunk);
+              if (!sink.write(chunk)) await once(sink, "drain");
+            }
+            sink.end();
+            await once(sink, "finish");
+            const digest = `sha256:${hash.digest("hex")}`;
+            if (file.digest && digest !== file.digest) throw new Error(`${file.name} arrived as ${digest}, not ${file.digest}`);
+            return { digest, size: sink.bytesWritten };
+          } finally {
+            sink.destroy();
           }
-          sink.end();
-          await once(sink, "finish");
-          const digest = `sha256:${hash.digest("hex")}`;
-          if (file.digest && digest !== file.digest) throw new Error(`${file.name} arrived as ${digest}, not ${file.digest}`);
-          await rename(partial, path);
-          written.push({ name: file.name, digest, size: sink.bytesWritten });
-        } finally {
-          sink.destroy();
-          await rm(partial, { force: true });
-        }
+        });
+        written.push({ name: file.name, digest, size });
       }
       // The default Dockerfile copies the repository from these directories: all of it unpacked in the last.
       for (const directory of context.directories) await mkdir(join(out, directory.name), { recursive: true });

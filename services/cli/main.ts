@@ -68,9 +68,10 @@ async function main(argv: string[]): Promise<number> {
   const options = Object.fromEntries(
     Object.entries(command.options).map(([option, spec]) => [option, { type: spec.type, default: spec.default, ...(spec.multiple ? { multiple: true } : {}) }]),
   );
-  let parsed;
+  const parse = () => parseArgs({ args: rest, options: { ...options, help: { type: "boolean", short: "h" } }, allowPositionals: command.positionals === true });
+  let parsed: ReturnType<typeof parse>;
   try {
-    parsed = parseArgs({ args: rest, options: { ...options, help: { type: "boolean", short: "h" } }, allowPositionals: command.positionals === true });
+    parsed = parse();
   } catch (error) {
     console.error(`steprunner ${name}: ${(error as Error).message}\n\n${commandHelp(name, entry.summary, command)}`);
     return 2;

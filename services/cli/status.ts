@@ -4,7 +4,7 @@ import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../.
 import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { StepService } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../shared/client/transport.js";
-import { type Command, serviceAddressOptions } from "./command.js";
+import { type Command, clientSecurity, serviceAddressOptions } from "./command.js";
 
 const CALL_TIMEOUT_MS = 10_000;
 
@@ -27,7 +27,7 @@ export const statusCommand: Command = {
       "image-service": String(values["image-addr"]),
       "step-service": String(values["step-addr"]),
     };
-    const transports = Object.fromEntries(Object.entries(addresses).map(([name, address]) => [name, serviceTransport(address)]));
+    const transports = Object.fromEntries(Object.entries(addresses).map(([name, address]) => [name, serviceTransport(address, clientSecurity())]));
     try {
       const health = await Promise.all(
         Object.entries(addresses).map(([name, address]) => checkHealth(name, address, transports[name]!.transport)),

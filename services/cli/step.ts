@@ -6,7 +6,7 @@ import { LogStream } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { type LogLine, type RunStepResponse, RunStepResponseSchema, type Step, StepService, StepState, StepSchema } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../shared/client/transport.js";
 import { BuildProgressPrinter } from "./build-progress.js";
-import { type Command, serviceAddressOptions } from "./command.js";
+import { type Command, clientSecurity, serviceAddressOptions } from "./command.js";
 import { LiveStepView } from "./tty-progress.js";
 import { exitStatusOfChange, presentChange } from "./change.js";
 
@@ -133,7 +133,7 @@ export const runCommand: Command = {
       return 2;
     }
     const repo = String(values.repo);
-    const transport = serviceTransport(String(values["step-addr"]));
+    const transport = serviceTransport(String(values["step-addr"]), clientSecurity());
     const abort = new AbortController();
     process.once("SIGINT", () => abort.abort());
     const stepTimeout = timeout ? { timeout: { seconds: BigInt(Math.floor(timeout)), nanos: Math.round((timeout % 1) * 1e9) } } : {};
@@ -184,7 +184,7 @@ export const logsCommand: Command = {
       console.error("steprunner logs: give a step ID, and --from a non-negative line offset");
       return 2;
     }
-    const transport = serviceTransport(String(values["step-addr"]));
+    const transport = serviceTransport(String(values["step-addr"]), clientSecurity());
     try {
       const client = createClient(StepService, transport.transport);
       for await (const response of client.followLogs({ stepId: id, fromOffset: BigInt(from), follow: values.follow === true })) {
@@ -209,7 +209,7 @@ export const cancelCommand: Command = {
       console.error("steprunner cancel: give a step ID");
       return 2;
     }
-    const transport = serviceTransport(String(_values["step-addr"]));
+    const transport = serviceTransport(String(_values["step-addr"]), clientSecurity());
     try {
       const { step } = await createClient(StepService, transport.transport).cancelStep({ stepId: id });
       console.log(`step ${id}: ${StepState[step!.state].toLowerCase()} (${step!.reason || "cancelling"})`);

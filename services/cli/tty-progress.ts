@@ -144,7 +144,7 @@ export function renderFrame(view: StepView, now: number, columns: number, rows: 
   });
   for (const log of view.logTail) lines.push(cutTo(` => => # ${log}`, columns));
   for (const warning of view.warnings) lines.push(cutTo(`warning: ${warning}`, columns));
-  return lines.slice(-Math.max(1, rows - 1)).join("\n") + "\n";
+  return `${lines.slice(-Math.max(1, rows - 1)).join("\n")}\n`;
 }
 
 /** A terminal to draw on: what a TTY stream gives. */

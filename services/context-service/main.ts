@@ -1,23 +1,26 @@
 import { ContextService } from "../../gen/steprunner/context/v1/context_service_pb.js";
-import { numberSetting, setting } from "../shared/config/env.js";
 import { createLogger } from "../shared/log.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
-import { startTracingFromSettings } from "../shared/tracing.js";
+import { startTracingWith } from "../shared/tracing.js";
 import { STEPRUNNER_VERSION } from "../shared/version.js";
-import { contextServiceSettings, openContextService } from "./service.js";
+import { openContextService, readContextServiceConfig } from "./service.js";
 
-const tracing = startTracingFromSettings("context-service");
-const logger = createLogger("context-service");
-const settings = contextServiceSettings();
+// Every setting is read here, once (docs/settings.md).
+const config = readContextServiceConfig();
+const { common, service: settings } = config;
+const tracing = startTracingWith(common.tracing);
+const logger = createLogger("context-service", {}, { level: common.logLevel });
 const service = await openContextService(settings, STEPRUNNER_VERSION, logger);
 logger.info("state", { stateDir: settings.stateDir, repoFolder: settings.repoFolder, cacheMaxBytes: settings.cacheMaxBytes });
 
 const server = await startServer({
-  address: parseListenAddress(setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701")),
+  address: parseListenAddress(config.listenAddress),
   services: [ContextService],
   routes: service.routes,
   httpRoutes: service.httpRoutes,
   logger,
+  security: common.serverSecurity,
+  limits: common.serverLimits,
 });
-stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), { stop: () => tracing.shutdown() });
+stopOnSignals(server, logger, common.shutdownGraceMs, { stop: () => tracing.shutdown() });

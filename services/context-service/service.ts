@@ -1,6 +1,7 @@
 import { join } from "node:path";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { ContextService } from "../../gen/steprunner/context/v1/context_service_pb.js";
+import { type CommonSettings, readCommonSettings } from "../shared/config/common.js";
 import { numberSetting, setting } from "../shared/config/env.js";
 import type { Logger } from "../shared/log.js";
 import type { HttpHandler } from "../shared/server/serve.js";
@@ -24,6 +25,21 @@ export interface ContextServiceSettings {
   maxPropertiesBytes: number;
   /** Where the CA certificates of opschain-trust-store.tar come from; empty: the tar is empty. */
   trustStoreDir: string;
+}
+
+/** Everything the context-service's main reads from the environment, once. */
+export interface ContextServiceConfig {
+  common: CommonSettings;
+  listenAddress: string;
+  service: ContextServiceSettings;
+}
+
+export function readContextServiceConfig(): ContextServiceConfig {
+  return {
+    common: readCommonSettings("context-service"),
+    listenAddress: setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"),
+    service: contextServiceSettings(),
+  };
 }
 
 /** The settings from the environment, with the defaults docs/settings.md documents. */
@@ -61,7 +77,13 @@ export async function openContextService(settings: ContextServiceSettings, versi
   const mirrors = new MirrorStore(settings.stateDir, settings.fetchTimeoutMs);
   await mirrors.init();
   const repositories = new GitRepositories(mirrors, trees, layers);
-  const preparer = new ContextPreparer(repositories, blobs, join(settings.stateDir, "contexts"), dockerfile, settings);
+  const preparer = new ContextPreparer({
+    repositories,
+    blobs,
+    contextsDir: join(settings.stateDir, "contexts"),
+    defaultDockerfile: dockerfile,
+    settings,
+  });
   await preparer.init();
   return {
     dockerfile,

@@ -2,15 +2,13 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { serviceTransport } from "../shared/client/transport.js";
-import { numberSetting, setting } from "../shared/config/env.js";
 import { createLogger } from "../shared/log.js";
 import { ServiceMetrics } from "../shared/metrics.js";
 import { readRegistryCredentials } from "../shared/registry/credentials.js";
 import { RegistryClient } from "../shared/registry/registry-client.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
-import { startTracingFromSettings } from "../shared/tracing.js";
-import type { SyntaxPolicy } from "./core/syntax-directive.js";
+import { startTracingWith } from "../shared/tracing.js";
 import { STEPRUNNER_VERSION } from "../shared/version.js";
 import { ContextServiceProvider } from "./api/context-service-provider.js";
 import { imageServiceAdapter } from "./api/image-service-adapter.js";
@@ -18,93 +16,84 @@ import type { BuildKitTls } from "./buildkit/address.js";
 import { BuildKitClient } from "./buildkit/client.js";
 import { buildDockerfile } from "./buildkit/dockerfile-build.js";
 import { ShardedBuilder } from "./buildkit/sharded-builder.js";
+import { type BuildKitTlsFiles, readImageServiceConfig } from "./config.js";
 import { Builder } from "./core/builder.js";
 import { ContextCache } from "./core/context-cache.js";
 import { ImageBuilder } from "./core/image-builder.js";
-import type { Handoff } from "./core/model.js";
 import { ReuseRecords } from "./core/reuse-records.js";
 import { DockerApi } from "./docker/docker-api.js";
+import { ProcMountedLayers } from "./docker/overlay-mounts.js";
 
-const tracing = startTracingFromSettings("image-service");
-const logger = createLogger("image-service");
-const stateDir = setting("STEPRUNNER_IMAGE_STATE_DIR", join(setting("STEPRUNNER_STATE_DIR", "/var/lib/steprunner"), "image"));
-const registryAddress = setting("STEPRUNNER_REGISTRY_ADDR", "127.0.0.1:5000");
-const buildkitAddress = setting("STEPRUNNER_BUILDKIT_ADDR", "docker-unix:///var/lib/steprunner/run/docker.sock");
-// Several comma-separated addresses spread builds over several daemons (a buildkitd StatefulSet).
-const buildkitAddresses = buildkitAddress.split(",").map((address) => address.trim()).filter(Boolean);
-const dockerSocket = setting(
-  "STEPRUNNER_DOCKER_SOCKET",
-  buildkitAddresses[0]!.startsWith("docker-unix://") ? buildkitAddresses[0]!.slice("docker-unix://".length) : "/var/lib/steprunner/run/docker.sock",
-);
-// dockerd's BuildKit leaves images in dockerd's store; a standalone buildkitd pushes them to the registry.
-const imageOutput = setting("STEPRUNNER_IMAGE_OUTPUT", buildkitAddresses[0]!.startsWith("docker-unix://") ? "dockerd" : "registry");
-if (imageOutput !== "dockerd" && imageOutput !== "registry") throw new Error(`STEPRUNNER_IMAGE_OUTPUT must be dockerd or registry, got "${imageOutput}"`);
-const handoff = setting("STEPRUNNER_IMAGE_HANDOFF", imageOutput === "registry" ? "registry" : "layer-store");
-if (handoff !== "layer-store" && handoff !== "registry") throw new Error(`STEPRUNNER_IMAGE_HANDOFF must be layer-store or registry, got "${handoff}"`);
-const layerCompression = setting("STEPRUNNER_IMAGE_COMPRESSION", "uncompressed");
-if (layerCompression !== "gzip" && layerCompression !== "uncompressed") throw new Error(`STEPRUNNER_IMAGE_COMPRESSION must be gzip or uncompressed, got "${layerCompression}"`);
-const defaultBaseRunner = setting("OPSCHAIN_BASE_RUNNER", `${registryAddress}/steprunner/runner:${STEPRUNNER_VERSION}`);
+// Every setting is read here, once (docs/settings.md).
+const config = readImageServiceConfig();
+const { common } = config;
+const tracing = startTracingWith(common.tracing);
+const logger = createLogger("image-service", {}, { level: common.logLevel });
 
 const metrics = new ServiceMetrics("image-service");
 const builds = metrics.histogram("steprunner_image_builds_seconds", "Image requests by outcome (built, reused, failed, cancelled) and their time", ["outcome"], [0.05, 0.2, 1, 5, 20, 60, 300, 1200]);
 const retries = metrics.counter("steprunner_buildkit_retries_total", "Builds tried again after the connection to BuildKit failed", []);
-const tls = await buildkitTls();
-const buildkits = buildkitAddresses.map((address) => new BuildKitClient(address, { tls: address.startsWith("tcp://") ? tls : undefined }));
+const tls = config.buildkitTls ? await readBuildKitTls(config.buildkitTls) : undefined;
+const buildkits = config.buildkitAddresses.map((address) => new BuildKitClient(address, { tls: address.startsWith("tcp://") ? tls : undefined }));
 const buildkit = buildkits[0]!;
-const authFile = setting("STEPRUNNER_REGISTRY_AUTH_FILE", "");
-const registryCredentials = authFile ? readRegistryCredentials(authFile) : undefined;
+const registryCredentials = config.registryAuthFile ? readRegistryCredentials(config.registryAuthFile) : undefined;
 const sharded = new ShardedBuilder(
   buildkits.map((client, index) => ({
-    address: buildkitAddresses[index]!,
+    address: config.buildkitAddresses[index]!,
     build: (build, onStatus, signal) => buildDockerfile(client, build, onStatus, signal),
   })),
 );
-const registry = new RegistryClient(registryAddress);
-const contextService = serviceTransport(setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"));
-const builder = new Builder(buildkit, registry, { buildkitAddress: buildkitAddresses[0]!, defaultBaseRunner });
-const images = new ImageBuilder(
-  new ContextCache(new ContextServiceProvider(contextService.transport), join(stateDir, "contexts"), numberSetting("STEPRUNNER_IMAGE_CONTEXTS_MAX_AGE_MS", 24 * 3600_000)),
-  sharded,
-  new DockerApi(dockerSocket, registryCredentials),
+const registry = new RegistryClient(config.registryAddress);
+const contextService = serviceTransport(config.contextAddress, common.clientSecurity);
+const builder = new Builder(buildkit, registry, { buildkitAddress: config.buildkitAddresses[0]!, defaultBaseRunner: config.defaultBaseRunner });
+const images = new ImageBuilder({
+  contexts: new ContextCache(new ContextServiceProvider(contextService.transport), join(config.stateDir, "contexts"), config.contextsMaxAgeMs),
+  buildkit: sharded,
+  images: new DockerApi(config.dockerSocket, registryCredentials),
   registry,
-  new ReuseRecords(join(stateDir, "images")),
-  {
-    imageOutput,
-    layerCompression,
-    defaultBaseRunner,
+  records: new ReuseRecords(join(config.stateDir, "images")),
+  settings: {
+    imageOutput: config.imageOutput,
+    layerCompression: config.layerCompression,
+    defaultBaseRunner: config.defaultBaseRunner,
     version: STEPRUNNER_VERSION,
     stepsRepository: "steprunner/steps",
-    defaultHandoff: handoff as Handoff,
-    reuseTtlMs: numberSetting("STEPRUNNER_IMAGE_REUSE_TTL_HOURS", 168) * 3_600_000,
-    maxConcurrentBuilds: numberSetting("STEPRUNNER_MAX_CONCURRENT_BUILDS", 8),
+    defaultHandoff: config.handoff,
+    reuseTtlMs: config.reuseTtlMs,
+    maxConcurrentBuilds: config.maxConcurrentBuilds,
     transportAttempts: 3,
     registryCredentials,
-    syntaxPolicy: syntaxPolicy(setting("STEPRUNNER_DOCKERFILE_SYNTAX", "auto")),
+    inUseHoldMs: config.inUseHoldMs,
+    syntaxPolicy: config.syntaxPolicy,
   },
-  {
+  mountedLayers: new ProcMountedLayers(),
+  observer: {
     buildEnded: (outcome, seconds) => builds.observe({ outcome }, seconds),
     transportRetried: () => retries.inc(),
   },
-);
+});
 metrics.gauge("steprunner_image_build_queue_depth", "Builds waiting for a build slot", () => images.queueDepth);
 
 // Expired step images are removed regularly so that disk does not grow by one image per step.
 const pruneTimer = setInterval(
-  () => images.prune().then(
-    (removed) => removed.length && logger.info("removed expired step images", { count: removed.length }),
-    (error) => logger.warn("removing expired step images failed", { error }),
-  ),
-  numberSetting("STEPRUNNER_IMAGE_PRUNE_INTERVAL_MINUTES", 60) * 60_000,
+  () =>
+    images.prune().then(
+      (removed) => removed.length && logger.info("removed expired step images", { count: removed.length }),
+      (error) => logger.warn("removing expired step images failed", { error }),
+    ),
+  config.pruneIntervalMs,
 ).unref();
 
 const server = await startServer({
-  address: parseListenAddress(setting("STEPRUNNER_IMAGE_ADDR", "127.0.0.1:7702")),
+  address: parseListenAddress(config.listenAddress),
   services: [ImageService],
   routes: (router) => router.service(ImageService, imageServiceAdapter(builder, images)),
   logger,
   metrics,
+  security: common.serverSecurity,
+  limits: common.serverLimits,
 });
-stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), {
+stopOnSignals(server, logger, common.shutdownGraceMs, {
   stop: async () => {
     clearInterval(pruneTimer);
     for (const client of buildkits) client.close();
@@ -113,21 +102,13 @@ stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_0
   },
 });
 
-/** TLS for a tcp:// BuildKit, from PEM files named by the settings (none: plain TCP). */
-async function buildkitTls(): Promise<BuildKitTls | undefined> {
-  const ca = setting("STEPRUNNER_BUILDKIT_TLS_CA", "");
-  if (!ca) return undefined;
-  const cert = setting("STEPRUNNER_BUILDKIT_TLS_CERT", "");
-  const key = setting("STEPRUNNER_BUILDKIT_TLS_KEY", "");
+/** TLS for a tcp:// BuildKit, from the PEM files the settings name. */
+async function readBuildKitTls(files: BuildKitTlsFiles): Promise<BuildKitTls> {
   return {
-    ca: await readFile(ca, "utf8"),
-    cert: cert ? await readFile(cert, "utf8") : undefined,
-    key: key ? await readFile(key, "utf8") : undefined,
-    serverName: setting("STEPRUNNER_BUILDKIT_TLS_SERVER_NAME", "") || undefined,
+    ca: await readFile(files.ca, "utf8"),
+    cert: files.cert ? await readFile(files.cert, "utf8") : undefined,
+    key: files.key ? await readFile(files.key, "utf8") : undefined,
+    serverName: files.serverName,
   };
 }
 
-function syntaxPolicy(value: string): SyntaxPolicy {
-  if (value === "auto" || value === "pull" || value === "builtin") return value;
-  throw new Error(`STEPRUNNER_DOCKERFILE_SYNTAX must be auto, pull or builtin, got "${value}"`);
-}

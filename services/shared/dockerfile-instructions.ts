@@ -13,21 +13,21 @@ export interface DockerfileInstruction {
  */
 export function dockerfileInstructions(text: string): DockerfileInstruction[] {
   const lines = text.split("\n");
-  let escape = "\\";
+  let escapeChar = "\\";
   let index = 0;
   for (; index < lines.length; index++) {
     const directive = /^#\s*([a-z]+)\s*=\s*(\S+)\s*$/i.exec(lines[index]!);
     if (!directive) break;
-    if (directive[1]!.toLowerCase() === "escape") escape = directive[2]!;
+    if (directive[1]!.toLowerCase() === "escape") escapeChar = directive[2]!;
   }
   const instructions: DockerfileInstruction[] = [];
   for (; index < lines.length; index++) {
     const line = index + 1;
     let instruction = lines[index]!;
-    while (instruction.trimEnd().endsWith(escape) && index + 1 < lines.length) {
+    while (instruction.trimEnd().endsWith(escapeChar) && index + 1 < lines.length) {
       const next = lines[++index]!;
       if (/^\s*#/.test(next)) continue;
-      instruction = instruction.trimEnd().slice(0, -escape.length) + " " + next;
+      instruction = `${instruction.trimEnd().slice(0, -escapeChar.length)} ${next}`;
     }
     const trimmed = instruction.trim();
     if (trimmed === "" || trimmed.startsWith("#")) continue;

@@ -1,3 +1,5 @@
+import { parseJsonPointer } from "./json-pointer.js";
+
 /**
  * Rules for request fields that more than one service checks (the step-service at its boundary, the
  * context-service again before git is asked anything). Each returns what is allowed when the value breaks the
@@ -18,6 +20,7 @@ const OWNER = /^[a-z][a-z0-9_-]{0,62}$/;
 /** A repository address's shape; whether a local path exists is for the machine that reads it to say. */
 export function repositoryUrlRule(url: string): string | undefined {
   if (url.length > MAX_URL_LENGTH) return `must be at most ${MAX_URL_LENGTH} characters`;
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it refuses
   if (/[\u0000-\u001f\u007f]/.test(url)) return `must be ${URL_KINDS} without control characters`;
   const trimmed = url.length > 1 ? url.replace(/\/+$/, "") : url;
   if (trimmed.startsWith("file://")) {
@@ -36,6 +39,7 @@ export function revisionRule(rev: string): string | undefined {
   if (rev === "") return allowed;
   if (rev.length > MAX_REV_LENGTH) return `must be at most ${MAX_REV_LENGTH} characters`;
   const problem =
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it refuses
     /[\u0000-\u0020\u007f~^:?*[\\]/.test(rev) ? "without spaces, control characters or any of ~ ^ : ? * [ \\"
     : rev.startsWith("-") ? "not starting with '-'"
     : rev.includes("..") ? "without '..'"
@@ -55,8 +59,13 @@ export function ownerRule(owner: string): string | undefined {
 /** A secret pointer: an RFC 6901 JSON pointer into step_context.json's "properties", starting with an owner. */
 export function secretPointerRule(pointer: string, owners?: ReadonlySet<string>): string | undefined {
   const allowed = 'must be a JSON pointer into the properties, starting with their owner, e.g. "/project/opschain/env/API_TOKEN"';
-  if (!pointer.startsWith("/") || pointer.length < 2 || pointer.length > 1024 || /~[^01]|~$/.test(pointer)) return allowed;
-  const owner = pointer.split("/")[1]!.replace(/~1/g, "/").replace(/~0/g, "~");
+  if (pointer.length < 2 || pointer.length > 1024) return allowed;
+  let owner: string;
+  try {
+    owner = parseJsonPointer(pointer)[0]!;
+  } catch {
+    return allowed;
+  }
   if (owners && !owners.has(owner)) return `${allowed}; "${owner}" is not an owner of the request's properties`;
   return undefined;
 }

@@ -1,6 +1,4 @@
 import { createHash, timingSafeEqual } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { setting } from "./config/env.js";
 
 /** TLS for a server: its certificate and key; with clientCa, clients must present a certificate it signed. */
 export interface ServerTls {
@@ -26,45 +24,6 @@ export interface ClientSecurity {
   token?: string;
 }
 
-const read = (path: string) => readFileSync(path, "utf8");
-
-/**
- * The server side, from settings: STEPRUNNER_TLS_CERT and STEPRUNNER_TLS_KEY turn on TLS,
- * STEPRUNNER_TLS_CLIENT_CA makes it mutual, STEPRUNNER_AUTH_TOKEN_FILE requires tokens.
- * Files rather than values, so that secrets stay out of process listings and environments.
- */
-export function serverSecurityFromSettings(): ServerSecurity {
-  const cert = setting("STEPRUNNER_TLS_CERT", "");
-  const key = setting("STEPRUNNER_TLS_KEY", "");
-  if (Boolean(cert) !== Boolean(key)) throw new Error("STEPRUNNER_TLS_CERT and STEPRUNNER_TLS_KEY go together");
-  const clientCa = setting("STEPRUNNER_TLS_CLIENT_CA", "");
-  if (clientCa && !cert) throw new Error("STEPRUNNER_TLS_CLIENT_CA needs STEPRUNNER_TLS_CERT and STEPRUNNER_TLS_KEY");
-  const tokenFile = setting("STEPRUNNER_AUTH_TOKEN_FILE", "");
-  const named = tokenFile ? parseTokenFile(read(tokenFile)) : undefined;
-  if (named && named.length === 0) throw new Error(`STEPRUNNER_AUTH_TOKEN_FILE ${tokenFile} holds no token`);
-  return {
-    tls: cert ? { cert: read(cert), key: read(key), clientCa: clientCa ? read(clientCa) : undefined } : undefined,
-    tokens: named?.map((entry) => entry.token),
-    tokenNames: named ? Object.fromEntries(named.map((entry) => [entry.token, entry.name])) : undefined,
-  };
-}
-
-/**
- * The client side, from settings: STEPRUNNER_CLIENT_TLS_CA (https to the services), STEPRUNNER_CLIENT_TLS_CERT
- * and STEPRUNNER_CLIENT_TLS_KEY (mutual TLS), and the first token of STEPRUNNER_AUTH_TOKEN_FILE.
- */
-export function clientSecurityFromSettings(): ClientSecurity {
-  const ca = setting("STEPRUNNER_CLIENT_TLS_CA", "");
-  const cert = setting("STEPRUNNER_CLIENT_TLS_CERT", "");
-  const key = setting("STEPRUNNER_CLIENT_TLS_KEY", "");
-  const tokenFile = setting("STEPRUNNER_AUTH_TOKEN_FILE", "");
-  return {
-    ca: ca ? read(ca) : undefined,
-    cert: cert ? read(cert) : undefined,
-    key: key ? read(key) : undefined,
-    token: tokenFile ? parseTokenFile(read(tokenFile))[0]?.token : undefined,
-  };
-}
 
 /**
  * A token file: one token a line, optionally after a name and a space ("ci 3f9a…"), the name standing for

@@ -48,6 +48,16 @@ export class SingleFlight<T> {
     });
   }
 
+  /** Whether work runs for key. */
+  has(key: string): boolean {
+    return this.flights.has(key);
+  }
+
+  /** The keys with work running. */
+  keys(): string[] {
+    return [...this.flights.keys()];
+  }
+
   /** How many keys have work running (for tests and metrics). */
   get running(): number {
     return this.flights.size;

@@ -18,7 +18,6 @@ import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { BasicTracerProvider, BatchSpanProcessor, SimpleSpanProcessor, type SpanExporter } from "@opentelemetry/sdk-trace-base";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { setting } from "./config/env.js";
 import { STEPRUNNER_VERSION } from "./version.js";
 
 /**
@@ -39,12 +38,16 @@ export interface Tracing {
   shutdown(): Promise<void>;
 }
 
-/** Turns tracing on as STEPRUNNER_TRACING says (off or otlp), for a process named `service`. */
-export function startTracingFromSettings(service: string): Tracing {
-  const mode = setting("STEPRUNNER_TRACING", "off");
-  if (mode === "off") return { enabled: false, shutdown: async () => {} };
-  if (mode !== "otlp") throw new Error(`STEPRUNNER_TRACING must be off or otlp, got "${mode}"`);
-  return startTracing(setting("OTEL_SERVICE_NAME", service), new OTLPTraceExporter(), { batch: true });
+export interface TracingSettings {
+  /** off: the no-op tracer; otlp: spans exported over OTLP/HTTP (protobuf). */
+  mode: "off" | "otlp";
+  serviceName: string;
+}
+
+/** Turns tracing on as the settings say (config/common.ts reads them). */
+export function startTracingWith(settings: TracingSettings): Tracing {
+  if (settings.mode === "off") return { enabled: false, shutdown: async () => {} };
+  return startTracing(settings.serviceName, new OTLPTraceExporter(), { batch: true });
 }
 
 /**

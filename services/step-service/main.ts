@@ -1,27 +1,26 @@
 import { mkdir } from "node:fs/promises";
 import { StepService } from "../../gen/steprunner/step/v1/step_service_pb.js";
-import { numberSetting, setting } from "../shared/config/env.js";
 import { createLogger } from "../shared/log.js";
 import { ServiceMetrics } from "../shared/metrics.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
 import { serviceTransport } from "../shared/client/transport.js";
-import { startTracingFromSettings } from "../shared/tracing.js";
+import { startTracingWith } from "../shared/tracing.js";
 import { stepServiceAdapter } from "./api/step-service-adapter.js";
 import { ContextServicePreparer } from "./clients/context-service-preparer.js";
 import { ImageServiceBuilder } from "./clients/image-service-builder.js";
-import { configFromEnv, createStepRunner } from "./service.js";
+import { createStepRunner, readStepServiceProcessConfig } from "./service.js";
 
-const tracing = startTracingFromSettings("step-service");
-const logger = createLogger("step-service");
-const config = configFromEnv();
+// Every setting is read here, once (docs/settings.md).
+const { common, service: config, ...wiring } = readStepServiceProcessConfig();
+const tracing = startTracingWith(common.tracing);
+const logger = createLogger("step-service", {}, { level: common.logLevel });
 await mkdir(config.stateDir, { recursive: true });
 // Contexts and images come from the context- and image-service; "local" runs a local directory in the
 // prebuilt STEPRUNNER_STEP_IMAGE without them (for trying the runtime alone).
-const sources = setting("STEPRUNNER_STEP_SOURCES", "services");
-if (sources !== "services" && sources !== "local") throw new Error(`STEPRUNNER_STEP_SOURCES must be services or local, got "${sources}"`);
-const contextService = serviceTransport(setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"));
-const imageService = serviceTransport(setting("STEPRUNNER_IMAGE_ADDR", "127.0.0.1:7702"));
+const sources = wiring.sources;
+const contextService = serviceTransport(wiring.contextAddress, common.clientSecurity);
+const imageService = serviceTransport(wiring.imageAddress, common.clientSecurity);
 const metrics = new ServiceMetrics("step-service");
 const steps = metrics.counter("steprunner_steps_total", "Steps that ended, by final state", ["state"]);
 const phases = metrics.histogram("steprunner_step_phase_seconds", "Time of each phase of a step (queue, context, build, pull, run, teardown)", ["phase"], [0.01, 0.05, 0.2, 1, 5, 30, 120, 600]);
@@ -42,13 +41,15 @@ metrics.gauge("steprunner_layer_store_bytes", "Size of the unpacked-layer store"
 await runner.recover();
 
 const server = await startServer({
-  address: parseListenAddress(setting("STEPRUNNER_STEP_ADDR", "127.0.0.1:7703")),
+  address: parseListenAddress(wiring.listenAddress),
   services: [StepService],
   routes: (router) => router.service(StepService, stepServiceAdapter(config, runner)),
   logger,
   metrics,
+  security: common.serverSecurity,
+  limits: common.serverLimits,
 });
-stopOnSignals(server, logger, numberSetting("STEPRUNNER_SHUTDOWN_GRACE_MS", 10_000), {
+stopOnSignals(server, logger, common.shutdownGraceMs, {
   drain: (graceMs) => runner.drain(graceMs),
   stop: async () => {
     await runner.close();

@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import type { Logger } from "../shared/log.js";
+import { type CommonSettings, readCommonSettings } from "../shared/config/common.js";
 import { numberSetting, setting } from "../shared/config/env.js";
 import { STEPRUNNER_VERSION } from "../shared/version.js";
 import type { StepServiceSettings } from "./api/step-service-adapter.js";
@@ -21,11 +22,38 @@ export interface StepServiceConfig extends StepServiceSettings {
   logCapBytes: number;
   killGraceMs: number;
   maxResultBytes: number;
-  /** The prebuilt image steps run in until the image-service client is wired in. */
+  /** With STEPRUNNER_STEP_SOURCES=local: the prebuilt image a local directory runs in. */
   stepImage: string;
 }
 
-/** The step-service's settings (docs/settings.md), from the environment. */
+/** Everything the step-service's main reads from the environment, once (docs/settings.md). */
+export interface StepServiceProcessConfig {
+  common: CommonSettings;
+  listenAddress: string;
+  /**
+   * Where contexts and images come from: the context- and image-service, or "local" (a local directory run
+   * in the prebuilt stepImage, for trying the runtime alone).
+   */
+  sources: "services" | "local";
+  contextAddress: string;
+  imageAddress: string;
+  service: StepServiceConfig;
+}
+
+export function readStepServiceProcessConfig(): StepServiceProcessConfig {
+  const sources = setting("STEPRUNNER_STEP_SOURCES", "services");
+  if (sources !== "services" && sources !== "local") throw new Error(`STEPRUNNER_STEP_SOURCES must be services or local, got "${sources}"`);
+  return {
+    common: readCommonSettings("step-service"),
+    listenAddress: setting("STEPRUNNER_STEP_ADDR", "127.0.0.1:7703"),
+    sources,
+    contextAddress: setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"),
+    imageAddress: setting("STEPRUNNER_IMAGE_ADDR", "127.0.0.1:7702"),
+    service: configFromEnv(),
+  };
+}
+
+/** The step-service's core settings (docs/settings.md), from the environment. */
 export function configFromEnv(): StepServiceConfig {
   const stateDir = setting("STEPRUNNER_STEP_STATE_DIR", join(setting("STEPRUNNER_STATE_DIR", "/var/lib/steprunner"), "step"));
   const registry = setting("STEPRUNNER_REGISTRY_ADDR", "127.0.0.1:5000");

@@ -411,7 +411,7 @@ async function main(): Promise<void> {
     ...rss.map((row) => `| ${row.service} | ${(row.small / 1e6).toFixed(0)} MB | ${(row.huge / 1e6).toFixed(0)} MB | ${(row.huge / row.small).toFixed(2)}× |`),
   ];
   console.log(lines.join("\n"));
-  await writeFile(join(ROOT, "bench-results.md"), lines.join("\n") + "\n");
+  await writeFile(join(ROOT, "bench-results.md"), `${lines.join("\n")}\n`);
 }
 
 await main();

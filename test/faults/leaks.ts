@@ -60,7 +60,7 @@ export async function findLeaks(stack: FaultStack, baselineMounts: ReadonlySet<s
   }
 
   for (const path of await walk(stack.contextStateDir, 3)) {
-    if (/\.partial/.test(path) || path.startsWith(join(stack.contextStateDir, "cache", "tmp") + "/")) leaks.push(`context-service temporary ${path}`);
+    if (/\.partial/.test(path) || path.startsWith(`${join(stack.contextStateDir, "cache", "tmp")}/`)) leaks.push(`context-service temporary ${path}`);
   }
   for (const path of await walk(stack.imageStateDir, 3)) if (/\.tmp$/.test(path)) leaks.push(`image-service temporary ${path}`);
   for (const name of await entries(join(stack.stepStateDir, "logs"))) {

@@ -6,6 +6,7 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { StepService } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport, type ServiceTransport } from "../../services/shared/client/transport.js";
 import { ROOT } from "../support/stack.js";
+import { clientSecurityFromSettings } from "../../services/shared/config/common.js";
 
 const exec = promisify(execFile);
 const env = (name: string, fallback: string) => process.env[name] || fallback;
@@ -31,7 +32,7 @@ export class FaultStack {
   /** A StepService client; a new one after a restart of the step-service. */
   get steps(): Client<typeof StepService> {
     if (!this.stepClient) {
-      this.transport = serviceTransport(this.stepAddr);
+      this.transport = serviceTransport(this.stepAddr, clientSecurityFromSettings());
       this.stepClient = createClient(StepService, this.transport.transport);
     }
     return this.stepClient;

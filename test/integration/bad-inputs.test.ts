@@ -18,6 +18,7 @@ import { gitIn, makeFixture } from "../support/git-fixture.js";
 import { BOMB_BYTES, ESCAPING_DOCKERFILES, type HostileRepository, makeHostileRepository } from "../support/hostile-repo.js";
 import { stack } from "../support/stack.js";
 import { failure } from "../support/rpc.js";
+import { clientSecurityFromSettings } from "../../services/shared/config/common.js";
 
 type PrepareInit = MessageInitShape<typeof PrepareContextRequestSchema>;
 type RunInit = MessageInitShape<typeof RunStepRequestSchema>;
@@ -38,7 +39,7 @@ async function drain(stream: AsyncIterable<unknown>): Promise<void> {
  * and changes nothing; each misbehaving step ends in the right state with an actionable reason.
  */
 describe("bad inputs through the public gRPC API", () => {
-  const transports = [stack.contextAddr, stack.imageAddr, stack.stepAddr].map((address) => serviceTransport(address));
+  const transports = [stack.contextAddr, stack.imageAddr, stack.stepAddr].map((address) => serviceTransport(address, clientSecurityFromSettings()));
   const contexts = createClient(ContextService, transports[0]!.transport);
   const images = createClient(ImageService, transports[1]!.transport);
   const steps = createClient(StepService, transports[2]!.transport);

@@ -21,6 +21,7 @@ import { LocalContextProvider } from "../support/contexts.js";
 import { run, samePassOnEither, stack } from "../support/stack.js";
 import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
 import { leftovers, removeState, testConfig } from "../support/step-service.js";
+import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
 
 const STEPS_REPOSITORY = "steprunner-test/buildkitd-steps";
 
@@ -47,7 +48,7 @@ describe("the image-builder on a standalone buildkitd v0.24: images pushed to th
       },
     };
     // No dockerd here: the image store is never asked (an unreachable socket would fail the test if it were).
-    images = new ImageBuilder(new ContextCache(provider, join(work, "cache")), builder, new DockerApi(join(work, "no-dockerd.sock")), registry, new ReuseRecords(join(work, "records")), {
+    images = new ImageBuilder({ contexts: new ContextCache(provider, join(work, "cache")), buildkit: builder, images: new DockerApi(join(work, "no-dockerd.sock")), registry: registry, records: new ReuseRecords(join(work, "records")), settings: {
       imageOutput: "registry",
       defaultBaseRunner: stack.baseRunner,
       version: "0.1.0",
@@ -56,7 +57,7 @@ describe("the image-builder on a standalone buildkitd v0.24: images pushed to th
       reuseTtlMs: 3_600_000,
       maxConcurrentBuilds: 2,
       transportAttempts: 1,
-    });
+    } });
   });
 
   after(async () => {
@@ -81,7 +82,7 @@ describe("the image-builder on a standalone buildkitd v0.24: images pushed to th
     assert.equal(again.reference, built.reference);
     assert.equal(solves, 1, "reused from the registry: no second solve");
 
-    const layerHandoff = await images.build(request(contextId, { handoff: "layer-store" }), () => {}).catch((error) => ConnectError.from(error));
+    const layerHandoff = await images.build(request(contextId, { handoff: "layer-store" }), () => {}).catch((error) => ConnectError.from(toConnectError(error)));
     assert.ok(layerHandoff instanceof ConnectError && layerHandoff.code === Code.FailedPrecondition, String(layerHandoff));
 
     // The step-service takes it from the registry into its layer store and runs it.
@@ -178,7 +179,7 @@ describe("the image-builder on a standalone buildkitd v0.24: images pushed to th
     const dockerfile = `ARG OPSCHAIN_BASE_RUNNER\nFROM \${OPSCHAIN_BASE_RUNNER}\nRUN sleep 600; echo ${marker}\n`;
     const contextId = await provider.add({ files: { "c.txt": "c" }, properties: {}, dockerfile, defaultDockerfile: false });
     const controller = new AbortController();
-    const building = images.build(request(contextId), () => {}, controller.signal).catch((error) => ConnectError.from(error));
+    const building = images.build(request(contextId), () => {}, controller.signal).catch((error) => ConnectError.from(toConnectError(error)));
     const running = async () => (await run("pgrep", ["-f", marker])).code === 0;
     for (let waited = 0; !(await running()); waited += 100) {
       assert.ok(waited < 60_000, "the RUN line started");

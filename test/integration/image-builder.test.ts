@@ -16,6 +16,7 @@ import { DockerApi } from "../../services/image-service/docker/docker-api.js";
 import { RegistryClient } from "../../services/shared/registry/registry-client.js";
 import { type ContextInput, LocalContextProvider } from "../support/contexts.js";
 import { needsDockerd, run, stack } from "../support/stack.js";
+import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
 
 const STEPS_REPOSITORY = "steprunner-test/steps";
 
@@ -40,7 +41,7 @@ describe("building step images on the real BuildKit", needsDockerd("its image st
   const defaultDockerfile = loadDefaultDockerfile("0.1.0").text;
 
   function newImageBuilder(recordsDir: string, cacheDir: string, handoff: Handoff = "layer-store"): ImageBuilder {
-    return new ImageBuilder(new ContextCache(provider, cacheDir), counting, docker, new RegistryClient(stack.registry), new ReuseRecords(recordsDir), {
+    return new ImageBuilder({ contexts: new ContextCache(provider, cacheDir), buildkit: counting, images: docker, registry: new RegistryClient(stack.registry), records: new ReuseRecords(recordsDir), settings: {
       defaultBaseRunner: stack.baseRunner,
       version: "0.1.0",
       stepsRepository: STEPS_REPOSITORY,
@@ -48,7 +49,7 @@ describe("building step images on the real BuildKit", needsDockerd("its image st
       reuseTtlMs: 3_600_000,
       maxConcurrentBuilds: 4,
       transportAttempts: 3,
-    });
+    } });
   }
 
   async function context(input: Partial<ContextInput> & { files?: Record<string, string> }): Promise<string> {
@@ -209,7 +210,7 @@ describe("building step images on the real BuildKit", needsDockerd("its image st
     ["a missing base image, naming it", {}, { baseRunner: `${stack.registry}/steprunner/no-such-runner:1` }, /steprunner\/no-such-runner:1/],
   ] as const) {
     it(`fails with FAILED_PRECONDITION for ${name}`, async () => {
-      const failure = await images.build(request(await context(input), extra), () => {}).catch((error) => ConnectError.from(error));
+      const failure = await images.build(request(await context(input), extra), () => {}).catch((error) => ConnectError.from(toConnectError(error)));
       assert.ok(failure instanceof ConnectError, "the build failed");
       assert.equal(failure.code, Code.FailedPrecondition, failure.message);
       assert.match(failure.message, expected);
@@ -258,7 +259,7 @@ describe("building step images on the real BuildKit", needsDockerd("its image st
         setTimeout(() => controller.abort(), 500);
       }
     }, controller.signal);
-    const failure = await building.catch((error) => ConnectError.from(error));
+    const failure = await building.catch((error) => ConnectError.from(toConnectError(error)));
     assert.ok(failure instanceof ConnectError);
     assert.equal(failure.code, Code.Canceled);
     let running = "";

@@ -18,6 +18,7 @@ import { type TestContextService, startTestContextService } from "../support/con
 import { commitFiles, gitIn } from "../support/git-fixture.js";
 import { needsDockerd, run, samePassOnEither, stack } from "../support/stack.js";
 import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
+import { clientSecurityFromSettings } from "../../services/shared/config/common.js";
 
 const STEPS_REPOSITORY = "steprunner-test/new-commit";
 const HISTORY_COMMITS = 20_000;
@@ -82,7 +83,7 @@ async function historyFixture(prefix: string): Promise<HistoryFixture> {
   await longHistory(repo);
   await commitFiles(repo, { "actions.rb": 'task :hello do puts "hello" end\n' }, "actions", "2024-03-01T00:00:00Z");
   const contexts = await startTestContextService();
-  const transport = serviceTransport(contexts.address);
+  const transport = serviceTransport(contexts.address, clientSecurityFromSettings());
   return {
     work,
     repo,
@@ -109,7 +110,7 @@ describe("a new commit on a repository with a long history", needsDockerd("this 
     docker = new DockerApi(`${stack.runDir}/docker.sock`);
     counting = new CountingBuilder(client);
     const contexts = new ContextCache(new ContextServiceProvider(fixture.transport.transport), join(fixture.work, "cache"));
-    images = new ImageBuilder(contexts, counting, docker, new RegistryClient(stack.registry), new ReuseRecords(join(fixture.work, "records")), {
+    images = new ImageBuilder({ contexts: contexts, buildkit: counting, images: docker, registry: new RegistryClient(stack.registry), records: new ReuseRecords(join(fixture.work, "records")), settings: {
       defaultBaseRunner: stack.baseRunner,
       version: "0.1.0",
       stepsRepository: STEPS_REPOSITORY,
@@ -117,7 +118,7 @@ describe("a new commit on a repository with a long history", needsDockerd("this 
       reuseTtlMs: 3_600_000,
       maxConcurrentBuilds: 2,
       transportAttempts: 1,
-    });
+    } });
   });
 
   after(async () => {

@@ -6,6 +6,7 @@ import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../.
 import { ContextService } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { ROOT, run, stack } from "../support/stack.js";
+import { clientSecurityFromSettings } from "../../services/shared/config/common.js";
 
 const services = [
   { name: "context-service", address: stack.contextAddr, service: "steprunner.context.v1.ContextService" },
@@ -16,7 +17,7 @@ const BUF = join(ROOT, "node_modules/.bin/buf");
 const CLI = join(ROOT, "dist/services/cli/main.js");
 
 describe("the running services", () => {
-  const transports = services.map((service) => serviceTransport(service.address));
+  const transports = services.map((service) => serviceTransport(service.address, clientSecurityFromSettings()));
   after(() => transports.forEach((transport) => transport.close()));
 
   services.forEach((service, index) => {

@@ -10,6 +10,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { BuildKitClient } from "../../services/image-service/buildkit/client.js";
 import { type DockerfileBuild, buildDockerfile } from "../../services/image-service/buildkit/dockerfile-build.js";
 import { explainBuildFailure } from "../../services/image-service/core/build-errors.js";
+import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
 import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
 import { samePassOnEither, stack } from "../support/stack.js";
 
@@ -70,7 +71,7 @@ describe("a standalone buildkitd v0.24, through the Control.Session tunnel", sam
       () => assert.fail("the build succeeded"),
       (failure: ConnectError & { output: string }) => failure,
     );
-    return { error, explained: explainBuildFailure(error, error.output) };
+    return { error, explained: ConnectError.from(toConnectError(explainBuildFailure(error, error.output))) };
   }
 
   it("lives through builds failing in the tunnel (a failing RUN, a refused entitlement, an unknown exporter), then builds", async () => {

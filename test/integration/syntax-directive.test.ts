@@ -42,7 +42,7 @@ async function build(address: string, work: string, dockerfile: string): Promise
     );
     return undefined;
   } catch (error) {
-    return explainBuildFailure(error, "");
+    return ConnectError.from(explainBuildFailure(error, ""));
   } finally {
     client.close();
   }

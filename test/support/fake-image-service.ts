@@ -26,19 +26,19 @@ export function startImageService(
     buildkitAddress: "docker-unix:///fake.sock",
     defaultBaseRunner: "registry.test:5000/runner:1",
   });
-  const unusedImages = new ImageBuilder(
-    { materialize: async () => assert.fail("no build in these tests") },
-    { build: async () => assert.fail("no build in these tests") },
-    { inspectImage: async () => undefined, removeImage: async () => {}, tagImage: async () => {}, pushImage: async () => assert.fail("no push") },
-    {
+  const unusedImages = new ImageBuilder({
+    contexts: { materialize: async () => assert.fail("no build in these tests") },
+    buildkit: { build: async () => assert.fail("no build in these tests") },
+    images: { inspectImage: async () => undefined, removeImage: async () => {}, tagImage: async () => {}, pushImage: async () => assert.fail("no push") },
+    registry: {
       address: "registry.test:5000",
       manifest: async () => assert.fail("no registry"),
       config: async () => assert.fail("no registry"),
       deleteManifest: async () => assert.fail("no registry"),
     },
-    new ReuseRecords("/nonexistent"),
-    { defaultBaseRunner: "", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 0, maxConcurrentBuilds: 1, transportAttempts: 1 },
-  );
+    records: new ReuseRecords("/nonexistent"),
+    settings: { defaultBaseRunner: "", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 0, maxConcurrentBuilds: 1, transportAttempts: 1 },
+  });
   return startServer({
     address,
     services: [ImageService],

@@ -9,7 +9,7 @@ import { commitFiles, gitIn } from "./git-fixture.js";
  * allowed), a log of 19 MB (16 MiB kept). A result written by the action itself is followed by exec, so that
  * opschain-action's own step_result.json (written at exit) never replaces it.
  */
-export const HOSTILE_ACTIONS = String.raw`
+export const HOSTILE_ACTIONS = `
 RESULT = "/opt/opschain/#{ENV.fetch('OPSCHAIN_REPO_FOLDER', '.mintpress')}/step_result.json"
 def result!(text)
   File.write(RESULT, text)

@@ -33,13 +33,13 @@ export async function startTestImageService(options: { contextAddress: string; b
   const registry = new RegistryClient(stack.registry);
   const docker = new DockerApi(`${stack.runDir}/docker.sock`);
   const contexts = serviceTransport(options.contextAddress, {});
-  const images = new ImageBuilder(
-    new ContextCache(new ContextServiceProvider(contexts.transport), join(stateDir, "contexts")),
-    { build: (build, onStatus, signal) => buildDockerfile(buildkit, build, onStatus, signal) },
-    docker,
+  const images = new ImageBuilder({
+    contexts: new ContextCache(new ContextServiceProvider(contexts.transport), join(stateDir, "contexts")),
+    buildkit: { build: (build, onStatus, signal) => buildDockerfile(buildkit, build, onStatus, signal) },
+    images: docker,
     registry,
-    new ReuseRecords(join(stateDir, "images")),
-    {
+    records: new ReuseRecords(join(stateDir, "images")),
+    settings: {
       defaultBaseRunner: stack.baseRunner,
       version: "0.1.0",
       stepsRepository: options.stepsRepository,
@@ -48,7 +48,7 @@ export async function startTestImageService(options: { contextAddress: string; b
       maxConcurrentBuilds: 2,
       transportAttempts: 1,
     },
-  );
+  });
   const builder = new Builder(buildkit, registry, { buildkitAddress: options.buildkitAddress, defaultBaseRunner: stack.baseRunner });
   const server = await startServer({
     address: { kind: "tcp", host: "127.0.0.1", port: 0 },

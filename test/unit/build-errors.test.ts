@@ -4,6 +4,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { parseBuildKitAddress } from "../../services/image-service/buildkit/address.js";
 import { describeFailure } from "../../services/image-service/buildkit/client.js";
 import { explainBuildFailure } from "../../services/image-service/core/build-errors.js";
+import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
 
 const DOCKERD = parseBuildKitAddress("docker-unix:///var/lib/steprunner/run/docker.sock");
 const BUILDKITD = parseBuildKitAddress("unix:///run/buildkit/buildkitd.sock");
@@ -24,7 +25,7 @@ function frontendDetails(...lines: number[]): Record<string, unknown> {
 }
 
 function explained(error: ConnectError, logTail = ""): string {
-  const explanation = explainBuildFailure(error, logTail);
+  const explanation = ConnectError.from(toConnectError(explainBuildFailure(error, logTail)));
   assert.equal(explanation.code, Code.FailedPrecondition, explanation.message);
   return explanation.rawMessage;
 }
@@ -93,7 +94,7 @@ describe("BuildKit's failures explained, in v0.8's words (dockerd 20.10) and v0.
   it("BuildKit's details (its stack traces, its command line) are not passed on", () => {
     const error = failure(BUILDKITD, 'exporter "moby" could not be found', { "stack.Stack+json": { cmdline: ["buildkitd"], pid: 1 } });
     assert.deepEqual(error.details, []);
-    assert.deepEqual(explainBuildFailure(error, "").details, []);
+    assert.deepEqual(ConnectError.from(toConnectError(explainBuildFailure(error, ""))).details, []);
   });
 
   it("anything else keeps BuildKit's message and where the daemon is", () => {

@@ -70,10 +70,16 @@ describe("ContextPreparer with fake repositories", () => {
   async function preparer(name: string, repositories: Repositories, maxBytes = 1024 ** 2) {
     const blobs = new BlobStore(join(dir, name, "cache"), maxBytes);
     await blobs.init();
-    const created = new ContextPreparer(repositories, blobs, join(dir, name, "contexts"), loadDefaultDockerfile("1.0.0"), {
-      repoFolder: ".mintpress",
-      maxDockerfileBytes: 1024,
-      maxPropertiesBytes: 1024,
+    const created = new ContextPreparer({
+      repositories,
+      blobs,
+      contextsDir: join(dir, name, "contexts"),
+      defaultDockerfile: loadDefaultDockerfile("1.0.0"),
+      settings: {
+        repoFolder: ".mintpress",
+        maxDockerfileBytes: 1024,
+        maxPropertiesBytes: 1024,
+      },
     });
     await created.init();
     return { preparer: created, blobs };

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { BuildQueue } from "../../services/image-service/core/build-queue.js";
+import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
 import { type DockerfileBuilder, ImageBuilder } from "../../services/image-service/core/image-builder.js";
 import type { BuildEvent, LocalContext } from "../../services/image-service/core/model.js";
 import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
@@ -25,51 +25,6 @@ const context: LocalContext = {
   secretZipPath: "/nonexistent",
 };
 
-describe("the build queue", () => {
-  it("runs at most the limit at once and starts the rest in arrival order, telling each its place", async () => {
-    const queue = new BuildQueue(2);
-    const started: number[] = [];
-    const positions = new Map<number, number[]>();
-    const releases: Array<() => void> = [];
-    const builds = [0, 1, 2, 3, 4].map((n) =>
-      queue.run(
-        () => new Promise<void>((resolve) => {
-          started.push(n);
-          releases[n] = resolve;
-        }),
-        (position) => positions.set(n, [...(positions.get(n) ?? []), position]),
-      ),
-    );
-    await new Promise((resolve) => setImmediate(resolve));
-    assert.deepEqual(started, [0, 1]);
-    assert.equal(queue.depth, 3);
-    releases[1]!();
-    await new Promise((resolve) => setImmediate(resolve));
-    assert.deepEqual(started, [0, 1, 2]);
-    releases[0]!();
-    releases[2]!();
-    await new Promise((resolve) => setImmediate(resolve));
-    releases[3]!();
-    releases[4]!();
-    await Promise.all(builds);
-    assert.deepEqual(started, [0, 1, 2, 3, 4]);
-    assert.deepEqual(positions.get(4), [3, 2, 1], "the last one moved up as the others started");
-  });
-
-  it("lets a waiting build leave when it is cancelled", async () => {
-    const queue = new BuildQueue(1);
-    let release!: () => void;
-    const first = queue.run(() => new Promise<void>((resolve) => (release = resolve)), () => {});
-    const controller = new AbortController();
-    const second = queue.run(async () => assert.fail("a cancelled build must not start"), () => {}, controller.signal);
-    controller.abort(new Error("cancelled"));
-    await assert.rejects(second, /cancelled/);
-    assert.equal(queue.depth, 0);
-    release();
-    await first;
-  });
-});
-
 describe("retries", () => {
   let dir: string;
   before(async () => {
@@ -86,24 +41,24 @@ describe("retries", () => {
         return { "containerimage.digest": `sha256:${"5".repeat(64)}` };
       },
     };
-    const images = new ImageBuilder(
-      { materialize: async () => context },
-      buildkit,
-      {
+    const images = new ImageBuilder({
+      contexts: { materialize: async () => context },
+      buildkit: buildkit,
+      images: {
         inspectImage: async () => ({ Id: "x", RepoDigests: [], Config: {}, RootFS: { Type: "layers", Layers: [] }, GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } }, Size: 0 }),
         removeImage: async () => {},
         tagImage: async () => {},
         pushImage: async () => assert.fail("no push"),
       },
-      {
+      registry: {
         address: "registry.test:5000",
         manifest: async () => ({ digest: `sha256:${"6".repeat(64)}`, manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } }),
         config: async () => assert.fail("no config"),
         deleteManifest: async () => {},
       },
-      new ReuseRecords(join(dir, String(Math.random()))),
-      { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 60_000, maxConcurrentBuilds: 1, transportAttempts: 3 },
-    );
+      records: new ReuseRecords(join(dir, String(Math.random()))),
+      settings: { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 60_000, maxConcurrentBuilds: 1, transportAttempts: 3 },
+    });
     const events: BuildEvent[] = [];
     return { images, attempts: () => attempts, events };
   }
@@ -127,7 +82,7 @@ describe("retries", () => {
 
   it("never repeats a build that failed on its own", async () => {
     const { images, attempts } = builderFailing([new ConnectError("failed to solve: executor failed running [/bin/sh -c exit 1]: exit code: 1", Code.Unknown)]);
-    const failure = await images.build(request, () => {}).catch((error) => ConnectError.from(error));
+    const failure = await images.build(request, () => {}).catch((error) => ConnectError.from(toConnectError(error)));
     assert.ok(failure instanceof ConnectError);
     assert.equal(failure.code, Code.FailedPrecondition);
     assert.equal(attempts(), 1);
@@ -136,19 +91,19 @@ describe("retries", () => {
 
 describe("bad input to a build", () => {
   const images = (materialize: () => Promise<LocalContext>) =>
-    new ImageBuilder(
-      { materialize },
-      { build: async () => assert.fail("no build for bad input") },
-      { inspectImage: async () => undefined, removeImage: async () => {}, tagImage: async () => {}, pushImage: async () => assert.fail("no push") },
-      {
+    new ImageBuilder({
+      contexts: { materialize },
+      buildkit: { build: async () => assert.fail("no build for bad input") },
+      images: { inspectImage: async () => undefined, removeImage: async () => {}, tagImage: async () => {}, pushImage: async () => assert.fail("no push") },
+      registry: {
         address: "registry.test:5000",
         manifest: async () => assert.fail("the registry is not asked"),
         config: async () => assert.fail("no config"),
         deleteManifest: async () => {},
       },
-      new ReuseRecords("/nonexistent"),
-      { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 0, maxConcurrentBuilds: 1, transportAttempts: 1 },
-    );
+      records: new ReuseRecords("/nonexistent"),
+      settings: { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 0, maxConcurrentBuilds: 1, transportAttempts: 1 },
+    });
   const request = (baseRunner: string) => ({ contextId: context.contextId, baseRunner, network: "none" as const, buildWithoutCache: false, handoff: undefined });
 
   for (const [name, baseRunner, expected] of [
@@ -157,7 +112,7 @@ describe("bad input to a build", () => {
   ] as const) {
     it(`answers INVALID_ARGUMENT for ${name}, before any build`, async () => {
       let materialized = false;
-      const failure = await images(async () => ((materialized = true), context)).build(request(baseRunner), () => {}).catch((error) => ConnectError.from(error));
+      const failure = await images(async () => ((materialized = true), context)).build(request(baseRunner), () => {}).catch((error) => ConnectError.from(toConnectError(error)));
       assert.ok(failure instanceof ConnectError);
       assert.equal(failure.code, Code.InvalidArgument);
       assert.match(failure.rawMessage, expected);
@@ -168,7 +123,7 @@ describe("bad input to a build", () => {
   it("passes on the context-service's NOT_FOUND for a context it does not know", async () => {
     const failure = await images(async () => {
       throw new ConnectError("no prepared context sha256:111…", Code.NotFound);
-    }).build(request(""), () => {}).catch((error) => ConnectError.from(error));
+    }).build(request(""), () => {}).catch((error) => ConnectError.from(toConnectError(error)));
     assert.ok(failure instanceof ConnectError);
     assert.equal(failure.code, Code.NotFound);
   });
@@ -181,16 +136,16 @@ describe("the registry hand-off of a reused image", () => {
       const pushed = [`sha256:${"a".repeat(64)}`, `sha256:${"b".repeat(64)}`];
       let pushes = 0;
       const lost = new Set<string>();
-      const images = new ImageBuilder(
-        { materialize: async () => context },
-        { build: async () => ({ "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
-        {
+      const images = new ImageBuilder({
+        contexts: { materialize: async () => context },
+        buildkit: { build: async () => ({ "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
+        images: {
           inspectImage: async () => ({ Id: "x", RepoDigests: [], Config: {}, RootFS: { Type: "layers", Layers: [] }, GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } }, Size: 0 }),
           removeImage: async () => {},
           tagImage: async () => {},
           pushImage: async () => ({ digest: pushed[pushes++]!, size: 1 }),
         },
-        {
+        registry: {
           address: "registry.test:5000",
           manifest: async (repository, reference) => {
             if (lost.has(reference)) throw new RegistryError(`manifest ${reference} unknown`, 404);
@@ -200,9 +155,9 @@ describe("the registry hand-off of a reused image", () => {
           config: async () => ({ rootfs: { type: "layers", diff_ids: [] } }) as never,
           deleteManifest: async () => {},
         },
-        new ReuseRecords(dir),
-        { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "registry", reuseTtlMs: 60_000, maxConcurrentBuilds: 1, transportAttempts: 1 },
-      );
+        records: new ReuseRecords(dir),
+        settings: { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "registry", reuseTtlMs: 60_000, maxConcurrentBuilds: 1, transportAttempts: 1 },
+      });
       const request = { contextId: context.contextId, baseRunner: "", network: "none" as const, buildWithoutCache: false, handoff: "registry" as const };
       const first = await images.build(request, () => {});
       assert.equal(first.reference, `registry.test:5000/steps@${pushed[0]}`);
@@ -214,5 +169,94 @@ describe("the registry hand-off of a reused image", () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("pruning images a running step may have mounted (layer-store hand-off)", () => {
+  const upper = "/var/lib/docker/overlay2/upper/diff";
+  const lower = "/var/lib/docker/overlay2/lower/diff";
+
+  async function withBuilder(
+    options: { mounted: Set<string>; inUseHoldMs: number },
+    use: (images: ImageBuilder, removed: string[], clock: { advance(ms: number): void }) => Promise<void>,
+  ): Promise<void> {
+    const dir = await mkdtemp(join(tmpdir(), "steprunner-prune-in-use-"));
+    const realNow = Date.now;
+    let offset = 0;
+    Date.now = () => realNow() + offset;
+    try {
+      const removed: string[] = [];
+      const images = new ImageBuilder({
+        contexts: { materialize: async () => context },
+        buildkit: { build: async () => ({ "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
+        images: {
+          inspectImage: async () => ({
+            Id: "x",
+            RepoDigests: [],
+            Config: {},
+            RootFS: { Type: "layers", Layers: [] },
+            GraphDriver: { Name: "overlay2", Data: { UpperDir: upper, LowerDir: lower } },
+            Size: 0,
+          }),
+          removeImage: async (name) => void removed.push(name),
+          tagImage: async () => {},
+          pushImage: async () => assert.fail("no push"),
+        },
+        registry: {
+          address: "registry.test:5000",
+          manifest: async () => ({ digest: `sha256:${"6".repeat(64)}`, manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } }),
+          config: async () => assert.fail("no config"),
+          deleteManifest: async () => {},
+        },
+        records: new ReuseRecords(dir),
+        settings: {
+          defaultBaseRunner: "registry.test:5000/runner:1",
+          version: "0",
+          stepsRepository: "steps",
+          defaultHandoff: "layer-store",
+          reuseTtlMs: 60_000,
+          maxConcurrentBuilds: 1,
+          transportAttempts: 1,
+          inUseHoldMs: options.inUseHoldMs,
+        },
+        mountedLayers: { lowerDirs: async () => options.mounted },
+      });
+      await use(images, removed, { advance: (ms) => (offset += ms) });
+    } finally {
+      Date.now = realNow;
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+  const request = { contextId: context.contextId, baseRunner: "", network: "none" as const, buildWithoutCache: false, handoff: undefined };
+
+  it("keeps an expired image whose overlay2 directories a step has mounted as lower layers", async () => {
+    await withBuilder({ mounted: new Set([lower]), inUseHoldMs: 0 }, async (images, removed, clock) => {
+      const image = await images.build(request, () => {});
+      assert.deepEqual(image.layerDirectories, [lower, upper]);
+      clock.advance(120_000);
+      assert.deepEqual(await images.prune(), [], "an image in use is never removed");
+      assert.deepEqual(removed, []);
+    });
+  });
+
+  it("keeps an expired image handed over within the hold, although no mount of it is seen (another mount namespace)", async () => {
+    await withBuilder({ mounted: new Set(), inUseHoldMs: 3_600_000 }, async (images, removed, clock) => {
+      await images.build(request, () => {});
+      clock.advance(30_000);
+      // Reused (handed over again): a step is starting on it; then a prune of everything built before now.
+      assert.equal((await images.build(request, () => {})).reused, true);
+      clock.advance(1_000);
+      assert.deepEqual(await images.prune(0), []);
+      assert.deepEqual(removed, []);
+    });
+  });
+
+  it("removes an expired image once it is neither mounted nor handed over within the hold", async () => {
+    await withBuilder({ mounted: new Set(["/somewhere/else"]), inUseHoldMs: 3_600_000 }, async (images, removed, clock) => {
+      const image = await images.build(request, () => {});
+      clock.advance(3_600_001);
+      assert.deepEqual(await images.prune(), [image.contentKey]);
+      assert.deepEqual(removed, [`steps:${image.contentKey.slice(7)}`]);
+    });
   });
 });

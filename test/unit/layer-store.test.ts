@@ -135,4 +135,35 @@ describe("LayerStore", () => {
     assert.ok(!removed.includes(held.diffId), "a held layer stays");
     assert.ok((await store.stats()).totalBytes <= 1024 * 1024);
   });
+
+  it("keeps a shared unpack going when the step that started it is cancelled, for the others waiting for it", async () => {
+    const bytes = await tarOf([{ name: "shared-unpack", content: "s" }]);
+    const gz = gzipSync(bytes);
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const blob: LayerBlob = {
+      diffId: `sha256:${createHash("sha256").update(bytes).digest("hex")}`,
+      compression: "gzip",
+      async open() {
+        return Readable.from(
+          (async function* () {
+            yield gz.subarray(0, 10);
+            await gate;
+            yield gz.subarray(10);
+          })(),
+        );
+      },
+    };
+    const first = new AbortController();
+    const second = new AbortController();
+    const cancelled = store.acquire([blob], first.signal);
+    const waiting = store.acquire([blob], second.signal);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    first.abort(new Error("the first step was cancelled"));
+    await assert.rejects(cancelled);
+    release();
+    const [dir] = await waiting;
+    assert.equal(await readFile(join(dir!, "shared-unpack"), "utf8"), "s");
+    store.release([blob.diffId]);
+  });
 });

@@ -6,7 +6,7 @@ import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
-import { type ClientSecurity } from "../../services/shared/security.js";
+import type { ClientSecurity } from "../../services/shared/security.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import type { RunningServer } from "../../services/shared/server/serve.js";
 import { type Certificates, makeCertificates } from "../support/certificates.js";
@@ -139,7 +139,7 @@ describe("service security, with real clients over real sockets", () => {
   it("reads its settings from files, never from values in the environment", async () => {
     const tokenFile = join(dir, "tokens");
     await writeFile(tokenFile, "\nfirst-token\nsecond-token\n");
-    const { serverSecurityFromSettings, clientSecurityFromSettings } = await import("../../services/shared/security.js");
+    const { serverSecurityFromSettings, clientSecurityFromSettings } = await import("../../services/shared/config/common.js");
     process.env.STEPRUNNER_AUTH_TOKEN_FILE = tokenFile;
     try {
       assert.deepEqual(serverSecurityFromSettings().tokens, ["first-token", "second-token"]);

@@ -13,6 +13,7 @@ describe("a service's unexpected errors", () => {
   let client: ReturnType<typeof serviceTransport>;
   const logged: Array<{ message: string } & Fields> = [];
   const logger: Logger = {
+    debug: () => {},
     info: () => {},
     warn: () => {},
     error: (message, fields) => logged.push({ message, ...fields }),
@@ -55,7 +56,7 @@ describe("a service's unexpected errors", () => {
       ["unexpected error", "steprunner.image.v1.ImageService/GetBuilderInfo"],
       ["unexpected error", "steprunner.image.v1.ImageService/BuildImage"],
     ]);
-    assert.match(String(logged[0]!.error), /TypeError: registry answered 502[^]*at /);
+    assert.match(String((logged[0]!.error as Error).stack), /TypeError: registry answered 502[\s\S]*at /, "the error itself, which the logger writes with its stack");
   });
 
   it("leave a service's own ConnectErrors as they are, unlogged", async () => {
@@ -91,7 +92,7 @@ async function http2Post(port: number, path: string, contentType: string, body: 
 
 describe("a request that cannot be decoded", () => {
   let server: RunningServer;
-  const quiet: Logger = { info: () => {}, warn: () => {}, error: () => {}, child: () => quiet };
+  const quiet: Logger = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {}, child: () => quiet };
 
   before(async () => {
     server = await startServer({

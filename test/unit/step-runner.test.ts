@@ -4,8 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
-import { create } from "@bufbuild/protobuf";
-import { type BuildProgress, BuildProgressSchema } from "../../gen/steprunner/image/v1/image_service_pb.js";
+import type { BuildProgress } from "../../services/step-service/steps/ports.js";
 import { StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { createLogger, type Fields, type Logger } from "../../services/shared/log.js";
 import { stepServiceAdapter, type StepServiceSettings } from "../../services/step-service/api/step-service-adapter.js";
@@ -131,6 +130,7 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
   it("logs each step's start and end as JSON fields with the step's and its change's ids", async () => {
     const lines: Array<{ message: string } & Fields> = [];
     const capturing = (base: Fields): Logger => ({
+      debug: (message, fields) => lines.push({ message, ...base, ...fields }),
       info: (message, fields) => lines.push({ message, ...base, ...fields }),
       warn: (message, fields) => lines.push({ message, ...base, ...fields }),
       error: (message, fields) => lines.push({ message, ...base, ...fields }),
@@ -173,7 +173,7 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     const contexts = { prepare: async () => Promise.reject(new Error("git fetch failed")) };
     const builder = {
       async build(_context: unknown, _request: unknown, onProgress: (progress: BuildProgress) => void) {
-        onProgress(create(BuildProgressSchema, { vertexes: [{ name: "[1/2] FROM base" }] }));
+        onProgress({ vertexes: [{ digest: "v1", number: 1, name: "[1/2] FROM base", state: "started", error: "" }], statuses: [], logs: [] });
         throw new Error("solve failed");
       },
     };
@@ -235,7 +235,7 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
   });
 
   it("queues past the limit in order, cancels a queued step, and reports the counts", async () => {
-    let release!: () => void;
+    let release: (() => void) | undefined;
     runtime.script = (request) =>
       new Promise((resolve) => {
         release = () => resolve({});
@@ -250,14 +250,15 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     const finished = ["q1", "q2", "q3"].map(
       (id) => new Promise<void>((resolve) => runner.submit({ ...base, stepId: id }, (event) => (listen(id)(event), event.type === "finished" && resolve()), signal)),
     );
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    // The first step runs once it reaches the runtime (however busy the machine); the others wait.
+    while (!release) await new Promise((resolve) => setTimeout(resolve, 5));
     const info = await client.getRuntimeInfo({});
     assert.deepEqual([info.runningSteps, info.queuedSteps, info.maxConcurrentSteps], [1, 2, 1]);
     const cancelled = await client.cancelStep({ stepId: "q2" });
     assert.equal(cancelled.step?.state, StepState.CANCELLED);
     release();
     while (!order.includes("q3")) await new Promise((resolve) => setTimeout(resolve, 5));
-    release();
+    release!();
     await Promise.all(finished);
     assert.deepEqual(order, ["q1", "q3"]);
   });

@@ -10,6 +10,7 @@ import type { BuildEvent, LocalContext } from "../../services/image-service/core
 import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
 import { findSyntaxDirective, isNotUnderstood, registryHostOf, type SyntaxPolicy } from "../../services/image-service/core/syntax-directive.js";
 import { RegistryError } from "../../services/shared/registry/registry-client.js";
+import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
 
 describe("the # syntax= directive", () => {
   it("is read only from the parser directives at the top of the file", () => {
@@ -61,22 +62,22 @@ describe("a build of a Dockerfile with a # syntax= line", () => {
     };
     const solves: DockerfileBuild[] = [];
     const looked: string[] = [];
-    const images = new ImageBuilder(
-      { materialize: async () => context },
-      {
+    const images = new ImageBuilder({
+      contexts: { materialize: async () => context },
+      buildkit: {
         build: async (solve) => {
           solves.push(solve);
           if (options.failure) throw options.failure;
           return { "containerimage.digest": `sha256:${"5".repeat(64)}` };
         },
       },
-      {
+      images: {
         inspectImage: async () => ({ Id: "x", RepoDigests: [], Config: {}, RootFS: { Type: "layers", Layers: [] }, GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } }, Size: 0 }),
         removeImage: async () => {},
         tagImage: async () => {},
         pushImage: async () => assert.fail("no push"),
       },
-      {
+      registry: {
         address: "registry.test:5000",
         manifest: async (repository, reference) => {
           looked.push(`${repository}:${reference}`);
@@ -86,8 +87,8 @@ describe("a build of a Dockerfile with a # syntax= line", () => {
         config: async () => assert.fail("no config"),
         deleteManifest: async () => {},
       },
-      new ReuseRecords(join(dir, String(Math.random()))),
-      {
+      records: new ReuseRecords(join(dir, String(Math.random()))),
+      settings: {
         defaultBaseRunner: "registry.test:5000/runner:1",
         version: "0",
         stepsRepository: "steps",
@@ -97,11 +98,11 @@ describe("a build of a Dockerfile with a # syntax= line", () => {
         transportAttempts: 1,
         ...(options.policy ? { syntaxPolicy: options.policy } : {}),
       },
-    );
+    });
     const events: BuildEvent[] = [];
     const outcome = await images
       .build({ contextId: context.contextId, baseRunner: "", network: "none", buildWithoutCache: true, handoff: undefined }, (event) => events.push(event))
-      .then(() => undefined, (error: unknown) => ConnectError.from(error));
+      .then(() => undefined, (error: unknown) => ConnectError.from(toConnectError(error)));
     return { solves, events, failure: outcome, looked };
   }
 

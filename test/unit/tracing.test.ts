@@ -16,7 +16,8 @@ import { BuildKitClient } from "../../services/image-service/buildkit/client.js"
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { createLogger } from "../../services/shared/log.js";
 import { type RunningServer, startServer } from "../../services/shared/server/serve.js";
-import { startTracing, startTracingFromSettings, tracer, type Tracing } from "../../services/shared/tracing.js";
+import { readTracingSettings } from "../../services/shared/config/common.js";
+import { startTracing, startTracingWith, tracer, type Tracing } from "../../services/shared/tracing.js";
 import { stepServiceAdapter } from "../../services/step-service/api/step-service-adapter.js";
 import type { ImageRootfs } from "../../services/step-service/images/images.js";
 import type { ContainerExit } from "../../services/step-service/runtime/container.js";
@@ -229,7 +230,7 @@ describe("tracing", () => {
 
     it("rejects a value it does not know", () => {
       process.env.STEPRUNNER_TRACING = "jaeger";
-      assert.throws(() => startTracingFromSettings("test-service"), /STEPRUNNER_TRACING must be off or otlp, got "jaeger"/);
+      assert.throws(() => startTracingWith(readTracingSettings("test-service")), /STEPRUNNER_TRACING must be off or otlp, got "jaeger"/);
     });
 
     it("=otlp exports spans as OTLP protobuf to OTEL_EXPORTER_OTLP_ENDPOINT, and log lines name the trace", async () => {
@@ -245,7 +246,7 @@ describe("tracing", () => {
       await new Promise<void>((resolve) => collector.listen(0, "127.0.0.1", resolve));
       process.env.STEPRUNNER_TRACING = "otlp";
       process.env.OTEL_EXPORTER_OTLP_ENDPOINT = `http://127.0.0.1:${(collector.address() as AddressInfo).port}`;
-      const tracing = startTracingFromSettings("test-service");
+      const tracing = startTracingWith(readTracingSettings("test-service"));
       const lines: string[] = [];
       const write = process.stderr.write;
       try {

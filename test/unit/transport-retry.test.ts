@@ -29,6 +29,7 @@ describe("our client transport's retries", () => {
             calls.getDiskUsage++;
             throw new ConnectError("broken", Code.Internal);
           },
+          // biome-ignore lint/correctness/useYield: a stream that fails before its first message
           async *buildImage() {
             calls.buildImage++;
             throw new ConnectError("restarting", Code.Unavailable);

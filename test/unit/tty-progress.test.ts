@@ -71,12 +71,14 @@ describe("the live step view of --progress tty", () => {
     const started = Date.now();
     const { stdout } = await exec("script", ["-qfec", `stty cols 100 rows 40; ${process.execPath} ${replay}`, "/dev/null"], { timeout: 30_000 });
     const elapsedMs = Date.now() - started;
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: terminal escape sequences are what it looks for
     const redraws = stdout.match(/\x1b\[\d+A/g) ?? [];
     assert.ok(redraws.length >= 5, `redrawn ${redraws.length} times:\n${stdout}`);
     assert.ok(redraws.length <= elapsedMs / 100 + 2, `${redraws.length} redraws in ${elapsedMs} ms`);
     const lastFrame = stdout.slice(stdout.lastIndexOf(redraws.at(-1)!));
     assert.match(lastFrame, /\[\+\] Building 0\.9s \(2\/2\) FINISHED/);
     assert.match(lastFrame, /\[\+\] Step step-1: success \(exit status 0\)/);
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: terminal escape sequences are what it looks for
     assert.match(lastFrame, / => => # deployed\x1b\[K/);
     assert.match(stdout, /step step-1: success \(exit status 0\)\r?\n$/, "the outcome follows the view");
   });
@@ -84,6 +86,7 @@ describe("the live step view of --progress tty", () => {
   it("is plain text when stdout is not a terminal", async () => {
     const { stdout, stderr } = await exec(process.execPath, [replay], { timeout: 30_000 });
     assert.equal(stdout, "deploying to staging\ndeployed\n");
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: terminal escape sequences are what it looks for
     assert.doesNotMatch(stderr, /\x1b\[/);
     assert.match(stderr, /^step step-1 accepted\nqueued…\npreparing…\nbuilding…\n/);
     assert.match(stderr, /#2 \[2\/2\] RUN bundle install/);

@@ -6,7 +6,7 @@ import {
   ContextDirectorySchema,
   ContextFileKind,
   ContextFileSchema,
-  ContextService,
+  type ContextService,
   DockerfileSource,
   type ParentsValues,
   type PrepareContextRequest,

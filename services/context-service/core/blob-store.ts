@@ -1,10 +1,11 @@
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, stat, utimes } from "node:fs/promises";
 import { join } from "node:path";
 import { Transform, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { notFound } from "./errors.js";
+import { writeFileAtomic } from "../../shared/files/atomic-write.js";
 
 export interface BlobInfo {
   /** "sha256:<hex>" of the bytes. */
@@ -77,7 +78,7 @@ export class BlobStore {
   }
 
   async remember(key: string, info: BlobInfo): Promise<void> {
-    await writeFile(this.keyPath(key), JSON.stringify(info), { mode: 0o600 });
+    await writeFileAtomic(this.keyPath(key), JSON.stringify(info), { mode: 0o600 });
   }
 
   /** Opens a blob from an offset; NOT_FOUND when it was evicted. */

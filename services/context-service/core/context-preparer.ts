@@ -1,5 +1,5 @@
-import { createHash, randomBytes } from "node:crypto";
-import { mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { mkdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { inSpan } from "../../shared/tracing.js";
 import type { BlobInfo, BlobStore } from "./blob-store.js";
@@ -19,6 +19,7 @@ import {
   stepContextDocument,
   zipStepContext,
 } from "./step-context.js";
+import { writeFileAtomic } from "../../shared/files/atomic-write.js";
 
 export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip" | "trust-store-tar";
 
@@ -69,17 +70,34 @@ const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
 /** Part of every repo.tar cache key: bump it when repo.tar's layout changes, so old entries are not reused. */
 const REPO_TAR_FORMAT = "repo.tar/3";
 
+/** What a ContextPreparer works with. */
+export interface ContextPreparerOptions {
+  repositories: Repositories;
+  blobs: BlobStore;
+  /** Where prepared contexts' manifests are kept (0700: they name secret zips). */
+  contextsDir: string;
+  defaultDockerfile: DefaultDockerfile;
+  settings: PreparerSettings;
+}
+
 /** Turns (repository, revision, properties, values) into a prepared context, and serves its files. */
 export class ContextPreparer {
   private readonly repoTars = new SingleFlight<BlobInfo>();
+  private readonly repositories: Repositories;
+  private readonly blobs: BlobStore;
+  private readonly contextsDir: string;
+  private readonly defaultDockerfile: DefaultDockerfile;
+  private readonly settings: PreparerSettings;
 
-  constructor(
-    private readonly repositories: Repositories,
-    private readonly blobs: BlobStore,
-    private readonly contextsDir: string,
-    private readonly defaultDockerfile: DefaultDockerfile,
-    private readonly settings: PreparerSettings,
-  ) {}
+  constructor(options: ContextPreparerOptions) {
+    ({
+      repositories: this.repositories,
+      blobs: this.blobs,
+      contextsDir: this.contextsDir,
+      defaultDockerfile: this.defaultDockerfile,
+      settings: this.settings,
+    } = options);
+  }
 
   async init(): Promise<void> {
     await mkdir(this.contextsDir, { recursive: true, mode: 0o700 });
@@ -202,9 +220,7 @@ export class ContextPreparer {
 
   private async saveManifest(record: PreparedContextRecord): Promise<void> {
     const path = this.manifestPath(record.contextId);
-    const partial = `${path}.${process.pid}-${randomBytes(6).toString("hex")}.partial`;
-    await writeFile(partial, JSON.stringify(record), { mode: 0o600 });
-    await rename(partial, path);
+    await writeFileAtomic(path, JSON.stringify(record), { mode: 0o600 });
   }
 }
 

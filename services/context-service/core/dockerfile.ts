@@ -16,6 +16,7 @@ export function checkRepoFolder(folder: string): string {
   if (parts.some((part) => part === ".." || part === "." || part === "" || part === ".git")) {
     throw invalidField("repo_folder", `${allowed}, without '..', '.', '//' or '.git' (which would leave the repository or name .git)`, folder);
   }
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it refuses
   if (/[\u0000-\u001f\\]/.test(trimmed)) throw invalidField("repo_folder", `${allowed}, without control characters or '\\'`, folder);
   return trimmed;
 }

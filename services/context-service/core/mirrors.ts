@@ -1,10 +1,11 @@
 import { createHash } from "node:crypto";
-import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
+import { mkdir, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition, invalidField, notFound, unavailable } from "./errors.js";
 import { GitFailure, git, gitMaybe, killOrphanedGit } from "./git.js";
 import { checkRepositoryUrl, checkRevision, localRepositoryPath } from "./repository-url.js";
 import { SingleFlight } from "../../shared/single-flight.js";
+import { writeAtomically } from "../../shared/files/atomic-write.js";
 
 export interface ResolvedRevision {
   /** The bare mirror holding the commit and everything reachable from it. */
@@ -110,9 +111,8 @@ export class MirrorStore {
     }
     // A new mirror is made beside its final place and renamed in when complete, so a failed first fetch
     // leaves nothing behind.
-    const partial = `${mirror}.partial-${process.pid}-${Date.now()}`;
     await mkdir(join(this.root, "mirrors"), { recursive: true });
-    try {
+    await writeAtomically(mirror, async (partial) => {
       // A repository on this machine is cloned with hard links to its objects where it can (what `git clone` of a path
       // does), instead of being sent through the pack protocol and indexed again; the fetch below then only
       // sets our refs.
@@ -134,10 +134,7 @@ export class MirrorStore {
       await git(args, { ...options, gitDir: partial }).catch((error: unknown) => {
         throw fetchError(url, error);
       });
-      await rename(partial, mirror);
-    } finally {
-      await rm(partial, { recursive: true, force: true });
-    }
+    });
   }
 }
 

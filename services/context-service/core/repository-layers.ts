@@ -1,5 +1,5 @@
-import { createHash, randomBytes } from "node:crypto";
-import { open, mkdir, readdir, readFile, rename, rm, stat, statfs, utimes, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { open, mkdir, readdir, readFile, rm, stat, statfs, utimes, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { stableTime } from "../../shared/stable-time.js";
 import { failedPrecondition } from "./errors.js";
@@ -7,6 +7,7 @@ import { GitFailure, git, spawnGit } from "./git.js";
 import { buildIndex } from "./git-index.js";
 import { type GitTrees, type TreeChange, type TreeEntry, diffTrees, refusedPath } from "./git-tree.js";
 import { SingleFlight } from "../../shared/single-flight.js";
+import { writeAtomically, writeFileAtomic } from "../../shared/files/atomic-write.js";
 
 export interface RepositoryOptions {
   /** Leave .git out (OpsChain's include_git_history=false). */
@@ -129,7 +130,7 @@ export class RepositoryLayers {
       { name: "base", identity: base.identity, path: base.path },
       { name: "changes", identity, path: changes },
     ];
-    await writeFile(chosen, JSON.stringify(layers));
+    await writeFileAtomic(chosen, JSON.stringify(layers));
     await this.sweep();
     return layers;
   }
@@ -270,21 +271,18 @@ export class RepositoryLayers {
       path,
       async (workSignal) => {
         if (await exists(`${path}.identity`)) return;
-        const partial = `${path}.partial-${process.pid}-${randomBytes(4).toString("hex")}`;
-        await mkdir(partial, { recursive: true });
-        try {
+        await writeAtomically(path, async (partial) => {
+          await mkdir(partial, { recursive: true });
           await write(partial, workSignal).catch(async (error: unknown) => {
             // git says "unable to write file" and not why: a full disk is told by the disk itself.
             if (await nearlyFull(partial)) throw Object.assign(new Error(`no space left on device writing ${partial}: ${(error as Error).message}`), { code: "ENOSPC" });
             throw error;
           });
+          // A directory left by an interrupted sweep (its identity gone) is replaced.
           await rm(path, { recursive: true, force: true });
-          await rename(partial, path);
-          if (info) await writeFile(`${path}.json`, JSON.stringify(info()));
-          await writeFile(`${path}.identity`, identity);
-        } finally {
-          await rm(partial, { recursive: true, force: true });
-        }
+        });
+        if (info) await writeFile(`${path}.json`, JSON.stringify(info()));
+        await writeFile(`${path}.identity`, identity);
       },
       signal,
     );

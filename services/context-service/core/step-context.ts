@@ -1,6 +1,7 @@
 import { zipSync } from "fflate";
 import { MAX_OWNERS, MAX_SECRET_POINTERS, ownerRule, secretPointerRule } from "../../shared/request-rules.js";
 import { invalidField } from "./errors.js";
+import { parseJsonPointer } from "../../shared/json-pointer.js";
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type JsonObject = { [key: string]: Json };
@@ -93,7 +94,7 @@ export function redactSecrets(document: JsonObject, pointers: string[]): { redac
   const redacted = structuredClone(document);
   const unmatched: string[] = [];
   for (const pointer of pointers) {
-    const path = pointer.slice(1).split("/").map((part) => part.replace(/~1/g, "/").replace(/~0/g, "~"));
+    const path = parseJsonPointer(pointer);
     let node: Json = redacted.properties ?? null;
     for (const key of path.slice(0, -1)) node = node !== null && typeof node === "object" ? ((node as Record<string, Json>)[key] ?? null) : null;
     const last = path[path.length - 1]!;

@@ -1,4 +1,4 @@
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
@@ -7,7 +7,7 @@ import {
   type BuildProgress,
   BuildProgressSchema,
   ImageHandoff,
-  ImageService,
+  type ImageService,
   LogStream,
   NetworkMode,
   VertexState,
@@ -17,7 +17,8 @@ import type { Builder } from "../core/builder.js";
 import type { ImageBuilder } from "../core/image-builder.js";
 import type { BuildEvent, Handoff, ImageResult } from "../core/model.js";
 import { EventChannel } from "../../shared/event-channel.js";
-import { durationMs, invalidField } from "../../shared/validation.js";
+import { durationMs, invalidField, invalidFieldMessage } from "../../shared/validation.js";
+import { ImageError, type ImageErrorKind } from "../core/errors.js";
 
 const MAX_KEEP_BYTES = 1n << 50n;
 
@@ -48,7 +49,7 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
             events.push({ event: { case: "image", value: toBuiltImage(image) } });
             events.close();
           },
-          (error) => events.close(error),
+          (error) => events.close(toConnectError(error)),
         );
       yield* events;
     },
@@ -85,7 +86,7 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
     async pruneImages(request, context) {
       const olderThanMs = request.olderThan ? durationMs("older_than", request.olderThan) : undefined;
       if (olderThanMs !== undefined && olderThanMs < 0) throw invalidField("older_than", "must not be negative", `${request.olderThan!.seconds}s`);
-      const contentKeys = await images.prune(olderThanMs, context.signal);
+      const contentKeys = await images.prune(olderThanMs, context.signal).catch(rethrowMapped);
       return { imagesRemoved: contentKeys.length, contentKeys };
     },
 
@@ -100,6 +101,31 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
       };
     },
   };
+}
+
+const CODES: Record<ImageErrorKind, Code> = {
+  "invalid-argument": Code.InvalidArgument,
+  "failed-precondition": Code.FailedPrecondition,
+  unavailable: Code.Unavailable,
+  cancelled: Code.Canceled,
+  "data-loss": Code.DataLoss,
+  internal: Code.Internal,
+};
+
+/**
+ * The core's errors become their gRPC codes (an invalid field with a BadRequest detail naming it); the
+ * errors of the ports' adapters (BuildKit's, the context-service's, already Connect errors) and anything
+ * else pass on as they are.
+ */
+export function toConnectError(error: unknown): unknown {
+  if (!(error instanceof ImageError)) return error;
+  const mapped = error.field ? invalidFieldMessage(error.field, error.message) : new ConnectError(error.message, CODES[error.kind]);
+  mapped.cause = error;
+  return mapped;
+}
+
+function rethrowMapped(error: unknown): never {
+  throw toConnectError(error);
 }
 
 const HANDOFFS: Record<ImageHandoff, Handoff | undefined> = {

@@ -55,7 +55,7 @@ export function upgradeDockerConnection(
     socket.once("connect", () => {
       const lines = [`POST ${endpoint} HTTP/1.1`, "Host: docker", "Connection: Upgrade", "Upgrade: h2c", "Content-Length: 0"];
       for (const [name, value] of headers) lines.push(`${name}: ${value}`);
-      socket.write(lines.join("\r\n") + "\r\n\r\n");
+      socket.write(`${lines.join("\r\n")}\r\n\r\n`);
     });
   });
 }

@@ -1,12 +1,14 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { failedPrecondition, type ImageError } from "./errors.js";
 
 /**
  * BuildKit reports every build failure as UNKNOWN with a message; turn the ones a user can act on into
  * FAILED_PRECONDITION with what to fix. `logTail` is the end of the failing step's output. Both wordings are
  * known: BuildKit v0.8's (dockerd 20.10) and v0.24's (a standalone buildkitd).
  */
-export function explainBuildFailure(error: unknown, logTail: string): ConnectError {
+export function explainBuildFailure(error: unknown, logTail: string): ImageError | ConnectError {
   const failure = ConnectError.from(error);
+  // Not a build's failure (BuildKit could not be reached, the call was cancelled): passed on as it is.
   if (failure.code !== Code.Unknown) return failure;
   const message = failure.rawMessage;
   // v0.8: "dockerfile parse error line 3: …"; v0.24: "dockerfile parse error on line 3: …".
@@ -15,39 +17,38 @@ export function explainBuildFailure(error: unknown, logTail: string): ConnectErr
   const image = unresolvedImage(message);
   if (image) {
     const problem = image.reason.endsWith("not found") ? "was not found" : "cannot be pulled";
-    return new ConnectError(`the base image ${image.name} ${problem}: ${image.reason}`, Code.FailedPrecondition);
+    return failedPrecondition(`the base image ${image.name} ${problem}: ${image.reason}`);
   }
   const llb = /failed to create LLB definition: (.*)$/m.exec(message);
-  if (llb) return new ConnectError(`the Dockerfile cannot be built: ${llb[1]}`, Code.FailedPrecondition);
+  if (llb) return failedPrecondition(`the Dockerfile cannot be built: ${llb[1]}`);
   const run = failedRun(message);
   if (run) {
     const tail = logTail.trim() ? `; its last output:\n${logTail.trimEnd()}` : "";
-    return new ConnectError(`RUN ${run.command} failed (${run.status})${tail}`, Code.FailedPrecondition);
+    return failedPrecondition(`RUN ${run.command} failed (${run.status})${tail}`);
   }
   const entitlement = /granting entitlement (\S+) is not allowed by build daemon configuration/.exec(message);
   if (entitlement) {
-    return new ConnectError(
-      `this BuildKit does not grant the ${entitlement[1]} entitlement the build needs: start buildkitd with --allow-insecure-entitlement ${entitlement[1]}`,
-      Code.FailedPrecondition,
-    );
+    return failedPrecondition(`this BuildKit does not grant the ${entitlement[1]} entitlement the build needs: start buildkitd with --allow-insecure-entitlement ${entitlement[1]}`);
   }
   const outside = missingContextPath(message);
   if (outside !== undefined) {
-    return new ConnectError(
-      `a COPY or ADD source is not in the build context ("${outside}" is missing): the build context holds only repo.tar, step_context.json.zip and the Dockerfile, so ../ paths and the host's absolute paths are not there; commit the file to the repository and use it after ADD repo.tar`,
-      Code.FailedPrecondition,
-    );
+    return failedPrecondition(`a COPY or ADD source is not in the build context ("${outside}" is missing): the build context holds only repo.tar, step_context.json.zip and the Dockerfile, so ../ paths and the host's absolute paths are not there; commit the file to the repository and use it after ADD repo.tar`);
   }
   const source = /failed to (?:load cache key|compute cache key)[^:]*: (.*)$/m.exec(message);
-  if (source) return new ConnectError(`the build cannot start: ${source[1]}`, Code.FailedPrecondition);
+  if (source) return failedPrecondition(`the build cannot start: ${source[1]}`);
   // v0.24's Dockerfile frontend names the place of some errors (a heredoc left open, no instruction at all)
   // only in the error's details.
   const daemon = daemonError(failure);
   if (hasDetail(daemon, "errdefs.Frontend+json")) {
     const line = dockerfileLine(daemon);
-    return line ? dockerfileError(line, daemon.rawMessage) : new ConnectError(`the Dockerfile cannot be built: ${daemon.rawMessage}`, Code.FailedPrecondition);
+    return line ? dockerfileError(line, daemon.rawMessage) : failedPrecondition(`the Dockerfile cannot be built: ${daemon.rawMessage}`);
   }
-  return new ConnectError(`the build failed: ${message}`, Code.FailedPrecondition);
+  return failedPrecondition(`the build failed: ${message}`);
+}
+
+/** An error's message without Connect's "[code] " prefix. */
+export function rawMessage(error: unknown): string {
+  return ConnectError.from(error).rawMessage;
 }
 
 /** Failures of the connection to BuildKit, not of the build: worth another try. */
@@ -56,8 +57,8 @@ export function isTransient(error: unknown): boolean {
   return code === Code.Unavailable;
 }
 
-function dockerfileError(line: number, problem: string): ConnectError {
-  return new ConnectError(`the Dockerfile has an error on line ${line}: ${problem}`, Code.FailedPrecondition);
+function dockerfileError(line: number, problem: string): ImageError {
+  return failedPrecondition(`the Dockerfile has an error on line ${line}: ${problem}`);
 }
 
 /**

@@ -4,10 +4,9 @@ import { mkdir, readFile, readdir, rename, rm, stat, utimes, writeFile } from "n
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { spawn } from "node:child_process";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { SingleFlight } from "../../shared/single-flight.js";
 import { stableTime } from "../../shared/stable-time.js";
-import { invalidField } from "../../shared/validation.js";
+import { ImageError, invalidField } from "./errors.js";
 import type { ContextFileInfo, ContextSource, LocalContext, RepositoryOptions } from "./model.js";
 
 export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip" | "trust-store-tar";
@@ -155,7 +154,7 @@ export class ContextCache implements ContextSource {
     );
     const digest = `sha256:${hash.digest("hex")}`;
     if (digest !== expected.digest || size !== expected.size) {
-      throw new ConnectError(`context ${contextId}: ${kind} arrived as ${digest} (${size} bytes), expected ${expected.digest} (${expected.size} bytes)`, Code.DataLoss);
+      throw new ImageError("data-loss", `context ${contextId}: ${kind} arrived as ${digest} (${size} bytes), expected ${expected.digest} (${expected.size} bytes)`);
     }
     const mtime = stableTime(digest);
     await utimes(path, mtime, mtime);
@@ -178,7 +177,7 @@ export class ContextCache implements ContextSource {
       if (signal.aborted || (error.code !== "ERR_STREAM_PREMATURE_CLOSE" && error.code !== "EPIPE")) throw error;
     });
     const code = await exited;
-    if (code !== 0) throw new ConnectError(`context ${contextId}: unpacking repo.tar failed: ${stderr.trim()}`, Code.Internal);
+    if (code !== 0) throw new ImageError("internal", `context ${contextId}: unpacking repo.tar failed: ${stderr.trim()}`);
   }
 }
 

@@ -1,19 +1,19 @@
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
 import type { DockerfileBuild } from "../buildkit/dockerfile-build.js";
 import { ProgressTracker } from "../buildkit/progress.js";
 import type { ImageInspect, PushResult } from "../docker/docker-api.js";
 import type { RegistryCredentials } from "../../shared/registry/credentials.js";
 import { type ImageReference, parseImageReference } from "../../shared/registry/image-reference.js";
+import { FifoQueue } from "../../shared/fifo-queue.js";
+import { SingleFlight } from "../../shared/single-flight.js";
 import { inSpan, tracer } from "../../shared/tracing.js";
-import { invalidField } from "../../shared/validation.js";
 import { type ImageConfigFile, type ImageManifest, RegistryError } from "../../shared/registry/registry-client.js";
-import { BuildQueue } from "./build-queue.js";
 import { findRemoteSource } from "./remote-sources.js";
-import { explainBuildFailure, isTransient } from "./build-errors.js";
+import { explainBuildFailure, isTransient, rawMessage } from "./build-errors.js";
+import { buildCancelled, failedPrecondition, ImageError, invalidField, unavailable } from "./errors.js";
 import type { BuildEvent, BuildRequest, ContextSource, Handoff, ImageResult, LocalContext } from "./model.js";
 import type { ReuseRecord, ReuseRecords } from "./reuse-records.js";
 import { findSyntaxDirective, isNotUnderstood, registryHostOf, type SyntaxDirective, type SyntaxPolicy } from "./syntax-directive.js";
@@ -29,6 +29,14 @@ export interface ImageStore {
   removeImage(name: string, signal?: AbortSignal): Promise<void>;
   tagImage(image: string, repository: string, tag: string, signal?: AbortSignal): Promise<void>;
   pushImage(repository: string, tag: string, signal?: AbortSignal): Promise<PushResult>;
+}
+
+/**
+ * Which directories are mounted as overlayfs lower layers on this host (a step-service's running steps, with
+ * the layer-store hand-off: dockerd's overlay2 directories of the image they run).
+ */
+export interface MountedLayers {
+  lowerDirs(signal?: AbortSignal): Promise<Set<string>>;
 }
 
 /** The registry images are handed over through. */
@@ -74,6 +82,11 @@ export interface ImageBuilderSettings {
    * it from wherever it names; "builtin" always ignores the line.
    */
   syntaxPolicy?: SyntaxPolicy;
+  /**
+   * An image handed over in dockerd's layer store this recently may be under a running step (the longest a
+   * step may run): prune keeps it, mounted or not. Absent: 25 hours.
+   */
+  inUseHoldMs?: number;
 }
 
 type Listener = (event: BuildEvent) => void;
@@ -86,39 +99,59 @@ export interface BuildObserver {
   transportRetried(): void;
 }
 
+/** What an ImageBuilder works with: its ports (adapters in production, fakes in tests) and its settings. */
+export interface ImageBuilderOptions {
+  contexts: ContextSource;
+  buildkit: DockerfileBuilder;
+  images: ImageStore;
+  registry: Registry;
+  records: ReuseRecords;
+  settings: ImageBuilderSettings;
+  /** Absent: builds are not observed. */
+  observer?: BuildObserver;
+  /** Absent: no mount is seen (prune then relies on inUseHoldMs alone). */
+  mountedLayers?: MountedLayers;
+}
+
 /** A built image: its record and, for an image in dockerd, what dockerd says of it, inspected once. */
 interface Built {
   record: ReuseRecord;
   inspect?: ImageInspect;
 }
 
-interface SharedBuild {
-  result: Promise<Built>;
-  listeners: Set<Listener>;
-  subscribers: number;
-  controller: AbortController;
-}
 
 const LOG_TAIL_BYTES = 4096;
+/** The step-service's longest step (24 hours) and an hour for its queue, context and build. */
+const DEFAULT_IN_USE_HOLD_MS = 25 * 3_600_000;
 
 /**
  * Builds the image of a prepared context, or reuses the one built before for the same inputs. Identical
  * builds in flight are merged into one; builds beyond the limit wait in FIFO order.
  */
 export class ImageBuilder {
-  private readonly queue: BuildQueue;
-  private readonly inFlight = new Map<string, SharedBuild>();
+  private readonly queue: FifoQueue;
+  private readonly builds = new SingleFlight<Built>();
+  /** Who follows each build in flight (its key), told of its events. */
+  private readonly listeners = new Map<string, Set<Listener>>();
+  private readonly contexts: ContextSource;
+  private readonly buildkit: DockerfileBuilder;
+  private readonly images: ImageStore;
+  private readonly registry: Registry;
+  private readonly records: ReuseRecords;
+  private readonly settings: ImageBuilderSettings;
+  private readonly observer: BuildObserver;
+  private readonly mountedLayers: MountedLayers;
 
-  constructor(
-    private readonly contexts: ContextSource,
-    private readonly buildkit: DockerfileBuilder,
-    private readonly images: ImageStore,
-    private readonly registry: Registry,
-    private readonly records: ReuseRecords,
-    private readonly settings: ImageBuilderSettings,
-    private readonly observer: BuildObserver = { buildEnded: () => {}, transportRetried: () => {} },
-  ) {
-    this.queue = new BuildQueue(settings.maxConcurrentBuilds);
+  constructor(options: ImageBuilderOptions) {
+    this.contexts = options.contexts;
+    this.buildkit = options.buildkit;
+    this.images = options.images;
+    this.registry = options.registry;
+    this.records = options.records;
+    this.settings = options.settings;
+    this.observer = options.observer ?? { buildEnded: () => {}, transportRetried: () => {} };
+    this.mountedLayers = options.mountedLayers ?? { lowerDirs: async () => new Set() };
+    this.queue = new FifoQueue(options.settings.maxConcurrentBuilds);
   }
 
   get queueDepth(): number {
@@ -158,9 +191,8 @@ export class ImageBuilder {
     if (request.network === "none" && !context.defaultDockerfile) {
       const remote = findRemoteSource(await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8"));
       if (remote) {
-        throw new ConnectError(
+        throw failedPrecondition(
           `the Dockerfile's line ${remote.line} ADDs ${remote.source} from the network, which a build without network may not (BuildKit would fetch it outside the build's sandbox); commit the file to the repository, or build with host networking`,
-          Code.FailedPrecondition,
         );
       }
     }
@@ -182,7 +214,7 @@ export class ImageBuilder {
     const contentKey = this.contentKey(context, baseDigest, buildArgs, request.network);
     const handoff = request.handoff ?? this.settings.defaultHandoff;
     if (this.output === "registry" && handoff === "layer-store") {
-      throw new ConnectError("handoff: the layer-store hand-off needs dockerd's image store, and this image-service builds on a standalone buildkitd; ask for the registry hand-off", Code.FailedPrecondition);
+      throw failedPrecondition("handoff: the layer-store hand-off needs dockerd's image store, and this image-service builds on a standalone buildkitd; ask for the registry hand-off");
     }
 
     if (!request.buildWithoutCache) {
@@ -190,54 +222,36 @@ export class ImageBuilder {
       if (reused) return reused;
     }
     const key = `${contentKey}/${request.buildWithoutCache}`;
-    let shared = this.inFlight.get(key);
-    if (!shared) {
-      const controller = new AbortController();
-      const listeners = new Set<Listener>();
-      const fanOut = (event: BuildEvent) => listeners.forEach((listener) => listener(event));
-      const queuedAt = Date.now();
-      const result = this.queue
-        .run(
-          () => {
-            tracer().startSpan("image.queue", { startTime: queuedAt }).end();
-            return inSpan("image.solve", { "image.content_key": contentKey, "image.no_cache": request.buildWithoutCache }, () =>
-              this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, controller.signal, skipped),
-            );
-          },
-          (position) => fanOut({ kind: "queued", position }),
-          controller.signal,
-        )
-        .finally(() => this.inFlight.delete(key));
-      shared = { result, listeners, subscribers: 0, controller };
-      this.inFlight.set(key, shared);
-    }
-    const built = await this.follow(shared, emit, signal);
-    return this.handOver(built, handoff, false, signal);
-  }
-
-  /** Waits for a shared build; it is cancelled only when every caller waiting for it has gone. */
-  private async follow(shared: SharedBuild, emit: Listener, signal?: AbortSignal): Promise<Built> {
-    shared.subscribers++;
-    shared.listeners.add(emit);
-    let left = false;
-    const leave = () => {
-      if (left) return;
-      left = true;
-      shared.listeners.delete(emit);
-      if (--shared.subscribers === 0 && signal?.aborted) shared.controller.abort(signal.reason);
-    };
-    const cancelled = new Promise<never>((_, reject) => {
-      const onAbort = () => reject(new ConnectError("the build was cancelled", Code.Canceled));
-      if (signal?.aborted) onAbort();
-      signal?.addEventListener("abort", onAbort, { once: true });
-    });
-    signal?.addEventListener("abort", leave, { once: true });
+    // Identical builds share one solve; it is cancelled only when every caller waiting for it has gone.
+    let listeners = this.listeners.get(key);
+    if (!listeners) this.listeners.set(key, (listeners = new Set()));
+    listeners.add(emit);
+    const fanOut = (event: BuildEvent) => this.listeners.get(key)?.forEach((listener) => listener(event));
+    const queuedAt = Date.now();
+    let built: Built;
     try {
-      return await Promise.race([shared.result, cancelled]);
+      built = await this.builds.run(
+        key,
+        (flightSignal) =>
+          this.queue.run(
+            () => {
+              tracer().startSpan("image.queue", { startTime: queuedAt }).end();
+              return inSpan("image.solve", { "image.content_key": contentKey, "image.no_cache": request.buildWithoutCache }, () =>
+                this.solve(context, { ...buildArgs, OPSCHAIN_BASE_RUNNER: `${baseRunner}@${baseDigest}` }, contentKey, request, fanOut, flightSignal, skipped),
+              );
+            },
+            { onPosition: (position) => fanOut({ kind: "queued", position }), signal: flightSignal },
+          ),
+        signal,
+      );
+    } catch (error) {
+      if (signal?.aborted) throw buildCancelled();
+      throw error;
     } finally {
-      signal?.removeEventListener("abort", leave);
-      leave();
+      listeners.delete(emit);
+      if (listeners.size === 0 && this.listeners.get(key) === listeners) this.listeners.delete(key);
     }
+    return this.handOver(built, handoff, false, signal);
   }
 
   private async solve(
@@ -288,26 +302,25 @@ export class ImageBuilder {
       try {
         exporterResponse = await this.buildkit.build(build, onStatus, signal);
       } catch (error) {
-        if (signal.aborted) throw new ConnectError("the build was cancelled", Code.Canceled);
+        if (signal.aborted) throw buildCancelled();
         if (isTransient(error) && attempt < this.settings.transportAttempts) {
           this.observer.transportRetried();
-          emit({ kind: "warning", message: `BuildKit connection failed (${ConnectError.from(error).rawMessage}); trying again (${attempt + 1}/${this.settings.transportAttempts})` });
+          emit({ kind: "warning", message: `BuildKit connection failed (${rawMessage(error)}); trying again (${attempt + 1}/${this.settings.transportAttempts})` });
           continue;
         }
         const failedVertex = [...logTails.keys()].pop();
         const explained = explainBuildFailure(error, failedVertex ? logTails.get(failedVertex)! : "");
-        if (syntax && unpullable && isNotUnderstood(explained.rawMessage)) {
-          throw new ConnectError(
-            `the Dockerfile's line ${syntax.line} "${syntax.text}" names the frontend image ${syntax.image}, which ${unpullable}, and BuildKit's builtin Dockerfile frontend does not understand the file (${explained.rawMessage}); ` +
+        if (syntax && unpullable && isNotUnderstood(rawMessage(explained))) {
+          throw failedPrecondition(
+            `the Dockerfile's line ${syntax.line} "${syntax.text}" names the frontend image ${syntax.image}, which ${unpullable}, and BuildKit's builtin Dockerfile frontend does not understand the file (${rawMessage(explained)}); ` +
               `use only what the builtin frontend supports (BuildKit v0.8 in dockerd lacks COPY --link and heredocs, for example), or push ${syntax.image} to ${this.registry.address} and name it there`,
-            Code.FailedPrecondition,
           );
         }
         throw explained;
       }
     }
     const imageId = exporterResponse["containerimage.digest"];
-    if (!imageId) throw new ConnectError("BuildKit finished without naming the image it exported", Code.Internal);
+    if (!imageId) throw new ImageError("internal", "BuildKit finished without naming the image it exported");
     const timing = { builtAt: Date.now(), buildDurationMs: Date.now() - started };
     if (this.output === "registry") {
       // The image exporter pushed it: its digest is the manifest's, the config's comes beside it.
@@ -380,7 +393,7 @@ export class ImageBuilder {
 
   private async inspect(imageId: string, signal?: AbortSignal): Promise<ImageInspect> {
     const inspect = await this.images.inspectImage(imageId, signal);
-    if (!inspect) throw new ConnectError(`image ${imageId} vanished from dockerd`, Code.Unavailable);
+    if (!inspect) throw unavailable(`image ${imageId} vanished from dockerd`);
     return inspect;
   }
 
@@ -429,6 +442,8 @@ export class ImageBuilder {
   private async describe(record: ReuseRecord, inspect: ImageInspect | undefined, handoff: Handoff, reused: boolean, signal?: AbortSignal): Promise<ImageResult> {
     const common = { imageId: record.imageId, handoff, contentKey: record.contentKey, reused, builtAt: record.builtAt, buildDurationMs: record.buildDurationMs };
     if (handoff === "layer-store" && inspect) {
+      // Before the step-service has it: from now on prune keeps the image for a step's longest run.
+      await this.records.markHandedOver(record.contentKey, Date.now());
       return {
         ...common,
         config: imageConfig(inspect.Config),
@@ -459,14 +474,20 @@ export class ImageBuilder {
   /**
    * Removes the images built longer ago than olderThanMs (default: the reuse TTL): their names in dockerd
    * (the image goes with its last name) and their manifests in the registry. Images a build in flight is
-   * producing are not touched. Returns the content keys removed.
+   * producing are not touched, nor images a step may be running on (see inUse). Returns the content keys
+   * removed.
    */
   async prune(olderThanMs = this.settings.reuseTtlMs, signal?: AbortSignal): Promise<string[]> {
     const removed: string[] = [];
     const now = Date.now();
+    let mounted: Set<string> | undefined;
     for (const record of await this.records.list()) {
       if (now - record.builtAt < olderThanMs) continue;
-      if ([...this.inFlight.keys()].some((key) => key.startsWith(record.contentKey))) continue;
+      if (this.builds.keys().some((key) => key.startsWith(record.contentKey))) continue;
+      if (this.output === "dockerd") {
+        mounted ??= await this.mountedLayers.lowerDirs(signal);
+        if (await this.inUse(record, mounted, now, signal)) continue;
+      }
       const tag = record.contentKey.replace(/^sha256:/, "");
       if (this.output === "dockerd") await this.images.removeImage(`${this.settings.stepsRepository}:${tag}`, signal);
       if (record.reference && this.output === "registry") {
@@ -484,9 +505,22 @@ export class ImageBuilder {
     return removed;
   }
 
+  /**
+   * Whether a step may be running on an image in dockerd: removing it would delete overlay2 directories that
+   * the step's overlayfs has as lower layers. It is in use when any of its directories is mounted as a lower
+   * layer here, or, for a step-service whose mounts this process cannot see, when it was handed over in the
+   * layer store within the hold (a step's longest run).
+   */
+  private async inUse(record: ReuseRecord, mounted: Set<string>, now: number, signal?: AbortSignal): Promise<boolean> {
+    const handedOverAt = await this.records.handedOverAt(record.contentKey);
+    if (handedOverAt !== undefined && now - handedOverAt < (this.settings.inUseHoldMs ?? DEFAULT_IN_USE_HOLD_MS)) return true;
+    const inspect = await this.images.inspectImage(record.imageId, signal);
+    return inspect !== undefined && layerDirectories(inspect).some((dir) => mounted.has(dir));
+  }
+
   /** A base runner must be a reference into our registry: checked before any work, so a bad one changes nothing. */
   private checkBaseRunner(baseRunner: string): ImageReference {
-    let reference;
+    let reference: ImageReference;
     try {
       reference = parseImageReference(baseRunner);
     } catch (error) {
@@ -501,9 +535,9 @@ export class ImageBuilder {
       return (await this.registry.manifest(reference.repository, reference.reference, signal)).digest;
     } catch (error) {
       if ((error as { status?: number }).status === 404) {
-        throw new ConnectError(`base_runner: the image ${baseRunner} is not in the registry; push it there, or for the default base runner run deploy/local/runner-image.sh ensure`, Code.FailedPrecondition);
+        throw failedPrecondition(`base_runner: the image ${baseRunner} is not in the registry; push it there, or for the default base runner run deploy/local/runner-image.sh ensure`);
       }
-      throw new ConnectError(`cannot resolve the base runner image ${baseRunner}: ${(error as Error).message}`, Code.Unavailable);
+      throw unavailable(`cannot resolve the base runner image ${baseRunner}: ${(error as Error).message}`);
     }
   }
 

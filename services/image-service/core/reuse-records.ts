@@ -1,6 +1,7 @@
-import { mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Handoff } from "./model.js";
+import { writeFileAtomic } from "../../shared/files/atomic-write.js";
 
 /** What was built for a content key, so that the same inputs get the same image without a solve. */
 export interface ReuseRecord {
@@ -31,13 +32,30 @@ export class ReuseRecords {
 
   async put(record: ReuseRecord): Promise<void> {
     await mkdir(this.dir, { recursive: true });
-    const temporary = `${this.path(record.contentKey)}.${process.pid}.tmp`;
-    await writeFile(temporary, JSON.stringify(record));
-    await rename(temporary, this.path(record.contentKey));
+    await writeFileAtomic(this.path(record.contentKey), JSON.stringify(record));
   }
 
   async remove(contentKey: string): Promise<void> {
     await rm(this.path(contentKey), { force: true });
+    await rm(this.handedOverPath(contentKey), { force: true });
+  }
+
+  /**
+   * Notes that the image was just handed over in dockerd's layer store (a step is about to mount its
+   * directories). Kept beside the record, not in it, so that it never races a push's update of the record.
+   */
+  async markHandedOver(contentKey: string, at: number): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    await writeFileAtomic(this.handedOverPath(contentKey), String(at));
+  }
+
+  /** When the image was last handed over in dockerd's layer store, if ever. */
+  async handedOverAt(contentKey: string): Promise<number | undefined> {
+    const text = await readFile(this.handedOverPath(contentKey), "utf8").catch((error: NodeJS.ErrnoException) => {
+      if (error.code === "ENOENT") return undefined;
+      throw error;
+    });
+    return text === undefined ? undefined : Number(text);
   }
 
   /** The last image pushed for a cache scope: where a BuildKit without local cache imports layers from. */
@@ -53,9 +71,7 @@ export class ReuseRecords {
   async setCacheSource(scope: string, reference: string): Promise<void> {
     const dir = join(this.dir, "cache-sources");
     await mkdir(dir, { recursive: true });
-    const temporary = join(dir, `${scope}.${process.pid}.tmp`);
-    await writeFile(temporary, JSON.stringify({ reference }));
-    await rename(temporary, join(dir, `${scope}.json`));
+    await writeFileAtomic(join(dir, `${scope}.json`), JSON.stringify({ reference }));
   }
 
   async list(): Promise<ReuseRecord[]> {
@@ -66,5 +82,9 @@ export class ReuseRecords {
 
   private path(contentKey: string): string {
     return join(this.dir, `${contentKey.replace(/^sha256:/, "")}.json`);
+  }
+
+  private handedOverPath(contentKey: string): string {
+    return join(this.dir, `${contentKey.replace(/^sha256:/, "")}.handed-over`);
   }
 }

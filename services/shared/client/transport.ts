@@ -2,7 +2,7 @@ import * as net from "node:net";
 import { setTimeout as delay } from "node:timers/promises";
 import { MethodOptions_IdempotencyLevel as Idempotency } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
-import { type ClientSecurity, clientSecurityFromSettings } from "../security.js";
+import type { ClientSecurity } from "../security.js";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { parseListenAddress } from "../server/listen-address.js";
 import { injectTraceContext } from "../tracing.js";
@@ -21,10 +21,10 @@ export interface ServiceTransport {
 
 /**
  * A gRPC transport to one of our services at "HOST:PORT" or "unix:/path": HTTP/2 with prior knowledge, or
- * over TLS when a CA is given; a bearer token when one is given. By default the security comes from the
- * settings (clientSecurityFromSettings).
+ * over TLS when a CA is given; a bearer token when one is given. By default none (the caller passes what
+ * its main read: readCommonSettings' clientSecurity, or clientSecurityFromSettings in the CLI).
  */
-export function serviceTransport(addressText: string, security: ClientSecurity = clientSecurityFromSettings()): ServiceTransport {
+export function serviceTransport(addressText: string, security: ClientSecurity = {}): ServiceTransport {
   const address = parseListenAddress(addressText);
   const scheme = security.ca ? "https" : "http";
   const authority =

@@ -2,10 +2,9 @@ import { Code, ConnectError, type ConnectRouter, createContextValues, type Inter
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import type { Logger } from "../log.js";
-import { numberSetting } from "../config/env.js";
 import { ServiceMetrics } from "../metrics.js";
 import { onCallEnd } from "./call-end.js";
-import { acceptedTokenIndex, bearerToken, type ServerSecurity, serverSecurityFromSettings } from "../security.js";
+import { acceptedTokenIndex, bearerToken, type ServerSecurity } from "../security.js";
 import { CALLER, callerFromRequest } from "./caller.js";
 import { DualProtocolServer } from "./dual-protocol-server.js";
 import { HealthRegistry, ServingStatus } from "./health.js";
@@ -28,11 +27,11 @@ export interface ServerOptions {
   httpRoutes?: Record<string, HttpHandler>;
   logger: Logger;
   /**
-   * TLS, mutual TLS and bearer tokens; by default from the settings (serverSecurityFromSettings), which
-   * leave a service plaintext and open: the local default, on loopback.
+   * TLS, mutual TLS and bearer tokens (a service's main passes what readCommonSettings read); by default
+   * none: plaintext and open, the local default, on loopback.
    */
   security?: ServerSecurity;
-  /** By default STEPRUNNER_MAX_REQUEST_BYTES (4 MiB) and STEPRUNNER_MAX_CONCURRENT_STREAMS (100). */
+  /** By default DEFAULT_SERVER_LIMITS (4 MiB requests, 100 streams). */
   limits?: ServerLimits;
   /** Served at GET /metrics, with every RPC counted; by default a registry of the RPC metrics alone. */
   metrics?: ServiceMetrics;
@@ -44,12 +43,8 @@ export interface ServerLimits {
   maxConcurrentStreams: number;
 }
 
-function limitsFromSettings(): ServerLimits {
-  return {
-    maxRequestBytes: numberSetting("STEPRUNNER_MAX_REQUEST_BYTES", 4 * 1024 * 1024),
-    maxConcurrentStreams: numberSetting("STEPRUNNER_MAX_CONCURRENT_STREAMS", 100),
-  };
-}
+/** STEPRUNNER_MAX_REQUEST_BYTES's and STEPRUNNER_MAX_CONCURRENT_STREAMS's defaults. */
+export const DEFAULT_SERVER_LIMITS: ServerLimits = { maxRequestBytes: 4 * 1024 * 1024, maxConcurrentStreams: 100 };
 
 /** The health check answers without credentials, so that probes and load balancers need none. */
 const OPEN_SERVICES = new Set([Health.typeName]);
@@ -67,8 +62,8 @@ export interface RunningServer {
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const health = new HealthRegistry();
   for (const service of options.services) health.set(service.typeName, ServingStatus.SERVING);
-  const limits = options.limits ?? limitsFromSettings();
-  const security = options.security ?? serverSecurityFromSettings();
+  const limits = options.limits ?? DEFAULT_SERVER_LIMITS;
+  const security = options.security ?? {};
   const tokens = security.tokens;
   const metrics = options.metrics ?? new ServiceMetrics(options.services[0]?.typeName ?? "unknown");
   const httpRoutes: Record<string, HttpHandler> = { "/metrics": metrics.handler(), ...options.httpRoutes };
@@ -119,7 +114,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 function explainUnexpected(logger: Logger): Interceptor {
   return onCallEnd((request) => (error) => {
     if (error instanceof ConnectError || !(error instanceof Error)) return error;
-    logger.error("unexpected error", { method: `${request.service.typeName}/${request.method.name}`, error: error.stack ?? error.message });
+    logger.error("unexpected error", { method: `${request.service.typeName}/${request.method.name}`, error });
     return new ConnectError(error.message, Code.Internal, undefined, undefined, error);
   });
 }

@@ -1,23 +1,23 @@
-import { fromJson, type JsonObject, toJson } from "@bufbuild/protobuf";
+import { create, fromJson, type JsonObject, toJson } from "@bufbuild/protobuf";
 import { type Duration, durationFromMs, type Timestamp, timestampFromMs, ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ChildExecutionStrategy, StepContextValuesSchema } from "../../../gen/steprunner/context/v1/context_service_pb.js";
-import { LogStream } from "../../../gen/steprunner/image/v1/image_service_pb.js";
+import { type BuildProgress as BuildProgressMessage, BuildProgressSchema, LogStream, VertexState } from "../../../gen/steprunner/image/v1/image_service_pb.js";
 import {
   type LogLine as LogLineMessage,
   Phase,
   type RunStepRequest,
   type RunStepResponse,
   type Step,
-  StepService,
+  type StepService,
 } from "../../../gen/steprunner/step/v1/step_service_pb.js";
 import { MAX_OWNERS, MAX_SECRET_POINTERS, ownerRule, repositoryUrlRule, revisionRule, secretPointerRule } from "../../shared/request-rules.js";
 import { durationMs, invalidField } from "../../shared/validation.js";
 import { cgroupVersion, runcInfo } from "../runtime/runc.js";
 import type { Limits } from "../runtime/spec.js";
 import type { LogLine } from "../steps/logs.js";
-import type { StepRequest } from "../steps/ports.js";
+import type { BuildLog, BuildProgress, BuildVertexState, StepRequest } from "../steps/ports.js";
 import { FINAL_STATES, type StepRecord, type StepState as DomainState } from "../steps/records.js";
 import { CallerLimitError, type StepEvent, StepExistsError, StepNotFoundError, type StepRunner, StepRunnerDrainingError } from "../steps/step-runner.js";
 import { callerOf } from "../../shared/server/caller.js";
@@ -26,6 +26,7 @@ import { runChangeHandler } from "./change-adapter.js";
 import { STATES } from "./states.js";
 import { ActionRuleError, normalisedAction } from "../steps/action-arguments.js";
 import { withRequestDefaults } from "./context-values.js";
+import { EventChannel } from "../../shared/event-channel.js";
 
 export interface StepServiceSettings {
   runcPath: string;
@@ -44,6 +45,15 @@ const EARLIEST_SECONDS = -62_135_596_800n;
 const LATEST_SECONDS = 253_402_300_799n;
 const PHASES = { queue: Phase.QUEUE, context: Phase.CONTEXT, build: Phase.BUILD, pull: Phase.PULL, run: Phase.RUN, teardown: Phase.TEARDOWN } as const;
 const STREAMS = { stdout: LogStream.STDOUT, stderr: LogStream.STDERR, system: LogStream.SYSTEM } as const;
+const BUILD_STREAMS: Record<BuildLog["stream"], LogStream> = { unspecified: LogStream.UNSPECIFIED, ...STREAMS };
+const VERTEX_STATES: Record<BuildVertexState, VertexState> = {
+  unspecified: VertexState.UNSPECIFIED,
+  started: VertexState.STARTED,
+  completed: VertexState.COMPLETED,
+  cached: VertexState.CACHED,
+  errored: VertexState.ERRORED,
+  canceled: VertexState.CANCELED,
+};
 
 /** The Connect adapter of StepService: validates requests and maps the core's records and events. */
 export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRunner, changes = new ChangeRunner(runner)): ServiceImpl<typeof StepService> {
@@ -60,13 +70,13 @@ export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRu
         yield { event: { case: "finished", value: { step: toStep(runner.get(existing.id)!) } } };
         return;
       }
-      const events = new EventQueue<StepEvent>();
+      const events = new EventChannel<StepEvent>(context.signal);
       try {
         runner.submit(domain, (event) => events.push(event), context.signal, callerOf(context));
       } catch (error) {
         throw mapError(error);
       }
-      for await (const event of events.drain(context.signal)) {
+      for await (const event of events) {
         const response = toResponse(event);
         if (response) yield response;
         if (event.type === "finished") return;
@@ -235,7 +245,7 @@ export function toResponse(event: StepEvent): RunStepResponse | undefined {
     case "phase":
       return { event: { case: "phaseChanged", value: { state: STATES[event.state], phase: PHASES[event.phase], time: ts(event.time) } } } as RunStepResponse;
     case "build":
-      return { event: { case: "buildProgress", value: event.progress } } as RunStepResponse;
+      return { event: { case: "buildProgress", value: toBuildProgress(event.progress) } } as RunStepResponse;
     case "log":
       return { event: { case: "logLine", value: toLogLine(event.line) } } as RunStepResponse;
     case "warning":
@@ -292,28 +302,24 @@ function duration(ms: number): Duration {
   return durationFromMs(ms);
 }
 
-/** Events pushed by the core, pulled by the stream; ends when the caller goes away. */
-class EventQueue<T> {
-  private readonly items: T[] = [];
-  private wake: (() => void) | undefined;
-
-  push(item: T): void {
-    this.items.push(item);
-    this.wake?.();
-  }
-
-  async *drain(signal: AbortSignal): AsyncGenerator<T> {
-    const onAbort = () => this.wake?.();
-    signal.addEventListener("abort", onAbort, { once: true });
-    try {
-      for (;;) {
-        while (this.items.length > 0) yield this.items.shift()!;
-        if (signal.aborted) return;
-        await new Promise<void>((resolve) => (this.wake = resolve));
-        this.wake = undefined;
-      }
-    } finally {
-      signal.removeEventListener("abort", onAbort);
-    }
-  }
+/** A build's progress as RunStep sends it (the image-service's BuildProgress message, which the API reuses). */
+export function toBuildProgress(progress: BuildProgress): BuildProgressMessage {
+  return create(BuildProgressSchema, {
+    vertexes: progress.vertexes.map((vertex) => ({
+      digest: vertex.digest,
+      number: vertex.number,
+      name: vertex.name,
+      state: VERTEX_STATES[vertex.state],
+      startedAt: vertex.startedAtMs === undefined ? undefined : ts(vertex.startedAtMs),
+      completedAt: vertex.completedAtMs === undefined ? undefined : ts(vertex.completedAtMs),
+      error: vertex.error,
+    })),
+    statuses: progress.statuses.map((status) => ({ ...status })),
+    logs: progress.logs.map((log) => ({
+      vertexDigest: log.vertexDigest,
+      stream: BUILD_STREAMS[log.stream],
+      data: log.data,
+      time: log.timeMs === undefined ? undefined : ts(log.timeMs),
+    })),
+  });
 }

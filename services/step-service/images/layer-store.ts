@@ -9,6 +9,8 @@ import { promisify } from "node:util";
 import { createGunzip } from "node:zlib";
 import tar from "tar-stream";
 import type { Logger } from "../../shared/log.js";
+import { writeFileAtomic } from "../../shared/files/atomic-write.js";
+import { SingleFlight } from "../../shared/single-flight.js";
 
 const exec = promisify(execFile);
 const DIFF_ID = /^sha256:[a-f0-9]{64}$/;
@@ -42,7 +44,8 @@ export interface LayerStoreStats {
  * running step are collected, least recently used first, when the store grows past its cap.
  */
 export class LayerStore {
-  private readonly inFlight = new Map<string, Promise<string>>();
+  /** Unpacks in flight by diff_id: shared, and stopped only when every step waiting for one has gone. */
+  private readonly unpacks = new SingleFlight<string>();
   private readonly holds = new Map<string, number>();
   private unpackedCount = 0;
 
@@ -91,7 +94,7 @@ export class LayerStore {
     const removed: string[] = [];
     for (const meta of metas) {
       if (total <= this.capBytes) break;
-      if (this.holds.has(meta.diffId) || this.inFlight.has(meta.diffId)) continue;
+      if (this.holds.has(meta.diffId) || this.unpacks.has(meta.diffId)) continue;
       // Renamed first so that a half-removed layer is never taken for a complete one.
       const doomed = join(this.root, "tmp", `gc-${hex(meta.diffId)}-${process.hrtime.bigint()}`);
       await rename(this.dir(meta.diffId), doomed);
@@ -109,17 +112,10 @@ export class LayerStore {
 
   private async layer(blob: LayerBlob, signal: AbortSignal): Promise<string> {
     const dir = this.dir(blob.diffId);
-    const unpacking = this.inFlight.get(blob.diffId);
-    if (unpacking) return unpacking;
-    const existing = await this.touch(blob.diffId);
-    if (existing) return join(dir, "root");
-    // touch() is asynchronous: an unpack may have started, or even finished, meanwhile.
-    let pending = this.inFlight.get(blob.diffId);
-    if (!pending) {
-      pending = this.unpack(blob, signal).finally(() => this.inFlight.delete(blob.diffId));
-      this.inFlight.set(blob.diffId, pending);
-    }
-    return pending;
+    if (!this.unpacks.has(blob.diffId) && (await this.touch(blob.diffId))) return join(dir, "root");
+    // touch() is asynchronous: an unpack may have started, or even finished, meanwhile (unpack then finds the
+    // layer there and returns it).
+    return this.unpacks.run(blob.diffId, (unpackSignal) => this.unpack(blob, unpackSignal), signal);
   }
 
   private async touch(diffId: string): Promise<boolean> {
@@ -127,7 +123,7 @@ export class LayerStore {
     try {
       const meta = JSON.parse(await readFile(metaPath, "utf8")) as LayerMeta;
       meta.lastUsedMs = Date.now();
-      await writeFile(metaPath, JSON.stringify(meta));
+      await writeFileAtomic(metaPath, JSON.stringify(meta));
       return true;
     } catch {
       return false;

@@ -36,7 +36,10 @@ export class StepLog extends EventEmitter<{ line: [LogLine]; end: [] }> {
 
   /** Appends a line; past the cap only steprunner's own (few, short) system lines are still kept. */
   append(stream: LogStreamName, text: string, time = Date.now()): void {
-    if (stream === "system") return this.write(stream, text, time);
+    if (stream === "system") {
+      this.write(stream, text, time);
+      return;
+    }
     if (this.truncated) return;
     const size = Buffer.byteLength(text);
     if (this.bytes + size > this.capBytes) {
@@ -50,7 +53,7 @@ export class StepLog extends EventEmitter<{ line: [LogLine]; end: [] }> {
 
   private write(stream: LogStreamName, text: string, time: number): void {
     const line: LogLine = { offset: this.lines++, stream, text, time };
-    writeSync(this.fd, JSON.stringify(line) + "\n");
+    writeSync(this.fd, `${JSON.stringify(line)}\n`);
     this.emit("line", line);
   }
 

@@ -1,7 +1,44 @@
-import type { BuildProgress } from "../../../gen/steprunner/image/v1/image_service_pb.js";
 import type { ImageRootfs, StepImage } from "../images/images.js";
 import type { ContainerExit, ContainerRun } from "../runtime/container.js";
 import type { Limits } from "../runtime/spec.js";
+
+/**
+ * A step's build progress, in the step-service's own terms: the client of the image-service maps its messages
+ * into this, and the API adapter maps it out again (RunStep's build_progress).
+ */
+export interface BuildProgress {
+  vertexes: BuildVertex[];
+  statuses: BuildStatus[];
+  logs: BuildLog[];
+}
+
+export type BuildVertexState = "unspecified" | "started" | "completed" | "cached" | "errored" | "canceled";
+
+export interface BuildVertex {
+  digest: string;
+  /** Its number in first-seen order ("#N"). */
+  number: number;
+  name: string;
+  state: BuildVertexState;
+  startedAtMs?: number;
+  completedAtMs?: number;
+  error: string;
+}
+
+export interface BuildStatus {
+  vertexDigest: string;
+  id: string;
+  current: bigint;
+  total: bigint;
+  completed: boolean;
+}
+
+export interface BuildLog {
+  vertexDigest: string;
+  stream: "unspecified" | "stdout" | "stderr" | "system";
+  data: Uint8Array;
+  timeMs?: number;
+}
 
 /** A property owner's values, in merge order (lowest precedence first). */
 export interface PropertySet {

@@ -1,6 +1,5 @@
-import { create } from "@bufbuild/protobuf";
-import { type BuildProgress, BuildProgressSchema, type VertexLog } from "../../../gen/steprunner/image/v1/image_service_pb.js";
-import type { PropertySet } from "./ports.js";
+import type { BuildLog, BuildProgress, PropertySet } from "./ports.js";
+import { resolveJsonPointer } from "../../shared/json-pointer.js";
 
 const MASK = "***";
 
@@ -14,7 +13,11 @@ export class SecretMasker {
   constructor(properties: PropertySet[], pointers: string[]) {
     const root = Object.fromEntries(properties.map((set) => [set.owner, set.properties]));
     const values = new Set<string>();
-    for (const pointer of pointers) collect(resolvePointer(root, pointer), values);
+    for (const pointer of pointers) {
+      // "" would name every property: a secret pointer names one owner's property at least.
+      if (!pointer.startsWith("/")) throw new Error(`secret pointer "${pointer}" must start with "/"`);
+      collect(resolveJsonPointer(root, pointer), values);
+    }
     // Longest first, so that a secret containing another is masked whole.
     this.secrets = [...values].filter((value) => value.length > 0).sort((a, b) => b.length - a.length);
   }
@@ -44,13 +47,13 @@ const NEWLINE = 0x0a;
  * waits for the next chunk, the vertex's end, or flush() at the build's end.
  */
 export class BuildLogMasker {
-  private readonly pending = new Map<string, { log: VertexLog; bytes: Buffer }>();
+  private readonly pending = new Map<string, { log: BuildLog; bytes: Buffer }>();
 
   constructor(private readonly masker: SecretMasker) {}
 
   mask(progress: BuildProgress): BuildProgress {
     if (this.masker.empty) return progress;
-    const logs: VertexLog[] = [];
+    const logs: BuildLog[] = [];
     for (const log of progress.logs) {
       const key = `${log.vertexDigest} ${log.stream}`;
       const bytes = Buffer.concat([this.pending.get(key)?.bytes ?? Buffer.alloc(0), log.data]);
@@ -59,18 +62,18 @@ export class BuildLogMasker {
       if (cut < bytes.length) this.pending.set(key, { log, bytes: bytes.subarray(cut) });
       else this.pending.delete(key);
     }
-    for (const vertex of progress.vertexes) if (vertex.completedAt) logs.push(...this.release((key) => key.startsWith(`${vertex.digest} `)));
+    for (const vertex of progress.vertexes) if (vertex.completedAtMs !== undefined) logs.push(...this.release((key) => key.startsWith(`${vertex.digest} `)));
     return { ...progress, logs };
   }
 
   /** The unfinished lines still held, as one last progress event (undefined when there are none). */
   flush(): BuildProgress | undefined {
     const logs = this.release(() => true);
-    return logs.length > 0 ? create(BuildProgressSchema, { logs }) : undefined;
+    return logs.length > 0 ? { vertexes: [], statuses: [], logs } : undefined;
   }
 
-  private release(matches: (key: string) => boolean): VertexLog[] {
-    const released: VertexLog[] = [];
+  private release(matches: (key: string) => boolean): BuildLog[] {
+    const released: BuildLog[] = [];
     for (const [key, { log, bytes }] of this.pending) {
       if (!matches(key)) continue;
       released.push(this.masked(log, bytes));
@@ -79,22 +82,11 @@ export class BuildLogMasker {
     return released;
   }
 
-  private masked(log: VertexLog, bytes: Buffer): VertexLog {
+  private masked(log: BuildLog, bytes: Buffer): BuildLog {
     return { ...log, data: Buffer.from(this.masker.text(bytes.toString("utf8"))) };
   }
 }
 
-/** RFC 6901. Throws when the pointer is malformed; a pointer to nothing yields undefined. */
-export function resolvePointer(root: unknown, pointer: string): unknown {
-  if (!pointer.startsWith("/")) throw new Error(`secret pointer "${pointer}" must start with "/"`);
-  let current = root;
-  for (const token of pointer.slice(1).split("/")) {
-    const key = token.replace(/~1/g, "/").replace(/~0/g, "~");
-    if (typeof current !== "object" || current === null) return undefined;
-    current = (current as Record<string, unknown>)[key];
-  }
-  return current;
-}
 
 // Only strings: masking a number such as 1 everywhere would garble every log.
 function collect(value: unknown, into: Set<string>): void {

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { rmSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { BuildProgress } from "../../../gen/steprunner/image/v1/image_service_pb.js";
+import type { BuildProgress } from "./ports.js";
 import { type Context, context, type Span, SpanStatusCode, trace } from "@opentelemetry/api";
 import type { Logger } from "../../shared/log.js";
 import { inSpan, tracer } from "../../shared/tracing.js";
@@ -14,6 +14,7 @@ import { FINAL_STATES, type PhaseName, type StepRecord, StepRecords, type StepSt
 import { InvalidResultError, parseStepResult, type StepResultData } from "./result.js";
 import { requestEnvironment, runtimeStepContext, stepCommand } from "./run-command.js";
 import { BuildLogMasker, SecretMasker } from "./secrets.js";
+import { FifoQueue, QueueLeftError } from "../../shared/fifo-queue.js";
 
 export type StepEvent =
   | { type: "accepted"; step: StepRecord }
@@ -79,8 +80,7 @@ interface Active {
 export class StepRunner {
   private readonly records: StepRecords;
   private readonly active = new Map<string, Active>();
-  private readonly queue: { id: string; start: () => void }[] = [];
-  private running = 0;
+  private readonly queue: FifoQueue;
   private readonly executions = new Set<Promise<void>>();
   private draining = false;
 
@@ -89,6 +89,7 @@ export class StepRunner {
     private readonly parts: StepRunnerParts,
   ) {
     this.records = new StepRecords(settings.stateDir);
+    this.queue = new FifoQueue(settings.maxConcurrentSteps);
   }
 
   private get logDir() {
@@ -120,7 +121,7 @@ export class StepRunner {
   }
 
   counts(): { running: number; queued: number } {
-    return { running: this.running, queued: this.queue.length };
+    return { running: this.queue.running, queued: this.queue.depth };
   }
 
   get(id: string): StepRecord | undefined {
@@ -196,20 +197,22 @@ export class StepRunner {
     this.emit(active, { type: "accepted", step: { ...record } });
     const queuedAt = Date.now();
     const start = () => {
-      this.running++;
       this.phaseDone(active, "queue", queuedAt);
       tracer().startSpan("step.queue", { startTime: queuedAt, attributes: { "step.id": id } }, active.trace).end();
       // A queued step starts when another ends: its spans belong to its own trace, not that one's.
-      const execution = context.with(active.trace, () => this.execute(request, active)).finally(() => {
+      return context.with(active.trace, () => this.execute(request, active));
+    };
+    // A step taken out of the queue (cancel, drain) is finished by whoever took it out.
+    const execution = this.queue
+      .run(start, { key: id })
+      .catch((error: unknown) => {
+        if (!(error instanceof QueueLeftError)) throw error;
+      })
+      .finally(() => {
         signal.removeEventListener("abort", onCallerGone);
         this.executions.delete(execution);
-        this.running--;
-        this.queue.shift()?.start();
       });
-      this.executions.add(execution);
-    };
-    if (this.running < this.settings.maxConcurrentSteps) start();
-    else this.queue.push({ id, start });
+    this.executions.add(execution);
     return { ...record };
   }
 
@@ -221,9 +224,7 @@ export class StepRunner {
       if (!record) throw new StepNotFoundError(`no step with id "${id}"`);
       return record;
     }
-    const queued = this.queue.findIndex((entry) => entry.id === id);
-    if (queued >= 0) {
-      this.queue.splice(queued, 1);
+    if (this.queue.remove(id)) {
       this.finish(active, { state: "cancelled", reason });
       return { ...active.record };
     }
@@ -238,7 +239,7 @@ export class StepRunner {
    */
   async drain(graceMs: number): Promise<void> {
     this.draining = true;
-    for (const { id } of this.queue.splice(0)) {
+    for (const id of this.queue.removeAll()) {
       const active = this.active.get(id);
       if (active) this.finish(active, { state: "handed_back", reason: HANDED_BACK_QUEUED });
     }

@@ -150,5 +150,5 @@ function escapeOutsideClass(char: string): string {
 }
 
 function escapeInClass(char: string): string {
-  return /[\\\]\[^-]/.test(char) ? `\\${char}` : char;
+  return /[\\\][^-]/.test(char) ? `\\${char}` : char;
 }
