@@ -20,6 +20,7 @@ import { buildDockerfile } from "./buildkit/dockerfile-build.js";
 import { ShardedBuilder } from "./buildkit/sharded-builder.js";
 import { Builder } from "./core/builder.js";
 import { ContextCache } from "./core/context-cache.js";
+import { isTransient } from "./core/build-errors.js";
 import { ImageBuilder } from "./core/image-builder.js";
 import type { Handoff } from "./core/model.js";
 import { ReuseRecords } from "./core/reuse-records.js";
@@ -56,6 +57,8 @@ const sharded = new ShardedBuilder(
     address: buildkitAddresses[index]!,
     build: (build, onStatus, signal) => buildDockerfile(client, build, onStatus, signal),
   })),
+  // A daemon whose connection failed is tried last for its keys during the cooldown (a killed buildkitd).
+  { isTransient, cooldownMs: numberSetting("STEPRUNNER_BUILDKIT_SHARD_COOLDOWN_MS", 30_000) },
 );
 const registry = new RegistryClient(registryAddress);
 const contextService = serviceTransport(setting("STEPRUNNER_CONTEXT_ADDR", "127.0.0.1:7701"));
