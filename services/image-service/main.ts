@@ -73,7 +73,7 @@ const images = new ImageBuilder(
     imageOutput,
     defaultBaseRunner,
     version: STEPRUNNER_VERSION,
-    stepsRepository: "steprunner/steps",
+    stepsRepository: setting("STEPRUNNER_STEPS_REPOSITORY", "steprunner/steps"),
     defaultHandoff: handoff as Handoff,
     reuseTtlMs: numberSetting("STEPRUNNER_IMAGE_REUSE_TTL_HOURS", 168) * 3_600_000,
     maxConcurrentBuilds: numberSetting("STEPRUNNER_MAX_CONCURRENT_BUILDS", 8),
