@@ -197,3 +197,34 @@ describe("what our BuildKit client raises when the daemon goes away", () => {
     }
   });
 });
+
+describe("a call of our BuildKit client that its caller aborts", () => {
+  it("stays CANCELED for every call, not a lost connection", async () => {
+    // A daemon that never answers: the caller's signal ends each call.
+    const dir = await mkdtemp(join(tmpdir(), "sharded-builder-test-"));
+    const path = join(dir, "silent.sock");
+    const sockets: net.Socket[] = [];
+    const server = net.createServer((socket) => sockets.push(socket));
+    await new Promise<void>((resolve) => server.listen(path, resolve));
+    const client = new BuildKitClient(`unix://${path}`);
+    try {
+      const calls = [
+        (signal: AbortSignal) => client.listWorkers(signal),
+        (signal: AbortSignal) => client.diskUsage(signal),
+        (signal: AbortSignal) => client.prune({}, signal),
+        (signal: AbortSignal) => client.solve({}, signal),
+      ];
+      for (const call of calls) {
+        const controller = new AbortController();
+        const done = call(controller.signal);
+        setTimeout(() => controller.abort(), 50);
+        await assert.rejects(done, (error: ConnectError) => error.code === Code.Canceled || assert.fail(`${Code[error.code]} ${error.rawMessage}`));
+      }
+    } finally {
+      client.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -55,7 +55,7 @@ export class BuildKitClient {
   }
 
   async listWorkers(signal?: AbortSignal): Promise<BuildKitWorker[]> {
-    const response = await this.call(() => this.control.listWorkers({}, { signal }));
+    const response = await this.call(() => this.control.listWorkers({}, { signal }), signal);
     return response.record.map((record) => ({
       id: record.ID,
       platforms: record.platforms.map((p) => [p.OS, p.Architecture, p.Variant].filter(Boolean).join("/")),
@@ -64,7 +64,7 @@ export class BuildKitClient {
   }
 
   async diskUsage(signal?: AbortSignal): Promise<CacheUsageRecord[]> {
-    const response = await this.call(() => this.control.diskUsage({}, { signal }));
+    const response = await this.call(() => this.control.diskUsage({}, { signal }), signal);
     return response.record.map(toUsageRecord);
   }
 
@@ -81,7 +81,7 @@ export class BuildKitClient {
         { signal },
       );
       for await (const record of stream) removed.push(toUsageRecord(record));
-    });
+    }, signal);
     return removed;
   }
 
@@ -92,7 +92,7 @@ export class BuildKitClient {
       return info.buildkitVersion?.version || undefined;
     } catch (error) {
       if (ConnectError.from(error).code === Code.Unimplemented) return undefined;
-      throw describeFailure(this.address, error);
+      throw describeFailure(this.address, error, signal);
     }
   }
 
@@ -120,7 +120,8 @@ export class BuildKitClient {
     this.closeTransport();
   }
 
-  private async call<T>(run: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+  /** `signal` is the one the call was given: a call it aborted stays CANCELED (describeFailure). */
+  private async call<T>(run: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
     try {
       return await run();
     } catch (error) {
