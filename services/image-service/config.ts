@@ -39,6 +39,10 @@ export interface ImageServiceConfig {
   inUseHoldMs: number;
   pruneIntervalMs: number;
   maxConcurrentBuilds: number;
+  /** Repository (in dockerd and the registry) that step images are named in. */
+  stepsRepository: string;
+  /** How long a BuildKit daemon whose connection failed is tried last. */
+  shardCooldownMs: number;
 }
 
 export function readImageServiceConfig(): ImageServiceConfig {
@@ -88,5 +92,7 @@ export function readImageServiceConfig(): ImageServiceConfig {
     inUseHoldMs: numberSetting("STEPRUNNER_IMAGE_IN_USE_HOLD_HOURS", 25) * 3_600_000,
     pruneIntervalMs: numberSetting("STEPRUNNER_IMAGE_PRUNE_INTERVAL_MINUTES", 60) * 60_000,
     maxConcurrentBuilds: numberSetting("STEPRUNNER_MAX_CONCURRENT_BUILDS", 8),
+    stepsRepository: setting("STEPRUNNER_STEPS_REPOSITORY", "steprunner/steps"),
+    shardCooldownMs: numberSetting("STEPRUNNER_BUILDKIT_SHARD_COOLDOWN_MS", 30_000),
   };
 }

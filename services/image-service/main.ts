@@ -19,6 +19,7 @@ import { ShardedBuilder } from "./buildkit/sharded-builder.js";
 import { type BuildKitTlsFiles, readImageServiceConfig } from "./config.js";
 import { Builder } from "./core/builder.js";
 import { ContextCache } from "./core/context-cache.js";
+import { isTransient } from "./core/build-errors.js";
 import { ImageBuilder } from "./core/image-builder.js";
 import { ReuseRecords } from "./core/reuse-records.js";
 import { DockerApi } from "./docker/docker-api.js";
@@ -42,6 +43,8 @@ const sharded = new ShardedBuilder(
     address: config.buildkitAddresses[index]!,
     build: (build, onStatus, signal) => buildDockerfile(client, build, onStatus, signal),
   })),
+  // A daemon whose connection failed is tried last for its keys during the cooldown (a killed buildkitd).
+  { isTransient, cooldownMs: config.shardCooldownMs },
 );
 const registry = new RegistryClient(config.registryAddress);
 const contextService = serviceTransport(config.contextAddress, common.clientSecurity);
@@ -57,7 +60,7 @@ const images = new ImageBuilder({
     layerCompression: config.layerCompression,
     defaultBaseRunner: config.defaultBaseRunner,
     version: STEPRUNNER_VERSION,
-    stepsRepository: "steprunner/steps",
+    stepsRepository: config.stepsRepository,
     defaultHandoff: config.handoff,
     reuseTtlMs: config.reuseTtlMs,
     maxConcurrentBuilds: config.maxConcurrentBuilds,

@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import { closeSync, existsSync, openSync } from "node:fs";
-import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -12,6 +12,8 @@ import { ROOT, run, stack } from "./stack.js";
 const SHARED_BUILDKITD_XZ = resolve(ROOT, "../shared/buildkit/buildkitd-v0.24.0-linux-amd64.xz");
 const READY_TIMEOUT_MS = 30_000;
 const STOP_GRACE_MS = 10_000;
+/** Where runc keeps containers' state when not told otherwise (buildkitd v0.24's OCI worker does not tell it). */
+const RUNC_DEFAULT_ROOT = "/run/runc";
 
 /** Why tests of a standalone buildkitd cannot run here, or undefined when they can. */
 export const buildkitdUnavailable: string | undefined =
@@ -69,6 +71,63 @@ export class StandaloneBuildKitd {
     }
   }
 
+  /** The daemon's --root folder: processes whose command line names it are this daemon's (its runc shims and RUNs). */
+  get rootDir(): string {
+    return join(this.dir, "root");
+  }
+
+  /** The daemon's process id. */
+  get pid(): number | undefined {
+    return this.daemon.pid;
+  }
+
+  /**
+   * Kills the daemon at once (SIGKILL), as a lost node or an OOM-killed pod would, and with it what it ran. A
+   * buildkitd in a container is PID 1 of its PID namespace, so the kernel kills its RUN containers with it, and
+   * its mounts go with the container's mount namespace; here it runs on the host, where its runc containers
+   * (whose state is in runc's default root, /run/runc) outlive it: they are killed and deleted, and its mounts
+   * unmounted, to leave what the pod's death would. Its folder stays (its log) until stop().
+   */
+  async kill(): Promise<void> {
+    if (!this.exited) {
+      this.daemon.kill("SIGKILL");
+      await this.exitWithin(STOP_GRACE_MS);
+    }
+    await this.reapContainers();
+    await this.unmount();
+  }
+
+  /** What the daemon has on the host besides itself: processes naming its folder, runc containers of its root, mounts under its folder. */
+  async leftovers(): Promise<{ processes: string[]; containers: string[]; mounts: string[] }> {
+    const processes: string[] = [];
+    for (const pid of await readdir("/proc").catch(() => [] as string[])) {
+      if (!/^\d+$/.test(pid) || Number(pid) === this.daemon.pid) continue;
+      const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+      if (cmdline.includes(this.dir)) processes.push(`${pid} ${cmdline.replace(/\0/g, " ").trim()}`);
+    }
+    return { processes, containers: await this.containers(), mounts: await mountsUnder(this.dir) };
+  }
+
+  /** Ids of the runc containers (runc's default root, where buildkitd's OCI worker keeps them) whose bundle is under the daemon's folder. */
+  private async containers(): Promise<string[]> {
+    const ids: string[] = [];
+    for (const id of await readdir(RUNC_DEFAULT_ROOT).catch(() => [] as string[])) {
+      const state = await readFile(join(RUNC_DEFAULT_ROOT, id, "state.json"), "utf8").catch(() => "");
+      if (state.includes(`${this.dir}/`)) ids.push(id);
+    }
+    return ids;
+  }
+
+  private async reapContainers(): Promise<void> {
+    for (const id of await this.containers()) await run("runc", ["--root", RUNC_DEFAULT_ROOT, "delete", "--force", id]);
+  }
+
+  private async unmount(): Promise<void> {
+    for (const mountPoint of await mountsUnder(this.dir)) {
+      if ((await run("umount", [mountPoint])).code !== 0) await run("umount", ["-l", mountPoint]);
+    }
+  }
+
   /** Stops the daemon (SIGTERM, then SIGKILL), unmounts what it left mounted and removes its folder. */
   async stop(): Promise<void> {
     if (!this.exited) {
@@ -78,9 +137,8 @@ export class StandaloneBuildKitd {
         await this.exitWithin(STOP_GRACE_MS);
       }
     }
-    for (const mountPoint of await mountsUnder(this.dir)) {
-      if ((await run("umount", [mountPoint])).code !== 0) await run("umount", ["-l", mountPoint]);
-    }
+    await this.reapContainers();
+    await this.unmount();
     await rm(this.dir, { recursive: true, force: true });
   }
 

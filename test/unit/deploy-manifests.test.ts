@@ -61,4 +61,42 @@ describe("deployment manifests (validated offline)", () => {
     const result = await run("docker-compose", ["-f", join(ROOT, "deploy/compose/compose.yaml"), "config", "-q"]);
     assert.equal(result.code, 0, result.stderr);
   });
+
+  // The topology test/integration/multi-host.test.ts runs: two buildkitd, two step-services with their own
+  // state, runc roots and addresses, one registry, one context- and one image-service listing both buildkitd.
+  it("describe on Kubernetes the multi-host topology that was run", async () => {
+    const all = (await manifests()).map(({ manifest }) => manifest);
+    const find = (kind: string, name: string) => all.find((manifest) => manifest.kind === kind && manifest.metadata.name === name) as Record<string, any>;
+    const buildkitd = find("StatefulSet", "buildkitd");
+    assert.equal(buildkitd.spec.replicas, 2);
+    for (const name of ["registry", "context-service", "image-service"]) assert.equal(find("Deployment", name).spec.replicas, 1, name);
+    const config = find("ConfigMap", "steprunner").data;
+    const service = buildkitd.spec.serviceName;
+    const port = buildkitd.spec.template.spec.containers[0].ports[0].containerPort;
+    assert.deepEqual(config.STEPRUNNER_BUILDKIT_ADDR.split(","), [0, 1].map((pod) => `tcp://${service}-${pod}.${service}.steprunner.svc:${port}`), "the image-service lists both pods");
+    const args: string[] = buildkitd.spec.template.spec.containers[0].args;
+    assert.ok(args.includes("--allow-insecure-entitlement=network.host"));
+    const toml = find("ConfigMap", "buildkitd").data["buildkitd.toml"];
+    assert.ok(toml.includes(`[registry."${config.STEPRUNNER_REGISTRY_ADDR}"]`) && /http = true/.test(toml), "buildkitd pushes to our registry over HTTP");
+    assert.equal(config.STEPRUNNER_IMAGE_HANDOFF, "registry");
+    const step = find("DaemonSet", "step-service");
+    assert.equal(step.spec.template.spec.nodeSelector["steprunner.io/step-node"], "true");
+    assert.ok(step.spec.template.spec.volumes.some((volume: any) => volume.hostPath?.path === "/var/lib/steprunner"), "each node's step-service has its own state on its node");
+  });
+
+  it("describe with Compose the multi-host topology that was run", async () => {
+    const result = await run("docker-compose", ["-f", join(ROOT, "deploy/compose/compose.yaml"), "config"]);
+    assert.equal(result.code, 0, result.stderr);
+    const services: Record<string, { image: string; command?: string; environment: Record<string, string> }> = parse(result.stdout).services;
+    const byImage = (image: string) => Object.keys(services).filter((name) => services[name]!.image.split(":")[0] === image).sort();
+    assert.deepEqual(byImage("steprunner/buildkitd"), ["buildkitd-0", "buildkitd-1"]);
+    assert.deepEqual(byImage("steprunner/step-service"), ["step-service-0", "step-service-1"]);
+    for (const image of ["steprunner/registry", "steprunner/context-service", "steprunner/image-service"]) assert.equal(byImage(image).length, 1, image);
+    const sockets = byImage("steprunner/buildkitd").map((name) => /--addr (\S+)/.exec(services[name]!.command ?? "")![1]);
+    assert.deepEqual(services["image-service"]!.environment.STEPRUNNER_BUILDKIT_ADDR!.split(","), sockets, "the image-service lists both buildkitd");
+    const steps = byImage("steprunner/step-service").map((name) => services[name]!.environment);
+    for (const setting of ["STEPRUNNER_STEP_ADDR", "STEPRUNNER_STEP_STATE_DIR", "STEPRUNNER_STEP_RUNC_ROOT"]) {
+      assert.equal(new Set(steps.map((environment) => environment[setting])).size, 2, `each step-service has its own ${setting}`);
+    }
+  });
 });

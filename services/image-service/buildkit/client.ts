@@ -55,7 +55,7 @@ export class BuildKitClient {
   }
 
   async listWorkers(signal?: AbortSignal): Promise<BuildKitWorker[]> {
-    const response = await this.call(() => this.control.listWorkers({}, { signal }));
+    const response = await this.call(() => this.control.listWorkers({}, { signal }), signal);
     return response.record.map((record) => ({
       id: record.ID,
       platforms: record.platforms.map((p) => [p.OS, p.Architecture, p.Variant].filter(Boolean).join("/")),
@@ -64,7 +64,7 @@ export class BuildKitClient {
   }
 
   async diskUsage(signal?: AbortSignal): Promise<CacheUsageRecord[]> {
-    const response = await this.call(() => this.control.diskUsage({}, { signal }));
+    const response = await this.call(() => this.control.diskUsage({}, { signal }), signal);
     return response.record.map(toUsageRecord);
   }
 
@@ -81,7 +81,7 @@ export class BuildKitClient {
         { signal },
       );
       for await (const record of stream) removed.push(toUsageRecord(record));
-    });
+    }, signal);
     return removed;
   }
 
@@ -92,19 +92,19 @@ export class BuildKitClient {
       return info.buildkitVersion?.version || undefined;
     } catch (error) {
       if (ConnectError.from(error).code === Code.Unimplemented) return undefined;
-      throw describeFailure(this.address, error);
+      throw describeFailure(this.address, error, signal);
     }
   }
 
   /** Opens a session that serves local sources and secrets to the builds that name it. */
   openSession(options: SessionOptions, signal?: AbortSignal, via?: SessionTransport): Promise<BuildKitSession> {
     return BuildKitSession.open(this.address, options, signal, via).catch((error) => {
-      throw describeFailure(this.address, error);
+      throw describeFailure(this.address, error, signal);
     });
   }
 
   solve(request: MessageInitShape<typeof SolveRequestSchema>, signal?: AbortSignal): Promise<SolveResponse> {
-    return this.call(() => this.control.solve(request, { signal }));
+    return this.call(() => this.control.solve(request, { signal }), signal);
   }
 
   /** The progress of the build with this ref, until it ends. */
@@ -112,7 +112,7 @@ export class BuildKitClient {
     try {
       yield* this.control.status({ Ref: ref }, { signal });
     } catch (error) {
-      throw describeFailure(this.address, error);
+      throw describeFailure(this.address, error, signal);
     }
   }
 
@@ -120,11 +120,12 @@ export class BuildKitClient {
     this.closeTransport();
   }
 
-  private async call<T>(run: () => Promise<T>): Promise<T> {
+  /** `signal` is the one the call was given: a call it aborted stays CANCELED (describeFailure). */
+  private async call<T>(run: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
     try {
       return await run();
     } catch (error) {
-      throw describeFailure(this.address, error);
+      throw describeFailure(this.address, error, signal);
     }
   }
 }
@@ -171,15 +172,44 @@ function createControlTransport(address: BuildKitAddress): { transport: Transpor
 }
 
 /**
- * Adds where BuildKit was expected to an error; a failed TLS handshake is an unreachable daemon. BuildKit's own
- * error is the cause, with its details (where in the Dockerfile, which frontend), which are not passed on.
+ * Adds where BuildKit was expected to an error; a failed TLS handshake is an unreachable daemon, and so is a
+ * connection lost mid-call (see lostConnection). BuildKit's own error is the cause, with its details (where in
+ * the Dockerfile, which frontend), which are not passed on. `signal` is the call's: when it was aborted, a
+ * cancelled call is ours and stays CANCELED.
  */
-export function describeFailure(address: BuildKitAddress, error: unknown): ConnectError {
+export function describeFailure(address: BuildKitAddress, error: unknown, signal?: AbortSignal): ConnectError {
   const failure = ConnectError.from(error);
-  if (failure.code === Code.Canceled) return failure;
+  const lost = !signal?.aborted && lostConnection(failure);
+  if (failure.code === Code.Canceled && !lost) return failure;
   const where = address.kind === "tcp" ? `${address.host}:${address.port}` : address.socketPath;
   const tlsRefused = isTlsHandshakeFailure(failure.rawMessage);
-  const code = tlsRefused ? Code.Unavailable : failure.code;
-  const message = tlsRefused ? `the TLS handshake failed (check the CA, client certificate and key): ${failure.rawMessage}` : failure.rawMessage;
+  const code = tlsRefused || lost ? Code.Unavailable : failure.code;
+  const message = tlsRefused
+    ? `the TLS handshake failed (check the CA, client certificate and key): ${failure.rawMessage}`
+    : lost
+      ? `the connection to the daemon was lost (${failure.rawMessage})`
+      : failure.rawMessage;
   return new ConnectError(`BuildKit (${address.kind} ${where}): ${message}`, code, failure.metadata, undefined, failure);
+}
+
+const CONNECTION_ERRNOS = new Set(["ECONNRESET", "ECONNREFUSED", "ENOENT", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ECONNABORTED"]);
+
+/**
+ * Whether an error is the connection to the daemon going away rather than an answer of the daemon. When
+ * buildkitd dies (SIGKILL, a lost node) during a call, node:http2 closes the call's stream with CANCEL, which
+ * Connect reports as CANCELED ("http/2 stream closed with error code CANCEL (0x8)"), or as ABORTED for a reset
+ * socket, or INTERNAL for a stream closed before its response; a socket that cannot connect (the daemon gone,
+ * its socket file left or removed) fails with ECONNREFUSED or ENOENT. None of these comes over the wire: an
+ * error the daemon sent (a failed build, a build it cancelled itself) keeps its code.
+ */
+function lostConnection(failure: ConnectError): boolean {
+  if (failure.isWireError) return false;
+  if (failure.code === Code.Canceled || failure.code === Code.Aborted) return true;
+  if (/^http\/2 stream closed with error code \w+ \(0x[0-9a-f]+\)/.test(failure.rawMessage)) return true;
+  for (let cause: unknown = failure.cause; cause; cause = (cause as { cause?: unknown }).cause) {
+    const { code: errno, syscall } = cause as { code?: unknown; syscall?: unknown };
+    // ENOENT only of a connect (a socket file that is gone), not of a file the session reads.
+    if (typeof errno === "string" && CONNECTION_ERRNOS.has(errno) && (errno !== "ENOENT" || syscall === "connect")) return true;
+  }
+  return false;
 }

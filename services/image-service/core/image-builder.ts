@@ -20,7 +20,8 @@ import { findSyntaxDirective, isNotUnderstood, registryHostOf, type SyntaxDirect
 
 /** Runs a Dockerfile build on BuildKit (buildDockerfile over a BuildKitClient in production). */
 export interface DockerfileBuilder {
-  build(build: DockerfileBuild, onStatus: (status: StatusResponse) => void, signal?: AbortSignal): Promise<Record<string, string>>;
+  /** `onRetry` is told when the builder itself tries the build again elsewhere (another BuildKit shard). */
+  build(build: DockerfileBuild, onStatus: (status: StatusResponse) => void, signal?: AbortSignal, onRetry?: (message: string) => void): Promise<Record<string, string>>;
 }
 
 /** dockerd's image store, where BuildKit's moby exporter leaves images. */
@@ -300,7 +301,10 @@ export class ImageBuilder {
     let exporterResponse: Record<string, string> | undefined;
     for (let attempt = 1; !exporterResponse; attempt++) {
       try {
-        exporterResponse = await this.buildkit.build(build, onStatus, signal);
+        exporterResponse = await this.buildkit.build(build, onStatus, signal, (message) => {
+          this.observer.transportRetried();
+          emit({ kind: "warning", message });
+        });
       } catch (error) {
         if (signal.aborted) throw buildCancelled();
         if (isTransient(error) && attempt < this.settings.transportAttempts) {
