@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file steprunner/step/v1/step_service.proto.
  */
 export const file_steprunner_step_v1_step_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVzdGVwcnVubmVyL3N0ZXAvdjEvc3RlcF9zZXJ2aWNlLnByb3RvEhJzdGVwcnVubmVyLnN0ZXAudjEiQAoGTGltaXRzEhQKDG1lbW9yeV9ieXRlcxgBIAEoAxISCgpjcHVfbWlsbGlzGAIgASgDEgwKBHBpZHMYAyABKAMiqgMKDlJ1blN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkSFgoOcmVwb3NpdG9yeV91cmwYAiABKAkSDwoHZ2l0X3JldhgDIAEoCRIOCgZhY3Rpb24YBCABKAkSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMSEwoLcmVwb19mb2xkZXIYCCABKAkSGwoTZXhjbHVkZV9naXRfaGlzdG9yeRgJIAEoCBIqCgd0aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGhvc3RfbmV0d29yaxgLIAEoCBIqCgZsaW1pdHMYDCABKAsyGi5zdGVwcnVubmVyLnN0ZXAudjEuTGltaXRzEhsKE2J1aWxkX3dpdGhvdXRfY2FjaGUYDSABKAgiNgoMU3RlcEFjY2VwdGVkEiYKBHN0ZXAYASABKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcCKQAQoMUGhhc2VDaGFuZ2VkEiwKBXN0YXRlGAEgASgOMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBTdGF0ZRIoCgVwaGFzZRgCIAEoDjIZLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKBAQoHTG9nTGluZRIOCgZvZmZzZXQYASABKAMSLgoGc3RyZWFtGAIgASgOMh4uc3RlcHJ1bm5lci5pbWFnZS52MS5Mb2dTdHJlYW0SDAoEdGV4dBgDIAEoCRIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI2CgxTdGVwRmluaXNoZWQSJgoEc3RlcBgBIAEoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwIsMCCg9SdW5TdGVwUmVzcG9uc2USNAoIYWNjZXB0ZWQYASABKAsyIC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcEFjY2VwdGVkSAASOQoNcGhhc2VfY2hhbmdlZBgCIAEoCzIgLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZUNoYW5nZWRIABI8Cg5idWlsZF9wcm9ncmVzcxgDIAEoCzIiLnN0ZXBydW5uZXIuaW1hZ2UudjEuQnVpbGRQcm9ncmVzc0gAEi8KCGxvZ19saW5lGAQgASgLMhsuc3RlcHJ1bm5lci5zdGVwLnYxLkxvZ0xpbmVIABI0CghmaW5pc2hlZBgFIAEoCzIgLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwRmluaXNoZWRIABIRCgd3YXJuaW5nGAYgASgJSABCBwoFZXZlbnQilAEKC1BoYXNlVGltaW5nEigKBXBoYXNlGAEgASgOMhkuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlEi4KCnN0YXJ0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIhsKCUNoaWxkU3RlcBIOCgZhY3Rpb24YASABKAkimAEKFENoaWxkU3RlcERlZmluaXRpb25zEi8KCGNoaWxkcmVuGAEgAygLMh0uc3RlcHJ1bm5lci5zdGVwLnYxLkNoaWxkU3RlcBJPChhjaGlsZF9leGVjdXRpb25fc3RyYXRlZ3kYAiABKA4yLS5zdGVwcnVubmVyLmNvbnRleHQudjEuQ2hpbGRFeGVjdXRpb25TdHJhdGVneSJPCg5Qcm9wZXJ0aWVzRGlmZhINCgVvd25lchgBIAEoCRIuCgpvcGVyYXRpb25zGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkxpc3RWYWx1ZSLBAQoKU3RlcFJlc3VsdBIrCgpwcm9wZXJ0aWVzGAEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBI8ChBwcm9wZXJ0aWVzX2RpZmZzGAIgAygLMiIuc3RlcHJ1bm5lci5zdGVwLnYxLlByb3BlcnRpZXNEaWZmEkgKFmNoaWxkX3N0ZXBfZGVmaW5pdGlvbnMYAyABKAsyKC5zdGVwcnVubmVyLnN0ZXAudjEuQ2hpbGRTdGVwRGVmaW5pdGlvbnMi5QMKBFN0ZXASCgoCaWQYASABKAkSLAoFc3RhdGUYAiABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEg4KBnJlYXNvbhgDIAEoCRIWCg5yZXBvc2l0b3J5X3VybBgEIAEoCRIPCgdnaXRfcmV2GAUgASgJEg8KB2dpdF9zaGEYBiABKAkSDgoGYWN0aW9uGAcgASgJEhAKCGltYWdlX2lkGAggASgJEhQKDGltYWdlX3JldXNlZBgJIAEoCBIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZXhpdF9jb2RlGAwgASgFEg4KBnNpZ25hbBgNIAEoCRISCgpvb21fa2lsbGVkGA4gASgIEi8KBnBoYXNlcxgPIAMoCzIfLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZVRpbWluZxIuCgZyZXN1bHQYECABKAsyHi5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFJlc3VsdBIRCglsb2dfbGluZXMYESABKAMSFQoNbG9nX3RydW5jYXRlZBgSIAEoCCIhCg5HZXRTdGVwUmVxdWVzdBIPCgdzdGVwX2lkGAEgASgJIjkKD0dldFN0ZXBSZXNwb25zZRImCgRzdGVwGAEgASgLMhguc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXAiaAoQTGlzdFN0ZXBzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRItCgZzdGF0ZXMYAyADKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlIlUKEUxpc3RTdGVwc1Jlc3BvbnNlEicKBXN0ZXBzGAEgAygLMhguc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXASFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkkKEUZvbGxvd0xvZ3NSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkSEwoLZnJvbV9vZmZzZXQYAiABKAMSDgoGZm9sbG93GAMgASgIIj8KEkZvbGxvd0xvZ3NSZXNwb25zZRIpCgRsaW5lGAEgASgLMhsuc3RlcHJ1bm5lci5zdGVwLnYxLkxvZ0xpbmUiJAoRQ2FuY2VsU3RlcFJlcXVlc3QSDwoHc3RlcF9pZBgBIAEoCSI8ChJDYW5jZWxTdGVwUmVzcG9uc2USJgoEc3RlcBgBIAEoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwIhcKFUdldFJ1bnRpbWVJbmZvUmVxdWVzdCKrAQoWR2V0UnVudGltZUluZm9SZXNwb25zZRIUCgxydW5jX3ZlcnNpb24YASABKAkSGAoQb2NpX3NwZWNfdmVyc2lvbhgCIAEoCRIWCg5jZ3JvdXBfdmVyc2lvbhgDIAEoBRIcChRtYXhfY29uY3VycmVudF9zdGVwcxgEIAEoBRIVCg1ydW5uaW5nX3N0ZXBzGAUgASgFEhQKDHF1ZXVlZF9zdGVwcxgGIAEoBSqkAgoJU3RlcFN0YXRlEhoKFlNURVBfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFTVEVQX1NUQVRFX1FVRVVFRBABEhgKFFNURVBfU1RBVEVfUFJFUEFSSU5HEAISFwoTU1RFUF9TVEFURV9CVUlMRElORxADEhYKElNURVBfU1RBVEVfUlVOTklORxAEEhYKElNURVBfU1RBVEVfU1VDQ0VTUxAFEhQKEFNURVBfU1RBVEVfRVJST1IQBhIYChRTVEVQX1NUQVRFX1RJTUVEX09VVBAHEhgKFFNURVBfU1RBVEVfQ0FOQ0VMTEVEEAgSGwoXU1RFUF9TVEFURV9TWVNURU1fRVJST1IQCRIaChZTVEVQX1NUQVRFX0hBTkRFRF9CQUNLEAoqhgEKBVBoYXNlEhUKEVBIQVNFX1VOU1BFQ0lGSUVEEAASDwoLUEhBU0VfUVVFVUUQARIRCg1QSEFTRV9DT05URVhUEAISDwoLUEhBU0VfQlVJTEQQAxIOCgpQSEFTRV9QVUxMEAQSDQoJUEhBU0VfUlVOEAUSEgoOUEhBU0VfVEVBUkRPV04QBjLPBAoLU3RlcFNlcnZpY2USVAoHUnVuU3RlcBIiLnN0ZXBydW5uZXIuc3RlcC52MS5SdW5TdGVwUmVxdWVzdBojLnN0ZXBydW5uZXIuc3RlcC52MS5SdW5TdGVwUmVzcG9uc2UwARJXCgdHZXRTdGVwEiIuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFN0ZXBSZXF1ZXN0GiMuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFN0ZXBSZXNwb25zZSIDkAIBEl0KCUxpc3RTdGVwcxIkLnN0ZXBydW5uZXIuc3RlcC52MS5MaXN0U3RlcHNSZXF1ZXN0GiUuc3RlcHJ1bm5lci5zdGVwLnYxLkxpc3RTdGVwc1Jlc3BvbnNlIgOQAgESYgoKRm9sbG93TG9ncxIlLnN0ZXBydW5uZXIuc3RlcC52MS5Gb2xsb3dMb2dzUmVxdWVzdBomLnN0ZXBydW5uZXIuc3RlcC52MS5Gb2xsb3dMb2dzUmVzcG9uc2UiA5ACATABEmAKCkNhbmNlbFN0ZXASJS5zdGVwcnVubmVyLnN0ZXAudjEuQ2FuY2VsU3RlcFJlcXVlc3QaJi5zdGVwcnVubmVyLnN0ZXAudjEuQ2FuY2VsU3RlcFJlc3BvbnNlIgOQAgISbAoOR2V0UnVudGltZUluZm8SKS5zdGVwcnVubmVyLnN0ZXAudjEuR2V0UnVudGltZUluZm9SZXF1ZXN0Giouc3RlcHJ1bm5lci5zdGVwLnYxLkdldFJ1bnRpbWVJbmZvUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_steprunner_context_v1_context_service, file_steprunner_image_v1_image_service]);
+  fileDesc("CiVzdGVwcnVubmVyL3N0ZXAvdjEvc3RlcF9zZXJ2aWNlLnByb3RvEhJzdGVwcnVubmVyLnN0ZXAudjEiQAoGTGltaXRzEhQKDG1lbW9yeV9ieXRlcxgBIAEoAxISCgpjcHVfbWlsbGlzGAIgASgDEgwKBHBpZHMYAyABKAMiqgMKDlJ1blN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkSFgoOcmVwb3NpdG9yeV91cmwYAiABKAkSDwoHZ2l0X3JldhgDIAEoCRIOCgZhY3Rpb24YBCABKAkSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMSEwoLcmVwb19mb2xkZXIYCCABKAkSGwoTZXhjbHVkZV9naXRfaGlzdG9yeRgJIAEoCBIqCgd0aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGhvc3RfbmV0d29yaxgLIAEoCBIqCgZsaW1pdHMYDCABKAsyGi5zdGVwcnVubmVyLnN0ZXAudjEuTGltaXRzEhsKE2J1aWxkX3dpdGhvdXRfY2FjaGUYDSABKAgiNgoMU3RlcEFjY2VwdGVkEiYKBHN0ZXAYASABKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcCKQAQoMUGhhc2VDaGFuZ2VkEiwKBXN0YXRlGAEgASgOMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBTdGF0ZRIoCgVwaGFzZRgCIAEoDjIZLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKBAQoHTG9nTGluZRIOCgZvZmZzZXQYASABKAMSLgoGc3RyZWFtGAIgASgOMh4uc3RlcHJ1bm5lci5pbWFnZS52MS5Mb2dTdHJlYW0SDAoEdGV4dBgDIAEoCRIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI2CgxTdGVwRmluaXNoZWQSJgoEc3RlcBgBIAEoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwIsMCCg9SdW5TdGVwUmVzcG9uc2USNAoIYWNjZXB0ZWQYASABKAsyIC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcEFjY2VwdGVkSAASOQoNcGhhc2VfY2hhbmdlZBgCIAEoCzIgLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZUNoYW5nZWRIABI8Cg5idWlsZF9wcm9ncmVzcxgDIAEoCzIiLnN0ZXBydW5uZXIuaW1hZ2UudjEuQnVpbGRQcm9ncmVzc0gAEi8KCGxvZ19saW5lGAQgASgLMhsuc3RlcHJ1bm5lci5zdGVwLnYxLkxvZ0xpbmVIABI0CghmaW5pc2hlZBgFIAEoCzIgLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwRmluaXNoZWRIABIRCgd3YXJuaW5nGAYgASgJSABCBwoFZXZlbnQilAEKC1BoYXNlVGltaW5nEigKBXBoYXNlGAEgASgOMhkuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlEi4KCnN0YXJ0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInAKCVBoYXNlUGFydBIoCgVwaGFzZRgBIAEoDjIZLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZRIMCgRuYW1lGAIgASgJEisKCGR1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIhsKCUNoaWxkU3RlcBIOCgZhY3Rpb24YASABKAkimAEKFENoaWxkU3RlcERlZmluaXRpb25zEi8KCGNoaWxkcmVuGAEgAygLMh0uc3RlcHJ1bm5lci5zdGVwLnYxLkNoaWxkU3RlcBJPChhjaGlsZF9leGVjdXRpb25fc3RyYXRlZ3kYAiABKA4yLS5zdGVwcnVubmVyLmNvbnRleHQudjEuQ2hpbGRFeGVjdXRpb25TdHJhdGVneSJPCg5Qcm9wZXJ0aWVzRGlmZhINCgVvd25lchgBIAEoCRIuCgpvcGVyYXRpb25zGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkxpc3RWYWx1ZSLBAQoKU3RlcFJlc3VsdBIrCgpwcm9wZXJ0aWVzGAEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBI8ChBwcm9wZXJ0aWVzX2RpZmZzGAIgAygLMiIuc3RlcHJ1bm5lci5zdGVwLnYxLlByb3BlcnRpZXNEaWZmEkgKFmNoaWxkX3N0ZXBfZGVmaW5pdGlvbnMYAyABKAsyKC5zdGVwcnVubmVyLnN0ZXAudjEuQ2hpbGRTdGVwRGVmaW5pdGlvbnMimQQKBFN0ZXASCgoCaWQYASABKAkSLAoFc3RhdGUYAiABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEg4KBnJlYXNvbhgDIAEoCRIWCg5yZXBvc2l0b3J5X3VybBgEIAEoCRIPCgdnaXRfcmV2GAUgASgJEg8KB2dpdF9zaGEYBiABKAkSDgoGYWN0aW9uGAcgASgJEhAKCGltYWdlX2lkGAggASgJEhQKDGltYWdlX3JldXNlZBgJIAEoCBIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZXhpdF9jb2RlGAwgASgFEg4KBnNpZ25hbBgNIAEoCRISCgpvb21fa2lsbGVkGA4gASgIEi8KBnBoYXNlcxgPIAMoCzIfLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZVRpbWluZxIuCgZyZXN1bHQYECABKAsyHi5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFJlc3VsdBIRCglsb2dfbGluZXMYESABKAMSFQoNbG9nX3RydW5jYXRlZBgSIAEoCBIyCgtwaGFzZV9wYXJ0cxgTIAMoCzIdLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZVBhcnQiIQoOR2V0U3RlcFJlcXVlc3QSDwoHc3RlcF9pZBgBIAEoCSI5Cg9HZXRTdGVwUmVzcG9uc2USJgoEc3RlcBgBIAEoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwImgKEExpc3RTdGVwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSLQoGc3RhdGVzGAMgAygOMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBTdGF0ZSJVChFMaXN0U3RlcHNSZXNwb25zZRInCgVzdGVwcxgBIAMoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJJChFGb2xsb3dMb2dzUmVxdWVzdBIPCgdzdGVwX2lkGAEgASgJEhMKC2Zyb21fb2Zmc2V0GAIgASgDEg4KBmZvbGxvdxgDIAEoCCI/ChJGb2xsb3dMb2dzUmVzcG9uc2USKQoEbGluZRgBIAEoCzIbLnN0ZXBydW5uZXIuc3RlcC52MS5Mb2dMaW5lIiQKEUNhbmNlbFN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkiPAoSQ2FuY2VsU3RlcFJlc3BvbnNlEiYKBHN0ZXAYASABKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcCIXChVHZXRSdW50aW1lSW5mb1JlcXVlc3QiqwEKFkdldFJ1bnRpbWVJbmZvUmVzcG9uc2USFAoMcnVuY192ZXJzaW9uGAEgASgJEhgKEG9jaV9zcGVjX3ZlcnNpb24YAiABKAkSFgoOY2dyb3VwX3ZlcnNpb24YAyABKAUSHAoUbWF4X2NvbmN1cnJlbnRfc3RlcHMYBCABKAUSFQoNcnVubmluZ19zdGVwcxgFIAEoBRIUCgxxdWV1ZWRfc3RlcHMYBiABKAUqpAIKCVN0ZXBTdGF0ZRIaChZTVEVQX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRU1RFUF9TVEFURV9RVUVVRUQQARIYChRTVEVQX1NUQVRFX1BSRVBBUklORxACEhcKE1NURVBfU1RBVEVfQlVJTERJTkcQAxIWChJTVEVQX1NUQVRFX1JVTk5JTkcQBBIWChJTVEVQX1NUQVRFX1NVQ0NFU1MQBRIUChBTVEVQX1NUQVRFX0VSUk9SEAYSGAoUU1RFUF9TVEFURV9USU1FRF9PVVQQBxIYChRTVEVQX1NUQVRFX0NBTkNFTExFRBAIEhsKF1NURVBfU1RBVEVfU1lTVEVNX0VSUk9SEAkSGgoWU1RFUF9TVEFURV9IQU5ERURfQkFDSxAKKoYBCgVQaGFzZRIVChFQSEFTRV9VTlNQRUNJRklFRBAAEg8KC1BIQVNFX1FVRVVFEAESEQoNUEhBU0VfQ09OVEVYVBACEg8KC1BIQVNFX0JVSUxEEAMSDgoKUEhBU0VfUFVMTBAEEg0KCVBIQVNFX1JVThAFEhIKDlBIQVNFX1RFQVJET1dOEAYyzwQKC1N0ZXBTZXJ2aWNlElQKB1J1blN0ZXASIi5zdGVwcnVubmVyLnN0ZXAudjEuUnVuU3RlcFJlcXVlc3QaIy5zdGVwcnVubmVyLnN0ZXAudjEuUnVuU3RlcFJlc3BvbnNlMAESVwoHR2V0U3RlcBIiLnN0ZXBydW5uZXIuc3RlcC52MS5HZXRTdGVwUmVxdWVzdBojLnN0ZXBydW5uZXIuc3RlcC52MS5HZXRTdGVwUmVzcG9uc2UiA5ACARJdCglMaXN0U3RlcHMSJC5zdGVwcnVubmVyLnN0ZXAudjEuTGlzdFN0ZXBzUmVxdWVzdBolLnN0ZXBydW5uZXIuc3RlcC52MS5MaXN0U3RlcHNSZXNwb25zZSIDkAIBEmIKCkZvbGxvd0xvZ3MSJS5zdGVwcnVubmVyLnN0ZXAudjEuRm9sbG93TG9nc1JlcXVlc3QaJi5zdGVwcnVubmVyLnN0ZXAudjEuRm9sbG93TG9nc1Jlc3BvbnNlIgOQAgEwARJgCgpDYW5jZWxTdGVwEiUuc3RlcHJ1bm5lci5zdGVwLnYxLkNhbmNlbFN0ZXBSZXF1ZXN0GiYuc3RlcHJ1bm5lci5zdGVwLnYxLkNhbmNlbFN0ZXBSZXNwb25zZSIDkAICEmwKDkdldFJ1bnRpbWVJbmZvEikuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFJ1bnRpbWVJbmZvUmVxdWVzdBoqLnN0ZXBydW5uZXIuc3RlcC52MS5HZXRSdW50aW1lSW5mb1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_steprunner_context_v1_context_service, file_steprunner_image_v1_image_service]);
 
 /**
  * Limits bound a step's container; zero means the service's default.
@@ -323,6 +323,40 @@ export const PhaseTimingSchema: GenMessage<PhaseTiming> = /*@__PURE__*/
   messageDesc(file_steprunner_step_v1_step_service, 7);
 
 /**
+ * PhasePart is one measured part of a phase, for telling where the phase's time goes: for the run phase,
+ * e.g. "prepare" (rootfs mount, user, cgroup, spec), "runc" (runc run, from its start to its exit, which
+ * holds the action), "result" (step_result.json read back) and "cleanup" (mount, runc state and cgroup
+ * removed). Parts are measured one after another inside their phase; the phase's own duration includes them.
+ *
+ * @generated from message steprunner.step.v1.PhasePart
+ */
+export type PhasePart = Message<"steprunner.step.v1.PhasePart"> & {
+  /**
+   * @generated from field: steprunner.step.v1.Phase phase = 1;
+   */
+  phase: Phase;
+
+  /**
+   * A short name, stable across releases, e.g. "runc".
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * @generated from field: google.protobuf.Duration duration = 3;
+   */
+  duration?: Duration | undefined;
+};
+
+/**
+ * Describes the message steprunner.step.v1.PhasePart.
+ * Use `create(PhasePartSchema)` to create a new message.
+ */
+export const PhasePartSchema: GenMessage<PhasePart> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 8);
+
+/**
  * @generated from message steprunner.step.v1.ChildStep
  */
 export type ChildStep = Message<"steprunner.step.v1.ChildStep"> & {
@@ -337,7 +371,7 @@ export type ChildStep = Message<"steprunner.step.v1.ChildStep"> & {
  * Use `create(ChildStepSchema)` to create a new message.
  */
 export const ChildStepSchema: GenMessage<ChildStep> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 8);
+  messageDesc(file_steprunner_step_v1_step_service, 9);
 
 /**
  * @generated from message steprunner.step.v1.ChildStepDefinitions
@@ -359,7 +393,7 @@ export type ChildStepDefinitions = Message<"steprunner.step.v1.ChildStepDefiniti
  * Use `create(ChildStepDefinitionsSchema)` to create a new message.
  */
 export const ChildStepDefinitionsSchema: GenMessage<ChildStepDefinitions> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 9);
+  messageDesc(file_steprunner_step_v1_step_service, 10);
 
 /**
  * @generated from message steprunner.step.v1.PropertiesDiff
@@ -383,7 +417,7 @@ export type PropertiesDiff = Message<"steprunner.step.v1.PropertiesDiff"> & {
  * Use `create(PropertiesDiffSchema)` to create a new message.
  */
 export const PropertiesDiffSchema: GenMessage<PropertiesDiff> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 10);
+  messageDesc(file_steprunner_step_v1_step_service, 11);
 
 /**
  * StepResult is the validated content of the step's step_result.json.
@@ -414,7 +448,7 @@ export type StepResult = Message<"steprunner.step.v1.StepResult"> & {
  * Use `create(StepResultSchema)` to create a new message.
  */
 export const StepResultSchema: GenMessage<StepResult> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 11);
+  messageDesc(file_steprunner_step_v1_step_service, 12);
 
 /**
  * @generated from message steprunner.step.v1.Step
@@ -521,6 +555,13 @@ export type Step = Message<"steprunner.step.v1.Step"> & {
    * @generated from field: bool log_truncated = 18;
    */
   logTruncated: boolean;
+
+  /**
+   * Finer timings inside the phases (see PhasePart), in the order they were measured.
+   *
+   * @generated from field: repeated steprunner.step.v1.PhasePart phase_parts = 19;
+   */
+  phaseParts: PhasePart[];
 };
 
 /**
@@ -528,7 +569,7 @@ export type Step = Message<"steprunner.step.v1.Step"> & {
  * Use `create(StepSchema)` to create a new message.
  */
 export const StepSchema: GenMessage<Step> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 12);
+  messageDesc(file_steprunner_step_v1_step_service, 13);
 
 /**
  * @generated from message steprunner.step.v1.GetStepRequest
@@ -545,7 +586,7 @@ export type GetStepRequest = Message<"steprunner.step.v1.GetStepRequest"> & {
  * Use `create(GetStepRequestSchema)` to create a new message.
  */
 export const GetStepRequestSchema: GenMessage<GetStepRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 13);
+  messageDesc(file_steprunner_step_v1_step_service, 14);
 
 /**
  * @generated from message steprunner.step.v1.GetStepResponse
@@ -562,7 +603,7 @@ export type GetStepResponse = Message<"steprunner.step.v1.GetStepResponse"> & {
  * Use `create(GetStepResponseSchema)` to create a new message.
  */
 export const GetStepResponseSchema: GenMessage<GetStepResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 14);
+  messageDesc(file_steprunner_step_v1_step_service, 15);
 
 /**
  * @generated from message steprunner.step.v1.ListStepsRequest
@@ -591,7 +632,7 @@ export type ListStepsRequest = Message<"steprunner.step.v1.ListStepsRequest"> & 
  * Use `create(ListStepsRequestSchema)` to create a new message.
  */
 export const ListStepsRequestSchema: GenMessage<ListStepsRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 15);
+  messageDesc(file_steprunner_step_v1_step_service, 16);
 
 /**
  * @generated from message steprunner.step.v1.ListStepsResponse
@@ -613,7 +654,7 @@ export type ListStepsResponse = Message<"steprunner.step.v1.ListStepsResponse"> 
  * Use `create(ListStepsResponseSchema)` to create a new message.
  */
 export const ListStepsResponseSchema: GenMessage<ListStepsResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 16);
+  messageDesc(file_steprunner_step_v1_step_service, 17);
 
 /**
  * @generated from message steprunner.step.v1.FollowLogsRequest
@@ -644,7 +685,7 @@ export type FollowLogsRequest = Message<"steprunner.step.v1.FollowLogsRequest"> 
  * Use `create(FollowLogsRequestSchema)` to create a new message.
  */
 export const FollowLogsRequestSchema: GenMessage<FollowLogsRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 17);
+  messageDesc(file_steprunner_step_v1_step_service, 18);
 
 /**
  * @generated from message steprunner.step.v1.FollowLogsResponse
@@ -661,7 +702,7 @@ export type FollowLogsResponse = Message<"steprunner.step.v1.FollowLogsResponse"
  * Use `create(FollowLogsResponseSchema)` to create a new message.
  */
 export const FollowLogsResponseSchema: GenMessage<FollowLogsResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 18);
+  messageDesc(file_steprunner_step_v1_step_service, 19);
 
 /**
  * @generated from message steprunner.step.v1.CancelStepRequest
@@ -678,7 +719,7 @@ export type CancelStepRequest = Message<"steprunner.step.v1.CancelStepRequest"> 
  * Use `create(CancelStepRequestSchema)` to create a new message.
  */
 export const CancelStepRequestSchema: GenMessage<CancelStepRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 19);
+  messageDesc(file_steprunner_step_v1_step_service, 20);
 
 /**
  * @generated from message steprunner.step.v1.CancelStepResponse
@@ -695,7 +736,7 @@ export type CancelStepResponse = Message<"steprunner.step.v1.CancelStepResponse"
  * Use `create(CancelStepResponseSchema)` to create a new message.
  */
 export const CancelStepResponseSchema: GenMessage<CancelStepResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 20);
+  messageDesc(file_steprunner_step_v1_step_service, 21);
 
 /**
  * @generated from message steprunner.step.v1.GetRuntimeInfoRequest
@@ -708,7 +749,7 @@ export type GetRuntimeInfoRequest = Message<"steprunner.step.v1.GetRuntimeInfoRe
  * Use `create(GetRuntimeInfoRequestSchema)` to create a new message.
  */
 export const GetRuntimeInfoRequestSchema: GenMessage<GetRuntimeInfoRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 21);
+  messageDesc(file_steprunner_step_v1_step_service, 22);
 
 /**
  * @generated from message steprunner.step.v1.GetRuntimeInfoResponse
@@ -756,7 +797,7 @@ export type GetRuntimeInfoResponse = Message<"steprunner.step.v1.GetRuntimeInfoR
  * Use `create(GetRuntimeInfoResponseSchema)` to create a new message.
  */
 export const GetRuntimeInfoResponseSchema: GenMessage<GetRuntimeInfoResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 22);
+  messageDesc(file_steprunner_step_v1_step_service, 23);
 
 /**
  * StepState is where a step is; from SUCCESS on, the states are final.
