@@ -2,28 +2,37 @@ import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { fromJson, type JsonObject } from "@bufbuild/protobuf";
 import { unzipSync } from "fflate";
 import { ContextFileKind, ContextService, StepContextValuesSchema } from "../../../gen/steprunner/context/v1/context_service_pb.js";
-import type { ContextPreparer, PreparedStepContext, StepRequest } from "../steps/ports.js";
+import type { ContextPreparer, PartTimer, PreparedStepContext, StepRequest } from "../steps/ports.js";
 import { callService } from "./service-calls.js";
 
 /** The largest step context read back (the context-service limits properties far below this). */
 const MAX_STEP_CONTEXT_ZIP_BYTES = 64 * 1024 * 1024;
 
+/** Step contexts kept by their zip's digest: a warm step's is the same as the last one's. */
+const STEP_CONTEXTS_KEPT = 64;
+/** …unless larger than this (a context of big properties is read each time). */
+const MAX_KEPT_STEP_CONTEXT_BYTES = 256 * 1024;
+
 /**
  * Prepares a step's context with the context-service: the revision resolved, the build context made, and
- * the full step_context.json (secrets included) read back for the run-time mount.
+ * the full step_context.json (secrets included) read back for the run-time mount. The file is named by its
+ * content's digest, so the last few read are kept in memory by digest and a step whose properties and
+ * commit were seen just before needs no second round trip.
  */
 export class ContextServicePreparer implements ContextPreparer {
   private readonly client: Client<typeof ContextService>;
+  private readonly stepContexts = new Map<string, Record<string, unknown>>();
 
   constructor(transport: Transport) {
     this.client = createClient(ContextService, transport);
   }
 
-  prepare(request: StepRequest, signal: AbortSignal): Promise<PreparedStepContext> {
-    return callService("context-service", signal, () => this.prepareContext(request, signal));
+  prepare(request: StepRequest, signal: AbortSignal, onPart?: PartTimer): Promise<PreparedStepContext> {
+    return callService("context-service", signal, () => this.prepareContext(request, signal, onPart));
   }
 
-  private async prepareContext(request: StepRequest, signal: AbortSignal): Promise<PreparedStepContext> {
+  private async prepareContext(request: StepRequest, signal: AbortSignal, onPart: PartTimer = () => {}): Promise<PreparedStepContext> {
+    let started = performance.now();
     const { context } = await this.client.prepareContext(
       {
         repositoryUrl: request.repositoryUrl,
@@ -37,16 +46,34 @@ export class ContextServicePreparer implements ContextPreparer {
       { signal },
     );
     if (!context) throw new Error("the context-service prepared no context");
+    onPart("prepare-context-rpc", performance.now() - started);
+    started = performance.now();
+    const digest = context.secretStepContext?.digest ?? "";
+    let stepContext = digest ? this.stepContexts.get(digest) : undefined;
+    if (stepContext) {
+      // Most recently used last: the first entry is the one dropped.
+      this.stepContexts.delete(digest);
+      this.stepContexts.set(digest, stepContext);
+      onPart("step-context-kept", performance.now() - started);
+    } else {
+      stepContext = await this.readStepContext(context.contextId, signal);
+      if (digest && (context.secretStepContext?.sizeBytes ?? 0n) <= BigInt(MAX_KEPT_STEP_CONTEXT_BYTES)) {
+        this.stepContexts.set(digest, stepContext);
+        if (this.stepContexts.size > STEP_CONTEXTS_KEPT) this.stepContexts.delete(this.stepContexts.keys().next().value!);
+      }
+      onPart("read-step-context-rpc", performance.now() - started);
+    }
     return {
       contextId: context.contextId,
       gitRev: context.gitRev,
       gitSha: context.gitSha,
       repoFolder: context.repoFolder,
-      stepContext: await this.readStepContext(context.contextId, signal),
+      stepContext,
       warnings: context.warnings,
     };
   }
 
+  /** step_context.json of a context, unzipped; it is never changed afterwards (it may be kept and shared). */
   private async readStepContext(contextId: string, signal: AbortSignal): Promise<Record<string, unknown>> {
     const chunks: Uint8Array[] = [];
     let size = 0;
