@@ -62,6 +62,18 @@ export interface PreparerSettings {
   maxPropertiesBytes: number;
 }
 
+/** What one commit gives every context made from it, for given folder and options. */
+interface CommitParts {
+  gitSha: string;
+  repositoryId: string;
+  warnings: string[];
+  options: RepositoryOptions;
+  directories: LayerDirectory[];
+  /** The repository's own Dockerfile; undefined for the default one. */
+  custom?: Buffer;
+  repoTar?: BlobInfo;
+}
+
 const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
 /** Part of every repo.tar cache key: bump it when repo.tar's layout changes, so old entries are not reused. */
 const REPO_TAR_FORMAT = "repo.tar/3";
@@ -69,6 +81,10 @@ const REPO_TAR_FORMAT = "repo.tar/3";
 /** Turns (repository, revision, properties, values) into a prepared context, and serves its files. */
 export class ContextPreparer {
   private readonly repoTars = new SingleFlight<BlobInfo>();
+  /** The contexts prepared last, by request and commit (recentKey), least recently used first. */
+  private readonly recent = new Map<string, PreparedContextRecord>();
+  /** What the commits seen last give their contexts (commitParts), least recently used first. */
+  private readonly commits = new Map<string, CommitParts>();
 
   constructor(
     private readonly repositories: Repositories,
@@ -98,28 +114,47 @@ export class ContextPreparer {
     // Everything the request says is checked before git is asked anything: bad input changes nothing.
     const repoFolder = checkRepoFolder(input.repoFolder || this.settings.repoFolder);
     checkStepContextInput({ ...input, gitSha: "" }, input.secretPointers, this.settings);
-    const commit = await inSpan("context.fetch", {}, () => this.repositories.open(input.repositoryUrl, input.gitRev, signal));
-    const warnings = [...commit.warnings];
+    const revision = await inSpan("context.fetch", {}, () => this.repositories.resolve(input.repositoryUrl, input.gitRev, signal));
+    // The same request at the same commit prepares the same context: the one made last time, while it is all here.
+    const key = recentKey(input, repoFolder, revision.gitSha);
+    const recent = this.recent.get(key);
+    if (recent && (await this.stillHere(recent))) {
+      this.recent.delete(key);
+      this.recent.set(key, recent);
+      return recent;
+    }
+    const record = await this.assembleAt(input, repoFolder, revision, signal);
+    this.recent.set(recentKey(input, repoFolder, record.gitSha), record);
+    if (this.recent.size > RECENT_CONTEXTS) this.recent.delete(this.recent.keys().next().value!);
+    return record;
+  }
 
-    const custom = await findRepositoryDockerfile(commit.lookup, repoFolder, this.settings.maxDockerfileBytes);
-    if (custom) warnings.push(...checkCustomDockerfile(custom.toString("utf8"), `${repoFolder}/Dockerfile`));
+  /** Whether a context made before still has its manifest, files and directories (eviction may have taken them); marks its files used. */
+  private async stillHere(record: PreparedContextRecord): Promise<boolean> {
+    if (!(await stat(this.manifestPath(record.contextId)).catch(() => undefined))) return false;
+    for (const file of [...record.files, record.secretStepContext]) if (!(await this.blobs.has(file.digest))) return false;
+    return this.directoriesHere(record.directories);
+  }
+
+  /** A context for a request whose revision resolved to `revision`: what the commit gives, then the step context's files. */
+  private async assembleAt(input: PrepareInput, repoFolder: string, revision: Revision, signal?: AbortSignal): Promise<PreparedContextRecord> {
+    const commit = await this.commitParts(input, repoFolder, revision, signal);
+    const warnings = [...commit.warnings];
     const document = stepContextDocument({ ...input, gitSha: commit.gitSha });
     const { redacted, unmatched } = redactSecrets(document, input.secretPointers);
     for (const pointer of unmatched) warnings.push(`secret pointer ${pointer} names no property; nothing was redacted for it`);
 
-    const options = { excludeGitHistory: input.excludeGitHistory, honorExportIgnore: input.honorExportIgnore };
-    const directories = await inSpan("context.layers", {}, () => commit.layers(options, signal));
+    const { options, directories, custom, repoTar } = commit;
     const dockerfile = custom ?? Buffer.from(this.defaultDockerfile.text);
-    const repoTar = custom && refersToRepoTar(custom.toString("utf8")) ? await inSpan("context.repo_tar", {}, () => this.repoTar(directories, signal)) : undefined;
     const unpin = this.blobs.pin(repoTar ? [repoTar.digest] : []);
     try {
       const file = async (kind: ContextFileKind, name: string, bytes: Buffer): Promise<ContextFileRecord> => this.fileRecord(kind, name, await this.blobs.putBuffer(bytes));
-      const files = [
-        ...(repoTar ? [this.fileRecord("repo-tar", "repo.tar", repoTar)] : []),
-        await file("step-context-zip", "step_context.json.zip", zipStepContext(redacted)),
-        await file("dockerfile", "Dockerfile", dockerfile),
-      ];
-      const secretStepContext = await file("secret-step-context-zip", "step_context.json.zip", zipStepContext(document));
+      const redactedZip = zipStepContext(redacted);
+      const secretZip = zipStepContext(document);
+      const stepContextZip = await file("step-context-zip", "step_context.json.zip", redactedZip);
+      const files = [...(repoTar ? [this.fileRecord("repo-tar", "repo.tar", repoTar)] : []), stepContextZip, await file("dockerfile", "Dockerfile", dockerfile)];
+      // With nothing secret both zips are the same bytes, one blob: written once.
+      const secretStepContext = secretZip.equals(redactedZip) ? { ...stepContextZip, kind: "secret-step-context-zip" as const } : await file("secret-step-context-zip", "step_context.json.zip", secretZip);
       const record: PreparedContextRecord = {
         contextId: contextId(files, secretStepContext, directories, options),
         gitRev: input.gitRev,
@@ -144,6 +179,38 @@ export class ContextPreparer {
     } finally {
       unpin();
     }
+  }
+
+  /**
+   * What a commit gives every context made from it (its warnings, the repository's Dockerfile if any, the
+   * repository's directories, repo.tar when the Dockerfile names it), remembered by repository, commit, folder
+   * and options while its directories are kept: a step at a commit seen before asks git nothing.
+   */
+  private async commitParts(input: PrepareInput, repoFolder: string, revision: Revision, signal?: AbortSignal): Promise<CommitParts> {
+    const options: RepositoryOptions = { excludeGitHistory: input.excludeGitHistory, honorExportIgnore: input.honorExportIgnore };
+    const key = JSON.stringify([input.repositoryUrl, revision.gitSha, repoFolder, options]);
+    const kept = this.commits.get(key);
+    if (kept && (await this.directoriesHere(kept.directories)) && (!kept.repoTar || (await this.blobs.has(kept.repoTar.digest)))) {
+      this.commits.delete(key);
+      this.commits.set(key, kept);
+      return kept;
+    }
+    const commit = await inSpan("context.open", {}, () => this.repositories.open(input.repositoryUrl, input.gitRev, signal, revision));
+    const warnings = [...commit.warnings];
+    const custom = await findRepositoryDockerfile(commit.lookup, repoFolder, this.settings.maxDockerfileBytes);
+    if (custom) warnings.push(...checkCustomDockerfile(custom.toString("utf8"), `${repoFolder}/Dockerfile`));
+    const directories = await inSpan("context.layers", {}, () => commit.layers(options, signal));
+    const repoTar = custom && refersToRepoTar(custom.toString("utf8")) ? await inSpan("context.repo_tar", {}, () => this.repoTar(directories, signal)) : undefined;
+    const parts: CommitParts = { gitSha: commit.gitSha, repositoryId: commit.repositoryId, warnings, options, directories, custom, repoTar };
+    // Keyed by the commit git named: a moving ref may have moved since `revision` was read.
+    this.commits.set(JSON.stringify([input.repositoryUrl, commit.gitSha, repoFolder, options]), parts);
+    if (this.commits.size > RECENT_CONTEXTS) this.commits.delete(this.commits.keys().next().value!);
+    return parts;
+  }
+
+  private async directoriesHere(directories: LayerDirectory[]): Promise<boolean> {
+    for (const directory of directories) if (!(await stat(directory.path).catch(() => undefined))) return false;
+    return true;
   }
 
   private fileRecord(kind: ContextFileKind, name: string, info: BlobInfo): ContextFileRecord {
@@ -199,6 +266,16 @@ export class ContextPreparer {
     await writeFile(partial, JSON.stringify(record), { mode: 0o600 });
     await rename(partial, path);
   }
+}
+
+/** How many prepared contexts are remembered for requests that come again unchanged. */
+const RECENT_CONTEXTS = 256;
+
+/** What makes a prepared context: the whole request, with the folder resolved, at the commit its revision names. */
+function recentKey(input: PrepareInput, repoFolder: string, gitSha: string): string {
+  const { repositoryUrl, gitRev, excludeGitHistory, honorExportIgnore, properties, secretPointers, values } = input;
+  const fields = [repositoryUrl, gitRev, repoFolder, gitSha, excludeGitHistory, honorExportIgnore, properties, secretPointers, values];
+  return createHash("sha256").update(JSON.stringify(fields)).digest("hex");
 }
 
 /** A digest over the files' digests and the directories' identities: it changes exactly when any of them does. */
