@@ -141,6 +141,9 @@ export class ImageBuilder {
   private async buildOrReuse(request: BuildRequest, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
     const baseRunner = request.baseRunner || this.settings.defaultBaseRunner;
     const base = this.checkBaseRunner(baseRunner);
+    // The base image's digest is asked of the registry while the context is made local.
+    const baseDigestAsked = this.resolveBaseImage(base, baseRunner, signal);
+    baseDigestAsked.catch(() => undefined);
     const context = await this.contexts.materialize(request.contextId, signal);
     if (request.network === "none" && !context.defaultDockerfile) {
       const remote = findRemoteSource(await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8"));
@@ -151,7 +154,7 @@ export class ImageBuilder {
         );
       }
     }
-    const baseDigest = await this.resolveBaseImage(base, baseRunner, signal);
+    const baseDigest = await baseDigestAsked;
     const buildArgs = {
       GIT_REV: context.gitRev,
       GIT_SHA: context.gitSha,
