@@ -1,7 +1,7 @@
 import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, statSync } from "node:fs";
-import { chown, cp, lstat, mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, chown, cp, lstat, mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { constants } from "node:os";
@@ -12,7 +12,7 @@ import type { Logger } from "../../shared/log.js";
 import type { ImageRootfs } from "../images/images.js";
 import { DEFAULT_CGROUP_ROOT, detectCgroups, type StepCgroups } from "./cgroups.js";
 import { insideRoot } from "./paths.js";
-import { buildSpec, type Limits, resolveUser } from "./spec.js";
+import { buildSpec, type Limits, type ResolvedUser, resolveUser } from "./spec.js";
 
 const exec = promisify(execFile);
 /** Longest line kept whole; longer output is cut into lines of this size so memory stays bounded. */
@@ -91,6 +91,8 @@ export class ContainerRuntime {
   private cgroups?: Promise<StepCgroups>;
   /** Whether overlayfs takes the volatile option here: unknown until the first mount. */
   private volatileOverlay?: boolean;
+  /** What runs of each image learnt from its mounted rootfs (see PreparedImage), least recently stored first. */
+  private readonly prepared = new Map<string, PreparedImage>();
 
   constructor(
     private readonly settings: RuntimeSettings,
@@ -117,12 +119,24 @@ export class ContainerRuntime {
       request.onPart?.(part, now - partStart);
       partStart = now;
     };
+    // An image run before needs no overlay on the host: its upper directory is made as that run's view showed,
+    // and runc mounts the overlay in the container's mount namespace, where it ends with the container.
+    const key = preparedKey(request);
+    const known = request.repositoryDir ? undefined : this.prepared.get(key);
     try {
-      await this.mountRootfs(dir, request.image.lowerDirs);
-      partDone("rootfs");
       const cgroups = await this.stepCgroups();
-      await this.writeBundle(id, dir, request, cgroups);
-      partDone("setup");
+      if (known) {
+        await this.makeUpper(dir, known.dirs);
+        partDone("rootfs");
+        await this.writeSpec(id, dir, request, cgroups, known.user, this.overlayOptions(dir, request.image.lowerDirs));
+        partDone("setup");
+      } else {
+        await this.mountRootfs(dir, request.image.lowerDirs);
+        partDone("rootfs");
+        const prepared = await this.writeBundle(id, dir, request, cgroups);
+        if (prepared && !request.repositoryDir) this.remember(key, prepared);
+        partDone("setup");
+      }
       const exit = await this.runc(id, dir, request);
       partDone("runc");
       const oomKilled = exit.signal === "SIGKILL" && (await cgroups.oomKilled(id));
@@ -133,6 +147,31 @@ export class ContainerRuntime {
       await this.teardown(request.stepId);
       partDone("cleanup");
     }
+  }
+
+  /** The step's directories, fresh, with the user's directories made in the upper directory as `dirs` say. */
+  private async makeUpper(dir: string, dirs: PreparedDir[]): Promise<void> {
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(join(dir, "rootfs"), { recursive: true });
+    await mkdir(join(dir, "work"));
+    const upper = join(dir, "upper");
+    await mkdir(upper);
+    for (const entry of dirs) {
+      const path = join(upper, entry.path);
+      await mkdir(path);
+      await chmod(path, entry.mode);
+      await chown(path, entry.uid, entry.gid);
+    }
+  }
+
+  private overlayOptions(dir: string, lowerDirs: string[]): string[] {
+    const options = [`lowerdir=${overlayLowerDirs(lowerDirs)}`, `upperdir=${join(dir, "upper")}`, `workdir=${join(dir, "work")}`];
+    return this.volatileOverlay ? [...options, "volatile"] : options;
+  }
+
+  private remember(key: string, prepared: PreparedImage): void {
+    this.prepared.set(key, prepared);
+    if (this.prepared.size > PREPARED_IMAGES) this.prepared.delete(this.prepared.keys().next().value!);
   }
 
   /**
@@ -161,8 +200,13 @@ export class ContainerRuntime {
     this.volatileOverlay ??= false;
   }
 
-  /** What runc needs besides the rootfs: the user's directories, the repository if copied, the cgroup and the spec. */
-  private async writeBundle(id: string, dir: string, request: ContainerRun, cgroups: StepCgroups): Promise<void> {
+  /**
+   * What runc needs besides the mounted rootfs: the user's directories, the repository if copied, the cgroup and
+   * the spec. Returns what a later run of the same image needs to do without the mount (the user, and each
+   * directory on the way to the user's directories as the overlay shows it), or undefined when that cannot be
+   * told (a symlink on the way).
+   */
+  private async writeBundle(id: string, dir: string, request: ContainerRun, cgroups: StepCgroups): Promise<PreparedImage | undefined> {
     const rootfs = join(dir, "rootfs");
     const user = await resolveUser(rootfs, request.image.config.user);
     if (request.repositoryDir) {
@@ -175,9 +219,26 @@ export class ContainerRuntime {
       await mkdir(target, { recursive: true });
       await chown(target, user.uid, user.gid);
     }
+    await this.writeSpec(id, dir, request, cgroups, user);
+    const dirs: PreparedDir[] = [];
+    for (const userDir of request.userDirs) {
+      const parts = userDir.split("/").filter(Boolean);
+      for (let depth = 1; depth <= parts.length; depth++) {
+        const path = parts.slice(0, depth).join("/");
+        if (dirs.some((entry) => entry.path === path)) continue;
+        const info = await lstat(join(rootfs, path)).catch(() => undefined);
+        if (!info?.isDirectory()) return undefined;
+        dirs.push({ path, mode: info.mode & 0o7777, uid: info.uid, gid: info.gid });
+      }
+    }
+    return { user, dirs };
+  }
+
+  /** The step's cgroup and its runc spec (config.json). */
+  private async writeSpec(id: string, dir: string, request: ContainerRun, cgroups: StepCgroups, user: ResolvedUser, rootfsOverlay?: string[]): Promise<void> {
     await cgroups.create(id, request.limits.memoryBytes);
     const spec = buildSpec({
-      rootfs,
+      rootfs: join(dir, "rootfs"),
       image: request.image.config,
       user,
       args: request.args,
@@ -187,6 +248,7 @@ export class ContainerRuntime {
       hostNetwork: request.hostNetwork,
       cgroupsPath: `/${id}/container`,
       binds: request.binds,
+      ...(rootfsOverlay ? { rootfsOverlay } : {}),
     });
     await writeFile(join(dir, "config.json"), JSON.stringify(spec));
   }
@@ -201,7 +263,8 @@ export class ContainerRuntime {
     if (await exists(join(this.settings.runcRoot, id))) {
       await exec(this.settings.runcPath, ["--root", this.settings.runcRoot, "delete", "--force", id]).catch(() => undefined);
     }
-    await exec("umount", [join(dir, "rootfs")]).catch(() => undefined);
+    // Only a rootfs this service mounted on the host: one that runc mounted went with the container.
+    if (await isMountPoint(join(dir, "rootfs"))) await exec("umount", [join(dir, "rootfs")]).catch(() => undefined);
     await rm(dir, { recursive: true, force: true });
     const cgroups = await this.stepCgroups();
     await cgroups.remove(id, (path, error) => this.logger.warn("could not remove a cgroup", { path, error }));
@@ -293,6 +356,33 @@ export class ContainerRuntime {
     }
     return { text: await readFile(path, "utf8") };
   }
+}
+
+/** A directory with a filesystem mounted on it (another device than its parent's). */
+async function isMountPoint(path: string): Promise<boolean> {
+  const [inner, outer] = await Promise.all([stat(path).catch(() => undefined), stat(join(path, "..")).catch(() => undefined)]);
+  return inner !== undefined && outer !== undefined && (inner.dev !== outer.dev || inner.ino === outer.ino);
+}
+
+/** A directory to make in a step's upper directory, with the owner and mode the image's overlay shows for it. */
+interface PreparedDir {
+  /** Relative to the rootfs, parents before children. */
+  path: string;
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+/** What a run of an image learnt from its mounted rootfs, so that later runs need no mount on the host. */
+interface PreparedImage {
+  user: ResolvedUser;
+  dirs: PreparedDir[];
+}
+
+const PREPARED_IMAGES = 256;
+
+function preparedKey(request: ContainerRun): string {
+  return JSON.stringify([request.image.imageId, request.image.lowerDirs, request.image.config.user, request.userDirs]);
 }
 
 async function exists(path: string): Promise<boolean> {
