@@ -3,7 +3,7 @@ import { numberSetting, setting } from "../shared/config/env.js";
 import { createLogger } from "../shared/log.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
-import { startTracingFromSettings } from "../shared/tracing.js";
+import { startTracingFromSettings } from "../shared/tracing-setup.js";
 import { STEPRUNNER_VERSION } from "../shared/version.js";
 import { contextServiceSettings, openContextService } from "./service.js";
 

@@ -16,7 +16,8 @@ import { BuildKitClient } from "../../services/image-service/buildkit/client.js"
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { createLogger } from "../../services/shared/log.js";
 import { type RunningServer, startServer } from "../../services/shared/server/serve.js";
-import { startTracing, startTracingFromSettings, tracer, type Tracing } from "../../services/shared/tracing.js";
+import { tracer } from "../../services/shared/tracing.js";
+import { startTracing, startTracingFromSettings, type Tracing } from "../../services/shared/tracing-setup.js";
 import { stepServiceAdapter } from "../../services/step-service/api/step-service-adapter.js";
 import type { ImageRootfs } from "../../services/step-service/images/images.js";
 import type { ContainerExit } from "../../services/step-service/runtime/container.js";
