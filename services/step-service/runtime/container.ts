@@ -65,9 +65,9 @@ export interface ContainerRun {
  * "setup" (the image's user resolved, the repository folder made, the cgroup created, the spec written),
  * "runc" (`runc run` from its start to its exit and the output drained: the action's own time and runc's),
  * "result" (the OOM check and step_result.json read back), "cleanup" (runc state, mount, directories and
- * cgroup removed).
+ * cgroup removed). "runc-spawn", inside "runc", is the start of the `runc` process alone (a fork of this one).
  */
-export type RunPart = "rootfs" | "setup" | "runc" | "result" | "cleanup";
+export type RunPart = "rootfs" | "setup" | "runc" | "result" | "cleanup" | "runc-spawn";
 
 export interface ContainerExit {
   /** The process's exit code, or null when a signal ended it. */
@@ -287,11 +287,14 @@ export class ContainerRuntime {
 
   private async runc(id: string, bundle: string, request: ContainerRun): Promise<Omit<ContainerExit, "oomKilled" | "result">> {
     const logFile = join(bundle, "runc.log");
+    const spawnStart = performance.now();
     const child = spawn(
       this.settings.runcPath,
       ["--root", this.settings.runcRoot, "--log", logFile, "--log-format", "json", "run", "--bundle", bundle, id],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
+    // Starting a process forks this one: its cost grows with the service's memory.
+    request.onPart?.("runc-spawn", performance.now() - spawnStart);
     // Recorded so that a restart after a crash can stop the `runc run` this process left behind.
     if (child.pid) await writeFile(join(bundle, "runc.pid"), String(child.pid));
     request.onStarted();
