@@ -131,9 +131,15 @@ export class ContextPreparer {
 
   /** Whether a context made before still has its manifest, files and directories (eviction may have taken them); marks its files used. */
   private async stillHere(record: PreparedContextRecord): Promise<boolean> {
-    if (!(await stat(this.manifestPath(record.contextId)).catch(() => undefined))) return false;
-    for (const file of [...record.files, record.secretStepContext]) if (!(await this.blobs.has(file.digest))) return false;
-    return this.directoriesHere(record.directories);
+    const checks = await Promise.all([
+      stat(this.manifestPath(record.contextId)).then(
+        () => true,
+        () => false,
+      ),
+      ...[...record.files, record.secretStepContext].map((file) => this.blobs.has(file.digest)),
+      this.directoriesHere(record.directories),
+    ]);
+    return checks.every(Boolean);
   }
 
   /** A context for a request whose revision resolved to `revision`: what the commit gives, then the step context's files. */
@@ -209,8 +215,8 @@ export class ContextPreparer {
   }
 
   private async directoriesHere(directories: LayerDirectory[]): Promise<boolean> {
-    for (const directory of directories) if (!(await stat(directory.path).catch(() => undefined))) return false;
-    return true;
+    const found = await Promise.all(directories.map((directory) => stat(directory.path).then(() => true, () => false)));
+    return found.every(Boolean);
   }
 
   private fileRecord(kind: ContextFileKind, name: string, info: BlobInfo): ContextFileRecord {

@@ -14,8 +14,13 @@ const READABLE = /^(HEAD|refs\/heads\/[A-Za-z0-9._/-]+|refs\/steprunner\/HEAD)$/
  */
 export async function readRef(gitDir: string, ref: string, depth = 0): Promise<string | undefined> {
   if (!READABLE.test(ref) || ref.split("/").some((part) => part === "" || part === "." || part === "..") || depth > 1) return undefined;
-  if (await exists(join(gitDir, "commondir")) || await exists(join(gitDir, "reftable"))) return undefined;
-  const loose = (await readFile(join(gitDir, ref), "utf8").catch(() => undefined))?.trim();
+  const [worktree, reftable, looseText] = await Promise.all([
+    exists(join(gitDir, "commondir")),
+    exists(join(gitDir, "reftable")),
+    readFile(join(gitDir, ref), "utf8").catch(() => undefined),
+  ]);
+  if (worktree || reftable) return undefined;
+  const loose = looseText?.trim();
   if (loose !== undefined) {
     if (SHA.test(loose)) return loose;
     const target = /^ref: (refs\/heads\/[^\s]+)$/.exec(loose)?.[1];

@@ -88,9 +88,9 @@ export class ContextCache implements ContextSource {
 
   /** Whether a context made local before is still whole: its files, and the directories it reads in place (by their identity files). */
   private async stillHere({ context, inPlace }: RecentContext): Promise<boolean> {
-    if (!(await stat(join(this.dir, context.contextId.slice(7))).catch(() => undefined))) return false;
-    for (const source of Object.values(context.contextSources)) if (!(await stat(source).catch(() => undefined))) return false;
-    return sharedDirectories(inPlace);
+    const present = (path: string) => stat(path).then(() => true, () => false);
+    const checks = await Promise.all([present(join(this.dir, context.contextId.slice(7))), ...Object.values(context.contextSources).map(present), sharedDirectories(inPlace)]);
+    return checks.every(Boolean);
   }
 
   /** Removes the contexts unused for longer than maxAgeMs (and staging a crash left); returns the ids removed. */
@@ -241,13 +241,11 @@ async function sharedFile(file: ContextFileInfo): Promise<boolean> {
 
 /** Whether every directory is on this filesystem, complete: its identity file beside it says what it holds. */
 async function sharedDirectories(directories: RemoteDirectory[]): Promise<boolean> {
-  for (const directory of directories) {
-    if (directory.identity === "empty") {
-      if (!(await stat(directory.hostPath).catch(() => undefined))?.isDirectory()) return false;
-      continue;
-    }
-    const identity = await readFile(`${directory.hostPath}.identity`, "utf8").catch(() => undefined);
-    if (identity !== directory.identity) return false;
-  }
-  return true;
+  const whole = await Promise.all(
+    directories.map(async (directory) => {
+      if (directory.identity === "empty") return (await stat(directory.hostPath).catch(() => undefined))?.isDirectory() === true;
+      return (await readFile(`${directory.hostPath}.identity`, "utf8").catch(() => undefined)) === directory.identity;
+    }),
+  );
+  return whole.every(Boolean);
 }
