@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
@@ -95,6 +95,8 @@ const LOG_TAIL_BYTES = 4096;
 export class ImageBuilder {
   private readonly queue: BuildQueue;
   private readonly inFlight = new Map<string, SharedBuild>();
+  /** dockerd's descriptions of images reused lately (inspectReused), least recently read first. */
+  private readonly inspected = new Map<string, ImageInspect>();
 
   constructor(
     private readonly contexts: ContextSource,
@@ -310,12 +312,28 @@ export class ImageBuilder {
       await this.records.remove(contentKey);
       return undefined;
     }
-    const inspect = expired ? undefined : await this.images.inspectImage(record.imageId, signal);
+    const inspect = expired ? undefined : await this.inspectReused(record.imageId, signal);
     if (!inspect) {
       await this.records.remove(contentKey);
       return undefined;
     }
     return this.handOver({ record, inspect }, handoff, true, signal);
+  }
+
+  /**
+   * dockerd's description of an image to reuse: the one read before while its layer directories are all still
+   * there (dockerd removes an image's directories with it), so that a warm step does not ask dockerd again.
+   */
+  private async inspectReused(imageId: string, signal?: AbortSignal): Promise<ImageInspect | undefined> {
+    const known = this.inspected.get(imageId);
+    const directories = known ? layerDirectories(known) : [];
+    if (known && directories.length > 0 && (await Promise.all(directories.map((dir) => stat(dir).then(() => true, () => false)))).every(Boolean)) return known;
+    const inspect = await this.images.inspectImage(imageId, signal);
+    if (inspect) {
+      this.inspected.set(imageId, inspect);
+      if (this.inspected.size > INSPECTED_IMAGES) this.inspected.delete(this.inspected.keys().next().value!);
+    } else this.inspected.delete(imageId);
+    return inspect;
   }
 
   private async inspect(imageId: string, signal?: AbortSignal): Promise<ImageInspect> {
@@ -408,6 +426,7 @@ export class ImageBuilder {
       if (now - record.builtAt < olderThanMs) continue;
       if ([...this.inFlight.keys()].some((key) => key.startsWith(record.contentKey))) continue;
       const tag = record.contentKey.replace(/^sha256:/, "");
+      this.inspected.delete(record.imageId);
       if (this.output === "dockerd") await this.images.removeImage(`${this.settings.stepsRepository}:${tag}`, signal);
       if (record.reference && this.output === "registry") {
         await this.registry.deleteManifest(parseImageReference(record.reference).repository, record.manifestDigest!, signal).catch((error: unknown) => {
@@ -463,6 +482,8 @@ export class ImageBuilder {
     return `sha256:${createHash("sha256").update(JSON.stringify(inputs)).digest("hex")}`;
   }
 }
+
+const INSPECTED_IMAGES = 256;
 
 /**
  * Builds of one repository with one Dockerfile share BuildKit's snapshot of their local sources (unchanged
