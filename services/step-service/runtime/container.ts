@@ -265,9 +265,9 @@ export class ContainerRuntime {
     }
     // Only a rootfs this service mounted on the host: one that runc mounted went with the container.
     if (await isMountPoint(join(dir, "rootfs"))) await exec("umount", [join(dir, "rootfs")]).catch(() => undefined);
-    await rm(dir, { recursive: true, force: true });
+    // The step's directories and its cgroups are apart: removed at the same time.
     const cgroups = await this.stepCgroups();
-    await cgroups.remove(id, (path, error) => this.logger.warn("could not remove a cgroup", { path, error }));
+    await Promise.all([rm(dir, { recursive: true, force: true }), cgroups.remove(id, (path, error) => this.logger.warn("could not remove a cgroup", { path, error }))]);
   }
 
   /** Reaps what a crashed service left: containers under our runc root, our cgroups, mounts and step dirs. */
