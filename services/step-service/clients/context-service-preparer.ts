@@ -1,5 +1,7 @@
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { fromJson, type JsonObject } from "@bufbuild/protobuf";
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
 import { unzipSync } from "fflate";
 import { ContextFileKind, ContextService, StepContextValuesSchema } from "../../../gen/steprunner/context/v1/context_service_pb.js";
 import type { ContextPreparer, PartTimer, PreparedStepContext, StepRequest } from "../steps/ports.js";
@@ -15,7 +17,8 @@ const MAX_KEPT_STEP_CONTEXT_BYTES = 256 * 1024;
 
 /**
  * Prepares a step's context with the context-service: the revision resolved, the build context made, and
- * the full step_context.json (secrets included) read back for the run-time mount. The file is named by its
+ * the full step_context.json (secrets included) read back for the run-time mount: from where the context-service
+ * keeps it when both share a filesystem, else over ReadContextFile. The file is named by its
  * content's digest, so the last few read are kept in memory by digest and a step whose properties and
  * commit were seen just before needs no second round trip.
  */
@@ -56,12 +59,13 @@ export class ContextServicePreparer implements ContextPreparer {
       this.stepContexts.set(digest, stepContext);
       onPart("step-context-kept", performance.now() - started);
     } else {
-      stepContext = await this.readStepContext(context.contextId, signal);
+      const local = await readSharedFile(context.secretStepContext);
+      stepContext = local ? unzipStepContext(local, context.contextId) : await this.readStepContext(context.contextId, signal);
       if (digest && (context.secretStepContext?.sizeBytes ?? 0n) <= BigInt(MAX_KEPT_STEP_CONTEXT_BYTES)) {
         this.stepContexts.set(digest, stepContext);
         if (this.stepContexts.size > STEP_CONTEXTS_KEPT) this.stepContexts.delete(this.stepContexts.keys().next().value!);
       }
-      onPart("read-step-context-rpc", performance.now() - started);
+      onPart(local ? "step-context-shared-file" : "read-step-context-rpc", performance.now() - started);
     }
     return {
       contextId: context.contextId,
@@ -82,9 +86,23 @@ export class ContextServicePreparer implements ContextPreparer {
       if (size > MAX_STEP_CONTEXT_ZIP_BYTES) throw new Error(`step_context.json.zip of ${contextId} is larger than ${MAX_STEP_CONTEXT_ZIP_BYTES} bytes`);
       chunks.push(chunk);
     }
-    const files = unzipSync(Buffer.concat(chunks));
-    const json = files["step_context.json"];
-    if (!json) throw new Error(`step_context.json.zip of ${contextId} holds no step_context.json`);
-    return JSON.parse(Buffer.from(json).toString("utf8")) as Record<string, unknown>;
+    return unzipStepContext(Buffer.concat(chunks), contextId);
   }
+}
+
+function unzipStepContext(zip: Uint8Array, contextId: string): Record<string, unknown> {
+  const json = unzipSync(zip)["step_context.json"];
+  if (!json) throw new Error(`step_context.json.zip of ${contextId} holds no step_context.json`);
+  return JSON.parse(Buffer.from(json).toString("utf8")) as Record<string, unknown>;
+}
+
+/**
+ * The file where the context-service keeps it, when this service shares its filesystem and the bytes there
+ * have the digest the context names; undefined otherwise (then it is read over ReadContextFile).
+ */
+async function readSharedFile(file: { hostPath: string; digest: string; sizeBytes: bigint } | undefined): Promise<Buffer | undefined> {
+  if (!file?.hostPath || file.sizeBytes > BigInt(MAX_STEP_CONTEXT_ZIP_BYTES)) return undefined;
+  const bytes = await readFile(file.hostPath).catch(() => undefined);
+  if (!bytes || BigInt(bytes.length) !== file.sizeBytes) return undefined;
+  return `sha256:${createHash("sha256").update(bytes).digest("hex")}` === file.digest ? bytes : undefined;
 }
