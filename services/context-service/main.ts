@@ -2,7 +2,7 @@ import { ContextService } from "../../gen/steprunner/context/v1/context_service_
 import { createLogger } from "../shared/log.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
-import { startTracingWith } from "../shared/tracing.js";
+import { startTracingWith } from "../shared/tracing-setup.js";
 import { STEPRUNNER_VERSION } from "../shared/version.js";
 import { openContextService, readContextServiceConfig } from "./service.js";
 

@@ -8,7 +8,7 @@ import { readRegistryCredentials } from "../shared/registry/credentials.js";
 import { RegistryClient } from "../shared/registry/registry-client.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
-import { startTracingWith } from "../shared/tracing.js";
+import { startTracingWith } from "../shared/tracing-setup.js";
 import { STEPRUNNER_VERSION } from "../shared/version.js";
 import { ContextServiceProvider } from "./api/context-service-provider.js";
 import { imageServiceAdapter } from "./api/image-service-adapter.js";

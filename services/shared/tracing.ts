@@ -12,16 +12,12 @@ import {
   SpanStatusCode,
   trace,
 } from "@opentelemetry/api";
-import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
-import { W3CTraceContextPropagator } from "@opentelemetry/core";
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
-import { resourceFromAttributes } from "@opentelemetry/resources";
-import { BasicTracerProvider, BatchSpanProcessor, SimpleSpanProcessor, type SpanExporter } from "@opentelemetry/sdk-trace-base";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { STEPRUNNER_VERSION } from "./version.js";
 
 /**
- * OpenTelemetry traces. Off by default: then the API's no-op tracer is all there is, no span is recorded
+ * OpenTelemetry traces through the API alone (tracing-setup.ts installs the SDK in a service, so that a client
+ * such as the CLI never loads it). Off by default: then the API's no-op tracer is all there is, no span is recorded
  * and no trace header is sent. STEPRUNNER_TRACING=otlp exports spans over OTLP/HTTP (protobuf) to
  * OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), and W3C trace context travels on
  * every RPC between the services and to BuildKit.
@@ -30,48 +26,6 @@ export function tracer(): Tracer {
   // Looked up at each use rather than kept: a tracer taken from one provider would keep sending its spans
   // there after another was installed (tests start tracing more than once in a process).
   return trace.getTracer("steprunner", STEPRUNNER_VERSION);
-}
-
-export interface Tracing {
-  enabled: boolean;
-  /** Sends the spans still buffered; call before the process exits. */
-  shutdown(): Promise<void>;
-}
-
-export interface TracingSettings {
-  /** off: the no-op tracer; otlp: spans exported over OTLP/HTTP (protobuf). */
-  mode: "off" | "otlp";
-  serviceName: string;
-}
-
-/** Turns tracing on as the settings say (config/common.ts reads them). */
-export function startTracingWith(settings: TracingSettings): Tracing {
-  if (settings.mode === "off") return { enabled: false, shutdown: async () => {} };
-  return startTracing(settings.serviceName, new OTLPTraceExporter(), { batch: true });
-}
-
-/**
- * Installs a tracer provider exporting to `exporter` (tests pass an in-memory one), the AsyncLocalStorage
- * context manager (so spans nest across awaits) and the W3C trace-context propagator, for this process.
- */
-export function startTracing(service: string, exporter: SpanExporter, options: { batch?: boolean } = {}): Tracing {
-  const provider = new BasicTracerProvider({
-    resource: resourceFromAttributes({ "service.name": service, "service.version": STEPRUNNER_VERSION }),
-    spanProcessors: [options.batch ? new BatchSpanProcessor(exporter) : new SimpleSpanProcessor(exporter)],
-  });
-  const contextManager = new AsyncLocalStorageContextManager().enable();
-  context.setGlobalContextManager(contextManager);
-  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
-  trace.setGlobalTracerProvider(provider);
-  return {
-    enabled: true,
-    async shutdown() {
-      await provider.shutdown();
-      trace.disable();
-      propagation.disable();
-      context.disable();
-    },
-  };
 }
 
 /**

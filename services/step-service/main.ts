@@ -5,7 +5,7 @@ import { ServiceMetrics } from "../shared/metrics.js";
 import { parseListenAddress } from "../shared/server/listen-address.js";
 import { startServer, stopOnSignals } from "../shared/server/serve.js";
 import { serviceTransport } from "../shared/client/transport.js";
-import { startTracingWith } from "../shared/tracing.js";
+import { startTracingWith } from "../shared/tracing-setup.js";
 import { stepServiceAdapter } from "./api/step-service-adapter.js";
 import { ContextServicePreparer } from "./clients/context-service-preparer.js";
 import { ImageServiceBuilder } from "./clients/image-service-builder.js";

@@ -8,8 +8,9 @@
 //   same docker build and run.
 // Public repositories with long histories are passed by path (--repo, --small-repo): the bench clones them, adds
 // the sample actions.rb in a commit and makes one-line commits itself. Prints a table and writes it to
-// bench-results.md. Usage: npm run bench [-- --runs N --repo PATH --small-repo PATH --big-mb M --rss-gb G]
-// (npm run bench brings the stack up first)
+// bench-results.md. The warm path's rows (F1-F6) set steprunner against the action alone in bare runc (warm-path.ts).
+// Usage: npm run bench [-- --runs N --repo PATH --small-repo PATH --big-mb M --rss-gb G --only SECTIONS
+// --concurrent N --throughput-runs N --out FILE] (npm run bench brings the stack up first; docs/benchmarks.md)
 import { randomBytes } from "node:crypto";
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, totalmem } from "node:os";
@@ -20,6 +21,7 @@ import type { JsonObject } from "@bufbuild/protobuf";
 import { Phase, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { ROOT, run, stack } from "../support/stack.js";
+import { BareBundle, bareThroughput, DOCKER, envOf, median, runQuiet, seconds, stepContextOf, stepImageLayers } from "./warm-path.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -28,10 +30,17 @@ const { values: args } = parseArgs({
     "small-repo": { type: "string" },
     "big-mb": { type: "string", default: "30" },
     "rss-gb": { type: "string", default: "1" },
+    // Comma-separated sections to run: stock (rows 1-4), warm-path (the floor rows), public (A-C), rss (D, 5).
+    only: { type: "string", default: "stock,warm-path,public,rss" },
+    concurrent: { type: "string", default: "20" },
+    // Repetitions of the 20-at-once measurement (each against its own bare-runc bound).
+    "throughput-runs": { type: "string", default: "3" },
+    out: { type: "string" },
   },
 });
+const SECTIONS = new Set(args.only!.split(","));
+const want = (section: string) => SECTIONS.has(section);
 const RUNS = Number(args.runs);
-const DOCKER = ["/usr/bin/docker", "--host", `unix://${stack.runDir}/docker.sock`];
 const CLI = join(ROOT, "dist/services/cli/main.js");
 const properties = {
   project: { app: "bench", opschain: { env: { GREETING: "hello" } } },
@@ -51,12 +60,6 @@ LABEL org.steprunner.git-rev="\${GIT_REV}" org.steprunner.git-sha="\${GIT_SHA}" 
 `;
 const GIT_IDENTITY = { GIT_AUTHOR_NAME: "bench", GIT_AUTHOR_EMAIL: "b@x", GIT_COMMITTER_NAME: "bench", GIT_COMMITTER_EMAIL: "b@x" };
 
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
-const seconds = async (work: () => Promise<unknown>) => {
-  const started = process.hrtime.bigint();
-  await work();
-  return Number(process.hrtime.bigint() - started) / 1e9;
-};
 
 async function must(file: string, argv: string[], options: Parameters<typeof run>[2] = {}): Promise<string> {
   const result = await run(file, argv, { timeoutMs: 1_800_000, ...options });
@@ -71,8 +74,12 @@ const stepClient = createClient(StepService, steps.transport);
 const phaseTimes = new Map<string, Map<string, number[]>>();
 let currentScenario = "";
 
+/** Durations (seconds) of the parts of phases ("run/runc", "context/rpc" …) by scenario, for the breakdown table. */
+const partTimes = new Map<string, Map<string, number[]>>();
+const durationSeconds = (duration?: { seconds: bigint; nanos: number }) => Number(duration?.seconds ?? 0n) + (duration?.nanos ?? 0) / 1e9;
+
 /** One step through steprunner (RunStep over gRPC, to its finished event). */
-async function steprunnerStep(repository: string, gitRev: string, props: JsonObject): Promise<{ reused: boolean }> {
+async function steprunnerStep(repository: string, gitRev: string, props: JsonObject): Promise<{ reused: boolean; imageId: string }> {
   for await (const response of stepClient.runStep({
     repositoryUrl: repository,
     gitRev,
@@ -86,9 +93,15 @@ async function steprunnerStep(repository: string, gitRev: string, props: JsonObj
       phaseTimes.set(currentScenario, byPhase);
       for (const phase of step.phases) {
         const name = Phase[phase.phase].toLowerCase();
-        byPhase.set(name, [...(byPhase.get(name) ?? []), Number(phase.duration?.seconds ?? 0n) + (phase.duration?.nanos ?? 0) / 1e9]);
+        byPhase.set(name, [...(byPhase.get(name) ?? []), durationSeconds(phase.duration)]);
       }
-      return { reused: step.imageReused };
+      const byPart = partTimes.get(currentScenario) ?? new Map<string, number[]>();
+      partTimes.set(currentScenario, byPart);
+      for (const part of step.phaseParts ?? []) {
+        const name = `${Phase[part.phase].toLowerCase()}/${part.name}`;
+        byPart.set(name, [...(byPart.get(name) ?? []), durationSeconds(part.duration)]);
+      }
+      return { reused: step.imageReused, imageId: step.imageId };
     }
   }
   throw new Error("no finished event");
@@ -210,32 +223,123 @@ async function peakRss<T>(work: () => Promise<T>): Promise<Record<string, number
   return peaks;
 }
 
-/** The action alone in a bare runc container over the image's layers: the floor under any step runner. */
-async function bareRunc(work: string, imageRef: string): Promise<number> {
-  const inspect = JSON.parse(await must(DOCKER[0]!, [...DOCKER.slice(1), "image", "inspect", imageRef]))[0];
-  const data = inspect.GraphDriver.Data;
-  const lower = [data.UpperDir, ...(data.LowerDir ? data.LowerDir.split(":") : [])].join(":");
-  const bundle = join(work, "bare");
-  await mkdir(join(bundle, "rootfs"), { recursive: true });
-  // The step context, where the step-service mounts it, owned like the repository around it.
-  const repoFolder = join(bundle, "upper/opt/opschain/.mintpress");
-  await mkdir(repoFolder, { recursive: true });
-  await writeFile(join(repoFolder, "step_context.json"), JSON.stringify({ context: { parent_order: Object.keys(properties) }, properties }));
-  await must("chown", ["-R", "10001:10001", join(bundle, "upper/opt/opschain")]);
-  await mkdir(join(bundle, "work"));
-  await must("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${join(bundle, "upper")},workdir=${join(bundle, "work")}`, join(bundle, "rootfs")]);
+/** A row of the warm path's table: steprunner against a bound measured in the same run. */
+interface FloorRow {
+  name: string;
+  ours: number;
+  bound: number;
+  unit: "s" | "steps/s";
+  /** difference: ours − bound must be at most `limit` seconds; ratio: ours / bound within `limit` (at most, or at least with atLeast). */
+  kind: "difference" | "ratio";
+  limit: number;
+  atLeast?: boolean;
+  boundName: string;
+  note?: string;
+}
+
+function floorRowMet(row: FloorRow): boolean {
+  if (row.kind === "difference") return row.ours - row.bound <= row.limit;
+  return row.atLeast ? row.ours / row.bound >= row.limit : row.ours / row.bound <= row.limit;
+}
+
+const formatFloorRow = (row: FloorRow) => {
+  const value = (v: number) => (row.unit === "s" ? `${(v * 1000).toFixed(0)} ms` : `${v.toFixed(2)} steps/s`);
+  const compared = row.kind === "difference" ? `${row.ours >= row.bound ? "+" : "−"}${Math.abs((row.ours - row.bound) * 1000).toFixed(0)} ms` : `${(row.ours / row.bound).toFixed(2)}×`;
+  const target = row.kind === "difference" ? `≤ ${row.boundName} + ${(row.limit * 1000).toFixed(0)} ms` : `${row.atLeast ? "≥" : "≤"} ${row.limit}× ${row.boundName}`;
+  return `| ${row.name} | ${value(row.ours)} | ${row.boundName}: ${value(row.bound)} | ${compared} | ${target} | ${floorRowMet(row) ? "met" : "**not met**"}${row.note ? ` (${row.note})` : ""} |`;
+};
+
+const ACTION_ARGS = ["opschain-action", "hello"];
+
+/**
+ * The warm path against its floor, interleaved run by run: the action alone in a bare runc container (and, to
+ * explain that floor, `true` and `ruby -e 0` in the same container), a warm step and a properties-only step over
+ * gRPC from this long-lived client, a warm step through the CLI, `steprunner --help` against `node -e 0`; then
+ * 20 steps at once against the same action in bare runc two at a time.
+ */
+async function warmPath(work: string, sample: string, record: (row: FloorRow) => void): Promise<void> {
+  currentScenario = "";
+  const { imageId } = await steprunnerStep(sample, "main", properties);
+  const image = await stepImageLayers(DOCKER, imageId);
+  const prepared = await stockContext(work, sample, "main", properties);
+  const stepContext = await stepContextOf(join(prepared, "step_context.json.zip"));
+  const env = envOf(properties);
+  const bundles: BareBundle[] = [];
   try {
-    await must("runc", ["spec", "--bundle", bundle]);
-    const spec = JSON.parse(await readFile(join(bundle, "config.json"), "utf8"));
-    spec.process = { ...spec.process, terminal: false, user: { uid: 10001, gid: 10001 }, cwd: "/opt/opschain", args: ["opschain-action", "hello"], env: ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/opt/opschain"] };
-    spec.root.readonly = false;
-    await writeFile(join(bundle, "config.json"), JSON.stringify(spec));
-    const times: number[] = [];
-    for (let i = 0; i < RUNS; i++) times.push(await seconds(() => must("runc", ["--root", join(work, "runc"), "run", "--bundle", bundle, `bench-bare-${i}`])));
-    return median(times);
+    for (const name of ["bare-0", "bare-1"]) bundles.push(await BareBundle.create(work, name, image, stepContext, env));
+    const [floorBundle, probeBundle] = bundles as [BareBundle, BareBundle];
+    const propsFile = await propertiesFile(work, properties);
+    let n = 0;
+    const changed = () => ({ ...properties, environment: { ...properties.environment, run: ++n } });
+    const times: Record<"floor" | "warm" | "props" | "cli" | "runcTrue" | "ruby" | "help" | "node", number[]> = {
+      floor: [], warm: [], props: [], cli: [], runcTrue: [], ruby: [], help: [], node: [],
+    };
+    await runQuiet(CLI, ["run", "--repo", sample, "--rev", "main", "--action", "hello", "--properties", propsFile]);
+    for (let i = 0; i < RUNS; i++) {
+      times.floor.push(await seconds(() => floorBundle.run(`bench-floor-${i}`)));
+      currentScenario = "warm";
+      times.warm.push(await seconds(() => steprunnerStep(sample, "main", properties)));
+      const props = changed();
+      currentScenario = "properties only";
+      times.props.push(await seconds(() => steprunnerStep(sample, "main", props)));
+      currentScenario = "";
+      times.cli.push(await seconds(() => runQuiet(CLI, ["run", "--repo", sample, "--rev", "main", "--action", "hello", "--properties", propsFile])));
+      await probeBundle.setArgs(["true"]);
+      times.runcTrue.push(await seconds(() => probeBundle.run(`bench-true-${i}`)));
+      await probeBundle.setArgs(["ruby", "-e", "0"]);
+      times.ruby.push(await seconds(() => probeBundle.run(`bench-ruby-${i}`)));
+      times.help.push(await seconds(() => runQuiet(CLI, ["--help"])));
+      times.node.push(await seconds(() => runQuiet(process.execPath, ["-e", "0"])));
+    }
+    await probeBundle.setArgs(ACTION_ARGS);
+    const floor = median(times.floor);
+    const why = `runc alone (\`true\`): ${(median(times.runcTrue) * 1000).toFixed(0)} ms, \`ruby -e 0\`: ${(median(times.ruby) * 1000).toFixed(0)} ms, so Rake, actions.rb and the OpsChain library add ${((floor - median(times.ruby)) * 1000).toFixed(0)} ms`;
+    record({ name: "F1. floor: the action alone in a bare runc container", ours: floor, bound: floor, unit: "s", kind: "difference", limit: 0, boundName: "floor", note: why });
+    record({ name: "F2. warm step over gRPC (same commit and properties, image reused)", ours: median(times.warm), bound: floor, unit: "s", kind: "difference", limit: 0.03, boundName: "floor" });
+    record({ name: "F3. only the properties changed, over gRPC", ours: median(times.props), bound: floor, unit: "s", kind: "difference", limit: 0.03, boundName: "floor" });
+    record({ name: "F4. warm step through the CLI (`steprunner run`)", ours: median(times.cli), bound: floor, unit: "s", kind: "difference", limit: 0.15, boundName: "floor" });
+    record({ name: "F5. `steprunner --help`", ours: median(times.help), bound: median(times.node), unit: "s", kind: "ratio", limit: 1.5, boundName: "`node -e 0`" });
+
+    const concurrent = Number(args.concurrent);
+    const ours: number[] = [];
+    const bound: number[] = [];
+    currentScenario = "";
+    for (let i = 0; i < Number(args["throughput-runs"]); i++) {
+      bound.push(await bareThroughput([floorBundle, probeBundle], concurrent, `bench-pair-${i}`));
+      currentScenario = `${concurrent} at once`;
+      ours.push(concurrent / (await seconds(() => Promise.all(Array.from({ length: concurrent }, () => steprunnerStep(sample, "main", properties))))));
+      currentScenario = "";
+    }
+    record({
+      name: `F6. ${concurrent} steps at once: steps per second`,
+      ours: median(ours),
+      bound: median(bound),
+      unit: "steps/s",
+      kind: "ratio",
+      limit: 0.85,
+      atLeast: true,
+      boundName: "bare runc 2 at a time",
+      note: `${ours.length} runs: ${ours.map((v) => v.toFixed(2)).join(", ")} against ${bound.map((v) => v.toFixed(2)).join(", ")}`,
+    });
   } finally {
-    await run("umount", [join(bundle, "rootfs")]);
+    for (const bundle of bundles) await bundle.close();
+    await rm(prepared, { recursive: true, force: true });
   }
+}
+
+/** Where the time of the warm path's steps goes, in milliseconds: each phase's median and its parts' medians. */
+function breakdownLines(): string[] {
+  const lines: string[] = [];
+  for (const scenario of ["warm", "properties only", `${args.concurrent} at once`]) {
+    const byPhase = phaseTimes.get(scenario);
+    if (!byPhase) continue;
+    const byPart = partTimes.get(scenario) ?? new Map<string, number[]>();
+    lines.push(`| ${scenario} | ${[...byPhase].map(([phase, values]) => {
+      const parts = [...byPart].filter(([name]) => name.startsWith(`${phase}/`)).map(([name, times]) => `${name.slice(phase.length + 1)} ${(median(times) * 1000).toFixed(1)}`);
+      return `${phase} ${(median(values) * 1000).toFixed(1)}${parts.length ? ` (${parts.join(", ")})` : ""}`;
+    }).join("; ")} |`);
+  }
+  return lines;
 }
 
 interface Row { name: string; steprunner: number; stock: number; stockBytes?: number; unit: string; target: string; note?: string }
@@ -248,6 +352,11 @@ async function main(): Promise<void> {
   await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
   const work = await mkdtemp(join(stack.stateDir, "tmp", "bench-"));
   const rows: Row[] = [];
+  const floorRowsMeasured: FloorRow[] = [];
+  const floorRows = (row: FloorRow) => {
+    console.error(formatFloorRow(row));
+    floorRowsMeasured.push(row);
+  };
   // Each row is printed as soon as it is measured, so that a failure later keeps what was measured.
   const record = (row: Row) => {
     console.error(formatRow(row));
@@ -265,6 +374,14 @@ async function main(): Promise<void> {
     };
     // Warm both: the image exists, BuildKit's cache is warm.
     await steprunnerStep(sample, "main", properties);
+    const big = join(work, "big");
+    let bigMade = false;
+    const ensureBig = async () => {
+      if (!bigMade) await bigRepository(big, 2000, Number(args["big-mb"]));
+      bigMade = true;
+    };
+
+    if (want("stock")) {
     await (await stock(sample, properties))();
 
     const interleave = async (steprunnerRun: () => Promise<unknown>, stockRun: () => Promise<() => Promise<void>>, before?: () => Promise<void>) => {
@@ -283,8 +400,7 @@ async function main(): Promise<void> {
     const warm = await interleave(() => steprunnerStep(sample, "main", properties), () => stock(sample, properties));
     record({ name: "1. warm step (same commit and properties; stock: same bytes)", ...warm, unit: "s", target: "no worse than 0.60×" });
 
-    const big = join(work, "big");
-    await bigRepository(big, 2000, Number(args["big-mb"]));
+    await ensureBig();
     // Warm-up steps are no scenario's: their phases are not counted.
     currentScenario = "";
     await steprunnerStep(big, "main", properties);
@@ -308,14 +424,15 @@ async function main(): Promise<void> {
     });
     record({ name: `4. ${concurrent} steps: steps per second (steprunner at once, stock one after another)`, steprunner: concurrent / ours, stock: concurrent / theirs, unit: "steps/s", target: "≥ 3×, no worse than 3.06×" });
 
-    const imageRef = JSON.parse(await must(DOCKER[0]!, [...DOCKER.slice(1), "images", "--format", "{{json .}}", "steprunner/steps"]).then((out) => out.split("\n")[0]!)).ID;
-    const bare = await bareRunc(work, imageRef);
-    record({ name: "action alone in a bare runc container", steprunner: warm.steprunner, stock: bare, unit: "s", target: "overhead ≤ 100 ms", note: `overhead ${((warm.steprunner - bare) * 1000).toFixed(0)} ms` });
+    }
+
+    if (want("warm-path")) await warmPath(work, sample, floorRows);
 
     // Public repositories with real history: a one-line commit, then one step, against both stock pipelines.
     const newCommitTimes: Record<string, number> = {};
     const newCommitRss: Record<string, Record<string, number>> = {};
     for (const [label, source, target] of [["small", args["small-repo"], "≤ 1.0×"], ["big", args.repo, "≤ 0.3×"]] as const) {
+      if (!want("public")) break;
       if (!source) {
         console.error(`no --${label === "big" ? "repo" : "small-repo"} given: the ${label} public repository's rows are skipped`);
         continue;
@@ -369,7 +486,8 @@ async function main(): Promise<void> {
       for (const service of Object.keys(newCommitRss.big!)) publicRss.push({ service, small: newCommitRss.small![service]!, big: newCommitRss.big![service]! });
     }
 
-    if (Number(args["rss-gb"]) > 0) {
+    if (want("rss") && Number(args["rss-gb"]) > 0) {
+      await ensureBig();
       const rssSmall = await peakRss(() => steprunnerStep(big, "main", properties).then(() => newCommit(big)).then(() => steprunnerStep(big, "main", properties)));
       const huge = join(work, "huge");
       await bigRepository(huge, 2000, Number(args["rss-gb"]) * 1024);
@@ -398,6 +516,18 @@ async function main(): Promise<void> {
     ...[...phaseTimes].filter(([scenario]) => scenario).map(([scenario, byPhase]) =>
       `| ${scenario} | ${["queue", "context", "build", "pull", "run", "teardown"].map((phase) => (byPhase.get(phase) ? median(byPhase.get(phase)!).toFixed(3) : "–")).join(" | ")} |`),
     "",
+    "The warm path (issue 16): each figure against a bound measured in the same run, interleaved (docs/benchmarks.md says what each row means).",
+    "",
+    "| measure | steprunner | bound | difference or ratio | target | |",
+    "|---|---|---|---|---|---|",
+    ...floorRowsMeasured.map(formatFloorRow),
+    "",
+    "Where the warm path's milliseconds go (medians; each phase, then its parts as the step-service measures them):",
+    "",
+    "| scenario | phases (parts) in ms |",
+    "|---|---|",
+    ...breakdownLines(),
+    "",
     "D. Peak RSS of each service during the new-commit steps of the public repositories (target: within 20%):",
     "",
     "| service | small repository | big repository | ratio |",
@@ -411,7 +541,7 @@ async function main(): Promise<void> {
     ...rss.map((row) => `| ${row.service} | ${(row.small / 1e6).toFixed(0)} MB | ${(row.huge / 1e6).toFixed(0)} MB | ${(row.huge / row.small).toFixed(2)}× |`),
   ];
   console.log(lines.join("\n"));
-  await writeFile(join(ROOT, "bench-results.md"), `${lines.join("\n")}\n`);
+  await writeFile(args.out ?? join(ROOT, "bench-results.md"), `${lines.join("\n")}\n`);
 }
 
 await main();

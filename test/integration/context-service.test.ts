@@ -199,6 +199,34 @@ describe("context-service over gRPC with real git repositories", samePassOnEithe
     });
   });
 
+  describe("the warm path", () => {
+    it("a request seen before at an unmoved ref, or one whose properties alone changed, starts no git process", async () => {
+      const working = join(work, "warm-local");
+      await makeFixture(working);
+      const request = (run: number) => ({ repositoryUrl: working, gitRev: "main", properties: [{ owner: "project", properties: { run } }] });
+      const first = (await service.client.prepareContext(request(1))).context!;
+      const spy = await spyOnGit();
+      try {
+        const again = (await service.client.prepareContext(request(1))).context!;
+        assert.equal(again.contextId, first.contextId, "the same request gets the same context");
+        const changed = (await service.client.prepareContext(request(2))).context!;
+        assert.notEqual(changed.contextId, first.contextId, "other properties, another context");
+        assert.equal(changed.gitSha, first.gitSha);
+        assert.equal((await service.client.prepareContext({ ...request(1), gitRev: "HEAD" })).context!.gitSha, first.gitSha);
+        assert.equal(await spy.total(), 0, "branches and HEAD are read from the repository's and the mirror's files, the commit's parts remembered");
+
+        const tree = await gitIn(working, ["rev-parse", `${first.gitSha}^{tree}`]);
+        const next = await gitIn(working, ["commit-tree", tree, "-p", first.gitSha, "-m", "moved"], "2024-05-01T00:00:00Z");
+        await gitIn(working, ["update-ref", "refs/heads/main", next]);
+        const calls = await spy.total();
+        assert.equal((await service.client.prepareContext(request(1))).context!.gitSha, next, "a moved branch is seen");
+        assert.ok((await spy.total()) > calls, "and fetched with git");
+      } finally {
+        await spy.remove();
+      }
+    });
+  });
+
   describe("the Dockerfile", () => {
     it("is the repository's <repo folder>/Dockerfile when the commit has one", async () => {
       const context = (await service.client.prepareContext({ repositoryUrl: fixture.path, gitRev: "main" })).context!;

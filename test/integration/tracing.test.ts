@@ -9,7 +9,8 @@ import { StepService, StepState } from "../../gen/steprunner/step/v1/step_servic
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { createLogger } from "../../services/shared/log.js";
 import { startServer } from "../../services/shared/server/serve.js";
-import { startTracing, tracer, type Tracing } from "../../services/shared/tracing.js";
+import { tracer } from "../../services/shared/tracing.js";
+import { startTracing, type Tracing } from "../../services/shared/tracing-setup.js";
 import { ContextServicePreparer } from "../../services/step-service/clients/context-service-preparer.js";
 import { ImageServiceBuilder } from "../../services/step-service/clients/image-service-builder.js";
 import { stepServiceAdapter } from "../../services/step-service/api/step-service-adapter.js";

@@ -6,6 +6,8 @@ import { delimiter, join } from "node:path";
 export interface GitSpy {
   /** How many times git has been run with this subcommand (e.g. "fetch") and an argument containing text. */
   count(subcommand: string, text: string): Promise<number>;
+  /** How many times git has been run at all. */
+  total(): Promise<number>;
   /** Takes the spy off PATH and removes it. */
   remove(): Promise<void>;
 }
@@ -28,6 +30,7 @@ export async function spyOnGit(): Promise<GitSpy> {
   return {
     count: async (subcommand, text) =>
       (await readFile(log, "utf8")).split("\n").filter((line) => line.split(" ")[0] === subcommand && line.includes(text)).length,
+    total: async () => (await readFile(log, "utf8")).split("\n").filter(Boolean).length,
     remove: async () => {
       process.env.PATH = originalPath;
       await rm(dir, { recursive: true, force: true });

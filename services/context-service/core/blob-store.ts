@@ -20,6 +20,10 @@ export interface BlobInfo {
  */
 export class BlobStore {
   private readonly pinned = new Map<string, number>();
+  /** The blobs' total size as of the last listing plus what was added since; unknown until the first eviction. */
+  private total?: number;
+  /** Bytes of new blobs added since the store was opened. */
+  private added = 0;
 
   constructor(
     private readonly root: string,
@@ -56,7 +60,15 @@ export class BlobStore {
       await produce(hashing);
       await writing;
       const info = { digest: `sha256:${hash.digest("hex")}`, size };
+      const known = await stat(this.path(info.digest)).then(
+        () => true,
+        () => false,
+      );
       await rename(partial, this.path(info.digest));
+      if (!known) {
+        this.added += size;
+        if (this.total !== undefined) this.total += size;
+      }
       return info;
     } finally {
       await rm(partial, { force: true });
@@ -67,6 +79,11 @@ export class BlobStore {
     return this.put(async (destination) => {
       destination.end(bytes);
     });
+  }
+
+  /** Whether a blob is still here; marks it used. */
+  has(digest: string): Promise<boolean> {
+    return this.touch(digest);
   }
 
   /** The blob a key names, if both are still there; marks it used. */
@@ -99,8 +116,14 @@ export class BlobStore {
     };
   }
 
-  /** Evicts the least recently used blobs until the total is within the cap; returns what was removed. */
+  /**
+   * Evicts the least recently used blobs until the total is within the cap; returns what was removed. The total
+   * is kept as blobs are added, so the directory is listed only when it may be over the cap (a step that
+   * added no new blob looks at nothing).
+   */
   async evict(): Promise<string[]> {
+    if (this.total !== undefined && this.total <= this.maxBytes) return [];
+    const addedBefore = this.added;
     const dir = join(this.root, "blobs");
     const blobs = [];
     for (const name of await readdir(dir)) {
@@ -117,6 +140,8 @@ export class BlobStore {
       total -= blob.size;
       removed.push(digest);
     }
+    // Blobs added while the directory was listed may have been missed by it.
+    this.total = total + (this.added - addedBefore);
     return removed;
   }
 

@@ -66,6 +66,19 @@ export interface PreparerSettings {
   trustStoreDir?: string;
 }
 
+interface CommitParts {
+  gitSha: string;
+  /** The repo folder used: the configured one, or the other one when only that is in the commit. */
+  repoFolder: string;
+  repositoryId: string;
+  warnings: string[];
+  options: RepositoryOptions;
+  directories: LayerDirectory[];
+  /** The repository's own Dockerfile; undefined for the default one. */
+  custom?: Buffer;
+  repoTar?: BlobInfo;
+}
+
 const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
 /** Part of every repo.tar cache key: bump it when repo.tar's layout changes, so old entries are not reused. */
 const REPO_TAR_FORMAT = "repo.tar/3";
@@ -82,6 +95,10 @@ export interface ContextPreparerOptions {
 
 /** Turns (repository, revision, properties, values) into a prepared context, and serves its files. */
 export class ContextPreparer {
+  /** The contexts prepared last, by request and commit (recentKey), least recently used first. */
+  private readonly recent = new Map<string, PreparedContextRecord>();
+  /** What the commits seen last give their contexts (commitParts), least recently used first. */
+  private readonly commits = new Map<string, CommitParts>();
   private readonly repoTars = new SingleFlight<BlobInfo>();
   private readonly repositories: Repositories;
   private readonly blobs: BlobStore;
@@ -119,32 +136,59 @@ export class ContextPreparer {
     // Everything the request says is checked before git is asked anything: bad input changes nothing.
     const configuredFolder = checkRepoFolder(input.repoFolder || this.settings.repoFolder);
     checkStepContextInput({ ...input, gitSha: "" }, input.secretPointers, this.settings);
-    const commit = await inSpan("context.fetch", {}, () => this.repositories.open(input.repositoryUrl, input.gitRev, signal));
-    const warnings = [...commit.warnings];
-    const chosen = await chooseRepoFolder(commit.lookup, configuredFolder, commit.gitSha);
-    const repoFolder = chosen.folder;
-    if (chosen.warning) warnings.push(chosen.warning);
+    const revision = await inSpan("context.fetch", {}, () => this.repositories.resolve(input.repositoryUrl, input.gitRev, signal));
+    // The same request at the same commit prepares the same context: the one made last time, while it is all here.
+    const key = recentKey(input, configuredFolder, revision.gitSha);
+    const recent = this.recent.get(key);
+    if (recent && (await this.stillHere(recent))) {
+      this.recent.delete(key);
+      this.recent.set(key, recent);
+      return recent;
+    }
+    const record = await this.assembleAt(input, configuredFolder, revision, signal);
+    this.recent.set(recentKey(input, configuredFolder, record.gitSha), record);
+    if (this.recent.size > RECENT_CONTEXTS) this.recent.delete(this.recent.keys().next().value!);
+    return record;
+  }
 
-    const custom = await findRepositoryDockerfile(commit.lookup, repoFolder, this.settings.maxDockerfileBytes);
-    if (custom) warnings.push(...checkCustomDockerfile(custom.toString("utf8"), `${repoFolder}/Dockerfile`));
+  /** Whether a context made before still has its manifest, files and directories (eviction may have taken them); marks its files used. */
+  private async stillHere(record: PreparedContextRecord): Promise<boolean> {
+    const checks = await Promise.all([
+      stat(this.manifestPath(record.contextId)).then(
+        () => true,
+        () => false,
+      ),
+      ...[...record.files, record.secretStepContext].map((file) => this.blobs.has(file.digest)),
+      this.directoriesHere(record.directories),
+    ]);
+    return checks.every(Boolean);
+  }
+
+  /** A context for a request whose revision resolved to `revision`: what the commit gives, then the step context's files. */
+  private async assembleAt(input: PrepareInput, configuredFolder: string, revision: Revision, signal?: AbortSignal): Promise<PreparedContextRecord> {
+    const commit = await this.commitParts(input, configuredFolder, revision, signal);
+    const { repoFolder } = commit;
+    const warnings = [...commit.warnings];
     const document = stepContextDocument({ ...input, gitSha: commit.gitSha });
     const { redacted, unmatched } = redactSecrets(document, input.secretPointers);
     for (const pointer of unmatched) warnings.push(`secret pointer ${pointer} names no property; nothing was redacted for it`);
 
-    const options = { excludeGitHistory: input.excludeGitHistory, honorExportIgnore: input.honorExportIgnore };
-    const directories = await inSpan("context.layers", {}, () => commit.layers(options, signal));
+    const { options, directories, custom, repoTar } = commit;
     const dockerfile = custom ?? Buffer.from(this.defaultDockerfile.text);
-    const repoTar = custom && refersToRepoTar(custom.toString("utf8")) ? await inSpan("context.repo_tar", {}, () => this.repoTar(directories, signal)) : undefined;
     const unpin = this.blobs.pin(repoTar ? [repoTar.digest] : []);
     try {
       const file = async (kind: ContextFileKind, name: string, bytes: Buffer): Promise<ContextFileRecord> => this.fileRecord(kind, name, await this.blobs.putBuffer(bytes));
+      const redactedZip = zipStepContext(redacted);
+      const secretZip = zipStepContext(document);
+      const stepContextZip = await file("step-context-zip", "step_context.json.zip", redactedZip);
       const files = [
         ...(repoTar ? [this.fileRecord("repo-tar", "repo.tar", repoTar)] : []),
-        await file("step-context-zip", "step_context.json.zip", zipStepContext(redacted)),
+        stepContextZip,
         await file("dockerfile", "Dockerfile", dockerfile),
         ...(custom && refersToTrustStore(custom.toString("utf8")) ? [await file("trust-store-tar", TRUST_STORE_TAR, await trustStoreTar(this.settings.trustStoreDir ?? ""))] : []),
       ];
-      const secretStepContext = await file("secret-step-context-zip", "step_context.json.zip", zipStepContext(document));
+      // With nothing secret both zips are the same bytes, one blob: written once.
+      const secretStepContext = secretZip.equals(redactedZip) ? { ...stepContextZip, kind: "secret-step-context-zip" as const } : await file("secret-step-context-zip", "step_context.json.zip", secretZip);
       const record: PreparedContextRecord = {
         contextId: contextId(files, secretStepContext, directories, options, repoFolder),
         gitRev: input.gitRev,
@@ -169,6 +213,41 @@ export class ContextPreparer {
     } finally {
       unpin();
     }
+  }
+
+  /**
+   * What a commit gives every context made from it (its warnings, the repository's Dockerfile if any, the
+   * repository's directories, repo.tar when the Dockerfile names it), remembered by repository, commit, folder
+   * and options while its directories are kept: a step at a commit seen before asks git nothing.
+   */
+  private async commitParts(input: PrepareInput, configuredFolder: string, revision: Revision, signal?: AbortSignal): Promise<CommitParts> {
+    const options: RepositoryOptions = { excludeGitHistory: input.excludeGitHistory, honorExportIgnore: input.honorExportIgnore };
+    const key = JSON.stringify([input.repositoryUrl, revision.gitSha, configuredFolder, options]);
+    const kept = this.commits.get(key);
+    if (kept && (await this.directoriesHere(kept.directories)) && (!kept.repoTar || (await this.blobs.has(kept.repoTar.digest)))) {
+      this.commits.delete(key);
+      this.commits.set(key, kept);
+      return kept;
+    }
+    const commit = await inSpan("context.open", {}, () => this.repositories.open(input.repositoryUrl, input.gitRev, signal, revision));
+    const warnings = [...commit.warnings];
+    const chosen = await chooseRepoFolder(commit.lookup, configuredFolder, commit.gitSha);
+    const repoFolder = chosen.folder;
+    if (chosen.warning) warnings.push(chosen.warning);
+    const custom = await findRepositoryDockerfile(commit.lookup, repoFolder, this.settings.maxDockerfileBytes);
+    if (custom) warnings.push(...checkCustomDockerfile(custom.toString("utf8"), `${repoFolder}/Dockerfile`));
+    const directories = await inSpan("context.layers", {}, () => commit.layers(options, signal));
+    const repoTar = custom && refersToRepoTar(custom.toString("utf8")) ? await inSpan("context.repo_tar", {}, () => this.repoTar(directories, signal)) : undefined;
+    const parts: CommitParts = { gitSha: commit.gitSha, repoFolder, repositoryId: commit.repositoryId, warnings, options, directories, custom, repoTar };
+    // Keyed by the commit git named: a moving ref may have moved since `revision` was read.
+    this.commits.set(JSON.stringify([input.repositoryUrl, commit.gitSha, configuredFolder, options]), parts);
+    if (this.commits.size > RECENT_CONTEXTS) this.commits.delete(this.commits.keys().next().value!);
+    return parts;
+  }
+
+  private async directoriesHere(directories: LayerDirectory[]): Promise<boolean> {
+    const found = await Promise.all(directories.map((directory) => stat(directory.path).then(() => true, () => false)));
+    return found.every(Boolean);
   }
 
   private fileRecord(kind: ContextFileKind, name: string, info: BlobInfo): ContextFileRecord {
@@ -222,6 +301,16 @@ export class ContextPreparer {
     const path = this.manifestPath(record.contextId);
     await writeFileAtomic(path, JSON.stringify(record), { mode: 0o600 });
   }
+}
+
+/** How many prepared contexts are remembered for requests that come again unchanged. */
+const RECENT_CONTEXTS = 256;
+
+/** What makes a prepared context: the whole request, with the folder resolved, at the commit its revision names. */
+function recentKey(input: PrepareInput, repoFolder: string, gitSha: string): string {
+  const { repositoryUrl, gitRev, excludeGitHistory, honorExportIgnore, properties, secretPointers, values } = input;
+  const fields = [repositoryUrl, gitRev, repoFolder, gitSha, excludeGitHistory, honorExportIgnore, properties, secretPointers, values];
+  return createHash("sha256").update(JSON.stringify(fields)).digest("hex");
 }
 
 /** A digest over the files' digests and the directories' identities: it changes exactly when any of them does. */

@@ -3,6 +3,7 @@ import { mkdir, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition, invalidField, notFound, unavailable } from "./errors.js";
 import { GitFailure, git, gitMaybe, killOrphanedGit } from "./git.js";
+import { readRef, refExists } from "./refs.js";
 import { checkRepositoryUrl, checkRevision, localRepositoryPath } from "./repository-url.js";
 import { SingleFlight } from "../../shared/single-flight.js";
 import { writeAtomically } from "../../shared/files/atomic-write.js";
@@ -80,9 +81,11 @@ export class MirrorStore {
     const options = { signal, timeoutMs: this.fetchTimeoutMs };
     const path = localRepositoryPath(url);
     if (path !== undefined) {
-      // Read on this machine: a working tree keeps its repository in .git (a directory, or a file naming it).
+      // Read on this machine: a working tree keeps its repository in .git (a directory, or a file naming it),
+      // from git's files when they say it plainly, else by git.
       const gitDir = (await exists(join(path, ".git"))) ? join(path, ".git") : path;
-      return (await gitMaybe(["rev-parse", "--verify", "--quiet", `${ref}^{commit}`], { ...options, gitDir }))?.trim() || undefined;
+      const plain = (await isDirectory(gitDir)) ? await readRef(gitDir, ref) : undefined;
+      return plain ?? ((await gitMaybe(["rev-parse", "--verify", "--quiet", `${ref}^{commit}`], { ...options, gitDir }))?.trim() || undefined);
     }
     const listing = await git(["ls-remote", url, ref], options).catch((error: unknown) => {
       throw fetchError(url, error);
@@ -140,6 +143,12 @@ export class MirrorStore {
 
 async function lookup(mirror: string, rev: string, signal?: AbortSignal): Promise<Lookup | undefined> {
   const commitOf = async (name: string) => (await gitMaybe(["rev-parse", "--verify", "--quiet", `${name}^{commit}`], { gitDir: mirror, signal }))?.trim();
+  // A branch or HEAD from the mirror's files, without git, when no tag has the same name.
+  const branchRef = rev === "HEAD" ? REMOTE_HEAD : rev.startsWith("refs/heads/") ? rev : `refs/heads/${rev}`;
+  if (!/^[0-9a-f]{4,40}$/.test(rev) && !rev.startsWith("refs/tags/") && !(rev !== "HEAD" && !rev.startsWith("refs/") && (await refExists(mirror, `refs/tags/${rev}`)))) {
+    const sha = await readRef(mirror, branchRef);
+    if (sha) return { sha, movingRef: rev === "HEAD" ? "HEAD" : branchRef };
+  }
   if (rev === "HEAD") {
     const sha = await commitOf(REMOTE_HEAD);
     return sha ? { sha, movingRef: "HEAD" } : undefined;

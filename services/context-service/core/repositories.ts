@@ -2,7 +2,7 @@ import { basename } from "node:path";
 import type { TreeLookup } from "./dockerfile.js";
 import { gitBytes, gitMaybe } from "./git.js";
 import type { GitTrees } from "./git-tree.js";
-import type { MirrorStore } from "./mirrors.js";
+import type { MirrorStore, ResolvedRevision } from "./mirrors.js";
 import type { LayerDirectory, RepositoryLayers, RepositoryOptions } from "./repository-layers.js";
 
 export interface Revision {
@@ -24,7 +24,8 @@ export interface Commit extends Revision {
 /** Where commits come from: git mirrors in the service, in-memory trees in unit tests. */
 export interface Repositories {
   resolve(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<Revision>;
-  open(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<Commit>;
+  /** The commit a revision names; `resolved`, what resolve() just said for the same revision, saves a second look. */
+  open(repositoryUrl: string, gitRev: string, signal?: AbortSignal, resolved?: Revision): Promise<Commit>;
 }
 
 const KINDS: Record<string, "file" | "executable" | "symlink" | "directory" | "submodule"> = {
@@ -43,12 +44,12 @@ export class GitRepositories implements Repositories {
     private readonly repositoryLayers: RepositoryLayers,
   ) {}
 
-  resolve(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<Revision> {
+  resolve(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<ResolvedRevision> {
     return this.mirrors.resolve(repositoryUrl, gitRev, signal);
   }
 
-  async open(repositoryUrl: string, gitRev: string, signal?: AbortSignal): Promise<Commit> {
-    const { mirror, gitSha, movingRef } = await this.mirrors.resolve(repositoryUrl, gitRev, signal);
+  async open(repositoryUrl: string, gitRev: string, signal?: AbortSignal, resolved?: Revision): Promise<Commit> {
+    const { mirror, gitSha, movingRef } = resolved && "mirror" in resolved ? (resolved as ResolvedRevision) : await this.mirrors.resolve(repositoryUrl, gitRev, signal);
     const { tree, warnings } = await this.trees.inspect(mirror, gitSha, signal);
     return {
       gitSha,

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { createWriteStream } from "node:fs";
+import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, readFile, readdir, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -40,6 +40,7 @@ export interface ContextProvider {
 
 const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
 const SWEEP_INTERVAL_MS = 10 * 60_000;
+const RECENT_CONTEXTS = 256;
 
 /**
  * Makes prepared contexts local. The repository's directories (and repo.tar) are read where the context-service
@@ -51,6 +52,10 @@ const SWEEP_INTERVAL_MS = 10 * 60_000;
 export class ContextCache implements ContextSource {
   private readonly downloads = new SingleFlight<LocalContext>();
   private lastSweep = Date.now();
+  /** Contexts made local lately, least recently used first. */
+  private readonly recent = new Map<string, RecentContext>();
+  /** The directories a context just fetched reads in place, until materialize() remembers them with it. */
+  private readonly inPlace = new Map<string, RemoteDirectory[]>();
 
   /** maxAgeMs: a context unused this long is removed (no build takes that long). */
   constructor(
@@ -61,12 +66,32 @@ export class ContextCache implements ContextSource {
 
   async materialize(contextId: string, signal?: AbortSignal): Promise<LocalContext> {
     if (!CONTEXT_ID.test(contextId)) throw invalidField("context_id", 'must be a prepared context\'s id: "sha256:" and 64 hex digits', contextId);
-    // One download per context however many builds ask; it stops only when all of them have gone.
-    const context = await this.downloads.run(contextId, (workSignal) => this.fetch(contextId, workSignal), signal);
+    // A context is named by its content: one made local before is the same while its files and the directories
+    // it reads in place are here, and needs no GetContext.
+    const known = this.recent.get(contextId);
+    const context =
+      known && (await this.stillHere(known))
+        ? known.context
+        : // One download per context however many builds ask; it stops only when all of them have gone.
+          await this.downloads.run(contextId, (workSignal) => this.fetch(contextId, workSignal), signal);
+    // Callers that shared one fetch find the entry the first of them made.
+    const current = this.recent.get(contextId);
+    const entry = current?.context === context ? current : { context, inPlace: this.inPlace.get(contextId) ?? [] };
+    this.inPlace.delete(contextId);
+    this.recent.delete(contextId);
+    this.recent.set(contextId, entry);
+    if (this.recent.size > RECENT_CONTEXTS) this.recent.delete(this.recent.keys().next().value!);
     const now = new Date();
     await utimes(join(this.dir, contextId.slice(7)), now, now).catch(() => undefined);
     if (Date.now() - this.lastSweep > Math.min(this.maxAgeMs, SWEEP_INTERVAL_MS)) await this.sweep();
     return context;
+  }
+
+  /** Whether a context made local before is still whole: its files, and the directories it reads in place (by their identity files). */
+  private async stillHere({ context, inPlace }: RecentContext): Promise<boolean> {
+    const present = (path: string) => stat(path).then(() => true, () => false);
+    const checks = await Promise.all([present(join(this.dir, context.contextId.slice(7))), ...Object.values(context.contextSources).map(present), sharedDirectories(inPlace)]);
+    return checks.every(Boolean);
   }
 
   /** Removes the contexts unused for longer than maxAgeMs (and staging a crash left); returns the ids removed. */
@@ -78,6 +103,7 @@ export class ContextCache implements ContextSource {
       if (used === undefined || Date.now() - used <= this.maxAgeMs) continue;
       await rm(join(this.dir, name), { recursive: true, force: true });
       if (/^[0-9a-f]{64}$/.test(name)) removed.push(`sha256:${name}`);
+      this.recent.delete(`sha256:${name}`);
     }
     return removed;
   }
@@ -89,7 +115,10 @@ export class ContextCache implements ContextSource {
     // Directories read in place may have been removed since (the context-service drops unused ones): then the
     // context is made local again.
     const readInPlace = saved !== undefined && remote.directories.some((directory) => saved[directory.name] === directory.hostPath);
-    if (saved !== undefined && (!readInPlace || (await sharedDirectories(remote.directories)))) return { ...layout(root, remote), contextSources: saved };
+    if (saved !== undefined && (!readInPlace || (await sharedDirectories(remote.directories)))) {
+      this.inPlace.set(contextId, readInPlace ? remote.directories : []);
+      return { ...layout(root, remote), contextSources: saved };
+    }
     const staging = `${root}.${process.pid}.${Date.now()}.tmp`;
     try {
       const staged = layout(staging, remote);
@@ -120,6 +149,7 @@ export class ContextCache implements ContextSource {
       if (remote.directories.length > 0) {
         if (await sharedDirectories(remote.directories)) {
           for (const directory of remote.directories) sources[directory.name] = directory.hostPath;
+          this.inPlace.set(contextId, remote.directories);
         } else {
           // The whole repository in the last directory, the others empty: the same tree once copied in order.
           await this.unpackRepoTar(contextId, join(staging, "repository"), signal);
@@ -137,13 +167,19 @@ export class ContextCache implements ContextSource {
     }
   }
 
+  /**
+   * A context file, verified against its digest: copied from where the context-service keeps it when this
+   * service shares its filesystem (no round trip), else read over ReadContextFile.
+   */
   private async download(contextId: string, kind: ContextFileKind, expected: ContextFileInfo, path: string, signal?: AbortSignal): Promise<void> {
     const hash = createHash("sha256");
     let size = 0n;
     const provider = this.provider;
+    const local = (await sharedFile(expected)) ? expected.hostPath! : undefined;
     await pipeline(
       async function* () {
-        for await (const chunk of provider.read(contextId, kind, signal)) {
+        const chunks = local ? createReadStream(local) : provider.read(contextId, kind, signal);
+        for await (const chunk of chunks as AsyncIterable<Uint8Array>) {
           hash.update(chunk);
           size += BigInt(chunk.length);
           yield chunk;
@@ -181,6 +217,12 @@ export class ContextCache implements ContextSource {
   }
 }
 
+interface RecentContext {
+  context: LocalContext;
+  /** The context-service's directories it reads in place, checked by their identity files before reuse. */
+  inPlace: RemoteDirectory[];
+}
+
 function layout(root: string, remote: RemoteContext): Omit<LocalContext, "contextSources"> {
   return {
     contextId: remote.contextId,
@@ -205,13 +247,11 @@ async function sharedFile(file: ContextFileInfo): Promise<boolean> {
 
 /** Whether every directory is on this filesystem, complete: its identity file beside it says what it holds. */
 async function sharedDirectories(directories: RemoteDirectory[]): Promise<boolean> {
-  for (const directory of directories) {
-    if (directory.identity === "empty") {
-      if (!(await stat(directory.hostPath).catch(() => undefined))?.isDirectory()) return false;
-      continue;
-    }
-    const identity = await readFile(`${directory.hostPath}.identity`, "utf8").catch(() => undefined);
-    if (identity !== directory.identity) return false;
-  }
-  return true;
+  const whole = await Promise.all(
+    directories.map(async (directory) => {
+      if (directory.identity === "empty") return (await stat(directory.hostPath).catch(() => undefined))?.isDirectory() === true;
+      return (await readFile(`${directory.hostPath}.identity`, "utf8").catch(() => undefined)) === directory.identity;
+    }),
+  );
+  return whole.every(Boolean);
 }

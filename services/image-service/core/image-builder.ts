@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
 import type { DockerfileBuild } from "../buildkit/dockerfile-build.js";
@@ -142,6 +142,8 @@ export class ImageBuilder {
   private readonly settings: ImageBuilderSettings;
   private readonly observer: BuildObserver;
   private readonly mountedLayers: MountedLayers;
+  /** dockerd's descriptions of images reused lately (inspectReused), least recently read first. */
+  private readonly inspected = new Map<string, ImageInspect>();
 
   constructor(options: ImageBuilderOptions) {
     this.contexts = options.contexts;
@@ -188,6 +190,9 @@ export class ImageBuilder {
   private async buildOrReuse(request: BuildRequest, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
     const baseRunner = request.baseRunner || this.settings.defaultBaseRunner;
     const base = this.checkBaseRunner(baseRunner);
+    // The base image's digest is asked of the registry while the context is made local.
+    const baseDigestAsked = this.resolveBaseImage(base, baseRunner, signal);
+    baseDigestAsked.catch(() => undefined);
     const context = await this.contexts.materialize(request.contextId, signal);
     if (request.network === "none" && !context.defaultDockerfile) {
       const remote = findRemoteSource(await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8"));
@@ -205,7 +210,7 @@ export class ImageBuilder {
         message: `the Dockerfile's line ${skipped.syntax.line} "${skipped.syntax.text}" names the frontend image ${skipped.syntax.image}, which ${skipped.unpullable}; the line is ignored and BuildKit's builtin Dockerfile frontend builds the file`,
       });
     }
-    const baseDigest = await this.resolveBaseImage(base, baseRunner, signal);
+    const baseDigest = await baseDigestAsked;
     const buildArgs = {
       GIT_REV: context.gitRev,
       GIT_SHA: context.gitSha,
@@ -387,12 +392,28 @@ export class ImageBuilder {
       await this.records.remove(contentKey);
       return undefined;
     }
-    const inspect = expired ? undefined : await this.images.inspectImage(record.imageId, signal);
+    const inspect = expired ? undefined : await this.inspectReused(record.imageId, signal);
     if (!inspect) {
       await this.records.remove(contentKey);
       return undefined;
     }
     return this.handOver({ record, inspect }, handoff, true, signal);
+  }
+
+  /**
+   * dockerd's description of an image to reuse: the one read before while its layer directories are all still
+   * there (dockerd removes an image's directories with it), so that a warm step does not ask dockerd again.
+   */
+  private async inspectReused(imageId: string, signal?: AbortSignal): Promise<ImageInspect | undefined> {
+    const known = this.inspected.get(imageId);
+    const directories = known ? layerDirectories(known) : [];
+    if (known && directories.length > 0 && (await Promise.all(directories.map((dir) => stat(dir).then(() => true, () => false)))).every(Boolean)) return known;
+    const inspect = await this.images.inspectImage(imageId, signal);
+    if (inspect) {
+      this.inspected.set(imageId, inspect);
+      if (this.inspected.size > INSPECTED_IMAGES) this.inspected.delete(this.inspected.keys().next().value!);
+    } else this.inspected.delete(imageId);
+    return inspect;
   }
 
   private async inspect(imageId: string, signal?: AbortSignal): Promise<ImageInspect> {
@@ -493,6 +514,7 @@ export class ImageBuilder {
         if (await this.inUse(record, mounted, now, signal)) continue;
       }
       const tag = record.contentKey.replace(/^sha256:/, "");
+      this.inspected.delete(record.imageId);
       if (this.output === "dockerd") await this.images.removeImage(`${this.settings.stepsRepository}:${tag}`, signal);
       if (record.reference && this.output === "registry") {
         await this.registry.deleteManifest(parseImageReference(record.reference).repository, record.manifestDigest!, signal).catch((error: unknown) => {
@@ -561,6 +583,8 @@ export class ImageBuilder {
     return `sha256:${createHash("sha256").update(JSON.stringify(inputs)).digest("hex")}`;
   }
 }
+
+const INSPECTED_IMAGES = 256;
 
 /**
  * Builds of one repository with one Dockerfile share BuildKit's snapshot of their local sources (unchanged

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { type LogLevel, parseLogLevel } from "../log.js";
 import { type ClientSecurity, parseTokenFile, type ServerSecurity } from "../security.js";
 import type { ServerLimits } from "../server/serve.js";
-import type { TracingSettings } from "../tracing.js";
+import type { TracingSettings } from "../tracing-setup.js";
 import { numberSetting, setting } from "./env.js";
 
 /**

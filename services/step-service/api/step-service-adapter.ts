@@ -1,5 +1,5 @@
 import { create, fromJson, type JsonObject, toJson } from "@bufbuild/protobuf";
-import { type Duration, durationFromMs, type Timestamp, timestampFromMs, ValueSchema } from "@bufbuild/protobuf/wkt";
+import { type Duration, DurationSchema, type Timestamp, timestampFromMs, ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ChildExecutionStrategy, StepContextValuesSchema } from "../../../gen/steprunner/context/v1/context_service_pb.js";
@@ -276,6 +276,7 @@ export function toStep(record: StepRecord): Step {
     signal: record.signal ?? "",
     oomKilled: record.oomKilled,
     phases: record.phases.map((phase) => ({ phase: PHASES[phase.phase], startedAt: ts(phase.startedAt), duration: duration(phase.durationMs) })),
+    phaseParts: (record.phaseParts ?? []).map((part) => ({ phase: PHASES[part.phase], name: part.name, duration: duration(part.durationMs) })),
     result: record.result
       ? {
           properties: record.result.properties as JsonObject,
@@ -298,8 +299,10 @@ export function toStep(record: StepRecord): Step {
 function ts(ms: number): Timestamp {
   return timestampFromMs(ms);
 }
+/** In whole nanoseconds: a part's time is measured to a fraction of a millisecond. */
 function duration(ms: number): Duration {
-  return durationFromMs(ms);
+  const nanos = Math.max(0, Math.round(ms * 1e6));
+  return create(DurationSchema, { seconds: BigInt(Math.floor(nanos / 1e9)), nanos: nanos % 1e9 });
 }
 
 /** A build's progress as RunStep sends it (the image-service's BuildProgress message, which the API reuses). */

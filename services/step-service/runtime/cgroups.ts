@@ -67,10 +67,10 @@ class CgroupV1 implements StepCgroups {
     return (await readNumber(join(path, "memory.failcnt"))) > 0 || (limit > 0 && (await readNumber(join(path, "memory.max_usage_in_bytes"))) >= limit);
   }
 
+  /** Each controller's tree at once: a dozen hierarchies, each a few directory operations. */
   async remove(name: string, onProblem: (path: string, error: unknown) => void): Promise<void> {
-    for (const controller of await readdir(this.root).catch(() => [] as string[])) {
-      await removeTree(join(this.root, controller, name), onProblem);
-    }
+    const controllers = await readdir(this.root).catch(() => [] as string[]);
+    await Promise.all(controllers.map((controller) => removeTree(join(this.root, controller, name), onProblem)));
   }
 
   async names(): Promise<string[]> {
@@ -131,9 +131,8 @@ class CgroupV2 implements StepCgroups {
 
 /** A cgroup directory is removed with rmdir (its files are the kernel's), its child cgroups first. */
 async function removeTree(path: string, onProblem: (path: string, error: unknown) => void): Promise<void> {
-  for (const child of await readdir(path, { withFileTypes: true }).catch(() => [])) {
-    if (child.isDirectory()) await rmdir(join(path, child.name)).catch(() => undefined);
-  }
+  const children = await readdir(path, { withFileTypes: true }).catch(() => []);
+  await Promise.all(children.filter((child) => child.isDirectory()).map((child) => rmdir(join(path, child.name)).catch(() => undefined)));
   await rmdir(path).catch((error: NodeJS.ErrnoException) => {
     if (error.code !== "ENOENT") onProblem(path, error);
   });

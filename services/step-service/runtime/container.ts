@@ -1,7 +1,7 @@
 import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, statSync } from "node:fs";
-import { chown, cp, lstat, mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, chown, cp, lstat, mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { constants } from "node:os";
@@ -12,7 +12,7 @@ import type { Logger } from "../../shared/log.js";
 import type { ImageRootfs } from "../images/images.js";
 import { DEFAULT_CGROUP_ROOT, detectCgroups, type StepCgroups } from "./cgroups.js";
 import { insideRoot } from "./paths.js";
-import { buildSpec, type Limits, resolveUser } from "./spec.js";
+import { buildSpec, type Limits, type ResolvedUser, resolveUser } from "./spec.js";
 
 const exec = promisify(execFile);
 /** Longest line kept whole; longer output is cut into lines of this size so memory stays bounded. */
@@ -55,8 +55,19 @@ export interface ContainerRun {
   onOutput(stream: OutputStream, text: string, time: Date): void;
   /** Called once runc has been started. */
   onStarted(): void;
+  /** Told how long each part of the run took (see RUN_PARTS), as each ends. */
+  onPart?(part: RunPart, durationMs: number): void;
   signal: AbortSignal;
 }
+
+/**
+ * The parts of a container's run, in order: "rootfs" (the step's directories made and the overlay mounted),
+ * "setup" (the image's user resolved, the repository folder made, the cgroup created, the spec written),
+ * "runc" (`runc run` from its start to its exit and the output drained: the action's own time and runc's),
+ * "result" (the OOM check and step_result.json read back), "cleanup" (runc state, mount, directories and
+ * cgroup removed). "runc-spawn", inside "runc", is the start of the `runc` process alone (a fork of this one).
+ */
+export type RunPart = "rootfs" | "setup" | "runc" | "result" | "cleanup" | "runc-spawn";
 
 export interface ContainerExit {
   /** The process's exit code, or null when a signal ended it. */
@@ -78,6 +89,10 @@ export class RuntimeError extends Error {}
  */
 export class ContainerRuntime {
   private cgroups?: Promise<StepCgroups>;
+  /** Whether overlayfs takes the volatile option here: unknown until the first mount. */
+  private volatileOverlay?: boolean;
+  /** What runs of each image learnt from its mounted rootfs (see PreparedImage), least recently stored first. */
+  private readonly prepared = new Map<string, PreparedImage>();
 
   constructor(
     private readonly settings: RuntimeSettings,
@@ -97,48 +112,145 @@ export class ContainerRuntime {
   async run(request: ContainerRun): Promise<ContainerExit> {
     const id = this.containerId(request.stepId);
     const dir = join(this.settings.workDir, request.stepId);
-    const rootfs = join(dir, "rootfs");
     const upper = join(dir, "upper");
+    let partStart = performance.now();
+    const partDone = (part: RunPart) => {
+      const now = performance.now();
+      request.onPart?.(part, now - partStart);
+      partStart = now;
+    };
+    // An image run before needs no overlay on the host: its upper directory is made as that run's view showed,
+    // and runc mounts the overlay in the container's mount namespace, where it ends with the container.
+    const key = preparedKey(request);
+    const known = request.repositoryDir ? undefined : this.prepared.get(key);
     try {
-      await rm(dir, { recursive: true, force: true });
-      await mkdir(rootfs, { recursive: true });
-      await mkdir(upper);
-      await mkdir(join(dir, "work"));
-      const lower = overlayLowerDirs(request.image.lowerDirs);
-      await exec("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${upper},workdir=${join(dir, "work")}`, rootfs]);
-      const user = await resolveUser(rootfs, request.image.config.user);
-      if (request.repositoryDir) {
-        const target = await insideRoot(rootfs, "/opt/opschain");
-        await cp(request.repositoryDir, target, { recursive: true, filter: (source) => !source.endsWith("/.git") });
-        await exec("chown", ["-R", "--no-dereference", `${user.uid}:${user.gid}`, target]);
-      }
-      for (const userDir of request.userDirs) {
-        const target = await insideRoot(rootfs, userDir);
-        await mkdir(target, { recursive: true });
-        await chown(target, user.uid, user.gid);
-      }
       const cgroups = await this.stepCgroups();
-      await cgroups.create(id, request.limits.memoryBytes);
-      const spec = buildSpec({
-        rootfs,
-        image: request.image.config,
-        user,
-        args: request.args,
-        env: request.env,
-        hostname: "step",
-        limits: request.limits,
-        hostNetwork: request.hostNetwork,
-        cgroupsPath: `/${id}/container`,
-        binds: request.binds,
-      });
-      await writeFile(join(dir, "config.json"), JSON.stringify(spec));
+      if (known) {
+        await this.makeUpper(dir, known.dirs);
+        partDone("rootfs");
+        await this.writeSpec(id, dir, request, cgroups, known.user, this.overlayOptions(dir, request.image.lowerDirs));
+        partDone("setup");
+      } else {
+        await this.mountRootfs(dir, request.image.lowerDirs);
+        partDone("rootfs");
+        const prepared = await this.writeBundle(id, dir, request, cgroups);
+        if (prepared && !request.repositoryDir) this.remember(key, prepared);
+        partDone("setup");
+      }
       const exit = await this.runc(id, dir, request);
+      partDone("runc");
       const oomKilled = exit.signal === "SIGKILL" && (await cgroups.oomKilled(id));
       const result = await this.readResult(upper, request.resultPath);
+      partDone("result");
       return { ...exit, oomKilled, result };
     } finally {
       await this.teardown(request.stepId);
+      partDone("cleanup");
     }
+  }
+
+  /** The step's directories, fresh, with the user's directories made in the upper directory as `dirs` say. */
+  private async makeUpper(dir: string, dirs: PreparedDir[]): Promise<void> {
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(join(dir, "rootfs"), { recursive: true });
+    await mkdir(join(dir, "work"));
+    const upper = join(dir, "upper");
+    await mkdir(upper);
+    for (const entry of dirs) {
+      const path = join(upper, entry.path);
+      await mkdir(path);
+      await chmod(path, entry.mode);
+      await chown(path, entry.uid, entry.gid);
+    }
+  }
+
+  private overlayOptions(dir: string, lowerDirs: string[]): string[] {
+    const options = [`lowerdir=${overlayLowerDirs(lowerDirs)}`, `upperdir=${join(dir, "upper")}`, `workdir=${join(dir, "work")}`];
+    return this.volatileOverlay ? [...options, "volatile"] : options;
+  }
+
+  private remember(key: string, prepared: PreparedImage): void {
+    this.prepared.set(key, prepared);
+    if (this.prepared.size > PREPARED_IMAGES) this.prepared.delete(this.prepared.keys().next().value!);
+  }
+
+  /**
+   * The step's directories, fresh, and the overlay of the image's layers with an empty upper directory. The
+   * overlay is volatile (Linux 5.10 and later): the upper directory is thrown away after the step, so nothing
+   * in it needs to reach the disk, and unmounting it does not wait for a sync of the whole host filesystem the
+   * upper directory is on (tens of milliseconds on a busy host). A kernel without the option mounts it without.
+   */
+  private async mountRootfs(dir: string, lowerDirs: string[]): Promise<void> {
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(join(dir, "rootfs"), { recursive: true });
+    await mkdir(join(dir, "upper"));
+    await mkdir(join(dir, "work"));
+    const options = `lowerdir=${overlayLowerDirs(lowerDirs)},upperdir=${join(dir, "upper")},workdir=${join(dir, "work")}`;
+    if (this.volatileOverlay !== false) {
+      try {
+        await exec("mount", ["-t", "overlay", "overlay", "-o", `${options},volatile`, join(dir, "rootfs")]);
+        this.volatileOverlay = true;
+        return;
+      } catch (error) {
+        if (this.volatileOverlay) throw error;
+      }
+    }
+    await exec("mount", ["-t", "overlay", "overlay", "-o", options, join(dir, "rootfs")]);
+    // Only now is it known that the option, not the mount, was refused.
+    this.volatileOverlay ??= false;
+  }
+
+  /**
+   * What runc needs besides the mounted rootfs: the user's directories, the repository if copied, the cgroup and
+   * the spec. Returns what a later run of the same image needs to do without the mount (the user, and each
+   * directory on the way to the user's directories as the overlay shows it), or undefined when that cannot be
+   * told (a symlink on the way).
+   */
+  private async writeBundle(id: string, dir: string, request: ContainerRun, cgroups: StepCgroups): Promise<PreparedImage | undefined> {
+    const rootfs = join(dir, "rootfs");
+    const user = await resolveUser(rootfs, request.image.config.user);
+    if (request.repositoryDir) {
+      const target = await insideRoot(rootfs, "/opt/opschain");
+      await cp(request.repositoryDir, target, { recursive: true, filter: (source) => !source.endsWith("/.git") });
+      await exec("chown", ["-R", "--no-dereference", `${user.uid}:${user.gid}`, target]);
+    }
+    for (const userDir of request.userDirs) {
+      const target = await insideRoot(rootfs, userDir);
+      await mkdir(target, { recursive: true });
+      await chown(target, user.uid, user.gid);
+    }
+    await this.writeSpec(id, dir, request, cgroups, user);
+    const dirs: PreparedDir[] = [];
+    for (const userDir of request.userDirs) {
+      const parts = userDir.split("/").filter(Boolean);
+      for (let depth = 1; depth <= parts.length; depth++) {
+        const path = parts.slice(0, depth).join("/");
+        if (dirs.some((entry) => entry.path === path)) continue;
+        const info = await lstat(join(rootfs, path)).catch(() => undefined);
+        if (!info?.isDirectory()) return undefined;
+        dirs.push({ path, mode: info.mode & 0o7777, uid: info.uid, gid: info.gid });
+      }
+    }
+    return { user, dirs };
+  }
+
+  /** The step's cgroup and its runc spec (config.json). */
+  private async writeSpec(id: string, dir: string, request: ContainerRun, cgroups: StepCgroups, user: ResolvedUser, rootfsOverlay?: string[]): Promise<void> {
+    await cgroups.create(id, request.limits.memoryBytes);
+    const spec = buildSpec({
+      rootfs: join(dir, "rootfs"),
+      image: request.image.config,
+      user,
+      args: request.args,
+      env: request.env,
+      hostname: "step",
+      limits: request.limits,
+      hostNetwork: request.hostNetwork,
+      cgroupsPath: `/${id}/container`,
+      binds: request.binds,
+      ...(rootfsOverlay ? { rootfsOverlay } : {}),
+    });
+    await writeFile(join(dir, "config.json"), JSON.stringify(spec));
   }
 
   /** Removes everything a step's container left: runc state, cgroups, mounts and directories. Idempotent. */
@@ -146,11 +258,16 @@ export class ContainerRuntime {
     const id = this.containerId(stepId);
     const dir = join(this.settings.workDir, stepId);
     await killOrphanedRunc(join(dir, "runc.pid"), id);
-    await exec(this.settings.runcPath, ["--root", this.settings.runcRoot, "delete", "--force", id]).catch(() => undefined);
-    await exec("umount", [join(dir, "rootfs")]).catch(() => undefined);
-    await rm(dir, { recursive: true, force: true });
+    // `runc run` deletes its container when the process exits: only a container whose runc was killed (or a
+    // crash) leaves state behind, and only then is runc started again to delete it.
+    if (await exists(join(this.settings.runcRoot, id))) {
+      await exec(this.settings.runcPath, ["--root", this.settings.runcRoot, "delete", "--force", id]).catch(() => undefined);
+    }
+    // Only a rootfs this service mounted on the host: one that runc mounted went with the container.
+    if (await isMountPoint(join(dir, "rootfs"))) await exec("umount", [join(dir, "rootfs")]).catch(() => undefined);
+    // The step's directories and its cgroups are apart: removed at the same time.
     const cgroups = await this.stepCgroups();
-    await cgroups.remove(id, (path, error) => this.logger.warn("could not remove a cgroup", { path, error }));
+    await Promise.all([rm(dir, { recursive: true, force: true }), cgroups.remove(id, (path, error) => this.logger.warn("could not remove a cgroup", { path, error }))]);
   }
 
   /** Reaps what a crashed service left: containers under our runc root, our cgroups, mounts and step dirs. */
@@ -170,11 +287,14 @@ export class ContainerRuntime {
 
   private async runc(id: string, bundle: string, request: ContainerRun): Promise<Omit<ContainerExit, "oomKilled" | "result">> {
     const logFile = join(bundle, "runc.log");
+    const spawnStart = performance.now();
     const child = spawn(
       this.settings.runcPath,
       ["--root", this.settings.runcRoot, "--log", logFile, "--log-format", "json", "run", "--bundle", bundle, id],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
+    // Starting a process forks this one: its cost grows with the service's memory.
+    request.onPart?.("runc-spawn", performance.now() - spawnStart);
     // Recorded so that a restart after a crash can stop the `runc run` this process left behind.
     if (child.pid) await writeFile(join(bundle, "runc.pid"), String(child.pid));
     request.onStarted();
@@ -239,6 +359,40 @@ export class ContainerRuntime {
     }
     return { text: await readFile(path, "utf8") };
   }
+}
+
+/** A directory with a filesystem mounted on it (another device than its parent's). */
+async function isMountPoint(path: string): Promise<boolean> {
+  const [inner, outer] = await Promise.all([stat(path).catch(() => undefined), stat(join(path, "..")).catch(() => undefined)]);
+  return inner !== undefined && outer !== undefined && (inner.dev !== outer.dev || inner.ino === outer.ino);
+}
+
+/** A directory to make in a step's upper directory, with the owner and mode the image's overlay shows for it. */
+interface PreparedDir {
+  /** Relative to the rootfs, parents before children. */
+  path: string;
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+/** What a run of an image learnt from its mounted rootfs, so that later runs need no mount on the host. */
+interface PreparedImage {
+  user: ResolvedUser;
+  dirs: PreparedDir[];
+}
+
+const PREPARED_IMAGES = 256;
+
+function preparedKey(request: ContainerRun): string {
+  return JSON.stringify([request.image.imageId, request.image.lowerDirs, request.image.config.user, request.userDirs]);
+}
+
+async function exists(path: string): Promise<boolean> {
+  return lstat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** Kills a `runc run` left by a crashed service, if that pid is still the runc of this container. */

@@ -69,6 +69,11 @@ export interface SpecInput {
   cgroupsPath: string;
   /** Read-only bind mounts of single files or directories. */
   binds: { source: string; destination: string }[];
+  /**
+   * When set, runc mounts the image's overlay itself, at / in the container's own mount namespace (so it goes
+   * with the container, and nothing is mounted on the host): overlayfs options, lowerdir, upperdir and workdir.
+   */
+  rootfsOverlay?: string[];
 }
 
 // runc's default capability set (`runc spec`); ambient capabilities are left out: with a non-root user and
@@ -122,6 +127,8 @@ export function buildSpec(input: SpecInput): object {
     root: { path: input.rootfs, readonly: false },
     hostname: input.hostname,
     mounts: [
+      // First: every other mount goes on top of it.
+      ...(input.rootfsOverlay ? [{ destination: "/", type: "overlay", source: "overlay", options: input.rootfsOverlay }] : []),
       { destination: "/proc", type: "proc", source: "proc" },
       { destination: "/dev", type: "tmpfs", source: "tmpfs", options: ["nosuid", "strictatime", "mode=755", "size=65536k"] },
       { destination: "/dev/pts", type: "devpts", source: "devpts", options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },

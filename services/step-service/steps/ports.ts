@@ -90,9 +90,12 @@ export interface PreparedStepContext {
  */
 export class RefusedInputError extends Error {}
 
+/** Told how long a named part of a phase took, in milliseconds (see PhasePart in the API). */
+export type PartTimer = (name: string, durationMs: number) => void;
+
 /** Prepares a step's context (the context-service's PrepareContext, or a local stand-in). */
 export interface ContextPreparer {
-  prepare(request: StepRequest, signal: AbortSignal): Promise<PreparedStepContext>;
+  prepare(request: StepRequest, signal: AbortSignal, onPart?: PartTimer): Promise<PreparedStepContext>;
 }
 
 export interface BuiltStepImage {

@@ -13,6 +13,13 @@ export interface PhaseTiming {
   durationMs: number;
 }
 
+/** A measured part of a phase (see PhasePart in the API); durations in milliseconds, to the microsecond. */
+export interface PartTiming {
+  phase: PhaseName;
+  name: string;
+  durationMs: number;
+}
+
 /** A step's durable record. Times are epoch milliseconds. */
 export interface StepRecord {
   id: string;
@@ -30,6 +37,8 @@ export interface StepRecord {
   signal: string | null;
   oomKilled: boolean;
   phases: PhaseTiming[];
+  /** Parts of the phases; absent in records written before parts were measured. */
+  phaseParts?: PartTiming[];
   result: StepResultData | null;
   logLines: number;
   logTruncated: boolean;

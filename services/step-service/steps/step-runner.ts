@@ -9,12 +9,22 @@ import { inSpan, tracer } from "../../shared/tracing.js";
 import type { ImageRootfs } from "../images/images.js";
 import { type ContainerExit, RuntimeError } from "../runtime/container.js";
 import { followLog, type LogLine, logPath, recoverLog, StepLog } from "./logs.js";
-import { type ContainerRunner, type ContextPreparer, type ImageBuilder, type ImageSource, type LayerUpkeep, RefusedInputError, type StepRequest } from "./ports.js";
+import {
+  type BuiltStepImage,
+  type ContainerRunner,
+  type ContextPreparer,
+  type ImageBuilder,
+  type ImageSource,
+  type LayerUpkeep,
+  type PreparedStepContext,
+  RefusedInputError,
+  type StepRequest,
+} from "./ports.js";
 import { FINAL_STATES, type PhaseName, type StepRecord, StepRecords, type StepState } from "./records.js";
 import { InvalidResultError, parseStepResult, type StepResultData } from "./result.js";
 import { requestEnvironment, runtimeStepContext, stepCommand } from "./run-command.js";
-import { BuildLogMasker, SecretMasker } from "./secrets.js";
 import { FifoQueue, QueueLeftError } from "../../shared/fifo-queue.js";
+import { BuildLogMasker, SecretMasker } from "./secrets.js";
 
 export type StepEvent =
   | { type: "accepted"; step: StepRecord }
@@ -71,6 +81,18 @@ interface Active {
   /** Set when the step's timeout ran out, in whichever phase it was. */
   timedOut?: string;
   listeners: Set<(event: StepEvent) => void>;
+  /** The phase the step is in, to which measured parts (record saves, …) are counted. */
+  phase: PhaseName;
+}
+
+type StepEnd = { state: StepState; reason: string };
+
+interface RunInputs {
+  prepared: PreparedStepContext;
+  image: ImageRootfs;
+  contextFile: string;
+  masker: SecretMasker;
+  deadline: number;
 }
 
 /**
@@ -189,6 +211,7 @@ export class StepRunner {
       log: new StepLog(logPath(this.logDir, id), this.settings.logCapBytes),
       controller: new AbortController(),
       listeners: new Set([listener]),
+      phase: "queue",
     };
     this.active.set(id, active);
     active.log.on("line", (line) => this.emit(active, { type: "log", line }));
@@ -261,116 +284,160 @@ export class StepRunner {
     this.records.close();
   }
 
+  /**
+   * Runs a started step through its phases (context → build → pull → run), then its teardown, and ends it.
+   * The timeout covers the whole step from its start, not only the run.
+   */
   private async execute(request: StepRequest, active: Active): Promise<void> {
-    let end: { state: StepState; reason: string };
-    const { record, log, controller } = active;
-    const signal = controller.signal;
+    const { controller, record } = active;
     const masker = new SecretMasker(request.properties, request.secretPointers);
     const contextFile = join(this.contextDir, `${record.id}.json`);
-    let image: ImageRootfs | undefined;
-    // The timeout covers the whole step from its start (context, build, pull and run), not only the run.
     const deadline = Date.now() + request.timeoutMs;
     const timer = setTimeout(() => {
       active.timedOut = `timed out after ${request.timeoutMs / 1000} s${record.state === "running" ? "" : `, while ${record.state}`}`;
       controller.abort(new Error(active.timedOut));
     }, request.timeoutMs);
+    let image: ImageRootfs | undefined;
+    let end: StepEnd;
     try {
-      this.enter(active, "preparing", "context");
-      const prepared = await this.phase(active, "context", () => this.parts.contexts.prepare(request, signal));
-      record.gitSha = prepared.gitSha;
-      for (const warning of prepared.warnings) this.emit(active, { type: "warning", message: masker.text(warning) });
-
-      this.enter(active, "building", "build");
-      const built = await this.phase(active, "build", async (span) => {
-        const buildLog = new BuildLogMasker(masker);
-        const onProgress = (progress: BuildProgress) => this.emit(active, { type: "build", progress: buildLog.mask(progress) });
-        const onWarning = (message: string) => this.emit(active, { type: "warning", message: masker.text(message) });
-        const result = await this.parts.images.build(prepared, request, onProgress, signal, onWarning).finally(() => {
-          const rest = buildLog.flush();
-          if (rest) this.emit(active, { type: "build", progress: rest });
-        });
-        span.setAttributes({ "image.id": result.imageId, "image.reused": result.reused });
-        return result;
-      });
-      Object.assign(record, { imageId: built.imageId, imageReused: built.reused });
-
-      this.enter(active, "running", "pull");
-      const rootfs = await this.phase(active, "pull", () => this.parts.materialiser.materialise(built.image, signal));
-      image = rootfs;
-
-      await writeFile(contextFile, JSON.stringify(runtimeStepContext(prepared.stepContext, record.id, request)), { mode: 0o644 });
-      const repoDir = `/opt/opschain/${prepared.repoFolder}`;
-      const exit = await this.phase(active, "run", async (span) => {
-        log.append("system", `[steprunner] running ${request.action} in image ${record.imageId}`);
-        const exited = await this.parts.runtime.run({
-          stepId: record.id,
-          image: rootfs,
-          args: stepCommand(request),
-          env: { ...envProperties(request), ...requestEnvironment(request), OPSCHAIN_REPO_FOLDER: prepared.repoFolder },
-          limits: request.limits,
-          hostNetwork: request.hostNetwork,
-          binds: [{ source: contextFile, destination: `${repoDir}/step_context.json` }],
-          userDirs: [repoDir],
-          ...(prepared.repositoryDir ? { repositoryDir: prepared.repositoryDir } : {}),
-          resultPath: `${repoDir.slice(1)}/step_result.json`,
-          timeoutMs: Math.max(1, deadline - Date.now()),
-          onOutput: (stream, text, time) => log.append(stream, masker.text(text), time.getTime()),
-          onStarted: () => this.emit(active, { type: "phase", state: "running", phase: "run", time: Date.now() }),
-          signal,
-        });
-        span.setAttributes({ "process.exit_code": exited.exitCode ?? -1 });
-        return exited;
-      });
-      Object.assign(record, { exitCode: exit.exitCode, signal: exit.signal, oomKilled: exit.oomKilled });
-      end = outcome(exit, request);
-      if (exit.result && "text" in exit.result) {
-        try {
-          const parsed = parseStepResult(exit.result.text);
-          this.emit(active, { type: "result", result: parsed });
-          record.result = masker.json(parsed);
-        } catch (error) {
-          // A step that failed anyway keeps its own reason; the bad result is only noted.
-          if (end.state === "success" || !(error instanceof InvalidResultError)) throw error;
-          log.append("system", `[steprunner] ignored an invalid ${error.message}`);
-        }
-      }
-      if (end.state === "cancelled") end = stopped(active);
+      const prepared = await this.prepareContext(request, active, masker);
+      const built = await this.buildImage(request, active, prepared, masker);
+      image = await this.pullImage(active, built);
+      const exit = await this.runAction(request, active, { prepared, image, contextFile, masker, deadline });
+      end = this.endOfRun(request, active, exit, masker);
     } catch (error) {
-      if (error instanceof InvalidResultError) end = { state: "error", reason: `invalid ${error.message}` };
-      else if (signal.aborted) end = stopped(active);
-      else if (error instanceof RefusedInputError) {
-        end = { state: "error", reason: `${record.state === "preparing" ? "the context was refused" : "the image build failed"}: ${masker.text(error.message)}` };
-      }
-      else {
-        const message = masker.text((error as Error).message);
-        const part = error instanceof RuntimeError ? "the container runtime failed" : `the ${record.state === "preparing" ? "context" : record.state === "building" ? "image build" : "runtime"} failed`;
-        active.logger.error("step failed in the service", { error: message });
-        // A full disk is the operator's to fix: say which one.
-        const full = (error as NodeJS.ErrnoException).code === "ENOSPC" ? `; the step-service's disk is full: free space under ${this.settings.stateDir}` : "";
-        end = { state: "system_error", reason: `${part}: ${message}${full}` };
-      }
+      end = this.endOfFailure(active, error, masker);
     }
     clearTimeout(timer);
-    // The container is gone by now (the runtime tears it down); what is left is ours, then the step ends.
+    await this.teardown(active, image, contextFile);
+    this.finish(active, end);
+  }
+
+  /** The context phase: the revision resolved and the build context made (the context-service's round trips). */
+  private async prepareContext(request: StepRequest, active: Active, masker: SecretMasker): Promise<PreparedStepContext> {
+    this.enter(active, "preparing", "context");
+    const signal = active.controller.signal;
+    const prepared = await this.phase(active, "context", () => this.parts.contexts.prepare(request, signal, (name, ms) => this.addPart(active, name, ms)));
+    active.record.gitSha = prepared.gitSha;
+    for (const warning of prepared.warnings) this.emit(active, { type: "warning", message: masker.text(warning) });
+    return prepared;
+  }
+
+  /** The build phase: the image built or reused (the image-service's round trip), its progress masked and passed on. */
+  private async buildImage(request: StepRequest, active: Active, prepared: PreparedStepContext, masker: SecretMasker): Promise<BuiltStepImage> {
+    this.enter(active, "building", "build");
+    const built = await this.phase(active, "build", async (span) => {
+      const buildLog = new BuildLogMasker(masker);
+      const onProgress = (progress: BuildProgress) => this.emit(active, { type: "build", progress: buildLog.mask(progress) });
+      const onWarning = (message: string) => this.emit(active, { type: "warning", message: masker.text(message) });
+      const result = await this.parts.images.build(prepared, request, onProgress, active.controller.signal, onWarning).finally(() => {
+        const rest = buildLog.flush();
+        if (rest) this.emit(active, { type: "build", progress: rest });
+      });
+      span.setAttributes({ "image.id": result.imageId, "image.reused": result.reused });
+      return result;
+    });
+    Object.assign(active.record, { imageId: built.imageId, imageReused: built.reused });
+    return built;
+  }
+
+  /** The pull phase: the image's layers as lower directories (pulled into the layer store when they are not local). */
+  private async pullImage(active: Active, built: BuiltStepImage): Promise<ImageRootfs> {
+    this.enter(active, "running", "pull");
+    return this.phase(active, "pull", () => this.parts.materialiser.materialise(built.image, active.controller.signal));
+  }
+
+  /** The run phase: step_context.json written for its mount, then the container run to its end (see ContainerRuntime). */
+  private async runAction(request: StepRequest, active: Active, inputs: RunInputs): Promise<ContainerExit> {
+    const { record, log } = active;
+    const { prepared, image, contextFile, masker, deadline } = inputs;
+    const repoDir = `/opt/opschain/${prepared.repoFolder}`;
+    return this.phase(active, "run", async (span) => {
+      await this.timedPart(active, "context-file", () => writeFile(contextFile, JSON.stringify(runtimeStepContext(prepared.stepContext, record.id, request)), { mode: 0o644 }));
+      log.append("system", `[steprunner] running ${request.action} in image ${record.imageId}`);
+      const exited = await this.parts.runtime.run({
+        stepId: record.id,
+        image,
+        args: stepCommand(request),
+        env: { ...envProperties(request), ...requestEnvironment(request), OPSCHAIN_REPO_FOLDER: prepared.repoFolder },
+        limits: request.limits,
+        hostNetwork: request.hostNetwork,
+        binds: [{ source: contextFile, destination: `${repoDir}/step_context.json` }],
+        userDirs: [repoDir],
+        ...(prepared.repositoryDir ? { repositoryDir: prepared.repositoryDir } : {}),
+        resultPath: `${repoDir.slice(1)}/step_result.json`,
+        timeoutMs: Math.max(1, deadline - Date.now()),
+        onOutput: (stream, text, time) => log.append(stream, masker.text(text), time.getTime()),
+        onStarted: () => this.emit(active, { type: "phase", state: "running", phase: "run", time: Date.now() }),
+        onPart: (part, ms) => this.addPart(active, part, ms),
+        signal: active.controller.signal,
+      });
+      span.setAttributes({ "process.exit_code": exited.exitCode ?? -1 });
+      return exited;
+    });
+  }
+
+  /** How a step whose container ran to its end ends, with its step_result.json parsed (secrets masked). */
+  private endOfRun(request: StepRequest, active: Active, exit: ContainerExit, masker: SecretMasker): StepEnd {
+    const { record, log } = active;
+    Object.assign(record, { exitCode: exit.exitCode, signal: exit.signal, oomKilled: exit.oomKilled });
+    let end = outcome(exit, request);
+    if (exit.result && "text" in exit.result) {
+      const started = performance.now();
+      try {
+        const parsed = parseStepResult(exit.result.text);
+        this.emit(active, { type: "result", result: parsed });
+        record.result = masker.json(parsed);
+      } catch (error) {
+        // A step that failed anyway keeps its own reason; the bad result is only noted.
+        if (end.state === "success" || !(error instanceof InvalidResultError)) throw error;
+        log.append("system", `[steprunner] ignored an invalid ${error.message}`);
+      } finally {
+        this.addPart(active, "result-parse", performance.now() - started, "run");
+      }
+    }
+    if (end.state === "cancelled") end = stopped(active);
+    return end;
+  }
+
+  /** How a step that failed on the way ends: the step's own fault, the service's, or a stop. */
+  private endOfFailure(active: Active, error: unknown, masker: SecretMasker): StepEnd {
+    const { record } = active;
+    if (error instanceof InvalidResultError) return { state: "error", reason: `invalid ${error.message}` };
+    if (active.controller.signal.aborted) return stopped(active);
+    if (error instanceof RefusedInputError) {
+      return { state: "error", reason: `${record.state === "preparing" ? "the context was refused" : "the image build failed"}: ${masker.text(error.message)}` };
+    }
+    const message = masker.text((error as Error).message);
+    const part = error instanceof RuntimeError ? "the container runtime failed" : `the ${record.state === "preparing" ? "context" : record.state === "building" ? "image build" : "runtime"} failed`;
+    active.logger.error("step failed in the service", { error: message });
+    // A full disk is the operator's to fix: say which one.
+    const full = (error as NodeJS.ErrnoException).code === "ENOSPC" ? `; the step-service's disk is full: free space under ${this.settings.stateDir}` : "";
+    return { state: "system_error", reason: `${part}: ${message}${full}` };
+  }
+
+  /** The teardown phase: the container is gone by now (the runtime removes it); what is left is ours. */
+  private async teardown(active: Active, image: ImageRootfs | undefined, contextFile: string): Promise<void> {
     await this.phase(active, "teardown", async () => {
       image?.release();
       await rm(contextFile, { force: true });
       await this.parts.layers.collect().catch((error: Error) => this.parts.logger.warn("layer collection failed", { error }));
     });
-    this.finish(active, end);
   }
 
   private enter(active: Active, state: StepState, phase: PhaseName): void {
     if (active.controller.signal.aborted) throw active.controller.signal.reason;
     active.record.state = state;
     active.record.reason = "";
-    this.records.save(active.record);
+    active.phase = phase;
+    this.save(active);
     this.emit(active, { type: "phase", state, phase, time: Date.now() });
   }
 
   /** Runs a phase in its own span, a child of the step's, and records its time when it succeeds. */
   private async phase<T>(active: Active, phase: PhaseName, work: (span: Span) => Promise<T>): Promise<T> {
     const startedAt = Date.now();
+    active.phase = phase;
     const result = await inSpan(`step.${phase}`, { "step.id": active.record.id }, work);
     this.phaseDone(active, phase, startedAt);
     return result;
@@ -378,6 +445,31 @@ export class StepRunner {
 
   private phaseDone(active: Active, phase: PhaseName, startedAt: number): void {
     active.record.phases.push({ phase, startedAt, durationMs: Date.now() - startedAt });
+  }
+
+  /** Adds time to a part of the current phase (parts of one name add up, e.g. each record save). */
+  private addPart(active: Active, name: string, durationMs: number, phase: PhaseName = active.phase): void {
+    const parts = (active.record.phaseParts ??= []);
+    const part = parts.find((candidate) => candidate.phase === phase && candidate.name === name);
+    const ms = Math.round(durationMs * 1000) / 1000;
+    if (part) part.durationMs = Math.round((part.durationMs + ms) * 1000) / 1000;
+    else parts.push({ phase, name, durationMs: ms });
+  }
+
+  private async timedPart<T>(active: Active, name: string, work: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    try {
+      return await work();
+    } finally {
+      this.addPart(active, name, performance.now() - started);
+    }
+  }
+
+  /** Writes the record (a synchronous SQLite write), its time counted as the current phase's "record-save" part. */
+  private save(active: Active): void {
+    const started = performance.now();
+    this.records.save(active.record);
+    this.addPart(active, "record-save", performance.now() - started);
   }
 
   private finish(active: Active, end: { state: StepState; reason: string }): void {

@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file steprunner/step/v1/step_service.proto.
  */
 export const file_steprunner_step_v1_step_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVzdGVwcnVubmVyL3N0ZXAvdjEvc3RlcF9zZXJ2aWNlLnByb3RvEhJzdGVwcnVubmVyLnN0ZXAudjEiQAoGTGltaXRzEhQKDG1lbW9yeV9ieXRlcxgBIAEoAxISCgpjcHVfbWlsbGlzGAIgASgDEgwKBHBpZHMYAyABKAMiuwMKDlJ1blN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkSFgoOcmVwb3NpdG9yeV91cmwYAiABKAkSDwoHZ2l0X3JldhgDIAEoCRIOCgZhY3Rpb24YBCABKAkSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMSEwoLcmVwb19mb2xkZXIYCCABKAkSGwoTZXhjbHVkZV9naXRfaGlzdG9yeRgJIAEoCBIqCgd0aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGhvc3RfbmV0d29yaxgLIAEoCBIqCgZsaW1pdHMYDCABKAsyGi5zdGVwcnVubmVyLnN0ZXAudjEuTGltaXRzEhsKE2J1aWxkX3dpdGhvdXRfY2FjaGUYDSABKAgSDwoHZHJ5X3J1bhgOIAEoCCI2CgxTdGVwQWNjZXB0ZWQSJgoEc3RlcBgBIAEoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwIpABCgxQaGFzZUNoYW5nZWQSLAoFc3RhdGUYASABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEigKBXBoYXNlGAIgASgOMhkuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoEBCgdMb2dMaW5lEg4KBm9mZnNldBgBIAEoAxIuCgZzdHJlYW0YAiABKA4yHi5zdGVwcnVubmVyLmltYWdlLnYxLkxvZ1N0cmVhbRIMCgR0ZXh0GAMgASgJEigKBHRpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjYKDFN0ZXBGaW5pc2hlZBImCgRzdGVwGAEgASgLMhguc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXAiwwIKD1J1blN0ZXBSZXNwb25zZRI0CghhY2NlcHRlZBgBIAEoCzIgLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwQWNjZXB0ZWRIABI5Cg1waGFzZV9jaGFuZ2VkGAIgASgLMiAuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlQ2hhbmdlZEgAEjwKDmJ1aWxkX3Byb2dyZXNzGAMgASgLMiIuc3RlcHJ1bm5lci5pbWFnZS52MS5CdWlsZFByb2dyZXNzSAASLwoIbG9nX2xpbmUYBCABKAsyGy5zdGVwcnVubmVyLnN0ZXAudjEuTG9nTGluZUgAEjQKCGZpbmlzaGVkGAUgASgLMiAuc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBGaW5pc2hlZEgAEhEKB3dhcm5pbmcYBiABKAlIAEIHCgVldmVudCKUAQoLUGhhc2VUaW1pbmcSKAoFcGhhc2UYASABKA4yGS5zdGVwcnVubmVyLnN0ZXAudjEuUGhhc2USLgoKc3RhcnRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoIZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iGwoJQ2hpbGRTdGVwEg4KBmFjdGlvbhgBIAEoCSKYAQoUQ2hpbGRTdGVwRGVmaW5pdGlvbnMSLwoIY2hpbGRyZW4YASADKAsyHS5zdGVwcnVubmVyLnN0ZXAudjEuQ2hpbGRTdGVwEk8KGGNoaWxkX2V4ZWN1dGlvbl9zdHJhdGVneRgCIAEoDjItLnN0ZXBydW5uZXIuY29udGV4dC52MS5DaGlsZEV4ZWN1dGlvblN0cmF0ZWd5Ik8KDlByb3BlcnRpZXNEaWZmEg0KBW93bmVyGAEgASgJEi4KCm9wZXJhdGlvbnMYAiABKAsyGi5nb29nbGUucHJvdG9idWYuTGlzdFZhbHVlIvUBCgpTdGVwUmVzdWx0EisKCnByb3BlcnRpZXMYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjwKEHByb3BlcnRpZXNfZGlmZnMYAiADKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuUHJvcGVydGllc0RpZmYSSAoWY2hpbGRfc3RlcF9kZWZpbml0aW9ucxgDIAEoCzIoLnN0ZXBydW5uZXIuc3RlcC52MS5DaGlsZFN0ZXBEZWZpbml0aW9ucxIyChJleHBlY3RlZF9zdGVwX3RyZWUYBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUi5QMKBFN0ZXASCgoCaWQYASABKAkSLAoFc3RhdGUYAiABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEg4KBnJlYXNvbhgDIAEoCRIWCg5yZXBvc2l0b3J5X3VybBgEIAEoCRIPCgdnaXRfcmV2GAUgASgJEg8KB2dpdF9zaGEYBiABKAkSDgoGYWN0aW9uGAcgASgJEhAKCGltYWdlX2lkGAggASgJEhQKDGltYWdlX3JldXNlZBgJIAEoCBIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZXhpdF9jb2RlGAwgASgFEg4KBnNpZ25hbBgNIAEoCRISCgpvb21fa2lsbGVkGA4gASgIEi8KBnBoYXNlcxgPIAMoCzIfLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZVRpbWluZxIuCgZyZXN1bHQYECABKAsyHi5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFJlc3VsdBIRCglsb2dfbGluZXMYESABKAMSFQoNbG9nX3RydW5jYXRlZBgSIAEoCCKDAQoQUnVuQ2hhbmdlUmVxdWVzdBIRCgljaGFuZ2VfaWQYASABKAkSMAoEc3RlcBgCIAEoCzIiLnN0ZXBydW5uZXIuc3RlcC52MS5SdW5TdGVwUmVxdWVzdBIqCgd0aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIvwBCgpDaGFuZ2VTdGVwEgoKAmlkGAEgASgJEg4KBmFjdGlvbhgCIAEoCRIRCglwYXJlbnRfaWQYAyABKAkSLAoFc3RhdGUYBCABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEg4KBnJlYXNvbhgFIAEoCRJPChhjaGlsZF9leGVjdXRpb25fc3RyYXRlZ3kYBiABKA4yLS5zdGVwcnVubmVyLmNvbnRleHQudjEuQ2hpbGRFeGVjdXRpb25TdHJhdGVneRIwCghjaGlsZHJlbhgHIAMoCzIeLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2VTdGVwIpkCCgZDaGFuZ2USCgoCaWQYASABKAkSLAoFc3RhdGUYAiABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEg4KBnJlYXNvbhgDIAEoCRIsCgRyb290GAQgASgLMh4uc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZVN0ZXASNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIuCgpjcmVhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPAoOQ2hhbmdlQWNjZXB0ZWQSKgoGY2hhbmdlGAEgASgLMhouc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZSJQCglTdGVwRXZlbnQSDwoHc3RlcF9pZBgBIAEoCRIyCgVldmVudBgCIAEoCzIjLnN0ZXBydW5uZXIuc3RlcC52MS5SdW5TdGVwUmVzcG9uc2UiOQoLVHJlZUNoYW5nZWQSKgoGY2hhbmdlGAEgASgLMhouc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZSI8Cg5DaGFuZ2VGaW5pc2hlZBIqCgZjaGFuZ2UYASABKAsyGi5zdGVwcnVubmVyLnN0ZXAudjEuQ2hhbmdlIo0CChFSdW5DaGFuZ2VSZXNwb25zZRI2CghhY2NlcHRlZBgBIAEoCzIiLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2VBY2NlcHRlZEgAEjMKCnN0ZXBfZXZlbnQYAiABKAsyHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcEV2ZW50SAASNwoMdHJlZV9jaGFuZ2VkGAMgASgLMh8uc3RlcHJ1bm5lci5zdGVwLnYxLlRyZWVDaGFuZ2VkSAASNgoIZmluaXNoZWQYBCABKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuQ2hhbmdlRmluaXNoZWRIABIRCgd3YXJuaW5nGAUgASgJSABCBwoFZXZlbnQiIQoOR2V0U3RlcFJlcXVlc3QSDwoHc3RlcF9pZBgBIAEoCSI5Cg9HZXRTdGVwUmVzcG9uc2USJgoEc3RlcBgBIAEoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwImgKEExpc3RTdGVwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSLQoGc3RhdGVzGAMgAygOMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBTdGF0ZSJVChFMaXN0U3RlcHNSZXNwb25zZRInCgVzdGVwcxgBIAMoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJJChFGb2xsb3dMb2dzUmVxdWVzdBIPCgdzdGVwX2lkGAEgASgJEhMKC2Zyb21fb2Zmc2V0GAIgASgDEg4KBmZvbGxvdxgDIAEoCCI/ChJGb2xsb3dMb2dzUmVzcG9uc2USKQoEbGluZRgBIAEoCzIbLnN0ZXBydW5uZXIuc3RlcC52MS5Mb2dMaW5lIiQKEUNhbmNlbFN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkiPAoSQ2FuY2VsU3RlcFJlc3BvbnNlEiYKBHN0ZXAYASABKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcCIXChVHZXRSdW50aW1lSW5mb1JlcXVlc3QiqwEKFkdldFJ1bnRpbWVJbmZvUmVzcG9uc2USFAoMcnVuY192ZXJzaW9uGAEgASgJEhgKEG9jaV9zcGVjX3ZlcnNpb24YAiABKAkSFgoOY2dyb3VwX3ZlcnNpb24YAyABKAUSHAoUbWF4X2NvbmN1cnJlbnRfc3RlcHMYBCABKAUSFQoNcnVubmluZ19zdGVwcxgFIAEoBRIUCgxxdWV1ZWRfc3RlcHMYBiABKAUqpAIKCVN0ZXBTdGF0ZRIaChZTVEVQX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRU1RFUF9TVEFURV9RVUVVRUQQARIYChRTVEVQX1NUQVRFX1BSRVBBUklORxACEhcKE1NURVBfU1RBVEVfQlVJTERJTkcQAxIWChJTVEVQX1NUQVRFX1JVTk5JTkcQBBIWChJTVEVQX1NUQVRFX1NVQ0NFU1MQBRIUChBTVEVQX1NUQVRFX0VSUk9SEAYSGAoUU1RFUF9TVEFURV9USU1FRF9PVVQQBxIYChRTVEVQX1NUQVRFX0NBTkNFTExFRBAIEhsKF1NURVBfU1RBVEVfU1lTVEVNX0VSUk9SEAkSGgoWU1RFUF9TVEFURV9IQU5ERURfQkFDSxAKKoYBCgVQaGFzZRIVChFQSEFTRV9VTlNQRUNJRklFRBAAEg8KC1BIQVNFX1FVRVVFEAESEQoNUEhBU0VfQ09OVEVYVBACEg8KC1BIQVNFX0JVSUxEEAMSDgoKUEhBU0VfUFVMTBAEEg0KCVBIQVNFX1JVThAFEhIKDlBIQVNFX1RFQVJET1dOEAYyqwUKC1N0ZXBTZXJ2aWNlElQKB1J1blN0ZXASIi5zdGVwcnVubmVyLnN0ZXAudjEuUnVuU3RlcFJlcXVlc3QaIy5zdGVwcnVubmVyLnN0ZXAudjEuUnVuU3RlcFJlc3BvbnNlMAESWgoJUnVuQ2hhbmdlEiQuc3RlcHJ1bm5lci5zdGVwLnYxLlJ1bkNoYW5nZVJlcXVlc3QaJS5zdGVwcnVubmVyLnN0ZXAudjEuUnVuQ2hhbmdlUmVzcG9uc2UwARJXCgdHZXRTdGVwEiIuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFN0ZXBSZXF1ZXN0GiMuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFN0ZXBSZXNwb25zZSIDkAIBEl0KCUxpc3RTdGVwcxIkLnN0ZXBydW5uZXIuc3RlcC52MS5MaXN0U3RlcHNSZXF1ZXN0GiUuc3RlcHJ1bm5lci5zdGVwLnYxLkxpc3RTdGVwc1Jlc3BvbnNlIgOQAgESYgoKRm9sbG93TG9ncxIlLnN0ZXBydW5uZXIuc3RlcC52MS5Gb2xsb3dMb2dzUmVxdWVzdBomLnN0ZXBydW5uZXIuc3RlcC52MS5Gb2xsb3dMb2dzUmVzcG9uc2UiA5ACATABEmAKCkNhbmNlbFN0ZXASJS5zdGVwcnVubmVyLnN0ZXAudjEuQ2FuY2VsU3RlcFJlcXVlc3QaJi5zdGVwcnVubmVyLnN0ZXAudjEuQ2FuY2VsU3RlcFJlc3BvbnNlIgOQAgISbAoOR2V0UnVudGltZUluZm8SKS5zdGVwcnVubmVyLnN0ZXAudjEuR2V0UnVudGltZUluZm9SZXF1ZXN0Giouc3RlcHJ1bm5lci5zdGVwLnYxLkdldFJ1bnRpbWVJbmZvUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_steprunner_context_v1_context_service, file_steprunner_image_v1_image_service]);
+  fileDesc("CiVzdGVwcnVubmVyL3N0ZXAvdjEvc3RlcF9zZXJ2aWNlLnByb3RvEhJzdGVwcnVubmVyLnN0ZXAudjEiQAoGTGltaXRzEhQKDG1lbW9yeV9ieXRlcxgBIAEoAxISCgpjcHVfbWlsbGlzGAIgASgDEgwKBHBpZHMYAyABKAMiuwMKDlJ1blN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkSFgoOcmVwb3NpdG9yeV91cmwYAiABKAkSDwoHZ2l0X3JldhgDIAEoCRIOCgZhY3Rpb24YBCABKAkSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMSEwoLcmVwb19mb2xkZXIYCCABKAkSGwoTZXhjbHVkZV9naXRfaGlzdG9yeRgJIAEoCBIqCgd0aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGhvc3RfbmV0d29yaxgLIAEoCBIqCgZsaW1pdHMYDCABKAsyGi5zdGVwcnVubmVyLnN0ZXAudjEuTGltaXRzEhsKE2J1aWxkX3dpdGhvdXRfY2FjaGUYDSABKAgSDwoHZHJ5X3J1bhgOIAEoCCI2CgxTdGVwQWNjZXB0ZWQSJgoEc3RlcBgBIAEoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwIpABCgxQaGFzZUNoYW5nZWQSLAoFc3RhdGUYASABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEigKBXBoYXNlGAIgASgOMhkuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoEBCgdMb2dMaW5lEg4KBm9mZnNldBgBIAEoAxIuCgZzdHJlYW0YAiABKA4yHi5zdGVwcnVubmVyLmltYWdlLnYxLkxvZ1N0cmVhbRIMCgR0ZXh0GAMgASgJEigKBHRpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjYKDFN0ZXBGaW5pc2hlZBImCgRzdGVwGAEgASgLMhguc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXAiwwIKD1J1blN0ZXBSZXNwb25zZRI0CghhY2NlcHRlZBgBIAEoCzIgLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwQWNjZXB0ZWRIABI5Cg1waGFzZV9jaGFuZ2VkGAIgASgLMiAuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlQ2hhbmdlZEgAEjwKDmJ1aWxkX3Byb2dyZXNzGAMgASgLMiIuc3RlcHJ1bm5lci5pbWFnZS52MS5CdWlsZFByb2dyZXNzSAASLwoIbG9nX2xpbmUYBCABKAsyGy5zdGVwcnVubmVyLnN0ZXAudjEuTG9nTGluZUgAEjQKCGZpbmlzaGVkGAUgASgLMiAuc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBGaW5pc2hlZEgAEhEKB3dhcm5pbmcYBiABKAlIAEIHCgVldmVudCKUAQoLUGhhc2VUaW1pbmcSKAoFcGhhc2UYASABKA4yGS5zdGVwcnVubmVyLnN0ZXAudjEuUGhhc2USLgoKc3RhcnRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoIZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24icAoJUGhhc2VQYXJ0EigKBXBoYXNlGAEgASgOMhkuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlEgwKBG5hbWUYAiABKAkSKwoIZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iGwoJQ2hpbGRTdGVwEg4KBmFjdGlvbhgBIAEoCSKYAQoUQ2hpbGRTdGVwRGVmaW5pdGlvbnMSLwoIY2hpbGRyZW4YASADKAsyHS5zdGVwcnVubmVyLnN0ZXAudjEuQ2hpbGRTdGVwEk8KGGNoaWxkX2V4ZWN1dGlvbl9zdHJhdGVneRgCIAEoDjItLnN0ZXBydW5uZXIuY29udGV4dC52MS5DaGlsZEV4ZWN1dGlvblN0cmF0ZWd5Ik8KDlByb3BlcnRpZXNEaWZmEg0KBW93bmVyGAEgASgJEi4KCm9wZXJhdGlvbnMYAiABKAsyGi5nb29nbGUucHJvdG9idWYuTGlzdFZhbHVlIvUBCgpTdGVwUmVzdWx0EisKCnByb3BlcnRpZXMYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjwKEHByb3BlcnRpZXNfZGlmZnMYAiADKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuUHJvcGVydGllc0RpZmYSSAoWY2hpbGRfc3RlcF9kZWZpbml0aW9ucxgDIAEoCzIoLnN0ZXBydW5uZXIuc3RlcC52MS5DaGlsZFN0ZXBEZWZpbml0aW9ucxIyChJleHBlY3RlZF9zdGVwX3RyZWUYBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUimQQKBFN0ZXASCgoCaWQYASABKAkSLAoFc3RhdGUYAiABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEg4KBnJlYXNvbhgDIAEoCRIWCg5yZXBvc2l0b3J5X3VybBgEIAEoCRIPCgdnaXRfcmV2GAUgASgJEg8KB2dpdF9zaGEYBiABKAkSDgoGYWN0aW9uGAcgASgJEhAKCGltYWdlX2lkGAggASgJEhQKDGltYWdlX3JldXNlZBgJIAEoCBIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZXhpdF9jb2RlGAwgASgFEg4KBnNpZ25hbBgNIAEoCRISCgpvb21fa2lsbGVkGA4gASgIEi8KBnBoYXNlcxgPIAMoCzIfLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZVRpbWluZxIuCgZyZXN1bHQYECABKAsyHi5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFJlc3VsdBIRCglsb2dfbGluZXMYESABKAMSFQoNbG9nX3RydW5jYXRlZBgSIAEoCBIyCgtwaGFzZV9wYXJ0cxgTIAMoCzIdLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZVBhcnQigwEKEFJ1bkNoYW5nZVJlcXVlc3QSEQoJY2hhbmdlX2lkGAEgASgJEjAKBHN0ZXAYAiABKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuUnVuU3RlcFJlcXVlc3QSKgoHdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiL8AQoKQ2hhbmdlU3RlcBIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSEQoJcGFyZW50X2lkGAMgASgJEiwKBXN0YXRlGAQgASgOMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBTdGF0ZRIOCgZyZWFzb24YBSABKAkSTwoYY2hpbGRfZXhlY3V0aW9uX3N0cmF0ZWd5GAYgASgOMi0uc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNoaWxkRXhlY3V0aW9uU3RyYXRlZ3kSMAoIY2hpbGRyZW4YByADKAsyHi5zdGVwcnVubmVyLnN0ZXAudjEuQ2hhbmdlU3RlcCKZAgoGQ2hhbmdlEgoKAmlkGAEgASgJEiwKBXN0YXRlGAIgASgOMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBTdGF0ZRIOCgZyZWFzb24YAyABKAkSLAoEcm9vdBgEIAEoCzIeLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2VTdGVwEjYKCnByb3BlcnRpZXMYBSADKAsyIi5zdGVwcnVubmVyLmNvbnRleHQudjEuUHJvcGVydHlTZXQSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjwKDkNoYW5nZUFjY2VwdGVkEioKBmNoYW5nZRgBIAEoCzIaLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2UiUAoJU3RlcEV2ZW50Eg8KB3N0ZXBfaWQYASABKAkSMgoFZXZlbnQYAiABKAsyIy5zdGVwcnVubmVyLnN0ZXAudjEuUnVuU3RlcFJlc3BvbnNlIjkKC1RyZWVDaGFuZ2VkEioKBmNoYW5nZRgBIAEoCzIaLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2UiPAoOQ2hhbmdlRmluaXNoZWQSKgoGY2hhbmdlGAEgASgLMhouc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZSKNAgoRUnVuQ2hhbmdlUmVzcG9uc2USNgoIYWNjZXB0ZWQYASABKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuQ2hhbmdlQWNjZXB0ZWRIABIzCgpzdGVwX2V2ZW50GAIgASgLMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBFdmVudEgAEjcKDHRyZWVfY2hhbmdlZBgDIAEoCzIfLnN0ZXBydW5uZXIuc3RlcC52MS5UcmVlQ2hhbmdlZEgAEjYKCGZpbmlzaGVkGAQgASgLMiIuc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZUZpbmlzaGVkSAASEQoHd2FybmluZxgFIAEoCUgAQgcKBWV2ZW50IiEKDkdldFN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkiOQoPR2V0U3RlcFJlc3BvbnNlEiYKBHN0ZXAYASABKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcCJoChBMaXN0U3RlcHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEi0KBnN0YXRlcxgDIAMoDjIdLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwU3RhdGUiVQoRTGlzdFN0ZXBzUmVzcG9uc2USJwoFc3RlcHMYASADKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoRRm9sbG93TG9nc1JlcXVlc3QSDwoHc3RlcF9pZBgBIAEoCRITCgtmcm9tX29mZnNldBgCIAEoAxIOCgZmb2xsb3cYAyABKAgiPwoSRm9sbG93TG9nc1Jlc3BvbnNlEikKBGxpbmUYASABKAsyGy5zdGVwcnVubmVyLnN0ZXAudjEuTG9nTGluZSIkChFDYW5jZWxTdGVwUmVxdWVzdBIPCgdzdGVwX2lkGAEgASgJIjwKEkNhbmNlbFN0ZXBSZXNwb25zZRImCgRzdGVwGAEgASgLMhguc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXAiFwoVR2V0UnVudGltZUluZm9SZXF1ZXN0IqsBChZHZXRSdW50aW1lSW5mb1Jlc3BvbnNlEhQKDHJ1bmNfdmVyc2lvbhgBIAEoCRIYChBvY2lfc3BlY192ZXJzaW9uGAIgASgJEhYKDmNncm91cF92ZXJzaW9uGAMgASgFEhwKFG1heF9jb25jdXJyZW50X3N0ZXBzGAQgASgFEhUKDXJ1bm5pbmdfc3RlcHMYBSABKAUSFAoMcXVldWVkX3N0ZXBzGAYgASgFKqQCCglTdGVwU3RhdGUSGgoWU1RFUF9TVEFURV9VTlNQRUNJRklFRBAAEhUKEVNURVBfU1RBVEVfUVVFVUVEEAESGAoUU1RFUF9TVEFURV9QUkVQQVJJTkcQAhIXChNTVEVQX1NUQVRFX0JVSUxESU5HEAMSFgoSU1RFUF9TVEFURV9SVU5OSU5HEAQSFgoSU1RFUF9TVEFURV9TVUNDRVNTEAUSFAoQU1RFUF9TVEFURV9FUlJPUhAGEhgKFFNURVBfU1RBVEVfVElNRURfT1VUEAcSGAoUU1RFUF9TVEFURV9DQU5DRUxMRUQQCBIbChdTVEVQX1NUQVRFX1NZU1RFTV9FUlJPUhAJEhoKFlNURVBfU1RBVEVfSEFOREVEX0JBQ0sQCiqGAQoFUGhhc2USFQoRUEhBU0VfVU5TUEVDSUZJRUQQABIPCgtQSEFTRV9RVUVVRRABEhEKDVBIQVNFX0NPTlRFWFQQAhIPCgtQSEFTRV9CVUlMRBADEg4KClBIQVNFX1BVTEwQBBINCglQSEFTRV9SVU4QBRISCg5QSEFTRV9URUFSRE9XThAGMqsFCgtTdGVwU2VydmljZRJUCgdSdW5TdGVwEiIuc3RlcHJ1bm5lci5zdGVwLnYxLlJ1blN0ZXBSZXF1ZXN0GiMuc3RlcHJ1bm5lci5zdGVwLnYxLlJ1blN0ZXBSZXNwb25zZTABEloKCVJ1bkNoYW5nZRIkLnN0ZXBydW5uZXIuc3RlcC52MS5SdW5DaGFuZ2VSZXF1ZXN0GiUuc3RlcHJ1bm5lci5zdGVwLnYxLlJ1bkNoYW5nZVJlc3BvbnNlMAESVwoHR2V0U3RlcBIiLnN0ZXBydW5uZXIuc3RlcC52MS5HZXRTdGVwUmVxdWVzdBojLnN0ZXBydW5uZXIuc3RlcC52MS5HZXRTdGVwUmVzcG9uc2UiA5ACARJdCglMaXN0U3RlcHMSJC5zdGVwcnVubmVyLnN0ZXAudjEuTGlzdFN0ZXBzUmVxdWVzdBolLnN0ZXBydW5uZXIuc3RlcC52MS5MaXN0U3RlcHNSZXNwb25zZSIDkAIBEmIKCkZvbGxvd0xvZ3MSJS5zdGVwcnVubmVyLnN0ZXAudjEuRm9sbG93TG9nc1JlcXVlc3QaJi5zdGVwcnVubmVyLnN0ZXAudjEuRm9sbG93TG9nc1Jlc3BvbnNlIgOQAgEwARJgCgpDYW5jZWxTdGVwEiUuc3RlcHJ1bm5lci5zdGVwLnYxLkNhbmNlbFN0ZXBSZXF1ZXN0GiYuc3RlcHJ1bm5lci5zdGVwLnYxLkNhbmNlbFN0ZXBSZXNwb25zZSIDkAICEmwKDkdldFJ1bnRpbWVJbmZvEikuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFJ1bnRpbWVJbmZvUmVxdWVzdBoqLnN0ZXBydW5uZXIuc3RlcC52MS5HZXRSdW50aW1lSW5mb1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_steprunner_context_v1_context_service, file_steprunner_image_v1_image_service]);
 
 /**
  * Limits bound a step's container; zero means the service's default.
@@ -333,6 +333,40 @@ export const PhaseTimingSchema: GenMessage<PhaseTiming> = /*@__PURE__*/
   messageDesc(file_steprunner_step_v1_step_service, 7);
 
 /**
+ * PhasePart is one measured part of a phase, for telling where the phase's time goes: for the run phase,
+ * e.g. "prepare" (rootfs mount, user, cgroup, spec), "runc" (runc run, from its start to its exit, which
+ * holds the action), "result" (step_result.json read back) and "cleanup" (mount, runc state and cgroup
+ * removed). Parts are measured one after another inside their phase; the phase's own duration includes them.
+ *
+ * @generated from message steprunner.step.v1.PhasePart
+ */
+export type PhasePart = Message<"steprunner.step.v1.PhasePart"> & {
+  /**
+   * @generated from field: steprunner.step.v1.Phase phase = 1;
+   */
+  phase: Phase;
+
+  /**
+   * A short name, stable across releases, e.g. "runc".
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * @generated from field: google.protobuf.Duration duration = 3;
+   */
+  duration?: Duration | undefined;
+};
+
+/**
+ * Describes the message steprunner.step.v1.PhasePart.
+ * Use `create(PhasePartSchema)` to create a new message.
+ */
+export const PhasePartSchema: GenMessage<PhasePart> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 8);
+
+/**
  * @generated from message steprunner.step.v1.ChildStep
  */
 export type ChildStep = Message<"steprunner.step.v1.ChildStep"> & {
@@ -347,7 +381,7 @@ export type ChildStep = Message<"steprunner.step.v1.ChildStep"> & {
  * Use `create(ChildStepSchema)` to create a new message.
  */
 export const ChildStepSchema: GenMessage<ChildStep> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 8);
+  messageDesc(file_steprunner_step_v1_step_service, 9);
 
 /**
  * @generated from message steprunner.step.v1.ChildStepDefinitions
@@ -369,7 +403,7 @@ export type ChildStepDefinitions = Message<"steprunner.step.v1.ChildStepDefiniti
  * Use `create(ChildStepDefinitionsSchema)` to create a new message.
  */
 export const ChildStepDefinitionsSchema: GenMessage<ChildStepDefinitions> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 9);
+  messageDesc(file_steprunner_step_v1_step_service, 10);
 
 /**
  * @generated from message steprunner.step.v1.PropertiesDiff
@@ -393,7 +427,7 @@ export type PropertiesDiff = Message<"steprunner.step.v1.PropertiesDiff"> & {
  * Use `create(PropertiesDiffSchema)` to create a new message.
  */
 export const PropertiesDiffSchema: GenMessage<PropertiesDiff> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 10);
+  messageDesc(file_steprunner_step_v1_step_service, 11);
 
 /**
  * StepResult is the validated content of the step's step_result.json.
@@ -432,7 +466,7 @@ export type StepResult = Message<"steprunner.step.v1.StepResult"> & {
  * Use `create(StepResultSchema)` to create a new message.
  */
 export const StepResultSchema: GenMessage<StepResult> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 11);
+  messageDesc(file_steprunner_step_v1_step_service, 12);
 
 /**
  * @generated from message steprunner.step.v1.Step
@@ -539,6 +573,13 @@ export type Step = Message<"steprunner.step.v1.Step"> & {
    * @generated from field: bool log_truncated = 18;
    */
   logTruncated: boolean;
+
+  /**
+   * Finer timings inside the phases (see PhasePart), in the order they were measured.
+   *
+   * @generated from field: repeated steprunner.step.v1.PhasePart phase_parts = 19;
+   */
+  phaseParts: PhasePart[];
 };
 
 /**
@@ -546,7 +587,7 @@ export type Step = Message<"steprunner.step.v1.Step"> & {
  * Use `create(StepSchema)` to create a new message.
  */
 export const StepSchema: GenMessage<Step> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 12);
+  messageDesc(file_steprunner_step_v1_step_service, 13);
 
 /**
  * @generated from message steprunner.step.v1.RunChangeRequest
@@ -582,7 +623,7 @@ export type RunChangeRequest = Message<"steprunner.step.v1.RunChangeRequest"> & 
  * Use `create(RunChangeRequestSchema)` to create a new message.
  */
 export const RunChangeRequestSchema: GenMessage<RunChangeRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 13);
+  messageDesc(file_steprunner_step_v1_step_service, 14);
 
 /**
  * ChangeStep is one step of a change's tree.
@@ -638,7 +679,7 @@ export type ChangeStep = Message<"steprunner.step.v1.ChangeStep"> & {
  * Use `create(ChangeStepSchema)` to create a new message.
  */
 export const ChangeStepSchema: GenMessage<ChangeStep> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 14);
+  messageDesc(file_steprunner_step_v1_step_service, 15);
 
 /**
  * @generated from message steprunner.step.v1.Change
@@ -690,7 +731,7 @@ export type Change = Message<"steprunner.step.v1.Change"> & {
  * Use `create(ChangeSchema)` to create a new message.
  */
 export const ChangeSchema: GenMessage<Change> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 15);
+  messageDesc(file_steprunner_step_v1_step_service, 16);
 
 /**
  * @generated from message steprunner.step.v1.ChangeAccepted
@@ -707,7 +748,7 @@ export type ChangeAccepted = Message<"steprunner.step.v1.ChangeAccepted"> & {
  * Use `create(ChangeAcceptedSchema)` to create a new message.
  */
 export const ChangeAcceptedSchema: GenMessage<ChangeAccepted> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 16);
+  messageDesc(file_steprunner_step_v1_step_service, 17);
 
 /**
  * StepEvent is one event of one step of the change, as RunStep streams them.
@@ -731,7 +772,7 @@ export type StepEvent = Message<"steprunner.step.v1.StepEvent"> & {
  * Use `create(StepEventSchema)` to create a new message.
  */
 export const StepEventSchema: GenMessage<StepEvent> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 17);
+  messageDesc(file_steprunner_step_v1_step_service, 18);
 
 /**
  * TreeChanged carries the whole tree after a step was added to it or changed state.
@@ -750,7 +791,7 @@ export type TreeChanged = Message<"steprunner.step.v1.TreeChanged"> & {
  * Use `create(TreeChangedSchema)` to create a new message.
  */
 export const TreeChangedSchema: GenMessage<TreeChanged> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 18);
+  messageDesc(file_steprunner_step_v1_step_service, 19);
 
 /**
  * @generated from message steprunner.step.v1.ChangeFinished
@@ -767,7 +808,7 @@ export type ChangeFinished = Message<"steprunner.step.v1.ChangeFinished"> & {
  * Use `create(ChangeFinishedSchema)` to create a new message.
  */
 export const ChangeFinishedSchema: GenMessage<ChangeFinished> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 19);
+  messageDesc(file_steprunner_step_v1_step_service, 20);
 
 /**
  * @generated from message steprunner.step.v1.RunChangeResponse
@@ -816,7 +857,7 @@ export type RunChangeResponse = Message<"steprunner.step.v1.RunChangeResponse"> 
  * Use `create(RunChangeResponseSchema)` to create a new message.
  */
 export const RunChangeResponseSchema: GenMessage<RunChangeResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 20);
+  messageDesc(file_steprunner_step_v1_step_service, 21);
 
 /**
  * @generated from message steprunner.step.v1.GetStepRequest
@@ -833,7 +874,7 @@ export type GetStepRequest = Message<"steprunner.step.v1.GetStepRequest"> & {
  * Use `create(GetStepRequestSchema)` to create a new message.
  */
 export const GetStepRequestSchema: GenMessage<GetStepRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 21);
+  messageDesc(file_steprunner_step_v1_step_service, 22);
 
 /**
  * @generated from message steprunner.step.v1.GetStepResponse
@@ -850,7 +891,7 @@ export type GetStepResponse = Message<"steprunner.step.v1.GetStepResponse"> & {
  * Use `create(GetStepResponseSchema)` to create a new message.
  */
 export const GetStepResponseSchema: GenMessage<GetStepResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 22);
+  messageDesc(file_steprunner_step_v1_step_service, 23);
 
 /**
  * @generated from message steprunner.step.v1.ListStepsRequest
@@ -879,7 +920,7 @@ export type ListStepsRequest = Message<"steprunner.step.v1.ListStepsRequest"> & 
  * Use `create(ListStepsRequestSchema)` to create a new message.
  */
 export const ListStepsRequestSchema: GenMessage<ListStepsRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 23);
+  messageDesc(file_steprunner_step_v1_step_service, 24);
 
 /**
  * @generated from message steprunner.step.v1.ListStepsResponse
@@ -901,7 +942,7 @@ export type ListStepsResponse = Message<"steprunner.step.v1.ListStepsResponse"> 
  * Use `create(ListStepsResponseSchema)` to create a new message.
  */
 export const ListStepsResponseSchema: GenMessage<ListStepsResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 24);
+  messageDesc(file_steprunner_step_v1_step_service, 25);
 
 /**
  * @generated from message steprunner.step.v1.FollowLogsRequest
@@ -932,7 +973,7 @@ export type FollowLogsRequest = Message<"steprunner.step.v1.FollowLogsRequest"> 
  * Use `create(FollowLogsRequestSchema)` to create a new message.
  */
 export const FollowLogsRequestSchema: GenMessage<FollowLogsRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 25);
+  messageDesc(file_steprunner_step_v1_step_service, 26);
 
 /**
  * @generated from message steprunner.step.v1.FollowLogsResponse
@@ -949,7 +990,7 @@ export type FollowLogsResponse = Message<"steprunner.step.v1.FollowLogsResponse"
  * Use `create(FollowLogsResponseSchema)` to create a new message.
  */
 export const FollowLogsResponseSchema: GenMessage<FollowLogsResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 26);
+  messageDesc(file_steprunner_step_v1_step_service, 27);
 
 /**
  * @generated from message steprunner.step.v1.CancelStepRequest
@@ -966,7 +1007,7 @@ export type CancelStepRequest = Message<"steprunner.step.v1.CancelStepRequest"> 
  * Use `create(CancelStepRequestSchema)` to create a new message.
  */
 export const CancelStepRequestSchema: GenMessage<CancelStepRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 27);
+  messageDesc(file_steprunner_step_v1_step_service, 28);
 
 /**
  * @generated from message steprunner.step.v1.CancelStepResponse
@@ -983,7 +1024,7 @@ export type CancelStepResponse = Message<"steprunner.step.v1.CancelStepResponse"
  * Use `create(CancelStepResponseSchema)` to create a new message.
  */
 export const CancelStepResponseSchema: GenMessage<CancelStepResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 28);
+  messageDesc(file_steprunner_step_v1_step_service, 29);
 
 /**
  * @generated from message steprunner.step.v1.GetRuntimeInfoRequest
@@ -996,7 +1037,7 @@ export type GetRuntimeInfoRequest = Message<"steprunner.step.v1.GetRuntimeInfoRe
  * Use `create(GetRuntimeInfoRequestSchema)` to create a new message.
  */
 export const GetRuntimeInfoRequestSchema: GenMessage<GetRuntimeInfoRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 29);
+  messageDesc(file_steprunner_step_v1_step_service, 30);
 
 /**
  * @generated from message steprunner.step.v1.GetRuntimeInfoResponse
@@ -1044,7 +1085,7 @@ export type GetRuntimeInfoResponse = Message<"steprunner.step.v1.GetRuntimeInfoR
  * Use `create(GetRuntimeInfoResponseSchema)` to create a new message.
  */
 export const GetRuntimeInfoResponseSchema: GenMessage<GetRuntimeInfoResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 30);
+  messageDesc(file_steprunner_step_v1_step_service, 31);
 
 /**
  * StepState is where a step is; from SUCCESS on, the states are final.

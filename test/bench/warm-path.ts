@@ -1,0 +1,169 @@
+// The warm path's rows of the benchmark (issue 16): a step whose image exists against the floor, the same action
+// alone in a bare runc container (the same image's layers, the same `opschain-action` entry and step-context
+// mount, no services), measured interleaved in one run. Used by benchmark.ts, and alone with `--only warm-path`.
+import { spawn } from "node:child_process";
+import { chown, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { unzipSync } from "fflate";
+import { resolveUser } from "../../services/step-service/runtime/spec.js";
+import { stack } from "../support/stack.js";
+
+export interface Timed {
+  /** Seconds (or steps per second for throughput). */
+  value: number;
+  runs: number;
+}
+
+export const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+
+/** Seconds a piece of work takes, by the monotonic clock. */
+export async function seconds(work: () => Promise<unknown>): Promise<number> {
+  const started = process.hrtime.bigint();
+  await work();
+  return Number(process.hrtime.bigint() - started) / 1e9;
+}
+
+/** Runs a program to its end and resolves with its exit code (output discarded unless it fails). */
+export function runQuiet(file: string, argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, argv, { stdio: ["ignore", "ignore", "pipe"], env });
+    let stderr = "";
+    child.stderr!.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
+    child.once("error", reject);
+    child.once("close", (code) => (code === 0 ? resolve() : reject(new Error(`${file} ${argv.slice(0, 3).join(" ")} exited ${code}: ${stderr}`))));
+  });
+}
+
+export interface StepImageLayers {
+  /** overlayfs lowerdir option: top first. */
+  lowerdir: string;
+  env: string[];
+  workingDir: string;
+  user: string;
+}
+
+/** A step image's layer directories and run settings, from dockerd. */
+export async function stepImageLayers(docker: string[], imageRef: string): Promise<StepImageLayers> {
+  const { stdout } = await execText(docker[0]!, [...docker.slice(1), "image", "inspect", imageRef]);
+  const inspect = JSON.parse(stdout)[0];
+  const data = inspect.GraphDriver.Data;
+  return {
+    lowerdir: [data.UpperDir, ...(data.LowerDir ? String(data.LowerDir).split(":") : [])].join(":"),
+    env: inspect.Config.Env ?? [],
+    workingDir: inspect.Config.WorkingDir || "/",
+    user: inspect.Config.User ?? "",
+  };
+}
+
+function execText(file: string, argv: string[]): Promise<{ stdout: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout!.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    child.once("error", reject);
+    child.once("close", (code) => (code === 0 ? resolve({ stdout }) : reject(new Error(`${file} ${argv.slice(0, 3).join(" ")} exited ${code}: ${stderr}`))));
+  });
+}
+
+/**
+ * One bare runc bundle over a step image: an overlay of its layers with a fresh upper directory, the step's
+ * step_context.json bind-mounted read-only where the step-service mounts it, the repository folder owned by
+ * the image's user, and `runc spec`'s defaults otherwise (no seccomp profile, no resource limits, no services).
+ */
+export class BareBundle {
+  private constructor(
+    readonly dir: string,
+    private readonly runcRoot: string,
+  ) {}
+
+  static async create(work: string, name: string, image: StepImageLayers, stepContext: string, env: Record<string, string>, repoFolder = ".mintpress"): Promise<BareBundle> {
+    const dir = join(work, name);
+    const rootfs = join(dir, "rootfs");
+    await mkdir(rootfs, { recursive: true });
+    await mkdir(join(dir, "upper"));
+    await mkdir(join(dir, "work"));
+    await runQuiet("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${image.lowerdir},upperdir=${join(dir, "upper")},workdir=${join(dir, "work")}`, rootfs]);
+    const bundle = new BareBundle(dir, join(work, "runc"));
+    try {
+      const user = await resolveUser(rootfs, image.user);
+      const repoDir = `/opt/opschain/${repoFolder}`;
+      await mkdir(join(rootfs, repoDir), { recursive: true });
+      await chown(join(rootfs, repoDir), user.uid, user.gid);
+      await writeFile(join(dir, "step_context.json"), stepContext, { mode: 0o644 });
+      await runQuiet("runc", ["spec", "--bundle", dir]);
+      const spec = JSON.parse(await readFile(join(dir, "config.json"), "utf8"));
+      const variables = new Map(image.env.map((entry) => [entry.slice(0, entry.indexOf("=")), entry.slice(entry.indexOf("=") + 1)] as const));
+      variables.set("HOME", user.home);
+      for (const [key, value] of Object.entries({ ...env, OPSCHAIN_REPO_FOLDER: repoFolder })) variables.set(key, value);
+      spec.process = {
+        ...spec.process,
+        terminal: false,
+        user: { uid: user.uid, gid: user.gid, additionalGids: user.additionalGids },
+        cwd: image.workingDir,
+        args: ["opschain-action", "hello"],
+        env: [...variables].map(([key, value]) => `${key}=${value}`),
+      };
+      spec.root = { path: "rootfs", readonly: false };
+      spec.hostname = "step";
+      spec.mounts.push({ destination: `${repoDir}/step_context.json`, type: "bind", source: join(dir, "step_context.json"), options: ["rbind", "ro", "nosuid", "nodev"] });
+      await writeFile(join(dir, "config.json"), JSON.stringify(spec));
+      return bundle;
+    } catch (error) {
+      await bundle.close();
+      throw error;
+    }
+  }
+
+  /** Sets the command the container runs (untimed, before run): the action by default. */
+  async setArgs(args: string[]): Promise<void> {
+    const spec = JSON.parse(await readFile(join(this.dir, "config.json"), "utf8"));
+    spec.process.args = args;
+    await writeFile(join(this.dir, "config.json"), JSON.stringify(spec));
+  }
+
+  /** Runs the container to its end (`runc run`, which deletes it on exit). */
+  async run(id: string): Promise<void> {
+    await runQuiet("runc", ["--root", this.runcRoot, "run", "--bundle", this.dir, id]);
+  }
+
+  async close(): Promise<void> {
+    await runQuiet("umount", [join(this.dir, "rootfs")]).catch(() => undefined);
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** step_context.json of a step, as the step-service mounts it: from the CLI's prepared context (no secrets here). */
+export async function stepContextOf(zipPath: string): Promise<string> {
+  const files = unzipSync(new Uint8Array(await readFile(zipPath)));
+  const json = files["step_context.json"];
+  if (!json) throw new Error(`${zipPath} holds no step_context.json`);
+  return Buffer.from(json).toString("utf8");
+}
+
+/** The env var properties of a properties document (opschain.env of each owner, later owners winning). */
+export function envOf(props: Record<string, unknown>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const values of Object.values(props)) {
+    const set = ((values as { opschain?: { env?: Record<string, unknown> } }).opschain?.env ?? {}) as Record<string, unknown>;
+    for (const [name, value] of Object.entries(set)) env[name] = typeof value === "string" ? value : JSON.stringify(value);
+  }
+  return env;
+}
+
+/** Runs `total` containers, `width` at a time, each worker on its own bundle; returns containers per second. */
+export async function bareThroughput(bundles: BareBundle[], total: number, prefix: string): Promise<number> {
+  let next = 0;
+  const elapsed = await seconds(() =>
+    Promise.all(
+      bundles.map(async (bundle, worker) => {
+        for (let i = next++; i < total; i = next++) await bundle.run(`${prefix}-${worker}-${i}`);
+      }),
+    ),
+  );
+  return total / elapsed;
+}
+
+/** The docker CLI of the local stack's dockerd. */
+export const DOCKER = ["/usr/bin/docker", "--host", `unix://${stack.runDir}/docker.sock`];
