@@ -30,8 +30,9 @@ const { values: args } = parseArgs({
     "small-repo": { type: "string" },
     "big-mb": { type: "string", default: "30" },
     "rss-gb": { type: "string", default: "1" },
-    // Comma-separated sections to run: stock (rows 1-4), warm-path (the floor rows), public (A-C), rss (D, 5).
-    only: { type: "string", default: "stock,warm-path,public,rss" },
+    // Comma-separated sections to run: stock (rows 1-4), warm-path (the floor rows), public (A-C), rss (D, 5),
+    // buildkitd (E: rows 1, A and 4 again with the stack on a standalone buildkitd; needs STEPRUNNER_BUILDKITD_BIN).
+    only: { type: "string", default: "stock,warm-path,public,rss,buildkitd" },
     concurrent: { type: "string", default: "20" },
     // Repetitions of the 20-at-once measurement (each against its own bare-runc bound).
     "throughput-runs": { type: "string", default: "3" },
@@ -67,8 +68,33 @@ async function must(file: string, argv: string[], options: Parameters<typeof run
   return result.stdout;
 }
 
-const steps = serviceTransport(stack.stepAddr, {});
-const stepClient = createClient(StepService, steps.transport);
+let steps = serviceTransport(stack.stepAddr, {});
+let stepClient = createClient(StepService, steps.transport);
+
+/** A new connection to the step-service, after the stack was brought up again. */
+function reconnect(): void {
+  steps.close();
+  steps = serviceTransport(stack.stepAddr, {});
+  stepClient = createClient(StepService, steps.transport);
+}
+
+/**
+ * Runs `work` with the stack on a standalone buildkitd (STEPRUNNER_BUILDKIT=buildkitd), then brings it back up on
+ * dockerd, as it was: the same services, registry and state, only the BuildKit and where images go differ.
+ */
+async function onBuildKitd(work: () => Promise<void>): Promise<void> {
+  const restart = async (buildkit: "dockerd" | "buildkitd") => {
+    await must(join(ROOT, "deploy/local/down.sh"), []);
+    await must(join(ROOT, "deploy/local/up.sh"), [], { env: { STEPRUNNER_BUILDKIT: buildkit, STEPRUNNER_BUILDKIT_ADDR: "" } });
+    reconnect();
+  };
+  await restart("buildkitd");
+  try {
+    await work();
+  } finally {
+    await restart("dockerd");
+  }
+}
 
 /** Phase durations (seconds) of the steps run so far, by phase name, for the "where the time goes" table. */
 const phaseTimes = new Map<string, Map<string, number[]>>();
@@ -381,6 +407,9 @@ async function main(): Promise<void> {
       bigMade = true;
     };
 
+    /** The stock pipeline's figures (on dockerd) that the buildkitd rows are compared with. */
+    const stockFigures: { warm?: number; newCommitBig?: number; concurrent?: number } = {};
+    let publicBig: string | undefined;
     if (want("stock")) {
     await (await stock(sample, properties))();
 
@@ -399,6 +428,7 @@ async function main(): Promise<void> {
     currentScenario = "1. warm";
     const warm = await interleave(() => steprunnerStep(sample, "main", properties), () => stock(sample, properties));
     record({ name: "1. warm step (same commit and properties; stock: same bytes)", ...warm, unit: "s", target: "no worse than 0.60×" });
+    stockFigures.warm = warm.stock;
 
     await ensureBig();
     // Warm-up steps are no scenario's: their phases are not counted.
@@ -423,6 +453,7 @@ async function main(): Promise<void> {
       for (let i = 0; i < concurrent; i++) await stockStep(work, source, "main");
     });
     record({ name: `4. ${concurrent} steps: steps per second (steprunner at once, stock one after another)`, steprunner: concurrent / ours, stock: concurrent / theirs, unit: "steps/s", target: "≥ 3×, no worse than 3.06×" });
+    stockFigures.concurrent = concurrent / theirs;
 
     }
 
@@ -462,6 +493,10 @@ async function main(): Promise<void> {
         }
       });
       newCommitTimes[label] = median(ours);
+      if (label === "big") {
+        stockFigures.newCommitBig = median(theirs);
+        publicBig = dir;
+      }
       record({ name: `A. new commit (one line), ${label} public repository`, steprunner: median(ours), stock: median(theirs), stockBytes: median(theirBytes), unit: "s", target });
 
       if (label === "big") {
@@ -484,6 +519,33 @@ async function main(): Promise<void> {
     if (newCommitTimes.small && newCommitTimes.big) {
       record({ name: "C. new commit: big repository against small (steprunner both)", steprunner: newCommitTimes.big, stock: newCommitTimes.small, unit: "s", target: "≤ 2× (flat in history)" });
       for (const service of Object.keys(newCommitRss.big!)) publicRss.push({ service, small: newCommitRss.small![service]!, big: newCommitRss.big![service]! });
+    }
+
+    if (want("buildkitd") && !process.env.STEPRUNNER_BUILDKITD_BIN) console.error("no STEPRUNNER_BUILDKITD_BIN: the buildkitd rows are skipped");
+    else if (want("buildkitd")) {
+      await onBuildKitd(async () => {
+        currentScenario = "";
+        await steprunnerStep(sample, "main", properties);
+        currentScenario = "E1. warm, buildkitd";
+        const warmTimes: number[] = [];
+        for (let i = 0; i < RUNS; i++) warmTimes.push(await seconds(() => steprunnerStep(sample, "main", properties)));
+        record({ name: "E1. warm step, stack on buildkitd v0.24 (stock: dockerd, same bytes, as row 1)", steprunner: median(warmTimes), stock: stockFigures.warm ?? Number.NaN, unit: "s", target: "as on dockerd" });
+        if (publicBig) {
+          currentScenario = "";
+          await steprunnerStep(publicBig, "main", properties);
+          currentScenario = "E2. new commit, big repository, buildkitd";
+          const commitTimes: number[] = [];
+          for (let i = 0; i < RUNS; i++) {
+            await oneLineCommit(publicBig);
+            commitTimes.push(await seconds(() => steprunnerStep(publicBig!, "main", properties)));
+          }
+          record({ name: "E2. new commit (one line), big public repository, stack on buildkitd v0.24 (stock: dockerd, as row A)", steprunner: median(commitTimes), stock: stockFigures.newCommitBig ?? Number.NaN, unit: "s", target: "≤ 0.3× (was 14.6× with the registry hand-off)" });
+        }
+        currentScenario = "";
+        const concurrent = 20;
+        const ours = await seconds(() => Promise.all(Array.from({ length: concurrent }, () => steprunnerStep(sample, "main", properties))));
+        record({ name: `E3. ${concurrent} steps at once, stack on buildkitd v0.24: steps per second (stock: dockerd, as row 4)`, steprunner: concurrent / ours, stock: stockFigures.concurrent ?? Number.NaN, unit: "steps/s", target: "as on dockerd (was 0.15×)" });
+      });
     }
 
     if (want("rss") && Number(args["rss-gb"]) > 0) {

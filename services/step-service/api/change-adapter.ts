@@ -14,6 +14,7 @@ import { callerOf } from "../../shared/server/caller.js";
 import { durationMs, invalidField, invalidFieldMessage } from "../../shared/validation.js";
 import { type ChangeEvent, ChangeExistsError, type ChangeNode, type ChangeRunner, type ChangeView } from "../steps/change-runner.js";
 import { CallerLimitError, StepRunnerDrainingError } from "../steps/step-runner.js";
+import type { StepRequest } from "../steps/ports.js";
 import { type StepServiceSettings, toResponse, validateRunStep } from "./step-service-adapter.js";
 import { STATES } from "./states.js";
 
@@ -27,7 +28,7 @@ export function runChangeHandler(settings: StepServiceSettings, changes: ChangeR
     }
     if (!request.step) throw invalidField("step", "must be given: the first step of the change, as RunStep takes it");
     if (request.step.stepId !== "") throw invalidField("step.step_id", "must be empty: the change names its steps <change_id>.1, <change_id>.2, …", request.step.stepId);
-    let root;
+    let root: StepRequest;
     try {
       root = validateRunStep(request.step, settings);
     } catch (error) {
