@@ -14,6 +14,8 @@ deploy/local/up.sh
 deploy/local/service-base-image.sh ensure
 
 status=0
+# Lint and format check (Biome), before anything slow.
+npm run --silent lint || status=$?
 # The runner image's opschain library (deploy/runner/lib), with minitest on the host's Debian Ruby.
 ruby -Itest/runner -e 'Dir["test/runner/*_test.rb"].sort.each { |file| require "./#{file}" }' || status=$?
 node --test --test-concurrency=1 dist/test/unit/ dist/test/integration/ || status=$?

@@ -49,7 +49,15 @@ export class BuildProgressPrinter {
       });
     }
     for (const status of progress.statuses) {
-      events.push({ kind: "status", digest: status.vertexDigest, number: this.numbers.get(status.vertexDigest) ?? 0, id: status.id, current: status.current, total: status.total, completed: status.completed });
+      events.push({
+        kind: "status",
+        digest: status.vertexDigest,
+        number: this.numbers.get(status.vertexDigest) ?? 0,
+        id: status.id,
+        current: status.current,
+        total: status.total,
+        completed: status.completed,
+      });
     }
     for (const log of progress.logs) {
       const time = log.time ? timestampMs(log.time) : Date.now();

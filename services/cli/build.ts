@@ -13,7 +13,11 @@ export const buildCommand: Command = {
     repo: { type: "string", description: "the git repository: a path, file://, http(s):// or ssh:// URL" },
     rev: { type: "string", description: "GIT_REV: a branch, tag, commit SHA or HEAD", default: "HEAD" },
     properties: { type: "string", description: 'a JSON file {"<owner>": {...}, ...}, owners in merge order' },
-    "repo-folder": { type: "string", description: "OPSCHAIN_REPO_FOLDER: the folder holding the custom Dockerfile, e.g. .opschain (default: the service's, .mintpress; when it is absent and the other of .opschain/.mintpress exists, that one is used)" },
+    "repo-folder": {
+      type: "string",
+      description:
+        "OPSCHAIN_REPO_FOLDER: the folder holding the custom Dockerfile, e.g. .opschain (default: the service's, .mintpress; when it is absent and the other of .opschain/.mintpress exists, that one is used)",
+    },
     progress: { type: "string", description: "plain or json", default: "plain" },
     handoff: { type: "string", description: "how the image reaches the step-service: layer-store or registry (default: the service's)" },
     "no-cache": { type: "boolean", description: "build without reuse and without BuildKit's cache" },
@@ -91,7 +95,8 @@ async function readProperties(path: string): Promise<Array<{ owner: string; prop
   const parsed: unknown = JSON.parse(await readFile(path, "utf8"));
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error(`${path} must hold a JSON object of owners`);
   return Object.entries(parsed).map(([owner, properties]) => {
-    if (typeof properties !== "object" || properties === null || Array.isArray(properties)) throw new Error(`${path}: the properties of "${owner}" must be a JSON object`);
+    if (typeof properties !== "object" || properties === null || Array.isArray(properties))
+      throw new Error(`${path}: the properties of "${owner}" must be a JSON object`);
     return { owner, properties: properties as JsonObject };
   });
 }

@@ -1,6 +1,13 @@
 import { type JsonObject, toJson } from "@bufbuild/protobuf";
 import { LogStream } from "../../gen/steprunner/image/v1/image_service_pb.js";
-import { type Change, type ChangeStep, ChangeSchema, type RunChangeResponse, RunChangeResponseSchema, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import {
+  type Change,
+  type ChangeStep,
+  ChangeSchema,
+  type RunChangeResponse,
+  RunChangeResponseSchema,
+  StepState,
+} from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { ChildExecutionStrategy } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import type { RunProgress } from "./step.js";
 
@@ -26,7 +33,8 @@ const stateName = (state: StepState) => (state === StepState.UNSPECIFIED ? "not 
 
 /** The tree as indented lines: "<id> <action> — <state> (<reason>)", children under their parent. */
 export function renderTree(step: ChangeStep, indent = ""): string[] {
-  const strategy = step.children.length > 0 ? ` [children ${step.childExecutionStrategy === ChildExecutionStrategy.PARALLEL ? "in parallel" : "in sequence"}]` : "";
+  const strategy =
+    step.children.length > 0 ? ` [children ${step.childExecutionStrategy === ChildExecutionStrategy.PARALLEL ? "in parallel" : "in sequence"}]` : "";
   const lines = [`${indent}${step.id} ${step.action}: ${stateName(step.state)}${step.reason ? ` (${step.reason})` : ""}${strategy}`];
   for (const child of step.children) lines.push(...renderTree(child, `${indent}  `));
   return lines;

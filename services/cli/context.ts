@@ -15,7 +15,8 @@ import { writeAtomically } from "../shared/files/atomic-write.js";
 const LOCAL_PATH = /^(?![a-z][a-z0-9+.-]*:\/\/)(?![^/]+@[^/]+:)/i;
 
 export const contextCommand: Command = {
-  usage: "--repo REPO --rev REV --out DIR [--properties FILE] [--secrets POINTERS] [--repo-folder DIR] [--exclude-git-history] [--honor-export-ignore] [--json]",
+  usage:
+    "--repo REPO --rev REV --out DIR [--properties FILE] [--secrets POINTERS] [--repo-folder DIR] [--exclude-git-history] [--honor-export-ignore] [--json]",
   options: {
     repo: { type: "string", description: "repository: a path, file://, http(s)://, git:// or ssh:// URL, as the context-service sees it" },
     rev: { type: "string", description: "GIT_REV: branch, tag, short or full SHA, or HEAD" },
@@ -59,7 +60,10 @@ export const contextCommand: Command = {
       await mkdir(out, { recursive: true });
       // repo.tar is listed only when the Dockerfile names it; the build context written here always has it.
       const repoTarListed = context.files.some((file) => file.kind === ContextFileKind.REPO_TAR);
-      const toWrite = [...context.files.map((file) => ({ name: file.name, kind: file.kind, digest: file.digest })), ...(repoTarListed ? [] : [{ name: "repo.tar", kind: ContextFileKind.REPO_TAR, digest: "" }])];
+      const toWrite = [
+        ...context.files.map((file) => ({ name: file.name, kind: file.kind, digest: file.digest })),
+        ...(repoTarListed ? [] : [{ name: "repo.tar", kind: ContextFileKind.REPO_TAR, digest: "" }]),
+      ];
       const written: Array<{ name: string; digest: string; size: number }> = [];
       for (const file of toWrite) {
         const path = join(out, file.name);
@@ -126,7 +130,8 @@ function parseProperties(text: string): Array<{ owner: string; properties: JsonO
   }
   if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) throw new Error('must be a JSON object {"<owner>": {...}}');
   return Object.entries(parsed).map(([owner, properties]) => {
-    if (properties === null || typeof properties !== "object" || Array.isArray(properties)) throw new Error(`the properties of "${owner}" must be a JSON object`);
+    if (properties === null || typeof properties !== "object" || Array.isArray(properties))
+      throw new Error(`the properties of "${owner}" must be a JSON object`);
     return { owner, properties: properties as JsonObject };
   });
 }

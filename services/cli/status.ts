@@ -29,9 +29,7 @@ export const statusCommand: Command = {
     };
     const transports = Object.fromEntries(Object.entries(addresses).map(([name, address]) => [name, serviceTransport(address, clientSecurity())]));
     try {
-      const health = await Promise.all(
-        Object.entries(addresses).map(([name, address]) => checkHealth(name, address, transports[name]!.transport)),
-      );
+      const health = await Promise.all(Object.entries(addresses).map(([name, address]) => checkHealth(name, address, transports[name]!.transport)));
       const image = createClient(ImageService, transports["image-service"]!.transport);
       const step = createClient(StepService, transports["step-service"]!.transport);
       const [builder, runtime] = await Promise.all([

@@ -3,7 +3,15 @@ import { resolve } from "node:path";
 import { type JsonObject, toJson } from "@bufbuild/protobuf";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { LogStream } from "../../gen/steprunner/image/v1/image_service_pb.js";
-import { type LogLine, type RunStepResponse, RunStepResponseSchema, type Step, StepService, StepState, StepSchema } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import {
+  type LogLine,
+  type RunStepResponse,
+  RunStepResponseSchema,
+  type Step,
+  StepService,
+  StepState,
+  StepSchema,
+} from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../shared/client/transport.js";
 import { BuildProgressPrinter } from "./build-progress.js";
 import { type Command, clientSecurity, serviceAddressOptions } from "./command.js";
@@ -80,22 +88,30 @@ export async function presentStep(responses: AsyncIterable<RunStepResponse>, pro
 }
 
 export const runCommand: Command = {
-  usage: "--repo R --action A [--rev V] [--repo-folder DIR] [--env K=V …] [--properties F] [--timeout S] [--network] [--children] [--dry-run] [--progress plain|tty|json]",
+  usage:
+    "--repo R --action A [--rev V] [--repo-folder DIR] [--env K=V …] [--properties F] [--timeout S] [--network] [--children] [--dry-run] [--progress plain|tty|json]",
   options: {
     ...stepAddr,
     repo: { type: "string", description: "the repository: a local path or a git URL" },
     rev: { type: "string", description: "GIT_REV: a branch, tag or commit", default: "HEAD" },
     action: { type: "string", description: 'what opschain-action runs: one or more Rake tasks of actions.rb ("build test"), or -T / -AT to list them' },
     "repo-folder": { type: "string", description: "OPSCHAIN_REPO_FOLDER, e.g. .opschain (default: the service's, .mintpress)" },
-    children: { type: "boolean", description: "run the step's child steps too (as its step_result.json declares them), each in a fresh container: a change (RunChange)" },
+    children: {
+      type: "boolean",
+      description: "run the step's child steps too (as its step_result.json declares them), each in a fresh container: a change (RunChange)",
+    },
     "change-id": { type: "string", description: "with --children: the change's id (default: the service picks one)" },
     "dry-run": { type: "boolean", description: "run with OPSCHAIN_DRY_RUN=true: the action reports its expected step tree instead of running" },
-    env: { type: "string", multiple: true, description: "an env var property K=V for the step (repeatable; owner \"change\")" },
-    properties: { type: "string", description: "a JSON file: {\"<owner>\": {…properties…}, …} in merge order" },
+    env: { type: "string", multiple: true, description: 'an env var property K=V for the step (repeatable; owner "change")' },
+    properties: { type: "string", description: 'a JSON file: {"<owner>": {…properties…}, …} in merge order' },
     secret: { type: "string", multiple: true, description: "a JSON pointer to a secret property, e.g. /project/opschain/env/TOKEN (repeatable)" },
     timeout: { type: "string", description: "seconds before the step is stopped (default: the service's)" },
     network: { type: "boolean", description: "run with the host's network instead of none" },
-    progress: { type: "string", description: "plain (log lines and phases as text), tty (a live view, plain when not on a terminal) or json (one event a line)", default: "plain" },
+    progress: {
+      type: "string",
+      description: "plain (log lines and phases as text), tty (a live view, plain when not on a terminal) or json (one event a line)",
+      default: "plain",
+    },
   },
   async run(values) {
     if (!values.repo || !values.action) {
@@ -116,8 +132,8 @@ export const runCommand: Command = {
     if (env.length > 0) {
       let change = properties.find((set) => set.owner === "change");
       if (!change) properties.push((change = { owner: "change", properties: {} }));
-      const opschain = ((change.properties.opschain ??= {}) as JsonObject);
-      const vars = ((opschain.env ??= {}) as JsonObject);
+      const opschain = (change.properties.opschain ??= {}) as JsonObject;
+      const vars = (opschain.env ??= {}) as JsonObject;
       for (const pair of env) {
         const eq = pair.indexOf("=");
         if (eq <= 0) {

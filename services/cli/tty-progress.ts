@@ -135,7 +135,9 @@ export function renderFrame(view: StepView, now: number, columns: number, rows: 
       if (vertex.error) lines.push(cutTo(` => => ERROR: ${vertex.error}`, columns));
     }
   }
-  const stepStatus = view.finished ? `${stateName(view.finished.state)}${view.finished.reason ? ` (${view.finished.reason})` : ""}` : stateName(view.phases.at(-1)?.state ?? StepState.QUEUED);
+  const stepStatus = view.finished
+    ? `${stateName(view.finished.state)}${view.finished.reason ? ` (${view.finished.reason})` : ""}`
+    : stateName(view.phases.at(-1)?.state ?? StepState.QUEUED);
   const stepStart = view.phases[0]?.startedAt;
   lines.push(timed(`[+] Step ${view.stepId || "(not yet accepted)"}: ${stepStatus}`, seconds(stepStart === undefined ? 0 : end - stepStart), columns));
   view.phases.forEach((phase, index) => {

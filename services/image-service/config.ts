@@ -61,9 +61,11 @@ export function readImageServiceConfig(): ImageServiceConfig {
   const handoff = setting("STEPRUNNER_IMAGE_HANDOFF", imageOutput === "registry" ? "registry" : "layer-store");
   if (handoff !== "layer-store" && handoff !== "registry") throw new Error(`STEPRUNNER_IMAGE_HANDOFF must be layer-store or registry, got "${handoff}"`);
   const layerCompression = setting("STEPRUNNER_IMAGE_COMPRESSION", "uncompressed");
-  if (layerCompression !== "gzip" && layerCompression !== "uncompressed") throw new Error(`STEPRUNNER_IMAGE_COMPRESSION must be gzip or uncompressed, got "${layerCompression}"`);
+  if (layerCompression !== "gzip" && layerCompression !== "uncompressed")
+    throw new Error(`STEPRUNNER_IMAGE_COMPRESSION must be gzip or uncompressed, got "${layerCompression}"`);
   const syntaxPolicy = setting("STEPRUNNER_DOCKERFILE_SYNTAX", "auto");
-  if (syntaxPolicy !== "auto" && syntaxPolicy !== "pull" && syntaxPolicy !== "builtin") throw new Error(`STEPRUNNER_DOCKERFILE_SYNTAX must be auto, pull or builtin, got "${syntaxPolicy}"`);
+  if (syntaxPolicy !== "auto" && syntaxPolicy !== "pull" && syntaxPolicy !== "builtin")
+    throw new Error(`STEPRUNNER_DOCKERFILE_SYNTAX must be auto, pull or builtin, got "${syntaxPolicy}"`);
   const tlsCa = setting("STEPRUNNER_BUILDKIT_TLS_CA", "");
   return {
     common: readCommonSettings("image-service"),

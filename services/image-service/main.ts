@@ -32,7 +32,12 @@ const tracing = startTracingWith(common.tracing);
 const logger = createLogger("image-service", {}, { level: common.logLevel });
 
 const metrics = new ServiceMetrics("image-service");
-const builds = metrics.histogram("steprunner_image_builds_seconds", "Image requests by outcome (built, reused, failed, cancelled) and their time", ["outcome"], [0.05, 0.2, 1, 5, 20, 60, 300, 1200]);
+const builds = metrics.histogram(
+  "steprunner_image_builds_seconds",
+  "Image requests by outcome (built, reused, failed, cancelled) and their time",
+  ["outcome"],
+  [0.05, 0.2, 1, 5, 20, 60, 300, 1200],
+);
 const retries = metrics.counter("steprunner_buildkit_retries_total", "Builds tried again after the connection to BuildKit failed", []);
 const tls = config.buildkitTls ? await readBuildKitTls(config.buildkitTls) : undefined;
 const buildkits = config.buildkitAddresses.map((address) => new BuildKitClient(address, { tls: address.startsWith("tcp://") ? tls : undefined }));
@@ -114,4 +119,3 @@ async function readBuildKitTls(files: BuildKitTlsFiles): Promise<BuildKitTls> {
     serverName: files.serverName,
   };
 }
-

@@ -64,7 +64,6 @@ export class ServiceMetrics {
     });
   }
 
-
   /** GET /metrics in Prometheus's text format. */
   handler(): HttpHandler {
     return (_req, res) => {

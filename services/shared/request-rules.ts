@@ -40,14 +40,21 @@ export function revisionRule(rev: string): string | undefined {
   if (rev.length > MAX_REV_LENGTH) return `must be at most ${MAX_REV_LENGTH} characters`;
   const problem =
     // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it refuses
-    /[\u0000-\u0020\u007f~^:?*[\\]/.test(rev) ? "without spaces, control characters or any of ~ ^ : ? * [ \\"
-    : rev.startsWith("-") ? "not starting with '-'"
-    : rev.includes("..") ? "without '..'"
-    : rev.includes("@{") ? "without '@{'"
-    : rev.startsWith("/") || rev.endsWith("/") || rev.includes("//") ? "without empty path components"
-    : rev.endsWith(".") || rev.endsWith(".lock") ? "not ending with '.' or '.lock'"
-    : rev.split("/").some((part) => part.startsWith(".")) ? "without components starting with '.'"
-    : undefined;
+    /[\u0000-\u0020\u007f~^:?*[\\]/.test(rev)
+      ? "without spaces, control characters or any of ~ ^ : ? * [ \\"
+      : rev.startsWith("-")
+        ? "not starting with '-'"
+        : rev.includes("..")
+          ? "without '..'"
+          : rev.includes("@{")
+            ? "without '@{'"
+            : rev.startsWith("/") || rev.endsWith("/") || rev.includes("//")
+              ? "without empty path components"
+              : rev.endsWith(".") || rev.endsWith(".lock")
+                ? "not ending with '.' or '.lock'"
+                : rev.split("/").some((part) => part.startsWith("."))
+                  ? "without components starting with '.'"
+                  : undefined;
   return problem ? `${allowed}, ${problem}` : undefined;
 }
 

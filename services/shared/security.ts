@@ -24,13 +24,15 @@ export interface ClientSecurity {
   token?: string;
 }
 
-
 /**
  * A token file: one token a line, optionally after a name and a space ("ci 3f9a…"), the name standing for
  * its caller in messages; a token without one is "#N", its place in the file.
  */
 export function parseTokenFile(text: string): { name: string; token: string }[] {
-  const lines = text.split("\n").map((line) => line.trim()).filter(Boolean);
+  const lines = text
+    .split("\n")
+    .map((line) => line.trim())
+    .filter(Boolean);
   return lines.map((line, index) => {
     const fields = line.split(/\s+/);
     if (fields.length > 2) throw new Error(`line ${index + 1} of the token file has ${fields.length} fields; a line is a token, or a name and a token`);

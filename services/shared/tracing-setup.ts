@@ -50,4 +50,3 @@ export function startTracing(service: string, exporter: SpanExporter, options: {
     },
   };
 }
-

@@ -23,7 +23,12 @@ const contextService = serviceTransport(wiring.contextAddress, common.clientSecu
 const imageService = serviceTransport(wiring.imageAddress, common.clientSecurity);
 const metrics = new ServiceMetrics("step-service");
 const steps = metrics.counter("steprunner_steps_total", "Steps that ended, by final state", ["state"]);
-const phases = metrics.histogram("steprunner_step_phase_seconds", "Time of each phase of a step (queue, context, build, pull, run, teardown)", ["phase"], [0.01, 0.05, 0.2, 1, 5, 30, 120, 600]);
+const phases = metrics.histogram(
+  "steprunner_step_phase_seconds",
+  "Time of each phase of a step (queue, context, build, pull, run, teardown)",
+  ["phase"],
+  [0.01, 0.05, 0.2, 1, 5, 30, 120, 600],
+);
 const { runner, layers } = createStepRunner(config, logger, {
   ...(sources === "services"
     ? { contexts: new ContextServicePreparer(contextService.transport), images: new ImageServiceBuilder(imageService.transport) }

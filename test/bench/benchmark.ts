@@ -61,7 +61,6 @@ LABEL org.steprunner.git-rev="\${GIT_REV}" org.steprunner.git-sha="\${GIT_SHA}" 
 `;
 const GIT_IDENTITY = { GIT_AUTHOR_NAME: "bench", GIT_AUTHOR_EMAIL: "b@x", GIT_COMMITTER_NAME: "bench", GIT_COMMITTER_EMAIL: "b@x" };
 
-
 async function must(file: string, argv: string[], options: Parameters<typeof run>[2] = {}): Promise<string> {
   const result = await run(file, argv, { timeoutMs: 1_800_000, ...options });
   if (result.code !== 0) throw new Error(`${file} ${argv.slice(0, 4).join(" ")} failed: ${result.stderr.slice(-2000)}`);
@@ -171,8 +170,18 @@ async function dockerBuildAndRun(context: string, gitRev: string): Promise<void>
   const argv = [...DOCKER.slice(1), "build", "--network=none", "-q", "-t", tag];
   for (const [name, value] of Object.entries(buildArgs)) argv.push("--build-arg", `${name}=${value}`);
   await must(DOCKER[0]!, [...argv, "--secret", `id=env_context_zip,src=${join(context, "step_context.json.zip")}`, context], { env: { DOCKER_BUILDKIT: "1" } });
-  await must(DOCKER[0]!, [...DOCKER.slice(1), "run", "--rm", "--network=none", "-v", `${join(context, "step_context.json.zip")}:/tmp/step_context.json.zip:ro`,
-    tag, "sh", "-c", "mkdir -p /opt/opschain/.mintpress && cd /opt/opschain/.mintpress && unzip -qo /tmp/step_context.json.zip && opschain-action hello"]);
+  await must(DOCKER[0]!, [
+    ...DOCKER.slice(1),
+    "run",
+    "--rm",
+    "--network=none",
+    "-v",
+    `${join(context, "step_context.json.zip")}:/tmp/step_context.json.zip:ro`,
+    tag,
+    "sh",
+    "-c",
+    "mkdir -p /opt/opschain/.mintpress && cd /opt/opschain/.mintpress && unzip -qo /tmp/step_context.json.zip && opschain-action hello",
+  ]);
   await rm(context, { recursive: true, force: true });
 }
 
@@ -192,7 +201,9 @@ async function bigRepository(dir: string, files: number, megabytes: number): Pro
     await writeFile(join(sub, `file-${i}.bin`), randomBytes(perFile));
   }
   await must("git", ["-C", dir, "add", "-A"]);
-  await must("git", ["-C", dir, "-c", "commit.gpgsign=false", "commit", "-q", "-m", "data"], { env: { GIT_AUTHOR_NAME: "bench", GIT_AUTHOR_EMAIL: "b@x", GIT_COMMITTER_NAME: "bench", GIT_COMMITTER_EMAIL: "b@x" } });
+  await must("git", ["-C", dir, "-c", "commit.gpgsign=false", "commit", "-q", "-m", "data"], {
+    env: { GIT_AUTHOR_NAME: "bench", GIT_AUTHOR_EMAIL: "b@x", GIT_COMMITTER_NAME: "bench", GIT_COMMITTER_EMAIL: "b@x" },
+  });
 }
 
 /** A public repository cloned for the bench with the sample actions.rb committed on top; returns what it holds. */
@@ -207,7 +218,10 @@ async function publicRepository(source: string, dir: string): Promise<string> {
   const objects = /in-pack: (\d+)/.exec(await must("git", ["-C", source, "count-objects", "-v"]))?.[1] ?? "?";
   const packKiB = /size-pack: (\d+)/.exec(await must("git", ["-C", source, "count-objects", "-v"]))?.[1] ?? "0";
   const files = (await must("git", ["-C", dir, "ls-files"])).split("\n").length;
-  return `${source.split("/").filter((part) => part && part !== "repo").pop()}: ${Number(commits).toLocaleString("en")} commits, ${Number(objects).toLocaleString("en")} objects, ${(Number(packKiB) / 1024).toFixed(0)} MB of packs, ${files.toLocaleString("en")} files`;
+  return `${source
+    .split("/")
+    .filter((part) => part && part !== "repo")
+    .pop()}: ${Number(commits).toLocaleString("en")} commits, ${Number(objects).toLocaleString("en")} objects, ${(Number(packKiB) / 1024).toFixed(0)} MB of packs, ${files.toLocaleString("en")} files`;
 }
 
 /** One line appended to actions.rb and committed: a new commit that changes one file. */
@@ -219,7 +233,9 @@ async function oneLineCommit(dir: string): Promise<void> {
 async function newCommit(dir: string): Promise<void> {
   await writeFile(join(dir, "data", "changed.txt"), randomBytes(16).toString("hex"));
   await must("git", ["-C", dir, "add", "-A"]);
-  await must("git", ["-C", dir, "-c", "commit.gpgsign=false", "commit", "-q", "-m", "change"], { env: { GIT_AUTHOR_NAME: "bench", GIT_AUTHOR_EMAIL: "b@x", GIT_COMMITTER_NAME: "bench", GIT_COMMITTER_EMAIL: "b@x" } });
+  await must("git", ["-C", dir, "-c", "commit.gpgsign=false", "commit", "-q", "-m", "change"], {
+    env: { GIT_AUTHOR_NAME: "bench", GIT_AUTHOR_EMAIL: "b@x", GIT_COMMITTER_NAME: "bench", GIT_COMMITTER_EMAIL: "b@x" },
+  });
 }
 
 /** Peak resident memory of each service while work runs, sampled every 20 ms from /proc. */
@@ -270,8 +286,12 @@ function floorRowMet(row: FloorRow): boolean {
 
 const formatFloorRow = (row: FloorRow) => {
   const value = (v: number) => (row.unit === "s" ? `${(v * 1000).toFixed(0)} ms` : `${v.toFixed(2)} steps/s`);
-  const compared = row.kind === "difference" ? `${row.ours >= row.bound ? "+" : "−"}${Math.abs((row.ours - row.bound) * 1000).toFixed(0)} ms` : `${(row.ours / row.bound).toFixed(2)}×`;
-  const target = row.kind === "difference" ? `≤ ${row.boundName} + ${(row.limit * 1000).toFixed(0)} ms` : `${row.atLeast ? "≥" : "≤"} ${row.limit}× ${row.boundName}`;
+  const compared =
+    row.kind === "difference"
+      ? `${row.ours >= row.bound ? "+" : "−"}${Math.abs((row.ours - row.bound) * 1000).toFixed(0)} ms`
+      : `${(row.ours / row.bound).toFixed(2)}×`;
+  const target =
+    row.kind === "difference" ? `≤ ${row.boundName} + ${(row.limit * 1000).toFixed(0)} ms` : `${row.atLeast ? "≥" : "≤"} ${row.limit}× ${row.boundName}`;
   return `| ${row.name} | ${value(row.ours)} | ${row.boundName}: ${value(row.bound)} | ${compared} | ${target} | ${floorRowMet(row) ? "met" : "**not met**"}${row.note ? ` (${row.note})` : ""} |`;
 };
 
@@ -298,7 +318,14 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
     let n = 0;
     const changed = () => ({ ...properties, environment: { ...properties.environment, run: ++n } });
     const times: Record<"floor" | "warm" | "props" | "cli" | "runcTrue" | "ruby" | "help" | "node", number[]> = {
-      floor: [], warm: [], props: [], cli: [], runcTrue: [], ruby: [], help: [], node: [],
+      floor: [],
+      warm: [],
+      props: [],
+      cli: [],
+      runcTrue: [],
+      ruby: [],
+      help: [],
+      node: [],
     };
     await runQuiet(CLI, ["run", "--repo", sample, "--rev", "main", "--action", "hello", "--properties", propsFile]);
     for (let i = 0; i < RUNS; i++) {
@@ -320,11 +347,52 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
     await probeBundle.setArgs(ACTION_ARGS);
     const floor = median(times.floor);
     const why = `runc alone (\`true\`): ${(median(times.runcTrue) * 1000).toFixed(0)} ms, \`ruby -e 0\`: ${(median(times.ruby) * 1000).toFixed(0)} ms, so Rake, actions.rb and the OpsChain library add ${((floor - median(times.ruby)) * 1000).toFixed(0)} ms`;
-    record({ name: "F1. floor: the action alone in a bare runc container", ours: floor, bound: floor, unit: "s", kind: "difference", limit: 0, boundName: "floor", note: why });
-    record({ name: "F2. warm step over gRPC (same commit and properties, image reused)", ours: median(times.warm), bound: floor, unit: "s", kind: "difference", limit: 0.03, boundName: "floor" });
-    record({ name: "F3. only the properties changed, over gRPC", ours: median(times.props), bound: floor, unit: "s", kind: "difference", limit: 0.03, boundName: "floor" });
-    record({ name: "F4. warm step through the CLI (`steprunner run`)", ours: median(times.cli), bound: floor, unit: "s", kind: "difference", limit: 0.15, boundName: "floor" });
-    record({ name: "F5. `steprunner --help`", ours: median(times.help), bound: median(times.node), unit: "s", kind: "ratio", limit: 1.5, boundName: "`node -e 0`" });
+    record({
+      name: "F1. floor: the action alone in a bare runc container",
+      ours: floor,
+      bound: floor,
+      unit: "s",
+      kind: "difference",
+      limit: 0,
+      boundName: "floor",
+      note: why,
+    });
+    record({
+      name: "F2. warm step over gRPC (same commit and properties, image reused)",
+      ours: median(times.warm),
+      bound: floor,
+      unit: "s",
+      kind: "difference",
+      limit: 0.03,
+      boundName: "floor",
+    });
+    record({
+      name: "F3. only the properties changed, over gRPC",
+      ours: median(times.props),
+      bound: floor,
+      unit: "s",
+      kind: "difference",
+      limit: 0.03,
+      boundName: "floor",
+    });
+    record({
+      name: "F4. warm step through the CLI (`steprunner run`)",
+      ours: median(times.cli),
+      bound: floor,
+      unit: "s",
+      kind: "difference",
+      limit: 0.15,
+      boundName: "floor",
+    });
+    record({
+      name: "F5. `steprunner --help`",
+      ours: median(times.help),
+      bound: median(times.node),
+      unit: "s",
+      kind: "ratio",
+      limit: 1.5,
+      boundName: "`node -e 0`",
+    });
 
     const concurrent = Number(args.concurrent);
     const ours: number[] = [];
@@ -360,15 +428,29 @@ function breakdownLines(): string[] {
     const byPhase = phaseTimes.get(scenario);
     if (!byPhase) continue;
     const byPart = partTimes.get(scenario) ?? new Map<string, number[]>();
-    lines.push(`| ${scenario} | ${[...byPhase].map(([phase, values]) => {
-      const parts = [...byPart].filter(([name]) => name.startsWith(`${phase}/`)).map(([name, times]) => `${name.slice(phase.length + 1)} ${(median(times) * 1000).toFixed(1)}`);
-      return `${phase} ${(median(values) * 1000).toFixed(1)}${parts.length ? ` (${parts.join(", ")})` : ""}`;
-    }).join("; ")} |`);
+    lines.push(
+      `| ${scenario} | ${[...byPhase]
+        .map(([phase, values]) => {
+          const parts = [...byPart]
+            .filter(([name]) => name.startsWith(`${phase}/`))
+            .map(([name, times]) => `${name.slice(phase.length + 1)} ${(median(times) * 1000).toFixed(1)}`);
+          return `${phase} ${(median(values) * 1000).toFixed(1)}${parts.length ? ` (${parts.join(", ")})` : ""}`;
+        })
+        .join("; ")} |`,
+    );
   }
   return lines;
 }
 
-interface Row { name: string; steprunner: number; stock: number; stockBytes?: number; unit: string; target: string; note?: string }
+interface Row {
+  name: string;
+  steprunner: number;
+  stock: number;
+  stockBytes?: number;
+  unit: string;
+  target: string;
+  note?: string;
+}
 
 const formatRow = (row: Row) =>
   `| ${row.name} | ${row.steprunner.toFixed(3)} ${row.unit} | ${row.stock.toFixed(3)} ${row.unit} | ${(row.steprunner / row.stock).toFixed(2)}× | ` +
@@ -411,50 +493,76 @@ async function main(): Promise<void> {
     const stockFigures: { warm?: number; newCommitBig?: number; concurrent?: number } = {};
     let publicBig: string | undefined;
     if (want("stock")) {
-    await (await stock(sample, properties))();
+      await (await stock(sample, properties))();
 
-    const interleave = async (steprunnerRun: () => Promise<unknown>, stockRun: () => Promise<() => Promise<void>>, before?: () => Promise<void>) => {
-      const ours: number[] = [];
-      const theirs: number[] = [];
-      for (let i = 0; i < RUNS; i++) {
-        if (before) await before();
-        ours.push(await seconds(steprunnerRun));
-        const prepared = await stockRun();
-        theirs.push(await seconds(prepared));
-      }
-      return { steprunner: median(ours), stock: median(theirs) };
-    };
+      const interleave = async (steprunnerRun: () => Promise<unknown>, stockRun: () => Promise<() => Promise<void>>, before?: () => Promise<void>) => {
+        const ours: number[] = [];
+        const theirs: number[] = [];
+        for (let i = 0; i < RUNS; i++) {
+          if (before) await before();
+          ours.push(await seconds(steprunnerRun));
+          const prepared = await stockRun();
+          theirs.push(await seconds(prepared));
+        }
+        return { steprunner: median(ours), stock: median(theirs) };
+      };
 
-    currentScenario = "1. warm";
-    const warm = await interleave(() => steprunnerStep(sample, "main", properties), () => stock(sample, properties));
-    record({ name: "1. warm step (same commit and properties; stock: same bytes)", ...warm, unit: "s", target: "no worse than 0.60×" });
-    stockFigures.warm = warm.stock;
+      currentScenario = "1. warm";
+      const warm = await interleave(
+        () => steprunnerStep(sample, "main", properties),
+        () => stock(sample, properties),
+      );
+      record({ name: "1. warm step (same commit and properties; stock: same bytes)", ...warm, unit: "s", target: "no worse than 0.60×" });
+      stockFigures.warm = warm.stock;
 
-    await ensureBig();
-    // Warm-up steps are no scenario's: their phases are not counted.
-    currentScenario = "";
-    await steprunnerStep(big, "main", properties);
-    await (await stock(big, properties))();
-    currentScenario = "2. new commit";
-    const commit = await interleave(() => steprunnerStep(big, "main", properties), () => stock(big, properties), () => newCommit(big));
-    record({ name: `2. new commit, 2,000 files / ${args["big-mb"]} MB, one commit of history (stock: same bytes)`, ...commit, unit: "s", target: "information (was ≤ 0.7×)" });
+      await ensureBig();
+      // Warm-up steps are no scenario's: their phases are not counted.
+      currentScenario = "";
+      await steprunnerStep(big, "main", properties);
+      await (await stock(big, properties))();
+      currentScenario = "2. new commit";
+      const commit = await interleave(
+        () => steprunnerStep(big, "main", properties),
+        () => stock(big, properties),
+        () => newCommit(big),
+      );
+      record({
+        name: `2. new commit, 2,000 files / ${args["big-mb"]} MB, one commit of history (stock: same bytes)`,
+        ...commit,
+        unit: "s",
+        target: "information (was ≤ 0.7×)",
+      });
 
-    let n = 0;
-    const changed = () => ({ ...properties, environment: { ...properties.environment, run: ++n } });
-    currentScenario = "3. properties only";
-    const propsOnly = await interleave(() => steprunnerStep(sample, "main", changed()), () => stock(sample, changed()));
-    record({ name: "3. only the properties changed (stock: same bytes)", ...propsOnly, unit: "s", target: "no worse than 0.66×, as fast as warm", note: `warm: ${warm.steprunner.toFixed(3)} s` });
+      let n = 0;
+      const changed = () => ({ ...properties, environment: { ...properties.environment, run: ++n } });
+      currentScenario = "3. properties only";
+      const propsOnly = await interleave(
+        () => steprunnerStep(sample, "main", changed()),
+        () => stock(sample, changed()),
+      );
+      record({
+        name: "3. only the properties changed (stock: same bytes)",
+        ...propsOnly,
+        unit: "s",
+        target: "no worse than 0.66×, as fast as warm",
+        note: `warm: ${warm.steprunner.toFixed(3)} s`,
+      });
 
-    currentScenario = "";
-    const concurrent = 20;
-    const ours = await seconds(() => Promise.all(Array.from({ length: concurrent }, () => steprunnerStep(sample, "main", properties))));
-    const source = await stockContext(work, sample, "main", properties);
-    const theirs = await seconds(async () => {
-      for (let i = 0; i < concurrent; i++) await stockStep(work, source, "main");
-    });
-    record({ name: `4. ${concurrent} steps: steps per second (steprunner at once, stock one after another)`, steprunner: concurrent / ours, stock: concurrent / theirs, unit: "steps/s", target: "≥ 3×, no worse than 3.06×" });
-    stockFigures.concurrent = concurrent / theirs;
-
+      currentScenario = "";
+      const concurrent = 20;
+      const ours = await seconds(() => Promise.all(Array.from({ length: concurrent }, () => steprunnerStep(sample, "main", properties))));
+      const source = await stockContext(work, sample, "main", properties);
+      const theirs = await seconds(async () => {
+        for (let i = 0; i < concurrent; i++) await stockStep(work, source, "main");
+      });
+      record({
+        name: `4. ${concurrent} steps: steps per second (steprunner at once, stock one after another)`,
+        steprunner: concurrent / ours,
+        stock: concurrent / theirs,
+        unit: "steps/s",
+        target: "≥ 3×, no worse than 3.06×",
+      });
+      stockFigures.concurrent = concurrent / theirs;
     }
 
     if (want("warm-path")) await warmPath(work, sample, floorRows);
@@ -462,7 +570,10 @@ async function main(): Promise<void> {
     // Public repositories with real history: a one-line commit, then one step, against both stock pipelines.
     const newCommitTimes: Record<string, number> = {};
     const newCommitRss: Record<string, Record<string, number>> = {};
-    for (const [label, source, target] of [["small", args["small-repo"], "≤ 1.0×"], ["big", args.repo, "≤ 0.3×"]] as const) {
+    for (const [label, source, target] of [
+      ["small", args["small-repo"], "≤ 1.0×"],
+      ["big", args.repo, "≤ 0.3×"],
+    ] as const) {
       if (!want("public")) break;
       if (!source) {
         console.error(`no --${label === "big" ? "repo" : "small-repo"} given: the ${label} public repository's rows are skipped`);
@@ -497,7 +608,14 @@ async function main(): Promise<void> {
         stockFigures.newCommitBig = median(theirs);
         publicBig = dir;
       }
-      record({ name: `A. new commit (one line), ${label} public repository`, steprunner: median(ours), stock: median(theirs), stockBytes: median(theirBytes), unit: "s", target });
+      record({
+        name: `A. new commit (one line), ${label} public repository`,
+        steprunner: median(ours),
+        stock: median(theirs),
+        stockBytes: median(theirBytes),
+        unit: "s",
+        target,
+      });
 
       if (label === "big") {
         // A repository's first step: a copy of it at a new path (a new mirror, a new BuildKit transfer) at a commit
@@ -513,11 +631,23 @@ async function main(): Promise<void> {
           theirsFirst.push(await seconds(() => gitStockStep(work, join(work, `public-first-${i}-clone`), fresh, "main", zip, true)));
           await rm(join(work, `public-first-${i}-clone`), { recursive: true, force: true });
         }
-        record({ name: "B. first step of the big public repository (empty mirror; stock: git clone)", steprunner: median(oursFirst), stock: median(theirsFirst), unit: "s", target: "≤ 1.0×" });
+        record({
+          name: "B. first step of the big public repository (empty mirror; stock: git clone)",
+          steprunner: median(oursFirst),
+          stock: median(theirsFirst),
+          unit: "s",
+          target: "≤ 1.0×",
+        });
       }
     }
     if (newCommitTimes.small && newCommitTimes.big) {
-      record({ name: "C. new commit: big repository against small (steprunner both)", steprunner: newCommitTimes.big, stock: newCommitTimes.small, unit: "s", target: "≤ 2× (flat in history)" });
+      record({
+        name: "C. new commit: big repository against small (steprunner both)",
+        steprunner: newCommitTimes.big,
+        stock: newCommitTimes.small,
+        unit: "s",
+        target: "≤ 2× (flat in history)",
+      });
       for (const service of Object.keys(newCommitRss.big!)) publicRss.push({ service, small: newCommitRss.small![service]!, big: newCommitRss.big![service]! });
     }
 
@@ -529,7 +659,13 @@ async function main(): Promise<void> {
         currentScenario = "E1. warm, buildkitd";
         const warmTimes: number[] = [];
         for (let i = 0; i < RUNS; i++) warmTimes.push(await seconds(() => steprunnerStep(sample, "main", properties)));
-        record({ name: "E1. warm step, stack on buildkitd v0.24 (stock: dockerd, same bytes, as row 1)", steprunner: median(warmTimes), stock: stockFigures.warm ?? Number.NaN, unit: "s", target: "as on dockerd" });
+        record({
+          name: "E1. warm step, stack on buildkitd v0.24 (stock: dockerd, same bytes, as row 1)",
+          steprunner: median(warmTimes),
+          stock: stockFigures.warm ?? Number.NaN,
+          unit: "s",
+          target: "as on dockerd",
+        });
         if (publicBig) {
           currentScenario = "";
           await steprunnerStep(publicBig, "main", properties);
@@ -539,18 +675,34 @@ async function main(): Promise<void> {
             await oneLineCommit(publicBig);
             commitTimes.push(await seconds(() => steprunnerStep(publicBig!, "main", properties)));
           }
-          record({ name: "E2. new commit (one line), big public repository, stack on buildkitd v0.24 (stock: dockerd, as row A)", steprunner: median(commitTimes), stock: stockFigures.newCommitBig ?? Number.NaN, unit: "s", target: "≤ 0.3× (was 14.6× with the registry hand-off)" });
+          record({
+            name: "E2. new commit (one line), big public repository, stack on buildkitd v0.24 (stock: dockerd, as row A)",
+            steprunner: median(commitTimes),
+            stock: stockFigures.newCommitBig ?? Number.NaN,
+            unit: "s",
+            target: "≤ 0.3× (was 14.6× with the registry hand-off)",
+          });
         }
         currentScenario = "";
         const concurrent = 20;
         const ours = await seconds(() => Promise.all(Array.from({ length: concurrent }, () => steprunnerStep(sample, "main", properties))));
-        record({ name: `E3. ${concurrent} steps at once, stack on buildkitd v0.24: steps per second (stock: dockerd, as row 4)`, steprunner: concurrent / ours, stock: stockFigures.concurrent ?? Number.NaN, unit: "steps/s", target: "as on dockerd (was 0.15×)" });
+        record({
+          name: `E3. ${concurrent} steps at once, stack on buildkitd v0.24: steps per second (stock: dockerd, as row 4)`,
+          steprunner: concurrent / ours,
+          stock: stockFigures.concurrent ?? Number.NaN,
+          unit: "steps/s",
+          target: "as on dockerd (was 0.15×)",
+        });
       });
     }
 
     if (want("rss") && Number(args["rss-gb"]) > 0) {
       await ensureBig();
-      const rssSmall = await peakRss(() => steprunnerStep(big, "main", properties).then(() => newCommit(big)).then(() => steprunnerStep(big, "main", properties)));
+      const rssSmall = await peakRss(() =>
+        steprunnerStep(big, "main", properties)
+          .then(() => newCommit(big))
+          .then(() => steprunnerStep(big, "main", properties)),
+      );
       const huge = join(work, "huge");
       await bigRepository(huge, 2000, Number(args["rss-gb"]) * 1024);
       const rssHuge = await peakRss(() => steprunnerStep(huge, "main", properties));
@@ -575,8 +727,12 @@ async function main(): Promise<void> {
     "",
     "| scenario | queue | context | build | pull | run | teardown |",
     "|---|---|---|---|---|---|---|",
-    ...[...phaseTimes].filter(([scenario]) => scenario).map(([scenario, byPhase]) =>
-      `| ${scenario} | ${["queue", "context", "build", "pull", "run", "teardown"].map((phase) => (byPhase.get(phase) ? median(byPhase.get(phase)!).toFixed(3) : "–")).join(" | ")} |`),
+    ...[...phaseTimes]
+      .filter(([scenario]) => scenario)
+      .map(
+        ([scenario, byPhase]) =>
+          `| ${scenario} | ${["queue", "context", "build", "pull", "run", "teardown"].map((phase) => (byPhase.get(phase) ? median(byPhase.get(phase)!).toFixed(3) : "–")).join(" | ")} |`,
+      ),
     "",
     "The warm path (issue 16): each figure against a bound measured in the same run, interleaved (docs/benchmarks.md says what each row means).",
     "",
@@ -594,7 +750,9 @@ async function main(): Promise<void> {
     "",
     "| service | small repository | big repository | ratio |",
     "|---|---|---|---|",
-    ...publicRss.map((row) => `| ${row.service} | ${(row.small / 1e6).toFixed(0)} MB | ${(row.big / 1e6).toFixed(0)} MB | ${(row.big / row.small).toFixed(2)}× |`),
+    ...publicRss.map(
+      (row) => `| ${row.service} | ${(row.small / 1e6).toFixed(0)} MB | ${(row.big / 1e6).toFixed(0)} MB | ${(row.big / row.small).toFixed(2)}× |`,
+    ),
     "",
     `5. Peak RSS of each service during a step (target: flat within 20%):`,
     "",

@@ -86,12 +86,17 @@ async function measure(sizeMb: number): Promise<{ sizeMb: number; tarMb: number;
   }
 }
 
-const sizes = process.argv.slice(2).map(Number).filter((size) => size > 0);
+const sizes = process.argv
+  .slice(2)
+  .map(Number)
+  .filter((size) => size > 0);
 const results = [];
 for (const size of sizes.length ? sizes : [30, 1024]) {
   const result = await measure(size);
   results.push(result);
-  console.log(`${String(result.sizeMb).padStart(6)} MB repository: repo.tar ${result.tarMb.toFixed(0)} MB in ${result.seconds.toFixed(1)} s, peak RSS ${result.peakMb.toFixed(1)} MB`);
+  console.log(
+    `${String(result.sizeMb).padStart(6)} MB repository: repo.tar ${result.tarMb.toFixed(0)} MB in ${result.seconds.toFixed(1)} s, peak RSS ${result.peakMb.toFixed(1)} MB`,
+  );
 }
 const peaks = results.map((result) => result.peakMb);
 const growth = Math.max(...peaks) / Math.min(...peaks) - 1;

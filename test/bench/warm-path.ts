@@ -78,13 +78,27 @@ export class BareBundle {
     private readonly runcRoot: string,
   ) {}
 
-  static async create(work: string, name: string, image: StepImageLayers, stepContext: string, env: Record<string, string>, repoFolder = ".mintpress"): Promise<BareBundle> {
+  static async create(
+    work: string,
+    name: string,
+    image: StepImageLayers,
+    stepContext: string,
+    env: Record<string, string>,
+    repoFolder = ".mintpress",
+  ): Promise<BareBundle> {
     const dir = join(work, name);
     const rootfs = join(dir, "rootfs");
     await mkdir(rootfs, { recursive: true });
     await mkdir(join(dir, "upper"));
     await mkdir(join(dir, "work"));
-    await runQuiet("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${image.lowerdir},upperdir=${join(dir, "upper")},workdir=${join(dir, "work")}`, rootfs]);
+    await runQuiet("mount", [
+      "-t",
+      "overlay",
+      "overlay",
+      "-o",
+      `lowerdir=${image.lowerdir},upperdir=${join(dir, "upper")},workdir=${join(dir, "work")}`,
+      rootfs,
+    ]);
     const bundle = new BareBundle(dir, join(work, "runc"));
     try {
       const user = await resolveUser(rootfs, image.user);
@@ -107,7 +121,12 @@ export class BareBundle {
       };
       spec.root = { path: "rootfs", readonly: false };
       spec.hostname = "step";
-      spec.mounts.push({ destination: `${repoDir}/step_context.json`, type: "bind", source: join(dir, "step_context.json"), options: ["rbind", "ro", "nosuid", "nodev"] });
+      spec.mounts.push({
+        destination: `${repoDir}/step_context.json`,
+        type: "bind",
+        source: join(dir, "step_context.json"),
+        options: ["rbind", "ro", "nosuid", "nodev"],
+      });
       await writeFile(join(dir, "config.json"), JSON.stringify(spec));
       return bundle;
     } catch (error) {

@@ -31,7 +31,10 @@ try {
 }
 
 const total = (pick: (result: KindResult) => number) => results.reduce((sum, result) => sum + pick(result), 0);
-const rows = results.map((result) => `| ${result.kind} | ${result.injected} | ${result.steps} | ${result.leaks.length} | ${result.lost.length} | ${result.bad.length} | ${result.seconds.toFixed(0)} |`);
+const rows = results.map(
+  (result) =>
+    `| ${result.kind} | ${result.injected} | ${result.steps} | ${result.leaks.length} | ${result.lost.length} | ${result.bad.length} | ${result.seconds.toFixed(0)} |`,
+);
 const details = results.flatMap((result) => [...result.leaks, ...result.lost.map((id) => `lost record ${id}`), ...result.bad]);
 const table = `# Fault-injection results
 

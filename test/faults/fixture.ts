@@ -90,7 +90,13 @@ export class FaultFixture {
   }
 
   private async git(...args: string[]): Promise<void> {
-    const env = { ...process.env, GIT_AUTHOR_NAME: "fault suite", GIT_AUTHOR_EMAIL: "faults@steprunner.invalid", GIT_COMMITTER_NAME: "fault suite", GIT_COMMITTER_EMAIL: "faults@steprunner.invalid" };
+    const env = {
+      ...process.env,
+      GIT_AUTHOR_NAME: "fault suite",
+      GIT_AUTHOR_EMAIL: "faults@steprunner.invalid",
+      GIT_COMMITTER_NAME: "fault suite",
+      GIT_COMMITTER_EMAIL: "faults@steprunner.invalid",
+    };
     await exec("git", ["-C", this.dir, ...args], { env });
   }
 }

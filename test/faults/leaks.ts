@@ -10,7 +10,13 @@ import type { FaultStack } from "./stack.js";
 
 const exec = promisify(execFile);
 const CGROUP_ROOT = "/sys/fs/cgroup";
-export const FINAL_STATES: ReadonlySet<StepState> = new Set([StepState.SUCCESS, StepState.ERROR, StepState.TIMED_OUT, StepState.CANCELLED, StepState.SYSTEM_ERROR]);
+export const FINAL_STATES: ReadonlySet<StepState> = new Set([
+  StepState.SUCCESS,
+  StepState.ERROR,
+  StepState.TIMED_OUT,
+  StepState.CANCELLED,
+  StepState.SYSTEM_ERROR,
+]);
 
 /**
  * Everything of ours a step may leave behind, as it looks when no step runs: step containers (runc state,

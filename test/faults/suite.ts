@@ -243,7 +243,9 @@ export class FaultSuite {
       result.lost.push(...records.lost.map((id) => `${kind}: ${id}`));
       result.bad.push(...records.bad.map((text) => `${kind}: ${text}`), ...problems);
       if (landed) result.injected++;
-      this.log(`${kind} #${result.injected}${landed ? "" : " (did not land, again)"}: ${ids.length} steps, ${leaks.length} leaks, ${records.lost.length} lost, ${records.bad.length + problems.length} bad${leaks.length + records.bad.length + problems.length > 0 ? `\n  ${[...leaks, ...records.bad, ...problems].join("\n  ")}` : ""}`);
+      this.log(
+        `${kind} #${result.injected}${landed ? "" : " (did not land, again)"}: ${ids.length} steps, ${leaks.length} leaks, ${records.lost.length} lost, ${records.bad.length + problems.length} bad${leaks.length + records.bad.length + problems.length > 0 ? `\n  ${[...leaks, ...records.bad, ...problems].join("\n  ")}` : ""}`,
+      );
     }
     result.seconds = (Date.now() - began) / 1000;
     return result;
@@ -264,15 +266,20 @@ export class FaultSuite {
   /** Waits until the step-service runs nothing and every step of the fault is final. */
   private async settle(ids: string[], problems: string[]): Promise<void> {
     try {
-      await waitUntil("the fault's steps to end", 120_000, async () => {
-        const info = await this.stack.steps.getRuntimeInfo({}).catch(() => undefined);
-        if (!info || info.runningSteps > 0 || info.queuedSteps > 0) return false;
-        for (const id of ids) {
-          const step = await this.stack.steps.getStep({ stepId: id }).catch(() => undefined);
-          if (step?.step && !FINAL_STATES.has(step.step.state)) return false;
-        }
-        return true;
-      }, 250);
+      await waitUntil(
+        "the fault's steps to end",
+        120_000,
+        async () => {
+          const info = await this.stack.steps.getRuntimeInfo({}).catch(() => undefined);
+          if (!info || info.runningSteps > 0 || info.queuedSteps > 0) return false;
+          for (const id of ids) {
+            const step = await this.stack.steps.getStep({ stepId: id }).catch(() => undefined);
+            if (step?.step && !FINAL_STATES.has(step.step.state)) return false;
+          }
+          return true;
+        },
+        250,
+      );
     } catch (error) {
       problems.push((error as Error).message);
     }
@@ -411,7 +418,9 @@ export class FaultSuite {
         const step = await this.expectFinal(call, [StepState.SYSTEM_ERROR, StepState.SUCCESS], problems);
         await stack.script("registry.sh", ["start"]);
         const pull = step?.phases.find((phase) => phase.phase === Phase.PULL);
-        const pullEnded = pull ? Number(pull.startedAt!.seconds) * 1000 + pull.startedAt!.nanos / 1e6 + Number(pull.duration!.seconds) * 1000 + pull.duration!.nanos / 1e6 : Infinity;
+        const pullEnded = pull
+          ? Number(pull.startedAt!.seconds) * 1000 + pull.startedAt!.nanos / 1e6 + Number(pull.duration!.seconds) * 1000 + pull.duration!.nanos / 1e6
+          : Infinity;
         return step?.state === StepState.SYSTEM_ERROR || pullEnded > stoppedAt;
       }
       case "disk full": {

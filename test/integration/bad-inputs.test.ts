@@ -10,9 +10,21 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import tar from "tar-stream";
 import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
-import { type ChildExecutionStrategy, ContextFileKind, ContextService, type PrepareContextRequestSchema } from "../../gen/steprunner/context/v1/context_service_pb.js";
+import {
+  type ChildExecutionStrategy,
+  ContextFileKind,
+  ContextService,
+  type PrepareContextRequestSchema,
+} from "../../gen/steprunner/context/v1/context_service_pb.js";
 import { type BuildImageRequestSchema, type ImageHandoff, ImageService, type NetworkMode } from "../../gen/steprunner/image/v1/image_service_pb.js";
-import { type RunChangeRequestSchema, type RunStepRequestSchema, type RunStepResponse, type Step, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import {
+  type RunChangeRequestSchema,
+  type RunStepRequestSchema,
+  type RunStepResponse,
+  type Step,
+  StepService,
+  StepState,
+} from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { gitIn, makeFixture } from "../support/git-fixture.js";
 import { BOMB_BYTES, ESCAPING_DOCKERFILES, type HostileRepository, makeHostileRepository } from "../support/hostile-repo.js";
@@ -88,26 +100,117 @@ describe("bad inputs through the public gRPC API", () => {
     const cases: Array<[string, () => Promise<unknown>, Code, RegExp, string?]> = [
       // Repositories and revisions.
       ["PrepareContext: no repository", prepare(() => ({ gitRev: "main" })), Code.InvalidArgument, /must be an absolute path or a file:\/\//, "repository_url"],
-      ["PrepareContext: a relative path", prepare(() => ({ repositoryUrl: "some/repo", gitRev: "main" })), Code.InvalidArgument, /must be an absolute path .*, got "some\/repo"$/, "repository_url"],
-      ["PrepareContext: git's ext:: transport (runs a command)", prepare(() => ({ repositoryUrl: "ext::sh -c touch% /tmp/pwned", gitRev: "main" })), Code.InvalidArgument, /must be an absolute path/, "repository_url"],
-      ["PrepareContext: an oversized repository URL", prepare(() => ({ repositoryUrl: `/${"a".repeat(3000)}`, gitRev: "main" })), Code.InvalidArgument, /must be at most 2048 characters, got "\/a+…" \(3001 characters\)$/, "repository_url"],
-      ["PrepareContext: a repository that does not exist", prepare(() => ({ repositoryUrl: join(work, "nothing-here"), gitRev: "main" })), Code.NotFound, /^repository_url: the repository ".*nothing-here" does not exist/],
+      [
+        "PrepareContext: a relative path",
+        prepare(() => ({ repositoryUrl: "some/repo", gitRev: "main" })),
+        Code.InvalidArgument,
+        /must be an absolute path .*, got "some\/repo"$/,
+        "repository_url",
+      ],
+      [
+        "PrepareContext: git's ext:: transport (runs a command)",
+        prepare(() => ({ repositoryUrl: "ext::sh -c touch% /tmp/pwned", gitRev: "main" })),
+        Code.InvalidArgument,
+        /must be an absolute path/,
+        "repository_url",
+      ],
+      [
+        "PrepareContext: an oversized repository URL",
+        prepare(() => ({ repositoryUrl: `/${"a".repeat(3000)}`, gitRev: "main" })),
+        Code.InvalidArgument,
+        /must be at most 2048 characters, got "\/a+…" \(3001 characters\)$/,
+        "repository_url",
+      ],
+      [
+        "PrepareContext: a repository that does not exist",
+        prepare(() => ({ repositoryUrl: join(work, "nothing-here"), gitRev: "main" })),
+        Code.NotFound,
+        /^repository_url: the repository ".*nothing-here" does not exist/,
+      ],
       ["PrepareContext: a directory that is not a repository", prepare(() => ({ repositoryUrl: work, gitRev: "main" })), Code.NotFound, /not found/],
-      ["ResolveRevision: a branch that does not exist", () => contexts.resolveRevision({ repositoryUrl: plain, gitRev: "no-such-branch" }), Code.NotFound, /^git_rev: "no-such-branch" is not a branch, tag or commit of /],
-      ["ResolveRevision: a SHA that is not in the repository", () => contexts.resolveRevision({ repositoryUrl: plain, gitRev: "0".repeat(40) }), Code.NotFound, /is not a branch, tag or commit/],
-      ["ResolveRevision: a revision expression", () => contexts.resolveRevision({ repositoryUrl: plain, gitRev: "main~1" }), Code.InvalidArgument, /must be a branch, tag, short or full commit SHA, or HEAD, without .*~.*, got "main~1"$/, "git_rev"],
-      ["ResolveRevision: an option-like revision", () => contexts.resolveRevision({ repositoryUrl: plain, gitRev: "--upload-pack=touch /tmp/pwned" }), Code.InvalidArgument, /git_rev: must be a branch/, "git_rev"],
-      ["ResolveRevision: an empty revision", () => contexts.resolveRevision({ repositoryUrl: plain, gitRev: "" }), Code.InvalidArgument, /must be a branch, tag, short or full commit SHA, or HEAD, got ""$/, "git_rev"],
-      ["ResolveRevision: a name that is a branch and a tag", () => contexts.resolveRevision({ repositoryUrl: plain, gitRev: "release" }), Code.InvalidArgument, /ambiguous: both a branch and a tag; give refs\/heads\/release or refs\/tags\/release/, "git_rev"],
-      ["ResolveRevision: a repository URL with a newline and an option in it", () => contexts.resolveRevision({ repositoryUrl: `${plain}\n--upload-pack=touch /tmp/pwned`, gitRev: "main" }), Code.InvalidArgument, /without control characters/, "repository_url"],
+      [
+        "ResolveRevision: a branch that does not exist",
+        () => contexts.resolveRevision({ repositoryUrl: plain, gitRev: "no-such-branch" }),
+        Code.NotFound,
+        /^git_rev: "no-such-branch" is not a branch, tag or commit of /,
+      ],
+      [
+        "ResolveRevision: a SHA that is not in the repository",
+        () => contexts.resolveRevision({ repositoryUrl: plain, gitRev: "0".repeat(40) }),
+        Code.NotFound,
+        /is not a branch, tag or commit/,
+      ],
+      [
+        "ResolveRevision: a revision expression",
+        () => contexts.resolveRevision({ repositoryUrl: plain, gitRev: "main~1" }),
+        Code.InvalidArgument,
+        /must be a branch, tag, short or full commit SHA, or HEAD, without .*~.*, got "main~1"$/,
+        "git_rev",
+      ],
+      [
+        "ResolveRevision: an option-like revision",
+        () => contexts.resolveRevision({ repositoryUrl: plain, gitRev: "--upload-pack=touch /tmp/pwned" }),
+        Code.InvalidArgument,
+        /git_rev: must be a branch/,
+        "git_rev",
+      ],
+      [
+        "ResolveRevision: an empty revision",
+        () => contexts.resolveRevision({ repositoryUrl: plain, gitRev: "" }),
+        Code.InvalidArgument,
+        /must be a branch, tag, short or full commit SHA, or HEAD, got ""$/,
+        "git_rev",
+      ],
+      [
+        "ResolveRevision: a name that is a branch and a tag",
+        () => contexts.resolveRevision({ repositoryUrl: plain, gitRev: "release" }),
+        Code.InvalidArgument,
+        /ambiguous: both a branch and a tag; give refs\/heads\/release or refs\/tags\/release/,
+        "git_rev",
+      ],
+      [
+        "ResolveRevision: a repository URL with a newline and an option in it",
+        () => contexts.resolveRevision({ repositoryUrl: `${plain}\n--upload-pack=touch /tmp/pwned`, gitRev: "main" }),
+        Code.InvalidArgument,
+        /without control characters/,
+        "repository_url",
+      ],
       // The rest of PrepareContext's fields.
-      ["PrepareContext: a repo folder that leaves the repository", prepare(() => ({ repositoryUrl: plain, gitRev: "main", repoFolder: "../outside" })), Code.InvalidArgument, /without '\.\.'.*got "\.\.\/outside"$/, "repo_folder"],
-      ["PrepareContext: an absolute repo folder", prepare(() => ({ repositoryUrl: plain, gitRev: "main", repoFolder: "/etc" })), Code.InvalidArgument, /not an absolute path, got "\/etc"$/, "repo_folder"],
-      ["PrepareContext: an owner name that is a path", prepare(() => ({ repositoryUrl: plain, gitRev: "main", properties: [{ owner: "../project" }] })), Code.InvalidArgument, /must be 1-63 lower case letters/, "properties[0].owner"],
-      ["PrepareContext: an owner given twice", prepare(() => ({ repositoryUrl: plain, gitRev: "main", properties: [{ owner: "project" }, { owner: "project" }] })), Code.InvalidArgument, /must differ from the owners before it, got "project"$/, "properties[1].owner"],
+      [
+        "PrepareContext: a repo folder that leaves the repository",
+        prepare(() => ({ repositoryUrl: plain, gitRev: "main", repoFolder: "../outside" })),
+        Code.InvalidArgument,
+        /without '\.\.'.*got "\.\.\/outside"$/,
+        "repo_folder",
+      ],
+      [
+        "PrepareContext: an absolute repo folder",
+        prepare(() => ({ repositoryUrl: plain, gitRev: "main", repoFolder: "/etc" })),
+        Code.InvalidArgument,
+        /not an absolute path, got "\/etc"$/,
+        "repo_folder",
+      ],
+      [
+        "PrepareContext: an owner name that is a path",
+        prepare(() => ({ repositoryUrl: plain, gitRev: "main", properties: [{ owner: "../project" }] })),
+        Code.InvalidArgument,
+        /must be 1-63 lower case letters/,
+        "properties[0].owner",
+      ],
+      [
+        "PrepareContext: an owner given twice",
+        prepare(() => ({ repositoryUrl: plain, gitRev: "main", properties: [{ owner: "project" }, { owner: "project" }] })),
+        Code.InvalidArgument,
+        /must differ from the owners before it, got "project"$/,
+        "properties[1].owner",
+      ],
       [
         "PrepareContext: an env var property that is not a scalar",
-        prepare(() => ({ repositoryUrl: plain, gitRev: "main", properties: [{ owner: "project", properties: { opschain: { env: { A: { nested: true } } } } }] })),
+        prepare(() => ({
+          repositoryUrl: plain,
+          gitRev: "main",
+          properties: [{ owner: "project", properties: { opschain: { env: { A: { nested: true } } } } }],
+        })),
         Code.InvalidArgument,
         /must be a string, number or boolean$/,
         "properties[0].properties.opschain.env.A",
@@ -120,7 +223,13 @@ describe("bad inputs through the public gRPC API", () => {
         /^properties: must be at most \d+ bytes of JSON in all, got "\d+ bytes"$/,
         "properties",
       ],
-      ["PrepareContext: a secret pointer that is not a JSON pointer", prepare(() => ({ repositoryUrl: plain, gitRev: "main", secretPointers: ["project/x"] })), Code.InvalidArgument, /must be a JSON pointer into the properties/, "secret_pointers[0]"],
+      [
+        "PrepareContext: a secret pointer that is not a JSON pointer",
+        prepare(() => ({ repositoryUrl: plain, gitRev: "main", secretPointers: ["project/x"] })),
+        Code.InvalidArgument,
+        /must be a JSON pointer into the properties/,
+        "secret_pointers[0]",
+      ],
       [
         "PrepareContext: an unknown child execution strategy",
         prepare(() => ({ repositoryUrl: plain, gitRev: "main", contextValues: { step: { childExecutionStrategy: 7 as ChildExecutionStrategy } } })),
@@ -135,51 +244,263 @@ describe("bad inputs through the public gRPC API", () => {
         /must be a time between 0001-01-01 and 9999-12-31/,
         "context_values.change.created_at",
       ],
-      ["PrepareContext: a request above the message size limit", prepare(() => ({ repositoryUrl: plain, gitRev: "main", properties: [{ owner: "project", properties: { blob: "x".repeat(5 * MiB) } }] })), Code.ResourceExhausted, /larger than configured readMaxBytes \d+/],
+      [
+        "PrepareContext: a request above the message size limit",
+        prepare(() => ({ repositoryUrl: plain, gitRev: "main", properties: [{ owner: "project", properties: { blob: "x".repeat(5 * MiB) } }] })),
+        Code.ResourceExhausted,
+        /larger than configured readMaxBytes \d+/,
+      ],
       // Contexts.
-      ["GetContext: a context id that is a path", () => contexts.getContext({ contextId: "../../etc/passwd" }), Code.InvalidArgument, /must be "sha256:" and 64 hex digits, as PrepareContext returns it, got "\.\.\/\.\.\/etc\/passwd"$/, "context_id"],
-      ["GetContext: a context never prepared", () => contexts.getContext({ contextId: fixtureSha }), Code.NotFound, /is not known here; call PrepareContext first/],
-      ["ReadContextFile: no file kind", () => drain(contexts.readContextFile({ contextId: fixtureSha })), Code.InvalidArgument, /must name a context file: one of CONTEXT_FILE_KIND_REPO_TAR, /, "kind"],
-      ["ReadContextFile: a negative offset", () => drain(contexts.readContextFile({ contextId: fixtureSha, kind: ContextFileKind.REPO_TAR, offset: -1n })), Code.InvalidArgument, /must not be negative, got -1$/, "offset"],
-      ["ReadContextFile: an offset past the end of the file", () => drain(contexts.readContextFile({ contextId: plainContext, kind: ContextFileKind.DOCKERFILE, offset: 1n << 40n })), Code.OutOfRange, /^offset: must be at most the size of Dockerfile \(\d+ bytes\), got 1099511627776$/],
+      [
+        "GetContext: a context id that is a path",
+        () => contexts.getContext({ contextId: "../../etc/passwd" }),
+        Code.InvalidArgument,
+        /must be "sha256:" and 64 hex digits, as PrepareContext returns it, got "\.\.\/\.\.\/etc\/passwd"$/,
+        "context_id",
+      ],
+      [
+        "GetContext: a context never prepared",
+        () => contexts.getContext({ contextId: fixtureSha }),
+        Code.NotFound,
+        /is not known here; call PrepareContext first/,
+      ],
+      [
+        "ReadContextFile: no file kind",
+        () => drain(contexts.readContextFile({ contextId: fixtureSha })),
+        Code.InvalidArgument,
+        /must name a context file: one of CONTEXT_FILE_KIND_REPO_TAR, /,
+        "kind",
+      ],
+      [
+        "ReadContextFile: a negative offset",
+        () => drain(contexts.readContextFile({ contextId: fixtureSha, kind: ContextFileKind.REPO_TAR, offset: -1n })),
+        Code.InvalidArgument,
+        /must not be negative, got -1$/,
+        "offset",
+      ],
+      [
+        "ReadContextFile: an offset past the end of the file",
+        () => drain(contexts.readContextFile({ contextId: plainContext, kind: ContextFileKind.DOCKERFILE, offset: 1n << 40n })),
+        Code.OutOfRange,
+        /^offset: must be at most the size of Dockerfile \(\d+ bytes\), got 1099511627776$/,
+      ],
       // Builds.
-      ["BuildImage: a context id that is not one", buildImage({ contextId: "sha256:0" }), Code.InvalidArgument, /must be a prepared context's id/, "context_id"],
+      [
+        "BuildImage: a context id that is not one",
+        buildImage({ contextId: "sha256:0" }),
+        Code.InvalidArgument,
+        /must be a prepared context's id/,
+        "context_id",
+      ],
       ["BuildImage: a context never prepared", buildImage({ contextId: fixtureSha }), Code.NotFound, /not known here/],
-      ["BuildImage: an unknown network mode", buildImage({ contextId: fixtureSha, networkMode: 9 as NetworkMode }), Code.InvalidArgument, /must be NETWORK_MODE_NONE, NETWORK_MODE_HOST or unset, got 9$/, "network_mode"],
-      ["BuildImage: an unknown hand-off", buildImage({ contextId: fixtureSha, handoff: 9 as ImageHandoff }), Code.InvalidArgument, /must be IMAGE_HANDOFF_REGISTRY, IMAGE_HANDOFF_LAYER_STORE or unset, got 9$/, "handoff"],
-      ["BuildImage: a base runner that is not an image reference", buildImage({ contextId: fixtureSha, baseRunner: "not an image" }), Code.InvalidArgument, /must be an image reference in the registry/, "base_runner"],
-      ["BuildImage: a base runner from Docker Hub", buildImage({ contextId: fixtureSha, baseRunner: "docker.io/library/debian:12" }), Code.InvalidArgument, /must be an image in the registry .*, got "docker\.io\/library\/debian:12"$/, "base_runner"],
-      ["PruneCache: a negative size to keep", () => images.pruneCache({ keepBytes: -1n }), Code.InvalidArgument, /must be between 0 and \d+, got -1$/, "keep_bytes"],
-      ["PruneCache: a duration of mixed signs", () => images.pruneCache({ keepDuration: { seconds: 5n, nanos: -1 } }), Code.InvalidArgument, /must be a valid duration/, "keep_duration"],
-      ["PruneImages: a negative age", () => images.pruneImages({ olderThan: { seconds: -60n } }), Code.InvalidArgument, /must not be negative, got "-60s"$/, "older_than"],
+      [
+        "BuildImage: an unknown network mode",
+        buildImage({ contextId: fixtureSha, networkMode: 9 as NetworkMode }),
+        Code.InvalidArgument,
+        /must be NETWORK_MODE_NONE, NETWORK_MODE_HOST or unset, got 9$/,
+        "network_mode",
+      ],
+      [
+        "BuildImage: an unknown hand-off",
+        buildImage({ contextId: fixtureSha, handoff: 9 as ImageHandoff }),
+        Code.InvalidArgument,
+        /must be IMAGE_HANDOFF_REGISTRY, IMAGE_HANDOFF_LAYER_STORE or unset, got 9$/,
+        "handoff",
+      ],
+      [
+        "BuildImage: a base runner that is not an image reference",
+        buildImage({ contextId: fixtureSha, baseRunner: "not an image" }),
+        Code.InvalidArgument,
+        /must be an image reference in the registry/,
+        "base_runner",
+      ],
+      [
+        "BuildImage: a base runner from Docker Hub",
+        buildImage({ contextId: fixtureSha, baseRunner: "docker.io/library/debian:12" }),
+        Code.InvalidArgument,
+        /must be an image in the registry .*, got "docker\.io\/library\/debian:12"$/,
+        "base_runner",
+      ],
+      [
+        "PruneCache: a negative size to keep",
+        () => images.pruneCache({ keepBytes: -1n }),
+        Code.InvalidArgument,
+        /must be between 0 and \d+, got -1$/,
+        "keep_bytes",
+      ],
+      [
+        "PruneCache: a duration of mixed signs",
+        () => images.pruneCache({ keepDuration: { seconds: 5n, nanos: -1 } }),
+        Code.InvalidArgument,
+        /must be a valid duration/,
+        "keep_duration",
+      ],
+      [
+        "PruneImages: a negative age",
+        () => images.pruneImages({ olderThan: { seconds: -60n } }),
+        Code.InvalidArgument,
+        /must not be negative, got "-60s"$/,
+        "older_than",
+      ],
       // Steps.
-      ["RunStep: no action", runStep(() => ({ repositoryUrl: plain })), Code.InvalidArgument, /must be what opschain-action accepts: one or more Rake tasks of actions\.rb/, "action"],
-      ["RunStep: an action that is an option to Rake", runStep(() => ({ repositoryUrl: plain, action: "--require=socket" })), Code.InvalidArgument, /the option "--require=socket" is refused \(only -T and -AT are allowed/, "action"],
-      ["RunStep: a listing with an option that runs code", runStep(() => ({ repositoryUrl: plain, action: "-T -e exit!" })), Code.InvalidArgument, /the option "-e" is refused/, "action"],
-      ["RunStep: a task with an environment setting", runStep(() => ({ repositoryUrl: plain, action: "hello RUBYOPT=-rsocket" })), Code.InvalidArgument, /"RUBYOPT=-rsocket" is not a task name/, "action"],
-      ["RunChange: an action that is an option to Rake", runChange(() => ({ step: { repositoryUrl: plain, action: "hello --rakefile=/etc/passwd" } })), Code.InvalidArgument, /^step\.action: .*the option "--rakefile=\/etc\/passwd" is refused/, "step.action"],
-      ["RunStep: a step id with a path in it", runStep(() => ({ repositoryUrl: plain, action: "hello", stepId: "../../x" })), Code.InvalidArgument, /must be 1-64 characters of \[A-Za-z0-9_\.-\]/, "step_id"],
-      ["RunStep: a repository URL git would run a command for", runStep(() => ({ repositoryUrl: "ext::sh -c id", action: "hello" })), Code.InvalidArgument, /must be an absolute path/, "repository_url"],
-      ["RunStep: a revision expression", runStep(() => ({ repositoryUrl: plain, action: "hello", gitRev: "HEAD@{1}" })), Code.InvalidArgument, /without '@\{'/, "git_rev"],
-      ["RunStep: a repo folder that is a path", runStep(() => ({ repositoryUrl: plain, action: "hello", repoFolder: "../../etc" })), Code.InvalidArgument, /must be one directory name/, "repo_folder"],
-      ["RunStep: a secret pointer to an owner not given", runStep(() => ({ repositoryUrl: plain, action: "hello", secretPointers: ["/nobody/token"] })), Code.InvalidArgument, /"nobody" is not an owner/, "secret_pointers[0]"],
-      ["RunStep: a negative timeout", runStep(() => ({ repositoryUrl: plain, action: "hello", timeout: { seconds: -1n } })), Code.InvalidArgument, /must be between 0 and \d+ s \(0 or unset for the default\), got "-1s"$/, "timeout"],
-      ["RunStep: a memory limit too small to start", runStep(() => ({ repositoryUrl: plain, action: "hello", limits: { memoryBytes: 4096n } })), Code.InvalidArgument, /must be at least 16 MiB/, "limits.memory_bytes"],
-      ["RunStep: a pids limit too large to mean anything", runStep(() => ({ repositoryUrl: plain, action: "hello", limits: { pids: 1n << 40n } })), Code.InvalidArgument, /must be between 8 and 4194304/, "limits.pids"],
+      [
+        "RunStep: no action",
+        runStep(() => ({ repositoryUrl: plain })),
+        Code.InvalidArgument,
+        /must be what opschain-action accepts: one or more Rake tasks of actions\.rb/,
+        "action",
+      ],
+      [
+        "RunStep: an action that is an option to Rake",
+        runStep(() => ({ repositoryUrl: plain, action: "--require=socket" })),
+        Code.InvalidArgument,
+        /the option "--require=socket" is refused \(only -T and -AT are allowed/,
+        "action",
+      ],
+      [
+        "RunStep: a listing with an option that runs code",
+        runStep(() => ({ repositoryUrl: plain, action: "-T -e exit!" })),
+        Code.InvalidArgument,
+        /the option "-e" is refused/,
+        "action",
+      ],
+      [
+        "RunStep: a task with an environment setting",
+        runStep(() => ({ repositoryUrl: plain, action: "hello RUBYOPT=-rsocket" })),
+        Code.InvalidArgument,
+        /"RUBYOPT=-rsocket" is not a task name/,
+        "action",
+      ],
+      [
+        "RunChange: an action that is an option to Rake",
+        runChange(() => ({ step: { repositoryUrl: plain, action: "hello --rakefile=/etc/passwd" } })),
+        Code.InvalidArgument,
+        /^step\.action: .*the option "--rakefile=\/etc\/passwd" is refused/,
+        "step.action",
+      ],
+      [
+        "RunStep: a step id with a path in it",
+        runStep(() => ({ repositoryUrl: plain, action: "hello", stepId: "../../x" })),
+        Code.InvalidArgument,
+        /must be 1-64 characters of \[A-Za-z0-9_\.-\]/,
+        "step_id",
+      ],
+      [
+        "RunStep: a repository URL git would run a command for",
+        runStep(() => ({ repositoryUrl: "ext::sh -c id", action: "hello" })),
+        Code.InvalidArgument,
+        /must be an absolute path/,
+        "repository_url",
+      ],
+      [
+        "RunStep: a revision expression",
+        runStep(() => ({ repositoryUrl: plain, action: "hello", gitRev: "HEAD@{1}" })),
+        Code.InvalidArgument,
+        /without '@\{'/,
+        "git_rev",
+      ],
+      [
+        "RunStep: a repo folder that is a path",
+        runStep(() => ({ repositoryUrl: plain, action: "hello", repoFolder: "../../etc" })),
+        Code.InvalidArgument,
+        /must be one directory name/,
+        "repo_folder",
+      ],
+      [
+        "RunStep: a secret pointer to an owner not given",
+        runStep(() => ({ repositoryUrl: plain, action: "hello", secretPointers: ["/nobody/token"] })),
+        Code.InvalidArgument,
+        /"nobody" is not an owner/,
+        "secret_pointers[0]",
+      ],
+      [
+        "RunStep: a negative timeout",
+        runStep(() => ({ repositoryUrl: plain, action: "hello", timeout: { seconds: -1n } })),
+        Code.InvalidArgument,
+        /must be between 0 and \d+ s \(0 or unset for the default\), got "-1s"$/,
+        "timeout",
+      ],
+      [
+        "RunStep: a memory limit too small to start",
+        runStep(() => ({ repositoryUrl: plain, action: "hello", limits: { memoryBytes: 4096n } })),
+        Code.InvalidArgument,
+        /must be at least 16 MiB/,
+        "limits.memory_bytes",
+      ],
+      [
+        "RunStep: a pids limit too large to mean anything",
+        runStep(() => ({ repositoryUrl: plain, action: "hello", limits: { pids: 1n << 40n } })),
+        Code.InvalidArgument,
+        /must be between 8 and 4194304/,
+        "limits.pids",
+      ],
       ["GetStep: a step id with a path in it", () => steps.getStep({ stepId: "../steps.db" }), Code.InvalidArgument, /must be 1-64 characters/, "step_id"],
-      ["GetStep: a step that does not exist", () => steps.getStep({ stepId: "no-such-step" }), Code.NotFound, /no step with id "no-such-step"; ListSteps shows/],
+      [
+        "GetStep: a step that does not exist",
+        () => steps.getStep({ stepId: "no-such-step" }),
+        Code.NotFound,
+        /no step with id "no-such-step"; ListSteps shows/,
+      ],
       ["CancelStep: a step that does not exist", () => steps.cancelStep({ stepId: "no-such-step" }), Code.NotFound, /no step with id/],
-      ["FollowLogs: a negative offset", () => drain(steps.followLogs({ stepId: "no-such-step", fromOffset: -5n })), Code.InvalidArgument, /must not be negative, got -5$/, "from_offset"],
+      [
+        "FollowLogs: a negative offset",
+        () => drain(steps.followLogs({ stepId: "no-such-step", fromOffset: -5n })),
+        Code.InvalidArgument,
+        /must not be negative, got -5$/,
+        "from_offset",
+      ],
       ["ListSteps: a page size out of range", () => steps.listSteps({ pageSize: 100_000 }), Code.InvalidArgument, /must be between 0 and 1000/, "page_size"],
-      ["ListSteps: a forged page token", () => steps.listSteps({ pageToken: "eyJub3QiOiJvdXJzIn0" }), Code.InvalidArgument, /must be a next_page_token this service gave out/, "page_token"],
-      ["ListSteps: an unspecified state", () => steps.listSteps({ states: [StepState.UNSPECIFIED] }), Code.InvalidArgument, /must be a StepState other than STEP_STATE_UNSPECIFIED/, "states[0]"],
+      [
+        "ListSteps: a forged page token",
+        () => steps.listSteps({ pageToken: "eyJub3QiOiJvdXJzIn0" }),
+        Code.InvalidArgument,
+        /must be a next_page_token this service gave out/,
+        "page_token",
+      ],
+      [
+        "ListSteps: an unspecified state",
+        () => steps.listSteps({ states: [StepState.UNSPECIFIED] }),
+        Code.InvalidArgument,
+        /must be a StepState other than STEP_STATE_UNSPECIFIED/,
+        "states[0]",
+      ],
       // Hostile repositories the context-service refuses.
-      ["PrepareContext: a Dockerfile that is a symlink out of the repository", prepare(() => ({ repositoryUrl: hostile.path, gitRev: "dockerfile-symlink" })), Code.FailedPrecondition, /is a symlink out of the repository \(to "\.\.\/\.\.\/\.\.\/\.\.\/etc\/passwd"\); the repository is refused/],
-      ["PrepareContext: a repo folder that is a symlink out of the repository", prepare(() => ({ repositoryUrl: hostile.path, gitRev: "repo-folder-symlink" })), Code.FailedPrecondition, /the repo folder \.mintpress is a symlink, not a directory; the repository is refused/],
-      ["PrepareContext: a Dockerfile above the size limit", prepare(() => ({ repositoryUrl: hostile.path, gitRev: "big-dockerfile" })), Code.FailedPrecondition, /a Dockerfile may have at most \d+/],
-      ["PrepareContext: a tree with a '..' entry (path traversal)", prepare(() => ({ repositoryUrl: hostile.path, gitRev: "dotdot" })), Code.FailedPrecondition, /has a path git refuses to check out \("\.\.\/passwd"\); the repository is refused/],
-      ["PrepareContext: a tree with a '.git' entry", prepare(() => ({ repositoryUrl: hostile.path, gitRev: "dotgit" })), Code.FailedPrecondition, /has a path git refuses to check out \("\.git\/passwd"\)/],
-      ["PrepareContext: a tree with a '.GIT' entry (.git on a case-insensitive disk)", prepare(() => ({ repositoryUrl: hostile.path, gitRev: "dotgit-upper" })), Code.FailedPrecondition, /has a path git refuses to check out \("\.GIT\/passwd"\)/],
+      [
+        "PrepareContext: a Dockerfile that is a symlink out of the repository",
+        prepare(() => ({ repositoryUrl: hostile.path, gitRev: "dockerfile-symlink" })),
+        Code.FailedPrecondition,
+        /is a symlink out of the repository \(to "\.\.\/\.\.\/\.\.\/\.\.\/etc\/passwd"\); the repository is refused/,
+      ],
+      [
+        "PrepareContext: a repo folder that is a symlink out of the repository",
+        prepare(() => ({ repositoryUrl: hostile.path, gitRev: "repo-folder-symlink" })),
+        Code.FailedPrecondition,
+        /the repo folder \.mintpress is a symlink, not a directory; the repository is refused/,
+      ],
+      [
+        "PrepareContext: a Dockerfile above the size limit",
+        prepare(() => ({ repositoryUrl: hostile.path, gitRev: "big-dockerfile" })),
+        Code.FailedPrecondition,
+        /a Dockerfile may have at most \d+/,
+      ],
+      [
+        "PrepareContext: a tree with a '..' entry (path traversal)",
+        prepare(() => ({ repositoryUrl: hostile.path, gitRev: "dotdot" })),
+        Code.FailedPrecondition,
+        /has a path git refuses to check out \("\.\.\/passwd"\); the repository is refused/,
+      ],
+      [
+        "PrepareContext: a tree with a '.git' entry",
+        prepare(() => ({ repositoryUrl: hostile.path, gitRev: "dotgit" })),
+        Code.FailedPrecondition,
+        /has a path git refuses to check out \("\.git\/passwd"\)/,
+      ],
+      [
+        "PrepareContext: a tree with a '.GIT' entry (.git on a case-insensitive disk)",
+        prepare(() => ({ repositoryUrl: hostile.path, gitRev: "dotgit-upper" })),
+        Code.FailedPrecondition,
+        /has a path git refuses to check out \("\.GIT\/passwd"\)/,
+      ],
     ];
 
     for (const [name, call, code, message, field] of cases) {
@@ -190,7 +511,10 @@ describe("bad inputs through the public gRPC API", () => {
         assert.match(error.rawMessage, message);
         if (code === Code.InvalidArgument) {
           assert.ok(error.rawMessage.startsWith(`${field}: `), `the message names ${field}: ${error.rawMessage}`);
-          assert.deepEqual(error.findDetails(BadRequestSchema).flatMap((detail) => detail.fieldViolations.map((violation) => violation.field)), [field]);
+          assert.deepEqual(
+            error.findDetails(BadRequestSchema).flatMap((detail) => detail.fieldViolations.map((violation) => violation.field)),
+            [field],
+          );
         }
         assert.deepEqual(await snapshot(), before, "nothing changed");
         await assertHealthy();
@@ -203,7 +527,11 @@ describe("bad inputs through the public gRPC API", () => {
         ['{"pageSize":"abc"}', /cannot decode field steprunner\.step\.v1\.ListStepsRequest\.page_size from JSON: expected number/],
         ["{not json", /cannot decode message steprunner\.step\.v1\.ListStepsRequest from JSON/],
       ] as const) {
-        const response = await fetch(`http://${stack.stepAddr}/steprunner.step.v1.StepService/ListSteps`, { method: "POST", headers: { "content-type": "application/json" }, body });
+        const response = await fetch(`http://${stack.stepAddr}/steprunner.step.v1.StepService/ListSteps`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body,
+        });
         const answer = (await response.json()) as { code: string; message: string };
         assert.equal(answer.code, "invalid_argument", answer.message);
         assert.match(answer.message, said);
@@ -252,9 +580,11 @@ describe("bad inputs through the public gRPC API", () => {
     const ESCAPE_REFUSALS = {
       "escape-copy": /^a COPY or ADD source is not in the build context \("etc(\/passwd|\/shadow)?" is missing\)/,
       "escape-add": /^a COPY or ADD source is not in the build context \("etc(\/passwd|\/shadow)?" is missing\)/,
-      "escape-bind": /^RUN \/bin\/sh -c cat \/host\/etc\/shadow failed \(exit code: 1\); its last output:\ncat: \/host\/etc\/shadow: No such file or directory$/,
+      "escape-bind":
+        /^RUN \/bin\/sh -c cat \/host\/etc\/shadow failed \(exit code: 1\); its last output:\ncat: \/host\/etc\/shadow: No such file or directory$/,
       "escape-insecure": /^the Dockerfile has an error on line 3: (Unknown flag: security|unknown flag: --security)$/,
-      "escape-url": /^the Dockerfile's line 3 ADDs http:\/\/127\.0\.0\.1:5000\/v2\/_catalog from the network, which a build without network may not .*commit the file to the repository/,
+      "escape-url":
+        /^the Dockerfile's line 3 ADDs http:\/\/127\.0\.0\.1:5000\/v2\/_catalog from the network, which a build without network may not .*commit the file to the repository/,
     };
     for (const [branch, line] of Object.entries(ESCAPING_DOCKERFILES)) {
       it(`a Dockerfile that tries to escape its context (${line}): FAILED_PRECONDITION that names it`, async () => {
@@ -290,7 +620,14 @@ describe("bad inputs through the public gRPC API", () => {
     it("a repository whose hostile files reach the container as committed: symlinks unresolved, archives unexpanded", async () => {
       const { step, lines } = await run("inspect");
       assert.equal(step.state, StepState.SUCCESS, `${step.reason}\n${lines.join("\n")}`);
-      for (const expected of ["escape-abs -> /etc/shadow", "escape-up -> ../../../../../../etc", `bomb.zip ${hostile.sizes["bomb.zip"]}`, `bomb.tar.gz ${hostile.sizes["bomb.tar.gz"]}`, `huge.bin ${hostile.sizes["huge.bin"]}`, "expanded: false"]) {
+      for (const expected of [
+        "escape-abs -> /etc/shadow",
+        "escape-up -> ../../../../../../etc",
+        `bomb.zip ${hostile.sizes["bomb.zip"]}`,
+        `bomb.tar.gz ${hostile.sizes["bomb.tar.gz"]}`,
+        `huge.bin ${hostile.sizes["huge.bin"]}`,
+        "expanded: false",
+      ]) {
         assert.ok(lines.includes(expected), `${expected} in:\n${lines.join("\n")}`);
       }
     });

@@ -27,7 +27,11 @@ describe("BuildImage over gRPC, from a context the context-service prepared (the
     await rm(work, { recursive: true, force: true });
   });
 
-  async function build(gitRev: string, properties: Record<string, unknown>, handoff = ImageHandoff.UNSPECIFIED): Promise<{ image: BuiltImage; progressEvents: number }> {
+  async function build(
+    gitRev: string,
+    properties: Record<string, unknown>,
+    handoff = ImageHandoff.UNSPECIFIED,
+  ): Promise<{ image: BuiltImage; progressEvents: number }> {
     const { context } = await createClient(ContextService, contexts.transport).prepareContext({
       repositoryUrl: repository,
       gitRev,
@@ -61,7 +65,8 @@ describe("BuildImage over gRPC, from a context the context-service prepared (the
 
   it("counts built and reused images in the image-service's Prometheus metrics", async () => {
     const text = await (await fetch(`http://${stack.imageAddr}/metrics`)).text();
-    const count = (outcome: string) => Number(new RegExp(`^steprunner_image_builds_seconds_count\\{[^}]*outcome="${outcome}"[^}]*\\} (\\d+)$`, "m").exec(text)?.[1] ?? 0);
+    const count = (outcome: string) =>
+      Number(new RegExp(`^steprunner_image_builds_seconds_count\\{[^}]*outcome="${outcome}"[^}]*\\} (\\d+)$`, "m").exec(text)?.[1] ?? 0);
     // The two image requests of the test before, built or (on a machine that ran it before) reused.
     assert.ok(count("built") + count("reused") >= 2, `counted: ${count("built")} built, ${count("reused")} reused`);
     assert.ok(count("reused") >= 1, "the second request reused the image");
@@ -93,11 +98,25 @@ describe("BuildImage over gRPC, from a context the context-service prepared (the
   });
 
   it("steprunner build shows the progress and names the image", async () => {
-    const result = await run("node", [join(ROOT, "dist/services/cli/main.js"), "build", "--repo", repository, "--rev", "v1", "--no-cache",
-      "--context-addr", stack.contextAddr, "--image-addr", stack.imageAddr]);
+    const result = await run("node", [
+      join(ROOT, "dist/services/cli/main.js"),
+      "build",
+      "--repo",
+      repository,
+      "--rev",
+      "v1",
+      "--no-cache",
+      "--context-addr",
+      stack.contextAddr,
+      "--image-addr",
+      stack.imageAddr,
+    ]);
     assert.equal(result.code, 0, result.stderr);
     assert.match(result.stderr, /^GIT_SHA [0-9a-f]{40}$/m);
     assert.match(result.stderr, /^#\d+ \[.*\] COPY --chown=10001:10001 changes\/ \/opt\/opschain\/$/m);
-    assert.match(result.stdout, stack.buildkit === "dockerd" ? /^built sha256:[0-9a-f]{64}$/m : /^built sha256:[0-9a-f]{64} \(\S+\/steprunner\/steps@sha256:[0-9a-f]{64}\)$/m);
+    assert.match(
+      result.stdout,
+      stack.buildkit === "dockerd" ? /^built sha256:[0-9a-f]{64}$/m : /^built sha256:[0-9a-f]{64} \(\S+\/steprunner\/steps@sha256:[0-9a-f]{64}\)$/m,
+    );
   });
 });

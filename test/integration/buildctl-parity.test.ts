@@ -70,7 +70,10 @@ describe("our BuildKit client against upstream's buildctl, on buildkitd v0.24", 
     // root is no entry of the session (its paths are relative to it), so BuildKit stamps the destination folder
     // with the time of the build, whichever client sends it, and two builds' layers would differ in that one field.
     await mkdir(dockerfileDir());
-    await writeFile(join(dockerfileDir(), "Dockerfile"), `FROM ${stack.baseRunner}\nCOPY --chown=10001:10001 lib/ /project/\nCOPY actions.rb run.sh link /\nCOPY lib/deep/ /deep/\n`);
+    await writeFile(
+      join(dockerfileDir(), "Dockerfile"),
+      `FROM ${stack.baseRunner}\nCOPY --chown=10001:10001 lib/ /project/\nCOPY actions.rb run.sh link /\nCOPY lib/deep/ /deep/\n`,
+    );
   });
 
   after(async () => {
@@ -84,22 +87,44 @@ describe("our BuildKit client against upstream's buildctl, on buildkitd v0.24", 
     const name = `${stack.registry}/${REPOSITORY}:${client}`;
     try {
       if (client === "buildctl") {
-        const result = await run(buildctl, ["--addr", proxy.address, "build", "--frontend", "dockerfile.v0", "--local", `context=${context()}`, "--local", `dockerfile=${dockerfileDir()}`,
-          "--output", `type=image,name=${name},push=true`, "--progress", "plain"], { timeoutMs: 300_000 });
+        const result = await run(
+          buildctl,
+          [
+            "--addr",
+            proxy.address,
+            "build",
+            "--frontend",
+            "dockerfile.v0",
+            "--local",
+            `context=${context()}`,
+            "--local",
+            `dockerfile=${dockerfileDir()}`,
+            "--output",
+            `type=image,name=${name},push=true`,
+            "--progress",
+            "plain",
+          ],
+          { timeoutMs: 300_000 },
+        );
         assert.equal(result.code, 0, result.stderr);
       } else {
         const ours = new BuildKitClient(proxy.address);
         try {
-          await buildDockerfile(ours, {
-            context: context(),
-            dockerfileDir: dockerfileDir(),
-            buildArgs: {},
-            network: "none",
-            noCache: false,
-            exporter: { type: "image", attrs: { name, push: "true" } },
-            sessionName: "buildctl parity",
-            sharedKey: "buildctl-parity",
-          }, () => {}, AbortSignal.timeout(300_000));
+          await buildDockerfile(
+            ours,
+            {
+              context: context(),
+              dockerfileDir: dockerfileDir(),
+              buildArgs: {},
+              network: "none",
+              noCache: false,
+              exporter: { type: "image", attrs: { name, push: "true" } },
+              sessionName: "buildctl parity",
+              sharedKey: "buildctl-parity",
+            },
+            () => {},
+            AbortSignal.timeout(300_000),
+          );
         } finally {
           ours.close();
         }

@@ -76,7 +76,10 @@ describe("builds through each way of reaching BuildKit", needsDockerd("the trans
     await writeFile(join(work, "context", "greeting.txt"), `hello ${nonce}\n`);
     await writeFile(join(work, "context", "ignored.txt"), "never sent\n");
     await writeFile(join(work, "context", ".dockerignore"), "ignored.txt\n");
-    await writeFile(join(work, "dockerfile", "Dockerfile"), `FROM ${stack.baseRunner}\nCOPY . /tmp/context/\nRUN cat /tmp/context/greeting.txt && ls /tmp/context\n`);
+    await writeFile(
+      join(work, "dockerfile", "Dockerfile"),
+      `FROM ${stack.baseRunner}\nCOPY . /tmp/context/\nRUN cat /tmp/context/greeting.txt && ls /tmp/context\n`,
+    );
   });
   after(async () => {
     await rm(work, { recursive: true, force: true });
@@ -124,7 +127,10 @@ describe("builds through each way of reaching BuildKit", needsDockerd("the trans
 
   for (const kind of ["unix", "tcp"] as const) {
     it(`${kind}:// (plain gRPC, as to a standalone buildkitd) answers ListWorkers and builds through the tunnel`, async () => {
-      const proxy = await startBuildKitProxy(`${stack.runDir}/docker.sock`, kind === "unix" ? { path: join(work, "buildkitd.sock") } : { port: 0, host: "127.0.0.1" });
+      const proxy = await startBuildKitProxy(
+        `${stack.runDir}/docker.sock`,
+        kind === "unix" ? { path: join(work, "buildkitd.sock") } : { port: 0, host: "127.0.0.1" },
+      );
       try {
         const client = new BuildKitClient(proxy.address);
         assert.equal((await client.listWorkers(AbortSignal.timeout(15_000)))[0]?.id, "moby");
@@ -149,13 +155,17 @@ describe("BuildKit over tcp:// with mutual TLS", needsDockerd("a TLS proxy in fr
   after(() => rm(work, { recursive: true, force: true }));
 
   it("answers with our client certificate and refuses a connection without it", async () => {
-    const proxy = await startBuildKitProxy(`${stack.runDir}/docker.sock`, { port: 0, host: "127.0.0.1" }, {
-      cert: certificates.serverCert,
-      key: certificates.serverKey,
-      ca: certificates.ca,
-      requestCert: true,
-      rejectUnauthorized: true,
-    });
+    const proxy = await startBuildKitProxy(
+      `${stack.runDir}/docker.sock`,
+      { port: 0, host: "127.0.0.1" },
+      {
+        cert: certificates.serverCert,
+        key: certificates.serverKey,
+        ca: certificates.ca,
+        requestCert: true,
+        rejectUnauthorized: true,
+      },
+    );
     try {
       const trusted = new BuildKitClient(proxy.address, { tls: { ca: certificates.ca, cert: certificates.clientCert, key: certificates.clientKey } });
       assert.equal((await trusted.listWorkers(AbortSignal.timeout(15_000)))[0]?.id, "moby");

@@ -30,13 +30,33 @@ describe("steprunner context", samePassOnEither("no BuildKit"), () => {
     const properties = join(work, "properties.json");
     await writeFile(properties, JSON.stringify({ project: { opschain: { env: { TOKEN: "t0ken" } } }, environment: { tier: "dev" } }));
     const out = join(work, "out");
-    const result = await run("node", [CLI, "context", "--repo", fixture.path, "--rev", "v1", "--properties", properties, "--secrets", "/project/opschain/env/TOKEN", "--out", out, "--json", "--context-addr", service.address]);
+    const result = await run("node", [
+      CLI,
+      "context",
+      "--repo",
+      fixture.path,
+      "--rev",
+      "v1",
+      "--properties",
+      properties,
+      "--secrets",
+      "/project/opschain/env/TOKEN",
+      "--out",
+      out,
+      "--json",
+      "--context-addr",
+      service.address,
+    ]);
     assert.equal(result.code, 0, result.stderr);
     const summary = JSON.parse(result.stdout);
     assert.equal(summary.gitSha, fixture.first);
     assert.equal(summary.dockerfile, "default");
     assert.deepEqual((await readdir(out)).sort(), ["Dockerfile", "base", "changes", "history", "repo.tar", "step_context.json.zip"]);
-    assert.equal(await readFile(join(out, "changes", "README.md"), "utf8"), await readFile(join(fixture.path, "README.md"), "utf8"), "the repository unpacked for the default Dockerfile");
+    assert.equal(
+      await readFile(join(out, "changes", "README.md"), "utf8"),
+      await readFile(join(fixture.path, "README.md"), "utf8"),
+      "the repository unpacked for the default Dockerfile",
+    );
     for (const file of summary.files) {
       const bytes = await readFile(join(out, file.name));
       assert.equal(`sha256:${createHash("sha256").update(bytes).digest("hex")}`, file.digest, file.name);
@@ -55,14 +75,38 @@ describe("steprunner context", samePassOnEither("no BuildKit"), () => {
   it("refuses a properties file that is not a JSON object, before calling the service", async () => {
     const properties = join(work, "list.json");
     await writeFile(properties, "[1, 2]");
-    const result = await run("node", [CLI, "context", "--repo", fixture.path, "--rev", "main", "--properties", properties, "--out", join(work, "never"), "--context-addr", service.address]);
+    const result = await run("node", [
+      CLI,
+      "context",
+      "--repo",
+      fixture.path,
+      "--rev",
+      "main",
+      "--properties",
+      properties,
+      "--out",
+      join(work, "never"),
+      "--context-addr",
+      service.address,
+    ]);
     assert.equal(result.code, 2);
     assert.match(result.stderr, /must be a JSON object/);
     await assert.rejects(readdir(join(work, "never")));
   });
 
   it("reports the service's code for an unknown revision and exits 1", async () => {
-    const result = await run("node", [CLI, "context", "--repo", fixture.path, "--rev", "nope", "--out", join(work, "never"), "--context-addr", service.address]);
+    const result = await run("node", [
+      CLI,
+      "context",
+      "--repo",
+      fixture.path,
+      "--rev",
+      "nope",
+      "--out",
+      join(work, "never"),
+      "--context-addr",
+      service.address,
+    ]);
     assert.equal(result.code, 1);
     assert.match(result.stderr, /NotFound: git_rev: "nope" is not a branch, tag or commit/);
   });

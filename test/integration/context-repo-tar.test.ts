@@ -36,11 +36,13 @@ async function composed(context: PreparedContext, into: string): Promise<string>
 /** What a repository holds, as git sees it: HEAD, every object id, the index, each file's content and mode. */
 async function describeRepository(dir: string): Promise<Record<string, string>> {
   const files = (await gitIn(dir, ["ls-files", "-s"])).split("\n");
-  const contents = await Promise.all(files.map(async (line) => {
-    const path = line.split("\t")[1]!;
-    const bytes = await readFile(join(dir, path)).catch(() => Buffer.from("(absent)"));
-    return `${line} ${sha256(bytes)}`;
-  }));
+  const contents = await Promise.all(
+    files.map(async (line) => {
+      const path = line.split("\t")[1]!;
+      const bytes = await readFile(join(dir, path)).catch(() => Buffer.from("(absent)"));
+      return `${line} ${sha256(bytes)}`;
+    }),
+  );
   return {
     head: await gitIn(dir, ["rev-parse", "HEAD"]),
     objects: await gitIn(dir, ["cat-file", "--batch-all-objects", "--batch-check=%(objectname) %(objecttype)"]),
@@ -83,8 +85,14 @@ describe("context-service repo.tar from real git repositories", samePassOnEither
   it("lists no repo.tar for the default Dockerfile, and streams one on request whose bytes match its digest", async () => {
     const context = await prepare(service, { repositoryUrl: fixture.path, gitRev: "main" });
     assert.equal(context.gitSha, fixture.second);
-    assert.equal(context.files.find((file) => file.kind === ContextFileKind.REPO_TAR), undefined);
-    assert.deepEqual(context.directories.map((directory) => directory.name), ["history", "base", "changes"]);
+    assert.equal(
+      context.files.find((file) => file.kind === ContextFileKind.REPO_TAR),
+      undefined,
+    );
+    assert.deepEqual(
+      context.directories.map((directory) => directory.name),
+      ["history", "base", "changes"],
+    );
     const first = await readFileOf(service, context, ContextFileKind.REPO_TAR);
     assert.deepEqual(await readFileOf(service, context, ContextFileKind.REPO_TAR), first, "made once, then read from the cache");
   });
@@ -136,7 +144,10 @@ describe("context-service repo.tar from real git repositories", samePassOnEither
     assert.equal(after.directories[0]!.identity, before.directories[0]!.identity, "the history pack is kept");
     assert.equal(after.directories[1]!.identity, before.directories[1]!.identity, "the base tree is kept");
     const listing = (await run("find", [".", "-type", "f"], { cwd: after.directories[2]!.hostPath })).stdout.trim().split("\n").sort();
-    assert.deepEqual(listing.filter((path) => !path.startsWith("./.git/")), ["./README.md"]);
+    assert.deepEqual(
+      listing.filter((path) => !path.startsWith("./.git/")),
+      ["./README.md"],
+    );
     assert.equal(listing.filter((path) => path.startsWith("./.git/objects/pack/")).length, 2, "one pack of the new objects");
     const afterRepository = await describeRepository(await composed(after, join(work, "incremental-after")));
     assert.equal(afterRepository.head, changedSha);

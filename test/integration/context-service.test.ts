@@ -83,7 +83,10 @@ describe("context-service over gRPC with real git repositories", samePassOnEithe
         const context = (await remote.client.prepareContext({ repositoryUrl: url, gitRev: "main" })).context!;
         const local = (await service.client.prepareContext({ repositoryUrl: fixture.path, gitRev: "main" })).context!;
         assert.equal(context.gitSha, local.gitSha);
-        assert.deepEqual(context.files.map((file) => file.digest), local.files.map((file) => file.digest));
+        assert.deepEqual(
+          context.files.map((file) => file.digest),
+          local.files.map((file) => file.digest),
+        );
       } finally {
         await remote.stop();
       }
@@ -100,7 +103,8 @@ describe("context-service over gRPC with real git repositories", samePassOnEithe
         assert.equal(await spy.count("fetch", url), 1, "the spy sees the first fetch");
 
         const packs = daemon.uploadPacks();
-        for (let round = 0; round < 3; round++) assert.equal((await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "main" })).gitSha, fixture.second);
+        for (let round = 0; round < 3; round++)
+          assert.equal((await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "main" })).gitSha, fixture.second);
         assert.equal((await remote.client.prepareContext({ repositoryUrl: url, gitRev: "main" })).context!.gitSha, fixture.second);
         assert.equal((await remote.client.resolveRevision({ repositoryUrl: url, gitRev: "HEAD" })).gitSha, fixture.second);
         assert.equal(await spy.count("fetch", url), 1, "an unmoved branch or HEAD is not fetched");
@@ -134,7 +138,10 @@ describe("context-service over gRPC with real git repositories", samePassOnEithe
       assert.equal(error.code, Code.Unavailable, error.message);
       assert.match(error.message, /could not be fetched/);
       const mirrors = await readdir(join(service.stateDir, "mirrors"));
-      assert.ok(mirrors.every((name) => !name.includes("partial")), mirrors.join(","));
+      assert.ok(
+        mirrors.every((name) => !name.includes("partial")),
+        mirrors.join(","),
+      );
     });
 
     it("stops the git fetch when the caller goes away, and keeps no partial mirror", async () => {
@@ -150,7 +157,10 @@ describe("context-service over gRPC with real git repositories", samePassOnEithe
         let fetches = "";
         let partial: string[] = [];
         for (let attempt = 0; attempt < 50; attempt++) {
-          fetches = (await run("ps", ["-o", "pid=,args=", "--ppid", String(process.pid)])).stdout.split("\n").filter((line) => line.includes("slow.git")).join("\n");
+          fetches = (await run("ps", ["-o", "pid=,args=", "--ppid", String(process.pid)])).stdout
+            .split("\n")
+            .filter((line) => line.includes("slow.git"))
+            .join("\n");
           partial = (await readdir(join(service.stateDir, "mirrors"))).filter((name) => name.includes("partial"));
           if (!fetches && partial.length === 0) break;
           await new Promise((resolve) => setTimeout(resolve, 100));
@@ -175,7 +185,10 @@ describe("context-service over gRPC with real git repositories", samePassOnEithe
       const bare = join(work, "moving-local-bare.git");
       await gitIn(work, ["clone", "-q", "--bare", working, bare]);
       // A working tree (its refs are in .git) by path, and a bare repository by file:// URL.
-      for (const [url, repo] of [[working, working], [`file://${bare}`, bare]] as const) {
+      for (const [url, repo] of [
+        [working, working],
+        [`file://${bare}`, bare],
+      ] as const) {
         const spy = await spyOnGit();
         try {
           const first = (await service.client.resolveRevision({ repositoryUrl: url, gitRev: "main" })).gitSha;
@@ -247,16 +260,24 @@ describe("context-service over gRPC with real git repositories", samePassOnEithe
       const asked = (await service.client.prepareContext({ repositoryUrl: fixture.path, gitRev: "main", repoFolder: ".opschain" })).context!;
       assert.equal(asked.dockerfileSource, DockerfileSource.REPOSITORY);
       assert.equal(asked.repoFolder, ".mintpress");
-      assert.ok(asked.warnings.some((warning) => /^the repo folder \.opschain \(OPSCHAIN_REPO_FOLDER\) is not in commit [0-9a-f]{12}, but \.mintpress is/.test(warning)), asked.warnings.join("\n"));
+      assert.ok(
+        asked.warnings.some((warning) =>
+          /^the repo folder \.opschain \(OPSCHAIN_REPO_FOLDER\) is not in commit [0-9a-f]{12}, but \.mintpress is/.test(warning),
+        ),
+        asked.warnings.join("\n"),
+      );
       const named = (await service.client.prepareContext({ repositoryUrl: fixture.path, gitRev: "main", repoFolder: ".mintpress" })).context!;
       assert.equal(named.repoFolder, ".mintpress");
-      assert.deepEqual(named.warnings.filter((warning) => /repo folder/.test(warning)), []);
+      assert.deepEqual(
+        named.warnings.filter((warning) => /repo folder/.test(warning)),
+        [],
+      );
     });
 
     it("warns, without refusing, about a Dockerfile that leaves the base runner or sets ENTRYPOINT", async () => {
       const repo = join(work, "custom-warnings");
       await makeFixture(repo);
-      await commitFiles(repo, { ".mintpress/Dockerfile": "FROM debian:12\nENTRYPOINT [\"/bin/sh\"]\n" }, "own base", "2024-03-01T00:00:00Z");
+      await commitFiles(repo, { ".mintpress/Dockerfile": 'FROM debian:12\nENTRYPOINT ["/bin/sh"]\n' }, "own base", "2024-03-01T00:00:00Z");
       const context = (await service.client.prepareContext({ repositoryUrl: repo, gitRev: "main" })).context!;
       assert.equal(context.dockerfileSource, DockerfileSource.REPOSITORY);
       assert.equal(context.warnings.length, 2, context.warnings.join("\n"));
@@ -294,7 +315,10 @@ describe("context-service over gRPC with real git repositories", samePassOnEithe
       const context = (await service.client.prepareContext({ ...request, repositoryUrl: fixture.path })).context!;
       assert.deepEqual(
         context.files.map((file) => [ContextFileKind[file.kind], file.name]),
-        [["STEP_CONTEXT_ZIP", "step_context.json.zip"], ["DOCKERFILE", "Dockerfile"]],
+        [
+          ["STEP_CONTEXT_ZIP", "step_context.json.zip"],
+          ["DOCKERFILE", "Dockerfile"],
+        ],
       );
       const redacted = stepContextJson(await readAll(service, context.contextId, ContextFileKind.STEP_CONTEXT_ZIP));
       const full = stepContextJson(await readAll(service, context.contextId, ContextFileKind.SECRET_STEP_CONTEXT_ZIP));
@@ -338,7 +362,12 @@ describe("context-service over gRPC with real git repositories", samePassOnEithe
       const repo = join(work, "symlink-in");
       await makeFixture(repo);
       await gitIn(repo, ["rm", "-q", ".mintpress/Dockerfile"]);
-      await commitFiles(repo, { "build/Dockerfile": "ARG OPSCHAIN_BASE_RUNNER\nFROM ${OPSCHAIN_BASE_RUNNER}\nRUN echo linked\n", ".mintpress/Dockerfile": "->../build/Dockerfile" }, "link", "2024-03-02T00:00:00Z");
+      await commitFiles(
+        repo,
+        { "build/Dockerfile": "ARG OPSCHAIN_BASE_RUNNER\nFROM ${OPSCHAIN_BASE_RUNNER}\nRUN echo linked\n", ".mintpress/Dockerfile": "->../build/Dockerfile" },
+        "link",
+        "2024-03-02T00:00:00Z",
+      );
       const context = (await service.client.prepareContext({ repositoryUrl: repo, gitRev: "main" })).context!;
       assert.match((await readAll(service, context.contextId, ContextFileKind.DOCKERFILE)).toString(), /RUN echo linked/);
     });

@@ -68,7 +68,11 @@ describe("the main job: the sample repository's actions through the running serv
     return outcome;
   }
 
-  const output = (outcome: Outcome, stream: LogStream) => outcome.logs.filter((line) => line.stream === stream).map((line) => line.text).join("\n");
+  const output = (outcome: Outcome, stream: LogStream) =>
+    outcome.logs
+      .filter((line) => line.stream === stream)
+      .map((line) => line.text)
+      .join("\n");
 
   it("runs an action that prints and sets properties: logs, result and RFC 6902 diffs", async () => {
     const outcome = await runStep("hello");
@@ -76,7 +80,11 @@ describe("the main job: the sample repository's actions through the running serv
     assert.equal(outcome.step.exitCode, 0);
     assert.match(output(outcome, LogStream.STDOUT), /^hello from dev$/m);
     const offsets = outcome.logs.map((line) => line.offset);
-    assert.deepEqual(offsets, [...offsets].sort((a, b) => (a < b ? -1 : 1)), "log lines arrive in order");
+    assert.deepEqual(
+      offsets,
+      [...offsets].sort((a, b) => (a < b ? -1 : 1)),
+      "log lines arrive in order",
+    );
     const diffs = outcome.step.result!.propertiesDiffs.find((diff) => diff.owner === "environment")!;
     assert.deepEqual(toJson(ListValueSchema, diffs.operations!), [
       { op: "add", path: "/greetings", value: 1 },
@@ -101,9 +109,14 @@ describe("the main job: the sample repository's actions through the running serv
     const outcome = await runStep("deploy");
     assert.equal(outcome.step.state, StepState.SUCCESS, outcome.step.reason);
     const children = outcome.step.result!.childStepDefinitions!;
-    assert.deepEqual(children.children.map((child) => child.action), ["verify", "notify"]);
+    assert.deepEqual(
+      children.children.map((child) => child.action),
+      ["verify", "notify"],
+    );
     assert.equal(children.childExecutionStrategy, ChildExecutionStrategy.SEQUENTIAL);
-    assert.deepEqual(toJson(ListValueSchema, outcome.step.result!.propertiesDiffs.find((diff) => diff.owner === "project")!.operations!), [{ op: "add", path: "/deployed", value: true }]);
+    assert.deepEqual(toJson(ListValueSchema, outcome.step.result!.propertiesDiffs.find((diff) => diff.owner === "project")!.operations!), [
+      { op: "add", path: "/deployed", value: true },
+    ]);
   });
 
   it("reports a failing action as an error with its exit status", async () => {
@@ -149,11 +162,20 @@ describe("the main job: the sample repository's actions through the running serv
   });
 
   it("runs a whole step through StepService with buf curl, a client that is not ours, using reflection", async () => {
-    const body = JSON.stringify({ repositoryUrl: repository, gitRev: "v1", action: "show_env", properties: [{ owner: "project", properties: properties.project }], secretPointers: ["/project/opschain/env/API_TOKEN"] });
+    const body = JSON.stringify({
+      repositoryUrl: repository,
+      gitRev: "v1",
+      action: "show_env",
+      properties: [{ owner: "project", properties: properties.project }],
+      secretPointers: ["/project/opschain/env/API_TOKEN"],
+    });
     const requestFile = join(work, "run-step.json");
     await writeFile(requestFile, body);
-    const result = await run(join(ROOT, "node_modules/.bin/buf"), ["curl", "--http2-prior-knowledge", "--protocol", "grpc", "--data", `@${requestFile}`,
-      `http://${stack.stepAddr}/steprunner.step.v1.StepService/RunStep`], { timeoutMs: 300_000 });
+    const result = await run(
+      join(ROOT, "node_modules/.bin/buf"),
+      ["curl", "--http2-prior-knowledge", "--protocol", "grpc", "--data", `@${requestFile}`, `http://${stack.stepAddr}/steprunner.step.v1.StepService/RunStep`],
+      { timeoutMs: 300_000 },
+    );
     assert.equal(result.code, 0, result.stderr);
     const events = result.stdout.split(/\n(?=\{)/).map((text) => JSON.parse(text));
     const finished = events.find((event) => event.finished)?.finished;

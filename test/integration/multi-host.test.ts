@@ -67,7 +67,10 @@ interface Sighting {
   at: number;
 }
 
-describe("the multi-host topology: two buildkitd, two step-services, one registry, one context- and image-service", { ...samePassOnEither("it starts buildkitd daemons and services of its own", buildkitdUnavailable), timeout: 300_000 }, () => {
+describe("the multi-host topology: two buildkitd, two step-services, one registry, one context- and image-service", {
+  ...samePassOnEither("it starts buildkitd daemons and services of its own", buildkitdUnavailable),
+  timeout: 300_000,
+}, () => {
   let root: string;
   const daemons: StandaloneBuildKitd[] = [];
   const children = new Map<ServiceName, ChildProcess>();
@@ -83,7 +86,10 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
     daemons.push(...(await Promise.all([StandaloneBuildKitd.start({ allowNetworkHost: true }), StandaloneBuildKitd.start({ allowNetworkHost: true })])));
 
     // Repositories until each shard has its custom-Dockerfile lineages, predicted the image-service's way.
-    const predictor = new ShardedBuilder(daemons.map((daemon): BuildKitShard => ({ address: daemon.address, build: async () => ({}) })), { isTransient });
+    const predictor = new ShardedBuilder(
+      daemons.map((daemon): BuildKitShard => ({ address: daemon.address, build: async () => ({}) })),
+      { isTransient },
+    );
     const perShard = [0, 0];
     for (let index = 0; perShard.some((count) => count < CUSTOM_PER_SHARD); index++) {
       assert.ok(index < 100, "rendezvous hashing put 100 repositories on one shard");
@@ -95,7 +101,12 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
       perShard[shard]!++;
       await mkdir(url, { recursive: true });
       await gitIn(url, ["init", "-q", "-b", "main"]);
-      await commitFiles(url, { "actions.rb": `# ${TOKEN} ${lineage}\n${ACTIONS}`, ".mintpress/Dockerfile": dockerfile }, "custom Dockerfile", "2024-01-01T00:00:00Z");
+      await commitFiles(
+        url,
+        { "actions.rb": `# ${TOKEN} ${lineage}\n${ACTIONS}`, ".mintpress/Dockerfile": dockerfile },
+        "custom Dockerfile",
+        "2024-01-01T00:00:00Z",
+      );
       repositories.push({ url, lineage, shard });
     }
     for (let index = 0; index < DEFAULT_REPOSITORIES; index++) {
@@ -133,7 +144,12 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
     };
     for (const name of ["step-service-a", "step-service-b"] as const) {
       stepStates[name] = join(root, name);
-      env[name] = { ...common, STEPRUNNER_STEP_STATE_DIR: stepStates[name], STEPRUNNER_STEP_RUNC_ROOT: join(stepStates[name], "runc"), STEPRUNNER_STEP_ADDR: addresses[name] };
+      env[name] = {
+        ...common,
+        STEPRUNNER_STEP_STATE_DIR: stepStates[name],
+        STEPRUNNER_STEP_RUNC_ROOT: join(stepStates[name], "runc"),
+        STEPRUNNER_STEP_ADDR: addresses[name],
+      };
     }
     for (const name of SERVICES) {
       const log = openSync(join(root, "logs", `${name}.log`), "a");
@@ -146,7 +162,12 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
       try {
         let status: ServingStatus | undefined;
         for (let i = 0; i < 300 && status !== ServingStatus.SERVING; i++) {
-          status = await createClient(Health, transport.transport).check({}).then((answer) => answer.status, () => undefined);
+          status = await createClient(Health, transport.transport)
+            .check({})
+            .then(
+              (answer) => answer.status,
+              () => undefined,
+            );
           if (status !== ServingStatus.SERVING) await sleep(100);
         }
         assert.equal(status, ServingStatus.SERVING, `${name} came up`);
@@ -249,13 +270,27 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
       const expected = repositories.find((repository) => repository.lineage === sighting.lineage)?.shard;
       assert.equal(sighting.daemon, expected, `${sighting.lineage} ran on its own shard`);
     }
-    assert.ok(before.some((sighting) => sighting.daemon === killed!.daemon), "the killed daemon had builds");
-    assert.ok(seen.some((sighting) => sighting.daemon === survivor && repositories.find((repository) => repository.lineage === sighting.lineage)?.shard === survivor), "the other daemon had builds of its own lineages");
+    assert.ok(
+      before.some((sighting) => sighting.daemon === killed!.daemon),
+      "the killed daemon had builds",
+    );
+    assert.ok(
+      seen.some((sighting) => sighting.daemon === survivor && repositories.find((repository) => repository.lineage === sighting.lineage)?.shard === survivor),
+      "the other daemon had builds of its own lineages",
+    );
     assert.ok(!afterKill.some((sighting) => sighting.daemon === killed!.daemon), "nothing ran on the killed daemon after its death");
     for (const lineage of killed.running) {
-      assert.ok(afterKill.some((sighting) => sighting.lineage === lineage && sighting.daemon === survivor), `${lineage}, interrupted by the kill, was built again on the other daemon`);
+      assert.ok(
+        afterKill.some((sighting) => sighting.lineage === lineage && sighting.daemon === survivor),
+        `${lineage}, interrupted by the kill, was built again on the other daemon`,
+      );
     }
-    const failedOver = results.filter((result) => result.warnings.some((warning) => warning.includes(`BuildKit at ${daemons[killed!.daemon]!.address} failed`) && warning.includes(`building on ${daemons[survivor]!.address} instead`)));
+    const failedOver = results.filter((result) =>
+      result.warnings.some(
+        (warning) =>
+          warning.includes(`BuildKit at ${daemons[killed!.daemon]!.address} failed`) && warning.includes(`building on ${daemons[survivor]!.address} instead`),
+      ),
+    );
     assert.ok(failedOver.length > 0, `a step was told of the failover: ${JSON.stringify(results.flatMap((result) => result.warnings))}`);
 
     // The services lived through it: none exited, and none met a failure that nothing awaited.
@@ -273,7 +308,10 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
     for (const daemon of daemons) assert.deepEqual(await daemon.leftovers(), { processes: [], containers: [], mounts: [] });
     assert.deepEqual(await sightings(), []);
     const mountinfo = await readFile("/proc/self/mountinfo", "utf8");
-    assert.deepEqual(mountinfo.split("\n").filter((line) => line.split(" ")[4]?.startsWith(root)), []);
+    assert.deepEqual(
+      mountinfo.split("\n").filter((line) => line.split(" ")[4]?.startsWith(root)),
+      [],
+    );
     console.log(
       `multi-host: ${STEPS} steps in ${elapsed} ms; killed buildkitd ${killed.daemon} ${killed.at - started} ms in, running ${killed.running.join(",")}; ` +
         `RUNs seen: ${[...new Set(seen.map((sighting) => `${sighting.lineage}@${sighting.daemon}`))].sort().join(" ")}; ${failedOver.length} steps told of the failover`,

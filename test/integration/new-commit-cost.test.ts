@@ -97,119 +97,149 @@ async function historyFixture(prefix: string): Promise<HistoryFixture> {
   };
 }
 
-describe("a new commit on a repository with a long history", needsDockerd("this half measures its BuildKit; the other half starts a buildkitd of its own"), () => {
-  let fixture: HistoryFixture;
-  let client: BuildKitClient;
-  let docker: DockerApi;
-  let counting: CountingBuilder;
-  let images: ImageBuilder;
+describe(
+  "a new commit on a repository with a long history",
+  needsDockerd("this half measures its BuildKit; the other half starts a buildkitd of its own"),
+  () => {
+    let fixture: HistoryFixture;
+    let client: BuildKitClient;
+    let docker: DockerApi;
+    let counting: CountingBuilder;
+    let images: ImageBuilder;
 
-  before(async () => {
-    fixture = await historyFixture("new-commit-");
-    client = new BuildKitClient(stack.buildkitAddr);
-    docker = new DockerApi(`${stack.runDir}/docker.sock`);
-    counting = new CountingBuilder(client);
-    const contexts = new ContextCache(new ContextServiceProvider(fixture.transport.transport), join(fixture.work, "cache"));
-    images = new ImageBuilder({ contexts: contexts, buildkit: counting, images: docker, registry: new RegistryClient(stack.registry), records: new ReuseRecords(join(fixture.work, "records")), settings: {
-      defaultBaseRunner: stack.baseRunner,
-      version: "0.1.0",
-      stepsRepository: STEPS_REPOSITORY,
-      defaultHandoff: "layer-store",
-      reuseTtlMs: 3_600_000,
-      maxConcurrentBuilds: 2,
-      transportAttempts: 1,
-    } });
-  });
+    before(async () => {
+      fixture = await historyFixture("new-commit-");
+      client = new BuildKitClient(stack.buildkitAddr);
+      docker = new DockerApi(`${stack.runDir}/docker.sock`);
+      counting = new CountingBuilder(client);
+      const contexts = new ContextCache(new ContextServiceProvider(fixture.transport.transport), join(fixture.work, "cache"));
+      images = new ImageBuilder({
+        contexts: contexts,
+        buildkit: counting,
+        images: docker,
+        registry: new RegistryClient(stack.registry),
+        records: new ReuseRecords(join(fixture.work, "records")),
+        settings: {
+          defaultBaseRunner: stack.baseRunner,
+          version: "0.1.0",
+          stepsRepository: STEPS_REPOSITORY,
+          defaultHandoff: "layer-store",
+          reuseTtlMs: 3_600_000,
+          maxConcurrentBuilds: 2,
+          transportAttempts: 1,
+        },
+      });
+    });
 
-  after(async () => {
-    client?.close();
-    const listed = await run("/usr/bin/docker", ["--host", `unix://${stack.runDir}/docker.sock`, "images", "--format", "{{.Repository}}:{{.Tag}}", STEPS_REPOSITORY]);
-    for (const name of listed.stdout.split("\n").filter(Boolean)) await docker.removeImage(name).catch(() => {});
-    await fixture?.close();
-  });
+    after(async () => {
+      client?.close();
+      const listed = await run("/usr/bin/docker", [
+        "--host",
+        `unix://${stack.runDir}/docker.sock`,
+        "images",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+        STEPS_REPOSITORY,
+      ]);
+      for (const name of listed.stdout.split("\n").filter(Boolean)) await docker.removeImage(name).catch(() => {});
+      await fixture?.close();
+    });
 
-  async function step(): Promise<{ bytes: number; layerDirectories: string[]; contextId: string }> {
-    const { context } = await fixture.contexts.client.prepareContext({ repositoryUrl: fixture.repo, gitRev: "main" });
-    assert.ok(context);
-    const image = await images.build({ contextId: context.contextId, baseRunner: "", network: "none", buildWithoutCache: false, handoff: undefined }, () => {});
-    assert.equal(image.reused, false);
-    return { bytes: counting.take(), layerDirectories: image.layerDirectories, contextId: context.contextId };
-  }
+    async function step(): Promise<{ bytes: number; layerDirectories: string[]; contextId: string }> {
+      const { context } = await fixture.contexts.client.prepareContext({ repositoryUrl: fixture.repo, gitRev: "main" });
+      assert.ok(context);
+      const image = await images.build(
+        { contextId: context.contextId, baseRunner: "", network: "none", buildWithoutCache: false, handoff: undefined },
+        () => {},
+      );
+      assert.equal(image.reused, false);
+      return { bytes: counting.take(), layerDirectories: image.layerDirectories, contextId: context.contextId };
+    }
 
-  it("sends BuildKit at most 5% of what the first step sent, and never makes repo.tar for the default Dockerfile", async () => {
-    assert.equal(await gitIn(fixture.repo, ["rev-list", "--count", "HEAD"]), String(HISTORY_COMMITS + 1));
-    const first = await step();
-    assert.ok(first.bytes > 1_000_000, `the first step sends the history (${first.bytes} bytes)`);
+    it("sends BuildKit at most 5% of what the first step sent, and never makes repo.tar for the default Dockerfile", async () => {
+      assert.equal(await gitIn(fixture.repo, ["rev-list", "--count", "HEAD"]), String(HISTORY_COMMITS + 1));
+      const first = await step();
+      assert.ok(first.bytes > 1_000_000, `the first step sends the history (${first.bytes} bytes)`);
 
-    await commitFiles(fixture.repo, { "src/file-7.txt": "one file changed\n" }, "one file", "2024-03-02T00:00:00Z");
-    const second = await step();
-    assert.ok(second.bytes <= first.bytes * 0.05, `a one-file commit sent ${second.bytes} bytes, the first step ${first.bytes}`);
-    // The new commit's layer holds the changed file; the history and base layers are the first step's.
-    assert.equal(await readFile(join(second.layerDirectories.at(-1)!, "opt/opschain/src/file-7.txt"), "utf8"), "one file changed\n");
-    assert.deepEqual(second.layerDirectories.slice(0, -1), first.layerDirectories.slice(0, -1));
+      await commitFiles(fixture.repo, { "src/file-7.txt": "one file changed\n" }, "one file", "2024-03-02T00:00:00Z");
+      const second = await step();
+      assert.ok(second.bytes <= first.bytes * 0.05, `a one-file commit sent ${second.bytes} bytes, the first step ${first.bytes}`);
+      // The new commit's layer holds the changed file; the history and base layers are the first step's.
+      assert.equal(await readFile(join(second.layerDirectories.at(-1)!, "opt/opschain/src/file-7.txt"), "utf8"), "one file changed\n");
+      assert.deepEqual(second.layerDirectories.slice(0, -1), first.layerDirectories.slice(0, -1));
 
-    const { context } = await fixture.contexts.client.getContext({ contextId: second.contextId });
-    assert.equal(context?.files.some((file) => file.kind === ContextFileKind.REPO_TAR), false, "repo.tar is not in the default Dockerfile's context");
-    const blobs = join(fixture.contexts.stateDir, "cache", "blobs");
-    for (const name of await readdir(blobs)) assert.ok((await stat(join(blobs, name))).size < 64 * 1024, `${name} is only a zip or a Dockerfile`);
-  });
-});
+      const { context } = await fixture.contexts.client.getContext({ contextId: second.contextId });
+      assert.equal(
+        context?.files.some((file) => file.kind === ContextFileKind.REPO_TAR),
+        false,
+        "repo.tar is not in the default Dockerfile's context",
+      );
+      const blobs = join(fixture.contexts.stateDir, "cache", "blobs");
+      for (const name of await readdir(blobs)) assert.ok((await stat(join(blobs, name))).size < 64 * 1024, `${name} is only a zip or a Dockerfile`);
+    });
+  },
+);
 
-describe("a new commit on a repository with a long history, on a standalone buildkitd v0.24", samePassOnEither("it starts a buildkitd of its own", buildkitdUnavailable), () => {
-  let fixture: HistoryFixture;
-  let buildkitd: StandaloneBuildKitd;
-  let client: BuildKitClient;
-  let cache: ContextCache;
+describe(
+  "a new commit on a repository with a long history, on a standalone buildkitd v0.24",
+  samePassOnEither("it starts a buildkitd of its own", buildkitdUnavailable),
+  () => {
+    let fixture: HistoryFixture;
+    let buildkitd: StandaloneBuildKitd;
+    let client: BuildKitClient;
+    let cache: ContextCache;
 
-  before(async () => {
-    fixture = await historyFixture("new-commit-buildkitd-");
-    cache = new ContextCache(new ContextServiceProvider(fixture.transport.transport), join(fixture.work, "cache"));
-    buildkitd = await StandaloneBuildKitd.start({ allowNetworkHost: false });
-    client = new BuildKitClient(buildkitd.address);
-  });
+    before(async () => {
+      fixture = await historyFixture("new-commit-buildkitd-");
+      cache = new ContextCache(new ContextServiceProvider(fixture.transport.transport), join(fixture.work, "cache"));
+      buildkitd = await StandaloneBuildKitd.start({ allowNetworkHost: false });
+      client = new BuildKitClient(buildkitd.address);
+    });
 
-  after(async () => {
-    client?.close();
-    await buildkitd?.stop();
-    await fixture?.close();
-  });
+    after(async () => {
+      client?.close();
+      await buildkitd?.stop();
+      await fixture?.close();
+    });
 
-  /** One build of the default Dockerfile through the tunnel; returns the bytes sent and the COPY steps' states. */
-  async function step(): Promise<{ bytes: number; copies: Map<string, string> }> {
-    const { context: prepared } = await fixture.contexts.client.prepareContext({ repositoryUrl: fixture.repo, gitRev: "main" });
-    const context = await cache.materialize(prepared!.contextId);
-    let bytes = 0;
-    const tracker = new ProgressTracker();
-    const copies = new Map<string, string>();
-    await buildDockerfile(
-      client,
-      {
-        context: { entries: context.contextSources },
-        dockerfileDir: context.dockerfileDir,
-        buildArgs: { GIT_REV: "main", GIT_SHA: context.gitSha, OPSCHAIN_BASE_RUNNER: stack.baseRunner, OPSCHAIN_VERSION: "0.1.0" },
-        network: "none",
-        noCache: false,
-        exporter: { type: "image", attrs: { name: `steprunner-test/new-commit-buildkitd:${context.gitSha}` } },
-        sessionName: "new commit on buildkitd",
-        sharedKey: `steprunner-${context.repositoryId.slice(0, 16)}`,
-        observer: { fileSent: (_dir, _path, sent) => (bytes += sent) },
-      },
-      (status) => {
-        for (const event of tracker.update(status)) if (event.kind === "vertex" && event.name.includes("COPY")) copies.set(event.name.replace(/^\[[^\]]*\] /, ""), event.state);
-      },
-      AbortSignal.timeout(300_000),
-    );
-    return { bytes, copies };
-  }
+    /** One build of the default Dockerfile through the tunnel; returns the bytes sent and the COPY steps' states. */
+    async function step(): Promise<{ bytes: number; copies: Map<string, string> }> {
+      const { context: prepared } = await fixture.contexts.client.prepareContext({ repositoryUrl: fixture.repo, gitRev: "main" });
+      const context = await cache.materialize(prepared!.contextId);
+      let bytes = 0;
+      const tracker = new ProgressTracker();
+      const copies = new Map<string, string>();
+      await buildDockerfile(
+        client,
+        {
+          context: { entries: context.contextSources },
+          dockerfileDir: context.dockerfileDir,
+          buildArgs: { GIT_REV: "main", GIT_SHA: context.gitSha, OPSCHAIN_BASE_RUNNER: stack.baseRunner, OPSCHAIN_VERSION: "0.1.0" },
+          network: "none",
+          noCache: false,
+          exporter: { type: "image", attrs: { name: `steprunner-test/new-commit-buildkitd:${context.gitSha}` } },
+          sessionName: "new commit on buildkitd",
+          sharedKey: `steprunner-${context.repositoryId.slice(0, 16)}`,
+          observer: { fileSent: (_dir, _path, sent) => (bytes += sent) },
+        },
+        (status) => {
+          for (const event of tracker.update(status))
+            if (event.kind === "vertex" && event.name.includes("COPY")) copies.set(event.name.replace(/^\[[^\]]*\] /, ""), event.state);
+        },
+        AbortSignal.timeout(300_000),
+      );
+      return { bytes, copies };
+    }
 
-  it("sends at most 5% of the first step's bytes, and rebuilds only the changes layer", async () => {
-    const first = await step();
-    assert.ok(first.bytes > 1_000_000, `the first step sends the history (${first.bytes} bytes)`);
-    await commitFiles(fixture.repo, { "src/file-7.txt": "one file changed\n" }, "one file", "2024-03-02T00:00:00Z");
-    const second = await step();
-    assert.ok(second.bytes <= first.bytes * 0.05, `a one-file commit sent ${second.bytes} bytes, the first step ${first.bytes}`);
-    assert.equal(second.copies.get("COPY --chown=10001:10001 history/ /opt/opschain/"), "cached");
-    assert.equal(second.copies.get("COPY --chown=10001:10001 base/ /opt/opschain/"), "cached");
-    assert.equal(second.copies.get("COPY --chown=10001:10001 changes/ /opt/opschain/"), "completed");
-  });
-});
+    it("sends at most 5% of the first step's bytes, and rebuilds only the changes layer", async () => {
+      const first = await step();
+      assert.ok(first.bytes > 1_000_000, `the first step sends the history (${first.bytes} bytes)`);
+      await commitFiles(fixture.repo, { "src/file-7.txt": "one file changed\n" }, "one file", "2024-03-02T00:00:00Z");
+      const second = await step();
+      assert.ok(second.bytes <= first.bytes * 0.05, `a one-file commit sent ${second.bytes} bytes, the first step ${first.bytes}`);
+      assert.equal(second.copies.get("COPY --chown=10001:10001 history/ /opt/opschain/"), "cached");
+      assert.equal(second.copies.get("COPY --chown=10001:10001 base/ /opt/opschain/"), "cached");
+      assert.equal(second.copies.get("COPY --chown=10001:10001 changes/ /opt/opschain/"), "completed");
+    });
+  },
+);

@@ -196,7 +196,10 @@ describe("OpsChain projects from the public docs run unchanged on the base runne
       Gemfile: `${GEMFILE}gem 'no-such-gem-in-the-image'\n`,
     });
     repos.dockerfile = await repository("docs-dockerfile", {
-      "actions.rb": ACTIONS_GUIDE.replace("action :hello_world,", "action :show_build do\n  puts File.read('/opt/opschain/build-note.txt'), File.read('/opt/opschain/actions-listing.txt')\nend\n\naction :hello_world,"),
+      "actions.rb": ACTIONS_GUIDE.replace(
+        "action :hello_world,",
+        "action :show_build do\n  puts File.read('/opt/opschain/build-note.txt'), File.read('/opt/opschain/actions-listing.txt')\nend\n\naction :hello_world,",
+      ),
       Gemfile: GEMFILE,
       ".opschain/Dockerfile": DOCS_DOCKERFILE,
     });
@@ -250,12 +253,18 @@ describe("OpsChain projects from the public docs run unchanged on the base runne
     const parallel = await runStep(repos.actions!, "do_something");
     assert.equal(parallel.step.state, StepState.SUCCESS, parallel.stderr);
     const definitions = parallel.step.result!.childStepDefinitions!;
-    assert.deepEqual(definitions.children.map((child) => child.action), ["do_something_after", "do_something_else_after"]);
+    assert.deepEqual(
+      definitions.children.map((child) => child.action),
+      ["do_something_after", "do_something_else_after"],
+    );
     assert.equal(definitions.childExecutionStrategy, ChildExecutionStrategy.PARALLEL);
     const changed = await runStep(repos.actions!, "conditional_strategy");
     assert.equal(changed.step.state, StepState.SUCCESS, changed.stderr);
     const dynamic = changed.step.result!.childStepDefinitions!;
-    assert.deepEqual(dynamic.children.map((child) => child.action), ["do_something_after", "do_something_else_after", "do_the_final_thing"]);
+    assert.deepEqual(
+      dynamic.children.map((child) => child.action),
+      ["do_something_after", "do_something_else_after", "do_the_final_thing"],
+    );
     assert.equal(dynamic.childExecutionStrategy, ChildExecutionStrategy.SEQUENTIAL);
   });
 
@@ -322,7 +331,9 @@ describe("OpsChain projects from the public docs run unchanged on the base runne
   });
 
   it("the docs' Dockerfile: configure script, opschain-exec reading the zip secret, bundle_and_lint.sh, -AT", async () => {
-    const outcome = await runStep(repos.dockerfile!, "show_build", { properties: [{ owner: "project", properties: { opschain: { env: { DEPLOY_TARGET: "green" } } } }] });
+    const outcome = await runStep(repos.dockerfile!, "show_build", {
+      properties: [{ owner: "project", properties: { opschain: { env: { DEPLOY_TARGET: "green" } } } }],
+    });
     assert.equal(outcome.step.state, StepState.SUCCESS, `${outcome.step.reason}\n${outcome.stderr}\n${outcome.build.slice(-4000)}`);
     assert.match(outcome.stdout, /^built for green\ncontext option gave green$/m);
     assert.match(outcome.stdout, /^opschain-action go_to_work +#/m);

@@ -112,7 +112,12 @@ describe("OpsChain projects' services side (#14) through the running services", 
     syntaxRepo = join(work, "syntax-repo");
     await mkdir(syntaxRepo);
     await gitIn(syntaxRepo, ["init", "-q", "-b", "main"]);
-    await commitFiles(syntaxRepo, { "actions.rb": ACTIONS, ".mintpress/Dockerfile": `# syntax=docker/dockerfile:1.4\n${defaultDockerfile("test")}` }, "syntax line", "2026-01-01T00:00:00Z");
+    await commitFiles(
+      syntaxRepo,
+      { "actions.rb": ACTIONS, ".mintpress/Dockerfile": `# syntax=docker/dockerfile:1.4\n${defaultDockerfile("test")}` },
+      "syntax line",
+      "2026-01-01T00:00:00Z",
+    );
     // OpsChain's sample Dockerfile as it works on BuildKit v0.8: no syntax line, --link or --exclude, nor the
     // runner scripts it calls; its trust store stage, repository stage and secret mounts as they are.
     trustRepo = join(work, "trust-repo");
@@ -139,7 +144,9 @@ describe("OpsChain projects' services side (#14) through the running services", 
     await gitIn(syntaxRepo, ["checkout", "-q", "-b", "link"]);
     await commitFiles(
       syntaxRepo,
-      { ".mintpress/Dockerfile": `# syntax=docker/dockerfile:1.4\n${defaultDockerfile("test").replace("COPY --chown=10001:10001 base/", "COPY --link --chown=10001:10001 base/")}` },
+      {
+        ".mintpress/Dockerfile": `# syntax=docker/dockerfile:1.4\n${defaultDockerfile("test").replace("COPY --chown=10001:10001 base/", "COPY --link --chown=10001:10001 base/")}`,
+      },
       "COPY --link",
       "2026-01-02T00:00:00Z",
     );
@@ -163,7 +170,11 @@ describe("OpsChain projects' services side (#14) through the running services", 
     return { step, stdout: stdout.join("\n"), warnings };
   }
 
-  async function runChange(request: StepRequest, extra: object = {}, onEvent?: (event: RunChangeResponse) => void): Promise<{ change: Change; stdout: Map<string, string[]> }> {
+  async function runChange(
+    request: StepRequest,
+    extra: object = {},
+    onEvent?: (event: RunChangeResponse) => void,
+  ): Promise<{ change: Change; stdout: Map<string, string[]> }> {
     const stdout = new Map<string, string[]>();
     let change: Change | undefined;
     for await (const response of client.runChange({ step: { repositoryUrl: opschainRepo, properties, ...request }, ...extra }, { timeoutMs: 600_000 })) {
@@ -182,10 +193,19 @@ describe("OpsChain projects' services side (#14) through the running services", 
     const { step, stdout, warnings } = await runStep({ action: "where" });
     assert.equal(step.state, StepState.SUCCESS, step.reason);
     assert.match(stdout, /^folder=\.opschain context=true custom=true$/m);
-    assert.ok(warnings.some((warning) => /the repo folder \.mintpress \(OPSCHAIN_REPO_FOLDER\) is not in commit [0-9a-f]{12}, but \.opschain is: \.opschain is used instead/.test(warning)), warnings.join("\n"));
+    assert.ok(
+      warnings.some((warning) =>
+        /the repo folder \.mintpress \(OPSCHAIN_REPO_FOLDER\) is not in commit [0-9a-f]{12}, but \.opschain is: \.opschain is used instead/.test(warning),
+      ),
+      warnings.join("\n"),
+    );
     const named = await runStep({ action: "where", repoFolder: ".opschain" });
     assert.match(named.stdout, /^folder=\.opschain context=true custom=true$/m);
-    assert.deepEqual(named.warnings.filter((warning) => /repo folder/.test(warning)), [], "no warning when the folder is named");
+    assert.deepEqual(
+      named.warnings.filter((warning) => /repo folder/.test(warning)),
+      [],
+      "no warning when the folder is named",
+    );
   });
 
   it("runs several actions in one step, and lists them with -T and -AT", async () => {
@@ -209,7 +229,10 @@ describe("OpsChain projects' services side (#14) through the running services", 
   });
 
   it("fills the step context's documented keys from the request: change and step action, step id, parents", async () => {
-    const { step, stdout } = await runStep({ action: "context", contextValues: { change: { projectCode: "fin", environmentCode: "dev" }, user: { name: "mary" } } });
+    const { step, stdout } = await runStep({
+      action: "context",
+      contextValues: { change: { projectCode: "fin", environmentCode: "dev" }, user: { name: "mary" } },
+    });
     assert.equal(step.state, StepState.SUCCESS, step.reason);
     assert.match(stdout, new RegExp(`^change.action=context step.action=context step.id=${step.id}$`, "m"));
     assert.match(stdout, /parents=(project:fin,environment:dev|environment:dev,project:fin) user=mary$/m);
@@ -233,7 +256,10 @@ describe("OpsChain projects' services side (#14) through the running services", 
     assert.deepEqual(stdout.get(`${id}.3`), ["child_b sees count=2 from_a=a"]);
     assert.deepEqual(
       change.properties.map((set) => [set.owner, set.properties]),
-      [["project", { keep: true, count: 2 }], ["environment", { from_a: "a" }]],
+      [
+        ["project", { keep: true, count: 2 }],
+        ["environment", { from_a: "a" }],
+      ],
     );
     // Each step is a step of its own, with its durable record.
     assert.equal((await client.getStep({ stepId: `${id}.4` })).step?.state, StepState.SUCCESS);
@@ -246,7 +272,10 @@ describe("OpsChain projects' services side (#14) through the running services", 
     assert.equal(findStep(conflicting.change.root, "right")?.state, StepState.ERROR);
     const fine = await runChange({ action: "fan_ok" });
     assert.equal(fine.change.state, StepState.SUCCESS, fine.change.reason);
-    assert.deepEqual(fine.change.properties.map((set) => set.properties), [{ keep: true, server: "left" }, { other: true }]);
+    assert.deepEqual(
+      fine.change.properties.map((set) => set.properties),
+      [{ keep: true, server: "left" }, { other: true }],
+    );
     assert.equal(fine.change.root?.childExecutionStrategy, ChildExecutionStrategy.PARALLEL);
   });
 
@@ -254,7 +283,12 @@ describe("OpsChain projects' services side (#14) through the running services", 
     const changeId = `cancel-${process.pid}`;
     let cancelled = false;
     const { change } = await runChange({ action: "slow_parent" }, { changeId }, (event) => {
-      if (!cancelled && event.event.case === "stepEvent" && event.event.value.event?.event.case === "logLine" && event.event.value.event.event.value.text === "slow start") {
+      if (
+        !cancelled &&
+        event.event.case === "stepEvent" &&
+        event.event.value.event?.event.case === "logLine" &&
+        event.event.value.event.event.value.text === "slow start"
+      ) {
         cancelled = true;
         void client.cancelStep({ stepId: changeId });
       }
@@ -275,7 +309,11 @@ describe("OpsChain projects' services side (#14) through the running services", 
     const propertiesFile = join(work, "properties.json");
     await writeFile(propertiesFile, JSON.stringify({ project: { keep: true }, environment: {} }));
     const cli = (args: string[]) =>
-      run("node", [join(ROOT, "dist/services/cli/main.js"), "run", "--step-addr", stack.stepAddr, "--repo", opschainRepo, "--properties", propertiesFile, ...args], { timeoutMs: 300_000 });
+      run(
+        "node",
+        [join(ROOT, "dist/services/cli/main.js"), "run", "--step-addr", stack.stepAddr, "--repo", opschainRepo, "--properties", propertiesFile, ...args],
+        { timeoutMs: 300_000 },
+      );
     const tree = await cli(["--action", "parent", "--children"]);
     assert.equal(tree.code, 0, tree.stderr);
     assert.match(tree.stdout, /\] grandchild sees count=2$/m);
@@ -297,7 +335,14 @@ describe("OpsChain projects' services side (#14) through the running services", 
   it("ignores a # syntax= line naming a frontend image that cannot be pulled, with a warning, when the builtin frontend understands the file", async () => {
     const { step, warnings } = await runStep({ repositoryUrl: syntaxRepo, gitRev: "main", action: "first" });
     assert.equal(step.state, StepState.SUCCESS, step.reason);
-    assert.ok(warnings.some((warning) => /^the Dockerfile's line 1 "# syntax=docker\/dockerfile:1\.4" names the frontend image docker\/dockerfile:1\.4, which is not in this service's registry .*; the line is ignored/.test(warning)), warnings.join("\n"));
+    assert.ok(
+      warnings.some((warning) =>
+        /^the Dockerfile's line 1 "# syntax=docker\/dockerfile:1\.4" names the frontend image docker\/dockerfile:1\.4, which is not in this service's registry .*; the line is ignored/.test(
+          warning,
+        ),
+      ),
+      warnings.join("\n"),
+    );
   });
 
   it("refuses a file the builtin frontend does not understand, naming the syntax line (COPY --link on BuildKit v0.8)", async (t) => {
@@ -307,6 +352,9 @@ describe("OpsChain projects' services side (#14) through the running services", 
       return;
     }
     assert.equal(step.state, StepState.ERROR);
-    assert.match(step.reason, /the Dockerfile's line 1 "# syntax=docker\/dockerfile:1\.4" names the frontend image docker\/dockerfile:1\.4, .* and BuildKit's builtin Dockerfile frontend does not understand the file \(.*[Uu]nknown flag: link\)/);
+    assert.match(
+      step.reason,
+      /the Dockerfile's line 1 "# syntax=docker\/dockerfile:1\.4" names the frontend image docker\/dockerfile:1\.4, .* and BuildKit's builtin Dockerfile frontend does not understand the file \(.*[Uu]nknown flag: link\)/,
+    );
   });
 });

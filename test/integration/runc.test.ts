@@ -102,7 +102,12 @@ describe("runc with the base runner's root filesystem", samePassOnEither("no Bui
     const probe = async (name: string, seccomp: boolean, script = SYSCALL_PROBE): Promise<Map<string, number>> => {
       const result = await runWithOurSpec(name, ["perl", "-e", script], seccomp);
       assert.equal(result.code, 0, result.stderr);
-      return new Map(result.stdout.trim().split("\n").map((line) => [line.split(" ")[0]!, Number(line.split(" ")[1])]));
+      return new Map(
+        result.stdout
+          .trim()
+          .split("\n")
+          .map((line) => [line.split(" ")[0]!, Number(line.split(" ")[1])]),
+      );
     };
 
     it("refuses mount, namespaces, keyrings, ptrace, bpf and the like with EPERM, and clone3 with ENOSYS", async () => {
@@ -134,15 +139,13 @@ describe("runc with the base runner's root filesystem", samePassOnEither("no Bui
       ].join(" && ");
       const result = await runWithOurSpec("ordinary", ["/bin/sh", "-c", script], true);
       assert.equal(result.code, 0, result.stderr);
-      assert.deepEqual(result.stdout.trim().split("\n").map((line) => line.replace(/\s+/g, " ")), [
-        "Seccomp: 2",
-        "[0, 2, 4, 6]",
-        "5",
-        "exec",
-        "first",
-        result.stdout.match(/^\d+\.\d+\.\d+$/m)?.[0] ?? "a Bundler version",
-        "no user namespace",
-      ]);
+      assert.deepEqual(
+        result.stdout
+          .trim()
+          .split("\n")
+          .map((line) => line.replace(/\s+/g, " ")),
+        ["Seccomp: 2", "[0, 2, 4, 6]", "5", "exec", "first", result.stdout.match(/^\d+\.\d+\.\d+$/m)?.[0] ?? "a Bundler version", "no user namespace"],
+      );
     });
   });
 
@@ -156,7 +159,12 @@ describe("runc with the base runner's root filesystem", samePassOnEither("no Bui
       const output: string[] = [];
       const request: ContainerRun = {
         stepId,
-        image: { imageId: "unpacked", lowerDirs: [join(bundle, "rootfs")], config: { env: [], entrypoint: [], cmd: [], workingDir: "/opt/opschain", user: "opschain" }, release: () => {} },
+        image: {
+          imageId: "unpacked",
+          lowerDirs: [join(bundle, "rootfs")],
+          config: { env: [], entrypoint: [], cmd: [], workingDir: "/opt/opschain", user: "opschain" },
+          release: () => {},
+        },
         args: ["/bin/sh", "-c", script],
         env: {},
         limits: { memoryBytes: 64 * 1024 * 1024, cpuMillis: 1000, pids: 128 },

@@ -106,7 +106,12 @@ describe("a secret property, through all three services, with the default and a 
       try {
         let status: ServingStatus | undefined;
         for (let i = 0; i < 300 && status !== ServingStatus.SERVING; i++) {
-          status = await createClient(Health, transport.transport).check({}).then((answer) => answer.status, () => undefined);
+          status = await createClient(Health, transport.transport)
+            .check({})
+            .then(
+              (answer) => answer.status,
+              () => undefined,
+            );
           if (status !== ServingStatus.SERVING) await sleep(100);
         }
         assert.equal(status, ServingStatus.SERVING, `${name} came up`);
@@ -127,18 +132,24 @@ describe("a secret property, through all three services, with the default and a 
 
   // Bytes (the build log's chunks) as the text they carry, so that a secret in them shows.
   const json = (value: unknown) =>
-    JSON.stringify(value, (_key, item) => (typeof item === "bigint" ? item.toString() : item instanceof Uint8Array ? Buffer.from(item).toString("utf8") : item));
+    JSON.stringify(value, (_key, item) =>
+      typeof item === "bigint" ? item.toString() : item instanceof Uint8Array ? Buffer.from(item).toString("utf8") : item,
+    );
 
   async function runStep(action: string, gitRev: string): Promise<{ step: Step; text: string }> {
     const client = createClient(StepService, steps.transport);
     const events = [];
-    for await (const event of client.runStep({
-      repositoryUrl: repository,
-      gitRev,
-      action,
-      properties: [{ owner: "project", properties: { opschain: { env: { API_TOKEN: SECRET, PLAIN: "visible" } } } }],
-      secretPointers: ["/project/opschain/env/API_TOKEN"],
-    }, { timeoutMs: 300_000 })) events.push(event);
+    for await (const event of client.runStep(
+      {
+        repositoryUrl: repository,
+        gitRev,
+        action,
+        properties: [{ owner: "project", properties: { opschain: { env: { API_TOKEN: SECRET, PLAIN: "visible" } } } }],
+        secretPointers: ["/project/opschain/env/API_TOKEN"],
+      },
+      { timeoutMs: 300_000 },
+    ))
+      events.push(event);
     const step = events.at(-1)?.event.case === "finished" ? (events.at(-1)!.event.value as { step: Step }).step : undefined;
     assert.ok(step, "the stream ended with finished");
     finished.push(step);
@@ -175,14 +186,18 @@ describe("a secret property, through all three services, with the default and a 
     assert.equal(imageIds.length, 2, "one image for each Dockerfile");
     const { hits, copied } = stack.buildkit === "dockerd" ? await searchDockerd(imageIds) : await searchRegistry(imageIds);
     assert.deepEqual(hits, []);
-    assert.ok(copied.some((hit) => hit.endsWith("copied_step_context.json.zip!step_context.json")), `the custom image holds the redacted copy, which the search looked into: ${copied.join(" ")}`);
+    assert.ok(
+      copied.some((hit) => hit.endsWith("copied_step_context.json.zip!step_context.json")),
+      `the custom image holds the redacted copy, which the search looked into: ${copied.join(" ")}`,
+    );
   });
 
   /** dockerd holds the images: their configs (inspect) and layers (save). */
   async function searchDockerd(imageIds: string[]): Promise<{ hits: string[]; copied: string[] }> {
     const inspect = await docker("image", "inspect", ...imageIds);
     assert.equal(inspect.code, 0, inspect.stderr);
-    const save = (ids: string[]) => spawn("/usr/bin/docker", ["--host", `unix://${stack.runDir}/docker.sock`, "image", "save", ...ids], { stdio: ["ignore", "pipe", "inherit"] });
+    const save = (ids: string[]) =>
+      spawn("/usr/bin/docker", ["--host", `unix://${stack.runDir}/docker.sock`, "image", "save", ...ids], { stdio: ["ignore", "pipe", "inherit"] });
     const saved = save(imageIds);
     const hits = await occurrencesInImageArchive(saved.stdout, SECRET);
     assert.equal(await new Promise((resolve) => saved.once("close", resolve)), 0);
@@ -193,7 +208,11 @@ describe("a secret property, through all three services, with the default and a 
   /** A standalone buildkitd pushed the images: their manifests, configs and layers in the registry. */
   async function searchRegistry(imageIds: string[]): Promise<{ hits: string[]; copied: string[] }> {
     const recordsDir = join(root, "state", "image", "images");
-    const records = await Promise.all((await readdir(recordsDir)).filter((name) => name.endsWith(".json")).map(async (name) => JSON.parse(await readFile(join(recordsDir, name), "utf8")) as { imageId: string; reference?: string }));
+    const records = await Promise.all(
+      (await readdir(recordsDir))
+        .filter((name) => name.endsWith(".json"))
+        .map(async (name) => JSON.parse(await readFile(join(recordsDir, name), "utf8")) as { imageId: string; reference?: string }),
+    );
     const registry = new RegistryClient(stack.registry);
     const hits: string[] = [];
     const copied: string[] = [];
@@ -222,7 +241,12 @@ describe("a secret property, through all three services, with the default and a 
     for (const hit of hits) {
       const file = hit.split("!")[0]!;
       const mode = (await stat(file)).mode & 0o777;
-      if (hit.endsWith("!step_context.json") && mode === 0o600 && (file.startsWith(join(root, "state", "context")) || file.startsWith(join(root, "state", "image")))) kept.push(file);
+      if (
+        hit.endsWith("!step_context.json") &&
+        mode === 0o600 &&
+        (file.startsWith(join(root, "state", "context")) || file.startsWith(join(root, "state", "image")))
+      )
+        kept.push(file);
       else assert.fail(`the secret is in ${hit}`);
     }
     assert.ok(kept.length > 0, "the search found the secret where it is kept on purpose");

@@ -47,7 +47,17 @@ describe("the running services", () => {
     assert.match(result.stdout, /^registry +\S+ +registry\/2\.0$/m);
     assert.match(result.stdout, /^runc +runc version \d+\.\d+\.\d+/m);
 
-    const json = await run("node", [CLI, "status", "--json", "--image-addr", stack.imageAddr, "--step-addr", stack.stepAddr, "--context-addr", stack.contextAddr]);
+    const json = await run("node", [
+      CLI,
+      "status",
+      "--json",
+      "--image-addr",
+      stack.imageAddr,
+      "--step-addr",
+      stack.stepAddr,
+      "--context-addr",
+      stack.contextAddr,
+    ]);
     assert.equal(json.code, 0, json.stderr);
     const status = JSON.parse(json.stdout);
     assert.equal(status.ok, true);

@@ -84,7 +84,10 @@ describe("a standalone buildkitd v0.24, through the Control.Session tunnel", sam
     try {
       const entitlement = await failedBuild(refusing.address, `FROM ${stack.baseRunner}\nRUN true\n`, { network: "host" });
       assert.match(entitlement.error.rawMessage, /granting entitlement network\.host is not allowed by build daemon configuration/);
-      assert.equal(entitlement.explained.rawMessage, "this BuildKit does not grant the network.host entitlement the build needs: start buildkitd with --allow-insecure-entitlement network.host");
+      assert.equal(
+        entitlement.explained.rawMessage,
+        "this BuildKit does not grant the network.host entitlement the build needs: start buildkitd with --allow-insecure-entitlement network.host",
+      );
     } finally {
       await refusing.stop();
     }
@@ -124,7 +127,9 @@ describe("a standalone buildkitd v0.24, through the Control.Session tunnel", sam
     try {
       const { port } = server.address() as net.AddressInfo;
       const nonce = randomBytes(4).toString("hex");
-      await build(buildkitd.address, `FROM ${stack.baseRunner}\nRUN ruby -rsocket -e 'TCPSocket.new("127.0.0.1", ${port}).write("host-${nonce}")'\n`, { network: "host" });
+      await build(buildkitd.address, `FROM ${stack.baseRunner}\nRUN ruby -rsocket -e 'TCPSocket.new("127.0.0.1", ${port}).write("host-${nonce}")'\n`, {
+        network: "host",
+      });
       assert.deepEqual(received, [`host-${nonce}`], "RUN reached the test's port on the host's loopback");
     } finally {
       server.close();
@@ -136,7 +141,10 @@ describe("a standalone buildkitd v0.24, through the Control.Session tunnel", sam
       const started = Date.now();
       const { error } = await failedBuild(buildkitd.address, `FROM ${stack.baseRunner}\nRUN true\n`, { exporter: { type, attrs: {} } });
       assert.equal(error.code, Code.InvalidArgument, error.message);
-      assert.match(error.rawMessage, new RegExp(`^the "${type}" exporter sends the build's output back to the client, which this client cannot receive: export with "image"`));
+      assert.match(
+        error.rawMessage,
+        new RegExp(`^the "${type}" exporter sends the build's output back to the client, which this client cannot receive: export with "image"`),
+      );
       assert.ok(Date.now() - started < 2_000, `refused in ${Date.now() - started} ms`);
     }
   });

@@ -17,7 +17,11 @@ const exec = promisify(execFile);
 /** dockerd's overlay2 directories of an image, bottom to top, as `docker image inspect` names them. */
 async function dockerLayerDirectories(reference: string): Promise<{ directories: string[]; user: string; env: string[]; workingDir: string }> {
   const { stdout } = await exec("docker", ["-H", `unix://${stack.runDir}/docker.sock`, "image", "inspect", reference, "--format", "{{json .}}"]);
-  const image = JSON.parse(stdout) as { Id: string; GraphDriver: { Data: { LowerDir?: string; UpperDir: string } }; Config: { User: string; Env: string[]; WorkingDir: string } };
+  const image = JSON.parse(stdout) as {
+    Id: string;
+    GraphDriver: { Data: { LowerDir?: string; UpperDir: string } };
+    Config: { User: string; Env: string[]; WorkingDir: string };
+  };
   const lower = image.GraphDriver.Data.LowerDir ? image.GraphDriver.Data.LowerDir.split(":").reverse() : [];
   return { directories: [...lower, image.GraphDriver.Data.UpperDir], user: image.Config.User, env: image.Config.Env, workingDir: image.Config.WorkingDir };
 }
@@ -30,7 +34,14 @@ describe("both image hand-offs run the same step", needsDockerd("the layer-store
     await layers.init();
     const materialiser = new ImageMaterialiser(layers);
     const runtime = new ContainerRuntime(
-      { runcPath: "runc", runcRoot: config.runcRoot, workDir: join(config.stateDir, "work"), instanceTag: instanceTagOf(config.stateDir), killGraceMs: 1000, maxResultBytes: 1024 },
+      {
+        runcPath: "runc",
+        runcRoot: config.runcRoot,
+        workDir: join(config.stateDir, "work"),
+        instanceTag: instanceTagOf(config.stateDir),
+        killGraceMs: 1000,
+        maxResultBytes: 1024,
+      },
       logger,
     );
     const docker = await dockerLayerDirectories(stack.baseRunner);
@@ -51,7 +62,12 @@ describe("both image hand-offs run the same step", needsDockerd("the layer-store
     });
     const images: Record<string, StepImage> = {
       registry: { kind: "registry", reference: stack.baseRunner },
-      "layer directories": { kind: "layer-directories", imageId: "dockerd", directories: docker.directories, config: { env: docker.env, entrypoint: [], cmd: [], workingDir: docker.workingDir, user: docker.user } },
+      "layer directories": {
+        kind: "layer-directories",
+        imageId: "dockerd",
+        directories: docker.directories,
+        config: { env: docker.env, entrypoint: [], cmd: [], workingDir: docker.workingDir, user: docker.user },
+      },
     };
     try {
       for (const [name, image] of Object.entries(images)) {

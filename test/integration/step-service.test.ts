@@ -98,7 +98,9 @@ describe("step-service with real runc and the base runner", () => {
     assert.equal(failed.step.state, StepState.ERROR);
     assert.equal(failed.step.exitCode, 3);
     assert.equal(failed.step.reason, "exit status 3");
-    assert.ok(failed.events.some((e) => e.event.case === "logLine" && e.event.value.stream === LogStream.STDERR && e.event.value.text === "failing on purpose"));
+    assert.ok(
+      failed.events.some((e) => e.event.case === "logLine" && e.event.value.stream === LogStream.STDERR && e.event.value.text === "failing on purpose"),
+    );
     const killed = await runStep(service.client, request("selfkill"));
     assert.equal(killed.step.state, StepState.ERROR);
     assert.equal(killed.step.signal, "SIGKILL");
@@ -137,7 +139,8 @@ describe("step-service with real runc and the base runner", () => {
       port = (server.address() as { port: number }).port;
     });
     after(() => server.close());
-    const withPort = (extra: Request = {}) => request("connect", { properties: [{ owner: "project", properties: { opschain: { env: { PORT: String(port) } } } }], ...extra });
+    const withPort = (extra: Request = {}) =>
+      request("connect", { properties: [{ owner: "project", properties: { opschain: { env: { PORT: String(port) } } } }], ...extra });
 
     it("cannot reach a server on the host's loopback by default", async () => {
       const { step, lines } = await runStep(service.client, withPort());
@@ -153,13 +156,16 @@ describe("step-service with real runc and the base runner", () => {
   });
 
   it("gives the action env properties, merged in order, and masks secrets", async () => {
-    const { step, lines } = await runStep(service.client, request("env", {
-      properties: [
-        { owner: "project", properties: { opschain: { env: { GREETING: "project", TOKEN: "s3cr3t-value" } } } },
-        { owner: "environment", properties: { opschain: { env: { GREETING: "environment" } } } },
-      ],
-      secretPointers: ["/project/opschain/env/TOKEN"],
-    }));
+    const { step, lines } = await runStep(
+      service.client,
+      request("env", {
+        properties: [
+          { owner: "project", properties: { opschain: { env: { GREETING: "project", TOKEN: "s3cr3t-value" } } } },
+          { owner: "environment", properties: { opschain: { env: { GREETING: "environment" } } } },
+        ],
+        secretPointers: ["/project/opschain/env/TOKEN"],
+      }),
+    );
     assert.equal(step.state, StepState.SUCCESS, step.reason);
     assert.ok(lines.includes("GREETING=environment TOKEN=***"), lines.join("\n"));
     const stored = await service.client.getStep({ stepId: step.id });
@@ -167,12 +173,15 @@ describe("step-service with real runc and the base runner", () => {
   });
 
   it("round-trips step_result.json: properties, RFC 6902 diffs per owner, child steps", async () => {
-    const { step } = await runStep(service.client, request("properties", {
-      properties: [
-        { owner: "project", properties: { obsolete: true } },
-        { owner: "environment", properties: { opschain: { env: { GREETING: "v2" } } } },
-      ],
-    }));
+    const { step } = await runStep(
+      service.client,
+      request("properties", {
+        properties: [
+          { owner: "project", properties: { obsolete: true } },
+          { owner: "environment", properties: { opschain: { env: { GREETING: "v2" } } } },
+        ],
+      }),
+    );
     assert.equal(step.state, StepState.SUCCESS, step.reason);
     const result = step.result!;
     assert.deepEqual(result.properties, { opschain: { env: { GREETING: "v2" } }, deployed: { version: "v2" } });
@@ -278,13 +287,23 @@ describe("step-service with real runc and the base runner", () => {
   it("streams logs in order while the step runs and follows them from an offset after it ended", async () => {
     const { step, events } = await runStep(service.client, request("lines"));
     const live = events.flatMap((e) => (e.event.case === "logLine" ? [e.event.value] : []));
-    assert.deepEqual(live.map((line) => Number(line.offset)), live.map((_, index) => index), "offsets are consecutive from 0");
+    assert.deepEqual(
+      live.map((line) => Number(line.offset)),
+      live.map((_, index) => index),
+      "offsets are consecutive from 0",
+    );
     const stdout = live.filter((line) => line.stream === LogStream.STDOUT).map((line) => line.text);
-    assert.deepEqual(stdout, Array.from({ length: 200 }, (_, i) => `line ${i}`));
+    assert.deepEqual(
+      stdout,
+      Array.from({ length: 200 }, (_, i) => `line ${i}`),
+    );
     const from = 150;
     const followed = [];
     for await (const response of service.client.followLogs({ stepId: step.id, fromOffset: BigInt(from), follow: true })) followed.push(response.line!);
-    assert.deepEqual(followed.map((line) => line.text), live.slice(from).map((line) => line.text));
+    assert.deepEqual(
+      followed.map((line) => line.text),
+      live.slice(from).map((line) => line.text),
+    );
     assert.equal(Number(step.logLines), live.length);
   });
 
@@ -405,14 +424,27 @@ describe("a step-service killed mid-step", () => {
 async function serviceProcess(config: StepServiceConfig, env: Record<string, string> = {}) {
   const socket = `unix:${config.stateDir}/step.sock`;
   const child = spawn(process.execPath, [`${ROOT}/dist/services/step-service/main.js`], {
-    env: { ...process.env, STEPRUNNER_STEP_STATE_DIR: config.stateDir, STEPRUNNER_STEP_ADDR: socket, STEPRUNNER_STEP_IMAGE: config.stepImage, STEPRUNNER_STEP_SOURCES: "local", ...env },
+    env: {
+      ...process.env,
+      STEPRUNNER_STEP_STATE_DIR: config.stateDir,
+      STEPRUNNER_STEP_ADDR: socket,
+      STEPRUNNER_STEP_IMAGE: config.stepImage,
+      STEPRUNNER_STEP_SOURCES: "local",
+      ...env,
+    },
     stdio: "ignore",
   });
   const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
   const transport = serviceTransport(socket);
   const client = createClient(StepService, transport.transport);
   for (let i = 0; i < 100; i++) {
-    if (await client.getRuntimeInfo({}).then(() => true, () => false)) break;
+    if (
+      await client.getRuntimeInfo({}).then(
+        () => true,
+        () => false,
+      )
+    )
+      break;
     await sleep(100);
   }
   return {

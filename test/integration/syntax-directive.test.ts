@@ -33,7 +33,9 @@ async function build(address: string, work: string, dockerfile: string): Promise
         noCache: false,
         ignoreSyntaxDirective: true,
         // dockerd's BuildKit exports to dockerd's store; a standalone one keeps the image in its own.
-        exporter: address.startsWith("docker-unix://") ? { type: "moby", attrs: { name: "steprunner-test/syntax:latest" } } : { type: "image", attrs: { name: "steprunner-test/syntax:latest" } },
+        exporter: address.startsWith("docker-unix://")
+          ? { type: "moby", attrs: { name: "steprunner-test/syntax:latest" } }
+          : { type: "image", attrs: { name: "steprunner-test/syntax:latest" } },
         sessionName: "syntax directive test",
         sharedKey: `syntax-directive-test-${address}`,
       },
@@ -63,15 +65,19 @@ describe("a # syntax= line skipped: the builtin Dockerfile frontend of each Buil
     await rm(work, { recursive: true, force: true });
   });
 
-  it("BuildKit v0.8 (dockerd): builds a file it understands, and names COPY --link and --exclude as unknown flags", needsDockerd("its BuildKit v0.8"), async () => {
-    assert.equal(await build(stack.buildkitAddr, work, `${SYNTAX}${STAGE}COPY --chown=10001:10001 --from=files / /x/\n`), undefined);
-    for (const flag of ["--link", "--exclude=.git"]) {
-      const failure = await build(stack.buildkitAddr, work, `${SYNTAX}${STAGE}COPY ${flag} --from=files / /x/\n`);
-      assert.ok(failure, `${flag} is refused`);
-      assert.match(failure.rawMessage, new RegExp(`line 5: Unknown flag: ${flag.slice(2).split("=")[0]}`, "i"));
-      assert.ok(isNotUnderstood(failure.rawMessage));
-    }
-  });
+  it(
+    "BuildKit v0.8 (dockerd): builds a file it understands, and names COPY --link and --exclude as unknown flags",
+    needsDockerd("its BuildKit v0.8"),
+    async () => {
+      assert.equal(await build(stack.buildkitAddr, work, `${SYNTAX}${STAGE}COPY --chown=10001:10001 --from=files / /x/\n`), undefined);
+      for (const flag of ["--link", "--exclude=.git"]) {
+        const failure = await build(stack.buildkitAddr, work, `${SYNTAX}${STAGE}COPY ${flag} --from=files / /x/\n`);
+        assert.ok(failure, `${flag} is refused`);
+        assert.match(failure.rawMessage, new RegExp(`line 5: Unknown flag: ${flag.slice(2).split("=")[0]}`, "i"));
+        assert.ok(isNotUnderstood(failure.rawMessage));
+      }
+    },
+  );
 
   it("BuildKit v0.24 (standalone): builds COPY --link, and names COPY --exclude as an unknown flag", { skip: buildkitdUnavailable }, async () => {
     assert.equal(await build(buildkitd!.address, work, `${SYNTAX}${STAGE}COPY --link --chown=10001:10001 --from=files / /x/\n`), undefined);

@@ -58,7 +58,10 @@ describe("tracing across the three services and BuildKit", needsDockerd("a recor
     const contextTransport = serviceTransport(contexts.address, {});
     const imageTransport = serviceTransport(images.address, {});
     const logger = createLogger("step-service-test", {}, { quiet: true });
-    const { runner } = createStepRunner(config, logger, { contexts: new ContextServicePreparer(contextTransport.transport), images: new ImageServiceBuilder(imageTransport.transport) });
+    const { runner } = createStepRunner(config, logger, {
+      contexts: new ContextServicePreparer(contextTransport.transport),
+      images: new ImageServiceBuilder(imageTransport.transport),
+    });
     await runner.recover();
     const server = await startServer({
       address: { kind: "tcp", host: "127.0.0.1", port: 0 },
@@ -87,7 +90,14 @@ describe("tracing across the three services and BuildKit", needsDockerd("a recor
     await proxy?.close();
     const left = config ? await leftovers(config) : undefined;
     if (config) await removeState(config);
-    const tagged = await run("/usr/bin/docker", ["--host", `unix://${stack.runDir}/docker.sock`, "images", "--format", "{{.Repository}}:{{.Tag}}", STEPS_REPOSITORY]);
+    const tagged = await run("/usr/bin/docker", [
+      "--host",
+      `unix://${stack.runDir}/docker.sock`,
+      "images",
+      "--format",
+      "{{.Repository}}:{{.Tag}}",
+      STEPS_REPOSITORY,
+    ]);
     for (const name of tagged.stdout.split("\n").filter(Boolean)) await images.docker.removeImage(name).catch(() => {});
     await rm(work, { recursive: true, force: true });
     assert.deepEqual(left, { containers: [], mounts: [], cgroups: [], dirs: [] });
@@ -95,7 +105,10 @@ describe("tracing across the three services and BuildKit", needsDockerd("a recor
 
   async function runStep(gitRev: string): Promise<{ state: StepState; reason: string; lines: string[] }> {
     const lines: string[] = [];
-    for await (const event of steps.client.runStep({ repositoryUrl: repository, gitRev, action: "traced", contextValues: { change: { id: "change-42" } } }, { timeoutMs: 240_000 })) {
+    for await (const event of steps.client.runStep(
+      { repositoryUrl: repository, gitRev, action: "traced", contextValues: { change: { id: "change-42" } } },
+      { timeoutMs: 240_000 },
+    )) {
       if (event.event.case === "logLine") lines.push(event.event.value.text);
       if (event.event.case === "finished") return { state: event.event.value.step!.state, reason: event.event.value.step!.reason, lines };
     }
@@ -125,13 +138,18 @@ describe("tracing across the three services and BuildKit", needsDockerd("a recor
     await tracing.shutdown();
     tracing = undefined;
 
-    assert.deepEqual(all.filter((span) => span.spanContext().traceId !== traceId).map((span) => span.name), [], "every span is in the caller's trace");
+    assert.deepEqual(
+      all.filter((span) => span.spanContext().traceId !== traceId).map((span) => span.name),
+      [],
+      "every span is in the caller's trace",
+    );
     const named = (name: string): ReadableSpan => {
       const found = all.filter((span) => span.name === name);
       assert.equal(found.length, 1, `one span "${name}" among ${all.map((span) => span.name).join(", ")}`);
       return found[0]!;
     };
-    const isChild = (child: string, parent: string) => assert.equal(named(child).parentSpanContext?.spanId, named(parent).spanContext().spanId, `${child} is a child of ${parent}`);
+    const isChild = (child: string, parent: string) =>
+      assert.equal(named(child).parentSpanContext?.spanId, named(parent).spanContext().spanId, `${child} is a child of ${parent}`);
 
     isChild("steprunner.step.v1.StepService/RunStep", "caller");
     isChild("step", "steprunner.step.v1.StepService/RunStep");
@@ -149,6 +167,10 @@ describe("tracing across the three services and BuildKit", needsDockerd("a recor
 
     const solved = solves(proxy.calls.splice(0));
     assert.equal(solved.length, 1);
-    assert.equal(solved[0]!.headers.traceparent, `00-${traceId}-${named("image.solve").spanContext().spanId}-01`, "BuildKit's Solve carries the solve span's context");
+    assert.equal(
+      solved[0]!.headers.traceparent,
+      `00-${traceId}-${named("image.solve").spanContext().spanId}-01`,
+      "BuildKit's Solve carries the solve span's context",
+    );
   });
 });

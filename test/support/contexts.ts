@@ -58,7 +58,9 @@ export class LocalContextProvider implements ContextProvider {
       const bytes = await readFile(path);
       infos[kind] = { digest: `sha256:${createHash("sha256").update(bytes).digest("hex")}`, size: BigInt(bytes.length) };
     }
-    const contextId = `sha256:${createHash("sha256").update(infos["repo-tar"].digest + infos["step-context-zip"].digest + infos.dockerfile.digest).digest("hex")}`;
+    const contextId = `sha256:${createHash("sha256")
+      .update(infos["repo-tar"].digest + infos["step-context-zip"].digest + infos.dockerfile.digest)
+      .digest("hex")}`;
     const gitSha = input.gitSha ?? createHash("sha1").update(infos["repo-tar"].digest).digest("hex");
     await writeFile(`${tree}.identity`, `tree:${gitSha}`);
     const { "repo-tar": repoTar, ...others } = infos;

@@ -22,10 +22,14 @@ export function startImageService(
   address: ServerOptions["address"],
   extra: Pick<ServerOptions, "security" | "limits" | "httpRoutes"> = {},
 ): Promise<RunningServer> {
-  const builder = new Builder(fakeBuildKit, { address: "registry.test:5000", apiVersion: async () => "registry/2.0" }, {
-    buildkitAddress: "docker-unix:///fake.sock",
-    defaultBaseRunner: "registry.test:5000/runner:1",
-  });
+  const builder = new Builder(
+    fakeBuildKit,
+    { address: "registry.test:5000", apiVersion: async () => "registry/2.0" },
+    {
+      buildkitAddress: "docker-unix:///fake.sock",
+      defaultBaseRunner: "registry.test:5000/runner:1",
+    },
+  );
   const unusedImages = new ImageBuilder({
     contexts: { materialize: async () => assert.fail("no build in these tests") },
     buildkit: { build: async () => assert.fail("no build in these tests") },
@@ -37,7 +41,15 @@ export function startImageService(
       deleteManifest: async () => assert.fail("no registry"),
     },
     records: new ReuseRecords("/nonexistent"),
-    settings: { defaultBaseRunner: "", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 0, maxConcurrentBuilds: 1, transportAttempts: 1 },
+    settings: {
+      defaultBaseRunner: "",
+      version: "0",
+      stepsRepository: "steps",
+      defaultHandoff: "layer-store",
+      reuseTtlMs: 0,
+      maxConcurrentBuilds: 1,
+      transportAttempts: 1,
+    },
   });
   return startServer({
     address,
@@ -49,4 +61,3 @@ export function startImageService(
     httpRoutes: extra.httpRoutes,
   });
 }
-

@@ -71,7 +71,7 @@ export async function makeFixture(path: string): Promise<Fixture> {
       "docs/guide.md": "guide\n",
       "bin/run.sh": "#!/bin/sh\necho run\n",
       "link-to-readme": "->README.md",
-      "VERSION": "$Format:%H$\n",
+      VERSION: "$Format:%H$\n",
       ".mintpress/Dockerfile": "ARG OPSCHAIN_BASE_RUNNER\nFROM ${OPSCHAIN_BASE_RUNNER}\nRUN echo custom\n",
     },
     "second",

@@ -17,7 +17,10 @@ export interface GitSpy {
  * start git by name with this PATH, so the spy sees every git they run (and every git the test runs).
  */
 export async function spyOnGit(): Promise<GitSpy> {
-  const realGit = (process.env.PATH ?? "").split(delimiter).map((dir) => join(dir, "git")).find((path) => existsSync(path));
+  const realGit = (process.env.PATH ?? "")
+    .split(delimiter)
+    .map((dir) => join(dir, "git"))
+    .find((path) => existsSync(path));
   if (!realGit) throw new Error("git is not on PATH");
   const dir = await mkdtemp(join(tmpdir(), "git-spy-"));
   const log = join(dir, "calls.log");

@@ -112,7 +112,11 @@ export async function makeHostileRepository(path: string): Promise<HostileReposi
   // Trees git itself never writes: plumbing makes them, as a hostile server could send them.
   const blob = await gitIn(path, ["hash-object", "-w", "--stdin"], DATE, "root:x:0:0:pwned\n");
   const inner = await gitIn(path, ["mktree"], DATE, `100644 blob ${blob}\tpasswd\n`);
-  for (const [name, entry] of [["dotdot", ".."], ["dotgit", ".git"], ["dotgit-upper", ".GIT"]] as const) {
+  for (const [name, entry] of [
+    ["dotdot", ".."],
+    ["dotgit", ".git"],
+    ["dotgit-upper", ".GIT"],
+  ] as const) {
     const tree = await gitIn(path, ["mktree"], DATE, `040000 tree ${inner}\t${entry}\n100644 blob ${blob}\tREADME\n`);
     const commit = await gitIn(path, ["commit-tree", tree, "-m", name], DATE);
     await gitIn(path, ["branch", name, commit], DATE);

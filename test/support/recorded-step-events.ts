@@ -24,14 +24,61 @@ export function recordedStepEvents(t0: number): { atMs: number; response: RunSte
     { atMs: 0, event: { case: "phaseChanged" as const, value: { state: StepState.QUEUED, phase: Phase.QUEUE, time: at(0) } } },
     { atMs: 100, event: { case: "phaseChanged" as const, value: { state: StepState.PREPARING, phase: Phase.CONTEXT, time: at(100) } } },
     { atMs: 400, event: { case: "phaseChanged" as const, value: { state: StepState.BUILDING, phase: Phase.BUILD, time: at(400) } } },
-    { atMs: 500, event: { case: "buildProgress" as const, value: { vertexes: [vertex("sha256:a", 1, "[1/2] FROM 127.0.0.1:5000/steprunner/runner:0.1.0", VertexState.STARTED, 450)] } } },
-    { atMs: 700, event: { case: "buildProgress" as const, value: { vertexes: [vertex("sha256:a", 1, "[1/2] FROM 127.0.0.1:5000/steprunner/runner:0.1.0", VertexState.COMPLETED, 450, 650), vertex("sha256:b", 2, "[2/2] RUN bundle install", VertexState.STARTED, 660)] } } },
-    { atMs: 900, event: { case: "buildProgress" as const, value: { logs: [{ vertexDigest: "sha256:b", stream: LogStream.STDOUT, data: new TextEncoder().encode("Fetching rake 13.2.1\nInstalling rake 13.2.1\nBundle compl"), time: at(900) }] } } },
-    { atMs: 1200, event: { case: "buildProgress" as const, value: { logs: [{ vertexDigest: "sha256:b", stream: LogStream.STDOUT, data: new TextEncoder().encode("ete!\n"), time: at(1200) }], vertexes: [vertex("sha256:b", 2, "[2/2] RUN bundle install", VertexState.COMPLETED, 660, 1150)] } } },
+    {
+      atMs: 500,
+      event: {
+        case: "buildProgress" as const,
+        value: { vertexes: [vertex("sha256:a", 1, "[1/2] FROM 127.0.0.1:5000/steprunner/runner:0.1.0", VertexState.STARTED, 450)] },
+      },
+    },
+    {
+      atMs: 700,
+      event: {
+        case: "buildProgress" as const,
+        value: {
+          vertexes: [
+            vertex("sha256:a", 1, "[1/2] FROM 127.0.0.1:5000/steprunner/runner:0.1.0", VertexState.COMPLETED, 450, 650),
+            vertex("sha256:b", 2, "[2/2] RUN bundle install", VertexState.STARTED, 660),
+          ],
+        },
+      },
+    },
+    {
+      atMs: 900,
+      event: {
+        case: "buildProgress" as const,
+        value: {
+          logs: [
+            {
+              vertexDigest: "sha256:b",
+              stream: LogStream.STDOUT,
+              data: new TextEncoder().encode("Fetching rake 13.2.1\nInstalling rake 13.2.1\nBundle compl"),
+              time: at(900),
+            },
+          ],
+        },
+      },
+    },
+    {
+      atMs: 1200,
+      event: {
+        case: "buildProgress" as const,
+        value: {
+          logs: [{ vertexDigest: "sha256:b", stream: LogStream.STDOUT, data: new TextEncoder().encode("ete!\n"), time: at(1200) }],
+          vertexes: [vertex("sha256:b", 2, "[2/2] RUN bundle install", VertexState.COMPLETED, 660, 1150)],
+        },
+      },
+    },
     { atMs: 1300, event: { case: "phaseChanged" as const, value: { state: StepState.RUNNING, phase: Phase.RUN, time: at(1300) } } },
     { atMs: 1400, event: { case: "logLine" as const, value: { offset: 0n, stream: LogStream.STDOUT, text: "deploying to staging", time: at(1400) } } },
     { atMs: 1600, event: { case: "logLine" as const, value: { offset: 1n, stream: LogStream.STDERR, text: "warning: slow network", time: at(1600) } } },
     { atMs: 1900, event: { case: "logLine" as const, value: { offset: 2n, stream: LogStream.STDOUT, text: "deployed", time: at(1900) } } },
-    { atMs: 2000, event: { case: "finished" as const, value: { step: { id: "step-1", action: "deploy", state: StepState.SUCCESS, reason: "exit status 0", imageId: "sha256:1234", exitCode: 0 } } } },
+    {
+      atMs: 2000,
+      event: {
+        case: "finished" as const,
+        value: { step: { id: "step-1", action: "deploy", state: StepState.SUCCESS, reason: "exit status 0", imageId: "sha256:1234", exitCode: 0 } },
+      },
+    },
   ].map(({ atMs, event }) => ({ atMs, response: create(RunStepResponseSchema, { event }) }));
 }

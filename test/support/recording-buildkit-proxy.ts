@@ -12,7 +12,10 @@ export interface RecordedCall {
  * it forwards. Unlike buildkit-socket-proxy's byte pipe it decodes HTTP/2, so a test can see the metadata
  * that reached BuildKit.
  */
-export async function startRecordingBuildKitProxy(dockerSocket: string, socketPath: string): Promise<{ address: string; calls: RecordedCall[]; close(): Promise<void> }> {
+export async function startRecordingBuildKitProxy(
+  dockerSocket: string,
+  socketPath: string,
+): Promise<{ address: string; calls: RecordedCall[]; close(): Promise<void> }> {
   const calls: RecordedCall[] = [];
   const upstreams = new WeakMap<http2.ServerHttp2Session, Promise<http2.ClientHttp2Session>>();
   const open = new Set<http2.Http2Session>();

@@ -33,7 +33,9 @@ async function push(): Promise<string> {
   }
   // The opschain library, where runner-image.sh installs it as the gem opschain-core.
   const libDir = join(ROOT, "deploy/runner/lib");
-  for (const entry of (await readdir(libDir, { recursive: true, withFileTypes: true })).sort((a, b) => join(a.parentPath, a.name).localeCompare(join(b.parentPath, b.name)))) {
+  for (const entry of (await readdir(libDir, { recursive: true, withFileTypes: true })).sort((a, b) =>
+    join(a.parentPath, a.name).localeCompare(join(b.parentPath, b.name)),
+  )) {
     const path = relative(libDir, join(entry.parentPath, entry.name));
     const name = `usr/local/lib/opschain-core/lib/${path}`;
     if (entry.isDirectory()) pack.entry({ name, type: "directory", mode: 0o755, uid: 0, gid: 0, mtime: new Date(0) });

@@ -48,9 +48,12 @@ export class StandaloneBuildKitd {
       const daemon = spawn(
         binary,
         [
-          "--root", join(dir, "root"),
-          "--addr", `unix://${join(dir, "buildkitd.sock")}`,
-          "--config", join(dir, "buildkitd.toml"),
+          "--root",
+          join(dir, "root"),
+          "--addr",
+          `unix://${join(dir, "buildkitd.sock")}`,
+          "--config",
+          join(dir, "buildkitd.toml"),
           "--containerd-worker=false",
           "--oci-worker=true",
           "--oci-worker-net=host",

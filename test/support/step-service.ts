@@ -95,7 +95,9 @@ export async function leftovers(config: StepServiceConfig): Promise<{ containers
   const tag = instanceTagOf(config.stateDir);
   let containers: string[] = [];
   try {
-    containers = execFileSync("runc", ["--root", config.runcRoot, "list", "-q"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).split("\n").filter(Boolean);
+    containers = execFileSync("runc", ["--root", config.runcRoot, "list", "-q"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] })
+      .split("\n")
+      .filter(Boolean);
   } catch {
     containers = [];
   }

@@ -39,12 +39,18 @@ describe("BuildKit's failures explained, in v0.8's words (dockerd 20.10) and v0.
   });
 
   it("a failing RUN whose command v0.24 quoted Go's way is shown as written", () => {
-    const error = failure(BUILDKITD, String.raw`process "/bin/sh -c echo \"quoted\" 'single' \\ tab\there && exit 7" did not complete successfully: exit code: 7`);
+    const error = failure(
+      BUILDKITD,
+      String.raw`process "/bin/sh -c echo \"quoted\" 'single' \\ tab\there && exit 7" did not complete successfully: exit code: 7`,
+    );
     assert.equal(explained(error), `RUN /bin/sh -c echo "quoted" 'single' \\ tab\there && exit 7 failed (exit code: 7)`);
   });
 
   it("a Dockerfile parse error: its line and the problem", () => {
-    const v08 = failure(DOCKERD, "failed to solve with frontend dockerfile.v0: failed to create LLB definition: dockerfile parse error line 3: Unknown flag: security");
+    const v08 = failure(
+      DOCKERD,
+      "failed to solve with frontend dockerfile.v0: failed to create LLB definition: dockerfile parse error line 3: Unknown flag: security",
+    );
     assert.equal(explained(v08), "the Dockerfile has an error on line 3: Unknown flag: security");
     const v024 = failure(BUILDKITD, "dockerfile parse error on line 2: unknown flag: --security", frontendDetails(2));
     assert.equal(explained(v024), "the Dockerfile has an error on line 2: unknown flag: --security");
@@ -54,7 +60,10 @@ describe("BuildKit's failures explained, in v0.8's words (dockerd 20.10) and v0.
 
   it("a Dockerfile error whose line v0.24 gives only in the error's details", () => {
     assert.equal(explained(failure(BUILDKITD, "unterminated heredoc", frontendDetails(2, 3))), "the Dockerfile has an error on line 2: unterminated heredoc");
-    assert.equal(explained(failure(BUILDKITD, "file with no instructions", frontendDetails(1))), "the Dockerfile has an error on line 1: file with no instructions");
+    assert.equal(
+      explained(failure(BUILDKITD, "file with no instructions", frontendDetails(1))),
+      "the Dockerfile has an error on line 1: file with no instructions",
+    );
     const empty = failure(BUILDKITD, "the Dockerfile cannot be empty", { "errdefs.Frontend+json": { name: "dockerfile.v0" } });
     assert.equal(explained(empty), "the Dockerfile cannot be built: the Dockerfile cannot be empty");
   });
@@ -68,25 +77,51 @@ describe("BuildKit's failures explained, in v0.8's words (dockerd 20.10) and v0.
 
   it("a base image that cannot be pulled is not called missing", () => {
     const image = "127.0.0.1:5000/steprunner/runner:0.1.0";
-    const error = failure(BUILDKITD, `${image}: failed to resolve source metadata for ${image}: failed to do request: Head "http://127.0.0.1:5000/v2/steprunner/runner/manifests/0.1.0": dial tcp 127.0.0.1:5000: connect: connection refused`, frontendDetails(1));
-    assert.match(explained(error), /^the base image 127\.0\.0\.1:5000\/steprunner\/runner:0\.1\.0 cannot be pulled: failed to do request: .*connection refused$/);
+    const error = failure(
+      BUILDKITD,
+      `${image}: failed to resolve source metadata for ${image}: failed to do request: Head "http://127.0.0.1:5000/v2/steprunner/runner/manifests/0.1.0": dial tcp 127.0.0.1:5000: connect: connection refused`,
+      frontendDetails(1),
+    );
+    assert.match(
+      explained(error),
+      /^the base image 127\.0\.0\.1:5000\/steprunner\/runner:0\.1\.0 cannot be pulled: failed to do request: .*connection refused$/,
+    );
   });
 
   it("v0.8's other LLB failures, e.g. a manifest without our platform, are not taken for a missing image", () => {
-    const error = failure(DOCKERD, "failed to solve with frontend dockerfile.v0: failed to create LLB definition: no match for platform in manifest sha256:228824aa581f3b31bf79411f8448b798291c667a37155bdea61cfa128b2833f2: not found");
-    assert.equal(explained(error), "the Dockerfile cannot be built: no match for platform in manifest sha256:228824aa581f3b31bf79411f8448b798291c667a37155bdea61cfa128b2833f2: not found");
+    const error = failure(
+      DOCKERD,
+      "failed to solve with frontend dockerfile.v0: failed to create LLB definition: no match for platform in manifest sha256:228824aa581f3b31bf79411f8448b798291c667a37155bdea61cfa128b2833f2: not found",
+    );
+    assert.equal(
+      explained(error),
+      "the Dockerfile cannot be built: no match for platform in manifest sha256:228824aa581f3b31bf79411f8448b798291c667a37155bdea61cfa128b2833f2: not found",
+    );
   });
 
   it("an entitlement the daemon does not grant says how to start buildkitd", () => {
     const error = failure(BUILDKITD, "granting entitlement network.host is not allowed by build daemon configuration");
-    assert.equal(explained(error), "this BuildKit does not grant the network.host entitlement the build needs: start buildkitd with --allow-insecure-entitlement network.host");
+    assert.equal(
+      explained(error),
+      "this BuildKit does not grant the network.host entitlement the build needs: start buildkitd with --allow-insecure-entitlement network.host",
+    );
   });
 
   it("a COPY or ADD of a path outside the build context says so, without BuildKit's temporary paths or refs", () => {
-    const v08 = explained(failure(DOCKERD, "failed to compute cache key: failed to walk /var/lib/docker/tmp/buildkit-mount3115858562/etc: lstat /var/lib/docker/tmp/buildkit-mount3115858562/etc: no such file or directory"));
+    const v08 = explained(
+      failure(
+        DOCKERD,
+        "failed to compute cache key: failed to walk /var/lib/docker/tmp/buildkit-mount3115858562/etc: lstat /var/lib/docker/tmp/buildkit-mount3115858562/etc: no such file or directory",
+      ),
+    );
     assert.match(v08, /^a COPY or ADD source is not in the build context \("etc" is missing\): .*commit the file to the repository/);
     assert.doesNotMatch(v08, /buildkit-mount/);
-    const v024 = explained(failure(BUILDKITD, 'failed to compute cache key: failed to calculate checksum of ref nsg9uzyzi1ymcjliscvru8ips::kwpikuvao9uo8kiaoopxhy8cl: "/etc/passwd": not found'));
+    const v024 = explained(
+      failure(
+        BUILDKITD,
+        'failed to compute cache key: failed to calculate checksum of ref nsg9uzyzi1ymcjliscvru8ips::kwpikuvao9uo8kiaoopxhy8cl: "/etc/passwd": not found',
+      ),
+    );
     assert.match(v024, /^a COPY or ADD source is not in the build context \("etc\/passwd" is missing\): /);
     assert.doesNotMatch(v024, /nsg9uzyzi1ymcjliscvru8ips/);
   });
@@ -98,7 +133,10 @@ describe("BuildKit's failures explained, in v0.8's words (dockerd 20.10) and v0.
   });
 
   it("anything else keeps BuildKit's message and where the daemon is", () => {
-    assert.equal(explained(failure(BUILDKITD, 'exporter "moby" could not be found')), 'the build failed: BuildKit (unix /run/buildkit/buildkitd.sock): exporter "moby" could not be found');
+    assert.equal(
+      explained(failure(BUILDKITD, 'exporter "moby" could not be found')),
+      'the build failed: BuildKit (unix /run/buildkit/buildkitd.sock): exporter "moby" could not be found',
+    );
     const unavailable = new ConnectError("connection refused", Code.Unavailable);
     assert.equal(explainBuildFailure(unavailable, ""), unavailable, "a failure to reach BuildKit is not a build failure");
   });

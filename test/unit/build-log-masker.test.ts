@@ -3,7 +3,11 @@ import { describe, it } from "node:test";
 import type { BuildProgress } from "../../services/step-service/steps/ports.js";
 import { BuildLogMasker, SecretMasker } from "../../services/step-service/steps/secrets.js";
 
-const chunk = (vertexDigest: string, text: string): BuildProgress => ({ vertexes: [], statuses: [], logs: [{ vertexDigest, stream: "stdout", data: Buffer.from(text) }] });
+const chunk = (vertexDigest: string, text: string): BuildProgress => ({
+  vertexes: [],
+  statuses: [],
+  logs: [{ vertexDigest, stream: "stdout", data: Buffer.from(text) }],
+});
 const text = (progress: BuildProgress | undefined) => (progress?.logs ?? []).map((log) => Buffer.from(log.data).toString()).join("");
 
 describe("the build log masker", () => {
@@ -21,7 +25,11 @@ describe("the build log masker", () => {
   it("lets a vertex's unfinished line out, masked, when the vertex completes", () => {
     const logs = masker();
     logs.mask(chunk("v1", "no newline hunter2"));
-    const completed: BuildProgress = { vertexes: [{ digest: "v1", number: 1, name: "", state: "completed", completedAtMs: 1, error: "" }], statuses: [], logs: [] };
+    const completed: BuildProgress = {
+      vertexes: [{ digest: "v1", number: 1, name: "", state: "completed", completedAtMs: 1, error: "" }],
+      statuses: [],
+      logs: [],
+    };
     assert.equal(text(logs.mask(completed)), "no newline ***");
     assert.equal(logs.flush(), undefined);
   });

@@ -44,7 +44,17 @@ describe("who the caller is, as a handler sees it over real sockets", () => {
     const seen = await callerSeen({}, {});
     try {
       assert.equal(seen.grpc, "address 127.0.0.1");
-      const curl = await run("curl", ["-sf", "--http1.1", "-X", "POST", "-H", "content-type: application/json", "-d", "{}", `http://127.0.0.1:${seen.port}/steprunner.step.v1.StepService/GetRuntimeInfo`]);
+      const curl = await run("curl", [
+        "-sf",
+        "--http1.1",
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{}",
+        `http://127.0.0.1:${seen.port}/steprunner.step.v1.StepService/GetRuntimeInfo`,
+      ]);
       assert.equal(JSON.parse(curl.stdout).runcVersion, "address 127.0.0.1");
     } finally {
       await seen.close();
@@ -53,7 +63,10 @@ describe("who the caller is, as a handler sees it over real sockets", () => {
 
   it("is the token's name, never the token, or its place in the file when it has none", async () => {
     const security = { tokens: ["secret-one", "secret-two"], tokenNames: { "secret-one": "ci" } };
-    for (const [token, expected] of [["secret-one", "token ci"], ["secret-two", "token #2"]]) {
+    for (const [token, expected] of [
+      ["secret-one", "token ci"],
+      ["secret-two", "token #2"],
+    ]) {
       const seen = await callerSeen(security, { token });
       await seen.close();
       assert.equal(seen.grpc, expected);

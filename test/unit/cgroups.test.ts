@@ -74,7 +74,15 @@ describe("the steps' cgroups", () => {
 
     it("lists the cgroups under the root for the reaper, through the runtime's injected root", async () => {
       const runtime = new ContainerRuntime(
-        { runcPath: "runc", runcRoot: join(work, "runc"), workDir: join(work, "steps"), instanceTag: "abc", killGraceMs: 100, maxResultBytes: 1024, cgroupRoot: root },
+        {
+          runcPath: "runc",
+          runcRoot: join(work, "runc"),
+          workDir: join(work, "steps"),
+          instanceTag: "abc",
+          killGraceMs: 100,
+          maxResultBytes: 1024,
+          cgroupRoot: root,
+        },
         createLogger("test", {}, { quiet: true }),
       );
       const cgroups = await runtime.stepCgroups();

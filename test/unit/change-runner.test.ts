@@ -107,18 +107,33 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
       },
     );
     await runner.recover();
-    client = createClient(StepService, createRouterTransport((router) => router.service(StepService, stepServiceAdapter(settings, runner))));
+    client = createClient(
+      StepService,
+      createRouterTransport((router) => router.service(StepService, stepServiceAdapter(settings, runner))),
+    );
   });
   after(async () => {
     await runner.close();
     await rm(stateDir, { recursive: true, force: true });
   });
 
-  async function runChange(changeId: string, action: string, extra: object = {}, onEvent?: (event: RunChangeResponse) => void): Promise<{ change: Change; events: RunChangeResponse[] }> {
+  async function runChange(
+    changeId: string,
+    action: string,
+    extra: object = {},
+    onEvent?: (event: RunChangeResponse) => void,
+  ): Promise<{ change: Change; events: RunChangeResponse[] }> {
     const events: RunChangeResponse[] = [];
     for await (const event of client.runChange({
       changeId,
-      step: { repositoryUrl: stateDir, action, properties: [{ owner: "project", properties: { keep: true } }, { owner: "environment", properties: {} }] },
+      step: {
+        repositoryUrl: stateDir,
+        action,
+        properties: [
+          { owner: "project", properties: { keep: true } },
+          { owner: "environment", properties: {} },
+        ],
+      },
       ...extra,
     })) {
       events.push(event);
@@ -145,16 +160,26 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
     assert.equal(change.state, StepState.SUCCESS, change.reason);
     assert.deepEqual(
       change.properties.map((set) => [set.owner, set.properties]),
-      [["project", { keep: true, count: 2, by_first: "yes" }], ["environment", { seen: "yes" }]],
+      [
+        ["project", { keep: true, count: 2, by_first: "yes" }],
+        ["environment", { seen: "yes" }],
+      ],
     );
     assert.equal(change.root?.id, "seq.1");
     assert.equal(change.root?.childExecutionStrategy, ChildExecutionStrategy.SEQUENTIAL);
-    assert.deepEqual(change.root?.children.map((child) => [child.id, child.action, child.parentId, child.state]), [
-      ["seq.2", "first", "seq.1", StepState.SUCCESS],
-      ["seq.3", "second", "seq.1", StepState.SUCCESS],
-    ]);
+    assert.deepEqual(
+      change.root?.children.map((child) => [child.id, child.action, child.parentId, child.state]),
+      [
+        ["seq.2", "first", "seq.1", StepState.SUCCESS],
+        ["seq.3", "second", "seq.1", StepState.SUCCESS],
+      ],
+    );
     // Each step's events are streamed, tagged with its id, in order: the parent's end before the first child's start.
-    const order = events.flatMap((event) => (event.event.case === "stepEvent" && ["accepted", "finished"].includes(event.event.value.event?.event.case ?? "") ? [`${event.event.value.stepId} ${event.event.value.event?.event.case}`] : []));
+    const order = events.flatMap((event) =>
+      event.event.case === "stepEvent" && ["accepted", "finished"].includes(event.event.value.event?.event.case ?? "")
+        ? [`${event.event.value.stepId} ${event.event.value.event?.event.case}`]
+        : [],
+    );
     assert.deepEqual(order, ["seq.1 accepted", "seq.1 finished", "seq.2 accepted", "seq.2 finished", "seq.3 accepted", "seq.3 finished"]);
     assert.ok(events.some((event) => event.event.case === "treeChanged"));
     // The context each child saw: its own step, its parent, the change's action.
@@ -191,7 +216,10 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
     };
     const { change } = await runChange("conflict", "fan");
     assert.equal(change.state, StepState.ERROR);
-    assert.match(change.reason, /step conflict\.3 \(right\) changed project property \/server, which parallel step conflict\.2 \(left\) also changed \(\/server\); parallel steps may not change the same properties/);
+    assert.match(
+      change.reason,
+      /step conflict\.3 \(right\) changed project property \/server, which parallel step conflict\.2 \(left\) also changed \(\/server\); parallel steps may not change the same properties/,
+    );
     const right = findStep(change.root, "conflict.3")!;
     assert.equal(right.state, StepState.ERROR);
     assert.deepEqual(change.properties[0]?.properties, { keep: true }, "no conflicting change is applied");
@@ -215,7 +243,10 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
     runtime.actions = { sneaky: () => children("sequential", "--require=socket") };
     const { change } = await runChange("sneaky", "sneaky");
     assert.equal(change.state, StepState.ERROR);
-    assert.match(change.reason, /^step sneaky\.1 \(sneaky\) declares a child step "--require=socket" that cannot run: must be what opschain-action accepts.*the option "--require=socket" is refused/);
+    assert.match(
+      change.reason,
+      /^step sneaky\.1 \(sneaky\) declares a child step "--require=socket" that cannot run: must be what opschain-action accepts.*the option "--require=socket" is refused/,
+    );
     assert.equal(change.root?.children.length, 0);
   });
 
@@ -229,7 +260,12 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
   it("cancels the whole tree: CancelStep with the change's id stops the running child and skips the rest", async () => {
     runtime.actions = { parent: () => children("sequential", "slow", "after"), slow: () => "block" };
     const { change } = await runChange("cancelme", "parent", {}, (event) => {
-      if (event.event.case === "stepEvent" && event.event.value.stepId === "cancelme.2" && event.event.value.event?.event.case === "phaseChanged" && event.event.value.event.event.value.state === StepState.RUNNING) {
+      if (
+        event.event.case === "stepEvent" &&
+        event.event.value.stepId === "cancelme.2" &&
+        event.event.value.event?.event.case === "phaseChanged" &&
+        event.event.value.event.event.value.state === StepState.RUNNING
+      ) {
         void client.cancelStep({ stepId: "cancelme" });
       }
     });
@@ -268,7 +304,10 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
     for await (const event of client.runStep({ stepId: "single", repositoryUrl: stateDir, action: "parent" })) events.push(event);
     const step = (await client.getStep({ stepId: "single" })).step!;
     assert.equal(step.state, StepState.SUCCESS);
-    assert.deepEqual(step.result?.childStepDefinitions?.children.map((child) => child.action), ["first"]);
+    assert.deepEqual(
+      step.result?.childStepDefinitions?.children.map((child) => child.action),
+      ["first"],
+    );
     assert.equal(runtime.seen.has("single.2"), false);
     assert.equal([...runtime.seen.keys()].filter((id) => id.startsWith("single")).length, 1);
   });
@@ -278,12 +317,21 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
     const events: RunChangeResponse[] = [];
     for await (const event of client.runChange({
       changeId: "secret",
-      step: { repositoryUrl: stateDir, action: "secretive", properties: [{ owner: "project", properties: { token: "s3cr3t-value" } }], secretPointers: ["/project/token"] },
-    })) events.push(event);
+      step: {
+        repositoryUrl: stateDir,
+        action: "secretive",
+        properties: [{ owner: "project", properties: { token: "s3cr3t-value" } }],
+        secretPointers: ["/project/token"],
+      },
+    }))
+      events.push(event);
     const change = (events.at(-1)!.event.value as { change: Change }).change;
     assert.equal(change.state, StepState.SUCCESS, change.reason);
     assert.deepEqual(change.properties[0]?.properties, { token: "***", copied: "***", plain: "visible" });
-    assert.ok(!JSON.stringify(events, (_key, value) => (typeof value === "bigint" ? String(value) : value)).includes("s3cr3t-value"), "no event shows the secret");
+    assert.ok(
+      !JSON.stringify(events, (_key, value) => (typeof value === "bigint" ? String(value) : value)).includes("s3cr3t-value"),
+      "no event shows the secret",
+    );
   });
 
   it("uses .opschain in a local repository directory that has no .mintpress, with a warning (the local stand-in)", async () => {
@@ -292,9 +340,13 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
     await mkdir(join(dir, ".opschain"), { recursive: true });
     runtime.actions = { where: () => ({}) };
     const warnings: string[] = [];
-    for await (const event of client.runStep({ stepId: "local-folder", repositoryUrl: dir, action: "where" })) if (event.event.case === "warning") warnings.push(event.event.value);
+    for await (const event of client.runStep({ stepId: "local-folder", repositoryUrl: dir, action: "where" }))
+      if (event.event.case === "warning") warnings.push(event.event.value);
     assert.equal(runtime.seen.get("local-folder")?.env.OPSCHAIN_REPO_FOLDER, ".opschain");
-    assert.ok(warnings.some((warning) => /\.mintpress is not in the repository directory, but \.opschain is/.test(warning)), warnings.join("\n"));
+    assert.ok(
+      warnings.some((warning) => /\.mintpress is not in the repository directory, but \.opschain is/.test(warning)),
+      warnings.join("\n"),
+    );
   });
 
   it("validates the request with fields named from RunChange's", async () => {
@@ -336,7 +388,10 @@ describe("JSON Patch (RFC 6902) and conflicts between patches", () => {
   });
 
   it("says which operation fails and why", () => {
-    assert.throws(() => applyPatch({}, [{ op: "replace", path: "/x", value: 1 }]), (error: Error) => error instanceof PatchError && /operation 0 \(replace "\/x"\): nothing at \/x/.test(error.message));
+    assert.throws(
+      () => applyPatch({}, [{ op: "replace", path: "/x", value: 1 }]),
+      (error: Error) => error instanceof PatchError && /operation 0 \(replace "\/x"\): nothing at \/x/.test(error.message),
+    );
     assert.throws(() => applyPatch({ a: 1 }, [{ op: "test", path: "/a", value: 2 }]), /the test failed/);
     assert.throws(() => applyPatch({ l: [] }, [{ op: "add", path: "/l/5", value: 1 }]), /index 5 is out of range/);
   });

@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { defaultDockerfile } from "../../services/context-service/core/default-dockerfile.js";
-import { type TreeFile, checkCustomDockerfile, checkRepoFolder, chooseRepoFolder, findRepositoryDockerfile } from "../../services/context-service/core/dockerfile.js";
+import {
+  type TreeFile,
+  checkCustomDockerfile,
+  checkRepoFolder,
+  chooseRepoFolder,
+  findRepositoryDockerfile,
+} from "../../services/context-service/core/dockerfile.js";
 import { ContextError } from "../../services/context-service/core/errors.js";
 import { refersToTrustStore, trustStoreTar } from "../../services/context-service/core/trust-store.js";
 
@@ -24,12 +30,12 @@ describe("custom Dockerfile checks", () => {
   });
 
   it("follow the final stage through stage names to its base", () => {
-    const text = "ARG OPSCHAIN_BASE_RUNNER\nFROM golang AS tools\nENTRYPOINT [\"x\"]\nfrom $OPSCHAIN_BASE_RUNNER as base\nFROM base\nCOPY --from=tools /x /x\n";
+    const text = 'ARG OPSCHAIN_BASE_RUNNER\nFROM golang AS tools\nENTRYPOINT ["x"]\nfrom $OPSCHAIN_BASE_RUNNER as base\nFROM base\nCOPY --from=tools /x /x\n';
     assert.deepEqual(checkCustomDockerfile(text, "D"), []);
   });
 
   it("warn about another base and about ENTRYPOINT in the final chain, with line numbers", () => {
-    const warnings = checkCustomDockerfile("FROM --platform=linux/amd64 debian:12 AS base\nRUN a \\\n  b\nFROM base\nENTRYPOINT [\"/bin/sh\"]\n", "D");
+    const warnings = checkCustomDockerfile('FROM --platform=linux/amd64 debian:12 AS base\nRUN a \\\n  b\nFROM base\nENTRYPOINT ["/bin/sh"]\n', "D");
     assert.equal(warnings.length, 2);
     assert.match(warnings[0]!, /starts from "debian:12"/);
     assert.match(warnings[1]!, /line 5 sets ENTRYPOINT/);
@@ -47,15 +53,33 @@ describe("the repository's Dockerfile", () => {
   it("follows symlinks inside the repository and refuses those that leave it", async () => {
     const inside = fakeTree({ ".mintpress": "dir", ".mintpress/Dockerfile": "->../build/Dockerfile", "build/Dockerfile": "FROM y\n" });
     assert.equal((await findRepositoryDockerfile(inside, ".mintpress", 100))?.toString(), "FROM y\n");
-    await assert.rejects(findRepositoryDockerfile(fakeTree({ ".mintpress": "dir", ".mintpress/Dockerfile": "->../../etc/passwd" }), ".mintpress", 100), refusal("failed-precondition", /symlink out of the repository/));
-    await assert.rejects(findRepositoryDockerfile(fakeTree({ ".mintpress": "dir", ".mintpress/Dockerfile": "->/etc/passwd" }), ".mintpress", 100), refusal("failed-precondition", /symlink out/));
-    await assert.rejects(findRepositoryDockerfile(fakeTree({ ".mintpress": "dir", ".mintpress/Dockerfile": "->Dockerfile" }), ".mintpress", 100), refusal("failed-precondition", /more than 8 symlinks/));
-    await assert.rejects(findRepositoryDockerfile(fakeTree({ ".mintpress": "dir", ".mintpress/Dockerfile": "->gone" }), ".mintpress", 100), refusal("failed-precondition", /not in the commit/));
+    await assert.rejects(
+      findRepositoryDockerfile(fakeTree({ ".mintpress": "dir", ".mintpress/Dockerfile": "->../../etc/passwd" }), ".mintpress", 100),
+      refusal("failed-precondition", /symlink out of the repository/),
+    );
+    await assert.rejects(
+      findRepositoryDockerfile(fakeTree({ ".mintpress": "dir", ".mintpress/Dockerfile": "->/etc/passwd" }), ".mintpress", 100),
+      refusal("failed-precondition", /symlink out/),
+    );
+    await assert.rejects(
+      findRepositoryDockerfile(fakeTree({ ".mintpress": "dir", ".mintpress/Dockerfile": "->Dockerfile" }), ".mintpress", 100),
+      refusal("failed-precondition", /more than 8 symlinks/),
+    );
+    await assert.rejects(
+      findRepositoryDockerfile(fakeTree({ ".mintpress": "dir", ".mintpress/Dockerfile": "->gone" }), ".mintpress", 100),
+      refusal("failed-precondition", /not in the commit/),
+    );
   });
 
   it("refuses a repo folder that is a symlink, and a Dockerfile above the limit", async () => {
-    await assert.rejects(findRepositoryDockerfile(fakeTree({ ".mintpress": "->/etc" }), ".mintpress", 100), refusal("failed-precondition", /is a symlink, not a directory/));
-    await assert.rejects(findRepositoryDockerfile(fakeTree({ ".mintpress": "dir", ".mintpress/Dockerfile": "x".repeat(101) }), ".mintpress", 100), refusal("failed-precondition", /at most 100/));
+    await assert.rejects(
+      findRepositoryDockerfile(fakeTree({ ".mintpress": "->/etc" }), ".mintpress", 100),
+      refusal("failed-precondition", /is a symlink, not a directory/),
+    );
+    await assert.rejects(
+      findRepositoryDockerfile(fakeTree({ ".mintpress": "dir", ".mintpress/Dockerfile": "x".repeat(101) }), ".mintpress", 100),
+      refusal("failed-precondition", /at most 100/),
+    );
   });
 
   it("repo folders must stay inside the repository", () => {
@@ -76,7 +100,10 @@ describe("the repo folder a commit uses (.opschain and .mintpress both understoo
   it("is the other one, with a warning that says so, when only that one is in the commit", async () => {
     const opschain = await chooseRepoFolder(fakeTree({ ".opschain": "dir", ".opschain/Dockerfile": "FROM x\n" }), ".mintpress", sha);
     assert.equal(opschain.folder, ".opschain");
-    assert.match(opschain.warning!, /^the repo folder \.mintpress \(OPSCHAIN_REPO_FOLDER\) is not in commit 0123456789ab, but \.opschain is: \.opschain is used instead/);
+    assert.match(
+      opschain.warning!,
+      /^the repo folder \.mintpress \(OPSCHAIN_REPO_FOLDER\) is not in commit 0123456789ab, but \.opschain is: \.opschain is used instead/,
+    );
     assert.match(opschain.warning!, /step context and step_result\.json under \/opt\/opschain\/\.opschain/);
     const mintpress = await chooseRepoFolder(fakeTree({ ".mintpress": "dir" }), ".opschain", sha);
     assert.equal(mintpress.folder, ".mintpress");

@@ -90,7 +90,10 @@ describe("ContextPreparer with fake repositories", () => {
     const { preparer: subject } = await preparer("single", repositories);
     const context = await subject.prepare(request("main"));
     assert.deepEqual(context.files.map((file) => file.kind).sort(), ["dockerfile", "step-context-zip"]);
-    assert.deepEqual(context.directories.map((directory) => directory.identity), [`tree:${"1".repeat(40)}`]);
+    assert.deepEqual(
+      context.directories.map((directory) => directory.identity),
+      [`tree:${"1".repeat(40)}`],
+    );
     const tars = await Promise.all(
       Array.from({ length: 5 }, async () => {
         const chunks: Buffer[] = [];
@@ -100,18 +103,28 @@ describe("ContextPreparer with fake repositories", () => {
     );
     assert.equal(new Set(tars.map((tar) => tar.toString("hex"))).size, 1);
     assert.ok(tars[0]!.includes(Buffer.from("the one file")), "repo.tar holds the directories' files");
-    assert.equal(readdirSync(join(dir, "single", "cache", "blobs")).length, 3, "one repo.tar blob beside the Dockerfile and the zip (both zips are one blob when nothing is secret)");
+    assert.equal(
+      readdirSync(join(dir, "single", "cache", "blobs")).length,
+      3,
+      "one repo.tar blob beside the Dockerfile and the zip (both zips are one blob when nothing is secret)",
+    );
   });
 
   it("evicts the least recently used files past the size cap, and says so when one is read", async () => {
     const repositories = new FakeRepositories(dir, { old: { sha: "2".repeat(40), content: "old" }, new: { sha: "3".repeat(40), content: "new" } });
     const { preparer: subject, blobs } = await preparer("evict", repositories, 2200);
-    const withProperties = (rev: string): PrepareInput => ({ ...request(rev), properties: [{ owner: "project", properties: { noise: randomBytes(480).toString("hex") } }] });
+    const withProperties = (rev: string): PrepareInput => ({
+      ...request(rev),
+      properties: [{ owner: "project", properties: { noise: randomBytes(480).toString("hex") } }],
+    });
     const old = await subject.prepare(withProperties("old"));
     const oldZip = old.files.find((file) => file.kind === "step-context-zip")!;
     await utimes(blobs.path(oldZip.digest), new Date(0), new Date(0));
     const fresh = await subject.prepare(withProperties("new"));
-    await assert.rejects(subject.read(old.contextId, "step-context-zip", 0, 1024), (error: unknown) => error instanceof ContextError && error.kind === "not-found" && /PrepareContext again/.test(error.message));
+    await assert.rejects(
+      subject.read(old.contextId, "step-context-zip", 0, 1024),
+      (error: unknown) => error instanceof ContextError && error.kind === "not-found" && /PrepareContext again/.test(error.message),
+    );
     const chunks: Buffer[] = [];
     for await (const chunk of await subject.read(fresh.contextId, "dockerfile", 10, 4)) chunks.push(chunk as Buffer);
     assert.equal(Buffer.concat(chunks).toString(), loadDefaultDockerfile("1.0.0").text.slice(10));

@@ -25,7 +25,14 @@ function fakeContextService(hostPathOf: (zip: Uint8Array) => string = () => "") 
         const digest = `sha256:${createHash("sha256").update(zip).digest("hex")}`;
         const contextId = `sha256:${createHash("sha256").update(`context ${digest}`).digest("hex")}`;
         zips.set(contextId, zip);
-        return { context: { contextId, gitSha: "a".repeat(40), repoFolder: ".mintpress", secretStepContext: { digest, sizeBytes: BigInt(zip.length), hostPath: hostPathOf(zip) } } };
+        return {
+          context: {
+            contextId,
+            gitSha: "a".repeat(40),
+            repoFolder: ".mintpress",
+            secretStepContext: { digest, sizeBytes: BigInt(zip.length), hostPath: hostPathOf(zip) },
+          },
+        };
       },
       async *readContextFile(request) {
         calls.readContextFile++;
@@ -88,7 +95,11 @@ describe("the step-service's context-service client", () => {
       assert.deepEqual(calls, { prepareContext: 1, readContextFile: 0 }, "read from the file");
       assert.equal(parts.at(-1), "step-context-shared-file");
       tamper = true;
-      assert.deepEqual((await preparer.prepare(request(2), signal)).stepContext, { properties: [{ run: 2 }] }, "a file that is not what the digest says is not used");
+      assert.deepEqual(
+        (await preparer.prepare(request(2), signal)).stepContext,
+        { properties: [{ run: 2 }] },
+        "a file that is not what the digest says is not used",
+      );
       assert.deepEqual(calls, { prepareContext: 2, readContextFile: 1 });
     } finally {
       await rm(dir, { recursive: true, force: true });

@@ -19,7 +19,7 @@ const input: StepContextInput = {
   gitRev: "main",
   gitSha: "a".repeat(40),
   properties: [
-    { owner: "project", properties: { opschain: { env: { "API_TOKEN": "secret", "PLAIN": "x" } }, "a/b": { "c~d": 1 } } },
+    { owner: "project", properties: { opschain: { env: { API_TOKEN: "secret", PLAIN: "x" } }, "a/b": { "c~d": 1 } } },
     { owner: "environment", properties: { zeta: 1, alpha: [1, { y: 2, x: 1 }] } },
   ],
   values: { change: { id: "c1" }, step: { id: "s1" }, user: { name: "ann" } },
@@ -64,14 +64,32 @@ describe("step_context.json", () => {
   it("refuses bad owners, oversized properties, bad env vars and malformed pointers", () => {
     const limits = { maxPropertiesBytes: 100 };
     const refuse = (properties: any, pointers: string[] = [], pattern: RegExp) =>
-      assert.throws(() => checkStepContextInput({ ...input, properties }, pointers, limits), (error: unknown) => error instanceof ContextError && error.kind === "invalid-argument" && pattern.test(error.message));
+      assert.throws(
+        () => checkStepContextInput({ ...input, properties }, pointers, limits),
+        (error: unknown) => error instanceof ContextError && error.kind === "invalid-argument" && pattern.test(error.message),
+      );
     refuse([{ owner: "Project", properties: {} }], [], /^properties\[0\]\.owner: must be .*, got "Project"$/);
-    refuse([{ owner: "p", properties: {} }, { owner: "p", properties: {} }], [], /^properties\[1\]\.owner: must differ from the owners before it, got "p"$/);
+    refuse(
+      [
+        { owner: "p", properties: {} },
+        { owner: "p", properties: {} },
+      ],
+      [],
+      /^properties\[1\]\.owner: must differ from the owners before it, got "p"$/,
+    );
     refuse([{ owner: "p", properties: { x: "y".repeat(200) } }], [], /^properties: must be at most 100 bytes/);
     refuse([{ owner: "p", properties: { opschain: { env: ["A"] } } }], [], /^properties\[0\]\.properties\.opschain\.env: must be an object/);
-    refuse([{ owner: "p", properties: { opschain: { env: { "1BAD": "x" } } } }], [], /^properties\[0\]\.properties\.opschain\.env: must have environment variable names .*, got "1BAD"$/);
+    refuse(
+      [{ owner: "p", properties: { opschain: { env: { "1BAD": "x" } } } }],
+      [],
+      /^properties\[0\]\.properties\.opschain\.env: must have environment variable names .*, got "1BAD"$/,
+    );
     refuse([], ["no-slash"], /^secret_pointers\[0\]: must be a JSON pointer/);
     refuse([], ["/bad~2escape"], /^secret_pointers\[0\]: must be a JSON pointer/);
-    checkStepContextInput({ ...input, properties: [{ owner: "p", properties: { opschain: { env: { A: "1", B: 2, C: true } } } }] }, ["/p/opschain/env/A"], limits);
+    checkStepContextInput(
+      { ...input, properties: [{ owner: "p", properties: { opschain: { env: { A: "1", B: 2, C: true } } } }] },
+      ["/p/opschain/env/A"],
+      limits,
+    );
   });
 });

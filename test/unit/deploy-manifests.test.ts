@@ -44,7 +44,11 @@ describe("deployment manifests (validated offline)", () => {
 
   it("deploy the parts the architecture names, in one namespace", async () => {
     const all = (await manifests()).map(({ manifest }) => manifest);
-    const names = (kind: string) => all.filter((manifest) => manifest.kind === kind).map((manifest) => manifest.metadata.name).sort();
+    const names = (kind: string) =>
+      all
+        .filter((manifest) => manifest.kind === kind)
+        .map((manifest) => manifest.metadata.name)
+        .sort();
     assert.deepEqual(names("StatefulSet"), ["buildkitd"]);
     assert.deepEqual(names("Deployment"), ["context-service", "image-service", "registry"]);
     assert.deepEqual(names("DaemonSet"), ["step-service"]);
@@ -73,7 +77,11 @@ describe("deployment manifests (validated offline)", () => {
     const config = find("ConfigMap", "steprunner").data;
     const service = buildkitd.spec.serviceName;
     const port = buildkitd.spec.template.spec.containers[0].ports[0].containerPort;
-    assert.deepEqual(config.STEPRUNNER_BUILDKIT_ADDR.split(","), [0, 1].map((pod) => `tcp://${service}-${pod}.${service}.steprunner.svc:${port}`), "the image-service lists both pods");
+    assert.deepEqual(
+      config.STEPRUNNER_BUILDKIT_ADDR.split(","),
+      [0, 1].map((pod) => `tcp://${service}-${pod}.${service}.steprunner.svc:${port}`),
+      "the image-service lists both pods",
+    );
     const args: string[] = buildkitd.spec.template.spec.containers[0].args;
     assert.ok(args.includes("--allow-insecure-entitlement=network.host"));
     const toml = find("ConfigMap", "buildkitd").data["buildkitd.toml"];
@@ -81,14 +89,20 @@ describe("deployment manifests (validated offline)", () => {
     assert.equal(config.STEPRUNNER_IMAGE_HANDOFF, "registry");
     const step = find("DaemonSet", "step-service");
     assert.equal(step.spec.template.spec.nodeSelector["steprunner.io/step-node"], "true");
-    assert.ok(step.spec.template.spec.volumes.some((volume: any) => volume.hostPath?.path === "/var/lib/steprunner"), "each node's step-service has its own state on its node");
+    assert.ok(
+      step.spec.template.spec.volumes.some((volume: any) => volume.hostPath?.path === "/var/lib/steprunner"),
+      "each node's step-service has its own state on its node",
+    );
   });
 
   it("describe with Compose the multi-host topology that was run", async () => {
     const result = await run("docker-compose", ["-f", join(ROOT, "deploy/compose/compose.yaml"), "config"]);
     assert.equal(result.code, 0, result.stderr);
     const services: Record<string, { image: string; command?: string; environment: Record<string, string> }> = parse(result.stdout).services;
-    const byImage = (image: string) => Object.keys(services).filter((name) => services[name]!.image.split(":")[0] === image).sort();
+    const byImage = (image: string) =>
+      Object.keys(services)
+        .filter((name) => services[name]!.image.split(":")[0] === image)
+        .sort();
     assert.deepEqual(byImage("steprunner/buildkitd"), ["buildkitd-0", "buildkitd-1"]);
     assert.deepEqual(byImage("steprunner/step-service"), ["step-service-0", "step-service-1"]);
     for (const image of ["steprunner/registry", "steprunner/context-service", "steprunner/image-service"]) assert.equal(byImage(image).length, 1, image);

@@ -30,15 +30,7 @@ describe("DiffCopy's include and exclude headers", () => {
   let root: string;
   before(async () => {
     root = await mkdtemp(join(tmpdir(), "steprunner-file-sync-"));
-    const files = [
-      "Dockerfile",
-      "100%.txt",
-      "docs/é.md",
-      "docs/other.md",
-      "with space/a.txt",
-      "node_modules/dep/index.js",
-      "node_modules/keep/index.js",
-    ];
+    const files = ["Dockerfile", "100%.txt", "docs/é.md", "docs/other.md", "with space/a.txt", "node_modules/dep/index.js", "node_modules/keep/index.js"];
     for (const file of files) {
       await mkdir(dirname(join(root, file)), { recursive: true });
       await writeFile(join(root, file), file);
@@ -48,7 +40,10 @@ describe("DiffCopy's include and exclude headers", () => {
 
   it("walks into an excluded directory when an exception re-includes something below it", async () => {
     const listed = await listedPaths(root, { "exclude-patterns": ["node_modules", "!node_modules/keep"] });
-    assert.deepEqual(listed.filter((path) => path.startsWith("node_modules")), ["node_modules", "node_modules/keep", "node_modules/keep/index.js"]);
+    assert.deepEqual(
+      listed.filter((path) => path.startsWith("node_modules")),
+      ["node_modules", "node_modules/keep", "node_modules/keep/index.js"],
+    );
   });
 
   it("decodes the values of a header that BuildKit flagged as URL-query-escaped (it does so when a pattern is not ASCII)", async () => {
@@ -75,7 +70,11 @@ describe("DiffCopy's include and exclude headers", () => {
 
 describe("DATA packets sent in parts", () => {
   it("encode as the protobuf Packet they stand for", () => {
-    for (const [id, data] of [[0, Buffer.from("x")], [7, Buffer.alloc(300, 1)], [70_000, Buffer.alloc(1 << 20, 2)]] as const) {
+    for (const [id, data] of [
+      [0, Buffer.from("x")],
+      [7, Buffer.alloc(300, 1)],
+      [70_000, Buffer.alloc(1 << 20, 2)],
+    ] as const) {
       const encoded = Buffer.concat([dataPacketHead(id, data.length), data]);
       const decoded = fromBinary(PacketSchema, encoded);
       assert.equal(decoded.type, PacketType.PACKET_DATA);

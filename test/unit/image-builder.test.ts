@@ -45,19 +45,37 @@ describe("retries", () => {
       contexts: { materialize: async () => context },
       buildkit: buildkit,
       images: {
-        inspectImage: async () => ({ Id: "x", RepoDigests: [], Config: {}, RootFS: { Type: "layers", Layers: [] }, GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } }, Size: 0 }),
+        inspectImage: async () => ({
+          Id: "x",
+          RepoDigests: [],
+          Config: {},
+          RootFS: { Type: "layers", Layers: [] },
+          GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } },
+          Size: 0,
+        }),
         removeImage: async () => {},
         tagImage: async () => {},
         pushImage: async () => assert.fail("no push"),
       },
       registry: {
         address: "registry.test:5000",
-        manifest: async () => ({ digest: `sha256:${"6".repeat(64)}`, manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } }),
+        manifest: async () => ({
+          digest: `sha256:${"6".repeat(64)}`,
+          manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] },
+        }),
         config: async () => assert.fail("no config"),
         deleteManifest: async () => {},
       },
       records: new ReuseRecords(join(dir, String(Math.random()))),
-      settings: { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 60_000, maxConcurrentBuilds: 1, transportAttempts: 3 },
+      settings: {
+        defaultBaseRunner: "registry.test:5000/runner:1",
+        version: "0",
+        stepsRepository: "steps",
+        defaultHandoff: "layer-store",
+        reuseTtlMs: 60_000,
+        maxConcurrentBuilds: 1,
+        transportAttempts: 3,
+      },
     });
     const events: BuildEvent[] = [];
     return { images, attempts: () => attempts, events };
@@ -66,7 +84,10 @@ describe("retries", () => {
   const request = { contextId: context.contextId, baseRunner: "", network: "none" as const, buildWithoutCache: false, handoff: undefined };
 
   it("tries again after the connection to BuildKit fails, up to three attempts, saying so", async () => {
-    const { images, attempts, events } = builderFailing([new ConnectError("connection reset", Code.Unavailable), new ConnectError("connection reset", Code.Unavailable)]);
+    const { images, attempts, events } = builderFailing([
+      new ConnectError("connection reset", Code.Unavailable),
+      new ConnectError("connection reset", Code.Unavailable),
+    ]);
     const image = await images.build(request, (event) => events.push(event));
     assert.equal(attempts(), 3);
     assert.match(image.imageId, /^sha256:5/);
@@ -102,17 +123,41 @@ describe("bad input to a build", () => {
         deleteManifest: async () => {},
       },
       records: new ReuseRecords("/nonexistent"),
-      settings: { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "layer-store", reuseTtlMs: 0, maxConcurrentBuilds: 1, transportAttempts: 1 },
+      settings: {
+        defaultBaseRunner: "registry.test:5000/runner:1",
+        version: "0",
+        stepsRepository: "steps",
+        defaultHandoff: "layer-store",
+        reuseTtlMs: 0,
+        maxConcurrentBuilds: 1,
+        transportAttempts: 1,
+      },
     });
-  const request = (baseRunner: string) => ({ contextId: context.contextId, baseRunner, network: "none" as const, buildWithoutCache: false, handoff: undefined });
+  const request = (baseRunner: string) => ({
+    contextId: context.contextId,
+    baseRunner,
+    network: "none" as const,
+    buildWithoutCache: false,
+    handoff: undefined,
+  });
 
   for (const [name, baseRunner, expected] of [
-    ["a base runner that is not an image reference", "not an image", /^base_runner: must be an image reference in the registry registry\.test:5000 \(.*must start with a registry host.*\), got "not an image"$/],
-    ["a base runner in another registry", "elsewhere.test:5000/runner:1", /^base_runner: must be an image in the registry registry\.test:5000, got "elsewhere\.test:5000\/runner:1"$/],
+    [
+      "a base runner that is not an image reference",
+      "not an image",
+      /^base_runner: must be an image reference in the registry registry\.test:5000 \(.*must start with a registry host.*\), got "not an image"$/,
+    ],
+    [
+      "a base runner in another registry",
+      "elsewhere.test:5000/runner:1",
+      /^base_runner: must be an image in the registry registry\.test:5000, got "elsewhere\.test:5000\/runner:1"$/,
+    ],
   ] as const) {
     it(`answers INVALID_ARGUMENT for ${name}, before any build`, async () => {
       let materialized = false;
-      const failure = await images(async () => ((materialized = true), context)).build(request(baseRunner), () => {}).catch((error) => ConnectError.from(toConnectError(error)));
+      const failure = await images(async () => ((materialized = true), context))
+        .build(request(baseRunner), () => {})
+        .catch((error) => ConnectError.from(toConnectError(error)));
       assert.ok(failure instanceof ConnectError);
       assert.equal(failure.code, Code.InvalidArgument);
       assert.match(failure.rawMessage, expected);
@@ -123,7 +168,9 @@ describe("bad input to a build", () => {
   it("passes on the context-service's NOT_FOUND for a context it does not know", async () => {
     const failure = await images(async () => {
       throw new ConnectError("no prepared context sha256:111…", Code.NotFound);
-    }).build(request(""), () => {}).catch((error) => ConnectError.from(toConnectError(error)));
+    })
+      .build(request(""), () => {})
+      .catch((error) => ConnectError.from(toConnectError(error)));
     assert.ok(failure instanceof ConnectError);
     assert.equal(failure.code, Code.NotFound);
   });
@@ -140,7 +187,14 @@ describe("the registry hand-off of a reused image", () => {
         contexts: { materialize: async () => context },
         buildkit: { build: async () => ({ "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
         images: {
-          inspectImage: async () => ({ Id: "x", RepoDigests: [], Config: {}, RootFS: { Type: "layers", Layers: [] }, GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } }, Size: 0 }),
+          inspectImage: async () => ({
+            Id: "x",
+            RepoDigests: [],
+            Config: {},
+            RootFS: { Type: "layers", Layers: [] },
+            GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } },
+            Size: 0,
+          }),
           removeImage: async () => {},
           tagImage: async () => {},
           pushImage: async () => ({ digest: pushed[pushes++]!, size: 1 }),
@@ -156,7 +210,15 @@ describe("the registry hand-off of a reused image", () => {
           deleteManifest: async () => {},
         },
         records: new ReuseRecords(dir),
-        settings: { defaultBaseRunner: "registry.test:5000/runner:1", version: "0", stepsRepository: "steps", defaultHandoff: "registry", reuseTtlMs: 60_000, maxConcurrentBuilds: 1, transportAttempts: 1 },
+        settings: {
+          defaultBaseRunner: "registry.test:5000/runner:1",
+          version: "0",
+          stepsRepository: "steps",
+          defaultHandoff: "registry",
+          reuseTtlMs: 60_000,
+          maxConcurrentBuilds: 1,
+          transportAttempts: 1,
+        },
       });
       const request = { contextId: context.contextId, baseRunner: "", network: "none" as const, buildWithoutCache: false, handoff: "registry" as const };
       const first = await images.build(request, () => {});
@@ -204,7 +266,10 @@ describe("pruning images a running step may have mounted (layer-store hand-off)"
         },
         registry: {
           address: "registry.test:5000",
-          manifest: async () => ({ digest: `sha256:${"6".repeat(64)}`, manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } }),
+          manifest: async () => ({
+            digest: `sha256:${"6".repeat(64)}`,
+            manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] },
+          }),
           config: async () => assert.fail("no config"),
           deleteManifest: async () => {},
         },

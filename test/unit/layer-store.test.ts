@@ -23,7 +23,14 @@ interface Entry {
 async function tarOf(entries: Entry[]): Promise<Buffer> {
   const pack = tar.pack();
   for (const entry of entries) {
-    const header = { name: entry.name, type: entry.type ?? "file", uid: entry.uid ?? 0, gid: entry.uid ?? 0, mode: entry.mode ?? 0o644, linkname: entry.linkname };
+    const header = {
+      name: entry.name,
+      type: entry.type ?? "file",
+      uid: entry.uid ?? 0,
+      gid: entry.uid ?? 0,
+      mode: entry.mode ?? 0o644,
+      linkname: entry.linkname,
+    };
     pack.entry(header, entry.content ?? "");
   }
   pack.finalize();

@@ -5,8 +5,16 @@ import { PathPatterns } from "../../services/image-service/buildkit/session/path
 /** Asserts which of the paths the patterns select, naming the paths that go the wrong way. */
 function assertSelects(patterns: string[], selected: string[], notSelected: string[]): void {
   const matcher = new PathPatterns(patterns);
-  assert.deepEqual(selected.filter((path) => !matcher.matches(path)), [], `${JSON.stringify(patterns)} must select these`);
-  assert.deepEqual(notSelected.filter((path) => matcher.matches(path)), [], `${JSON.stringify(patterns)} must not select these`);
+  assert.deepEqual(
+    selected.filter((path) => !matcher.matches(path)),
+    [],
+    `${JSON.stringify(patterns)} must select these`,
+  );
+  assert.deepEqual(
+    notSelected.filter((path) => matcher.matches(path)),
+    [],
+    `${JSON.stringify(patterns)} must not select these`,
+  );
 }
 
 describe("PathPatterns, with BuildKit's (moby/patternmatcher's) semantics", () => {
@@ -73,7 +81,11 @@ describe("PathPatterns, with BuildKit's (moby/patternmatcher's) semantics", () =
 
   it("refuses patterns BuildKit refuses, naming the pattern", () => {
     for (const pattern of ["[ab", "x[]", "[z-a]", "[-a]", "trailing\\", "!"]) {
-      assert.throws(() => new PathPatterns([pattern]), (error: Error) => error.message.includes(JSON.stringify(pattern)), pattern);
+      assert.throws(
+        () => new PathPatterns([pattern]),
+        (error: Error) => error.message.includes(JSON.stringify(pattern)),
+        pattern,
+      );
     }
   });
 

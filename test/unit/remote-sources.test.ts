@@ -17,9 +17,15 @@ describe("ADD sources BuildKit would fetch from the network", () => {
   });
 
   it("sees through line continuations, the escape directive and variables", () => {
-    assert.deepEqual(findRemoteSource(`${base}ADD \\\n  # a comment\n  http://127.0.0.1:7703/metrics /x\n`), { line: 3, source: "http://127.0.0.1:7703/metrics" });
+    assert.deepEqual(findRemoteSource(`${base}ADD \\\n  # a comment\n  http://127.0.0.1:7703/metrics /x\n`), {
+      line: 3,
+      source: "http://127.0.0.1:7703/metrics",
+    });
     assert.deepEqual(findRemoteSource("# escape=`\nFROM x\nADD `\n http://127.0.0.1/a /x\n"), { line: 3, source: "http://127.0.0.1/a" });
-    assert.deepEqual(findRemoteSource(`${base}ARG HOST=127.0.0.1:5000\nENV URL http://\${HOST}/v2/_catalog\nADD $URL /x\n`), { line: 5, source: "http://127.0.0.1:5000/v2/_catalog" });
+    assert.deepEqual(findRemoteSource(`${base}ARG HOST=127.0.0.1:5000\nENV URL http://\${HOST}/v2/_catalog\nADD $URL /x\n`), {
+      line: 5,
+      source: "http://127.0.0.1:5000/v2/_catalog",
+    });
   });
 
   it("lets local sources, COPY and RUN through", () => {

@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { describe, it } from "node:test";
-import { CONTAINERS_COMMON_ALLOWED, DENIED_SYSCALLS, allowedSyscalls, seccompArchitectures, seccompProfile } from "../../services/step-service/runtime/seccomp.js";
+import {
+  CONTAINERS_COMMON_ALLOWED,
+  DENIED_SYSCALLS,
+  allowedSyscalls,
+  seccompArchitectures,
+  seccompProfile,
+} from "../../services/step-service/runtime/seccomp.js";
 import { buildSpec } from "../../services/step-service/runtime/spec.js";
 
 interface Rule {
@@ -17,7 +23,26 @@ describe("the steps' seccomp profile", () => {
     assert.equal(profile.defaultAction, "SCMP_ACT_ERRNO");
     assert.equal(profile.defaultErrnoRet, 1);
     const allowed = profile.syscalls.filter((rule) => rule.action === "SCMP_ACT_ALLOW").flatMap((rule) => rule.names);
-    for (const name of ["mount", "umount2", "pivot_root", "kexec_load", "init_module", "finit_module", "bpf", "ptrace", "process_vm_readv", "keyctl", "add_key", "unshare", "setns", "open_by_handle_at", "userfaultfd", "io_uring_setup", "fsmount", "reboot"]) {
+    for (const name of [
+      "mount",
+      "umount2",
+      "pivot_root",
+      "kexec_load",
+      "init_module",
+      "finit_module",
+      "bpf",
+      "ptrace",
+      "process_vm_readv",
+      "keyctl",
+      "add_key",
+      "unshare",
+      "setns",
+      "open_by_handle_at",
+      "userfaultfd",
+      "io_uring_setup",
+      "fsmount",
+      "reboot",
+    ]) {
       assert.ok(DENIED_SYSCALLS.includes(name), `${name} is named as denied`);
       assert.ok(!allowed.includes(name), `${name} is not allowed`);
     }
@@ -30,25 +55,43 @@ describe("the steps' seccomp profile", () => {
 
   it("allows personality(2) for the list's values only, the query among them", () => {
     const { syscalls } = seccompProfile("x64") as { syscalls: Rule[] };
-    const personas = syscalls.filter((rule) => rule.names.includes("personality")).map((rule) => {
-      assert.equal(rule.action, "SCMP_ACT_ALLOW");
-      assert.equal(rule.args?.[0]?.op, "SCMP_CMP_EQ");
-      return rule.args![0]!.value;
-    });
+    const personas = syscalls
+      .filter((rule) => rule.names.includes("personality"))
+      .map((rule) => {
+        assert.equal(rule.action, "SCMP_ACT_ALLOW");
+        assert.equal(rule.args?.[0]?.op, "SCMP_CMP_EQ");
+        return rule.args![0]!.value;
+      });
     assert.deepEqual(personas, [0x0, 0x8, 0x20000, 0x20008, 0xffffffff]);
   });
 
   it("allows clone only without namespace flags, and sends clone3 to clone with ENOSYS", () => {
     const { syscalls } = seccompProfile("x64") as { syscalls: Rule[] };
     const clone = syscalls.filter((rule) => rule.names.includes("clone"));
-    assert.deepEqual(clone, [{ names: ["clone"], action: "SCMP_ACT_ALLOW", args: [{ index: 0, value: 0x7e020000, valueTwo: 0, op: "SCMP_CMP_MASKED_EQ" }] }], "NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET all clear");
-    assert.deepEqual(syscalls.find((rule) => rule.names.includes("clone3")), { names: ["clone3"], action: "SCMP_ACT_ERRNO", errnoRet: 38 });
+    assert.deepEqual(
+      clone,
+      [{ names: ["clone"], action: "SCMP_ACT_ALLOW", args: [{ index: 0, value: 0x7e020000, valueTwo: 0, op: "SCMP_CMP_MASKED_EQ" }] }],
+      "NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET all clear",
+    );
+    assert.deepEqual(
+      syscalls.find((rule) => rule.names.includes("clone3")),
+      { names: ["clone3"], action: "SCMP_ACT_ERRNO", errnoRet: 38 },
+    );
   });
 
   const recordedProfile = "/usr/share/containers/seccomp.json";
-  it("allows what Debian's containers-common allows unconditionally, less the named denials", { skip: !existsSync(recordedProfile) && `${recordedProfile} is not installed` }, () => {
-    const recorded = JSON.parse(readFileSync(recordedProfile, "utf8")) as { syscalls: { names: string[]; action: string; args?: unknown[]; includes?: object; excludes?: object }[] };
-    const unconditional = recorded.syscalls.filter((rule) => rule.action === "SCMP_ACT_ALLOW" && !rule.args?.length && !Object.keys(rule.includes ?? {}).length && !Object.keys(rule.excludes ?? {}).length).flatMap((rule) => rule.names);
+  it("allows what Debian's containers-common allows unconditionally, less the named denials", {
+    skip: !existsSync(recordedProfile) && `${recordedProfile} is not installed`,
+  }, () => {
+    const recorded = JSON.parse(readFileSync(recordedProfile, "utf8")) as {
+      syscalls: { names: string[]; action: string; args?: unknown[]; includes?: object; excludes?: object }[];
+    };
+    const unconditional = recorded.syscalls
+      .filter(
+        (rule) =>
+          rule.action === "SCMP_ACT_ALLOW" && !rule.args?.length && !Object.keys(rule.includes ?? {}).length && !Object.keys(rule.excludes ?? {}).length,
+      )
+      .flatMap((rule) => rule.names);
     assert.deepEqual([...CONTAINERS_COMMON_ALLOWED].sort(), [...unconditional].sort());
     const allowed = allowedSyscalls("x64");
     for (const name of unconditional) assert.ok(allowed.includes(name) || DENIED_SYSCALLS.includes(name) || name.startsWith("clone"), name);

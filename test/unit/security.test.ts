@@ -42,7 +42,10 @@ describe("service security, with real clients over real sockets", () => {
     let server: RunningServer;
     let address: string;
     before(async () => {
-      server = await startImageService({ kind: "tcp", host: "127.0.0.1", port: 0 }, { security: { tls: { cert: certificates.serverCert, key: certificates.serverKey } } });
+      server = await startImageService(
+        { kind: "tcp", host: "127.0.0.1", port: 0 },
+        { security: { tls: { cert: certificates.serverCert, key: certificates.serverKey } } },
+      );
       address = `127.0.0.1:${server.port}`;
     });
     after(() => server.close(100));
@@ -53,8 +56,19 @@ describe("service security, with real clients over real sockets", () => {
     });
 
     it("serves Connect over HTTP/1.1 with TLS to curl", async () => {
-      const result = await run("curl", ["-sf", "--cacert", join(dir, "certs/ca.pem"), "--http1.1", "-X", "POST", "-H", "content-type: application/json", "-d", "{}",
-        `https://${address}/steprunner.image.v1.ImageService/GetBuilderInfo`]);
+      const result = await run("curl", [
+        "-sf",
+        "--cacert",
+        join(dir, "certs/ca.pem"),
+        "--http1.1",
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{}",
+        `https://${address}/steprunner.image.v1.ImageService/GetBuilderInfo`,
+      ]);
       assert.equal(result.code, 0, result.stderr);
       assert.equal(JSON.parse(result.stdout).registryApiVersion, "registry/2.0");
     });
@@ -64,9 +78,12 @@ describe("service security, with real clients over real sockets", () => {
     let server: RunningServer;
     let address: string;
     before(async () => {
-      server = await startImageService({ kind: "tcp", host: "127.0.0.1", port: 0 }, {
-        security: { tls: { cert: certificates.serverCert, key: certificates.serverKey, clientCa: certificates.ca } },
-      });
+      server = await startImageService(
+        { kind: "tcp", host: "127.0.0.1", port: 0 },
+        {
+          security: { tls: { cert: certificates.serverCert, key: certificates.serverKey, clientCa: certificates.ca } },
+        },
+      );
       address = `127.0.0.1:${server.port}`;
     });
     after(() => server.close(100));
@@ -74,8 +91,18 @@ describe("service security, with real clients over real sockets", () => {
     it("serves a client with a certificate the CA signed and refuses one without", async () => {
       assert.equal(await call(address, { ca: certificates.ca, cert: certificates.clientCert, key: certificates.clientKey }), "ok");
       assert.equal(code(await call(address, { ca: certificates.ca })), Code.Unavailable);
-      const curl = await run("curl", ["-s", "--cacert", join(dir, "certs/ca.pem"), "-X", "POST", "-H", "content-type: application/json", "-d", "{}",
-        `https://${address}/steprunner.image.v1.ImageService/GetBuilderInfo`]);
+      const curl = await run("curl", [
+        "-s",
+        "--cacert",
+        join(dir, "certs/ca.pem"),
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{}",
+        `https://${address}/steprunner.image.v1.ImageService/GetBuilderInfo`,
+      ]);
       assert.notEqual(curl.code, 0, "curl without a client certificate is refused at the handshake");
     });
   });
@@ -84,10 +111,13 @@ describe("service security, with real clients over real sockets", () => {
     let server: RunningServer;
     let address: string;
     before(async () => {
-      server = await startImageService({ kind: "tcp", host: "127.0.0.1", port: 0 }, {
-        security: { tokens: ["token-one", "token-two"] },
-        httpRoutes: { "/hello": (_req, res) => res.end("hello") },
-      });
+      server = await startImageService(
+        { kind: "tcp", host: "127.0.0.1", port: 0 },
+        {
+          security: { tokens: ["token-one", "token-two"] },
+          httpRoutes: { "/hello": (_req, res) => res.end("hello") },
+        },
+      );
       address = `127.0.0.1:${server.port}`;
     });
     after(() => server.close(100));
@@ -126,7 +156,10 @@ describe("service security, with real clients over real sockets", () => {
           .buildImage({ contextId: "x".repeat(4096) })
           [Symbol.asyncIterator]()
           .next()
-          .then(() => "ok" as const, (error) => ConnectError.from(error));
+          .then(
+            () => "ok" as const,
+            (error) => ConnectError.from(error),
+          );
         assert.ok(big instanceof ConnectError);
         assert.equal(big.code, Code.ResourceExhausted);
       } finally {
@@ -153,7 +186,10 @@ describe("service security, with real clients over real sockets", () => {
 describe("token files", () => {
   it("take a token a line, or a name and a token, and refuse more", async () => {
     const { parseTokenFile } = await import("../../services/shared/security.js");
-    assert.deepEqual(parseTokenFile("\nci  first-token\nsecond-token\n"), [{ name: "ci", token: "first-token" }, { name: "#2", token: "second-token" }]);
+    assert.deepEqual(parseTokenFile("\nci  first-token\nsecond-token\n"), [
+      { name: "ci", token: "first-token" },
+      { name: "#2", token: "second-token" },
+    ]);
     assert.throws(() => parseTokenFile("a b c\n"), /line 1 of the token file has 3 fields/);
   });
 });

@@ -48,15 +48,28 @@ describe("a service's unexpected errors", () => {
 
   it("reach the caller as INTERNAL with their message, and the log with their stack", async () => {
     const images = createClient(ImageService, client.transport);
-    await assert.rejects(images.getBuilderInfo({}), (error: ConnectError) => error.code === Code.Internal && error.rawMessage === "registry answered 502 for the manifest");
-    await assert.rejects(async () => {
-      for await (const _ of images.buildImage({})) void _;
-    }, (error: ConnectError) => error.code === Code.Internal && error.rawMessage === "the layer list was empty");
-    assert.deepEqual(logged.map((line) => [line.message, line.method]), [
-      ["unexpected error", "steprunner.image.v1.ImageService/GetBuilderInfo"],
-      ["unexpected error", "steprunner.image.v1.ImageService/BuildImage"],
-    ]);
-    assert.match(String((logged[0]!.error as Error).stack), /TypeError: registry answered 502[\s\S]*at /, "the error itself, which the logger writes with its stack");
+    await assert.rejects(
+      images.getBuilderInfo({}),
+      (error: ConnectError) => error.code === Code.Internal && error.rawMessage === "registry answered 502 for the manifest",
+    );
+    await assert.rejects(
+      async () => {
+        for await (const _ of images.buildImage({})) void _;
+      },
+      (error: ConnectError) => error.code === Code.Internal && error.rawMessage === "the layer list was empty",
+    );
+    assert.deepEqual(
+      logged.map((line) => [line.message, line.method]),
+      [
+        ["unexpected error", "steprunner.image.v1.ImageService/GetBuilderInfo"],
+        ["unexpected error", "steprunner.image.v1.ImageService/BuildImage"],
+      ],
+    );
+    assert.match(
+      String((logged[0]!.error as Error).stack),
+      /TypeError: registry answered 502[\s\S]*at /,
+      "the error itself, which the logger writes with its stack",
+    );
   });
 
   it("leave a service's own ConnectErrors as they are, unlogged", async () => {
@@ -70,7 +83,12 @@ describe("a service's unexpected errors", () => {
 const UNDECODABLE_FRAME = Buffer.from([0, 0, 0, 0, 3, 0x0a, 0x10, 0x01]);
 
 /** One POST over h2c, with its answer's headers, body and trailers (a trailers-only answer has them in its headers). */
-async function http2Post(port: number, path: string, contentType: string, body: Buffer): Promise<{ headers: http2.IncomingHttpHeaders; body: Buffer; trailers: http2.IncomingHttpHeaders }> {
+async function http2Post(
+  port: number,
+  path: string,
+  contentType: string,
+  body: Buffer,
+): Promise<{ headers: http2.IncomingHttpHeaders; body: Buffer; trailers: http2.IncomingHttpHeaders }> {
   const session = http2.connect(`http://127.0.0.1:${port}`);
   try {
     return await new Promise((resolve, reject) => {
@@ -115,7 +133,8 @@ describe("a request that cannot be decoded", () => {
   });
   after(() => server.close(100));
 
-  const expectedMessage = /^the request could not be decoded: it is not a valid steprunner\.image\.v1\.\w+Request in protobuf's binary format \(premature EOF\)$/;
+  const expectedMessage =
+    /^the request could not be decoded: it is not a valid steprunner\.image\.v1\.\w+Request in protobuf's binary format \(premature EOF\)$/;
 
   it("is answered INVALID_ARGUMENT over gRPC, unary or streaming, saying it could not be decoded", async () => {
     for (const method of ["GetBuilderInfo", "BuildImage"]) {

@@ -133,7 +133,10 @@ describe("a service server on a unix socket", () => {
       assert.equal(info.defaultBaseRunner, "registry.test:5000/runner:1");
       client.close();
       await server.close(1000);
-      await assert.rejects(import("node:fs/promises").then((fs) => fs.stat(path)), /ENOENT/);
+      await assert.rejects(
+        import("node:fs/promises").then((fs) => fs.stat(path)),
+        /ENOENT/,
+      );
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -174,7 +177,11 @@ describe("metrics", () => {
       assert.match(response.headers.get("content-type") ?? "", /^text\/plain/);
       const text = await response.text();
       const sample = (method: string, code: string) =>
-        Number(new RegExp(`^steprunner_rpc_requests_total\\{method="steprunner.image.v1.ImageService/${method}",code="${code}"[^}]*\\} (\\d+)$`, "m").exec(text)?.[1]);
+        Number(
+          new RegExp(`^steprunner_rpc_requests_total\\{method="steprunner.image.v1.ImageService/${method}",code="${code}"[^}]*\\} (\\d+)$`, "m").exec(
+            text,
+          )?.[1],
+        );
       assert.equal(sample("GetBuilderInfo", "OK"), 2);
       assert.equal(sample("PruneCache", "InvalidArgument"), 1);
       assert.match(text, /^steprunner_rpc_duration_seconds_bucket\{/m);

@@ -29,7 +29,8 @@ function fakeShard(address: string, failure: () => unknown) {
 }
 
 const build = (sharedKey: string) => ({ sharedKey }) as DockerfileBuild;
-const LOST = () => describeFailure(parseBuildKitAddress("unix:///run/a.sock"), new ConnectError("http/2 stream closed with error code CANCEL (0x8)", Code.Canceled));
+const LOST = () =>
+  describeFailure(parseBuildKitAddress("unix:///run/a.sock"), new ConnectError("http/2 stream closed with error code CANCEL (0x8)", Code.Canceled));
 
 describe("builds spread over BuildKit daemons", () => {
   const keys = Array.from({ length: 2000 }, (_, index) => `scope-${index}`);
@@ -74,7 +75,12 @@ describe("failover between BuildKit daemons", () => {
     const second = sharded.shardsFor(key)[1]!.address;
     a.state.failing = true;
     const retries: string[] = [];
-    const response = await sharded.build(build(key), () => {}, undefined, (message) => retries.push(message));
+    const response = await sharded.build(
+      build(key),
+      () => {},
+      undefined,
+      (message) => retries.push(message),
+    );
     assert.equal(response.address, second);
     assert.equal(a.state.builds, 1);
     assert.equal(retries.length, 1);
@@ -115,31 +121,49 @@ describe("failover between BuildKit daemons", () => {
     const key = "some-lineage";
     await sharded.build(build(key), () => {}); // one of them cools down if a was first
     b.state.failing = true;
-    await assert.rejects(sharded.build(build(key), () => {}), (error: ConnectError) => error.code === Code.Unavailable);
+    await assert.rejects(
+      sharded.build(build(key), () => {}),
+      (error: ConnectError) => error.code === Code.Unavailable,
+    );
     assert.deepEqual(sharded.cooling.sort(), ["a", "b"]);
     a.state.failing = false;
     assert.equal((await sharded.build(build(key), () => {})).address, "a", "with all cooling, they are still tried");
   });
 
   it("does not retry a failing build, nor a cancelled one", async () => {
-    const failing = fakeShard("a", () => describeFailure(parseBuildKitAddress("unix:///run/a.sock"), new ConnectError('process "/bin/sh -c exit 3" did not complete successfully: exit code: 3', Code.Unknown)));
+    const failing = fakeShard("a", () =>
+      describeFailure(
+        parseBuildKitAddress("unix:///run/a.sock"),
+        new ConnectError('process "/bin/sh -c exit 3" did not complete successfully: exit code: 3', Code.Unknown),
+      ),
+    );
     const other = fakeShard("b", LOST);
     failing.state.failing = true;
     const sharded = new ShardedBuilder([failing.shard, other.shard], options);
     const key = Array.from({ length: 100 }, (_, i) => `k${i}`).find((k) => sharded.shardFor(k) === failing.shard)!;
-    await assert.rejects(sharded.build(build(key), () => {}), (error: ConnectError) => error.code === Code.Unknown);
+    await assert.rejects(
+      sharded.build(build(key), () => {}),
+      (error: ConnectError) => error.code === Code.Unknown,
+    );
     assert.equal(other.state.builds, 0);
     assert.deepEqual(sharded.cooling, []);
 
     const controller = new AbortController();
     const cancelled = fakeShard("a", () => {
       controller.abort();
-      return describeFailure(parseBuildKitAddress("unix:///run/a.sock"), new ConnectError("http/2 stream closed with error code CANCEL (0x8)", Code.Canceled), controller.signal);
+      return describeFailure(
+        parseBuildKitAddress("unix:///run/a.sock"),
+        new ConnectError("http/2 stream closed with error code CANCEL (0x8)", Code.Canceled),
+        controller.signal,
+      );
     });
     cancelled.state.failing = true;
     const sharded2 = new ShardedBuilder([cancelled.shard, other.shard], options);
     const key2 = Array.from({ length: 100 }, (_, i) => `k${i}`).find((k) => sharded2.shardFor(k) === cancelled.shard)!;
-    await assert.rejects(sharded2.build(build(key2), () => {}, controller.signal), (error: ConnectError) => error.code === Code.Canceled);
+    await assert.rejects(
+      sharded2.build(build(key2), () => {}, controller.signal),
+      (error: ConnectError) => error.code === Code.Canceled,
+    );
     assert.equal(other.state.builds, 0);
   });
 });
@@ -155,7 +179,10 @@ describe("what our BuildKit client raises when the daemon goes away", () => {
     assert.ok(isTransient(error));
     const reset = describeFailure(address, new ConnectError("read ECONNRESET", Code.Aborted));
     assert.ok(isTransient(reset));
-    const cutOff = describeFailure(address, new ConnectError("http/2 stream closed with error code NO_ERROR (0x0) before the response was received", Code.Internal));
+    const cutOff = describeFailure(
+      address,
+      new ConnectError("http/2 stream closed with error code NO_ERROR (0x0) before the response was received", Code.Internal),
+    );
     assert.ok(isTransient(cutOff));
   });
 
@@ -174,7 +201,13 @@ describe("what our BuildKit client raises when the daemon goes away", () => {
     const wire = new ConnectError('process "/bin/sh -c curl x" did not complete successfully: exit code: 7 (connection reset)', Code.Unknown);
     wire.isWireError = true;
     assert.ok(!isTransient(describeFailure(address, wire)));
-    const ours = new ConnectError("cannot read the context", Code.Internal, undefined, undefined, Object.assign(new Error("ENOENT: no such file"), { code: "ENOENT", syscall: "open" }));
+    const ours = new ConnectError(
+      "cannot read the context",
+      Code.Internal,
+      undefined,
+      undefined,
+      Object.assign(new Error("ENOENT: no such file"), { code: "ENOENT", syscall: "open" }),
+    );
     assert.ok(!isTransient(describeFailure(address, ours)), "ENOENT of a file is not a lost connection");
   });
 
@@ -182,15 +215,23 @@ describe("what our BuildKit client raises when the daemon goes away", () => {
     const dir = await mkdtemp(join(tmpdir(), "sharded-builder-test-"));
     try {
       const gone = new BuildKitClient(`unix://${join(dir, "missing.sock")}`);
-      await assert.rejects(gone.listWorkers(AbortSignal.timeout(5_000)), (error: ConnectError) => isTransient(error) || assert.fail(`${Code[error.code]} ${error.rawMessage}`));
+      await assert.rejects(
+        gone.listWorkers(AbortSignal.timeout(5_000)),
+        (error: ConnectError) => isTransient(error) || assert.fail(`${Code[error.code]} ${error.rawMessage}`),
+      );
       gone.close();
       // A socket file left by a killed daemon: nothing listens on it.
       const server = net.createServer();
       const path = join(dir, "left.sock");
       await new Promise<void>((resolve) => server.listen(path, resolve));
-      await new Promise<void>((resolve) => { server.close(() => resolve()); });
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+      });
       const left = new BuildKitClient(`unix://${path}`);
-      await assert.rejects(left.listWorkers(AbortSignal.timeout(5_000)), (error: ConnectError) => isTransient(error) || assert.fail(`${Code[error.code]} ${error.rawMessage}`));
+      await assert.rejects(
+        left.listWorkers(AbortSignal.timeout(5_000)),
+        (error: ConnectError) => isTransient(error) || assert.fail(`${Code[error.code]} ${error.rawMessage}`),
+      );
       left.close();
     } finally {
       await rm(dir, { recursive: true, force: true });

@@ -38,7 +38,12 @@ class FakeImages implements ImageSource, LayerUpkeep {
   held = 0;
   async materialise(): Promise<ImageRootfs> {
     this.held++;
-    return { imageId: "sha256:fake", config: { env: [], entrypoint: [], cmd: [], workingDir: "/", user: "" }, lowerDirs: ["/nonexistent"], release: () => this.held-- };
+    return {
+      imageId: "sha256:fake",
+      config: { env: [], entrypoint: [], cmd: [], workingDir: "/", user: "" },
+      lowerDirs: ["/nonexistent"],
+      release: () => this.held--,
+    };
   }
   async init(): Promise<void> {}
   async collect(): Promise<string[]> {
@@ -97,7 +102,10 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     images = new FakeImages();
     runner = newRunner();
     await runner.recover();
-    client = createClient(StepService, createRouterTransport((router) => router.service(StepService, stepServiceAdapter(settings, runner))));
+    client = createClient(
+      StepService,
+      createRouterTransport((router) => router.service(StepService, stepServiceAdapter(settings, runner))),
+    );
   });
   after(async () => {
     await runner.close();
@@ -122,7 +130,10 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     const { step } = await client.getStep({ stepId: "s1" });
     assert.equal(step?.state, StepState.SUCCESS);
     assert.deepEqual(step?.result?.properties, { a: 1 });
-    assert.deepEqual(step?.phases.map((phase) => phase.phase), [1, 2, 3, 4, 5, 6]);
+    assert.deepEqual(
+      step?.phases.map((phase) => phase.phase),
+      [1, 2, 3, 4, 5, 6],
+    );
     assert.equal(images.held, 0, "the image's layers were released");
     assert.equal(runtime.runs.at(-1)?.args.join(" "), "opschain-action go");
   });
@@ -139,17 +150,31 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     const dir = await mkdtemp(join(tmpdir(), "steprunner-logs-"));
     const logged = new StepRunner(
       { stateDir: dir, maxConcurrentSteps: 1, logCapBytes: 200 },
-      { contexts: new LocalDirectoryContextPreparer(), images: new PrebuiltImageBuilder("127.0.0.1:5000/fake:1"), materialiser: images, layers: images, runtime, logger: capturing({}) },
+      {
+        contexts: new LocalDirectoryContextPreparer(),
+        images: new PrebuiltImageBuilder("127.0.0.1:5000/fake:1"),
+        materialiser: images,
+        layers: images,
+        runtime,
+        logger: capturing({}),
+      },
     );
     try {
       await logged.recover();
       runtime.script = async () => ({ exitCode: 0 });
       const finished = new Promise<void>((resolve) => {
-        logged.submit({ ...request(dir), stepId: "logged", contextValues: { change: { id: "change-7" } } }, (event) => event.type === "finished" && resolve(), new AbortController().signal);
+        logged.submit(
+          { ...request(dir), stepId: "logged", contextValues: { change: { id: "change-7" } } },
+          (event) => event.type === "finished" && resolve(),
+          new AbortController().signal,
+        );
       });
       await finished;
       const mine = lines.filter((line) => line.step_id === "logged");
-      assert.deepEqual(mine.map((line) => line.message), ["step accepted", "step finished"]);
+      assert.deepEqual(
+        mine.map((line) => line.message),
+        ["step accepted", "step finished"],
+      );
       assert.ok(mine.every((line) => line.change_id === "change-7"));
       assert.equal(mine[1]?.state, "success");
       assert.equal(typeof mine[1]?.duration_ms, "number");
@@ -180,7 +205,10 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     const full = { prepare: async () => Promise.reject(Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" })) };
     for (const [parts, reason] of [
       [{ contexts }, /^the context failed: git fetch failed$/],
-      [{ contexts: full }, /^the context failed: ENOSPC: no space left on device, write; the step-service's disk is full: free space under \/.*steprunner-parts-/],
+      [
+        { contexts: full },
+        /^the context failed: ENOSPC: no space left on device, write; the step-service's disk is full: free space under \/.*steprunner-parts-/,
+      ],
       [{ images: builder }, /^the image build failed: solve failed$/],
     ] as const) {
       const dir = await mkdtemp(join(tmpdir(), "steprunner-parts-"));
@@ -248,7 +276,8 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     const signal = new AbortController().signal;
     const base = request(stateDir);
     const finished = ["q1", "q2", "q3"].map(
-      (id) => new Promise<void>((resolve) => runner.submit({ ...base, stepId: id }, (event) => (listen(id)(event), event.type === "finished" && resolve()), signal)),
+      (id) =>
+        new Promise<void>((resolve) => runner.submit({ ...base, stepId: id }, (event) => (listen(id)(event), event.type === "finished" && resolve()), signal)),
     );
     // The first step runs once it reaches the runtime (however busy the machine); the others wait.
     while (!release) await new Promise((resolve) => setTimeout(resolve, 5));
@@ -303,7 +332,10 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     const untilAborted = (signal: AbortSignal) => new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(new Error("aborted"))));
     const parts = [
       { contexts: { prepare: (_request: unknown, signal: AbortSignal) => untilAborted(signal) }, reason: /^timed out after 0.1 s, while preparing$/ },
-      { images: { build: (_c: unknown, _r: unknown, _p: unknown, signal: AbortSignal) => untilAborted(signal) }, reason: /^timed out after 0.1 s, while building$/ },
+      {
+        images: { build: (_c: unknown, _r: unknown, _p: unknown, signal: AbortSignal) => untilAborted(signal) },
+        reason: /^timed out after 0.1 s, while building$/,
+      },
       { reason: /^timed out after 0.1 s$/ },
     ];
     runtime.script = (request) => new Promise((resolve) => request.signal.addEventListener("abort", () => resolve({ cancelled: true })));
@@ -322,7 +354,11 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
       );
       await timing.recover();
       const finished = await new Promise<StepRecordOf>((resolve) =>
-        timing.submit({ ...request(dir), stepId: "t", timeoutMs: 100 }, (event) => event.type === "finished" && resolve(event.step), new AbortController().signal),
+        timing.submit(
+          { ...request(dir), stepId: "t", timeoutMs: 100 },
+          (event) => event.type === "finished" && resolve(event.step),
+          new AbortController().signal,
+        ),
       );
       assert.equal(finished.state, "timed_out");
       assert.match(finished.reason, part.reason);
@@ -347,7 +383,11 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     };
     const signal = new AbortController().signal;
     await new Promise<void>((resolve) =>
-      runner.submit({ ...request(stateDir), stepId: "interrupted" }, (event) => event.type === "log" && event.line.text === "still before" && resolve(), signal),
+      runner.submit(
+        { ...request(stateDir), stepId: "interrupted" },
+        (event) => event.type === "log" && event.line.text === "still before" && resolve(),
+        signal,
+      ),
     );
     // A line the crash cut in half is dropped.
     await appendFile(join(stateDir, "logs", "interrupted.log"), '{"offset":4,"stream":"stdout","te');
@@ -358,9 +398,15 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     assert.equal(record?.state, "system_error");
     assert.match(record!.reason, /stopped while the step was running/);
     assert.ok(runtime.reaped >= 2);
-    const lines = (await readFile(join(stateDir, "logs", "interrupted.log"), "utf8")).trimEnd().split("\n").map((line) => JSON.parse(line) as { offset: number; text: string });
+    const lines = (await readFile(join(stateDir, "logs", "interrupted.log"), "utf8"))
+      .trimEnd()
+      .split("\n")
+      .map((line) => JSON.parse(line) as { offset: number; text: string });
     assert.equal(record!.logLines, lines.length);
-    assert.deepEqual(lines.map((line) => line.offset), lines.map((_, index) => index));
+    assert.deepEqual(
+      lines.map((line) => line.offset),
+      lines.map((_, index) => index),
+    );
     assert.ok(lines.some((line) => line.text === "still before"));
     assert.match(lines.at(-1)!.text, /^\[steprunner\] system_error: the step-service stopped/);
     await restarted.close();
@@ -389,7 +435,14 @@ describe("the per-caller step limit (fakes for the runtime and images)", () => {
     const images = new FakeImages();
     runner = new StepRunner(
       { stateDir, maxConcurrentSteps: 2, maxStepsPerCaller: 2, logCapBytes: 1000 },
-      { contexts: new LocalDirectoryContextPreparer(), images: new PrebuiltImageBuilder("127.0.0.1:5000/fake:1"), materialiser: images, layers: images, runtime, logger: createLogger("test", {}, { quiet: true }) },
+      {
+        contexts: new LocalDirectoryContextPreparer(),
+        images: new PrebuiltImageBuilder("127.0.0.1:5000/fake:1"),
+        materialiser: images,
+        layers: images,
+        runtime,
+        logger: createLogger("test", {}, { quiet: true }),
+      },
     );
     await runner.recover();
   });
@@ -414,18 +467,29 @@ describe("the per-caller step limit (fakes for the runtime and images)", () => {
     submit("a2", "token a");
     submit("b1", "token b"); // queued: both slots are a's
     await running("a2");
-    assert.throws(() => submit("a3", "token a"), (error: Error) => {
-      assert.ok(error instanceof CallerLimitError);
-      assert.equal(error.message, "token a has 2 steps queued or running, the most one caller may have (STEPRUNNER_MAX_STEPS_PER_CALLER=2); retry when one has ended");
-      return true;
-    });
+    assert.throws(
+      () => submit("a3", "token a"),
+      (error: Error) => {
+        assert.ok(error instanceof CallerLimitError);
+        assert.equal(
+          error.message,
+          "token a has 2 steps queued or running, the most one caller may have (STEPRUNNER_MAX_STEPS_PER_CALLER=2); retry when one has ended",
+        );
+        return true;
+      },
+    );
     assert.equal(runner.get("a3"), undefined, "the refused step left no record");
     submit("b2", "token b");
     assert.throws(() => submit("b3", "token b"), /token b has 2 steps queued or running/);
   });
 
   it("frees a slot when a step succeeds, fails, crashes or is cancelled", async () => {
-    for (const [end, stepId, caller] of [["ok", "a1", "token a"], ["fail", "a2", "token a"], ["crash", "b1", "token b"], ["cancel", "b2", "token b"]] as const) {
+    for (const [end, stepId, caller] of [
+      ["ok", "a1", "token a"],
+      ["fail", "a2", "token a"],
+      ["crash", "b1", "token b"],
+      ["cancel", "b2", "token b"],
+    ] as const) {
       await running(stepId);
       if (end === "cancel") runner.cancel(stepId);
       else outcomes.get(end === "ok" ? stepId : `${stepId}:${end}`)!();
@@ -438,10 +502,17 @@ describe("the per-caller step limit (fakes for the runtime and images)", () => {
   });
 
   it("is RESOURCE_EXHAUSTED through the adapter", async () => {
-    const client = createClient(StepService, createRouterTransport((router) => router.service(StepService, stepServiceAdapter(settings, runner))));
+    const client = createClient(
+      StepService,
+      createRouterTransport((router) => router.service(StepService, stepServiceAdapter(settings, runner))),
+    );
     const streams = ["r1", "r2"].map((stepId) => client.runStep({ stepId, repositoryUrl: stateDir, action: "go" })[Symbol.asyncIterator]());
     for (const stream of streams) await stream.next();
-    const refused = await client.runStep({ stepId: "r3", repositoryUrl: stateDir, action: "go" })[Symbol.asyncIterator]().next().catch((error: unknown) => ConnectError.from(error));
+    const refused = await client
+      .runStep({ stepId: "r3", repositoryUrl: stateDir, action: "go" })
+      [Symbol.asyncIterator]()
+      .next()
+      .catch((error: unknown) => ConnectError.from(error));
     assert.ok(refused instanceof ConnectError);
     assert.equal(refused.code, Code.ResourceExhausted);
     assert.match(refused.rawMessage, /has 2 steps queued or running/);

@@ -14,7 +14,11 @@ import { toConnectError } from "../../services/image-service/api/image-service-a
 
 describe("the # syntax= directive", () => {
   it("is read only from the parser directives at the top of the file", () => {
-    assert.deepEqual(findSyntaxDirective("# syntax=docker/dockerfile:1.4\nFROM x\n"), { line: 1, text: "# syntax=docker/dockerfile:1.4", image: "docker/dockerfile:1.4" });
+    assert.deepEqual(findSyntaxDirective("# syntax=docker/dockerfile:1.4\nFROM x\n"), {
+      line: 1,
+      text: "# syntax=docker/dockerfile:1.4",
+      image: "docker/dockerfile:1.4",
+    });
     assert.deepEqual(findSyntaxDirective("#escape=`\n#  SYNTAX = 127.0.0.1:5000/df:1  \nFROM x\n")?.image, "127.0.0.1:5000/df:1");
     assert.equal(findSyntaxDirective("FROM x\n# syntax=docker/dockerfile:1.4\n"), undefined, "after an instruction it is a comment");
     assert.equal(findSyntaxDirective("# a comment\n# syntax=docker/dockerfile:1.4\n"), undefined, "after a comment it is a comment");
@@ -72,7 +76,14 @@ describe("a build of a Dockerfile with a # syntax= line", () => {
         },
       },
       images: {
-        inspectImage: async () => ({ Id: "x", RepoDigests: [], Config: {}, RootFS: { Type: "layers", Layers: [] }, GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } }, Size: 0 }),
+        inspectImage: async () => ({
+          Id: "x",
+          RepoDigests: [],
+          Config: {},
+          RootFS: { Type: "layers", Layers: [] },
+          GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } },
+          Size: 0,
+        }),
         removeImage: async () => {},
         tagImage: async () => {},
         pushImage: async () => assert.fail("no push"),
@@ -81,7 +92,8 @@ describe("a build of a Dockerfile with a # syntax= line", () => {
         address: "registry.test:5000",
         manifest: async (repository, reference) => {
           looked.push(`${repository}:${reference}`);
-          if (repository === "runner" || options.inRegistry) return { digest: `sha256:${"6".repeat(64)}`, manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } };
+          if (repository === "runner" || options.inRegistry)
+            return { digest: `sha256:${"6".repeat(64)}`, manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } };
           throw new RegistryError("not found", 404);
         },
         config: async () => assert.fail("no config"),
@@ -102,7 +114,10 @@ describe("a build of a Dockerfile with a # syntax= line", () => {
     const events: BuildEvent[] = [];
     const outcome = await images
       .build({ contextId: context.contextId, baseRunner: "", network: "none", buildWithoutCache: true, handoff: undefined }, (event) => events.push(event))
-      .then(() => undefined, (error: unknown) => ConnectError.from(toConnectError(error)));
+      .then(
+        () => undefined,
+        (error: unknown) => ConnectError.from(toConnectError(error)),
+      );
     return { solves, events, failure: outcome, looked };
   }
 
@@ -113,7 +128,10 @@ describe("a build of a Dockerfile with a # syntax= line", () => {
     assert.equal(failure, undefined);
     assert.equal(solves[0]?.ignoreSyntaxDirective, true);
     assert.deepEqual(looked, ["runner:1"], "Docker Hub is never asked");
-    assert.match(warnings(events)[0]!, /^the Dockerfile's line 1 "# syntax=docker\/dockerfile:1\.4" names the frontend image docker\/dockerfile:1\.4, which is not in this service's registry \(registry\.test:5000\) and cannot be pulled from docker\.io here .*; the line is ignored and BuildKit's builtin Dockerfile frontend builds the file$/);
+    assert.match(
+      warnings(events)[0]!,
+      /^the Dockerfile's line 1 "# syntax=docker\/dockerfile:1\.4" names the frontend image docker\/dockerfile:1\.4, which is not in this service's registry \(registry\.test:5000\) and cannot be pulled from docker\.io here .*; the line is ignored and BuildKit's builtin Dockerfile frontend builds the file$/,
+    );
   });
 
   it("refuses the file, naming the line, when the builtin frontend does not understand it", async () => {
@@ -122,7 +140,10 @@ describe("a build of a Dockerfile with a # syntax= line", () => {
     });
     assert.ok(failure);
     assert.equal(failure.code, Code.FailedPrecondition);
-    assert.match(failure.rawMessage, /^the Dockerfile's line 1 "# syntax=docker\/dockerfile:1\.4" names the frontend image docker\/dockerfile:1\.4, which .*, and BuildKit's builtin Dockerfile frontend does not understand the file \(the Dockerfile has an error on line 3: Unknown flag: link\); use only what the builtin frontend supports \(BuildKit v0\.8 in dockerd lacks COPY --link/);
+    assert.match(
+      failure.rawMessage,
+      /^the Dockerfile's line 1 "# syntax=docker\/dockerfile:1\.4" names the frontend image docker\/dockerfile:1\.4, which .*, and BuildKit's builtin Dockerfile frontend does not understand the file \(the Dockerfile has an error on line 3: Unknown flag: link\); use only what the builtin frontend supports \(BuildKit v0\.8 in dockerd lacks COPY --link/,
+    );
   });
 
   it("keeps other failures as they are", async () => {

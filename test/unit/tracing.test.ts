@@ -55,7 +55,12 @@ async function startFakeControl(): Promise<{ port: number; traceparents: Array<s
 /** A step-service over fakes: a local directory as the context, a prebuilt image and a container that exits 0 at once. */
 async function startFakeStepService(stateDir: string, maxConcurrentSteps: number) {
   const logger = createLogger("test", {}, { quiet: true });
-  const rootfs: ImageRootfs = { imageId: "sha256:fake", config: { env: [], entrypoint: [], cmd: [], workingDir: "/", user: "" }, lowerDirs: [], release: () => {} };
+  const rootfs: ImageRootfs = {
+    imageId: "sha256:fake",
+    config: { env: [], entrypoint: [], cmd: [], workingDir: "/", user: "" },
+    lowerDirs: [],
+    release: () => {},
+  };
   const runner = new StepRunner(
     { stateDir, maxConcurrentSteps, logCapBytes: 4096 },
     {
@@ -75,7 +80,14 @@ async function startFakeStepService(stateDir: string, maxConcurrentSteps: number
     },
   );
   await runner.recover();
-  const settings = { runcPath: "runc", maxConcurrentSteps, defaultLimits: { memoryBytes: 1 << 26, cpuMillis: 1000, pids: 64 }, defaultTimeoutMs: 10_000, maxTimeoutMs: 60_000, defaultRepoFolder: ".mintpress" };
+  const settings = {
+    runcPath: "runc",
+    maxConcurrentSteps,
+    defaultLimits: { memoryBytes: 1 << 26, cpuMillis: 1000, pids: 64 },
+    defaultTimeoutMs: 10_000,
+    maxTimeoutMs: 60_000,
+    defaultRepoFolder: ".mintpress",
+  };
   const server: RunningServer = await startServer({
     address: { kind: "tcp", host: "127.0.0.1", port: 0 },
     services: [StepService],
@@ -170,7 +182,12 @@ describe("tracing", () => {
     it("continues the caller's trace in a server span, with the step and its phases nested in it", async () => {
       const caller = tracer().startSpan("caller");
       await context.with(trace.setSpan(context.active(), caller), async () => {
-        for await (const event of service.client.runStep({ stepId: "traced", repositoryUrl: stateDir, action: "go", contextValues: { change: { id: "change-7" } } })) {
+        for await (const event of service.client.runStep({
+          stepId: "traced",
+          repositoryUrl: stateDir,
+          action: "go",
+          contextValues: { change: { id: "change-7" } },
+        })) {
           if (event.event.case === "finished") assert.equal(event.event.value.step?.state, StepState.SUCCESS);
         }
       });
@@ -179,7 +196,12 @@ describe("tracing", () => {
       const server = named(list, "steprunner.step.v1.StepService/RunStep");
       assert.equal(parentOf(server), caller.spanContext().spanId);
       assert.deepEqual(
-        { system: server.attributes["rpc.system"], service: server.attributes["rpc.service"], method: server.attributes["rpc.method"], code: server.attributes["rpc.grpc.status_code"] },
+        {
+          system: server.attributes["rpc.system"],
+          service: server.attributes["rpc.service"],
+          method: server.attributes["rpc.method"],
+          code: server.attributes["rpc.grpc.status_code"],
+        },
         { system: "grpc", service: "steprunner.step.v1.StepService", method: "RunStep", code: 0 },
       );
       const step = named(list, "step");

@@ -54,23 +54,32 @@ describe("our client transport's retries", () => {
   it("gives up after three attempts with the service's own error", async () => {
     unavailableFor = 10;
     calls.getBuilderInfo = 0;
-    await assert.rejects(createClient(ImageService, client.transport).getBuilderInfo({}), (error: ConnectError) => error.code === Code.Unavailable && /restarting/.test(error.rawMessage));
+    await assert.rejects(
+      createClient(ImageService, client.transport).getBuilderInfo({}),
+      (error: ConnectError) => error.code === Code.Unavailable && /restarting/.test(error.rawMessage),
+    );
     assert.equal(calls.getBuilderInfo, 3);
   });
 
   it("does not retry other codes, nor streams", async () => {
     await assert.rejects(createClient(ImageService, client.transport).getDiskUsage({}), (error: ConnectError) => error.code === Code.Internal);
     assert.equal(calls.getDiskUsage, 1);
-    await assert.rejects(async () => {
-      for await (const _ of createClient(ImageService, client.transport).buildImage({})) void _;
-    }, (error: ConnectError) => error.code === Code.Unavailable);
+    await assert.rejects(
+      async () => {
+        for await (const _ of createClient(ImageService, client.transport).buildImage({})) void _;
+      },
+      (error: ConnectError) => error.code === Code.Unavailable,
+    );
     assert.equal(calls.buildImage, 1);
   });
 
   it("stops waiting when the caller's deadline passes", async () => {
     unavailableFor = 10;
     calls.getBuilderInfo = 0;
-    await assert.rejects(createClient(ImageService, client.transport).getBuilderInfo({}, { timeoutMs: 100 }), (error: ConnectError) => error.code === Code.DeadlineExceeded || error.code === Code.Unavailable);
+    await assert.rejects(
+      createClient(ImageService, client.transport).getBuilderInfo({}, { timeoutMs: 100 }),
+      (error: ConnectError) => error.code === Code.DeadlineExceeded || error.code === Code.Unavailable,
+    );
     assert.equal(calls.getBuilderInfo, 1, "the backoff outlasts the deadline: no second attempt");
   });
 });

@@ -59,9 +59,14 @@ describe("the live step view of --progress tty", () => {
   });
 
   it("cuts lines to the terminal's width and keeps the frame below its height, the newest lines kept", () => {
-    const lines = renderFrame(viewUntil(2000), T0 + 2050, 30, 6).split("\n").slice(0, -1);
+    const lines = renderFrame(viewUntil(2000), T0 + 2050, 30, 6)
+      .split("\n")
+      .slice(0, -1);
     assert.equal(lines.length, 5);
-    assert.ok(lines.every((line) => line.length <= 29), lines.join("\n"));
+    assert.ok(
+      lines.every((line) => line.length <= 29),
+      lines.join("\n"),
+    );
     assert.deepEqual(lines.slice(-2), [" => => # warning: slow networ", " => => # deployed"]);
     assert.match(lines[0]!, /^ => building +0\.9s$/);
   });

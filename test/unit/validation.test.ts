@@ -25,26 +25,53 @@ describe("request validation shared by the services", () => {
     assert.equal(error.code, Code.InvalidArgument);
     assert.equal(error.rawMessage, 'step_id: must be 1-64 characters of [A-Za-z0-9_.-], got "bad id!"');
     const [detail] = error.findDetails(BadRequestSchema);
-    assert.deepEqual(detail?.fieldViolations.map((violation) => [violation.field, violation.description]), [["step_id", error.rawMessage]]);
+    assert.deepEqual(
+      detail?.fieldViolations.map((violation) => [violation.field, violation.description]),
+      [["step_id", error.rawMessage]],
+    );
   });
 
   it("reads durations, refusing mixed signs and nanos out of range", () => {
     assert.equal(durationMs("timeout", { seconds: 2n, nanos: 500_000_000 }), 2500);
     assert.equal(durationMs("timeout", { seconds: -1n, nanos: 0 }), -1000);
-    for (const bad of [{ seconds: 1n, nanos: -1 }, { seconds: -1n, nanos: 1 }, { seconds: 0n, nanos: 1_000_000_000 }]) {
-      assert.throws(() => durationMs("timeout", bad), (error: ConnectError) => error.code === Code.InvalidArgument && /^timeout: must be a valid duration/.test(error.rawMessage));
+    for (const bad of [
+      { seconds: 1n, nanos: -1 },
+      { seconds: -1n, nanos: 1 },
+      { seconds: 0n, nanos: 1_000_000_000 },
+    ]) {
+      assert.throws(
+        () => durationMs("timeout", bad),
+        (error: ConnectError) => error.code === Code.InvalidArgument && /^timeout: must be a valid duration/.test(error.rawMessage),
+      );
     }
   });
 
   it("knows repository addresses, revisions, owners and secret pointers", () => {
-    for (const good of ["/srv/repo", "/srv/repo/", "file:///srv/repo", "https://git.test/r.git", "ssh://git@git.test/r", "git://127.0.0.1/r.git", "git@git.test:r.git"]) {
+    for (const good of [
+      "/srv/repo",
+      "/srv/repo/",
+      "file:///srv/repo",
+      "https://git.test/r.git",
+      "ssh://git@git.test/r",
+      "git://127.0.0.1/r.git",
+      "git@git.test:r.git",
+    ]) {
       assert.equal(repositoryUrlRule(good), undefined, good);
     }
     for (const bad of ["", "relative/repo", "ext::sh -c touch% /tmp/x", "fd::3", "file://relative", "/srv/\nrepo", `/${"a".repeat(2048)}`]) {
       assert.ok(repositoryUrlRule(bad), bad);
     }
     for (const good of ["main", "v1.0", "refs/tags/v1", "HEAD", "0123abcd", "feature/x-y"]) assert.equal(revisionRule(good), undefined, good);
-    for (const [bad, said] of [["", /^must be a branch/], ["main~1", /~ \^/], ["--upload-pack=x", /'-'/], ["a..b", /'\.\.'/], ["@{u}", /'@\{'/], ["a/", /empty path/], ["x.lock", /\.lock/], ["a/.hidden", /starting with '\.'/]] as const) {
+    for (const [bad, said] of [
+      ["", /^must be a branch/],
+      ["main~1", /~ \^/],
+      ["--upload-pack=x", /'-'/],
+      ["a..b", /'\.\.'/],
+      ["@{u}", /'@\{'/],
+      ["a/", /empty path/],
+      ["x.lock", /\.lock/],
+      ["a/.hidden", /starting with '\.'/],
+    ] as const) {
       assert.match(revisionRule(bad) ?? "", said, bad);
     }
     assert.equal(ownerRule("project"), undefined);
@@ -65,7 +92,8 @@ describe("RunStep's request at the step-service's boundary", () => {
     defaultRepoFolder: ".mintpress",
   };
   const valid: MessageInitShape<typeof RunStepRequestSchema> = { repositoryUrl: "/srv/repo", action: "deploy" };
-  const validate = (change: MessageInitShape<typeof RunStepRequestSchema>) => validateRunStep(create(RunStepRequestSchema, { ...valid, ...change } as MessageInitShape<typeof RunStepRequestSchema>), settings);
+  const validate = (change: MessageInitShape<typeof RunStepRequestSchema>) =>
+    validateRunStep(create(RunStepRequestSchema, { ...valid, ...change } as MessageInitShape<typeof RunStepRequestSchema>), settings);
 
   it("fills in the defaults for a minimal request, and for zeros", () => {
     const request = validate({});
@@ -84,7 +112,11 @@ describe("RunStep's request at the step-service's boundary", () => {
   });
 
   it("fills context.change and context.step's action (and full path) from the request, and parents from the change", () => {
-    const values = validate({ action: "build test" }).contextValues as { change: Record<string, unknown>; step: Record<string, unknown>; parents?: Record<string, unknown> };
+    const values = validate({ action: "build test" }).contextValues as {
+      change: Record<string, unknown>;
+      step: Record<string, unknown>;
+      parents?: Record<string, unknown>;
+    };
     assert.equal(values.change.action, "build test");
     assert.equal(values.step.action, "build test");
     assert.equal(values.step.fullPath, "build test");
@@ -95,7 +127,9 @@ describe("RunStep's request at the step-service's boundary", () => {
     assert.equal(given.change.action, "release", "the caller's values win");
     assert.equal(given.step.action, "deploy_web");
     assert.deepEqual(given.parents, { project: { code: "fin", name: "Finance" }, environment: { code: "dev" } });
-    const explicit = validate({ contextValues: { change: { projectCode: "fin" }, parents: { project: { id: "p1", code: "finance" } } } }).contextValues as { parents: Record<string, unknown> };
+    const explicit = validate({ contextValues: { change: { projectCode: "fin" }, parents: { project: { id: "p1", code: "finance" } } } }).contextValues as {
+      parents: Record<string, unknown>;
+    };
     assert.deepEqual(explicit.parents, { project: { id: "p1", code: "finance" } });
   });
 
@@ -116,8 +150,16 @@ describe("RunStep's request at the step-service's boundary", () => {
     ["properties[0].owner", { properties: [{ owner: "Project" }] }, /^properties\[0\]\.owner: must be/],
     ["properties[1].owner", { properties: [{ owner: "p" }, { owner: "p" }] }, /^properties\[1\]\.owner: must differ/],
     ["secret_pointers[0]", { properties: [{ owner: "project" }], secretPointers: ["/nobody/x"] }, /^secret_pointers\[0\]: .*"nobody" is not an owner/],
-    ["context_values.step.child_execution_strategy", { contextValues: { step: { childExecutionStrategy: 9 as ChildExecutionStrategy } } }, /^context_values\.step\.child_execution_strategy: must be/],
-    ["context_values.change.created_at", { contextValues: { change: { createdAt: { seconds: 10n ** 15n } } } }, /^context_values\.change\.created_at: must be a time/],
+    [
+      "context_values.step.child_execution_strategy",
+      { contextValues: { step: { childExecutionStrategy: 9 as ChildExecutionStrategy } } },
+      /^context_values\.step\.child_execution_strategy: must be/,
+    ],
+    [
+      "context_values.change.created_at",
+      { contextValues: { change: { createdAt: { seconds: 10n ** 15n } } } },
+      /^context_values\.change\.created_at: must be a time/,
+    ],
     ["repo_folder", { repoFolder: "../x" }, /^repo_folder: must be one directory name/],
     ["repo_folder", { repoFolder: ".git" }, /^repo_folder: /],
     ["timeout", { timeout: { seconds: -5n } }, /^timeout: must be between 0 and 3600 s \(0 or unset for the default\), got "-5s"$/],
@@ -130,12 +172,15 @@ describe("RunStep's request at the step-service's boundary", () => {
   ];
   for (const [field, change, message] of cases) {
     it(`refuses a bad ${field}: ${JSON.stringify(change, (_, value) => (typeof value === "bigint" ? String(value) : value))}`, () => {
-      assert.throws(() => validate(change), (error: ConnectError) => {
-        assert.equal(error.code, Code.InvalidArgument);
-        assert.match(error.rawMessage, message);
-        assert.equal(error.findDetails(BadRequestSchema)[0]?.fieldViolations[0]?.field, field);
-        return true;
-      });
+      assert.throws(
+        () => validate(change),
+        (error: ConnectError) => {
+          assert.equal(error.code, Code.InvalidArgument);
+          assert.match(error.rawMessage, message);
+          assert.equal(error.findDetails(BadRequestSchema)[0]?.fieldViolations[0]?.field, field);
+          return true;
+        },
+      );
     });
   }
 });
@@ -146,19 +191,31 @@ describe("calls of a step to the other services", () => {
 
   it("are the caller's to fix when refused (RefusedInputError); other failures stay the service's", async () => {
     for (const code of [Code.InvalidArgument, Code.NotFound, Code.FailedPrecondition, Code.OutOfRange]) {
-      await assert.rejects(refusals(() => Promise.reject(new ConnectError("git_rev: nope", code))), (error: Error) => error instanceof RefusedInputError && error.message === "git_rev: nope");
+      await assert.rejects(
+        refusals(() => Promise.reject(new ConnectError("git_rev: nope", code))),
+        (error: Error) => error instanceof RefusedInputError && error.message === "git_rev: nope",
+      );
     }
     for (const code of [Code.Unavailable, Code.Internal, Code.DataLoss]) {
-      await assert.rejects(refusals(() => Promise.reject(new ConnectError("down", code))), (error: Error) => error instanceof ConnectError && !(error instanceof RefusedInputError));
+      await assert.rejects(
+        refusals(() => Promise.reject(new ConnectError("down", code))),
+        (error: Error) => error instanceof ConnectError && !(error instanceof RefusedInputError),
+      );
     }
   });
 
   it("say the service went away when a call is cut off that the step did not cancel", async () => {
-    await assert.rejects(refusals(() => Promise.reject(new ConnectError("http/2 stream closed", Code.Canceled))), (error: ConnectError) =>
-      error.code === Code.Unavailable && /the context-service went away in the middle of the call \(stopped or restarted\): http\/2 stream closed/.test(error.rawMessage),
+    await assert.rejects(
+      refusals(() => Promise.reject(new ConnectError("http/2 stream closed", Code.Canceled))),
+      (error: ConnectError) =>
+        error.code === Code.Unavailable &&
+        /the context-service went away in the middle of the call \(stopped or restarted\): http\/2 stream closed/.test(error.rawMessage),
     );
     const cancelled = new AbortController();
     cancelled.abort();
-    await assert.rejects(callService("image-service", cancelled.signal, () => Promise.reject(new ConnectError("cancelled", Code.Canceled))), (error: ConnectError) => error.code === Code.Canceled);
+    await assert.rejects(
+      callService("image-service", cancelled.signal, () => Promise.reject(new ConnectError("cancelled", Code.Canceled))),
+      (error: ConnectError) => error.code === Code.Canceled,
+    );
   });
 });

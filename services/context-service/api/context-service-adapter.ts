@@ -39,7 +39,9 @@ const TO_CORE_KIND: Partial<Record<ContextFileKind, CoreFileKind>> = {
   [ContextFileKind.SECRET_STEP_CONTEXT_ZIP]: "secret-step-context-zip",
   [ContextFileKind.TRUST_STORE_TAR]: "trust-store-tar",
 };
-const FILE_KIND_NAMES = Object.keys(TO_CORE_KIND).map((kind) => `CONTEXT_FILE_KIND_${ContextFileKind[Number(kind)]}`).join(", ");
+const FILE_KIND_NAMES = Object.keys(TO_CORE_KIND)
+  .map((kind) => `CONTEXT_FILE_KIND_${ContextFileKind[Number(kind)]}`)
+  .join(", ");
 const FROM_CORE_KIND = Object.fromEntries(Object.entries(TO_CORE_KIND).map(([api, core]) => [core, Number(api)])) as Record<CoreFileKind, ContextFileKind>;
 
 const STRATEGIES: Record<ChildExecutionStrategy, string | null> = {
@@ -100,7 +102,11 @@ function prepareInput(request: PrepareContextRequest): PrepareInput {
   const step = values?.step;
   const strategy = step?.childExecutionStrategy ?? ChildExecutionStrategy.UNSPECIFIED;
   if (!(strategy in STRATEGIES)) {
-    throw invalidField("context_values.step.child_execution_strategy", "must be CHILD_EXECUTION_STRATEGY_SEQUENTIAL, CHILD_EXECUTION_STRATEGY_PARALLEL or unset", strategy);
+    throw invalidField(
+      "context_values.step.child_execution_strategy",
+      "must be CHILD_EXECUTION_STRATEGY_SEQUENTIAL, CHILD_EXECUTION_STRATEGY_PARALLEL or unset",
+      strategy,
+    );
   }
   const createdAt = change?.createdAt ? timestampDate(change.createdAt) : undefined;
   if (createdAt && !(createdAt.getTime() >= EARLIEST_TIME && createdAt.getTime() <= LATEST_TIME)) {
@@ -159,7 +165,13 @@ function parentsOf(parents: ParentsValues | undefined): JsonObject {
 }
 
 function contextFile(file: ContextFileRecord) {
-  return create(ContextFileSchema, { kind: FROM_CORE_KIND[file.kind], name: file.name, digest: file.digest, sizeBytes: BigInt(file.size), hostPath: file.hostPath ?? "" });
+  return create(ContextFileSchema, {
+    kind: FROM_CORE_KIND[file.kind],
+    name: file.name,
+    digest: file.digest,
+    sizeBytes: BigInt(file.size),
+    hostPath: file.hostPath ?? "",
+  });
 }
 
 function preparedContext(record: PreparedContextRecord) {
@@ -172,7 +184,9 @@ function preparedContext(record: PreparedContextRecord) {
     secretStepContext: contextFile(record.secretStepContext),
     dockerfileSource: record.dockerfileSource === "repository" ? DockerfileSource.REPOSITORY : DockerfileSource.DEFAULT,
     warnings: record.warnings,
-    directories: (record.directories ?? []).map((directory) => create(ContextDirectorySchema, { name: directory.name, identity: directory.identity, hostPath: directory.path })),
+    directories: (record.directories ?? []).map((directory) =>
+      create(ContextDirectorySchema, { name: directory.name, identity: directory.identity, hostPath: directory.path }),
+    ),
     repositoryOptions: create(RepositoryOptionsSchema, record.repositoryOptions ?? {}),
     repositoryId: record.repositoryId ?? "",
   });
@@ -187,7 +201,10 @@ async function mapErrors<T>(logger: Logger, rpc: string, call: () => Promise<T>)
     if (error instanceof ConnectError) throw error;
     // Node's own writes say ENOSPC; git's say it in their words.
     if ((error as NodeJS.ErrnoException).code === "ENOSPC" || /No space left on device/i.test((error as Error).message)) {
-      throw new ConnectError(`${rpc}: the context-service's disk is full (${(error as Error).message}); free space under its state directory or lower STEPRUNNER_CONTEXT_CACHE_MAX_BYTES`, Code.ResourceExhausted);
+      throw new ConnectError(
+        `${rpc}: the context-service's disk is full (${(error as Error).message}); free space under its state directory or lower STEPRUNNER_CONTEXT_CACHE_MAX_BYTES`,
+        Code.ResourceExhausted,
+      );
     }
     logger.error("call failed", { rpc, error });
     throw new ConnectError(`${rpc} failed: ${(error as Error).message}`, Code.Internal);

@@ -11,14 +11,7 @@ import { refersToTrustStore, TRUST_STORE_TAR, trustStoreTar } from "./trust-stor
 import type { Repositories, Revision } from "./repositories.js";
 import type { LayerDirectory, RepositoryOptions } from "./repository-layers.js";
 import { SingleFlight } from "../../shared/single-flight.js";
-import {
-  type PropertySetInput,
-  type StepContextValues,
-  checkStepContextInput,
-  redactSecrets,
-  stepContextDocument,
-  zipStepContext,
-} from "./step-context.js";
+import { type PropertySetInput, type StepContextValues, checkStepContextInput, redactSecrets, stepContextDocument, zipStepContext } from "./step-context.js";
 import { writeFileAtomic } from "../../shared/files/atomic-write.js";
 
 export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip" | "trust-store-tar";
@@ -177,7 +170,8 @@ export class ContextPreparer {
     const dockerfile = custom ?? Buffer.from(this.defaultDockerfile.text);
     const unpin = this.blobs.pin(repoTar ? [repoTar.digest] : []);
     try {
-      const file = async (kind: ContextFileKind, name: string, bytes: Buffer): Promise<ContextFileRecord> => this.fileRecord(kind, name, await this.blobs.putBuffer(bytes));
+      const file = async (kind: ContextFileKind, name: string, bytes: Buffer): Promise<ContextFileRecord> =>
+        this.fileRecord(kind, name, await this.blobs.putBuffer(bytes));
       const redactedZip = zipStepContext(redacted);
       const secretZip = zipStepContext(document);
       const stepContextZip = await file("step-context-zip", "step_context.json.zip", redactedZip);
@@ -185,10 +179,14 @@ export class ContextPreparer {
         ...(repoTar ? [this.fileRecord("repo-tar", "repo.tar", repoTar)] : []),
         stepContextZip,
         await file("dockerfile", "Dockerfile", dockerfile),
-        ...(custom && refersToTrustStore(custom.toString("utf8")) ? [await file("trust-store-tar", TRUST_STORE_TAR, await trustStoreTar(this.settings.trustStoreDir ?? ""))] : []),
+        ...(custom && refersToTrustStore(custom.toString("utf8"))
+          ? [await file("trust-store-tar", TRUST_STORE_TAR, await trustStoreTar(this.settings.trustStoreDir ?? ""))]
+          : []),
       ];
       // With nothing secret both zips are the same bytes, one blob: written once.
-      const secretStepContext = secretZip.equals(redactedZip) ? { ...stepContextZip, kind: "secret-step-context-zip" as const } : await file("secret-step-context-zip", "step_context.json.zip", secretZip);
+      const secretStepContext = secretZip.equals(redactedZip)
+        ? { ...stepContextZip, kind: "secret-step-context-zip" as const }
+        : await file("secret-step-context-zip", "step_context.json.zip", secretZip);
       const record: PreparedContextRecord = {
         contextId: contextId(files, secretStepContext, directories, options, repoFolder),
         gitRev: input.gitRev,
@@ -237,7 +235,8 @@ export class ContextPreparer {
     const custom = await findRepositoryDockerfile(commit.lookup, repoFolder, this.settings.maxDockerfileBytes);
     if (custom) warnings.push(...checkCustomDockerfile(custom.toString("utf8"), `${repoFolder}/Dockerfile`));
     const directories = await inSpan("context.layers", {}, () => commit.layers(options, signal));
-    const repoTar = custom && refersToRepoTar(custom.toString("utf8")) ? await inSpan("context.repo_tar", {}, () => this.repoTar(directories, signal)) : undefined;
+    const repoTar =
+      custom && refersToRepoTar(custom.toString("utf8")) ? await inSpan("context.repo_tar", {}, () => this.repoTar(directories, signal)) : undefined;
     const parts: CommitParts = { gitSha: commit.gitSha, repoFolder, repositoryId: commit.repositoryId, warnings, options, directories, custom, repoTar };
     // Keyed by the commit git named: a moving ref may have moved since `revision` was read.
     this.commits.set(JSON.stringify([input.repositoryUrl, commit.gitSha, configuredFolder, options]), parts);
@@ -246,7 +245,14 @@ export class ContextPreparer {
   }
 
   private async directoriesHere(directories: LayerDirectory[]): Promise<boolean> {
-    const found = await Promise.all(directories.map((directory) => stat(directory.path).then(() => true, () => false)));
+    const found = await Promise.all(
+      directories.map((directory) =>
+        stat(directory.path).then(
+          () => true,
+          () => false,
+        ),
+      ),
+    );
     return found.every(Boolean);
   }
 
@@ -280,7 +286,8 @@ export class ContextPreparer {
     const cached = await this.blobs.lookup(key);
     if (cached) return cached;
     for (const directory of directories) {
-      if (!(await stat(directory.path).catch(() => undefined))) throw notFound(`the repository's ${directory.name} directory of this context is no longer kept; call PrepareContext again`);
+      if (!(await stat(directory.path).catch(() => undefined)))
+        throw notFound(`the repository's ${directory.name} directory of this context is no longer kept; call PrepareContext again`);
     }
     return this.repoTars.run(
       key,
@@ -314,7 +321,13 @@ function recentKey(input: PrepareInput, repoFolder: string, gitSha: string): str
 }
 
 /** A digest over the files' digests and the directories' identities: it changes exactly when any of them does. */
-function contextId(files: ContextFileRecord[], secret: ContextFileRecord, directories: LayerDirectory[], options: RepositoryOptions, repoFolder: string): string {
+function contextId(
+  files: ContextFileRecord[],
+  secret: ContextFileRecord,
+  directories: LayerDirectory[],
+  options: RepositoryOptions,
+  repoFolder: string,
+): string {
   const lines = [
     // Two folders may give the same files (the default Dockerfile), but not the same place of the step context.
     `repo-folder ${repoFolder}\n`,

@@ -118,11 +118,16 @@ export function checkCustomDockerfile(text: string, path: string): string[] {
   while (stage && !chain.includes(stage)) {
     chain.push(stage);
     const base = stage.base.toLowerCase();
-    stage = stages.slice(0, stages.indexOf(stage)).reverse().find((earlier) => earlier.name === base);
+    stage = stages
+      .slice(0, stages.indexOf(stage))
+      .reverse()
+      .find((earlier) => earlier.name === base);
   }
   const root = chain[chain.length - 1];
   if (!root || !/^\$(\{OPSCHAIN_BASE_RUNNER\}|OPSCHAIN_BASE_RUNNER)$/.test(root.base)) {
-    warnings.push(`${path}: the image does not start FROM \${OPSCHAIN_BASE_RUNNER} (it starts from "${root?.base ?? "nothing"}"); steps may lack opschain-exec and opschain-action`);
+    warnings.push(
+      `${path}: the image does not start FROM \${OPSCHAIN_BASE_RUNNER} (it starts from "${root?.base ?? "nothing"}"); steps may lack opschain-exec and opschain-action`,
+    );
   }
   for (const withEntrypoint of chain.filter((candidate) => candidate.entrypointLine !== undefined)) {
     warnings.push(`${path}: line ${withEntrypoint.entrypointLine} sets ENTRYPOINT; the step runner's entry point must not change`);

@@ -26,5 +26,6 @@ export class ContextError extends Error {
 export const notFound = (message: string) => new ContextError("not-found", message);
 export const unavailable = (message: string) => new ContextError("unavailable", message);
 /** A request field that breaks its rule, said the same way by every service (shared/validation.ts). */
-export const invalidField = (field: string, rule: string, got?: string | number) => new ContextError("invalid-argument", violationMessage(field, rule, got), field);
+export const invalidField = (field: string, rule: string, got?: string | number) =>
+  new ContextError("invalid-argument", violationMessage(field, rule, got), field);
 export const failedPrecondition = (message: string) => new ContextError("failed-precondition", message);

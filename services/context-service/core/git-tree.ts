@@ -99,7 +99,11 @@ export class GitTrees {
   async checkOut(mirror: string, dir: string, sha: string, entries: TreeEntry[], signal?: AbortSignal): Promise<void> {
     if (entries.length === 0) return;
     const index = `${dir}.index`;
-    const options = { gitDir: this.rawDir, signal, env: { GIT_ALTERNATE_OBJECT_DIRECTORIES: join(mirror, "objects"), GIT_INDEX_FILE: index, GIT_WORK_TREE: dir } };
+    const options = {
+      gitDir: this.rawDir,
+      signal,
+      env: { GIT_ALTERNATE_OBJECT_DIRECTORIES: join(mirror, "objects"), GIT_INDEX_FILE: index, GIT_WORK_TREE: dir },
+    };
     try {
       await git(["read-tree", sha], options);
       const checkout = spawnGit(["checkout-index", "--force", "-z", "--stdin"], options);

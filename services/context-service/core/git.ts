@@ -69,7 +69,7 @@ export function spawnGit(args: string[], options: GitOptions = {}): { child: Chi
     stderr = (stderr + text).slice(-8192);
   });
   const finished = new Promise<void>((resolve, reject) => {
-    child.on("error", (error) => reject(options.signal?.aborted ? options.signal.reason ?? error : error));
+    child.on("error", (error) => reject(options.signal?.aborted ? (options.signal.reason ?? error) : error));
     child.on("close", (code) => {
       if (options.signal?.aborted) reject(options.signal.reason ?? new Error("aborted"));
       else if (code === 0) resolve();

@@ -145,7 +145,11 @@ async function lookup(mirror: string, rev: string, signal?: AbortSignal): Promis
   const commitOf = async (name: string) => (await gitMaybe(["rev-parse", "--verify", "--quiet", `${name}^{commit}`], { gitDir: mirror, signal }))?.trim();
   // A branch or HEAD from the mirror's files, without git, when no tag has the same name.
   const branchRef = rev === "HEAD" ? REMOTE_HEAD : rev.startsWith("refs/heads/") ? rev : `refs/heads/${rev}`;
-  if (!/^[0-9a-f]{4,40}$/.test(rev) && !rev.startsWith("refs/tags/") && !(rev !== "HEAD" && !rev.startsWith("refs/") && (await refExists(mirror, `refs/tags/${rev}`)))) {
+  if (
+    !/^[0-9a-f]{4,40}$/.test(rev) &&
+    !rev.startsWith("refs/tags/") &&
+    !(rev !== "HEAD" && !rev.startsWith("refs/") && (await refExists(mirror, `refs/tags/${rev}`)))
+  ) {
     const sha = await readRef(mirror, branchRef);
     if (sha) return { sha, movingRef: rev === "HEAD" ? "HEAD" : branchRef };
   }
@@ -179,7 +183,11 @@ async function lookupShortSha(mirror: string, prefix: string, signal?: AbortSign
     if ((await gitMaybe(["cat-file", "-t", candidate], { gitDir: mirror, signal }))?.trim() === "commit") commits.push(candidate);
   }
   if (commits.length > 1) {
-    throw invalidField("git_rev", `must name one commit, and this prefix is ambiguous: it starts ${commits.length} commits (${commits.slice(0, 5).join(", ")}); give more digits`, prefix);
+    throw invalidField(
+      "git_rev",
+      `must name one commit, and this prefix is ambiguous: it starts ${commits.length} commits (${commits.slice(0, 5).join(", ")}); give more digits`,
+      prefix,
+    );
   }
   return commits[0] ? { sha: commits[0] } : undefined;
 }

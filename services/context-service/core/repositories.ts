@@ -49,7 +49,8 @@ export class GitRepositories implements Repositories {
   }
 
   async open(repositoryUrl: string, gitRev: string, signal?: AbortSignal, resolved?: Revision): Promise<Commit> {
-    const { mirror, gitSha, movingRef } = resolved && "mirror" in resolved ? (resolved as ResolvedRevision) : await this.mirrors.resolve(repositoryUrl, gitRev, signal);
+    const { mirror, gitSha, movingRef } =
+      resolved && "mirror" in resolved ? (resolved as ResolvedRevision) : await this.mirrors.resolve(repositoryUrl, gitRev, signal);
     const { tree, warnings } = await this.trees.inspect(mirror, gitSha, signal);
     return {
       gitSha,

@@ -81,7 +81,8 @@ export class RepositoryLayers {
     for (const repository of await readdir(this.root)) {
       for (const kind of ["packs", "trees", "commits"]) {
         const dir = join(this.root, repository, kind);
-        for (const name of await readdir(dir).catch(() => [] as string[])) if (name.includes(".partial-")) await rm(join(dir, name), { recursive: true, force: true });
+        for (const name of await readdir(dir).catch(() => [] as string[]))
+          if (name.includes(".partial-")) await rm(join(dir, name), { recursive: true, force: true });
       }
     }
   }
@@ -100,7 +101,8 @@ export class RepositoryLayers {
     signal?: AbortSignal,
   ): Promise<LayerDirectory[]> {
     for (const entry of tree) {
-      if (refusedPath(entry.path)) throw failedPrecondition(`commit ${sha} has a path git refuses to check out ("${entry.path.toString()}"); the repository is refused`);
+      if (refusedPath(entry.path))
+        throw failedPrecondition(`commit ${sha} has a path git refuses to check out ("${entry.path.toString()}"); the repository is refused`);
     }
     const repository = join(this.root, basename(mirror).replace(/\.git$/, ""));
     const variant = `${options.excludeGitHistory ? "no-git" : "git"}${exportedPaths ? "-export-ignore" : ""}`;
@@ -122,7 +124,13 @@ export class RepositoryLayers {
     const name = `${sha}-${createHash("sha256").update(identity).digest("hex").slice(0, 16)}`;
     const changes = await this.once(join(repository, "commits", name), identity, signal, async (dir, workSignal) => {
       const changed = base.changes.filter((change) => !exported || exported.has(change.entry.path.toString()));
-      await this.trees.checkOut(mirror, dir, sha, changed.map((change) => change.entry), workSignal);
+      await this.trees.checkOut(
+        mirror,
+        dir,
+        sha,
+        changed.map((change) => change.entry),
+        workSignal,
+      );
       if (history) await this.writeGitDirectory(mirror, dir, sha, tree, exported, history.info.sha, workSignal);
     });
     const layers: LayerDirectory[] = [
@@ -164,9 +172,15 @@ export class RepositoryLayers {
       return { info: candidate, path: await this.use(join(packs, candidate.sha)) };
     }
     let info!: PackInfo;
-    const path = await this.once(join(packs, sha), `pack:${sha}`, signal, async (dir, workSignal) => {
-      info = { sha, bytes: await writePack(mirror, join(dir, ".git", "objects", "pack"), [sha], workSignal) };
-    }, () => info);
+    const path = await this.once(
+      join(packs, sha),
+      `pack:${sha}`,
+      signal,
+      async (dir, workSignal) => {
+        info = { sha, bytes: await writePack(mirror, join(dir, ".git", "objects", "pack"), [sha], workSignal) };
+      },
+      () => info,
+    );
     return { info: info ?? (await this.info<PackInfo>(path)), path };
   }
 
@@ -198,11 +212,17 @@ export class RepositoryLayers {
     const name = exported ? `${sha}-export-ignore` : sha;
     const identity = `tree:${name}`;
     let info!: TreeInfo;
-    const path = await this.once(join(trees, name), identity, signal, async (dir, workSignal) => {
-      const kept = tree.filter((entry) => !exported || exported.has(entry.path.toString()));
-      await this.trees.checkOut(mirror, dir, sha, kept, workSignal);
-      info = { sha: name, entries: kept.length };
-    }, () => info);
+    const path = await this.once(
+      join(trees, name),
+      identity,
+      signal,
+      async (dir, workSignal) => {
+        const kept = tree.filter((entry) => !exported || exported.has(entry.path.toString()));
+        await this.trees.checkOut(mirror, dir, sha, kept, workSignal);
+        info = { sha: name, entries: kept.length };
+      },
+      () => info,
+    );
     return { info: info ?? (await this.info<TreeInfo>(path)), identity, path, changes: [] };
   }
 
@@ -265,7 +285,13 @@ export class RepositoryLayers {
    * name, renamed into place, then its info and identity files written (the identity last: it says the
    * directory is complete).
    */
-  private async once(path: string, identity: string, signal: AbortSignal | undefined, write: (dir: string, signal: AbortSignal) => Promise<void>, info?: () => unknown): Promise<string> {
+  private async once(
+    path: string,
+    identity: string,
+    signal: AbortSignal | undefined,
+    write: (dir: string, signal: AbortSignal) => Promise<void>,
+    info?: () => unknown,
+  ): Promise<string> {
     if (await exists(`${path}.identity`)) return this.use(path);
     await this.flights.run(
       path,
@@ -275,7 +301,8 @@ export class RepositoryLayers {
           await mkdir(partial, { recursive: true });
           await write(partial, workSignal).catch(async (error: unknown) => {
             // git says "unable to write file" and not why: a full disk is told by the disk itself.
-            if (await nearlyFull(partial)) throw Object.assign(new Error(`no space left on device writing ${partial}: ${(error as Error).message}`), { code: "ENOSPC" });
+            if (await nearlyFull(partial))
+              throw Object.assign(new Error(`no space left on device writing ${partial}: ${(error as Error).message}`), { code: "ENOSPC" });
             throw error;
           });
           // A directory left by an interrupted sweep (its identity gone) is replaced.
@@ -346,7 +373,11 @@ async function writePack(mirror: string, dir: string, revisions: string[], signa
     const path = join(dir, `pack-${hash}.${suffix}`);
     const size = (await stat(path)).size;
     // A pack's name comes from its object ids, not its bytes; each file ends with a checksum of its bytes.
-    const time = stableTime(createHash("sha256").update(await trailer(path, size)).digest("hex"));
+    const time = stableTime(
+      createHash("sha256")
+        .update(await trailer(path, size))
+        .digest("hex"),
+    );
     await utimes(path, time, time);
     bytes += size;
   }

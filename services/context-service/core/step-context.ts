@@ -55,15 +55,19 @@ export function checkStepContextInput(input: StepContextInput, secretPointers: s
     const opschain = set.properties.opschain;
     const env = opschain && typeof opschain === "object" && !Array.isArray(opschain) ? opschain.env : undefined;
     if (env !== undefined) {
-      if (env === null || typeof env !== "object" || Array.isArray(env)) throw invalidField(`${field}.properties.opschain.env`, "must be an object of NAME: value");
+      if (env === null || typeof env !== "object" || Array.isArray(env))
+        throw invalidField(`${field}.properties.opschain.env`, "must be an object of NAME: value");
       for (const [name, value] of Object.entries(env)) {
-        if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw invalidField(`${field}.properties.opschain.env`, "must have environment variable names ([A-Za-z_][A-Za-z0-9_]*) as keys", name);
+        if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name))
+          throw invalidField(`${field}.properties.opschain.env`, "must have environment variable names ([A-Za-z_][A-Za-z0-9_]*) as keys", name);
         if (value !== null && typeof value === "object") throw invalidField(`${field}.properties.opschain.env.${name}`, "must be a string, number or boolean");
       }
     }
   }
-  if (bytes > limits.maxPropertiesBytes) throw invalidField("properties", `must be at most ${limits.maxPropertiesBytes} bytes of JSON in all`, `${bytes} bytes`);
-  if (secretPointers.length > MAX_SECRET_POINTERS) throw invalidField("secret_pointers", `must have at most ${MAX_SECRET_POINTERS} pointers`, secretPointers.length);
+  if (bytes > limits.maxPropertiesBytes)
+    throw invalidField("properties", `must be at most ${limits.maxPropertiesBytes} bytes of JSON in all`, `${bytes} bytes`);
+  if (secretPointers.length > MAX_SECRET_POINTERS)
+    throw invalidField("secret_pointers", `must have at most ${MAX_SECRET_POINTERS} pointers`, secretPointers.length);
   for (const [position, pointer] of secretPointers.entries()) {
     const rule = secretPointerRule(pointer);
     if (rule) throw invalidField(`secret_pointers[${position}]`, rule, pointer);
@@ -108,7 +112,11 @@ export function redactSecrets(document: JsonObject, pointers: string[]): { redac
 export function canonicalJson(value: Json): string {
   return JSON.stringify(value, (_key, node: Json) =>
     node !== null && typeof node === "object" && !Array.isArray(node)
-      ? Object.fromEntries(Object.keys(node).sort().map((key) => [key, node[key]!]))
+      ? Object.fromEntries(
+          Object.keys(node)
+            .sort()
+            .map((key) => [key, node[key]!]),
+        )
       : node,
   );
 }

@@ -19,7 +19,10 @@ export function refersToTrustStore(text: string): boolean {
  */
 export async function trustStoreTar(dir: string): Promise<Buffer> {
   const entries = dir ? await readdir(dir, { withFileTypes: true }).catch(() => []) : [];
-  const files = entries.filter((entry) => entry.isFile()).map((entry) => entry.name).sort();
+  const files = entries
+    .filter((entry) => entry.isFile())
+    .map((entry) => entry.name)
+    .sort();
   const sink = new PassThrough();
   const chunks: Buffer[] = [];
   sink.on("data", (chunk: Buffer) => chunks.push(chunk));

@@ -1,9 +1,5 @@
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
-import {
-  ContextFileKind as ApiFileKind,
-  ContextService,
-  DockerfileSource,
-} from "../../../gen/steprunner/context/v1/context_service_pb.js";
+import { ContextFileKind as ApiFileKind, ContextService, DockerfileSource } from "../../../gen/steprunner/context/v1/context_service_pb.js";
 import { releasedChunks } from "../../shared/client/chunks.js";
 import type { ContextFileKind, ContextProvider, RemoteContext } from "../core/context-cache.js";
 
@@ -39,7 +35,10 @@ export class ContextServiceProvider implements ContextProvider {
       gitSha: context.gitSha,
       defaultDockerfile: context.dockerfileSource === DockerfileSource.DEFAULT,
       repositoryId: context.repositoryId,
-      repositoryOptions: { excludeGitHistory: context.repositoryOptions?.excludeGitHistory ?? false, honorExportIgnore: context.repositoryOptions?.honorExportIgnore ?? false },
+      repositoryOptions: {
+        excludeGitHistory: context.repositoryOptions?.excludeGitHistory ?? false,
+        honorExportIgnore: context.repositoryOptions?.honorExportIgnore ?? false,
+      },
       files,
       directories: context.directories.map((directory) => ({ name: directory.name, identity: directory.identity, hostPath: directory.hostPath })),
     };

@@ -29,8 +29,10 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
       if (!/^sha256:[0-9a-f]{64}$/.test(request.contextId)) {
         throw invalidField("context_id", 'must be a prepared context\'s id: "sha256:" and 64 hex digits', request.contextId);
       }
-      if (!(request.networkMode in NetworkMode)) throw invalidField("network_mode", "must be NETWORK_MODE_NONE, NETWORK_MODE_HOST or unset", request.networkMode);
-      if (!(request.handoff in ImageHandoff)) throw invalidField("handoff", "must be IMAGE_HANDOFF_REGISTRY, IMAGE_HANDOFF_LAYER_STORE or unset", request.handoff);
+      if (!(request.networkMode in NetworkMode))
+        throw invalidField("network_mode", "must be NETWORK_MODE_NONE, NETWORK_MODE_HOST or unset", request.networkMode);
+      if (!(request.handoff in ImageHandoff))
+        throw invalidField("handoff", "must be IMAGE_HANDOFF_REGISTRY, IMAGE_HANDOFF_LAYER_STORE or unset", request.handoff);
       const events = new EventChannel<MessageInitShape<typeof BuildImageResponseSchema>>();
       images
         .build(
@@ -91,7 +93,8 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
     },
 
     async pruneCache(request, context) {
-      if (request.keepBytes < 0n || request.keepBytes > MAX_KEEP_BYTES) throw invalidField("keep_bytes", `must be between 0 and ${MAX_KEEP_BYTES}`, request.keepBytes);
+      if (request.keepBytes < 0n || request.keepBytes > MAX_KEEP_BYTES)
+        throw invalidField("keep_bytes", `must be between 0 and ${MAX_KEEP_BYTES}`, request.keepBytes);
       const keepDurationMs = request.keepDuration ? durationMs("keep_duration", request.keepDuration) : 0;
       if (keepDurationMs < 0) throw invalidField("keep_duration", "must not be negative", `${request.keepDuration!.seconds}s`);
       const removed = await builder.prune({ all: request.all, keepBytes: request.keepBytes, keepDurationMs }, context.signal);
@@ -159,30 +162,32 @@ export function toProgress(events: ProgressEvent[]): BuildProgress {
     vertexes: events.flatMap((event) =>
       event.kind !== "vertex"
         ? []
-        : [{
-            digest: event.digest,
-            number: event.number,
-            name: event.name,
-            state: VERTEX_STATES[event.state],
-            startedAt: event.startedAt !== undefined ? timestampFromMs(event.startedAt) : undefined,
-            completedAt: event.completedAt !== undefined ? timestampFromMs(event.completedAt) : undefined,
-            error: event.error ?? "",
-          }],
+        : [
+            {
+              digest: event.digest,
+              number: event.number,
+              name: event.name,
+              state: VERTEX_STATES[event.state],
+              startedAt: event.startedAt !== undefined ? timestampFromMs(event.startedAt) : undefined,
+              completedAt: event.completedAt !== undefined ? timestampFromMs(event.completedAt) : undefined,
+              error: event.error ?? "",
+            },
+          ],
     ),
     statuses: events.flatMap((event) =>
-      event.kind !== "status"
-        ? []
-        : [{ vertexDigest: event.digest, id: event.id, current: event.current, total: event.total, completed: event.completed }],
+      event.kind !== "status" ? [] : [{ vertexDigest: event.digest, id: event.id, current: event.current, total: event.total, completed: event.completed }],
     ),
     logs: events.flatMap((event) =>
       event.kind !== "log"
         ? []
-        : [{
-            vertexDigest: event.digest,
-            stream: event.stream === "stderr" ? LogStream.STDERR : LogStream.STDOUT,
-            data: event.data,
-            time: timestampFromMs(event.time),
-          }],
+        : [
+            {
+              vertexDigest: event.digest,
+              stream: event.stream === "stderr" ? LogStream.STDERR : LogStream.STDOUT,
+              data: event.data,
+              time: timestampFromMs(event.time),
+            },
+          ],
     ),
   });
 }

@@ -148,9 +148,7 @@ function createControlTransport(address: BuildKitAddress): { transport: Transpor
   const interceptors = [injectTraceContext()];
   switch (address.kind) {
     case "docker-unix": {
-      const manager = new UpgradedHttp2SessionManager("http://docker", () =>
-        upgradeDockerConnection(address.socketPath, "/grpc", []),
-      );
+      const manager = new UpgradedHttp2SessionManager("http://docker", () => upgradeDockerConnection(address.socketPath, "/grpc", []));
       const transport = createGrpcTransport({ baseUrl: "http://docker", sessionManager: manager, interceptors });
       return { transport, close: () => manager.close() };
     }

@@ -22,8 +22,7 @@ export function upgradeDockerConnection(
       reject(error);
     };
     const onAbort = () => fail(new ConnectError("cancelled while connecting to dockerd", Code.Canceled));
-    const onError = (error: Error) =>
-      fail(new ConnectError(`cannot reach dockerd at ${socketPath}: ${error.message}`, Code.Unavailable));
+    const onError = (error: Error) => fail(new ConnectError(`cannot reach dockerd at ${socketPath}: ${error.message}`, Code.Unavailable));
     const onClose = () => fail(new ConnectError(`dockerd at ${socketPath} closed the connection during the upgrade`, Code.Unavailable));
     const onData = (chunk: Buffer) => {
       received = Buffer.concat([received, chunk]);

@@ -21,12 +21,29 @@ export class ProgressTracker {
       const startedAt = vertex.started ? timestampMs(vertex.started) : undefined;
       const completedAt = vertex.completed ? timestampMs(vertex.completed) : undefined;
       const state: VertexState | undefined = vertex.error
-        ? vertex.error.includes("context canceled") ? "canceled" : "errored"
-        : vertex.cached ? "cached" : completedAt !== undefined ? "completed" : startedAt !== undefined ? "started" : undefined;
+        ? vertex.error.includes("context canceled")
+          ? "canceled"
+          : "errored"
+        : vertex.cached
+          ? "cached"
+          : completedAt !== undefined
+            ? "completed"
+            : startedAt !== undefined
+              ? "started"
+              : undefined;
       if (startedAt !== undefined) known.startedAt = startedAt;
       if (!state || state === known.state) continue;
       known.state = state;
-      events.push({ kind: "vertex", digest: vertex.digest, number: known.number, name: vertex.name, state, startedAt, completedAt, error: vertex.error || undefined });
+      events.push({
+        kind: "vertex",
+        digest: vertex.digest,
+        number: known.number,
+        name: vertex.name,
+        state,
+        startedAt,
+        completedAt,
+        error: vertex.error || undefined,
+      });
     }
     for (const item of status.statuses) {
       events.push({

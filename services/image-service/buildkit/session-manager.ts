@@ -49,7 +49,10 @@ export class UpgradedHttp2SessionManager implements Http2SessionProvider {
   close(): void {
     const session = this.session;
     this.session = undefined;
-    void session?.then((s) => s.close(), () => {});
+    void session?.then(
+      (s) => s.close(),
+      () => {},
+    );
   }
 
   private currentSession(): Promise<http2.ClientHttp2Session> {

@@ -28,11 +28,15 @@ export function explainBuildFailure(error: unknown, logTail: string): ImageError
   }
   const entitlement = /granting entitlement (\S+) is not allowed by build daemon configuration/.exec(message);
   if (entitlement) {
-    return failedPrecondition(`this BuildKit does not grant the ${entitlement[1]} entitlement the build needs: start buildkitd with --allow-insecure-entitlement ${entitlement[1]}`);
+    return failedPrecondition(
+      `this BuildKit does not grant the ${entitlement[1]} entitlement the build needs: start buildkitd with --allow-insecure-entitlement ${entitlement[1]}`,
+    );
   }
   const outside = missingContextPath(message);
   if (outside !== undefined) {
-    return failedPrecondition(`a COPY or ADD source is not in the build context ("${outside}" is missing): the build context holds only repo.tar, step_context.json.zip and the Dockerfile, so ../ paths and the host's absolute paths are not there; commit the file to the repository and use it after ADD repo.tar`);
+    return failedPrecondition(
+      `a COPY or ADD source is not in the build context ("${outside}" is missing): the build context holds only repo.tar, step_context.json.zip and the Dockerfile, so ../ paths and the host's absolute paths are not there; commit the file to the repository and use it after ADD repo.tar`,
+    );
   }
   const source = /failed to (?:load cache key|compute cache key)[^:]*: (.*)$/m.exec(message);
   if (source) return failedPrecondition(`the build cannot start: ${source[1]}`);
@@ -85,12 +89,15 @@ function failedRun(message: string): { command: string; status: string } | undef
 /** Undoes Go's %q quoting, in which v0.24 names the failed command. */
 function unquoteGo(quoted: string): string {
   const escapes: Record<string, string> = { a: "\x07", b: "\b", f: "\f", n: "\n", r: "\r", t: "\t", v: "\v" };
-  return quoted.replace(/\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|([0-7]{3})|(.))/g, (_, hex2, hex4, hex8, octal, char: string | undefined) => {
-    const code = hex2 ?? hex4 ?? hex8;
-    if (code) return String.fromCodePoint(parseInt(code, 16));
-    if (octal) return String.fromCodePoint(parseInt(octal, 8));
-    return escapes[char!] ?? char!;
-  });
+  return quoted.replace(
+    /\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|([0-7]{3})|(.))/g,
+    (_, hex2, hex4, hex8, octal, char: string | undefined) => {
+      const code = hex2 ?? hex4 ?? hex8;
+      if (code) return String.fromCodePoint(parseInt(code, 16));
+      if (octal) return String.fromCodePoint(parseInt(octal, 8));
+      return escapes[char!] ?? char!;
+    },
+  );
 }
 
 /**

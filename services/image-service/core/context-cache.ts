@@ -89,8 +89,16 @@ export class ContextCache implements ContextSource {
 
   /** Whether a context made local before is still whole: its files, and the directories it reads in place (by their identity files). */
   private async stillHere({ context, inPlace }: RecentContext): Promise<boolean> {
-    const present = (path: string) => stat(path).then(() => true, () => false);
-    const checks = await Promise.all([present(join(this.dir, context.contextId.slice(7))), ...Object.values(context.contextSources).map(present), sharedDirectories(inPlace)]);
+    const present = (path: string) =>
+      stat(path).then(
+        () => true,
+        () => false,
+      );
+    const checks = await Promise.all([
+      present(join(this.dir, context.contextId.slice(7))),
+      ...Object.values(context.contextSources).map(present),
+      sharedDirectories(inPlace),
+    ]);
     return checks.every(Boolean);
   }
 
@@ -111,7 +119,10 @@ export class ContextCache implements ContextSource {
   private async fetch(contextId: string, signal: AbortSignal): Promise<LocalContext> {
     const remote = await this.provider.describe(contextId, signal);
     const root = join(this.dir, contextId.slice(7));
-    const saved = await readFile(join(root, "sources.json"), "utf8").then((text) => JSON.parse(text) as Record<string, string>, () => undefined);
+    const saved = await readFile(join(root, "sources.json"), "utf8").then(
+      (text) => JSON.parse(text) as Record<string, string>,
+      () => undefined,
+    );
     // Directories read in place may have been removed since (the context-service drops unused ones): then the
     // context is made local again.
     const readInPlace = saved !== undefined && remote.directories.some((directory) => saved[directory.name] === directory.hostPath);
@@ -190,7 +201,10 @@ export class ContextCache implements ContextSource {
     );
     const digest = `sha256:${hash.digest("hex")}`;
     if (digest !== expected.digest || size !== expected.size) {
-      throw new ImageError("data-loss", `context ${contextId}: ${kind} arrived as ${digest} (${size} bytes), expected ${expected.digest} (${expected.size} bytes)`);
+      throw new ImageError(
+        "data-loss",
+        `context ${contextId}: ${kind} arrived as ${digest} (${size} bytes), expected ${expected.digest} (${expected.size} bytes)`,
+      );
     }
     const mtime = stableTime(digest);
     await utimes(path, mtime, mtime);

@@ -21,7 +21,12 @@ import { findSyntaxDirective, isNotUnderstood, registryHostOf, type SyntaxDirect
 /** Runs a Dockerfile build on BuildKit (buildDockerfile over a BuildKitClient in production). */
 export interface DockerfileBuilder {
   /** `onRetry` is told when the builder itself tries the build again elsewhere (another BuildKit shard). */
-  build(build: DockerfileBuild, onStatus: (status: StatusResponse) => void, signal?: AbortSignal, onRetry?: (message: string) => void): Promise<Record<string, string>>;
+  build(
+    build: DockerfileBuild,
+    onStatus: (status: StatusResponse) => void,
+    signal?: AbortSignal,
+    onRetry?: (message: string) => void,
+  ): Promise<Record<string, string>>;
 }
 
 /** dockerd's image store, where BuildKit's moby exporter leaves images. */
@@ -119,7 +124,6 @@ interface Built {
   record: ReuseRecord;
   inspect?: ImageInspect;
 }
-
 
 const LOG_TAIL_BYTES = 4096;
 /** The step-service's longest step (24 hours) and an hour for its queue, context and build. */
@@ -220,7 +224,9 @@ export class ImageBuilder {
     const contentKey = this.contentKey(context, baseDigest, buildArgs, request.network);
     const handoff = request.handoff ?? this.settings.defaultHandoff;
     if (this.output === "registry" && handoff === "layer-store") {
-      throw failedPrecondition("handoff: the layer-store hand-off needs dockerd's image store, and this image-service builds on a standalone buildkitd; ask for the registry hand-off");
+      throw failedPrecondition(
+        "handoff: the layer-store hand-off needs dockerd's image store, and this image-service builds on a standalone buildkitd; ask for the registry hand-off",
+      );
     }
 
     if (!request.buildWithoutCache) {
@@ -278,7 +284,8 @@ export class ImageBuilder {
     const onStatus = (status: StatusResponse) => {
       const events = tracker.update(status);
       for (const event of events) {
-        if (event.kind === "log") logTails.set(event.digest, ((logTails.get(event.digest) ?? "") + Buffer.from(event.data).toString("utf8")).slice(-LOG_TAIL_BYTES));
+        if (event.kind === "log")
+          logTails.set(event.digest, ((logTails.get(event.digest) ?? "") + Buffer.from(event.data).toString("utf8")).slice(-LOG_TAIL_BYTES));
       }
       if (events.length) emit({ kind: "progress", events });
     };
@@ -293,7 +300,14 @@ export class ImageBuilder {
       secrets: { env_context_zip: () => readFile(context.secretZipPath) },
       exporter:
         this.output === "registry"
-          ? { type: "image", attrs: { name: `${this.stepsReference}:${tag}`, push: "true", ...(this.settings.layerCompression ? { compression: this.settings.layerCompression } : {}) } }
+          ? {
+              type: "image",
+              attrs: {
+                name: `${this.stepsReference}:${tag}`,
+                push: "true",
+                ...(this.settings.layerCompression ? { compression: this.settings.layerCompression } : {}),
+              },
+            }
           : { type: "moby", attrs: { name: `${this.settings.stepsRepository}:${tag}` } },
       // Pushed images carry their build cache, and builds import it from the last one pushed for the same
       // Dockerfile, so that a BuildKit without local cache (a new node, a pruned one) still reuses layers.
@@ -314,7 +328,10 @@ export class ImageBuilder {
         if (signal.aborted) throw buildCancelled();
         if (isTransient(error) && attempt < this.settings.transportAttempts) {
           this.observer.transportRetried();
-          emit({ kind: "warning", message: `BuildKit connection failed (${rawMessage(error)}); trying again (${attempt + 1}/${this.settings.transportAttempts})` });
+          emit({
+            kind: "warning",
+            message: `BuildKit connection failed (${rawMessage(error)}); trying again (${attempt + 1}/${this.settings.transportAttempts})`,
+          });
           continue;
         }
         const failedVertex = [...logTails.keys()].pop();
@@ -366,7 +383,8 @@ export class ImageBuilder {
     if (policy === "builtin") return "STEPRUNNER_DOCKERFILE_SYNTAX=builtin says not to pull";
     const host = registryHostOf(syntax.image);
     // Nothing beyond this service's own registry is asked: these machines reach no other.
-    if (host !== this.registry.address) return `is not in this service's registry (${this.registry.address}) and cannot be pulled from ${host} here (STEPRUNNER_DOCKERFILE_SYNTAX=pull lets BuildKit try)`;
+    if (host !== this.registry.address)
+      return `is not in this service's registry (${this.registry.address}) and cannot be pulled from ${host} here (STEPRUNNER_DOCKERFILE_SYNTAX=pull lets BuildKit try)`;
     let reference: ImageReference;
     try {
       reference = parseImageReference(syntax.image);
@@ -407,7 +425,21 @@ export class ImageBuilder {
   private async inspectReused(imageId: string, signal?: AbortSignal): Promise<ImageInspect | undefined> {
     const known = this.inspected.get(imageId);
     const directories = known ? layerDirectories(known) : [];
-    if (known && directories.length > 0 && (await Promise.all(directories.map((dir) => stat(dir).then(() => true, () => false)))).every(Boolean)) return known;
+    if (
+      known &&
+      directories.length > 0 &&
+      (
+        await Promise.all(
+          directories.map((dir) =>
+            stat(dir).then(
+              () => true,
+              () => false,
+            ),
+          ),
+        )
+      ).every(Boolean)
+    )
+      return known;
     const inspect = await this.images.inspectImage(imageId, signal);
     if (inspect) {
       this.inspected.set(imageId, inspect);
@@ -464,8 +496,21 @@ export class ImageBuilder {
   }
 
   /** The image as the step-service takes it; its config from dockerd when it is there, else from the registry. */
-  private async describe(record: ReuseRecord, inspect: ImageInspect | undefined, handoff: Handoff, reused: boolean, signal?: AbortSignal): Promise<ImageResult> {
-    const common = { imageId: record.imageId, handoff, contentKey: record.contentKey, reused, builtAt: record.builtAt, buildDurationMs: record.buildDurationMs };
+  private async describe(
+    record: ReuseRecord,
+    inspect: ImageInspect | undefined,
+    handoff: Handoff,
+    reused: boolean,
+    signal?: AbortSignal,
+  ): Promise<ImageResult> {
+    const common = {
+      imageId: record.imageId,
+      handoff,
+      contentKey: record.contentKey,
+      reused,
+      builtAt: record.builtAt,
+      buildDurationMs: record.buildDurationMs,
+    };
     if (handoff === "layer-store" && inspect) {
       // Before the step-service has it: from now on prune keeps the image for a step's longest run.
       await this.records.markHandedOver(record.contentKey, Date.now());
@@ -552,7 +597,8 @@ export class ImageBuilder {
     } catch (error) {
       throw invalidField("base_runner", `must be an image reference in the registry ${this.registry.address} (${(error as Error).message})`, baseRunner);
     }
-    if (reference.registry !== this.registry.address) throw invalidField("base_runner", `must be an image in the registry ${this.registry.address}`, baseRunner);
+    if (reference.registry !== this.registry.address)
+      throw invalidField("base_runner", `must be an image in the registry ${this.registry.address}`, baseRunner);
     return reference;
   }
 
@@ -561,7 +607,9 @@ export class ImageBuilder {
       return (await this.registry.manifest(reference.repository, reference.reference, signal)).digest;
     } catch (error) {
       if ((error as { status?: number }).status === 404) {
-        throw failedPrecondition(`base_runner: the image ${baseRunner} is not in the registry; push it there, or for the default base runner run deploy/local/runner-image.sh ensure`);
+        throw failedPrecondition(
+          `base_runner: the image ${baseRunner} is not in the registry; push it there, or for the default base runner run deploy/local/runner-image.sh ensure`,
+        );
       }
       throw unavailable(`cannot resolve the base runner image ${baseRunner}: ${(error as Error).message}`);
     }

@@ -70,7 +70,4 @@ export interface ImageResult {
   buildDurationMs: number;
 }
 
-export type BuildEvent =
-  | { kind: "queued"; position: number }
-  | { kind: "progress"; events: ProgressEvent[] }
-  | { kind: "warning"; message: string };
+export type BuildEvent = { kind: "queued"; position: number } | { kind: "progress"; events: ProgressEvent[] } | { kind: "warning"; message: string };

@@ -17,7 +17,10 @@ const REMOTE = /^([a-z][a-z0-9+.-]*:\/\/|git@)/i;
 export function findRemoteSource(dockerfile: string): RemoteSource | undefined {
   const values = new Map<string, string>();
   const expand = (text: string) =>
-    text.replace(/\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-+][^}]*)?\}|([A-Za-z_][A-Za-z0-9_]*))/g, (_, braced: string, bare: string) => values.get(braced ?? bare) ?? "");
+    text.replace(
+      /\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-+][^}]*)?\}|([A-Za-z_][A-Za-z0-9_]*))/g,
+      (_, braced: string, bare: string) => values.get(braced ?? bare) ?? "",
+    );
   for (const { line, keyword, body } of dockerfileInstructions(dockerfile)) {
     const rest = body.split(/\s+/);
     if (keyword === "ARG" || keyword === "ENV") {

@@ -42,7 +42,9 @@ export function registryHostOf(image: string): string {
  * RUN line or a missing base image.
  */
 export function isNotUnderstood(message: string): boolean {
-  return /parse error|unknown flag|unknown instruction|failed to parse|not supported|unsupported|syntax error|invalid (?:instruction|flag|mount)|has an error on line/i.test(message);
+  return /parse error|unknown flag|unknown instruction|failed to parse|not supported|unsupported|syntax error|invalid (?:instruction|flag|mount)|has an error on line/i.test(
+    message,
+  );
 }
 
 /** How the image-service treats a syntax directive (STEPRUNNER_DOCKERFILE_SYNTAX). */

@@ -79,18 +79,26 @@ export class DockerApi {
     acceptedErrors: number[] = [404],
   ): Promise<{ status: number; body: string }> {
     return new Promise((resolve, reject) => {
-      const request = http.request({ socketPath: this.socketPath, method, path: `/v1.41${path}`, headers: { host: "docker", ...headers }, signal }, (response) => {
-        const chunks: Buffer[] = [];
-        response.on("data", (chunk: Buffer) => chunks.push(chunk));
-        response.on("error", reject);
-        response.on("end", () => {
-          const status = response.statusCode ?? 0;
-          const body = Buffer.concat(chunks).toString("utf8");
-          if (status >= 400 && !acceptedErrors.includes(status)) {
-            reject(new ConnectError(`dockerd: ${method} ${path} answered ${status}: ${errorMessage(body)}`, status >= 500 ? Code.Unavailable : Code.FailedPrecondition));
-          } else resolve({ status, body });
-        });
-      });
+      const request = http.request(
+        { socketPath: this.socketPath, method, path: `/v1.41${path}`, headers: { host: "docker", ...headers }, signal },
+        (response) => {
+          const chunks: Buffer[] = [];
+          response.on("data", (chunk: Buffer) => chunks.push(chunk));
+          response.on("error", reject);
+          response.on("end", () => {
+            const status = response.statusCode ?? 0;
+            const body = Buffer.concat(chunks).toString("utf8");
+            if (status >= 400 && !acceptedErrors.includes(status)) {
+              reject(
+                new ConnectError(
+                  `dockerd: ${method} ${path} answered ${status}: ${errorMessage(body)}`,
+                  status >= 500 ? Code.Unavailable : Code.FailedPrecondition,
+                ),
+              );
+            } else resolve({ status, body });
+          });
+        },
+      );
       request.on("error", (error) => {
         if (signal?.aborted) reject(new ConnectError("cancelled", Code.Canceled));
         else reject(new ConnectError(`cannot reach dockerd at ${this.socketPath}: ${error.message}`, Code.Unavailable));

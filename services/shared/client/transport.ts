@@ -30,13 +30,17 @@ export function serviceTransport(addressText: string, security: ClientSecurity =
   const authority =
     address.kind === "unix" ? `${scheme}://localhost` : `${scheme}://${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`;
   const tlsOptions = security.ca ? { ca: security.ca, cert: security.cert, key: security.key } : {};
-  const manager = new Http2SessionManager(authority, { pingIntervalMs: PING_INTERVAL_MS, pingTimeoutMs: PING_TIMEOUT_MS }, {
-    // Node's default 64 KiB receive window makes a stream wait for a round trip per window: contexts and
-    // logs are streamed in larger amounts than that.
-    settings: { initialWindowSize: STREAM_WINDOW_BYTES },
-    ...tlsOptions,
-    ...(address.kind === "unix" ? { createConnection: () => net.connect(address.path) } : {}),
-  });
+  const manager = new Http2SessionManager(
+    authority,
+    { pingIntervalMs: PING_INTERVAL_MS, pingTimeoutMs: PING_TIMEOUT_MS },
+    {
+      // Node's default 64 KiB receive window makes a stream wait for a round trip per window: contexts and
+      // logs are streamed in larger amounts than that.
+      settings: { initialWindowSize: STREAM_WINDOW_BYTES },
+      ...tlsOptions,
+      ...(address.kind === "unix" ? { createConnection: () => net.connect(address.path) } : {}),
+    },
+  );
   const token = security.token;
   const addToken: Interceptor = (next) => (request) => {
     request.header.set("authorization", `Bearer ${token}`);

@@ -2,10 +2,7 @@ import { createHash } from "node:crypto";
 import { Readable, Transform } from "node:stream";
 import type { ReadableStream as WebReadableStream } from "node:stream/web";
 
-export const MANIFEST_MEDIA_TYPES = [
-  "application/vnd.docker.distribution.manifest.v2+json",
-  "application/vnd.oci.image.manifest.v1+json",
-] as const;
+export const MANIFEST_MEDIA_TYPES = ["application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"] as const;
 
 export interface Descriptor {
   mediaType: string;
@@ -120,7 +117,8 @@ export class RegistryClient {
       throw new RegistryError(`registry ${this.address} is unreachable: ${(error as Error).message}`, 0);
     }
     await response.body?.cancel();
-    if (!response.ok && response.status !== 404) throw new RegistryError(`registry ${this.address}: DELETE of ${repository}@${digest} answered ${response.status}`, response.status);
+    if (!response.ok && response.status !== 404)
+      throw new RegistryError(`registry ${this.address}: DELETE of ${repository}@${digest} answered ${response.status}`, response.status);
   }
 
   /**
@@ -162,7 +160,13 @@ export class RegistryClient {
     return new URL(location, this.base).toString();
   }
 
-  private async send(method: string, url: string, headers: Record<string, string>, body: Readable | Buffer | undefined, signal?: AbortSignal): Promise<Response> {
+  private async send(
+    method: string,
+    url: string,
+    headers: Record<string, string>,
+    body: Readable | Buffer | undefined,
+    signal?: AbortSignal,
+  ): Promise<Response> {
     let response: Response;
     try {
       const payload = body instanceof Readable ? (Readable.toWeb(body) as unknown as ReadableStream) : body;
@@ -173,7 +177,10 @@ export class RegistryClient {
     }
     if (!response.ok) {
       const text = await response.text().catch(() => "");
-      throw new RegistryError(`registry ${this.address}: ${method} ${new URL(url).pathname} answered ${response.status} ${text.slice(0, 200).trim()}`, response.status);
+      throw new RegistryError(
+        `registry ${this.address}: ${method} ${new URL(url).pathname} answered ${response.status} ${text.slice(0, 200).trim()}`,
+        response.status,
+      );
     }
     await response.body?.cancel();
     return response;

@@ -22,7 +22,9 @@ export function callerFromRequest(request: IncomingMessage | Http2ServerRequest,
   if (security.tls?.clientCa && typeof socket.getPeerCertificate === "function") {
     const subject = socket.getPeerCertificate().subject as Record<string, string | string[]> | undefined;
     if (subject && Object.keys(subject).length > 0) {
-      return `certificate ${Object.entries(subject).map(([key, value]) => `${key}=${[value].flat().join("+")}`).join(",")}`;
+      return `certificate ${Object.entries(subject)
+        .map(([key, value]) => `${key}=${[value].flat().join("+")}`)
+        .join(",")}`;
     }
   }
   if (security.tokens) {

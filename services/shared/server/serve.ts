@@ -95,7 +95,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   await server.listen(options.address);
   const port = server.port();
   const bound: ListenAddress = options.address.kind === "tcp" && port ? { ...options.address, port } : options.address;
-  options.logger.info("listening", { address: formatListenAddress(bound), tls: security.tls ? (security.tls.clientCa ? "mutual" : "server") : "off", tokens: Boolean(tokens) });
+  options.logger.info("listening", {
+    address: formatListenAddress(bound),
+    tls: security.tls ? (security.tls.clientCa ? "mutual" : "server") : "off",
+    tokens: Boolean(tokens),
+  });
   return {
     address: bound,
     port,
@@ -129,7 +133,6 @@ function requireToken(tokens: string[]): Interceptor {
     return next(request);
   };
 }
-
 
 /** What a service does itself when it stops, around the server's own drain. */
 export interface StopHooks {

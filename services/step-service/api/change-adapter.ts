@@ -27,7 +27,8 @@ export function runChangeHandler(settings: StepServiceSettings, changes: ChangeR
       throw invalidField("change_id", "must be 1-48 characters of [A-Za-z0-9_.-], or empty for one the service picks", request.changeId);
     }
     if (!request.step) throw invalidField("step", "must be given: the first step of the change, as RunStep takes it");
-    if (request.step.stepId !== "") throw invalidField("step.step_id", "must be empty: the change names its steps <change_id>.1, <change_id>.2, …", request.step.stepId);
+    if (request.step.stepId !== "")
+      throw invalidField("step.step_id", "must be empty: the change names its steps <change_id>.1, <change_id>.2, …", request.step.stepId);
     let root: StepRequest;
     try {
       root = validateRunStep(request.step, settings);

@@ -165,7 +165,8 @@ function mapError(error: unknown): ConnectError {
 }
 
 export function validateRunStep(request: RunStepRequest, settings: StepServiceSettings): StepRequest {
-  if (request.stepId !== "" && !STEP_ID.test(request.stepId)) throw invalidField("step_id", `${STEP_ID_RULE}, or empty for one the service picks`, request.stepId);
+  if (request.stepId !== "" && !STEP_ID.test(request.stepId))
+    throw invalidField("step_id", `${STEP_ID_RULE}, or empty for one the service picks`, request.stepId);
   const urlRule = repositoryUrlRule(request.repositoryUrl);
   if (urlRule) throw invalidField("repository_url", urlRule, request.repositoryUrl);
   const revRule = request.gitRev === "" ? undefined : revisionRule(request.gitRev);
@@ -185,14 +186,19 @@ export function validateRunStep(request: RunStepRequest, settings: StepServiceSe
     if (owners.has(set.owner)) throw invalidField(`properties[${position}].owner`, "must differ from the owners before it", set.owner);
     owners.add(set.owner);
   }
-  if (request.secretPointers.length > MAX_SECRET_POINTERS) throw invalidField("secret_pointers", `must have at most ${MAX_SECRET_POINTERS} pointers`, request.secretPointers.length);
+  if (request.secretPointers.length > MAX_SECRET_POINTERS)
+    throw invalidField("secret_pointers", `must have at most ${MAX_SECRET_POINTERS} pointers`, request.secretPointers.length);
   for (const [position, pointer] of request.secretPointers.entries()) {
     const rule = secretPointerRule(pointer, owners);
     if (rule) throw invalidField(`secret_pointers[${position}]`, rule, pointer);
   }
   const strategy = request.contextValues?.step?.childExecutionStrategy ?? ChildExecutionStrategy.UNSPECIFIED;
   if (!(strategy in ChildExecutionStrategy)) {
-    throw invalidField("context_values.step.child_execution_strategy", "must be CHILD_EXECUTION_STRATEGY_SEQUENTIAL, CHILD_EXECUTION_STRATEGY_PARALLEL or unset", strategy);
+    throw invalidField(
+      "context_values.step.child_execution_strategy",
+      "must be CHILD_EXECUTION_STRATEGY_SEQUENTIAL, CHILD_EXECUTION_STRATEGY_PARALLEL or unset",
+      strategy,
+    );
   }
   const createdAt = request.contextValues?.change?.createdAt;
   if (createdAt && !(createdAt.seconds >= EARLIEST_SECONDS && createdAt.seconds <= LATEST_SECONDS && createdAt.nanos >= 0 && createdAt.nanos < 1e9)) {
@@ -200,7 +206,11 @@ export function validateRunStep(request: RunStepRequest, settings: StepServiceSe
   }
   const repoFolder = request.repoFolder || settings.defaultRepoFolder;
   if (!/^[A-Za-z0-9_.-]{1,255}$/.test(repoFolder) || repoFolder === "." || repoFolder === ".." || repoFolder === ".git") {
-    throw invalidField("repo_folder", 'must be one directory name other than ".", ".." and ".git" (letters, digits, \'_\', \'.\' or \'-\'), e.g. ".mintpress", or empty for the default', request.repoFolder);
+    throw invalidField(
+      "repo_folder",
+      'must be one directory name other than ".", ".." and ".git" (letters, digits, \'_\', \'.\' or \'-\'), e.g. ".mintpress", or empty for the default',
+      request.repoFolder,
+    );
   }
   const requestedTimeoutMs = request.timeout ? durationMs("timeout", request.timeout) : 0;
   if (requestedTimeoutMs < 0 || requestedTimeoutMs > settings.maxTimeoutMs) {

@@ -1,6 +1,13 @@
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import { type BuildProgress as BuildProgressMessage, ImageHandoff, ImageService, LogStream, NetworkMode, VertexState } from "../../../gen/steprunner/image/v1/image_service_pb.js";
+import {
+  type BuildProgress as BuildProgressMessage,
+  ImageHandoff,
+  ImageService,
+  LogStream,
+  NetworkMode,
+  VertexState,
+} from "../../../gen/steprunner/image/v1/image_service_pb.js";
 import type { BuildLog, BuildProgress, BuildVertexState, BuiltStepImage, ImageBuilder, PreparedStepContext, StepRequest } from "../steps/ports.js";
 import { callService } from "./service-calls.js";
 
@@ -12,7 +19,13 @@ export class ImageServiceBuilder implements ImageBuilder {
     this.client = createClient(ImageService, transport);
   }
 
-  build(context: PreparedStepContext, request: StepRequest, onProgress: (progress: BuildProgress) => void, signal: AbortSignal, onWarning?: (message: string) => void): Promise<BuiltStepImage> {
+  build(
+    context: PreparedStepContext,
+    request: StepRequest,
+    onProgress: (progress: BuildProgress) => void,
+    signal: AbortSignal,
+    onWarning?: (message: string) => void,
+  ): Promise<BuiltStepImage> {
     return callService("image-service", signal, () => this.buildImage(context, request, onProgress, signal, onWarning));
   }
 
@@ -43,7 +56,13 @@ export class ImageServiceBuilder implements ImageBuilder {
             kind: "layer-directories",
             imageId: image.imageId,
             directories: image.layerDirectories,
-            config: { env: config?.env ?? [], entrypoint: config?.entrypoint ?? [], cmd: config?.cmd ?? [], workingDir: config?.workingDir ?? "", user: config?.user ?? "" },
+            config: {
+              env: config?.env ?? [],
+              entrypoint: config?.entrypoint ?? [],
+              cmd: config?.cmd ?? [],
+              workingDir: config?.workingDir ?? "",
+              user: config?.user ?? "",
+            },
           },
           imageId: image.imageId,
           reused: image.reused,
@@ -82,7 +101,18 @@ export function fromMessage(progress: BuildProgressMessage): BuildProgress {
       completedAtMs: vertex.completedAt ? timestampMs(vertex.completedAt) : undefined,
       error: vertex.error,
     })),
-    statuses: progress.statuses.map((status) => ({ vertexDigest: status.vertexDigest, id: status.id, current: status.current, total: status.total, completed: status.completed })),
-    logs: progress.logs.map((log) => ({ vertexDigest: log.vertexDigest, stream: STREAMS[log.stream] ?? "unspecified", data: log.data, timeMs: log.time ? timestampMs(log.time) : undefined })),
+    statuses: progress.statuses.map((status) => ({
+      vertexDigest: status.vertexDigest,
+      id: status.id,
+      current: status.current,
+      total: status.total,
+      completed: status.completed,
+    })),
+    logs: progress.logs.map((log) => ({
+      vertexDigest: log.vertexDigest,
+      stream: STREAMS[log.stream] ?? "unspecified",
+      data: log.data,
+      timeMs: log.time ? timestampMs(log.time) : undefined,
+    })),
   };
 }

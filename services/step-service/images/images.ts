@@ -53,7 +53,8 @@ export class ImageMaterialiser {
       throw new Error(`image ${image.reference} has ${manifest.layers.length} layers but ${diffIds.length} diff_ids`);
     }
     const blobs: LayerBlob[] = manifest.layers.map((layer, index) => {
-      const compression = layer.mediaType.endsWith("tar.gzip") || layer.mediaType.endsWith("tar+gzip") ? "gzip" : layer.mediaType.endsWith("tar") ? "none" : undefined;
+      const compression =
+        layer.mediaType.endsWith("tar.gzip") || layer.mediaType.endsWith("tar+gzip") ? "gzip" : layer.mediaType.endsWith("tar") ? "none" : undefined;
       if (!compression) throw new Error(`layer ${layer.digest} of ${image.reference} has unsupported media type ${layer.mediaType}`);
       return { diffId: diffIds[index]!, compression, open: (s: AbortSignal) => registry.blob(reference.repository, layer.digest, s) };
     });

@@ -291,7 +291,13 @@ class TarUnpacker {
     }
     for (const device of this.devices) {
       await rm(device.path, { force: true, recursive: true });
-      await exec("mknod", ["-m", (device.mode & 0o7777).toString(8), device.path, device.type, ...(device.type === "p" ? [] : [String(device.major), String(device.minor)])]);
+      await exec("mknod", [
+        "-m",
+        (device.mode & 0o7777).toString(8),
+        device.path,
+        device.type,
+        ...(device.type === "p" ? [] : [String(device.major), String(device.minor)]),
+      ]);
       await chown(device.path, device.uid, device.gid);
     }
     for (const dir of this.opaque) await exec("setfattr", ["-n", "trusted.overlay.opaque", "-v", "y", dir]);

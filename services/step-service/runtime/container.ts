@@ -267,7 +267,10 @@ export class ContainerRuntime {
     if (await isMountPoint(join(dir, "rootfs"))) await exec("umount", [join(dir, "rootfs")]).catch(() => undefined);
     // The step's directories and its cgroups are apart: removed at the same time.
     const cgroups = await this.stepCgroups();
-    await Promise.all([rm(dir, { recursive: true, force: true }), cgroups.remove(id, (path, error) => this.logger.warn("could not remove a cgroup", { path, error }))]);
+    await Promise.all([
+      rm(dir, { recursive: true, force: true }),
+      cgroups.remove(id, (path, error) => this.logger.warn("could not remove a cgroup", { path, error })),
+    ]);
   }
 
   /** Reaps what a crashed service left: containers under our runc root, our cgroups, mounts and step dirs. */
@@ -288,11 +291,9 @@ export class ContainerRuntime {
   private async runc(id: string, bundle: string, request: ContainerRun): Promise<Omit<ContainerExit, "oomKilled" | "result">> {
     const logFile = join(bundle, "runc.log");
     const spawnStart = performance.now();
-    const child = spawn(
-      this.settings.runcPath,
-      ["--root", this.settings.runcRoot, "--log", logFile, "--log-format", "json", "run", "--bundle", bundle, id],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
+    const child = spawn(this.settings.runcPath, ["--root", this.settings.runcRoot, "--log", logFile, "--log-format", "json", "run", "--bundle", bundle, id], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     // Starting a process forks this one: its cost grows with the service's memory.
     request.onPart?.("runc-spawn", performance.now() - spawnStart);
     // Recorded so that a restart after a crash can stop the `runc run` this process left behind.

@@ -27,7 +27,10 @@ export async function resolveUser(rootfs: string, user: string): Promise<Resolve
   }
   const userName = entry?.[0];
   const additionalGids = userName
-    ? groups.filter((fields) => (fields[3] ?? "").split(",").includes(userName)).map((fields) => Number(fields[2])).filter((id) => id !== gid)
+    ? groups
+        .filter((fields) => (fields[3] ?? "").split(",").includes(userName))
+        .map((fields) => Number(fields[2]))
+        .filter((id) => id !== gid)
     : [];
   return { uid, gid, additionalGids, home: entry?.[5] || "/" };
 }

@@ -23,9 +23,7 @@ const LISTING_OPTIONS: Record<string, readonly ("A" | "T")[]> = {
 export const MAX_ACTION_LENGTH = 4096;
 export const MAX_ACTION_WORDS = 64;
 
-export type ParsedAction =
-  | { kind: "tasks"; tasks: string[] }
-  | { kind: "listing"; all: boolean; pattern?: string };
+export type ParsedAction = { kind: "tasks"; tasks: string[] } | { kind: "listing"; all: boolean; pattern?: string };
 
 export class ActionRuleError extends Error {}
 
@@ -47,12 +45,15 @@ export function parseAction(action: string): ParsedAction {
   }
   const unknown = options.find((option) => !(option in LISTING_OPTIONS));
   if (unknown !== undefined) {
-    throw new ActionRuleError(`${ACTION_RULE}; the option "${unknown}" is refused (only -T and -AT are allowed, since other Rake options could load or run other code)`);
+    throw new ActionRuleError(
+      `${ACTION_RULE}; the option "${unknown}" is refused (only -T and -AT are allowed, since other Rake options could load or run other code)`,
+    );
   }
   const flags = new Set(options.flatMap((option) => LISTING_OPTIONS[option]!));
   if (!flags.has("T")) throw new ActionRuleError(`${ACTION_RULE}; -A lists nothing without -T (use -AT)`);
   const rest = words.filter((word) => !word.startsWith("-"));
-  if (rest.length > 1) throw new ActionRuleError(`${ACTION_RULE}; a listing takes at most one pattern, not tasks to run (got ${rest.map((word) => `"${word}"`).join(", ")})`);
+  if (rest.length > 1)
+    throw new ActionRuleError(`${ACTION_RULE}; a listing takes at most one pattern, not tasks to run (got ${rest.map((word) => `"${word}"`).join(", ")})`);
   if (rest.length === 1 && !TASK.test(rest[0]!)) throw new ActionRuleError(`${ACTION_RULE}; the pattern "${rest[0]}" must be a task-name-like word`);
   // The options come first so that Rake reads the pattern as -T's argument.
   return { kind: "listing", all: flags.has("A"), ...(rest.length === 1 ? { pattern: rest[0]! } : {}) };

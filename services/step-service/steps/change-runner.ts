@@ -105,8 +105,17 @@ export class ChangeRunner {
   /** Starts a change; the listener sees "accepted" at once and "finished" last. Aborting `signal` cancels it. */
   start(request: ChangeRequest, listener: (event: ChangeEvent) => void, signal: AbortSignal, caller = "unknown caller"): ChangeView {
     const id = request.changeId || randomUUID();
-    if (this.changes.has(id) || this.steps.get(`${id}.1`)) throw new ChangeExistsError(`a change with id "${id}" exists already (its first step ${id}.1 is known); give another change_id`);
-    const root: ChangeNode = { id: `${id}.1`, action: request.root.action, parentId: "", state: "pending", reason: "", childExecutionStrategy: "sequential", children: [] };
+    if (this.changes.has(id) || this.steps.get(`${id}.1`))
+      throw new ChangeExistsError(`a change with id "${id}" exists already (its first step ${id}.1 is known); give another change_id`);
+    const root: ChangeNode = {
+      id: `${id}.1`,
+      action: request.root.action,
+      parentId: "",
+      state: "pending",
+      reason: "",
+      childExecutionStrategy: "sequential",
+      children: [],
+    };
     const view: ChangeView = {
       id,
       state: "running",
@@ -129,7 +138,10 @@ export class ChangeRunner {
     listener({ type: "accepted", change: snapshot(change) });
     const onCallerGone = () => this.cancel(id, "the caller of RunChange went away");
     signal.addEventListener("abort", onCallerGone, { once: true });
-    const timer = setTimeout(() => this.stop(change, { state: "timed_out", reason: `the change timed out after ${request.timeoutMs / 1000} s` }), request.timeoutMs);
+    const timer = setTimeout(
+      () => this.stop(change, { state: "timed_out", reason: `the change timed out after ${request.timeoutMs / 1000} s` }),
+      request.timeoutMs,
+    );
     const deadline = Date.now() + request.timeoutMs;
     void this.run(change, request, deadline)
       .catch((error: Error) => {
@@ -175,7 +187,13 @@ export class ChangeRunner {
    * Runs a node's step and then its subtree against `properties` (changed in place, in order), and returns the
    * changes the subtree made, in the order they were applied, or the failure that ended it.
    */
-  private async runNode(change: ActiveChange, request: ChangeRequest, node: ChangeNode, properties: PropertySet[], deadline: number): Promise<{ diffs: Diffs; failure?: Failure }> {
+  private async runNode(
+    change: ActiveChange,
+    request: ChangeRequest,
+    node: ChangeNode,
+    properties: PropertySet[],
+    deadline: number,
+  ): Promise<{ diffs: Diffs; failure?: Failure }> {
     if (change.controller.signal.aborted) return { diffs: [], failure: change.stopReason };
     let ran: { record: StepRecord; result?: StepResultData };
     try {
@@ -211,7 +229,15 @@ export class ChangeRunner {
     }
     node.childExecutionStrategy = result.childExecutionStrategy;
     for (const child of result.children) {
-      node.children.push({ id: `${change.view.id}.${++change.sequence}`, action: child.action, parentId: node.id, state: "pending", reason: "", childExecutionStrategy: "sequential", children: [] });
+      node.children.push({
+        id: `${change.view.id}.${++change.sequence}`,
+        action: child.action,
+        parentId: node.id,
+        state: "pending",
+        reason: "",
+        childExecutionStrategy: "sequential",
+        children: [],
+      });
     }
     change.listener({ type: "tree", change: snapshot(change) });
     const collected: Diffs = [...diffs];
@@ -252,10 +278,20 @@ export class ChangeRunner {
   }
 
   /** Runs one step of the change with the properties as they are now, and waits for its end. */
-  private runStep(change: ActiveChange, request: ChangeRequest, node: ChangeNode, properties: PropertySet[], deadline: number): Promise<{ record: StepRecord; result?: StepResultData }> {
+  private runStep(
+    change: ActiveChange,
+    request: ChangeRequest,
+    node: ChangeNode,
+    properties: PropertySet[],
+    deadline: number,
+  ): Promise<{ record: StepRecord; result?: StepResultData }> {
     const root = request.root;
     const contextValues = structuredClone(root.contextValues) as Record<string, Record<string, unknown>>;
-    contextValues.change = { ...(contextValues.change ?? {}), id: (contextValues.change?.id as string) || change.view.id, action: (contextValues.change?.action as string) || root.action };
+    contextValues.change = {
+      ...(contextValues.change ?? {}),
+      id: (contextValues.change?.id as string) || change.view.id,
+      action: (contextValues.change?.action as string) || root.action,
+    };
     contextValues.step = { ...(contextValues.step ?? {}), action: node.action, fullPath: node.action };
     const stepRequest: StepRequest = {
       ...root,

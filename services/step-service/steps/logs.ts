@@ -142,4 +142,3 @@ export async function* followLog(path: string, from: number, live: StepLog | und
     signal.removeEventListener("abort", stop);
   }
 }
-

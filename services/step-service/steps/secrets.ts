@@ -87,7 +87,6 @@ export class BuildLogMasker {
   }
 }
 
-
 // Only strings: masking a number such as 1 everywhere would garble every log.
 function collect(value: unknown, into: Set<string>): void {
   if (value === undefined || value === null) return;

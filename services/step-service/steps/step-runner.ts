@@ -171,7 +171,9 @@ export class StepRunner {
     if (limit > 0) {
       const unfinished = [...this.active.values()].filter((active) => active.caller === caller).length;
       if (unfinished >= limit) {
-        throw new CallerLimitError(`${caller} has ${unfinished} steps queued or running, the most one caller may have (STEPRUNNER_MAX_STEPS_PER_CALLER=${limit}); retry when one has ended`);
+        throw new CallerLimitError(
+          `${caller} has ${unfinished} steps queued or running, the most one caller may have (STEPRUNNER_MAX_STEPS_PER_CALLER=${limit}); retry when one has ended`,
+        );
       }
     }
     const id = request.stepId || randomUUID();
@@ -221,7 +223,9 @@ export class StepRunner {
     const queuedAt = Date.now();
     const start = () => {
       this.phaseDone(active, "queue", queuedAt);
-      tracer().startSpan("step.queue", { startTime: queuedAt, attributes: { "step.id": id } }, active.trace).end();
+      tracer()
+        .startSpan("step.queue", { startTime: queuedAt, attributes: { "step.id": id } }, active.trace)
+        .end();
       // A queued step starts when another ends: its spans belong to its own trace, not that one's.
       return context.with(active.trace, () => this.execute(request, active));
     };
@@ -353,7 +357,9 @@ export class StepRunner {
     const { prepared, image, contextFile, masker, deadline } = inputs;
     const repoDir = `/opt/opschain/${prepared.repoFolder}`;
     return this.phase(active, "run", async (span) => {
-      await this.timedPart(active, "context-file", () => writeFile(contextFile, JSON.stringify(runtimeStepContext(prepared.stepContext, record.id, request)), { mode: 0o644 }));
+      await this.timedPart(active, "context-file", () =>
+        writeFile(contextFile, JSON.stringify(runtimeStepContext(prepared.stepContext, record.id, request)), { mode: 0o644 }),
+      );
       log.append("system", `[steprunner] running ${request.action} in image ${record.imageId}`);
       const exited = await this.parts.runtime.run({
         stepId: record.id,
@@ -406,10 +412,16 @@ export class StepRunner {
     if (error instanceof InvalidResultError) return { state: "error", reason: `invalid ${error.message}` };
     if (active.controller.signal.aborted) return stopped(active);
     if (error instanceof RefusedInputError) {
-      return { state: "error", reason: `${record.state === "preparing" ? "the context was refused" : "the image build failed"}: ${masker.text(error.message)}` };
+      return {
+        state: "error",
+        reason: `${record.state === "preparing" ? "the context was refused" : "the image build failed"}: ${masker.text(error.message)}`,
+      };
     }
     const message = masker.text((error as Error).message);
-    const part = error instanceof RuntimeError ? "the container runtime failed" : `the ${record.state === "preparing" ? "context" : record.state === "building" ? "image build" : "runtime"} failed`;
+    const part =
+      error instanceof RuntimeError
+        ? "the container runtime failed"
+        : `the ${record.state === "preparing" ? "context" : record.state === "building" ? "image build" : "runtime"} failed`;
     active.logger.error("step failed in the service", { error: message });
     // A full disk is the operator's to fix: say which one.
     const full = (error as NodeJS.ErrnoException).code === "ENOSPC" ? `; the step-service's disk is full: free space under ${this.settings.stateDir}` : "";

@@ -63,7 +63,10 @@ export async function sendDirectory(call: BidiCall, dirName: string, source: Loc
         const entry = entries[packet.ID];
         if (!entry) throw new ConnectError(`BuildKit asked for file #${packet.ID}, which was never listed`, Code.InvalidArgument);
         let sent = 0;
-        const chunks = entry.stat.size <= SMALL_FILE_BYTES ? [readFileSync(entry.absolutePath)] : createReadStream(entry.absolutePath, { highWaterMark: DATA_CHUNK_BYTES, signal: call.signal });
+        const chunks =
+          entry.stat.size <= SMALL_FILE_BYTES
+            ? [readFileSync(entry.absolutePath)]
+            : createReadStream(entry.absolutePath, { highWaterMark: DATA_CHUNK_BYTES, signal: call.signal });
         for await (const chunk of chunks) {
           sent += (chunk as Buffer).length;
           if ((chunk as Buffer).length > 0) await call.send([dataPacketHead(packet.ID, (chunk as Buffer).length), chunk as Buffer]);

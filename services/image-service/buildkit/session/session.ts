@@ -47,7 +47,12 @@ export class BuildKitSession {
 
   private constructor(private readonly options: SessionOptions) {}
 
-  static async open(address: BuildKitAddress, options: SessionOptions, signal?: AbortSignal, via: SessionTransport = "docker-session-endpoint"): Promise<BuildKitSession> {
+  static async open(
+    address: BuildKitAddress,
+    options: SessionOptions,
+    signal?: AbortSignal,
+    via: SessionTransport = "docker-session-endpoint",
+  ): Promise<BuildKitSession> {
     const session = new BuildKitSession(options);
     await session.attach(address, via, signal);
     return session;
@@ -86,7 +91,10 @@ export class BuildKitSession {
           const { Host } = fromBinary(CredentialsRequestSchema, request);
           // An unknown host gets empty credentials: the daemon then tries anonymously.
           const credential = credentials.get(Host);
-          return toBinary(CredentialsResponseSchema, create(CredentialsResponseSchema, { Username: credential?.username ?? "", Secret: credential?.password ?? "" }));
+          return toBinary(
+            CredentialsResponseSchema,
+            create(CredentialsResponseSchema, { Username: credential?.username ?? "", Secret: credential?.password ?? "" }),
+          );
         },
       });
     }

@@ -20,7 +20,12 @@ export async function openSessionTunnel(address: BuildKitAddress, headers: Array
   const authority = address.kind === "tcp" ? `${address.tls ? "https" : "http"}://${address.host}:${address.port}` : "http://buildkitd";
   const connection = http2.connect(authority, { createConnection: () => socket });
   connection.on("error", () => {});
-  const metadata: http2.OutgoingHttpHeaders = { ":method": "POST", ":path": "/moby.buildkit.v1.Control/Session", "content-type": "application/grpc", te: "trailers" };
+  const metadata: http2.OutgoingHttpHeaders = {
+    ":method": "POST",
+    ":path": "/moby.buildkit.v1.Control/Session",
+    "content-type": "application/grpc",
+    te: "trailers",
+  };
   for (const [name, value] of headers) {
     const key = name.toLowerCase();
     const previous = metadata[key];
@@ -54,7 +59,8 @@ export async function openSessionTunnel(address: BuildKitAddress, headers: Array
   })().catch((error) => tunnel.destroy(error));
   call.once("response", (response) => {
     const status = response["grpc-status"];
-    if (status !== undefined && status !== "0") tunnel.destroy(new ConnectError(`BuildKit refused the session: ${decodeURIComponent(String(response["grpc-message"] ?? status))}`, Code.Unavailable));
+    if (status !== undefined && status !== "0")
+      tunnel.destroy(new ConnectError(`BuildKit refused the session: ${decodeURIComponent(String(response["grpc-message"] ?? status))}`, Code.Unavailable));
   });
   return tunnel;
 }
