@@ -16,7 +16,7 @@ import { ImageMaterialiser } from "../../services/step-service/images/images.js"
 import { LayerStore } from "../../services/step-service/images/layer-store.js";
 import { ContainerRuntime, instanceTagOf } from "../../services/step-service/runtime/container.js";
 import { LocalContextProvider } from "../support/contexts.js";
-import { stack } from "../support/stack.js";
+import { needsDockerd, stack } from "../support/stack.js";
 import { testConfig } from "../support/step-service.js";
 
 const STEPS_REPOSITORY = "steprunner-test/prune-in-use";
@@ -26,7 +26,7 @@ const STEPS_REPOSITORY = "steprunner-test/prune-in-use";
  * overlayfs has dockerd's overlay2 directories as lower layers, so a prune must not remove its image then.
  * The hold after a hand-off is 0 here: the mount alone keeps the image.
  */
-describe("pruning step images while a step runs on one (layer-store hand-off)", () => {
+describe("pruning step images while a step runs on one (layer-store hand-off)", needsDockerd("the layer-store hand-off mounts its layer directories"), () => {
   let work: string;
   let client: BuildKitClient;
   let docker: DockerApi;
