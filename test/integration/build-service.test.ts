@@ -91,7 +91,11 @@ describe("BuildImage over gRPC, from a context the context-service prepared (the
     // BuildKit's id for it, may differ: an image pushed by an earlier run may have had other layer compression.
     assert.equal(again.reused, stack.buildkit === "dockerd");
     if (stack.buildkit === "dockerd") assert.equal(again.imageId, pushed.imageId);
-    else assert.deepEqual(again.layers.map((layer) => layer.diffId), pushed.layers.map((layer) => layer.diffId));
+    else
+      assert.deepEqual(
+        again.layers.map((layer) => layer.diffId),
+        pushed.layers.map((layer) => layer.diffId),
+      );
     const manifest = await fetch(`http://${stack.registry}/v2/${repository}/manifests/${again.manifestDigest}`, {
       method: "HEAD",
       headers: { accept: "application/vnd.docker.distribution.manifest.v2+json" },
