@@ -87,15 +87,10 @@ describe("BuildImage over gRPC, from a context the context-service prepared (the
     assert.equal(deleted.status, 202, "the registry deleted the manifest");
     const { image: again } = await build("custom-dockerfile", {}, ImageHandoff.REGISTRY);
     // dockerd still holds the image and pushes it again; for a standalone buildkitd the registry is the image
-    // store, so the image is built again (from BuildKit's cache: the same layers) and pushed. Its manifest digest,
-    // BuildKit's id for it, may differ: an image pushed by an earlier run may have had other layer compression.
+    // store, so the image is built again and pushed (its layers are BuildKit's cached ones only while BuildKit still
+    // has them: a RUN run again writes new times).
     assert.equal(again.reused, stack.buildkit === "dockerd");
     if (stack.buildkit === "dockerd") assert.equal(again.imageId, pushed.imageId);
-    else
-      assert.deepEqual(
-        again.layers.map((layer) => layer.diffId),
-        pushed.layers.map((layer) => layer.diffId),
-      );
     const manifest = await fetch(`http://${stack.registry}/v2/${repository}/manifests/${again.manifestDigest}`, {
       method: "HEAD",
       headers: { accept: "application/vnd.docker.distribution.manifest.v2+json" },
