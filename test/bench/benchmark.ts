@@ -213,6 +213,9 @@ async function publicRepository(source: string, dir: string): Promise<string> {
   await must("git", ["-C", dir, "checkout", "-q", "-B", "main"]);
   await cp(join(ROOT, "deploy/sample/actions.rb"), join(dir, "actions.rb"));
   await must("git", ["-C", dir, "add", "actions.rb"]);
+  // The project's own Gemfile names gems the runner image lacks, which opschain-action refuses (there is no network
+  // at run time), in both pipelines alike: the bench measures the repository's history, not the project's gems.
+  await must("git", ["-C", dir, "rm", "-q", "--ignore-unmatch", "Gemfile", "Gemfile.lock", "gems.rb", "gems.locked"]);
   await must("git", ["-C", dir, "-c", "commit.gpgsign=false", "commit", "-q", "-m", "steprunner bench actions"], { env: GIT_IDENTITY });
   const commits = (await must("git", ["-C", source, "rev-list", "--all", "--count"])).trim();
   const objects = /in-pack: (\d+)/.exec(await must("git", ["-C", source, "count-objects", "-v"]))?.[1] ?? "?";
