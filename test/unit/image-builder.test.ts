@@ -7,23 +7,12 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
 import { type DockerfileBuilder, ImageBuilder } from "../../services/image-service/core/image-builder.js";
 import type { BuildEvent, LocalContext } from "../../services/image-service/core/model.js";
+import { fakeContext, fakeImageStore, fakeInspect, fakeRegistry, fakeSettings } from "../support/fake-image-builder.js";
 import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
 import { RegistryError } from "../../services/shared/registry/registry-client.js";
 
 /** A prepared context as the image-builder sees it; its files are never read by these tests. */
-const context: LocalContext = {
-  contextId: `sha256:${"1".repeat(64)}`,
-  gitRev: "main",
-  gitSha: "a".repeat(40),
-  defaultDockerfile: true,
-  repositoryId: "2".repeat(32),
-  repositoryOptions: { excludeGitHistory: false, honorExportIgnore: false },
-  stepContextZip: { digest: `sha256:${"3".repeat(64)}`, size: 1n },
-  dockerfile: { digest: `sha256:${"4".repeat(64)}`, size: 1n },
-  contextSources: {},
-  dockerfileDir: "/nonexistent",
-  secretZipPath: "/nonexistent",
-};
+const context = fakeContext();
 
 describe("retries", () => {
   let dir: string;
@@ -44,38 +33,10 @@ describe("retries", () => {
     const images = new ImageBuilder({
       contexts: { materialize: async () => context },
       buildkit: buildkit,
-      images: {
-        inspectImage: async () => ({
-          Id: "x",
-          RepoDigests: [],
-          Config: {},
-          RootFS: { Type: "layers", Layers: [] },
-          GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } },
-          Size: 0,
-        }),
-        removeImage: async () => {},
-        tagImage: async () => {},
-        pushImage: async () => assert.fail("no push"),
-      },
-      registry: {
-        address: "registry.test:5000",
-        manifest: async () => ({
-          digest: `sha256:${"6".repeat(64)}`,
-          manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] },
-        }),
-        config: async () => assert.fail("no config"),
-        deleteManifest: async () => {},
-      },
+      images: fakeImageStore(),
+      registry: fakeRegistry(),
       records: new ReuseRecords(join(dir, String(Math.random()))),
-      settings: {
-        defaultBaseRunner: "registry.test:5000/runner:1",
-        version: "0",
-        stepsRepository: "steps",
-        defaultHandoff: "layer-store",
-        reuseTtlMs: 60_000,
-        maxConcurrentBuilds: 1,
-        transportAttempts: 3,
-      },
+      settings: fakeSettings({ transportAttempts: 3 }),
     });
     const events: BuildEvent[] = [];
     return { images, attempts: () => attempts, events };
@@ -115,23 +76,10 @@ describe("bad input to a build", () => {
     new ImageBuilder({
       contexts: { materialize },
       buildkit: { build: async () => assert.fail("no build for bad input") },
-      images: { inspectImage: async () => undefined, removeImage: async () => {}, tagImage: async () => {}, pushImage: async () => assert.fail("no push") },
-      registry: {
-        address: "registry.test:5000",
-        manifest: async () => assert.fail("the registry is not asked"),
-        config: async () => assert.fail("no config"),
-        deleteManifest: async () => {},
-      },
+      images: fakeImageStore({ inspectImage: async () => undefined }),
+      registry: fakeRegistry({ manifest: async () => assert.fail("the registry is not asked") }),
       records: new ReuseRecords("/nonexistent"),
-      settings: {
-        defaultBaseRunner: "registry.test:5000/runner:1",
-        version: "0",
-        stepsRepository: "steps",
-        defaultHandoff: "layer-store",
-        reuseTtlMs: 0,
-        maxConcurrentBuilds: 1,
-        transportAttempts: 1,
-      },
+      settings: fakeSettings({ reuseTtlMs: 0 }),
     });
   const request = (baseRunner: string) => ({
     contextId: context.contextId,
@@ -186,39 +134,17 @@ describe("the registry hand-off of a reused image", () => {
       const images = new ImageBuilder({
         contexts: { materialize: async () => context },
         buildkit: { build: async () => ({ "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
-        images: {
-          inspectImage: async () => ({
-            Id: "x",
-            RepoDigests: [],
-            Config: {},
-            RootFS: { Type: "layers", Layers: [] },
-            GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } },
-            Size: 0,
-          }),
-          removeImage: async () => {},
-          tagImage: async () => {},
-          pushImage: async () => ({ digest: pushed[pushes++]!, size: 1 }),
-        },
-        registry: {
-          address: "registry.test:5000",
+        images: fakeImageStore({ pushImage: async () => ({ digest: pushed[pushes++]!, size: 1 }) }),
+        registry: fakeRegistry({
           manifest: async (repository, reference) => {
             if (lost.has(reference)) throw new RegistryError(`manifest ${reference} unknown`, 404);
             const digest = repository === "steps" ? reference : `sha256:${"6".repeat(64)}`;
             return { digest, manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } };
           },
           config: async () => ({ rootfs: { type: "layers", diff_ids: [] } }) as never,
-          deleteManifest: async () => {},
-        },
+        }),
         records: new ReuseRecords(dir),
-        settings: {
-          defaultBaseRunner: "registry.test:5000/runner:1",
-          version: "0",
-          stepsRepository: "steps",
-          defaultHandoff: "registry",
-          reuseTtlMs: 60_000,
-          maxConcurrentBuilds: 1,
-          transportAttempts: 1,
-        },
+        settings: fakeSettings({ defaultHandoff: "registry" }),
       });
       const request = { contextId: context.contextId, baseRunner: "", network: "none" as const, buildWithoutCache: false, handoff: "registry" as const };
       const first = await images.build(request, () => {});
@@ -251,39 +177,13 @@ describe("pruning images a running step may have mounted (layer-store hand-off)"
       const images = new ImageBuilder({
         contexts: { materialize: async () => context },
         buildkit: { build: async () => ({ "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
-        images: {
-          inspectImage: async () => ({
-            Id: "x",
-            RepoDigests: [],
-            Config: {},
-            RootFS: { Type: "layers", Layers: [] },
-            GraphDriver: { Name: "overlay2", Data: { UpperDir: upper, LowerDir: lower } },
-            Size: 0,
-          }),
+        images: fakeImageStore({
+          inspectImage: async () => fakeInspect({ UpperDir: upper, LowerDir: lower }),
           removeImage: async (name) => void removed.push(name),
-          tagImage: async () => {},
-          pushImage: async () => assert.fail("no push"),
-        },
-        registry: {
-          address: "registry.test:5000",
-          manifest: async () => ({
-            digest: `sha256:${"6".repeat(64)}`,
-            manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] },
-          }),
-          config: async () => assert.fail("no config"),
-          deleteManifest: async () => {},
-        },
+        }),
+        registry: fakeRegistry(),
         records: new ReuseRecords(dir),
-        settings: {
-          defaultBaseRunner: "registry.test:5000/runner:1",
-          version: "0",
-          stepsRepository: "steps",
-          defaultHandoff: "layer-store",
-          reuseTtlMs: 60_000,
-          maxConcurrentBuilds: 1,
-          transportAttempts: 1,
-          inUseHoldMs: options.inUseHoldMs,
-        },
+        settings: fakeSettings({ inUseHoldMs: options.inUseHoldMs }),
         mountedLayers: { lowerDirs: async () => options.mounted },
       });
       await use(images, removed, { advance: (ms) => (offset += ms) });

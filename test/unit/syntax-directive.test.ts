@@ -6,11 +6,12 @@ import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { DockerfileBuild } from "../../services/image-service/buildkit/dockerfile-build.js";
 import { ImageBuilder } from "../../services/image-service/core/image-builder.js";
-import type { BuildEvent, LocalContext } from "../../services/image-service/core/model.js";
+import type { BuildEvent } from "../../services/image-service/core/model.js";
 import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
 import { findSyntaxDirective, isNotUnderstood, registryHostOf, type SyntaxPolicy } from "../../services/image-service/core/syntax-directive.js";
 import { RegistryError } from "../../services/shared/registry/registry-client.js";
 import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
+import { fakeContext, fakeImageStore, fakeRegistry, fakeSettings } from "../support/fake-image-builder.js";
 
 describe("the # syntax= directive", () => {
   it("is read only from the parser directives at the top of the file", () => {
@@ -51,19 +52,7 @@ describe("a build of a Dockerfile with a # syntax= line", () => {
     const dockerfileDir = join(dir, String(Math.random()));
     await mkdir(dockerfileDir);
     await writeFile(join(dockerfileDir, "Dockerfile"), dockerfile);
-    const context: LocalContext = {
-      contextId: `sha256:${"1".repeat(64)}`,
-      gitRev: "main",
-      gitSha: "a".repeat(40),
-      defaultDockerfile: false,
-      repositoryId: "2".repeat(32),
-      repositoryOptions: { excludeGitHistory: false, honorExportIgnore: false },
-      stepContextZip: { digest: `sha256:${"3".repeat(64)}`, size: 1n },
-      dockerfile: { digest: `sha256:${"4".repeat(64)}`, size: 1n },
-      contextSources: {},
-      dockerfileDir,
-      secretZipPath: "/nonexistent",
-    };
+    const context = fakeContext({ defaultDockerfile: false, dockerfileDir });
     const solves: DockerfileBuild[] = [];
     const looked: string[] = [];
     const images = new ImageBuilder({
@@ -75,41 +64,17 @@ describe("a build of a Dockerfile with a # syntax= line", () => {
           return { "containerimage.digest": `sha256:${"5".repeat(64)}` };
         },
       },
-      images: {
-        inspectImage: async () => ({
-          Id: "x",
-          RepoDigests: [],
-          Config: {},
-          RootFS: { Type: "layers", Layers: [] },
-          GraphDriver: { Name: "overlay2", Data: { UpperDir: "/u" } },
-          Size: 0,
-        }),
-        removeImage: async () => {},
-        tagImage: async () => {},
-        pushImage: async () => assert.fail("no push"),
-      },
-      registry: {
-        address: "registry.test:5000",
+      images: fakeImageStore(),
+      registry: fakeRegistry({
         manifest: async (repository, reference) => {
           looked.push(`${repository}:${reference}`);
           if (repository === "runner" || options.inRegistry)
             return { digest: `sha256:${"6".repeat(64)}`, manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } };
           throw new RegistryError("not found", 404);
         },
-        config: async () => assert.fail("no config"),
-        deleteManifest: async () => {},
-      },
+      }),
       records: new ReuseRecords(join(dir, String(Math.random()))),
-      settings: {
-        defaultBaseRunner: "registry.test:5000/runner:1",
-        version: "0",
-        stepsRepository: "steps",
-        defaultHandoff: "layer-store",
-        reuseTtlMs: 60_000,
-        maxConcurrentBuilds: 1,
-        transportAttempts: 1,
-        ...(options.policy ? { syntaxPolicy: options.policy } : {}),
-      },
+      settings: fakeSettings(options.policy ? { syntaxPolicy: options.policy } : {}),
     });
     const events: BuildEvent[] = [];
     const outcome = await images
