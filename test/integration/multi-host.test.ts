@@ -12,7 +12,6 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createClient } from "@connectrpc/connect";
-import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { type Step, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { type BuildKitShard, ShardedBuilder } from "../../services/image-service/buildkit/sharded-builder.js";
 import { isTransient } from "../../services/image-service/core/build-errors.js";
@@ -22,6 +21,7 @@ import { commitFiles, gitIn } from "../support/git-fixture.js";
 import { ROOT, samePassOnEither, stack } from "../support/stack.js";
 import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
 import { leftovers } from "../support/step-service.js";
+import { waitUntilServing } from "../support/rpc.js";
 
 const TOKEN = randomBytes(6).toString("hex");
 /** Every RUN of ours names its lineage in its command line: "multi-host-TOKEN-rN". */
@@ -157,24 +157,7 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
       children.set(name, spawn(process.execPath, [main], { env: env[name], stdio: ["ignore", log, log] }));
       closeSync(log);
     }
-    for (const name of SERVICES) {
-      const transport = serviceTransport(addresses[name], {});
-      try {
-        let status: ServingStatus | undefined;
-        for (let i = 0; i < 300 && status !== ServingStatus.SERVING; i++) {
-          status = await createClient(Health, transport.transport)
-            .check({})
-            .then(
-              (answer) => answer.status,
-              () => undefined,
-            );
-          if (status !== ServingStatus.SERVING) await sleep(100);
-        }
-        assert.equal(status, ServingStatus.SERVING, `${name} came up`);
-      } finally {
-        transport.close();
-      }
-    }
+    for (const name of SERVICES) await waitUntilServing(addresses[name], name);
   });
 
   after(async () => {

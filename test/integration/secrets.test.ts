@@ -5,9 +5,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { createClient } from "@connectrpc/connect";
-import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { type Step, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { REDACTED } from "../../services/context-service/core/step-context.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
@@ -16,6 +14,7 @@ import { RegistryClient } from "../../services/shared/registry/registry-client.j
 import { commitFiles, gitIn } from "../support/git-fixture.js";
 import { occurrences, occurrencesInImageArchive, occurrencesUnder } from "../support/secret-search.js";
 import { ROOT, run, stack } from "../support/stack.js";
+import { waitUntilServing } from "../support/rpc.js";
 
 const SECRET = `s3cret-${randomBytes(12).toString("hex")}`;
 
@@ -101,24 +100,7 @@ describe("a secret property, through all three services, with the default and a 
       const log = await import("node:fs").then((fs) => fs.openSync(join(root, "logs", `${name}.log`), "a"));
       children.push(spawn(process.execPath, [join(ROOT, `dist/services/${name}/main.js`)], { env, stdio: ["ignore", log, log] }));
     }
-    for (const name of SERVICES) {
-      const transport = serviceTransport(addresses[name], {});
-      try {
-        let status: ServingStatus | undefined;
-        for (let i = 0; i < 300 && status !== ServingStatus.SERVING; i++) {
-          status = await createClient(Health, transport.transport)
-            .check({})
-            .then(
-              (answer) => answer.status,
-              () => undefined,
-            );
-          if (status !== ServingStatus.SERVING) await sleep(100);
-        }
-        assert.equal(status, ServingStatus.SERVING, `${name} came up`);
-      } finally {
-        transport.close();
-      }
-    }
+    for (const name of SERVICES) await waitUntilServing(addresses[name], name);
     steps = serviceTransport(addresses["step-service"], {});
   });
 
