@@ -198,8 +198,10 @@ export class ImageBuilder {
     const baseDigestAsked = this.resolveBaseImage(base, baseRunner, signal);
     baseDigestAsked.catch(() => undefined);
     const context = await this.contexts.materialize(request.contextId, signal);
-    if (request.network === "none" && !context.defaultDockerfile) {
-      const remote = findRemoteSource(await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8"));
+    // A repository's own Dockerfile is read once, for both checks below; the default one needs neither.
+    const dockerfile = context.defaultDockerfile ? undefined : await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8");
+    if (request.network === "none" && dockerfile !== undefined) {
+      const remote = findRemoteSource(dockerfile);
       if (remote) {
         throw failedPrecondition(
           `the Dockerfile's line ${remote.line} ADDs ${remote.source} from the network, which a build without network may not (BuildKit would fetch it outside the build's sandbox); commit the file to the repository, or build with host networking`,
@@ -207,7 +209,7 @@ export class ImageBuilder {
       }
     }
     // Said to every caller, also when the image is reused or the build merged with another.
-    const skipped = await this.skippedSyntax(context, signal);
+    const skipped = dockerfile === undefined ? undefined : await this.skippedSyntax(dockerfile, signal);
     if (skipped) {
       emit({
         kind: "warning",
@@ -369,9 +371,8 @@ export class ImageBuilder {
   }
 
   /** The repository Dockerfile's syntax directive when it is to be skipped, and why. */
-  private async skippedSyntax(context: LocalContext, signal?: AbortSignal): Promise<{ syntax: SyntaxDirective; unpullable: string } | undefined> {
-    if (context.defaultDockerfile) return undefined;
-    const syntax = findSyntaxDirective(await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8"));
+  private async skippedSyntax(dockerfile: string, signal?: AbortSignal): Promise<{ syntax: SyntaxDirective; unpullable: string } | undefined> {
+    const syntax = findSyntaxDirective(dockerfile);
     const unpullable = syntax ? await this.unpullableFrontend(syntax, signal) : undefined;
     return syntax && unpullable ? { syntax, unpullable } : undefined;
   }
