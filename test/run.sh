@@ -38,7 +38,8 @@ if [[ -n "${STEPRUNNER_BUILDKITD_BIN:-}" ]]; then
   node --test --test-concurrency=1 dist/test/integration/ || status=$?
   node --test --test-concurrency=1 dist/test/lifecycle/ || status=$?
 else
-  echo "no standalone buildkitd (set STEPRUNNER_BUILDKITD_BIN, or provide $shared_buildkitd): its pass is skipped" >&2
-  status=1
+  # CI must run both BuildKits; elsewhere (a clone without ../shared) the second pass is skipped, loudly.
+  echo "no standalone buildkitd (set STEPRUNNER_BUILDKITD_BIN, or provide $shared_buildkitd): its pass is SKIPPED" >&2
+  [[ "${CI:-}" == true ]] && status=1
 fi
 exit $status
