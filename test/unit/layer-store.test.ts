@@ -143,6 +143,20 @@ describe("LayerStore", () => {
     assert.ok((await store.stats()).totalBytes <= 1024 * 1024);
   });
 
+  it("knows its layers after a restart from their metas, and reuses them without unpacking again", async () => {
+    const blob = blobOf(await tarOf([{ name: "survives-restart", content: "r".repeat(1000) }]));
+    await store.acquire([blob], signal);
+    store.release([blob.diffId]);
+    const before = await store.stats();
+    const restarted = new LayerStore(root, 1024 * 1024, createLogger("test", {}, { quiet: true }));
+    await restarted.init();
+    assert.deepEqual({ ...(await restarted.stats()), unpacked: 0 }, { ...before, unpacked: 0 });
+    const counter = { opened: 0 };
+    await restarted.acquire([{ ...blob, open: blobOf(Buffer.alloc(0), counter).open }], signal);
+    assert.equal(counter.opened, 0, "a layer on disk is not fetched again");
+    restarted.release([blob.diffId]);
+  });
+
   it("keeps a shared unpack going when the step that started it is cancelled, for the others waiting for it", async () => {
     const bytes = await tarOf([{ name: "shared-unpack", content: "s" }]);
     const gz = gzipSync(bytes);

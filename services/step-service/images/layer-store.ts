@@ -14,6 +14,8 @@ import { SingleFlight } from "../../shared/single-flight.js";
 
 const exec = promisify(execFile);
 const DIFF_ID = /^sha256:[a-f0-9]{64}$/;
+/** How stale a layer's last-use time on disk may grow; it only orders collection after a restart. */
+const LAST_USED_WRITE_MS = 60_000;
 
 /** How a layer's tar arrives. */
 export interface LayerBlob {
@@ -47,6 +49,9 @@ export class LayerStore {
   /** Unpacks in flight by diff_id: shared, and stopped only when every step waiting for one has gone. */
   private readonly unpacks = new SingleFlight<string>();
   private readonly holds = new Map<string, number>();
+  /** Every complete layer's meta, read from disk once at init and kept current: no step scans the store. */
+  private readonly index = new Map<string, LayerMeta>();
+  private totalBytes = 0;
   private unpackedCount = 0;
 
   constructor(
@@ -60,6 +65,9 @@ export class LayerStore {
     await rm(join(this.root, "tmp"), { recursive: true, force: true });
     await mkdir(join(this.root, "tmp"), { recursive: true });
     await mkdir(join(this.root, "layers"), { recursive: true });
+    this.index.clear();
+    this.totalBytes = 0;
+    for (const meta of await this.readMetas()) this.indexed(meta);
   }
 
   /** The directory of each layer, bottom to top, unpacking what is missing. The caller must release() them. */
@@ -83,26 +91,26 @@ export class LayerStore {
   }
 
   async stats(): Promise<LayerStoreStats> {
-    const metas = await this.metas();
-    return { layers: metas.length, totalBytes: metas.reduce((sum, meta) => sum + meta.sizeBytes, 0), unpacked: this.unpackedCount };
+    return { layers: this.index.size, totalBytes: this.totalBytes, unpacked: this.unpackedCount };
   }
 
-  /** Removes unheld layers, least recently used first, until the store fits its cap. */
+  /** Removes unheld layers, least recently used first, until the store fits its cap (nothing to do while it fits). */
   async collect(): Promise<string[]> {
-    const metas = (await this.metas()).sort((a, b) => a.lastUsedMs - b.lastUsedMs);
-    let total = metas.reduce((sum, meta) => sum + meta.sizeBytes, 0);
+    if (this.totalBytes <= this.capBytes) return [];
+    const metas = [...this.index.values()].sort((a, b) => a.lastUsedMs - b.lastUsedMs);
     const removed: string[] = [];
     for (const meta of metas) {
-      if (total <= this.capBytes) break;
+      if (this.totalBytes <= this.capBytes) break;
       if (this.holds.has(meta.diffId) || this.unpacks.has(meta.diffId)) continue;
-      // Renamed first so that a half-removed layer is never taken for a complete one.
+      // Out of the index and renamed first, so that a half-removed layer is never taken for a complete one.
+      this.index.delete(meta.diffId);
+      this.totalBytes -= meta.sizeBytes;
       const doomed = join(this.root, "tmp", `gc-${hex(meta.diffId)}-${process.hrtime.bigint()}`);
       await rename(this.dir(meta.diffId), doomed);
       await rm(doomed, { recursive: true, force: true });
-      total -= meta.sizeBytes;
       removed.push(meta.diffId);
     }
-    if (removed.length > 0) this.logger.info("collected unused layers", { removed, totalBytes: total, capBytes: this.capBytes });
+    if (removed.length > 0) this.logger.info("collected unused layers", { removed, totalBytes: this.totalBytes, capBytes: this.capBytes });
     return removed;
   }
 
@@ -118,16 +126,25 @@ export class LayerStore {
     return this.unpacks.run(blob.diffId, (unpackSignal) => this.unpack(blob, unpackSignal), signal);
   }
 
+  /**
+   * Marks a complete layer used; false when the store has no such layer. Its meta on disk (which only a restart
+   * reads) is rewritten when its time is more than a minute old, not on every step.
+   */
   private async touch(diffId: string): Promise<boolean> {
-    const metaPath = join(this.dir(diffId), "meta.json");
-    try {
-      const meta = JSON.parse(await readFile(metaPath, "utf8")) as LayerMeta;
-      meta.lastUsedMs = Date.now();
-      await writeFileAtomic(metaPath, JSON.stringify(meta));
-      return true;
-    } catch {
-      return false;
-    }
+    const meta = this.index.get(diffId);
+    if (!meta) return false;
+    const now = Date.now();
+    const stale = now - meta.lastUsedMs > LAST_USED_WRITE_MS;
+    meta.lastUsedMs = now;
+    if (stale) await writeFileAtomic(join(this.dir(diffId), "meta.json"), JSON.stringify(meta));
+    return true;
+  }
+
+  private indexed(meta: LayerMeta): void {
+    const before = this.index.get(meta.diffId);
+    if (before) this.totalBytes -= before.sizeBytes;
+    this.index.set(meta.diffId, meta);
+    this.totalBytes += meta.sizeBytes;
   }
 
   private async unpack(blob: LayerBlob, signal: AbortSignal): Promise<string> {
@@ -154,12 +171,16 @@ export class LayerStore {
       try {
         await rename(staging, this.dir(blob.diffId));
       } catch (error) {
-        // Another unpack of the same layer finished first: the layer is there; ours is thrown away below.
+        // The layer is there already (put there by an earlier process): ours is thrown away below.
         const code = (error as NodeJS.ErrnoException).code;
-        if ((code !== "ENOTEMPTY" && code !== "EEXIST") || !(await this.touch(blob.diffId))) throw error;
+        const existing = code === "ENOTEMPTY" || code === "EEXIST" ? await this.readMeta(hex(blob.diffId)) : undefined;
+        if (!existing) throw error;
+        this.indexed(existing);
+        await this.touch(blob.diffId);
         await rm(staging, { recursive: true, force: true });
         return join(this.dir(blob.diffId), "root");
       }
+      this.indexed(meta);
       this.unpackedCount++;
       this.logger.info("unpacked layer", { diffId: blob.diffId, bytes: unpacker.bytes, ms: Date.now() - started });
       return join(this.dir(blob.diffId), "root");
@@ -169,14 +190,19 @@ export class LayerStore {
     }
   }
 
-  private async metas(): Promise<LayerMeta[]> {
+  private async readMetas(): Promise<LayerMeta[]> {
     const names = await readdir(join(this.root, "layers")).catch(() => [] as string[]);
     const metas: LayerMeta[] = [];
     for (const name of names) {
-      const meta = await readFile(join(this.root, "layers", name, "meta.json"), "utf8").catch(() => undefined);
-      if (meta) metas.push(JSON.parse(meta) as LayerMeta);
+      const meta = await this.readMeta(name);
+      if (meta) metas.push(meta);
     }
     return metas;
+  }
+
+  private async readMeta(dirName: string): Promise<LayerMeta | undefined> {
+    const text = await readFile(join(this.root, "layers", dirName, "meta.json"), "utf8").catch(() => undefined);
+    return text === undefined ? undefined : (JSON.parse(text) as LayerMeta);
   }
 }
 
