@@ -129,6 +129,17 @@ describe("runc with the base runner's root filesystem", samePassOnEither("no Bui
       assert.equal(control.get("personality_no_randomize"), 0);
     });
 
+    it("kills a process that calls through the 32-bit entry point (int 0x80), which the profile does not list", {
+      skip: process.arch !== "x64" && "x86-64 only",
+    }, async () => {
+      const probePath = join(bundle, "rootfs", "tmp", "int80-getpid");
+      await writeFile(probePath, int80GetpidElf(), { mode: 0o755 });
+      const killed = await runWithOurSpec("int80", ["/tmp/int80-getpid"], true);
+      const plain = await runWithOurSpec("int80-plain", ["/tmp/int80-getpid"], false);
+      assert.equal(plain.code, 1, `without the profile the i386 getpid answers the container's pid 1 as exit status: ${plain.stderr}`);
+      assert.equal(killed.code, 128 + 31, `with it the process dies of SIGSYS: ${killed.stderr}`);
+    });
+
     it("still runs Ruby threads, fork and exec, git and Bundler, under seccomp mode 2", async () => {
       const script = [
         "grep '^Seccomp:' /proc/self/status",
@@ -194,3 +205,33 @@ describe("runc with the base runner's root filesystem", samePassOnEither("no Bui
     });
   });
 });
+
+/**
+ * A static x86-64 executable of 136 bytes that calls getpid through the i386 entry point (int 0x80) and exits
+ * with what it got: no compiler is needed to make one.
+ */
+function int80GetpidElf(): Buffer {
+  // mov eax, 20 (i386 getpid); int 0x80; mov edi, eax; mov eax, 60 (x86-64 exit); syscall
+  const code = Buffer.from("b814000000" + "cd80" + "89c7" + "b83c000000" + "0f05", "hex");
+  const base = 0x400000n;
+  const headerBytes = 64 + 56;
+  const elf = Buffer.alloc(headerBytes + code.length);
+  Buffer.from([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]).copy(elf, 0); // ELF, 64-bit, little-endian, version 1
+  elf.writeUInt16LE(2, 16); // executable
+  elf.writeUInt16LE(0x3e, 18); // x86-64
+  elf.writeUInt32LE(1, 20);
+  elf.writeBigUInt64LE(base + BigInt(headerBytes), 24); // entry
+  elf.writeBigUInt64LE(64n, 32); // program headers right after this header
+  elf.writeUInt16LE(64, 52);
+  elf.writeUInt16LE(56, 54);
+  elf.writeUInt16LE(1, 56);
+  elf.writeUInt32LE(1, 64); // PT_LOAD of the whole file
+  elf.writeUInt32LE(5, 68); // read and execute
+  elf.writeBigUInt64LE(base, 80);
+  elf.writeBigUInt64LE(base, 88);
+  elf.writeBigUInt64LE(BigInt(elf.length), 96);
+  elf.writeBigUInt64LE(BigInt(elf.length), 104);
+  elf.writeBigUInt64LE(0x1000n, 112);
+  code.copy(elf, headerBytes);
+  return elf;
+}
