@@ -6,7 +6,7 @@ import { createClient } from "@connectrpc/connect";
 import { ContextService } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import { type BuiltImage, ImageHandoff, ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
-import { ROOT, run, stack } from "../support/stack.js";
+import { CLI, ROOT, run, stack } from "../support/stack.js";
 
 describe("BuildImage over gRPC, from a context the context-service prepared (the running services)", () => {
   let work: string;
@@ -100,7 +100,7 @@ describe("BuildImage over gRPC, from a context the context-service prepared (the
 
   it("steprunner build shows the progress and names the image", async () => {
     const result = await run("node", [
-      join(ROOT, "dist/services/cli/main.js"),
+      CLI,
       "build",
       "--repo",
       repository,

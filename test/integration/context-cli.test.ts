@@ -7,9 +7,7 @@ import { after, before, describe, it } from "node:test";
 import { unzipSync } from "fflate";
 import { type TestContextService, startTestContextService } from "../support/context-service.js";
 import { type Fixture, makeFixture } from "../support/git-fixture.js";
-import { ROOT, run, samePassOnEither } from "../support/stack.js";
-
-const CLI = join(ROOT, "dist/services/cli/main.js");
+import { CLI, run, samePassOnEither } from "../support/stack.js";
 
 describe("steprunner context", samePassOnEither("no BuildKit"), () => {
   let work: string;

@@ -19,7 +19,7 @@ import {
 import { defaultDockerfile } from "../../services/context-service/core/default-dockerfile.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { commitFiles, gitIn } from "../support/git-fixture.js";
-import { ROOT, run, stack } from "../support/stack.js";
+import { CLI, run, stack } from "../support/stack.js";
 
 /**
  * Issue #14's services side through the running services: the .opschain repo folder, several actions and
@@ -309,11 +309,7 @@ describe("OpsChain projects' services side (#14) through the running services", 
     const propertiesFile = join(work, "properties.json");
     await writeFile(propertiesFile, JSON.stringify({ project: { keep: true }, environment: {} }));
     const cli = (args: string[]) =>
-      run(
-        "node",
-        [join(ROOT, "dist/services/cli/main.js"), "run", "--step-addr", stack.stepAddr, "--repo", opschainRepo, "--properties", propertiesFile, ...args],
-        { timeoutMs: 300_000 },
-      );
+      run("node", [CLI, "run", "--step-addr", stack.stepAddr, "--repo", opschainRepo, "--properties", propertiesFile, ...args], { timeoutMs: 300_000 });
     const tree = await cli(["--action", "parent", "--children"]);
     assert.equal(tree.code, 0, tree.stderr);
     assert.match(tree.stdout, /\] grandchild sees count=2$/m);

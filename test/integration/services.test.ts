@@ -5,7 +5,7 @@ import { createClient } from "@connectrpc/connect";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { ContextService } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
-import { ROOT, run, stack } from "../support/stack.js";
+import { CLI, ROOT, run, stack } from "../support/stack.js";
 import { clientSecurityFromSettings } from "../../services/shared/config/common.js";
 
 const services = [
@@ -14,7 +14,6 @@ const services = [
   { name: "step-service", address: stack.stepAddr, service: "steprunner.step.v1.StepService" },
 ];
 const BUF = join(ROOT, "node_modules/.bin/buf");
-const CLI = join(ROOT, "dist/services/cli/main.js");
 
 describe("the running services", () => {
   const transports = services.map((service) => serviceTransport(service.address, clientSecurityFromSettings()));

@@ -10,7 +10,7 @@ import { LayerStore } from "../../services/step-service/images/layer-store.js";
 import { instanceTagOf, ContainerRuntime, type ContainerRun, RuntimeError } from "../../services/step-service/runtime/container.js";
 import { needsDockerd, stack } from "../support/stack.js";
 import { leftovers, removeState, repository, startStepService, type TestStepService, testConfig } from "../support/step-service.js";
-import { ROOT } from "../support/stack.js";
+import { CLI } from "../support/stack.js";
 
 const exec = promisify(execFile);
 
@@ -124,7 +124,7 @@ describe("steprunner run, logs and cancel", () => {
   });
 
   const cli = (args: string[]) =>
-    exec(process.execPath, [`${ROOT}/dist/services/cli/main.js`, ...args, "--step-addr", `127.0.0.1:${service.server.port}`]).then(
+    exec(process.execPath, [CLI, ...args, "--step-addr", `127.0.0.1:${service.server.port}`]).then(
       (out) => ({ code: 0, ...out }),
       (error: { code: number; stdout: string; stderr: string }) => error,
     );

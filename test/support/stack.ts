@@ -1,3 +1,4 @@
+import { join } from "node:path";
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -5,6 +6,8 @@ import { promisify } from "node:util";
 
 /** The repository root (tests run from dist/test/…). */
 export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+/** The CLI as the build ships it (bundled; the quick start links it as `steprunner`). */
+export const CLI = join(ROOT, "dist/services/cli-bundle/steprunner.mjs");
 
 const env = (name: string, fallback: string) => process.env[name] || fallback;
 
