@@ -308,6 +308,13 @@ describe("bad inputs through the public gRPC API", () => {
         "handoff",
       ],
       [
+        "BuildImage: reuse only and without cache at once",
+        buildImage({ contextId: fixtureSha, reuseOnly: true, buildWithoutCache: true }),
+        Code.InvalidArgument,
+        /cannot be set with build_without_cache, which reuses nothing$/,
+        "reuse_only",
+      ],
+      [
         "BuildImage: a base runner that is not an image reference",
         buildImage({ contextId: fixtureSha, baseRunner: "not an image" }),
         Code.InvalidArgument,

@@ -5,7 +5,7 @@ import { after, before, describe, it } from "node:test";
 import { createClient } from "@connectrpc/connect";
 import { ChildExecutionStrategy } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import { LogStream } from "../../gen/steprunner/image/v1/image_service_pb.js";
-import { type RunStepRequest, type Step, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { Phase, type RunStepRequest, type Step, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { type MessageInitShape, toJson } from "@bufbuild/protobuf";
 import { ListValueSchema } from "@bufbuild/protobuf/wkt";
 import type { RunStepRequestSchema } from "../../gen/steprunner/step/v1/step_service_pb.js";
@@ -130,6 +130,23 @@ describe("the main job: the sample repository's actions through the running serv
     const outcome = await runStep("hello");
     assert.equal(outcome.step.imageReused, true);
     assert.equal(outcome.buildEvents, 0);
+  });
+
+  it("asks for the image of a step like the last one while preparing its context, and takes it only for the same context", async () => {
+    const askedEarly = (outcome: Outcome) => outcome.step.phaseParts.some((part) => part.phase === Phase.BUILD && part.name === "image-asked-early");
+    const same = await runStep("hello");
+    assert.equal(same.step.state, StepState.SUCCESS, same.step.reason);
+    assert.ok(askedEarly(same), `the build phase waited only for the early answer: ${same.step.phaseParts.map((part) => part.name).join(", ")}`);
+    // Other properties make another context (the image is the same: the default Dockerfile does not read them).
+    const other = await runStep("hello", {
+      properties: Object.entries({ ...properties, project: { ...properties.project, app: "another-app" } }).map(([owner, values]) => ({
+        owner,
+        properties: values,
+      })),
+    });
+    assert.equal(other.step.state, StepState.SUCCESS, other.step.reason);
+    assert.equal(other.step.imageReused, true);
+    assert.ok(!askedEarly(other), "a step whose inputs differ from every earlier one's is not guessed");
   });
 
   it("builds and runs the custom .mintpress/Dockerfile of a branch", async () => {

@@ -55,6 +55,18 @@ describe("retries", () => {
     assert.equal(events.filter((event) => event.kind === "warning").length, 2);
   });
 
+  it("answers a reuse-only request NOT_FOUND before the image is built, building nothing, and with the image after", async () => {
+    const { images, attempts } = builderFailing([]);
+    const missing = await images.build({ ...request, reuseOnly: true }, () => {}).catch((error) => ConnectError.from(toConnectError(error)));
+    assert.ok(missing instanceof ConnectError);
+    assert.equal(missing.code, Code.NotFound);
+    assert.match(missing.rawMessage, /no image was built for context sha256:\w+ with these inputs/);
+    assert.equal(attempts(), 0, "nothing was built");
+    const built = await images.build(request, () => {});
+    const reused = await images.build({ ...request, reuseOnly: true }, () => {});
+    assert.deepEqual([reused.imageId, reused.reused, attempts()], [built.imageId, true, 1]);
+  });
+
   it("gives up after three failed attempts", async () => {
     const unavailable = () => new ConnectError("connection reset", Code.Unavailable);
     const { images, attempts } = builderFailing([unavailable(), unavailable(), unavailable(), unavailable()]);

@@ -33,6 +33,7 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
         throw invalidField("network_mode", "must be NETWORK_MODE_NONE, NETWORK_MODE_HOST or unset", request.networkMode);
       if (!(request.handoff in ImageHandoff))
         throw invalidField("handoff", "must be IMAGE_HANDOFF_REGISTRY, IMAGE_HANDOFF_LAYER_STORE or unset", request.handoff);
+      if (request.reuseOnly && request.buildWithoutCache) throw invalidField("reuse_only", "cannot be set with build_without_cache, which reuses nothing");
       const events = new EventChannel<MessageInitShape<typeof BuildImageResponseSchema>>();
       images
         .build(
@@ -42,6 +43,7 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
             network: request.networkMode === NetworkMode.HOST ? "host" : "none",
             buildWithoutCache: request.buildWithoutCache,
             handoff: HANDOFFS[request.handoff],
+            reuseOnly: request.reuseOnly,
           },
           (event) => events.push(toResponse(event)),
           context.signal,
@@ -108,6 +110,7 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
 
 const CODES: Record<ImageErrorKind, Code> = {
   "invalid-argument": Code.InvalidArgument,
+  "not-found": Code.NotFound,
   "failed-precondition": Code.FailedPrecondition,
   unavailable: Code.Unavailable,
   cancelled: Code.Canceled,

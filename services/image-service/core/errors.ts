@@ -7,6 +7,7 @@ import { violationMessage } from "../../shared/validation.js";
  */
 export type ImageErrorKind =
   | "invalid-argument" // a malformed request field
+  | "not-found" // a reuse-only request whose image was never built (or is gone)
   | "failed-precondition" // the build cannot succeed as asked: the Dockerfile, the base runner, the hand-off
   | "unavailable" // BuildKit, dockerd or the registry did not answer; retrying may help
   | "cancelled" // every caller of the build went away
@@ -29,4 +30,5 @@ export class ImageError extends Error {
 export const invalidField = (field: string, rule: string, got?: string) => new ImageError("invalid-argument", violationMessage(field, rule, got), field);
 export const failedPrecondition = (message: string) => new ImageError("failed-precondition", message);
 export const unavailable = (message: string) => new ImageError("unavailable", message);
+export const notFound = (message: string) => new ImageError("not-found", message);
 export const buildCancelled = () => new ImageError("cancelled", "the build was cancelled");

@@ -13,7 +13,7 @@ import { inSpan, tracer } from "../../shared/tracing.js";
 import { type ImageConfigFile, type ImageManifest, RegistryError } from "../../shared/registry/registry-client.js";
 import { findRemoteSource } from "./remote-sources.js";
 import { explainBuildFailure, isTransient, rawMessage } from "./build-errors.js";
-import { buildCancelled, failedPrecondition, ImageError, invalidField, unavailable } from "./errors.js";
+import { buildCancelled, failedPrecondition, ImageError, invalidField, notFound, unavailable } from "./errors.js";
 import type { BuildEvent, BuildRequest, ContextSource, Handoff, ImageResult, LocalContext } from "./model.js";
 import type { ReuseRecord, ReuseRecords } from "./reuse-records.js";
 import { findSyntaxDirective, isNotUnderstood, registryHostOf, type SyntaxDirective, type SyntaxPolicy } from "./syntax-directive.js";
@@ -235,6 +235,7 @@ export class ImageBuilder {
       const reused = await this.reuse(contentKey, handoff, signal);
       if (reused) return reused;
     }
+    if (request.reuseOnly) throw notFound(`no image was built for context ${request.contextId} with these inputs (or it is gone); nothing was built`);
     const key = `${contentKey}/${request.buildWithoutCache}`;
     // Identical builds share one solve; it is cancelled only when every caller waiting for it has gone.
     let listeners = this.listeners.get(key);

@@ -47,6 +47,8 @@ export interface BuildRequest {
   buildWithoutCache: boolean;
   /** Undefined: the service's default. */
   handoff: Handoff | undefined;
+  /** Only an image built before for the same inputs; nothing is built (not-found otherwise). */
+  reuseOnly?: boolean;
 }
 
 export interface ImageLayer {

@@ -8,7 +8,7 @@ import {
   NetworkMode,
   VertexState,
 } from "../../../gen/steprunner/image/v1/image_service_pb.js";
-import type { BuildLog, BuildProgress, BuildVertexState, BuiltStepImage, ImageBuilder, PreparedStepContext, StepRequest } from "../steps/ports.js";
+import type { BuildLog, BuildProgress, BuildVertexState, BuiltStepImage, ImageBuilder, ImageBuildOptions, StepRequest } from "../steps/ports.js";
 import { callService } from "./service-calls.js";
 
 /** Builds or reuses a step's image with the image-service, forwarding its progress. */
@@ -20,27 +20,30 @@ export class ImageServiceBuilder implements ImageBuilder {
   }
 
   build(
-    context: PreparedStepContext,
+    contextId: string,
     request: StepRequest,
     onProgress: (progress: BuildProgress) => void,
     signal: AbortSignal,
     onWarning?: (message: string) => void,
+    options: ImageBuildOptions = {},
   ): Promise<BuiltStepImage> {
-    return callService("image-service", signal, () => this.buildImage(context, request, onProgress, signal, onWarning));
+    return callService("image-service", signal, () => this.buildImage(contextId, request, onProgress, signal, onWarning, options));
   }
 
   private async buildImage(
-    context: PreparedStepContext,
+    contextId: string,
     request: StepRequest,
     onProgress: (progress: BuildProgress) => void,
     signal: AbortSignal,
-    onWarning?: (message: string) => void,
+    onWarning: ((message: string) => void) | undefined,
+    options: ImageBuildOptions,
   ): Promise<BuiltStepImage> {
     const stream = this.client.buildImage(
       {
-        contextId: context.contextId,
+        contextId,
         networkMode: request.hostNetwork ? NetworkMode.HOST : NetworkMode.NONE,
         buildWithoutCache: request.buildWithoutCache,
+        reuseOnly: options.reuseOnly ?? false,
       },
       { signal },
     );

@@ -106,14 +106,21 @@ export interface BuiltStepImage {
 
 /** Builds or reuses a step's image (the image-service's BuildImage, or an image that is already built). */
 export interface ImageBuilder {
+  /** Builds or reuses the image of a prepared context (its contextId). */
   build(
-    context: PreparedStepContext,
+    contextId: string,
     request: StepRequest,
     onProgress: (progress: BuildProgress) => void,
     signal: AbortSignal,
     /** Told of the build's warnings (e.g. an ignored "# syntax=" line). */
     onWarning?: (message: string) => void,
+    options?: ImageBuildOptions,
   ): Promise<BuiltStepImage>;
+}
+
+export interface ImageBuildOptions {
+  /** Only an image built before for the same inputs: the call fails when there is none, and nothing is built. */
+  reuseOnly?: boolean;
 }
 
 /** Turns a hand-off into lower directories (ImageMaterialiser). */

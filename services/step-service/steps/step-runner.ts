@@ -25,6 +25,7 @@ import { InvalidResultError, parseStepResult, type StepResultData } from "./resu
 import { requestEnvironment, runtimeStepContext, stepCommand } from "./run-command.js";
 import { FifoQueue, QueueLeftError } from "../../shared/fifo-queue.js";
 import { BuildLogMasker, SecretMasker } from "./secrets.js";
+import { type ImageGuess, ImageSpeculation } from "./image-speculation.js";
 
 export type StepEvent =
   | { type: "accepted"; step: StepRecord }
@@ -104,6 +105,7 @@ export class StepRunner {
   private readonly active = new Map<string, Active>();
   private readonly queue: FifoQueue;
   private readonly executions = new Set<Promise<void>>();
+  private readonly speculation: ImageSpeculation;
   private draining = false;
 
   constructor(
@@ -112,6 +114,9 @@ export class StepRunner {
   ) {
     this.records = new StepRecords(settings.stateDir);
     this.queue = new FifoQueue(settings.maxConcurrentSteps);
+    this.speculation = new ImageSpeculation(parts.images, (error) =>
+      parts.logger.debug("the early request for a step's image failed; the step asks again", { error: (error as Error).message }),
+    );
   }
 
   private get logDir() {
@@ -303,9 +308,18 @@ export class StepRunner {
     }, request.timeoutMs);
     let image: ImageRootfs | undefined;
     let end: StepEnd;
+    // A step like an earlier one asks for that one's image while its own context is prepared.
+    const guess = this.speculation.guess(request, controller.signal);
     try {
-      const prepared = await this.prepareContext(request, active, masker);
-      const built = await this.buildImage(request, active, prepared, masker);
+      let prepared: PreparedStepContext;
+      try {
+        prepared = await this.prepareContext(request, active, masker);
+      } catch (error) {
+        guess?.abandon();
+        throw error;
+      }
+      this.speculation.remember(request, prepared.contextId);
+      const built = await this.buildImage(request, active, prepared, masker, guess);
       image = await this.pullImage(active, built);
       const exit = await this.runAction(request, active, { prepared, image, contextFile, masker, deadline });
       end = this.endOfRun(request, active, exit, masker);
@@ -328,13 +342,27 @@ export class StepRunner {
   }
 
   /** The build phase: the image built or reused (the image-service's round trip), its progress masked and passed on. */
-  private async buildImage(request: StepRequest, active: Active, prepared: PreparedStepContext, masker: SecretMasker): Promise<BuiltStepImage> {
+  private async buildImage(
+    request: StepRequest,
+    active: Active,
+    prepared: PreparedStepContext,
+    masker: SecretMasker,
+    guess: ImageGuess | undefined,
+  ): Promise<BuiltStepImage> {
     this.enter(active, "building", "build");
     const built = await this.phase(active, "build", async (span) => {
+      const onWarning = (message: string) => this.emit(active, { type: "warning", message: masker.text(message) });
+      const asked = performance.now();
+      const guessed = await guess?.take(prepared.contextId);
+      if (guessed) {
+        this.addPart(active, "image-asked-early", performance.now() - asked);
+        guessed.warnings.forEach(onWarning);
+        span.setAttributes({ "image.id": guessed.built.imageId, "image.reused": guessed.built.reused, "image.asked_early": true });
+        return guessed.built;
+      }
       const buildLog = new BuildLogMasker(masker);
       const onProgress = (progress: BuildProgress) => this.emit(active, { type: "build", progress: buildLog.mask(progress) });
-      const onWarning = (message: string) => this.emit(active, { type: "warning", message: masker.text(message) });
-      const result = await this.parts.images.build(prepared, request, onProgress, active.controller.signal, onWarning).finally(() => {
+      const result = await this.parts.images.build(prepared.contextId, request, onProgress, active.controller.signal, onWarning).finally(() => {
         const rest = buildLog.flush();
         if (rest) this.emit(active, { type: "build", progress: rest });
       });

@@ -1,0 +1,102 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { ImageSpeculation } from "../../services/step-service/steps/image-speculation.js";
+import type { BuiltStepImage, ImageBuilder, ImageBuildOptions, StepRequest } from "../../services/step-service/steps/ports.js";
+
+const request = (overrides: Partial<StepRequest> = {}): StepRequest => ({
+  stepId: "s1",
+  repositoryUrl: "https://git.example/repo.git",
+  gitRev: "main",
+  action: "hello",
+  properties: [{ owner: "project", properties: { a: 1 } }],
+  secretPointers: [],
+  contextValues: {},
+  repoFolder: "",
+  excludeGitHistory: false,
+  timeoutMs: 60_000,
+  hostNetwork: false,
+  limits: { memoryBytes: 1, cpuMillis: 1, pids: 1 },
+  buildWithoutCache: false,
+  ...overrides,
+});
+
+/** An image builder that records each call and answers as told. */
+function fakeImages(answer: (contextId: string) => Promise<BuiltStepImage>) {
+  const calls: { contextId: string; options?: ImageBuildOptions; signal: AbortSignal }[] = [];
+  const images: ImageBuilder = {
+    build(contextId, _request, _onProgress, signal, onWarning, options) {
+      calls.push({ contextId, options, signal });
+      onWarning?.(`warning for ${contextId}`);
+      return answer(contextId);
+    },
+  };
+  return { images, calls };
+}
+
+const image = (contextId: string): BuiltStepImage => ({
+  image: { kind: "registry", reference: `r/${contextId}` },
+  imageId: `image-of-${contextId}`,
+  reused: true,
+});
+
+describe("ImageSpeculation", () => {
+  it("guesses nothing for a request never seen, nor for a build without cache", () => {
+    const { images, calls } = fakeImages(async (id) => image(id));
+    const speculation = new ImageSpeculation(images);
+    const signal = new AbortController().signal;
+    assert.equal(speculation.guess(request(), signal), undefined);
+    speculation.remember(request({ buildWithoutCache: true }), "ctx-1");
+    assert.equal(speculation.guess(request({ buildWithoutCache: true }), signal), undefined);
+    assert.equal(calls.length, 0);
+  });
+
+  it("asks, reuse only, for the image of the context a request alike in all but its id and action got last", async () => {
+    const { images, calls } = fakeImages(async (id) => image(id));
+    const speculation = new ImageSpeculation(images);
+    speculation.remember(request(), "ctx-1");
+    const guess = speculation.guess(request({ stepId: "s2", action: "other" }), new AbortController().signal);
+    assert.equal(guess?.contextId, "ctx-1");
+    assert.deepEqual(
+      calls.map((call) => [call.contextId, call.options]),
+      [["ctx-1", { reuseOnly: true }]],
+    );
+    assert.deepEqual(await guess!.take("ctx-1"), { built: image("ctx-1"), warnings: ["warning for ctx-1"] });
+  });
+
+  it("abandons the guess when the step got another context, or no context", async () => {
+    const { images, calls } = fakeImages(() => new Promise<never>(() => {}));
+    const speculation = new ImageSpeculation(images);
+    speculation.remember(request(), "ctx-1");
+    const guess = speculation.guess(request(), new AbortController().signal)!;
+    assert.equal(await guess.take("ctx-2"), undefined);
+    assert.ok(calls[0]!.signal.aborted, "the early request is cancelled");
+    const another = speculation.guess(request(), new AbortController().signal)!;
+    another.abandon();
+    assert.ok(calls[1]!.signal.aborted);
+  });
+
+  it("answers undefined when the early request fails, and says why; a different request is not guessed", async () => {
+    const failures: unknown[] = [];
+    const { images } = fakeImages(async () => {
+      throw new Error("not found");
+    });
+    const speculation = new ImageSpeculation(images, (error) => failures.push(error));
+    speculation.remember(request(), "ctx-1");
+    assert.equal(await speculation.guess(request(), new AbortController().signal)!.take("ctx-1"), undefined);
+    assert.deepEqual(
+      failures.map((error) => (error as Error).message),
+      ["not found"],
+    );
+    assert.equal(speculation.guess(request({ gitRev: "v2" }), new AbortController().signal), undefined);
+  });
+
+  it("cancels the early request with the step", () => {
+    const { images, calls } = fakeImages(() => new Promise<never>(() => {}));
+    const speculation = new ImageSpeculation(images);
+    speculation.remember(request(), "ctx-1");
+    const step = new AbortController();
+    speculation.guess(request(), step.signal);
+    step.abort(new Error("cancelled"));
+    assert.ok(calls[0]!.signal.aborted);
+  });
+});
