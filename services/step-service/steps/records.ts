@@ -47,6 +47,8 @@ export interface StepRecord {
 /** Step records in SQLite (better-sqlite3: synchronous, so a record is on disk when a call returns). */
 export class StepRecords {
   private readonly db: Database.Database;
+  /** The statements every step runs, compiled once. */
+  private readonly statements: { insert: Database.Statement; save: Database.Statement; get: Database.Statement };
 
   constructor(stateDir: string) {
     this.db = new Database(join(stateDir, "steps.db"));
@@ -57,26 +59,29 @@ export class StepRecords {
       created_at INTEGER NOT NULL,
       record TEXT NOT NULL
     ); CREATE INDEX IF NOT EXISTS steps_created ON steps (created_at DESC, id DESC);`);
+    this.statements = {
+      insert: this.db.prepare(
+        `INSERT INTO steps (id, state, created_at, record) VALUES (?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, created_at = excluded.created_at, record = excluded.record
+         WHERE steps.state = 'handed_back'`,
+      ),
+      save: this.db.prepare("UPDATE steps SET state = ?, record = ? WHERE id = ?"),
+      get: this.db.prepare("SELECT record FROM steps WHERE id = ?"),
+    };
   }
 
   /** False when a step with this id exists already; a step that was handed back is replaced by its new run. */
   insert(record: StepRecord): boolean {
-    const result = this.db
-      .prepare(
-        `INSERT INTO steps (id, state, created_at, record) VALUES (?, ?, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET state = excluded.state, created_at = excluded.created_at, record = excluded.record
-         WHERE steps.state = 'handed_back'`,
-      )
-      .run(record.id, record.state, record.createdAt, JSON.stringify(record));
+    const result = this.statements.insert.run(record.id, record.state, record.createdAt, JSON.stringify(record));
     return result.changes === 1;
   }
 
   save(record: StepRecord): void {
-    this.db.prepare("UPDATE steps SET state = ?, record = ? WHERE id = ?").run(record.state, JSON.stringify(record), record.id);
+    this.statements.save.run(record.state, JSON.stringify(record), record.id);
   }
 
   get(id: string): StepRecord | undefined {
-    const row = this.db.prepare("SELECT record FROM steps WHERE id = ?").get(id) as { record: string } | undefined;
+    const row = this.statements.get.get(id) as { record: string } | undefined;
     return row ? (JSON.parse(row.record) as StepRecord) : undefined;
   }
 
