@@ -21,7 +21,7 @@ import type { JsonObject } from "@bufbuild/protobuf";
 import { Phase, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { ROOT, run, stack } from "../support/stack.js";
-import { BareBundle, bareThroughput, DOCKER, envOf, median, runQuiet, seconds, stepContextOf, stepImageLayers } from "./warm-path.js";
+import { BareBundle, bareThroughput, cpuPerStep, DOCKER, envOf, median, runQuiet, seconds, stepContextOf, stepImageLayers } from "./warm-path.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -241,12 +241,22 @@ async function newCommit(dir: string): Promise<void> {
   });
 }
 
-/** Peak resident memory of each service while work runs, sampled every 20 ms from /proc. */
-async function peakRss<T>(work: () => Promise<T>): Promise<Record<string, number>> {
+/** The local stack's service processes by name. */
+async function servicePids(): Promise<Record<string, number>> {
   const pids: Record<string, number> = {};
   for (const service of ["context-service", "image-service", "step-service"]) {
     pids[service] = Number((await readFile(join(stack.runDir, `${service}.pid`), "utf8")).trim());
   }
+  return pids;
+}
+
+/** CPU per step (ms) of each process during F6: steprunner's runs and the bare runc pairs', run by run. */
+const cpuOfSteps: Record<string, number>[] = [];
+const cpuOfBound: Record<string, number>[] = [];
+
+/** Peak resident memory of each service while work runs, sampled every 20 ms from /proc. */
+async function peakRss<T>(work: () => Promise<T>): Promise<Record<string, number>> {
+  const pids = await servicePids();
   const peaks: Record<string, number> = Object.fromEntries(Object.keys(pids).map((name) => [name, 0]));
   let sampling = true;
   const sampler = (async () => {
@@ -400,11 +410,20 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
     const concurrent = Number(args.concurrent);
     const ours: number[] = [];
     const bound: number[] = [];
+    const pids = await servicePids();
     currentScenario = "";
     for (let i = 0; i < Number(args["throughput-runs"]); i++) {
-      bound.push(await bareThroughput([floorBundle, probeBundle], concurrent, `bench-pair-${i}`));
+      let pairRate = 0;
+      cpuOfBound.push(
+        await cpuPerStep(pids, concurrent, async () => (pairRate = await bareThroughput([floorBundle, probeBundle], concurrent, `bench-pair-${i}`))),
+      );
+      bound.push(pairRate);
       currentScenario = `${concurrent} at once`;
-      ours.push(concurrent / (await seconds(() => Promise.all(Array.from({ length: concurrent }, () => steprunnerStep(sample, "main", properties))))));
+      cpuOfSteps.push(
+        await cpuPerStep(pids, concurrent, async () =>
+          ours.push(concurrent / (await seconds(() => Promise.all(Array.from({ length: concurrent }, () => steprunnerStep(sample, "main", properties)))))),
+        ),
+      );
       currentScenario = "";
     }
     record({
@@ -749,6 +768,8 @@ async function main(): Promise<void> {
     "|---|---|",
     ...breakdownLines(),
     "",
+    ...cpuLines(),
+    "",
     "D. Peak RSS of each service during the new-commit steps of the public repositories (target: within 20%):",
     "",
     "| service | small repository | big repository | ratio |",
@@ -765,6 +786,34 @@ async function main(): Promise<void> {
   ];
   console.log(lines.join("\n"));
   await writeFile(args.out ?? join(ROOT, "bench-results.md"), `${lines.join("\n")}\n`);
+}
+
+/**
+ * F6's CPU per step, by process (medians over its runs): what each step costs the 2 cores beyond the action in
+ * bare runc, whose runc and container are this process's children.
+ */
+function cpuLines(): string[] {
+  if (cpuOfSteps.length === 0) return [];
+  const of = (runs: Record<string, number>[], name: string) => median(runs.map((run) => run[name] ?? 0));
+  const containers = of(cpuOfSteps, "step-service children");
+  const parts = [
+    ["runc and the container (the step-service's children)", containers],
+    ["step-service", of(cpuOfSteps, "step-service")],
+    ["context-service", of(cpuOfSteps, "context-service")],
+    ["image-service", of(cpuOfSteps, "image-service")],
+    ["the benchmark's gRPC client", of(cpuOfSteps, "bench")],
+  ] as const;
+  const bare = of(cpuOfBound, "bench children");
+  const total = parts.reduce((sum, [, ms]) => sum + ms, 0);
+  return [
+    "F6's CPU per step (medians over its runs, from /proc: user + system ms). The bound's container, bare runc, is the",
+    "yardstick: everything above it is what a step costs besides its action.",
+    "",
+    "| process | steprunner, ms a step | bare runc, ms a step |",
+    "|---|---|---|",
+    ...parts.map(([name, ms]) => `| ${name} | ${ms.toFixed(1)} | ${name.startsWith("runc") ? bare.toFixed(1) : "–"} |`),
+    `| total | ${total.toFixed(1)} | ${bare.toFixed(1)} (${(bare / total).toFixed(2)}× of ours) |`,
+  ];
 }
 
 await main();

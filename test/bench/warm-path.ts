@@ -186,3 +186,30 @@ export async function bareThroughput(bundles: BareBundle[], total: number, prefi
 
 /** The docker CLI of the local stack's dockerd. */
 export const DOCKER = ["/usr/bin/docker", "--host", `unix://${stack.runDir}/docker.sock`];
+
+/** CPU time of a process in ms: its own, and that of the children it has waited for (user + system). */
+export async function processCpu(pid: number | "self"): Promise<{ own: number; children: number }> {
+  const fields = (await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1]!.split(" ");
+  const ms = (index: number) => (Number(fields[index]) * 1000) / CLOCK_TICKS;
+  return { own: ms(11) + ms(12), children: ms(13) + ms(14) };
+}
+
+/** Linux's USER_HZ, which /proc/<pid>/stat counts in. */
+const CLOCK_TICKS = 100;
+
+/**
+ * CPU per step of each process while work runs, in ms: the services (their own, and the step-service's
+ * children, which are runc and the containers), and this process's waited children (bare runc).
+ */
+export async function cpuPerStep(pids: Record<string, number>, steps: number, work: () => Promise<unknown>): Promise<Record<string, number>> {
+  const watched: Record<string, number | "self"> = { ...pids, bench: "self" };
+  const before = Object.fromEntries(await Promise.all(Object.entries(watched).map(async ([name, pid]) => [name, await processCpu(pid)] as const)));
+  await work();
+  const perStep: Record<string, number> = {};
+  for (const [name, pid] of Object.entries(watched)) {
+    const after = await processCpu(pid);
+    perStep[name] = (after.own - before[name]!.own) / steps;
+    perStep[`${name} children`] = (after.children - before[name]!.children) / steps;
+  }
+  return perStep;
+}
