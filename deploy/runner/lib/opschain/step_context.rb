@@ -101,59 +101,74 @@ module OpsChain
     end
   end
 
-  # Repository properties, read only, below every owner: <repo folder>/properties.json (.yaml, .yml), then the
-  # files of the <repo folder>/properties/ tree that apply to the step's parents, top down:
+  # Repository properties, read only, below every owner: <repo folder>/properties.json (.toml, .yaml, .yml), then
+  # <repo folder>/environments/<environment code>.json (.toml, .yaml, .yml) of the older docs, then the files of
+  # the <repo folder>/properties/ tree that apply to the step's parents, top down:
   #   properties/*, properties/projects/*, properties/projects/<project code>/*,
   #   …/<project code>/environments/*, …/environments/<environment code>/*,
   #   …/<environment code>/assets/*, …/assets/<asset code>/*
-  # (files directly in each folder, .json/.yaml/.yml, alphabetically; codes from context.parents).
+  # (files directly in each folder, .json/.toml/.yaml/.yml, alphabetically; codes from context.parents).
   module RepositoryProperties
-    EXTENSIONS = %w[.json .yaml .yml].freeze
+    EXTENSIONS = %w[.json .toml .yaml .yml].freeze
 
     module_function
 
-    def load = folders.reduce({}) { |merged, (_, dir)| OpsChain.deep_merge(merged, merge_files(dir, top_level: dir == root)) }
+    def load = folders.reduce({}) { |merged, (_, dir, only)| OpsChain.deep_merge(merged, merge_files(dir, only: only)) }
 
     # Only the files of one owner's own folder (properties/projects/<code>/ for :project…).
     def for_owner(owner)
-      folders.select { |name, _| name == owner.to_s }.reduce({}) { |merged, (_, dir)| OpsChain.deep_merge(merged, merge_files(dir)) }
+      folders.select { |name, _| name == owner.to_s }.reduce({}) { |merged, (_, dir, only)| OpsChain.deep_merge(merged, merge_files(dir, only: only)) }
     end
 
     def root = File.join(Paths.repo_dir, Paths.repo_folder)
 
-    # [owner or nil, folder] in load order.
+    # [owner or nil, folder, the one file name its files must have or nil] in load order.
     def folders
       base = File.join(root, 'properties')
       parents = OpsChain.document['context']['parents'] || {}
-      list = [[nil, root], [nil, base], [nil, File.join(base, 'projects')]]
+      codes = %w[project environment asset].to_h do |owner|
+        code = parents.is_a?(Hash) && parents[owner].is_a?(Hash) ? parents[owner]['code'].to_s : ''
+        [owner, code.empty? || code.include?('/') || code.start_with?('.') ? nil : code]
+      end
+      list = [[nil, root, 'properties']]
+      list << ['environment', File.join(root, 'environments'), codes['environment']] if codes['environment']
+      list += [[nil, base, nil], [nil, File.join(base, 'projects'), nil]]
       path = File.join(base, 'projects')
       [%w[project environments], %w[environment assets], ['asset', nil]].each do |owner, below|
-        code = parents.is_a?(Hash) && parents[owner].is_a?(Hash) ? parents[owner]['code'].to_s : ''
-        break if code.empty? || code.include?('/') || code.start_with?('.')
+        break unless codes[owner]
 
-        path = File.join(path, code)
-        list << [owner, path]
+        path = File.join(path, codes[owner])
+        list << [owner, path, nil]
         break unless below
 
         path = File.join(path, below)
-        list << [nil, path]
+        list << [nil, path, nil]
       end
       list
     end
 
-    # The properties files directly in dir, merged alphabetically; in the repo folder itself only properties.*.
-    def merge_files(dir, top_level: false)
+    # The properties files directly in dir, merged alphabetically; with `only`, just the files of that name.
+    def merge_files(dir, only: nil)
       return {} unless File.directory?(dir)
 
       names = Dir.children(dir).sort.select { |name| EXTENSIONS.include?(File.extname(name)) && File.file?(File.join(dir, name)) }
-      names = names.select { |name| File.basename(name, '.*') == 'properties' } if top_level
+      names = names.select { |name| File.basename(name, '.*') == only } if only
       names.reduce({}) do |merged, name|
         path = File.join(dir, name)
-        values = name.end_with?('.json') ? JSON.parse(File.read(path)) : YAML.safe_load(File.read(path))
+        values = parse(path)
         values = {} if values.nil?
         raise ArgumentError, "#{path} must hold a JSON object" unless values.is_a?(Hash)
 
         OpsChain.deep_merge(merged, values)
+      end
+    end
+
+    def parse(path)
+      text = File.read(path)
+      case File.extname(path)
+      when '.json' then JSON.parse(text)
+      when '.toml' then Toml.parse(text, path)
+      else YAML.safe_load(text)
       end
     end
   end
