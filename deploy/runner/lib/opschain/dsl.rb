@@ -37,6 +37,7 @@ module OpsChain
 
       def reset!
         @actions = @resources = nil
+        BuiltinSteps.reset!
       end
 
       # "Hello world action" → "hello_world_action"; plain names (letters, digits, _, :) are kept as they are.
@@ -65,6 +66,8 @@ module OpsChain
         spec = args.first
         name, prerequisites = spec.is_a?(Hash) ? single_pair(spec) : [spec, []]
         validate_run_as(known[:run_as]) if known.key?(:run_as)
+        refuse_builtin(name, 'an action name')
+        Array(prerequisites).each { |prerequisite| refuse_builtin(prerequisite, 'a prerequisite') }
         task_name = slug(name)
         step_name = known[:step_name] || (task_name == name.to_s ? nil : name.to_s)
         full_name = [Rake.application.current_scope.path, task_name].reject(&:empty?).join(':')
@@ -123,8 +126,12 @@ module OpsChain
         OpsChain.child_execution_strategy = strategy || :sequential
       end
 
-      # A child step of step_result.json: its action, plus its step name and ignore_failure when declared.
-      def child_definition(action)
+      # A child step of step_result.json: its action, plus its step name and ignore_failure when declared; a
+      # built-in step (group, wait, input) with its own children.
+      def child_definition(action, seen = [])
+        builtin = BuiltinSteps[action]
+        return BuiltinSteps.definition(builtin, seen) if builtin
+
         info = actions[resolve(action)]
         definition = { 'action' => action }
         definition['step_name'] = info.step_name if info&.step_name
@@ -132,18 +139,66 @@ module OpsChain
         definition
       end
 
+      def validate_run_as(value)
+        return if STRATEGIES.include?(value.to_s.to_sym)
+
+        raise ArgumentError, "run_as: must be :sequential or :parallel, not #{value.inspect}#{where}"
+      end
+
+      # " (actions.rb:12)": where in actions.rb the definition being checked was written, for error messages.
+      def where
+        location = caller_locations.find { |candidate| File.basename(candidate.path.to_s) == 'actions.rb' }
+        location ? " (actions.rb:#{location.lineno})" : ''
+      end
+
+      # expected_step_tree of a dry run: the requested actions' step tree as actions.rb declares it (step name,
+      # description, prerequisites, child steps and theirs), without running anything. Child steps an action
+      # adds while it runs cannot be known.
+      def expected_tree(requested)
+        nodes = requested.map { |name| tree_node(name, []) }
+        return nodes.first if nodes.length == 1
+
+        strategy = requested.map { |name| actions[name]&.run_as }.compact.first || :sequential
+        { 'action' => requested.join(' '), 'children' => nodes.flat_map { |node| node['children'] }, 'child_execution_strategy' => strategy.to_s }
+      end
+
       private
+
+      def tree_node(action, path)
+        builtin = BuiltinSteps[action]
+        if builtin
+          node = BuiltinSteps.definition(builtin).except('children')
+          node['children'] = Dsl.step_names(builtin.steps).map { |child| tree_node(child, path + [action]) }
+          return node
+        end
+        name = resolve(action)
+        task = Rake::Task.task_defined?(name) ? Rake::Task[name] : nil
+        info = actions[name]
+        node = { 'action' => action.to_s }
+        return node.merge('defined' => false) unless task
+
+        node['step_name'] = info.step_name if info&.step_name
+        description = info&.description || task.comment
+        node['description'] = description if description
+        node['prerequisites'] = task.prerequisites
+        node['ignore_failure'] = true if info&.ignore_failure
+        return node.merge('recursive' => true) if path.include?(name)
+
+        node['children'] = step_names(info&.steps).map { |child| tree_node(child, path + [name]) }
+        node['child_execution_strategy'] = (info&.run_as || :sequential).to_s
+        node
+      end
+
+      def refuse_builtin(name, what)
+        return unless BuiltinSteps[name]
+
+        raise ArgumentError, "#{name} is a built-in step (OpsChain.wait_step, input_step, steps…) and cannot be #{what}: use it only in a steps: list#{where}"
+      end
 
       def single_pair(hash)
         raise ArgumentError, "action takes one name => prerequisites pair, not #{hash.inspect}" unless hash.size == 1
 
         hash.first
-      end
-
-      def validate_run_as(value)
-        return if STRATEGIES.include?(value.to_s.to_sym)
-
-        raise ArgumentError, "run_as: must be :sequential or :parallel, not #{value.inspect}"
       end
 
       def run_block(info, task, task_args, block, receiver)
@@ -196,19 +251,26 @@ module OpsChain
       task.invoke(*args)
     end
 
-    # Not supported by this runner: groups, wait and input steps need the server's step tree.
-    # OpsChain.step(name) with no options is the name itself, as in the docs.
-    def step(name, **options)
-      return name if options.empty?
+    # Built-in child steps: each returns a generated name to put in a steps: list (BuiltinSteps).
 
-      raise NotImplementedError, 'OpsChain.step with options is not supported by this step runner (child steps are plain actions)'
+    # A group of child steps with its own strategy, nested in another steps: list.
+    def steps(steps, run_as: :sequential, step_name: nil) = BuiltinSteps.group(steps, run_as: run_as, step_name: step_name)
+
+    # Pauses the change until a caller continues it (ContinueChange), or for `seconds`; `steps:` start after it.
+    def wait_step(seconds: nil, step_name: nil, steps: nil, ignore_failure: false)
+      BuiltinSteps.wait(seconds: seconds, step_name: step_name, steps: steps, ignore_failure: ignore_failure)
     end
 
-    %i[steps wait_step input_step ignore_failure_step].each do |name|
-      define_method(name) do |*|
-        raise NotImplementedError, "OpsChain.#{name} is not supported by this step runner (child steps are plain actions)"
-      end
+    # Pauses the change until a caller supplies the input arguments, written into the change's properties.
+    def input_step(input_arguments:, step_name: nil, steps: nil, ignore_failure: false)
+      BuiltinSteps.input(input_arguments: input_arguments, step_name: step_name, steps: steps, ignore_failure: ignore_failure)
     end
+
+    # A wrapper around a child step whose failure does not fail the change.
+    def ignore_failure_step(action, step_name: nil) = BuiltinSteps.ignore_failure(action, step_name: step_name)
+
+    # OpsChain.step(name) is the name itself; with wait:, input_arguments: or ignore_failure: it wraps it.
+    def step(name, **options) = BuiltinSteps.wrap(name, options)
   end
 end
 

@@ -9,7 +9,8 @@ module OpsChain
     def actions_file = File.join(Paths.repo_dir, 'actions.rb')
 
     # opschain-action [ACTION…] [-T|-AT|other Rake options]: runs the actions in this step; with no action,
-    # Rake's default. Writes step_result.json whatever the outcome (not when only listing).
+    # Rake's default. Writes step_result.json whatever the outcome (not when only listing). With
+    # OPSCHAIN_DRY_RUN=true nothing runs: step_result.json gets the expected_step_tree instead.
     def action(argv)
       listing = argv.any? { |arg| arg.start_with?('-') }
       at_exit { write_result } unless listing
@@ -18,6 +19,8 @@ module OpsChain
         prepare(write_files: !listing)
         setup_gems
         app.init('opschain-action', ['--rakefile', actions_file, *argv])
+        # Rake keeps `desc` texts only when asked; the expected step tree shows them.
+        Rake::TaskManager.record_task_metadata = true if dry_run?
         app.load_rakefile
         Dsl.resolve_prerequisites!
         unless listing
@@ -25,7 +28,12 @@ module OpsChain
           OpsChain.requested_actions = app.top_level_tasks.map { |name| name.sub(/\[.*\z/m, '') }
           Dsl.start_step(OpsChain.requested_actions)
         end
-        app.top_level
+        if !listing && dry_run?
+          OpsChain.expected_step_tree = Dsl.expected_tree(OpsChain.requested_actions)
+          puts "opschain-action: dry run (OPSCHAIN_DRY_RUN=true): #{OpsChain.requested_actions.join(' ')} not run; step_result.json has the expected_step_tree"
+        else
+          app.top_level
+        end
       end
     end
 
@@ -44,6 +52,8 @@ module OpsChain
         next if info.steps.respond_to?(:call)
 
         Dsl.step_names(info.steps).each do |child|
+          next if BuiltinSteps[child]
+
           warn "opschain-lint: #{info.name}: child step #{child} is not an action here" unless Rake::Task.task_defined?(Dsl.resolve(child))
         end
       end
@@ -58,6 +68,8 @@ module OpsChain
     rescue StandardError => e
       warn "opschain-action: step_result.json not written: #{e.class}: #{e.message}"
     end
+
+    def dry_run? = ENV.fetch('OPSCHAIN_DRY_RUN', '') == 'true'
 
     def prepare(write_files:)
       Dir.chdir(Paths.repo_dir)

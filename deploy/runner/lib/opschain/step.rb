@@ -216,7 +216,7 @@ module OpsChain
           'children' => child_steps.map { |action| Dsl.child_definition(action) },
           'child_execution_strategy' => child_execution_strategy.to_s
         },
-        'expected_step_tree' => nil
+        'expected_step_tree' => expected_step_tree
       }
     end
 
@@ -225,6 +225,9 @@ module OpsChain
       dir = context_file && File.basename(context_file).start_with?('step_context.json') ? File.dirname(context_file) : File.join(Paths.repo_dir, Paths.configured_folder || Paths.repo_folder)
       File.join(dir, 'step_result.json')
     end
+
+    # A dry run's step tree (Dsl.expected_tree); nil otherwise, as in the docs' sample.
+    attr_accessor :expected_step_tree
 
     def write_result
       path = result_path
@@ -236,7 +239,7 @@ module OpsChain
     # Forgets everything read or changed (tests, and a fresh step).
     def reset!
       @document = @context = @original = @working = @repository = @child_steps = @child_execution_strategy = nil
-      @context_file = @requested_actions = nil
+      @context_file = @requested_actions = @expected_step_tree = nil
     end
 
     private
