@@ -7,6 +7,7 @@ import { startServer, stopOnSignals } from "../shared/server/serve.js";
 import { serviceTransport } from "../shared/client/transport.js";
 import { startTracingWith } from "../shared/tracing-setup.js";
 import { stepServiceAdapter } from "./api/step-service-adapter.js";
+import { ChangeRunner } from "./steps/change-runner.js";
 import { ContextServicePreparer } from "./clients/context-service-preparer.js";
 import { ImageServiceBuilder } from "./clients/image-service-builder.js";
 import { createStepRunner, readStepServiceProcessConfig } from "./service.js";
@@ -44,18 +45,22 @@ metrics.gauge("steprunner_steps_running", "Steps running now", () => runner.coun
 metrics.gauge("steprunner_steps_queued", "Steps waiting for a slot", () => runner.counts().queued);
 metrics.gauge("steprunner_layer_store_bytes", "Size of the unpacked-layer store", async () => (await layers.stats()).totalBytes);
 await runner.recover();
+const changes = new ChangeRunner(runner, logger);
 
 const server = await startServer({
   address: parseListenAddress(wiring.listenAddress),
   services: [StepService],
-  routes: (router) => router.service(StepService, stepServiceAdapter(config, runner)),
+  routes: (router) => router.service(StepService, stepServiceAdapter(config, runner, changes)),
   logger,
   metrics,
   security: common.serverSecurity,
   limits: common.serverLimits,
 });
 stopOnSignals(server, logger, common.shutdownGraceMs, {
-  drain: (graceMs) => runner.drain(graceMs),
+  drain: async (graceMs) => {
+    await runner.drain(graceMs);
+    changes.drain();
+  },
   stop: async () => {
     await runner.close();
     contextService.close();

@@ -7,7 +7,7 @@ import { Code, ConnectError, createClient, createRouterTransport } from "@connec
 import { toJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { ChildExecutionStrategy } from "../../gen/steprunner/context/v1/context_service_pb.js";
-import { type Change, type ChangeStep, type RunChangeResponse, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { type Change, type ChangeStep, type RunChangeResponse, StepKind, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { createLogger } from "../../services/shared/log.js";
 import { stepServiceAdapter, type StepServiceSettings } from "../../services/step-service/api/step-service-adapter.js";
 import type { ImageRootfs } from "../../services/step-service/images/images.js";
@@ -245,7 +245,7 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
     assert.equal(change.state, StepState.ERROR);
     assert.match(
       change.reason,
-      /^step sneaky\.1 \(sneaky\) declares a child step "--require=socket" that cannot run: must be what opschain-action accepts.*the option "--require=socket" is refused/,
+      /^step sneaky\.1 \(sneaky\) declares a child step "--require=socket" that cannot run: must be one action of actions\.rb.*it starts with '-', so Rake would read it as an option/,
     );
     assert.equal(change.root?.children.length, 0);
   });
@@ -347,6 +347,253 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
       warnings.some((warning) => /\.mintpress is not in the repository directory, but \.opschain is/.test(warning)),
       warnings.join("\n"),
     );
+  });
+
+  const group = (action: string, strategy: "sequential" | "parallel", kids: object[], extra: object = {}) => ({
+    action,
+    type: "group",
+    child_execution_strategy: strategy,
+    children: kids,
+    ...extra,
+  });
+  const declared = (strategy: "sequential" | "parallel", ...kids: object[]) => ({
+    child_step_definitions: { children: kids, child_execution_strategy: strategy },
+  });
+
+  /** Runs a change in the background; `until` resolves with the first event the test waits for. */
+  function startChange(changeId: string, action: string, extra: object = {}) {
+    const waiters: { test: (event: RunChangeResponse) => boolean; resolve: (event: RunChangeResponse) => void }[] = [];
+    const done = runChange(changeId, action, extra, (event) => {
+      for (const waiter of [...waiters]) {
+        if (waiter.test(event)) {
+          waiters.splice(waiters.indexOf(waiter), 1);
+          waiter.resolve(event);
+        }
+      }
+    });
+    const until = (test: (event: RunChangeResponse) => boolean) => new Promise<RunChangeResponse>((resolve) => waiters.push({ test, resolve }));
+    const waiting = (stepId: string) =>
+      until((event) => event.event.case === "treeChanged" && findStep(event.event.value.change?.root, stepId)?.state === StepState.WAITING);
+    return { done, waiting };
+  }
+
+  it("runs nested groups as a tree: a parallel group inside a sequential list, each group its own strategy", async () => {
+    const order: string[] = [];
+    const record = (name: string) => () => {
+      order.push(name);
+      return {};
+    };
+    runtime.actions = {
+      deploy: () =>
+        declared(
+          "sequential",
+          { action: "prepare" },
+          group("opschain_steps_1", "parallel", [{ action: "app_1" }, { action: "app_2" }], { step_name: "Deploy apps" }),
+          { action: "verify" },
+        ),
+      prepare: record("prepare"),
+      app_1: (seen) => {
+        order.push("app_1");
+        return diff("project", { op: "add", path: "/app_1", value: seen.context.context.step?.parent_step_id });
+      },
+      app_2: () => {
+        order.push("app_2");
+        return diff("project", { op: "add", path: "/app_2", value: true });
+      },
+      verify: (seen) => {
+        order.push("verify");
+        assert.equal(seen.context.properties.project?.app_2, true, "the group's changes are seen after it");
+        return {};
+      },
+    };
+    const { change } = await runChange("tree", "deploy");
+    assert.equal(change.state, StepState.SUCCESS, change.reason);
+    assert.deepEqual(
+      change.root?.children.map((child) => [child.id, child.action, child.kind, child.stepName, child.state, child.children.map((inner) => inner.id)]),
+      [
+        ["tree.2", "prepare", StepKind.ACTION, "", StepState.SUCCESS, []],
+        ["tree.3", "opschain_steps_1", StepKind.GROUP, "Deploy apps", StepState.SUCCESS, ["tree.4", "tree.5"]],
+        ["tree.6", "verify", StepKind.ACTION, "", StepState.SUCCESS, []],
+      ],
+    );
+    assert.equal(findStep(change.root, "tree.3")?.childExecutionStrategy, ChildExecutionStrategy.PARALLEL);
+    assert.equal(order[0], "prepare");
+    assert.equal(order.at(-1), "verify");
+    assert.equal(change.properties[0]?.properties?.app_1, "tree.3", "a group's child has the group as its parent step");
+    // Only actions run in containers: the group has no step record.
+    assert.equal(runtime.seen.has("tree.3"), false);
+  });
+
+  it("pauses at a wait step until ContinueChange, then runs the steps nested under it", async () => {
+    runtime.actions = {
+      destroy: () =>
+        declared(
+          "sequential",
+          { action: "opschain_wait_step_1", type: "wait", step_name: "Confirm destroy", children: [{ action: "Shutdown" }] },
+          { action: "infra_destroy" },
+        ),
+      Shutdown: () => ({}),
+      infra_destroy: () => ({}),
+    };
+    const { done, waiting } = startChange("waits", "destroy");
+    await waiting("waits.2");
+    assert.equal(runtime.seen.has("waits.3"), false, "nothing under the wait step runs before it is continued");
+    const live = (await client.getChange({ changeId: "waits" })).change!;
+    assert.equal(findStep(live.root, "waits.2")?.state, StepState.WAITING);
+    assert.match(findStep(live.root, "waits.2")!.reason, /waiting to be continued/);
+    const refused = await client.continueChange({ changeId: "waits", inputValues: { x: 1 } }).catch((e: unknown) => ConnectError.from(e));
+    assert.equal((refused as ConnectError).code, Code.InvalidArgument);
+    assert.match((refused as ConnectError).rawMessage, /^input_values\.x: step waits\.2 \(Confirm destroy\) is a wait step and takes no input values/);
+    await client.continueChange({ changeId: "waits" });
+    const { change } = await done;
+    assert.equal(change.state, StepState.SUCCESS, change.reason);
+    assert.deepEqual(
+      [...runtime.seen.keys()].filter((id) => id.startsWith("waits.")),
+      ["waits.1", "waits.3", "waits.4"],
+    );
+    const again = await client.continueChange({ changeId: "waits" }).catch((e: unknown) => ConnectError.from(e));
+    assert.equal((again as ConnectError).code, Code.FailedPrecondition);
+    assert.match((again as ConnectError).rawMessage, /the change "waits" has finished \(5: every step succeeded\)|has finished/);
+  });
+
+  it("continues a timed wait by itself", async () => {
+    runtime.actions = {
+      timed: () => declared("sequential", { action: "opschain_wait_step_1", type: "wait", wait_seconds: 1 }, { action: "after" }),
+      after: () => ({}),
+    };
+    const started = Date.now();
+    const { change } = await runChange("timedwait", "timed");
+    assert.equal(change.state, StepState.SUCCESS, change.reason);
+    assert.ok(Date.now() - started >= 900, "it waited its second");
+  });
+
+  it("takes an input step's values, checked and converted, into the change's properties for the steps after it", async () => {
+    runtime.actions = {
+      ask: () =>
+        declared("sequential", {
+          action: "opschain_input_step_1",
+          type: "input",
+          step_name: "Server details",
+          input_arguments: [
+            { name: "server_name", path: "/database/server", gui_name: "Server name", type: "string", required: true },
+            { name: "patch", path: "/patches", type: "integer", required: false, valid_values: [1, 10] },
+            { name: "restart", path: "/", type: "boolean", required: true, default_value: true },
+            { name: "keep", path: "/", type: "string", required: false },
+          ],
+          children: [{ action: "use_input" }],
+        }),
+      use_input: (seen) => diff("environment", { op: "add", path: "/saw", value: seen.context.properties.change }),
+    };
+    const { done, waiting } = startChange("inputs", "ask", {
+      step: {
+        repositoryUrl: stateDir,
+        action: "ask",
+        properties: [
+          { owner: "project", properties: { keep: "from project" } },
+          { owner: "environment", properties: {} },
+        ],
+      },
+    });
+    await waiting("inputs.2");
+    const refused = async (inputValues: object, field: string, message: RegExp) => {
+      const error = await client
+        .continueChange({ changeId: "inputs", stepId: "inputs.2", inputValues: inputValues as never })
+        .catch((e: unknown) => ConnectError.from(e));
+      assert.equal((error as ConnectError).code, Code.InvalidArgument, JSON.stringify(inputValues));
+      assert.equal((error as ConnectError).rawMessage.split(":")[0], field);
+      assert.match((error as ConnectError).rawMessage, message);
+    };
+    await refused({}, "input_values.server_name", /server_name \(Server name\) is required/);
+    await refused({ server_name: "db1", patch: "1.5" }, "input_values.patch", /patch must be a integer, got "1.5"/);
+    await refused({ server_name: "db1", patch: 2 }, "input_values.patch", /patch must be one of 1, 10, got 2/);
+    await refused({ server_name: "db1", colour: "red" }, "input_values.colour", /has no argument colour \(its arguments: server_name, patch, restart, keep\)/);
+    const continued = await client.continueChange({ changeId: "inputs", inputValues: { server_name: "db1", patch: "10", keep: "mine" } });
+    assert.deepEqual(findStep(continued.change?.root, "inputs.2")?.inputValues, { server_name: "db1", patch: 10, restart: true, keep: "mine" });
+    const { change, events } = await done;
+    assert.equal(change.state, StepState.SUCCESS, change.reason);
+    const written = { database: { server: { server_name: "db1" } }, patches: { patch: 10 }, restart: true };
+    assert.deepEqual(change.properties.find((set) => set.owner === "change")?.properties, written);
+    assert.deepEqual(change.properties.find((set) => set.owner === "environment")?.properties, { saw: written });
+    assert.ok(events.some((event) => event.event.case === "warning" && /already hold keep, kept \(no overwrite\)/.test(event.event.value)));
+  });
+
+  it("ignores a failure under a step with ignore_failure: its remaining children are not run, the change goes on", async () => {
+    runtime.actions = {
+      destroy: () =>
+        declared(
+          "sequential",
+          group("opschain_ignore_failure_step_1", "sequential", [{ action: "Shutdown" }, { action: "never" }], {
+            ignore_failure: true,
+            step_name: 'Run "Shutdown" ignoring failures',
+          }),
+          { action: "infra_destroy" },
+        ),
+      Shutdown: () => ({ exitCode: 1 }),
+      infra_destroy: () => ({}),
+    };
+    const { change } = await runChange("ignored", "destroy");
+    assert.equal(change.state, StepState.SUCCESS, change.reason);
+    assert.match(change.reason, /every step succeeded or had its failure ignored \(step ignored\.3 \(Shutdown\): exit status 1\)/);
+    assert.equal(findStep(change.root, "ignored.2")?.state, StepState.SUCCESS);
+    assert.equal(findStep(change.root, "ignored.3")?.state, StepState.ERROR);
+    assert.equal(findStep(change.root, "ignored.4")?.state, StepState.UNSPECIFIED);
+    assert.match(findStep(change.root, "ignored.4")!.reason, /^not run: .*ignored: Run "Shutdown" ignoring failures has ignore_failure/);
+    assert.equal(findStep(change.root, "ignored.5")?.state, StepState.SUCCESS);
+  });
+
+  it("cancels and times out a change that waits at a wait step", async () => {
+    runtime.actions = { pause: () => declared("sequential", { action: "opschain_wait_step_1", type: "wait" }, { action: "after" }), after: () => ({}) };
+    const cancelled = startChange("waitcancel", "pause");
+    await cancelled.waiting("waitcancel.2");
+    await client.cancelStep({ stepId: "waitcancel.2" });
+    const { change } = await cancelled.done;
+    assert.equal(change.state, StepState.CANCELLED);
+    assert.equal(findStep(change.root, "waitcancel.2")?.state, StepState.CANCELLED);
+    assert.equal(findStep(change.root, "waitcancel.3")?.state, StepState.UNSPECIFIED);
+    const late = await runChange("waitlate", "pause", { timeout: { seconds: 0n, nanos: 500_000_000 } });
+    assert.equal(late.change.state, StepState.TIMED_OUT);
+    assert.equal(findStep(late.change.root, "waitlate.2")?.state, StepState.TIMED_OUT);
+  });
+
+  it("keeps a finished change: GetChange shows it, the same request again returns it without running anything", async () => {
+    runtime.actions = { kept: () => children("sequential", "kept_child"), kept_child: () => ({}) };
+    const first = await runChange("keepme", "kept");
+    const ran = runtime.seen.size;
+    const again = await runChange("keepme", "kept");
+    assert.equal(runtime.seen.size, ran, "nothing ran again");
+    assert.deepEqual(
+      again.events.map((event) => event.event.case),
+      ["accepted", "finished"],
+    );
+    assert.deepEqual(again.change, first.change);
+    assert.deepEqual((await client.getChange({ changeId: "keepme" })).change, first.change);
+    const other = await (async () => {
+      for await (const _ of client.runChange({ changeId: "keepme", step: { repositoryUrl: stateDir, action: "kept_child" } })) void _;
+    })().catch((e: unknown) => ConnectError.from(e));
+    assert.equal((other as ConnectError).code, Code.AlreadyExists);
+    assert.match((other as ConnectError).rawMessage, /the change "keepme" has already run \(it ended success\) with a different request/);
+    const missing = await client.getChange({ changeId: "never-ran" }).catch((e: unknown) => ConnectError.from(e));
+    assert.equal((missing as ConnectError).code, Code.NotFound);
+    const unknown = await client.continueChange({ changeId: "never-ran" }).catch((e: unknown) => ConnectError.from(e));
+    assert.equal((unknown as ConnectError).code, Code.NotFound);
+  });
+
+  it("runs RunStep's actions one name each, spaces kept, and validates them", async () => {
+    runtime.actions = { "Hello world action": () => ({}) };
+    for await (const _ of client.runStep({ stepId: "named", repositoryUrl: stateDir, actions: ["Hello world action"] })) void _;
+    assert.deepEqual(runtime.seen.get("named")?.args, ["opschain-action", "Hello world action"]);
+    assert.equal((await client.getStep({ stepId: "named" })).step?.action, "Hello world action");
+    const refused = async (request: object, message: RegExp) => {
+      const error = await (async () => {
+        for await (const _ of client.runStep({ repositoryUrl: stateDir, ...request })) void _;
+      })().catch((e: unknown) => ConnectError.from(e));
+      assert.equal((error as ConnectError).code, Code.InvalidArgument);
+      assert.match((error as ConnectError).rawMessage, message);
+    };
+    await refused({ action: "a", actions: ["b"] }, /^actions: give either action .* or actions .*, not both/);
+    await refused({ actions: ["ok", "-T"] }, /^actions\[1\]: .*it starts with '-', so Rake would read it as an option/);
+    await refused({ actions: ["NAME=value"] }, /^actions\[0\]: .*it holds "="/);
+    await refused({ actions: ["task[1]"] }, /^actions\[0\]: .*it holds "\["/);
   });
 
   it("validates the request with fields named from RunChange's", async () => {

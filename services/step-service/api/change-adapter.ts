@@ -1,24 +1,46 @@
-import { create, type JsonObject } from "@bufbuild/protobuf";
-import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { createHash } from "node:crypto";
+import { create, fromJson, type JsonObject, type JsonValue, toJson } from "@bufbuild/protobuf";
+import { timestampFromMs, ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { ChildExecutionStrategy } from "../../../gen/steprunner/context/v1/context_service_pb.js";
 import {
   type Change,
   type ChangeStep,
   ChangeSchema,
+  type ContinueChangeRequest,
+  type ContinueChangeResponse,
+  type GetChangeRequest,
+  type GetChangeResponse,
+  type InputArgument as InputArgumentMessage,
   type RunChangeRequest,
+  RunChangeRequestSchema,
   type RunChangeResponse,
+  StepKind,
   StepState,
 } from "../../../gen/steprunner/step/v1/step_service_pb.js";
 import { callerOf } from "../../shared/server/caller.js";
 import { durationMs, invalidField, invalidFieldMessage } from "../../shared/validation.js";
-import { type ChangeEvent, ChangeExistsError, type ChangeNode, type ChangeRunner, type ChangeView } from "../steps/change-runner.js";
+import {
+  type ChangeEvent,
+  ChangeExistsError,
+  ChangeInputError,
+  type ChangeNode,
+  ChangeNotFoundError,
+  type ChangeRunner,
+  ChangeStateError,
+  type ChangeView,
+} from "../steps/change-runner.js";
+import type { InputArgument } from "../steps/input-values.js";
+import type { StepKind as DomainKind } from "../steps/result.js";
 import { CallerLimitError, StepRunnerDrainingError } from "../steps/step-runner.js";
 import type { StepRequest } from "../steps/ports.js";
 import { type StepServiceSettings, toResponse, validateRunStep } from "./step-service-adapter.js";
 import { STATES } from "./states.js";
 
 const CHANGE_ID = /^[A-Za-z0-9_.-]{1,48}$/;
+const CHANGE_ID_RULE = "must be 1-48 characters of [A-Za-z0-9_.-]";
+const STEP_ID = /^[A-Za-z0-9_.-]{1,64}$/;
+const KINDS: Record<DomainKind, StepKind> = { action: StepKind.ACTION, group: StepKind.GROUP, wait: StepKind.WAIT, input: StepKind.INPUT };
 
 /** RunChange: validates the request, starts the change, and streams its events until it ends. */
 export function runChangeHandler(settings: StepServiceSettings, changes: ChangeRunner) {
@@ -46,7 +68,12 @@ export function runChangeHandler(settings: StepServiceSettings, changes: ChangeR
       wake?.();
     };
     try {
-      changes.start({ changeId: request.changeId, root, timeoutMs: timeoutMs || settings.maxTimeoutMs }, push, context.signal, callerOf(context));
+      changes.start(
+        { changeId: request.changeId, root, timeoutMs: timeoutMs || settings.maxTimeoutMs, requestDigest: requestDigest(request) },
+        push,
+        context.signal,
+        callerOf(context),
+      );
     } catch (error) {
       if (error instanceof ChangeExistsError) throw new ConnectError(error.message, Code.AlreadyExists);
       if (error instanceof StepRunnerDrainingError) throw new ConnectError(error.message, Code.Unavailable);
@@ -71,6 +98,54 @@ export function runChangeHandler(settings: StepServiceSettings, changes: ChangeR
       context.signal.removeEventListener("abort", onAbort);
     }
   };
+}
+
+/** ContinueChange: continues a waiting wait or input step of a running change. */
+export function continueChangeHandler(changes: ChangeRunner) {
+  return async function continueChange(request: ContinueChangeRequest): Promise<ContinueChangeResponse> {
+    if (!CHANGE_ID.test(request.changeId)) throw invalidField("change_id", CHANGE_ID_RULE, request.changeId);
+    if (request.stepId !== "" && !STEP_ID.test(request.stepId)) {
+      throw invalidField("step_id", "must be 1-64 characters of [A-Za-z0-9_.-], or empty when one step of the change waits", request.stepId);
+    }
+    try {
+      const view = changes.continue(request.changeId, request.stepId, (request.inputValues ?? {}) as Record<string, unknown>);
+      return { change: toChange(view) } as ContinueChangeResponse;
+    } catch (error) {
+      if (error instanceof ChangeInputError)
+        throw invalidField(`input_values.${error.argument}`, error.message, JSON.stringify(request.inputValues?.[error.argument] ?? null));
+      if (error instanceof ChangeNotFoundError) throw new ConnectError(error.message, Code.NotFound);
+      if (error instanceof ChangeStateError) throw new ConnectError(error.message, Code.FailedPrecondition);
+      throw ConnectError.from(error);
+    }
+  };
+}
+
+/** GetChange: a running change's live tree, or a finished one's as kept. */
+export function getChangeHandler(changes: ChangeRunner) {
+  return async function getChange(request: GetChangeRequest): Promise<GetChangeResponse> {
+    if (!CHANGE_ID.test(request.changeId)) throw invalidField("change_id", CHANGE_ID_RULE, request.changeId);
+    const view = changes.get(request.changeId);
+    if (!view) throw new ConnectError(`change_id: no change with id "${request.changeId}" (a change is kept once it has finished)`, Code.NotFound);
+    return { change: toChange(view) } as GetChangeResponse;
+  };
+}
+
+/** The request's digest over its JSON form with sorted keys, so that a retry's field order does not matter. */
+function requestDigest(request: RunChangeRequest): string {
+  return createHash("sha256")
+    .update(canonicalJson(toJson(RunChangeRequestSchema, request)))
+    .digest("hex");
+}
+
+function canonicalJson(value: JsonValue): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (typeof value === "object" && value !== null) {
+    return `{${Object.keys(value)
+      .sort()
+      .map((key) => `${JSON.stringify(key)}:${canonicalJson(value[key]!)}`)
+      .join(",")}}`;
+  }
+  return JSON.stringify(value);
 }
 
 /** An INVALID_ARGUMENT of the inner request with its field named from the outer one ("action" → "step.action"). */
@@ -111,13 +186,45 @@ export function toChange(view: ChangeView): Change {
 }
 
 function toChangeStep(node: ChangeNode): ChangeStep {
+  const state =
+    node.state === "pending"
+      ? StepState.QUEUED
+      : node.state === "not_run"
+        ? StepState.UNSPECIFIED
+        : node.state === "waiting"
+          ? StepState.WAITING
+          : STATES[node.state];
   return {
     id: node.id,
     action: node.action,
     parentId: node.parentId,
-    state: node.state === "pending" ? StepState.QUEUED : node.state === "not_run" ? StepState.UNSPECIFIED : STATES[node.state],
+    state,
     reason: node.reason,
     childExecutionStrategy: node.childExecutionStrategy === "parallel" ? ChildExecutionStrategy.PARALLEL : ChildExecutionStrategy.SEQUENTIAL,
     children: node.children.map(toChangeStep),
+    stepName: node.stepName,
+    kind: KINDS[node.kind],
+    ignoreFailure: node.ignoreFailure,
+    waitSeconds: node.waitSeconds,
+    inputArguments: node.inputArguments.map(toInputArgument),
+    ...(node.inputValues ? { inputValues: node.inputValues as JsonObject } : {}),
   } as ChangeStep;
+}
+
+export function toInputArgument(argument: InputArgument): InputArgumentMessage {
+  return {
+    name: argument.name,
+    path: argument.path,
+    guiName: argument.guiName,
+    description: argument.description,
+    required: argument.required,
+    type: argument.type,
+    ...(argument.defaultValue !== undefined ? { defaultValue: fromJsonValue(argument.defaultValue) } : {}),
+    validValues: argument.validValues.map(fromJsonValue),
+    overwrite: argument.overwrite,
+  } as InputArgumentMessage;
+}
+
+function fromJsonValue(value: unknown) {
+  return fromJson(ValueSchema, value as JsonValue);
 }

@@ -5,11 +5,13 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { ChildExecutionStrategy, StepContextValuesSchema } from "../../../gen/steprunner/context/v1/context_service_pb.js";
 import { type BuildProgress as BuildProgressMessage, BuildProgressSchema, LogStream, VertexState } from "../../../gen/steprunner/image/v1/image_service_pb.js";
 import {
+  type ChildStep,
   type LogLine as LogLineMessage,
   Phase,
   type RunStepRequest,
   type RunStepResponse,
   type Step,
+  StepKind,
   type StepService,
 } from "../../../gen/steprunner/step/v1/step_service_pb.js";
 import { MAX_OWNERS, MAX_SECRET_POINTERS, ownerRule, repositoryUrlRule, revisionRule, secretPointerRule } from "../../shared/request-rules.js";
@@ -18,13 +20,14 @@ import { cgroupVersion, runcInfo } from "../runtime/runc.js";
 import type { Limits } from "../runtime/spec.js";
 import type { LogLine } from "../steps/logs.js";
 import type { BuildLog, BuildProgress, BuildVertexState, StepRequest } from "../steps/ports.js";
+import type { ChildDefinition } from "../steps/result.js";
 import { FINAL_STATES, type StepRecord, type StepState as DomainState } from "../steps/records.js";
 import { CallerLimitError, type StepEvent, StepExistsError, StepNotFoundError, type StepRunner, StepRunnerDrainingError } from "../steps/step-runner.js";
 import { callerOf } from "../../shared/server/caller.js";
 import { ChangeRunner } from "../steps/change-runner.js";
-import { runChangeHandler } from "./change-adapter.js";
+import { continueChangeHandler, getChangeHandler, runChangeHandler, toInputArgument } from "./change-adapter.js";
 import { STATES } from "./states.js";
-import { ActionRuleError, normalisedAction } from "../steps/action-arguments.js";
+import { ActionRuleError, checkNamedAction, MAX_ACTION_WORDS, normalisedAction } from "../steps/action-arguments.js";
 import { withRequestDefaults } from "./context-values.js";
 import { EventChannel } from "../../shared/event-channel.js";
 
@@ -59,6 +62,8 @@ const VERTEX_STATES: Record<BuildVertexState, VertexState> = {
 export function stepServiceAdapter(settings: StepServiceSettings, runner: StepRunner, changes = new ChangeRunner(runner)): ServiceImpl<typeof StepService> {
   return {
     runChange: runChangeHandler(settings, changes),
+    continueChange: continueChangeHandler(changes),
+    getChange: getChangeHandler(changes),
 
     async *runStep(request, context) {
       const domain = validateRunStep(request, settings);
@@ -171,13 +176,7 @@ export function validateRunStep(request: RunStepRequest, settings: StepServiceSe
   if (urlRule) throw invalidField("repository_url", urlRule, request.repositoryUrl);
   const revRule = request.gitRev === "" ? undefined : revisionRule(request.gitRev);
   if (revRule) throw invalidField("git_rev", `${revRule}, or empty for HEAD`, request.gitRev);
-  let action: string;
-  try {
-    action = normalisedAction(request.action);
-  } catch (error) {
-    if (error instanceof ActionRuleError) throw invalidField("action", error.message, request.action);
-    throw error;
-  }
+  const { action, actions } = validateActions(request);
   if (request.properties.length > MAX_OWNERS) throw invalidField("properties", `must have at most ${MAX_OWNERS} owners`, request.properties.length);
   const owners = new Set<string>();
   for (const [position, set] of request.properties.entries()) {
@@ -233,6 +232,7 @@ export function validateRunStep(request: RunStepRequest, settings: StepServiceSe
     repositoryUrl: request.repositoryUrl,
     gitRev: request.gitRev || "HEAD",
     action,
+    ...(actions ? { actions } : {}),
     properties: request.properties.map((set) => ({ owner: set.owner, properties: (set.properties ?? {}) as Record<string, unknown> })),
     secretPointers: request.secretPointers,
     contextValues: toJson(StepContextValuesSchema, withRequestDefaults(request.contextValues, action)) as JsonObject,
@@ -244,6 +244,30 @@ export function validateRunStep(request: RunStepRequest, settings: StepServiceSe
     buildWithoutCache: request.buildWithoutCache,
     dryRun: request.dryRun,
   };
+}
+
+/** RunStep's action (words) or actions (one name each), never both. */
+function validateActions(request: RunStepRequest): { action: string; actions?: string[] } {
+  if (request.actions.length === 0) {
+    try {
+      return { action: normalisedAction(request.action) };
+    } catch (error) {
+      if (error instanceof ActionRuleError) throw invalidField("action", error.message, request.action);
+      throw error;
+    }
+  }
+  if (request.action !== "")
+    throw invalidField("actions", "give either action (words separated by spaces) or actions (one name each), not both", request.action);
+  if (request.actions.length > MAX_ACTION_WORDS) throw invalidField("actions", `must name at most ${MAX_ACTION_WORDS} actions`, request.actions.length);
+  for (const [position, name] of request.actions.entries()) {
+    try {
+      checkNamedAction(name);
+    } catch (error) {
+      if (error instanceof ActionRuleError) throw invalidField(`actions[${position}]`, error.message, name);
+      throw error;
+    }
+  }
+  return { action: request.actions.join(" "), actions: [...request.actions] };
 }
 
 export function toResponse(event: StepEvent): RunStepResponse | undefined {
@@ -295,8 +319,8 @@ export function toStep(record: StepRecord): Step {
             operations: { values: diff.operations.map((op) => fromJson(ValueSchema, op as JsonObject)) },
           })),
           childStepDefinitions: {
-            children: record.result.children.map((child) => ({ action: child.action })),
-            childExecutionStrategy: record.result.childExecutionStrategy === "parallel" ? ChildExecutionStrategy.PARALLEL : ChildExecutionStrategy.SEQUENTIAL,
+            children: record.result.children.map(toChildStep),
+            childExecutionStrategy: toStrategy(record.result.childExecutionStrategy),
           },
           ...(record.result.expectedStepTree !== undefined ? { expectedStepTree: fromJson(ValueSchema, record.result.expectedStepTree as JsonObject) } : {}),
         }
@@ -304,6 +328,25 @@ export function toStep(record: StepRecord): Step {
     logLines: BigInt(record.logLines),
     logTruncated: record.logTruncated,
   } as unknown as Step;
+}
+
+const CHILD_KINDS: Record<ChildDefinition["kind"], StepKind> = { action: StepKind.ACTION, group: StepKind.GROUP, wait: StepKind.WAIT, input: StepKind.INPUT };
+
+function toChildStep(child: ChildDefinition): ChildStep {
+  return {
+    action: child.action,
+    stepName: child.stepName,
+    kind: CHILD_KINDS[child.kind],
+    ignoreFailure: child.ignoreFailure,
+    children: child.children.map(toChildStep),
+    childExecutionStrategy: toStrategy(child.childExecutionStrategy),
+    waitSeconds: child.waitSeconds,
+    inputArguments: child.inputArguments.map(toInputArgument),
+  } as ChildStep;
+}
+
+function toStrategy(strategy: "sequential" | "parallel"): ChildExecutionStrategy {
+  return strategy === "parallel" ? ChildExecutionStrategy.PARALLEL : ChildExecutionStrategy.SEQUENTIAL;
 }
 
 function ts(ms: number): Timestamp {

@@ -66,6 +66,27 @@ export function actionArguments(action: string): string[] {
   return [parsed.all ? "-AT" : "-T", ...(parsed.pattern !== undefined ? [parsed.pattern] : [])];
 }
 
+export const NAMED_ACTION_RULE =
+  "must be one action of actions.rb by name or step name, spaces allowed (\"Hello world action\"): 1-255 characters without control characters, '=' or '[', not starting with '-' or a space";
+
+/**
+ * Checks one element of RunStep's `actions` (or a declared child step), which opschain-action gets as one
+ * argument: a name may hold spaces, but never be read by Rake as an option, `NAME=value` or `task[args]`.
+ */
+export function checkNamedAction(name: string): void {
+  const problem =
+    name.length === 0 || name.length > 255
+      ? `${NAMED_ACTION_RULE}; got ${name.length} characters`
+      : name.startsWith("-")
+        ? `${NAMED_ACTION_RULE}; it starts with '-', so Rake would read it as an option`
+        : /^\s|\s$/.test(name)
+          ? `${NAMED_ACTION_RULE}; it starts or ends with a space`
+          : /[\p{Cc}=[]/u.test(name)
+            ? `${NAMED_ACTION_RULE}; it holds ${JSON.stringify(name.match(/[\p{Cc}=[]/u)![0])}`
+            : undefined;
+  if (problem) throw new ActionRuleError(problem);
+}
+
 /** The action as one canonical string (words separated by one space), e.g. for context.change.action. */
 export function normalisedAction(action: string): string {
   return actionArguments(action).join(" ");

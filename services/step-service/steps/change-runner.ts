@@ -1,10 +1,11 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../../shared/log.js";
-import { ActionRuleError, parseAction } from "./action-arguments.js";
+import { ActionRuleError, checkNamedAction } from "./action-arguments.js";
+import { INPUT_OWNER, type InputArgument, inputOperations, InputValueError, resolveInputs } from "./input-values.js";
 import { applyPatch, findConflict, PatchError } from "./json-patch.js";
 import type { PropertySet, StepRequest } from "./ports.js";
-import type { StepRecord, StepState } from "./records.js";
-import type { StepResultData } from "./result.js";
+import type { ChangeRecord, StepRecord, StepState } from "./records.js";
+import type { ChildDefinition, StepKind, StepResultData } from "./result.js";
 import { SecretMasker } from "./secrets.js";
 import { type StepEvent, StepRunnerDrainingError } from "./step-runner.js";
 
@@ -13,6 +14,8 @@ export interface StepSubmitter {
   submit(request: StepRequest, listener: (event: StepEvent) => void, signal: AbortSignal, caller?: string): StepRecord;
   cancel(id: string, reason?: string): StepRecord;
   get(id: string): StepRecord | undefined;
+  saveChange(record: ChangeRecord): void;
+  storedChange(id: string): ChangeRecord | undefined;
 }
 
 export interface ChangeRequest {
@@ -22,17 +25,29 @@ export interface ChangeRequest {
   root: StepRequest;
   /** The whole tree's timeout. */
   timeoutMs: number;
+  /** A digest of the whole request: a retry under the same id must send the same one. */
+  requestDigest: string;
 }
 
-/** A node of the tree; state "pending" until its step is accepted, "not_run" when the tree ended first. */
+/**
+ * A node of the tree; state "pending" until its step is accepted (or its built-in step starts), "waiting" while
+ * a wait or input step waits, "not_run" when the tree (or the failure a parent ignores) ended first.
+ */
 export interface ChangeNode {
   id: string;
   action: string;
   parentId: string;
-  state: StepState | "pending" | "not_run";
+  state: StepState | "pending" | "waiting" | "not_run";
   reason: string;
   childExecutionStrategy: "sequential" | "parallel";
   children: ChangeNode[];
+  stepName: string;
+  kind: StepKind;
+  ignoreFailure: boolean;
+  waitSeconds: number;
+  inputArguments: InputArgument[];
+  /** The values an input step was continued with. */
+  inputValues?: Record<string, unknown>;
 }
 
 export interface ChangeView {
@@ -53,6 +68,11 @@ export type ChangeEvent =
   | { type: "finished"; change: ChangeView };
 
 export class ChangeExistsError extends Error {}
+export class ChangeNotFoundError extends Error {}
+/** The change or step named is not in a state that allows the call (finished, not waiting). */
+export class ChangeStateError extends Error {}
+/** Input values that the input step does not accept; `argument` names the one at fault. */
+export class ChangeInputError extends InputValueError {}
 
 /** A step that did not succeed; it ends the tree. */
 interface Failure {
@@ -73,6 +93,10 @@ interface ActiveChange {
   caller: string;
   /** Masks the request's secret values (and what they became) in every view of the change sent out. */
   masker: SecretMasker;
+  /** Wait and input steps waiting now, by node id: continue() resumes one with its input values. */
+  waiting: Map<string, { node: ChangeNode; resume: (values: Record<string, unknown>) => void }>;
+  /** The failures an ignore_failure swallowed, for the change's reason. */
+  ignored: string[];
 }
 
 /**
@@ -102,20 +126,33 @@ export class ChangeRunner {
     return this.changes.has(id);
   }
 
-  /** Starts a change; the listener sees "accepted" at once and "finished" last. Aborting `signal` cancels it. */
+  /** An active change's live view, else a finished one as it was kept. */
+  get(id: string): ChangeView | undefined {
+    const active = this.changes.get(id);
+    return active ? snapshot(active) : this.steps.storedChange(id)?.change;
+  }
+
+  /**
+   * Starts a change; the listener sees "accepted" at once and "finished" last. Aborting `signal` cancels it.
+   * A finished change asked for again with the same request is not run again: the listener gets it as it ended.
+   */
   start(request: ChangeRequest, listener: (event: ChangeEvent) => void, signal: AbortSignal, caller = "unknown caller"): ChangeView {
     const id = request.changeId || randomUUID();
-    if (this.changes.has(id) || this.steps.get(`${id}.1`))
-      throw new ChangeExistsError(`a change with id "${id}" exists already (its first step ${id}.1 is known); give another change_id`);
-    const root: ChangeNode = {
-      id: `${id}.1`,
-      action: request.root.action,
-      parentId: "",
-      state: "pending",
-      reason: "",
-      childExecutionStrategy: "sequential",
-      children: [],
-    };
+    if (this.changes.has(id)) throw new ChangeExistsError(`the change "${id}" is running; its stream belongs to the call that started it (GetChange shows it)`);
+    const stored = this.steps.storedChange(id);
+    if (stored) {
+      if (stored.requestDigest !== request.requestDigest) {
+        throw new ChangeExistsError(
+          `the change "${id}" has already run (it ended ${stored.change.state}) with a different request; a retry must send the very same request, or give another change_id`,
+        );
+      }
+      listener({ type: "accepted", change: stored.change });
+      listener({ type: "finished", change: stored.change });
+      return stored.change;
+    }
+    if (this.steps.get(`${id}.1`))
+      throw new ChangeExistsError(`a change with id "${id}" exists already (its first step ${id}.1 is known, but not its end); give another change_id`);
+    const root = newNode(`${id}.1`, "", { action: request.root.action, kind: "action" });
     const view: ChangeView = {
       id,
       state: "running",
@@ -133,6 +170,8 @@ export class ChangeRunner {
       sequence: 1,
       caller,
       masker: new SecretMasker(request.root.properties, request.root.secretPointers),
+      waiting: new Map(),
+      ignored: [],
     };
     this.changes.set(id, change);
     listener({ type: "accepted", change: snapshot(change) });
@@ -153,11 +192,18 @@ export class ChangeRunner {
         signal.removeEventListener("abort", onCallerGone);
         markNotRun(view.root, change.stopReason?.reason ?? failure?.reason ?? "");
         const end = change.stopReason ?? failure;
-        Object.assign(view, { state: end ? end.state : "success", reason: end ? end.reason : "every step succeeded", finishedAt: Date.now() });
-        this.changes.delete(id);
+        const success = change.ignored.length > 0 ? `every step succeeded or had its failure ignored (${change.ignored.join("; ")})` : "every step succeeded";
+        Object.assign(view, { state: end ? end.state : "success", reason: end ? end.reason : success, finishedAt: Date.now() });
         // The secrets as the steps left them are masked too.
         const final = new SecretMasker(view.properties, request.root.secretPointers);
-        listener({ type: "finished", change: { ...snapshot(change), properties: final.json(change.masker.json(structuredClone(view.properties))) } });
+        const finished = { ...snapshot(change), properties: final.json(change.masker.json(structuredClone(view.properties))) };
+        try {
+          this.steps.saveChange({ requestDigest: request.requestDigest, change: finished });
+        } catch (error) {
+          this.logger?.error("a finished change could not be kept", { change_id: id, error });
+        }
+        this.changes.delete(id);
+        listener({ type: "finished", change: finished });
       });
     return snapshot(change);
   }
@@ -168,6 +214,59 @@ export class ChangeRunner {
     if (!changeId) return false;
     this.stop(this.changes.get(changeId)!, { state: "cancelled", reason });
     return true;
+  }
+
+  /**
+   * Continues a waiting wait or input step of an active change (stepId empty: its only waiting step), with an
+   * input step's values, and returns the change just after. Throws ChangeNotFoundError, ChangeStateError or
+   * ChangeInputError saying what is wrong; the step then keeps waiting.
+   */
+  continue(changeId: string, stepId: string, supplied: Record<string, unknown>): ChangeView {
+    const change = this.changes.get(changeId);
+    if (!change) {
+      const stored = this.steps.storedChange(changeId);
+      if (stored) throw new ChangeStateError(`the change "${changeId}" has finished (${stored.change.state}: ${stored.change.reason}); nothing of it waits`);
+      throw new ChangeNotFoundError(`no change with id "${changeId}"`);
+    }
+    const waiting = [...change.waiting.values()];
+    const entry = stepId ? change.waiting.get(stepId) : waiting.length === 1 ? waiting[0] : undefined;
+    if (!entry) {
+      const names = waiting.map(({ node }) => `${node.id} (${label(node)})`).join(", ");
+      if (!stepId)
+        throw new ChangeStateError(waiting.length === 0 ? `no step of the change "${changeId}" is waiting` : `several steps wait: ${names}; give step_id`);
+      const node = findNode(change.view.root, stepId);
+      if (!node) throw new ChangeNotFoundError(`the change "${changeId}" has no step "${stepId}"`);
+      throw new ChangeStateError(
+        `step ${stepId} (${label(node)}) is not waiting (${node.state}${node.reason ? `: ${node.reason}` : ""})${names ? `; waiting: ${names}` : ""}`,
+      );
+    }
+    const { node } = entry;
+    if (node.kind === "wait") {
+      if (Object.keys(supplied).length > 0)
+        throw new ChangeInputError(Object.keys(supplied)[0]!, `step ${node.id} (${label(node)}) is a wait step and takes no input values`);
+      entry.resume({});
+    } else {
+      try {
+        const values = resolveInputs(node.inputArguments, supplied);
+        // Checked now, so that a value the properties cannot hold is refused while the step still waits.
+        inputOperations(node.inputArguments, values, change.view.properties);
+        node.inputValues = values;
+        entry.resume(values);
+      } catch (error) {
+        if (error instanceof InputValueError) throw new ChangeInputError(error.argument, error.message);
+        throw error;
+      }
+    }
+    return snapshot(change);
+  }
+
+  /** At a shutdown: changes waiting at a wait or input step end handed back (their running steps are the step runner's). */
+  drain(): void {
+    for (const change of this.changes.values()) {
+      const waiting = [...change.waiting.values()].map(({ node }) => node.id);
+      if (waiting.length > 0)
+        this.stop(change, { state: "handed_back", reason: `the step-service shut down while ${waiting.join(", ")} waited; run the change again` });
+    }
   }
 
   private stop(change: ActiveChange, why: Failure): void {
@@ -184,8 +283,9 @@ export class ChangeRunner {
   }
 
   /**
-   * Runs a node's step and then its subtree against `properties` (changed in place, in order), and returns the
-   * changes the subtree made, in the order they were applied, or the failure that ended it.
+   * Runs a node (its step, or a built-in step: a group, a wait, an input) and then its subtree against
+   * `properties` (changed in place, in order), and returns the changes the subtree made, in the order they were
+   * applied, or the failure that ended it; a failure under a node with ignore_failure ends only that subtree.
    */
   private async runNode(
     change: ActiveChange,
@@ -194,7 +294,70 @@ export class ChangeRunner {
     properties: PropertySet[],
     deadline: number,
   ): Promise<{ diffs: Diffs; failure?: Failure }> {
+    const outcome = await this.runNodeAndChildren(change, request, node, properties, deadline);
+    if (!outcome.failure || !node.ignoreFailure || change.stopReason || outcome.failure.state === "handed_back") {
+      if (outcome.failure && node.kind !== "action" && node.state !== "not_run") this.setNode(change, node, outcome.failure.state, outcome.failure.reason);
+      return outcome;
+    }
+    const why = `${outcome.failure.reason} (ignored: ${label(node)} has ignore_failure)`;
+    change.ignored.push(outcome.failure.reason);
+    markNotRun(node, why);
+    if (node.kind !== "action") this.setNode(change, node, "success", `a failure under it was ignored: ${outcome.failure.reason}`);
+    else change.listener({ type: "tree", change: snapshot(change) });
+    return { diffs: outcome.diffs };
+  }
+
+  private async runNodeAndChildren(
+    change: ActiveChange,
+    request: ChangeRequest,
+    node: ChangeNode,
+    properties: PropertySet[],
+    deadline: number,
+  ): Promise<{ diffs: Diffs; failure?: Failure }> {
     if (change.controller.signal.aborted) return { diffs: [], failure: change.stopReason };
+    const diffs: Diffs = [];
+    if (node.kind === "action") {
+      const ran = await this.runActionNode(change, request, node, properties, deadline);
+      if (ran.failure || ran.done) return ran;
+      diffs.push(...ran.diffs);
+    } else if (node.kind === "group") {
+      this.setNode(change, node, "running", "");
+    } else {
+      const resumed = await this.waitFor(change, node);
+      if ("failure" in resumed) return { diffs: [], failure: resumed.failure };
+      if (node.kind === "input") {
+        let written: ReturnType<typeof inputOperations>;
+        try {
+          written = inputOperations(node.inputArguments, resumed.values, properties);
+        } catch (error) {
+          if (!(error instanceof InputValueError)) throw error;
+          return { diffs: [], failure: { state: "error", reason: `step ${node.id} (${label(node)}): ${error.message}` } };
+        }
+        const { operations, kept } = written;
+        if (kept.length > 0)
+          change.listener({
+            type: "warning",
+            message: `step ${node.id} (${label(node)}): the properties already hold ${kept.join(", ")}, kept (no overwrite)`,
+          });
+        const inputDiffs: Diffs = operations.length > 0 ? [{ owner: INPUT_OWNER, operations }] : [];
+        applyDiffs(properties, inputDiffs);
+        diffs.push(...inputDiffs);
+      }
+      this.setNode(change, node, "running", "");
+    }
+    const children = await this.runChildren(change, request, node, properties, deadline);
+    if (!children.failure && node.kind !== "action") this.setNode(change, node, "success", "");
+    return { diffs: [...diffs, ...children.diffs], ...(children.failure ? { failure: children.failure } : {}) };
+  }
+
+  /** An action's own step; then the children its step_result.json declares join the tree under it. */
+  private async runActionNode(
+    change: ActiveChange,
+    request: ChangeRequest,
+    node: ChangeNode,
+    properties: PropertySet[],
+    deadline: number,
+  ): Promise<{ diffs: Diffs; failure?: Failure; done?: boolean }> {
     let ran: { record: StepRecord; result?: StepResultData };
     try {
       ran = await this.runStep(change, request, node, properties, deadline);
@@ -215,33 +378,37 @@ export class ChangeRunner {
       this.setNode(change, node, "error", reason);
       return { diffs: [], failure: { state: "error", reason } };
     }
-    if (!result || result.children.length === 0 || request.root.dryRun) return { diffs };
-    // A declared child runs as its own step: its action must pass the rule a request's action does.
-    for (const child of result.children) {
-      try {
-        parseAction(child.action);
-      } catch (error) {
-        if (!(error instanceof ActionRuleError)) throw error;
-        const reason = `step ${node.id} (${node.action}) declares a child step ${JSON.stringify(child.action)} that cannot run: ${error.message}`;
-        this.setNode(change, node, "error", reason);
-        return { diffs, failure: { state: "error", reason } };
-      }
+    if (!result || result.children.length === 0 || request.root.dryRun) return { diffs, done: true };
+    // A declared child action runs as its own step: it must pass the rule RunStep's actions do.
+    const refused = firstRefusedAction(result.children);
+    if (refused) {
+      const reason = `step ${node.id} (${node.action}) declares a child step ${JSON.stringify(refused.action)} that cannot run: ${refused.message}`;
+      this.setNode(change, node, "error", reason);
+      return { diffs, failure: { state: "error", reason } };
     }
     node.childExecutionStrategy = result.childExecutionStrategy;
-    for (const child of result.children) {
-      node.children.push({
-        id: `${change.view.id}.${++change.sequence}`,
-        action: child.action,
-        parentId: node.id,
-        state: "pending",
-        reason: "",
-        childExecutionStrategy: "sequential",
-        children: [],
-      });
-    }
+    for (const child of result.children) node.children.push(this.declare(change, node.id, child));
     change.listener({ type: "tree", change: snapshot(change) });
-    const collected: Diffs = [...diffs];
-    if (result.childExecutionStrategy === "sequential") {
+    return { diffs };
+  }
+
+  /** A declared child and the built-in steps' children under it, numbered in the order they are written. */
+  private declare(change: ActiveChange, parentId: string, definition: ChildDefinition): ChangeNode {
+    const node = newNode(`${change.view.id}.${++change.sequence}`, parentId, definition);
+    for (const child of definition.children) node.children.push(this.declare(change, node.id, child));
+    return node;
+  }
+
+  /** A node's children, in sequence or in parallel as declared. */
+  private async runChildren(
+    change: ActiveChange,
+    request: ChangeRequest,
+    node: ChangeNode,
+    properties: PropertySet[],
+    deadline: number,
+  ): Promise<{ diffs: Diffs; failure?: Failure }> {
+    const collected: Diffs = [];
+    if (node.childExecutionStrategy === "sequential") {
       for (const child of node.children) {
         const outcome = await this.runNode(change, request, child, properties, deadline);
         collected.push(...outcome.diffs);
@@ -277,6 +444,35 @@ export class ChangeRunner {
     return { diffs: collected };
   }
 
+  /**
+   * A wait or input step: waits until continue() resumes it (with an input step's values), or a timed wait's
+   * time is up; the change stopping (cancel, timeout, shutdown) ends the wait with its failure.
+   */
+  private waitFor(change: ActiveChange, node: ChangeNode): Promise<{ values: Record<string, unknown> } | { failure: Failure }> {
+    return new Promise((resolve) => {
+      const signal = change.controller.signal;
+      let timer: NodeJS.Timeout | undefined;
+      const done = (outcome: { values: Record<string, unknown> } | { failure: Failure }) => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", onStop);
+        change.waiting.delete(node.id);
+        resolve(outcome);
+      };
+      const onStop = () => done({ failure: change.stopReason ?? { state: "cancelled", reason: "the change stopped" } });
+      if (signal.aborted) return onStop();
+      signal.addEventListener("abort", onStop, { once: true });
+      if (node.waitSeconds > 0) timer = setTimeout(() => done({ values: {} }), node.waitSeconds * 1000);
+      change.waiting.set(node.id, { node, resume: (values) => done({ values }) });
+      const how =
+        node.kind === "input"
+          ? `waiting for input (${node.inputArguments.map((argument) => argument.name).join(", ")}): ContinueChange with input_values`
+          : node.waitSeconds > 0
+            ? `waiting ${node.waitSeconds} s, or until continued (ContinueChange)`
+            : "waiting to be continued (ContinueChange)";
+      this.setNode(change, node, "waiting", how);
+    });
+  }
+
   /** Runs one step of the change with the properties as they are now, and waits for its end. */
   private runStep(
     change: ActiveChange,
@@ -293,8 +489,13 @@ export class ChangeRunner {
       action: (contextValues.change?.action as string) || root.action,
     };
     contextValues.step = { ...(contextValues.step ?? {}), action: node.action, fullPath: node.action };
+    // The first step runs as requested; a declared child is one action, whatever spaces its name holds.
+    const isRoot = node.parentId === "";
+    const { actions: _rootActions, ...rest } = root;
     const stepRequest: StepRequest = {
-      ...root,
+      ...rest,
+      ...(isRoot && root.actions ? { actions: root.actions } : {}),
+      ...(isRoot ? {} : { actions: [node.action] }),
       stepId: node.id,
       action: node.action,
       properties: structuredClone(properties),
@@ -361,6 +562,45 @@ function conflictBetween(left: Diffs, right: Diffs): { owner: string; path: stri
       const conflict = findConflict(b.operations, a.operations);
       if (conflict) return { owner: a.owner, path: conflict.path, otherPath: conflict.otherPath };
     }
+  }
+  return undefined;
+}
+
+function newNode(id: string, parentId: string, definition: Partial<ChildDefinition> & { action: string; kind: StepKind }): ChangeNode {
+  return {
+    id,
+    action: definition.action,
+    parentId,
+    state: "pending",
+    reason: "",
+    childExecutionStrategy: definition.kind === "action" ? "sequential" : (definition.childExecutionStrategy ?? "sequential"),
+    children: [],
+    stepName: definition.stepName ?? "",
+    kind: definition.kind,
+    ignoreFailure: definition.ignoreFailure ?? false,
+    waitSeconds: definition.waitSeconds ?? 0,
+    inputArguments: definition.inputArguments ?? [],
+  };
+}
+
+/** A node as people know it: its step name when it has one. */
+function label(node: ChangeNode): string {
+  return node.stepName || node.action;
+}
+
+/** The first declared action (at any depth under built-in steps) that RunStep's rule refuses, and why. */
+function firstRefusedAction(children: ChildDefinition[]): { action: string; message: string } | undefined {
+  for (const child of children) {
+    if (child.kind === "action") {
+      try {
+        checkNamedAction(child.action);
+      } catch (error) {
+        if (!(error instanceof ActionRuleError)) throw error;
+        return { action: child.action, message: error.message };
+      }
+    }
+    const nested = firstRefusedAction(child.children);
+    if (nested) return nested;
   }
   return undefined;
 }

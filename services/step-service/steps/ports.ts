@@ -51,7 +51,10 @@ export interface StepRequest {
   stepId: string;
   repositoryUrl: string;
   gitRev: string;
+  /** As RunStep's action says it; with `actions`, those joined by spaces (for records and the context). */
   action: string;
+  /** RunStep's actions: each one argument of opschain-action, spaces kept; absent when `action` says it all. */
+  actions?: string[];
   properties: PropertySet[];
   secretPointers: string[];
   /** context.change / step / user of step_context.json. */

@@ -1,5 +1,6 @@
 import Database from "better-sqlite3";
 import { join } from "node:path";
+import type { ChangeView } from "./change-runner.js";
 import type { StepResultData } from "./result.js";
 
 export type StepState = "queued" | "preparing" | "building" | "running" | "success" | "error" | "timed_out" | "cancelled" | "system_error" | "handed_back";
@@ -44,7 +45,13 @@ export interface StepRecord {
   logTruncated: boolean;
 }
 
-/** Step records in SQLite (better-sqlite3: synchronous, so a record is on disk when a call returns). */
+/** A finished change as kept: RunChange with its id and the same request returns it instead of running again. */
+export interface ChangeRecord {
+  requestDigest: string;
+  change: ChangeView;
+}
+
+/** Step (and finished change) records in SQLite (better-sqlite3: synchronous, so a record is on disk when a call returns). */
 export class StepRecords {
   private readonly db: Database.Database;
   /** The statements every step runs, compiled once. */
@@ -58,7 +65,12 @@ export class StepRecords {
       state TEXT NOT NULL,
       created_at INTEGER NOT NULL,
       record TEXT NOT NULL
-    ); CREATE INDEX IF NOT EXISTS steps_created ON steps (created_at DESC, id DESC);`);
+    ); CREATE INDEX IF NOT EXISTS steps_created ON steps (created_at DESC, id DESC);
+    CREATE TABLE IF NOT EXISTS changes (
+      id TEXT PRIMARY KEY,
+      request_digest TEXT NOT NULL,
+      record TEXT NOT NULL
+    );`);
     this.statements = {
       insert: this.db.prepare(
         `INSERT INTO steps (id, state, created_at, record) VALUES (?, ?, ?, ?)
@@ -68,6 +80,18 @@ export class StepRecords {
       save: this.db.prepare("UPDATE steps SET state = ?, record = ? WHERE id = ?"),
       get: this.db.prepare("SELECT record FROM steps WHERE id = ?"),
     };
+  }
+
+  /** Keeps a finished change (its final view, secrets masked) and the digest of the request that ran it. */
+  saveChange(record: ChangeRecord): void {
+    this.db
+      .prepare("INSERT OR REPLACE INTO changes (id, request_digest, record) VALUES (?, ?, ?)")
+      .run(record.change.id, record.requestDigest, JSON.stringify(record.change));
+  }
+
+  getChange(id: string): ChangeRecord | undefined {
+    const row = this.db.prepare("SELECT request_digest, record FROM changes WHERE id = ?").get(id) as { request_digest: string; record: string } | undefined;
+    return row ? { requestDigest: row.request_digest, change: JSON.parse(row.record) as ChangeView } : undefined;
   }
 
   /** False when a step with this id exists already; a step that was handed back is replaced by its new run. */

@@ -1,9 +1,9 @@
 import { actionArguments } from "./action-arguments.js";
 import type { StepRequest } from "./ports.js";
 
-/** The step container's command: opschain-action with the request's tasks, or its listing option. */
+/** The step container's command: opschain-action with the request's named actions, its tasks, or its listing option. */
 export function stepCommand(request: StepRequest): string[] {
-  return ["opschain-action", ...actionArguments(request.action)];
+  return ["opschain-action", ...(request.actions ?? actionArguments(request.action))];
 }
 
 /** Environment variables the request itself sets for the action (beside the env var properties). */

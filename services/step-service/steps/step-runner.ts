@@ -20,7 +20,7 @@ import {
   RefusedInputError,
   type StepRequest,
 } from "./ports.js";
-import { FINAL_STATES, type PhaseName, type StepRecord, StepRecords, type StepState } from "./records.js";
+import { type ChangeRecord, FINAL_STATES, type PhaseName, type StepRecord, StepRecords, type StepState } from "./records.js";
 import { InvalidResultError, parseStepResult, type StepResultData } from "./result.js";
 import { requestEnvironment, runtimeStepContext, stepCommand } from "./run-command.js";
 import { FifoQueue, QueueLeftError } from "../../shared/fifo-queue.js";
@@ -153,6 +153,15 @@ export class StepRunner {
 
   get(id: string): StepRecord | undefined {
     return this.active.get(id)?.record ?? this.records.get(id);
+  }
+
+  /** Keeps a finished change beside its steps' records. */
+  saveChange(record: ChangeRecord): void {
+    this.records.saveChange(record);
+  }
+
+  storedChange(id: string): ChangeRecord | undefined {
+    return this.records.getChange(id);
   }
 
   list(limit: number, states: StepState[], after?: { createdAt: number; id: string }): StepRecord[] {

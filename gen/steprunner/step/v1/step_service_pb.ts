@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file steprunner/step/v1/step_service.proto.
  */
 export const file_steprunner_step_v1_step_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVzdGVwcnVubmVyL3N0ZXAvdjEvc3RlcF9zZXJ2aWNlLnByb3RvEhJzdGVwcnVubmVyLnN0ZXAudjEiQAoGTGltaXRzEhQKDG1lbW9yeV9ieXRlcxgBIAEoAxISCgpjcHVfbWlsbGlzGAIgASgDEgwKBHBpZHMYAyABKAMiuwMKDlJ1blN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkSFgoOcmVwb3NpdG9yeV91cmwYAiABKAkSDwoHZ2l0X3JldhgDIAEoCRIOCgZhY3Rpb24YBCABKAkSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMSEwoLcmVwb19mb2xkZXIYCCABKAkSGwoTZXhjbHVkZV9naXRfaGlzdG9yeRgJIAEoCBIqCgd0aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGhvc3RfbmV0d29yaxgLIAEoCBIqCgZsaW1pdHMYDCABKAsyGi5zdGVwcnVubmVyLnN0ZXAudjEuTGltaXRzEhsKE2J1aWxkX3dpdGhvdXRfY2FjaGUYDSABKAgSDwoHZHJ5X3J1bhgOIAEoCCI2CgxTdGVwQWNjZXB0ZWQSJgoEc3RlcBgBIAEoCzIYLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwIpABCgxQaGFzZUNoYW5nZWQSLAoFc3RhdGUYASABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEigKBXBoYXNlGAIgASgOMhkuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoEBCgdMb2dMaW5lEg4KBm9mZnNldBgBIAEoAxIuCgZzdHJlYW0YAiABKA4yHi5zdGVwcnVubmVyLmltYWdlLnYxLkxvZ1N0cmVhbRIMCgR0ZXh0GAMgASgJEigKBHRpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjYKDFN0ZXBGaW5pc2hlZBImCgRzdGVwGAEgASgLMhguc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXAiwwIKD1J1blN0ZXBSZXNwb25zZRI0CghhY2NlcHRlZBgBIAEoCzIgLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwQWNjZXB0ZWRIABI5Cg1waGFzZV9jaGFuZ2VkGAIgASgLMiAuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlQ2hhbmdlZEgAEjwKDmJ1aWxkX3Byb2dyZXNzGAMgASgLMiIuc3RlcHJ1bm5lci5pbWFnZS52MS5CdWlsZFByb2dyZXNzSAASLwoIbG9nX2xpbmUYBCABKAsyGy5zdGVwcnVubmVyLnN0ZXAudjEuTG9nTGluZUgAEjQKCGZpbmlzaGVkGAUgASgLMiAuc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBGaW5pc2hlZEgAEhEKB3dhcm5pbmcYBiABKAlIAEIHCgVldmVudCKUAQoLUGhhc2VUaW1pbmcSKAoFcGhhc2UYASABKA4yGS5zdGVwcnVubmVyLnN0ZXAudjEuUGhhc2USLgoKc3RhcnRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoIZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24icAoJUGhhc2VQYXJ0EigKBXBoYXNlGAEgASgOMhkuc3RlcHJ1bm5lci5zdGVwLnYxLlBoYXNlEgwKBG5hbWUYAiABKAkSKwoIZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iGwoJQ2hpbGRTdGVwEg4KBmFjdGlvbhgBIAEoCSKYAQoUQ2hpbGRTdGVwRGVmaW5pdGlvbnMSLwoIY2hpbGRyZW4YASADKAsyHS5zdGVwcnVubmVyLnN0ZXAudjEuQ2hpbGRTdGVwEk8KGGNoaWxkX2V4ZWN1dGlvbl9zdHJhdGVneRgCIAEoDjItLnN0ZXBydW5uZXIuY29udGV4dC52MS5DaGlsZEV4ZWN1dGlvblN0cmF0ZWd5Ik8KDlByb3BlcnRpZXNEaWZmEg0KBW93bmVyGAEgASgJEi4KCm9wZXJhdGlvbnMYAiABKAsyGi5nb29nbGUucHJvdG9idWYuTGlzdFZhbHVlIvUBCgpTdGVwUmVzdWx0EisKCnByb3BlcnRpZXMYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjwKEHByb3BlcnRpZXNfZGlmZnMYAiADKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuUHJvcGVydGllc0RpZmYSSAoWY2hpbGRfc3RlcF9kZWZpbml0aW9ucxgDIAEoCzIoLnN0ZXBydW5uZXIuc3RlcC52MS5DaGlsZFN0ZXBEZWZpbml0aW9ucxIyChJleHBlY3RlZF9zdGVwX3RyZWUYBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUimQQKBFN0ZXASCgoCaWQYASABKAkSLAoFc3RhdGUYAiABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEg4KBnJlYXNvbhgDIAEoCRIWCg5yZXBvc2l0b3J5X3VybBgEIAEoCRIPCgdnaXRfcmV2GAUgASgJEg8KB2dpdF9zaGEYBiABKAkSDgoGYWN0aW9uGAcgASgJEhAKCGltYWdlX2lkGAggASgJEhQKDGltYWdlX3JldXNlZBgJIAEoCBIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZXhpdF9jb2RlGAwgASgFEg4KBnNpZ25hbBgNIAEoCRISCgpvb21fa2lsbGVkGA4gASgIEi8KBnBoYXNlcxgPIAMoCzIfLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZVRpbWluZxIuCgZyZXN1bHQYECABKAsyHi5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFJlc3VsdBIRCglsb2dfbGluZXMYESABKAMSFQoNbG9nX3RydW5jYXRlZBgSIAEoCBIyCgtwaGFzZV9wYXJ0cxgTIAMoCzIdLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZVBhcnQigwEKEFJ1bkNoYW5nZVJlcXVlc3QSEQoJY2hhbmdlX2lkGAEgASgJEjAKBHN0ZXAYAiABKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuUnVuU3RlcFJlcXVlc3QSKgoHdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiL8AQoKQ2hhbmdlU3RlcBIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSEQoJcGFyZW50X2lkGAMgASgJEiwKBXN0YXRlGAQgASgOMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBTdGF0ZRIOCgZyZWFzb24YBSABKAkSTwoYY2hpbGRfZXhlY3V0aW9uX3N0cmF0ZWd5GAYgASgOMi0uc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNoaWxkRXhlY3V0aW9uU3RyYXRlZ3kSMAoIY2hpbGRyZW4YByADKAsyHi5zdGVwcnVubmVyLnN0ZXAudjEuQ2hhbmdlU3RlcCKZAgoGQ2hhbmdlEgoKAmlkGAEgASgJEiwKBXN0YXRlGAIgASgOMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBTdGF0ZRIOCgZyZWFzb24YAyABKAkSLAoEcm9vdBgEIAEoCzIeLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2VTdGVwEjYKCnByb3BlcnRpZXMYBSADKAsyIi5zdGVwcnVubmVyLmNvbnRleHQudjEuUHJvcGVydHlTZXQSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjwKDkNoYW5nZUFjY2VwdGVkEioKBmNoYW5nZRgBIAEoCzIaLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2UiUAoJU3RlcEV2ZW50Eg8KB3N0ZXBfaWQYASABKAkSMgoFZXZlbnQYAiABKAsyIy5zdGVwcnVubmVyLnN0ZXAudjEuUnVuU3RlcFJlc3BvbnNlIjkKC1RyZWVDaGFuZ2VkEioKBmNoYW5nZRgBIAEoCzIaLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2UiPAoOQ2hhbmdlRmluaXNoZWQSKgoGY2hhbmdlGAEgASgLMhouc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZSKNAgoRUnVuQ2hhbmdlUmVzcG9uc2USNgoIYWNjZXB0ZWQYASABKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuQ2hhbmdlQWNjZXB0ZWRIABIzCgpzdGVwX2V2ZW50GAIgASgLMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBFdmVudEgAEjcKDHRyZWVfY2hhbmdlZBgDIAEoCzIfLnN0ZXBydW5uZXIuc3RlcC52MS5UcmVlQ2hhbmdlZEgAEjYKCGZpbmlzaGVkGAQgASgLMiIuc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZUZpbmlzaGVkSAASEQoHd2FybmluZxgFIAEoCUgAQgcKBWV2ZW50IiEKDkdldFN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkiOQoPR2V0U3RlcFJlc3BvbnNlEiYKBHN0ZXAYASABKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcCJoChBMaXN0U3RlcHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEi0KBnN0YXRlcxgDIAMoDjIdLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwU3RhdGUiVQoRTGlzdFN0ZXBzUmVzcG9uc2USJwoFc3RlcHMYASADKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoRRm9sbG93TG9nc1JlcXVlc3QSDwoHc3RlcF9pZBgBIAEoCRITCgtmcm9tX29mZnNldBgCIAEoAxIOCgZmb2xsb3cYAyABKAgiPwoSRm9sbG93TG9nc1Jlc3BvbnNlEikKBGxpbmUYASABKAsyGy5zdGVwcnVubmVyLnN0ZXAudjEuTG9nTGluZSIkChFDYW5jZWxTdGVwUmVxdWVzdBIPCgdzdGVwX2lkGAEgASgJIjwKEkNhbmNlbFN0ZXBSZXNwb25zZRImCgRzdGVwGAEgASgLMhguc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXAiFwoVR2V0UnVudGltZUluZm9SZXF1ZXN0IqsBChZHZXRSdW50aW1lSW5mb1Jlc3BvbnNlEhQKDHJ1bmNfdmVyc2lvbhgBIAEoCRIYChBvY2lfc3BlY192ZXJzaW9uGAIgASgJEhYKDmNncm91cF92ZXJzaW9uGAMgASgFEhwKFG1heF9jb25jdXJyZW50X3N0ZXBzGAQgASgFEhUKDXJ1bm5pbmdfc3RlcHMYBSABKAUSFAoMcXVldWVkX3N0ZXBzGAYgASgFKqQCCglTdGVwU3RhdGUSGgoWU1RFUF9TVEFURV9VTlNQRUNJRklFRBAAEhUKEVNURVBfU1RBVEVfUVVFVUVEEAESGAoUU1RFUF9TVEFURV9QUkVQQVJJTkcQAhIXChNTVEVQX1NUQVRFX0JVSUxESU5HEAMSFgoSU1RFUF9TVEFURV9SVU5OSU5HEAQSFgoSU1RFUF9TVEFURV9TVUNDRVNTEAUSFAoQU1RFUF9TVEFURV9FUlJPUhAGEhgKFFNURVBfU1RBVEVfVElNRURfT1VUEAcSGAoUU1RFUF9TVEFURV9DQU5DRUxMRUQQCBIbChdTVEVQX1NUQVRFX1NZU1RFTV9FUlJPUhAJEhoKFlNURVBfU1RBVEVfSEFOREVEX0JBQ0sQCiqGAQoFUGhhc2USFQoRUEhBU0VfVU5TUEVDSUZJRUQQABIPCgtQSEFTRV9RVUVVRRABEhEKDVBIQVNFX0NPTlRFWFQQAhIPCgtQSEFTRV9CVUlMRBADEg4KClBIQVNFX1BVTEwQBBINCglQSEFTRV9SVU4QBRISCg5QSEFTRV9URUFSRE9XThAGMqsFCgtTdGVwU2VydmljZRJUCgdSdW5TdGVwEiIuc3RlcHJ1bm5lci5zdGVwLnYxLlJ1blN0ZXBSZXF1ZXN0GiMuc3RlcHJ1bm5lci5zdGVwLnYxLlJ1blN0ZXBSZXNwb25zZTABEloKCVJ1bkNoYW5nZRIkLnN0ZXBydW5uZXIuc3RlcC52MS5SdW5DaGFuZ2VSZXF1ZXN0GiUuc3RlcHJ1bm5lci5zdGVwLnYxLlJ1bkNoYW5nZVJlc3BvbnNlMAESVwoHR2V0U3RlcBIiLnN0ZXBydW5uZXIuc3RlcC52MS5HZXRTdGVwUmVxdWVzdBojLnN0ZXBydW5uZXIuc3RlcC52MS5HZXRTdGVwUmVzcG9uc2UiA5ACARJdCglMaXN0U3RlcHMSJC5zdGVwcnVubmVyLnN0ZXAudjEuTGlzdFN0ZXBzUmVxdWVzdBolLnN0ZXBydW5uZXIuc3RlcC52MS5MaXN0U3RlcHNSZXNwb25zZSIDkAIBEmIKCkZvbGxvd0xvZ3MSJS5zdGVwcnVubmVyLnN0ZXAudjEuRm9sbG93TG9nc1JlcXVlc3QaJi5zdGVwcnVubmVyLnN0ZXAudjEuRm9sbG93TG9nc1Jlc3BvbnNlIgOQAgEwARJgCgpDYW5jZWxTdGVwEiUuc3RlcHJ1bm5lci5zdGVwLnYxLkNhbmNlbFN0ZXBSZXF1ZXN0GiYuc3RlcHJ1bm5lci5zdGVwLnYxLkNhbmNlbFN0ZXBSZXNwb25zZSIDkAICEmwKDkdldFJ1bnRpbWVJbmZvEikuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFJ1bnRpbWVJbmZvUmVxdWVzdBoqLnN0ZXBydW5uZXIuc3RlcC52MS5HZXRSdW50aW1lSW5mb1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_steprunner_context_v1_context_service, file_steprunner_image_v1_image_service]);
+  fileDesc("CiVzdGVwcnVubmVyL3N0ZXAvdjEvc3RlcF9zZXJ2aWNlLnByb3RvEhJzdGVwcnVubmVyLnN0ZXAudjEiQAoGTGltaXRzEhQKDG1lbW9yeV9ieXRlcxgBIAEoAxISCgpjcHVfbWlsbGlzGAIgASgDEgwKBHBpZHMYAyABKAMizAMKDlJ1blN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkSFgoOcmVwb3NpdG9yeV91cmwYAiABKAkSDwoHZ2l0X3JldhgDIAEoCRIOCgZhY3Rpb24YBCABKAkSNgoKcHJvcGVydGllcxgFIAMoCzIiLnN0ZXBydW5uZXIuY29udGV4dC52MS5Qcm9wZXJ0eVNldBIXCg9zZWNyZXRfcG9pbnRlcnMYBiADKAkSQAoOY29udGV4dF92YWx1ZXMYByABKAsyKC5zdGVwcnVubmVyLmNvbnRleHQudjEuU3RlcENvbnRleHRWYWx1ZXMSEwoLcmVwb19mb2xkZXIYCCABKAkSGwoTZXhjbHVkZV9naXRfaGlzdG9yeRgJIAEoCBIqCgd0aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGhvc3RfbmV0d29yaxgLIAEoCBIqCgZsaW1pdHMYDCABKAsyGi5zdGVwcnVubmVyLnN0ZXAudjEuTGltaXRzEhsKE2J1aWxkX3dpdGhvdXRfY2FjaGUYDSABKAgSDwoHZHJ5X3J1bhgOIAEoCBIPCgdhY3Rpb25zGA8gAygJIjYKDFN0ZXBBY2NlcHRlZBImCgRzdGVwGAEgASgLMhguc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXAikAEKDFBoYXNlQ2hhbmdlZBIsCgVzdGF0ZRgBIAEoDjIdLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwU3RhdGUSKAoFcGhhc2UYAiABKA4yGS5zdGVwcnVubmVyLnN0ZXAudjEuUGhhc2USKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigQEKB0xvZ0xpbmUSDgoGb2Zmc2V0GAEgASgDEi4KBnN0cmVhbRgCIAEoDjIeLnN0ZXBydW5uZXIuaW1hZ2UudjEuTG9nU3RyZWFtEgwKBHRleHQYAyABKAkSKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNgoMU3RlcEZpbmlzaGVkEiYKBHN0ZXAYASABKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcCLDAgoPUnVuU3RlcFJlc3BvbnNlEjQKCGFjY2VwdGVkGAEgASgLMiAuc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBBY2NlcHRlZEgAEjkKDXBoYXNlX2NoYW5nZWQYAiABKAsyIC5zdGVwcnVubmVyLnN0ZXAudjEuUGhhc2VDaGFuZ2VkSAASPAoOYnVpbGRfcHJvZ3Jlc3MYAyABKAsyIi5zdGVwcnVubmVyLmltYWdlLnYxLkJ1aWxkUHJvZ3Jlc3NIABIvCghsb2dfbGluZRgEIAEoCzIbLnN0ZXBydW5uZXIuc3RlcC52MS5Mb2dMaW5lSAASNAoIZmluaXNoZWQYBSABKAsyIC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcEZpbmlzaGVkSAASEQoHd2FybmluZxgGIAEoCUgAQgcKBWV2ZW50IpQBCgtQaGFzZVRpbWluZxIoCgVwaGFzZRgBIAEoDjIZLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZRIuCgpzdGFydGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCghkdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJwCglQaGFzZVBhcnQSKAoFcGhhc2UYASABKA4yGS5zdGVwcnVubmVyLnN0ZXAudjEuUGhhc2USDAoEbmFtZRgCIAEoCRIrCghkdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLGAgoJQ2hpbGRTdGVwEg4KBmFjdGlvbhgBIAEoCRIRCglzdGVwX25hbWUYAiABKAkSKgoEa2luZBgDIAEoDjIcLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwS2luZBIWCg5pZ25vcmVfZmFpbHVyZRgEIAEoCBIvCghjaGlsZHJlbhgFIAMoCzIdLnN0ZXBydW5uZXIuc3RlcC52MS5DaGlsZFN0ZXASTwoYY2hpbGRfZXhlY3V0aW9uX3N0cmF0ZWd5GAYgASgOMi0uc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNoaWxkRXhlY3V0aW9uU3RyYXRlZ3kSFAoMd2FpdF9zZWNvbmRzGAcgASgNEjoKD2lucHV0X2FyZ3VtZW50cxgIIAMoCzIhLnN0ZXBydW5uZXIuc3RlcC52MS5JbnB1dEFyZ3VtZW50IuIBCg1JbnB1dEFyZ3VtZW50EgwKBG5hbWUYASABKAkSDAoEcGF0aBgCIAEoCRIQCghndWlfbmFtZRgDIAEoCRITCgtkZXNjcmlwdGlvbhgEIAEoCRIQCghyZXF1aXJlZBgFIAEoCBIMCgR0eXBlGAYgASgJEi0KDWRlZmF1bHRfdmFsdWUYByABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSLAoMdmFsaWRfdmFsdWVzGAggAygLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhEKCW92ZXJ3cml0ZRgJIAEoCCKYAQoUQ2hpbGRTdGVwRGVmaW5pdGlvbnMSLwoIY2hpbGRyZW4YASADKAsyHS5zdGVwcnVubmVyLnN0ZXAudjEuQ2hpbGRTdGVwEk8KGGNoaWxkX2V4ZWN1dGlvbl9zdHJhdGVneRgCIAEoDjItLnN0ZXBydW5uZXIuY29udGV4dC52MS5DaGlsZEV4ZWN1dGlvblN0cmF0ZWd5Ik8KDlByb3BlcnRpZXNEaWZmEg0KBW93bmVyGAEgASgJEi4KCm9wZXJhdGlvbnMYAiABKAsyGi5nb29nbGUucHJvdG9idWYuTGlzdFZhbHVlIvUBCgpTdGVwUmVzdWx0EisKCnByb3BlcnRpZXMYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjwKEHByb3BlcnRpZXNfZGlmZnMYAiADKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuUHJvcGVydGllc0RpZmYSSAoWY2hpbGRfc3RlcF9kZWZpbml0aW9ucxgDIAEoCzIoLnN0ZXBydW5uZXIuc3RlcC52MS5DaGlsZFN0ZXBEZWZpbml0aW9ucxIyChJleHBlY3RlZF9zdGVwX3RyZWUYBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUimQQKBFN0ZXASCgoCaWQYASABKAkSLAoFc3RhdGUYAiABKA4yHS5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFN0YXRlEg4KBnJlYXNvbhgDIAEoCRIWCg5yZXBvc2l0b3J5X3VybBgEIAEoCRIPCgdnaXRfcmV2GAUgASgJEg8KB2dpdF9zaGEYBiABKAkSDgoGYWN0aW9uGAcgASgJEhAKCGltYWdlX2lkGAggASgJEhQKDGltYWdlX3JldXNlZBgJIAEoCBIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZXhpdF9jb2RlGAwgASgFEg4KBnNpZ25hbBgNIAEoCRISCgpvb21fa2lsbGVkGA4gASgIEi8KBnBoYXNlcxgPIAMoCzIfLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZVRpbWluZxIuCgZyZXN1bHQYECABKAsyHi5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcFJlc3VsdBIRCglsb2dfbGluZXMYESABKAMSFQoNbG9nX3RydW5jYXRlZBgSIAEoCBIyCgtwaGFzZV9wYXJ0cxgTIAMoCzIdLnN0ZXBydW5uZXIuc3RlcC52MS5QaGFzZVBhcnQigwEKEFJ1bkNoYW5nZVJlcXVlc3QSEQoJY2hhbmdlX2lkGAEgASgJEjAKBHN0ZXAYAiABKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuUnVuU3RlcFJlcXVlc3QSKgoHdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLUAwoKQ2hhbmdlU3RlcBIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSEQoJcGFyZW50X2lkGAMgASgJEiwKBXN0YXRlGAQgASgOMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBTdGF0ZRIOCgZyZWFzb24YBSABKAkSTwoYY2hpbGRfZXhlY3V0aW9uX3N0cmF0ZWd5GAYgASgOMi0uc3RlcHJ1bm5lci5jb250ZXh0LnYxLkNoaWxkRXhlY3V0aW9uU3RyYXRlZ3kSMAoIY2hpbGRyZW4YByADKAsyHi5zdGVwcnVubmVyLnN0ZXAudjEuQ2hhbmdlU3RlcBIRCglzdGVwX25hbWUYCCABKAkSKgoEa2luZBgJIAEoDjIcLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwS2luZBIWCg5pZ25vcmVfZmFpbHVyZRgKIAEoCBIUCgx3YWl0X3NlY29uZHMYCyABKA0SOgoPaW5wdXRfYXJndW1lbnRzGAwgAygLMiEuc3RlcHJ1bm5lci5zdGVwLnYxLklucHV0QXJndW1lbnQSLQoMaW5wdXRfdmFsdWVzGA0gASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCKZAgoGQ2hhbmdlEgoKAmlkGAEgASgJEiwKBXN0YXRlGAIgASgOMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBTdGF0ZRIOCgZyZWFzb24YAyABKAkSLAoEcm9vdBgEIAEoCzIeLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2VTdGVwEjYKCnByb3BlcnRpZXMYBSADKAsyIi5zdGVwcnVubmVyLmNvbnRleHQudjEuUHJvcGVydHlTZXQSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjwKDkNoYW5nZUFjY2VwdGVkEioKBmNoYW5nZRgBIAEoCzIaLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2UiUAoJU3RlcEV2ZW50Eg8KB3N0ZXBfaWQYASABKAkSMgoFZXZlbnQYAiABKAsyIy5zdGVwcnVubmVyLnN0ZXAudjEuUnVuU3RlcFJlc3BvbnNlIjkKC1RyZWVDaGFuZ2VkEioKBmNoYW5nZRgBIAEoCzIaLnN0ZXBydW5uZXIuc3RlcC52MS5DaGFuZ2UiPAoOQ2hhbmdlRmluaXNoZWQSKgoGY2hhbmdlGAEgASgLMhouc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZSKNAgoRUnVuQ2hhbmdlUmVzcG9uc2USNgoIYWNjZXB0ZWQYASABKAsyIi5zdGVwcnVubmVyLnN0ZXAudjEuQ2hhbmdlQWNjZXB0ZWRIABIzCgpzdGVwX2V2ZW50GAIgASgLMh0uc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXBFdmVudEgAEjcKDHRyZWVfY2hhbmdlZBgDIAEoCzIfLnN0ZXBydW5uZXIuc3RlcC52MS5UcmVlQ2hhbmdlZEgAEjYKCGZpbmlzaGVkGAQgASgLMiIuc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZUZpbmlzaGVkSAASEQoHd2FybmluZxgFIAEoCUgAQgcKBWV2ZW50ImoKFUNvbnRpbnVlQ2hhbmdlUmVxdWVzdBIRCgljaGFuZ2VfaWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRItCgxpbnB1dF92YWx1ZXMYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IkQKFkNvbnRpbnVlQ2hhbmdlUmVzcG9uc2USKgoGY2hhbmdlGAEgASgLMhouc3RlcHJ1bm5lci5zdGVwLnYxLkNoYW5nZSIlChBHZXRDaGFuZ2VSZXF1ZXN0EhEKCWNoYW5nZV9pZBgBIAEoCSI/ChFHZXRDaGFuZ2VSZXNwb25zZRIqCgZjaGFuZ2UYASABKAsyGi5zdGVwcnVubmVyLnN0ZXAudjEuQ2hhbmdlIiEKDkdldFN0ZXBSZXF1ZXN0Eg8KB3N0ZXBfaWQYASABKAkiOQoPR2V0U3RlcFJlc3BvbnNlEiYKBHN0ZXAYASABKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcCJoChBMaXN0U3RlcHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEi0KBnN0YXRlcxgDIAMoDjIdLnN0ZXBydW5uZXIuc3RlcC52MS5TdGVwU3RhdGUiVQoRTGlzdFN0ZXBzUmVzcG9uc2USJwoFc3RlcHMYASADKAsyGC5zdGVwcnVubmVyLnN0ZXAudjEuU3RlcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoRRm9sbG93TG9nc1JlcXVlc3QSDwoHc3RlcF9pZBgBIAEoCRITCgtmcm9tX29mZnNldBgCIAEoAxIOCgZmb2xsb3cYAyABKAgiPwoSRm9sbG93TG9nc1Jlc3BvbnNlEikKBGxpbmUYASABKAsyGy5zdGVwcnVubmVyLnN0ZXAudjEuTG9nTGluZSIkChFDYW5jZWxTdGVwUmVxdWVzdBIPCgdzdGVwX2lkGAEgASgJIjwKEkNhbmNlbFN0ZXBSZXNwb25zZRImCgRzdGVwGAEgASgLMhguc3RlcHJ1bm5lci5zdGVwLnYxLlN0ZXAiFwoVR2V0UnVudGltZUluZm9SZXF1ZXN0IqsBChZHZXRSdW50aW1lSW5mb1Jlc3BvbnNlEhQKDHJ1bmNfdmVyc2lvbhgBIAEoCRIYChBvY2lfc3BlY192ZXJzaW9uGAIgASgJEhYKDmNncm91cF92ZXJzaW9uGAMgASgFEhwKFG1heF9jb25jdXJyZW50X3N0ZXBzGAQgASgFEhUKDXJ1bm5pbmdfc3RlcHMYBSABKAUSFAoMcXVldWVkX3N0ZXBzGAYgASgFKrwCCglTdGVwU3RhdGUSGgoWU1RFUF9TVEFURV9VTlNQRUNJRklFRBAAEhUKEVNURVBfU1RBVEVfUVVFVUVEEAESGAoUU1RFUF9TVEFURV9QUkVQQVJJTkcQAhIXChNTVEVQX1NUQVRFX0JVSUxESU5HEAMSFgoSU1RFUF9TVEFURV9SVU5OSU5HEAQSFgoSU1RFUF9TVEFURV9TVUNDRVNTEAUSFAoQU1RFUF9TVEFURV9FUlJPUhAGEhgKFFNURVBfU1RBVEVfVElNRURfT1VUEAcSGAoUU1RFUF9TVEFURV9DQU5DRUxMRUQQCBIbChdTVEVQX1NUQVRFX1NZU1RFTV9FUlJPUhAJEhoKFlNURVBfU1RBVEVfSEFOREVEX0JBQ0sQChIWChJTVEVQX1NUQVRFX1dBSVRJTkcQCyp5CghTdGVwS2luZBIZChVTVEVQX0tJTkRfVU5TUEVDSUZJRUQQABIUChBTVEVQX0tJTkRfQUNUSU9OEAESEwoPU1RFUF9LSU5EX0dST1VQEAISEgoOU1RFUF9LSU5EX1dBSVQQAxITCg9TVEVQX0tJTkRfSU5QVVQQBCqGAQoFUGhhc2USFQoRUEhBU0VfVU5TUEVDSUZJRUQQABIPCgtQSEFTRV9RVUVVRRABEhEKDVBIQVNFX0NPTlRFWFQQAhIPCgtQSEFTRV9CVUlMRBADEg4KClBIQVNFX1BVTEwQBBINCglQSEFTRV9SVU4QBRISCg5QSEFTRV9URUFSRE9XThAGMvMGCgtTdGVwU2VydmljZRJUCgdSdW5TdGVwEiIuc3RlcHJ1bm5lci5zdGVwLnYxLlJ1blN0ZXBSZXF1ZXN0GiMuc3RlcHJ1bm5lci5zdGVwLnYxLlJ1blN0ZXBSZXNwb25zZTABEloKCVJ1bkNoYW5nZRIkLnN0ZXBydW5uZXIuc3RlcC52MS5SdW5DaGFuZ2VSZXF1ZXN0GiUuc3RlcHJ1bm5lci5zdGVwLnYxLlJ1bkNoYW5nZVJlc3BvbnNlMAESZwoOQ29udGludWVDaGFuZ2USKS5zdGVwcnVubmVyLnN0ZXAudjEuQ29udGludWVDaGFuZ2VSZXF1ZXN0Giouc3RlcHJ1bm5lci5zdGVwLnYxLkNvbnRpbnVlQ2hhbmdlUmVzcG9uc2USXQoJR2V0Q2hhbmdlEiQuc3RlcHJ1bm5lci5zdGVwLnYxLkdldENoYW5nZVJlcXVlc3QaJS5zdGVwcnVubmVyLnN0ZXAudjEuR2V0Q2hhbmdlUmVzcG9uc2UiA5ACARJXCgdHZXRTdGVwEiIuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFN0ZXBSZXF1ZXN0GiMuc3RlcHJ1bm5lci5zdGVwLnYxLkdldFN0ZXBSZXNwb25zZSIDkAIBEl0KCUxpc3RTdGVwcxIkLnN0ZXBydW5uZXIuc3RlcC52MS5MaXN0U3RlcHNSZXF1ZXN0GiUuc3RlcHJ1bm5lci5zdGVwLnYxLkxpc3RTdGVwc1Jlc3BvbnNlIgOQAgESYgoKRm9sbG93TG9ncxIlLnN0ZXBydW5uZXIuc3RlcC52MS5Gb2xsb3dMb2dzUmVxdWVzdBomLnN0ZXBydW5uZXIuc3RlcC52MS5Gb2xsb3dMb2dzUmVzcG9uc2UiA5ACATABEmAKCkNhbmNlbFN0ZXASJS5zdGVwcnVubmVyLnN0ZXAudjEuQ2FuY2VsU3RlcFJlcXVlc3QaJi5zdGVwcnVubmVyLnN0ZXAudjEuQ2FuY2VsU3RlcFJlc3BvbnNlIgOQAgISbAoOR2V0UnVudGltZUluZm8SKS5zdGVwcnVubmVyLnN0ZXAudjEuR2V0UnVudGltZUluZm9SZXF1ZXN0Giouc3RlcHJ1bm5lci5zdGVwLnYxLkdldFJ1bnRpbWVJbmZvUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_steprunner_context_v1_context_service, file_steprunner_image_v1_image_service]);
 
 /**
  * Limits bound a step's container; zero means the service's default.
@@ -78,7 +78,7 @@ export type RunStepRequest = Message<"steprunner.step.v1.RunStepRequest"> & {
   /**
    * What opschain-action runs: one or more Rake tasks of the repository's actions.rb separated by spaces
    * ("deploy", "build test"), or a listing: "-T" or "-AT", optionally followed by a pattern. Any other
-   * option is refused.
+   * option is refused. Give either action or actions.
    *
    * @generated from field: string action = 4;
    */
@@ -146,6 +146,15 @@ export type RunStepRequest = Message<"steprunner.step.v1.RunStepRequest"> & {
    * @generated from field: bool dry_run = 14;
    */
   dryRun: boolean;
+
+  /**
+   * The actions to run, one per element, each passed to opschain-action as it is: a name may hold spaces
+   * ("Hello world action", a step name). Each is 1-255 characters without control characters, '=' or '[',
+   * not starting with '-' or a space. Give either action or actions.
+   *
+   * @generated from field: repeated string actions = 15;
+   */
+  actions: string[];
 };
 
 /**
@@ -367,6 +376,8 @@ export const PhasePartSchema: GenMessage<PhasePart> = /*@__PURE__*/
   messageDesc(file_steprunner_step_v1_step_service, 8);
 
 /**
+ * ChildStep is a child step as step_result.json declares it; built-in steps carry their own children.
+ *
  * @generated from message steprunner.step.v1.ChildStep
  */
 export type ChildStep = Message<"steprunner.step.v1.ChildStep"> & {
@@ -374,6 +385,45 @@ export type ChildStep = Message<"steprunner.step.v1.ChildStep"> & {
    * @generated from field: string action = 1;
    */
   action: string;
+
+  /**
+   * @generated from field: string step_name = 2;
+   */
+  stepName: string;
+
+  /**
+   * @generated from field: steprunner.step.v1.StepKind kind = 3;
+   */
+  kind: StepKind;
+
+  /**
+   * Failures of this step and the steps under it do not fail its parent nor the change.
+   *
+   * @generated from field: bool ignore_failure = 4;
+   */
+  ignoreFailure: boolean;
+
+  /**
+   * @generated from field: repeated steprunner.step.v1.ChildStep children = 5;
+   */
+  children: ChildStep[];
+
+  /**
+   * @generated from field: steprunner.context.v1.ChildExecutionStrategy child_execution_strategy = 6;
+   */
+  childExecutionStrategy: ChildExecutionStrategy;
+
+  /**
+   * A timed wait step: it continues by itself after this many seconds.
+   *
+   * @generated from field: uint32 wait_seconds = 7;
+   */
+  waitSeconds: number;
+
+  /**
+   * @generated from field: repeated steprunner.step.v1.InputArgument input_arguments = 8;
+   */
+  inputArguments: InputArgument[];
 };
 
 /**
@@ -382,6 +432,75 @@ export type ChildStep = Message<"steprunner.step.v1.ChildStep"> & {
  */
 export const ChildStepSchema: GenMessage<ChildStep> = /*@__PURE__*/
   messageDesc(file_steprunner_step_v1_step_service, 9);
+
+/**
+ * InputArgument is a value an input step asks for (OpsChain's input_arguments).
+ *
+ * @generated from message steprunner.step.v1.InputArgument
+ */
+export type InputArgument = Message<"steprunner.step.v1.InputArgument"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Where the value goes in the change's properties: the JSON pointer of an object, the value under its name.
+   *
+   * @generated from field: string path = 2;
+   */
+  path: string;
+
+  /**
+   * @generated from field: string gui_name = 3;
+   */
+  guiName: string;
+
+  /**
+   * @generated from field: string description = 4;
+   */
+  description: string;
+
+  /**
+   * @generated from field: bool required = 5;
+   */
+  required: boolean;
+
+  /**
+   * string, boolean, date, float, integer, array or hash.
+   *
+   * @generated from field: string type = 6;
+   */
+  type: string;
+
+  /**
+   * Unset when it has none.
+   *
+   * @generated from field: google.protobuf.Value default_value = 7;
+   */
+  defaultValue?: Value | undefined;
+
+  /**
+   * When not empty, the value must be one of these.
+   *
+   * @generated from field: repeated google.protobuf.Value valid_values = 8;
+   */
+  validValues: Value[];
+
+  /**
+   * Replace a value the merged properties already have at that place; otherwise that value is kept.
+   *
+   * @generated from field: bool overwrite = 9;
+   */
+  overwrite: boolean;
+};
+
+/**
+ * Describes the message steprunner.step.v1.InputArgument.
+ * Use `create(InputArgumentSchema)` to create a new message.
+ */
+export const InputArgumentSchema: GenMessage<InputArgument> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 10);
 
 /**
  * @generated from message steprunner.step.v1.ChildStepDefinitions
@@ -403,7 +522,7 @@ export type ChildStepDefinitions = Message<"steprunner.step.v1.ChildStepDefiniti
  * Use `create(ChildStepDefinitionsSchema)` to create a new message.
  */
 export const ChildStepDefinitionsSchema: GenMessage<ChildStepDefinitions> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 10);
+  messageDesc(file_steprunner_step_v1_step_service, 11);
 
 /**
  * @generated from message steprunner.step.v1.PropertiesDiff
@@ -427,7 +546,7 @@ export type PropertiesDiff = Message<"steprunner.step.v1.PropertiesDiff"> & {
  * Use `create(PropertiesDiffSchema)` to create a new message.
  */
 export const PropertiesDiffSchema: GenMessage<PropertiesDiff> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 11);
+  messageDesc(file_steprunner_step_v1_step_service, 12);
 
 /**
  * StepResult is the validated content of the step's step_result.json.
@@ -466,7 +585,7 @@ export type StepResult = Message<"steprunner.step.v1.StepResult"> & {
  * Use `create(StepResultSchema)` to create a new message.
  */
 export const StepResultSchema: GenMessage<StepResult> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 12);
+  messageDesc(file_steprunner_step_v1_step_service, 13);
 
 /**
  * @generated from message steprunner.step.v1.Step
@@ -587,7 +706,7 @@ export type Step = Message<"steprunner.step.v1.Step"> & {
  * Use `create(StepSchema)` to create a new message.
  */
 export const StepSchema: GenMessage<Step> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 13);
+  messageDesc(file_steprunner_step_v1_step_service, 14);
 
 /**
  * @generated from message steprunner.step.v1.RunChangeRequest
@@ -623,7 +742,7 @@ export type RunChangeRequest = Message<"steprunner.step.v1.RunChangeRequest"> & 
  * Use `create(RunChangeRequestSchema)` to create a new message.
  */
 export const RunChangeRequestSchema: GenMessage<RunChangeRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 14);
+  messageDesc(file_steprunner_step_v1_step_service, 15);
 
 /**
  * ChangeStep is one step of a change's tree.
@@ -672,6 +791,40 @@ export type ChangeStep = Message<"steprunner.step.v1.ChangeStep"> & {
    * @generated from field: repeated steprunner.step.v1.ChangeStep children = 7;
    */
   children: ChangeStep[];
+
+  /**
+   * @generated from field: string step_name = 8;
+   */
+  stepName: string;
+
+  /**
+   * @generated from field: steprunner.step.v1.StepKind kind = 9;
+   */
+  kind: StepKind;
+
+  /**
+   * @generated from field: bool ignore_failure = 10;
+   */
+  ignoreFailure: boolean;
+
+  /**
+   * @generated from field: uint32 wait_seconds = 11;
+   */
+  waitSeconds: number;
+
+  /**
+   * What an input step asks for (ContinueChange's input_values).
+   *
+   * @generated from field: repeated steprunner.step.v1.InputArgument input_arguments = 12;
+   */
+  inputArguments: InputArgument[];
+
+  /**
+   * The values an input step was continued with, after conversion to their types.
+   *
+   * @generated from field: google.protobuf.Struct input_values = 13;
+   */
+  inputValues?: JsonObject | undefined;
 };
 
 /**
@@ -679,7 +832,7 @@ export type ChangeStep = Message<"steprunner.step.v1.ChangeStep"> & {
  * Use `create(ChangeStepSchema)` to create a new message.
  */
 export const ChangeStepSchema: GenMessage<ChangeStep> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 15);
+  messageDesc(file_steprunner_step_v1_step_service, 16);
 
 /**
  * @generated from message steprunner.step.v1.Change
@@ -731,7 +884,7 @@ export type Change = Message<"steprunner.step.v1.Change"> & {
  * Use `create(ChangeSchema)` to create a new message.
  */
 export const ChangeSchema: GenMessage<Change> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 16);
+  messageDesc(file_steprunner_step_v1_step_service, 17);
 
 /**
  * @generated from message steprunner.step.v1.ChangeAccepted
@@ -748,7 +901,7 @@ export type ChangeAccepted = Message<"steprunner.step.v1.ChangeAccepted"> & {
  * Use `create(ChangeAcceptedSchema)` to create a new message.
  */
 export const ChangeAcceptedSchema: GenMessage<ChangeAccepted> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 17);
+  messageDesc(file_steprunner_step_v1_step_service, 18);
 
 /**
  * StepEvent is one event of one step of the change, as RunStep streams them.
@@ -772,7 +925,7 @@ export type StepEvent = Message<"steprunner.step.v1.StepEvent"> & {
  * Use `create(StepEventSchema)` to create a new message.
  */
 export const StepEventSchema: GenMessage<StepEvent> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 18);
+  messageDesc(file_steprunner_step_v1_step_service, 19);
 
 /**
  * TreeChanged carries the whole tree after a step was added to it or changed state.
@@ -791,7 +944,7 @@ export type TreeChanged = Message<"steprunner.step.v1.TreeChanged"> & {
  * Use `create(TreeChangedSchema)` to create a new message.
  */
 export const TreeChangedSchema: GenMessage<TreeChanged> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 19);
+  messageDesc(file_steprunner_step_v1_step_service, 20);
 
 /**
  * @generated from message steprunner.step.v1.ChangeFinished
@@ -808,7 +961,7 @@ export type ChangeFinished = Message<"steprunner.step.v1.ChangeFinished"> & {
  * Use `create(ChangeFinishedSchema)` to create a new message.
  */
 export const ChangeFinishedSchema: GenMessage<ChangeFinished> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 20);
+  messageDesc(file_steprunner_step_v1_step_service, 21);
 
 /**
  * @generated from message steprunner.step.v1.RunChangeResponse
@@ -857,7 +1010,92 @@ export type RunChangeResponse = Message<"steprunner.step.v1.RunChangeResponse"> 
  * Use `create(RunChangeResponseSchema)` to create a new message.
  */
 export const RunChangeResponseSchema: GenMessage<RunChangeResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 21);
+  messageDesc(file_steprunner_step_v1_step_service, 22);
+
+/**
+ * @generated from message steprunner.step.v1.ContinueChangeRequest
+ */
+export type ContinueChangeRequest = Message<"steprunner.step.v1.ContinueChangeRequest"> & {
+  /**
+   * @generated from field: string change_id = 1;
+   */
+  changeId: string;
+
+  /**
+   * The waiting step; empty when the change has exactly one step waiting.
+   *
+   * @generated from field: string step_id = 2;
+   */
+  stepId: string;
+
+  /**
+   * An input step's values by argument name, converted to each argument's type (strings are accepted for
+   * every type: "true", "10", "2026-06-30", JSON for array and hash); a wait step takes none.
+   *
+   * @generated from field: google.protobuf.Struct input_values = 3;
+   */
+  inputValues?: JsonObject | undefined;
+};
+
+/**
+ * Describes the message steprunner.step.v1.ContinueChangeRequest.
+ * Use `create(ContinueChangeRequestSchema)` to create a new message.
+ */
+export const ContinueChangeRequestSchema: GenMessage<ContinueChangeRequest> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 23);
+
+/**
+ * @generated from message steprunner.step.v1.ContinueChangeResponse
+ */
+export type ContinueChangeResponse = Message<"steprunner.step.v1.ContinueChangeResponse"> & {
+  /**
+   * The change just after the step was continued.
+   *
+   * @generated from field: steprunner.step.v1.Change change = 1;
+   */
+  change?: Change | undefined;
+};
+
+/**
+ * Describes the message steprunner.step.v1.ContinueChangeResponse.
+ * Use `create(ContinueChangeResponseSchema)` to create a new message.
+ */
+export const ContinueChangeResponseSchema: GenMessage<ContinueChangeResponse> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 24);
+
+/**
+ * @generated from message steprunner.step.v1.GetChangeRequest
+ */
+export type GetChangeRequest = Message<"steprunner.step.v1.GetChangeRequest"> & {
+  /**
+   * @generated from field: string change_id = 1;
+   */
+  changeId: string;
+};
+
+/**
+ * Describes the message steprunner.step.v1.GetChangeRequest.
+ * Use `create(GetChangeRequestSchema)` to create a new message.
+ */
+export const GetChangeRequestSchema: GenMessage<GetChangeRequest> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 25);
+
+/**
+ * @generated from message steprunner.step.v1.GetChangeResponse
+ */
+export type GetChangeResponse = Message<"steprunner.step.v1.GetChangeResponse"> & {
+  /**
+   * @generated from field: steprunner.step.v1.Change change = 1;
+   */
+  change?: Change | undefined;
+};
+
+/**
+ * Describes the message steprunner.step.v1.GetChangeResponse.
+ * Use `create(GetChangeResponseSchema)` to create a new message.
+ */
+export const GetChangeResponseSchema: GenMessage<GetChangeResponse> = /*@__PURE__*/
+  messageDesc(file_steprunner_step_v1_step_service, 26);
 
 /**
  * @generated from message steprunner.step.v1.GetStepRequest
@@ -874,7 +1112,7 @@ export type GetStepRequest = Message<"steprunner.step.v1.GetStepRequest"> & {
  * Use `create(GetStepRequestSchema)` to create a new message.
  */
 export const GetStepRequestSchema: GenMessage<GetStepRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 22);
+  messageDesc(file_steprunner_step_v1_step_service, 27);
 
 /**
  * @generated from message steprunner.step.v1.GetStepResponse
@@ -891,7 +1129,7 @@ export type GetStepResponse = Message<"steprunner.step.v1.GetStepResponse"> & {
  * Use `create(GetStepResponseSchema)` to create a new message.
  */
 export const GetStepResponseSchema: GenMessage<GetStepResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 23);
+  messageDesc(file_steprunner_step_v1_step_service, 28);
 
 /**
  * @generated from message steprunner.step.v1.ListStepsRequest
@@ -920,7 +1158,7 @@ export type ListStepsRequest = Message<"steprunner.step.v1.ListStepsRequest"> & 
  * Use `create(ListStepsRequestSchema)` to create a new message.
  */
 export const ListStepsRequestSchema: GenMessage<ListStepsRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 24);
+  messageDesc(file_steprunner_step_v1_step_service, 29);
 
 /**
  * @generated from message steprunner.step.v1.ListStepsResponse
@@ -942,7 +1180,7 @@ export type ListStepsResponse = Message<"steprunner.step.v1.ListStepsResponse"> 
  * Use `create(ListStepsResponseSchema)` to create a new message.
  */
 export const ListStepsResponseSchema: GenMessage<ListStepsResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 25);
+  messageDesc(file_steprunner_step_v1_step_service, 30);
 
 /**
  * @generated from message steprunner.step.v1.FollowLogsRequest
@@ -973,7 +1211,7 @@ export type FollowLogsRequest = Message<"steprunner.step.v1.FollowLogsRequest"> 
  * Use `create(FollowLogsRequestSchema)` to create a new message.
  */
 export const FollowLogsRequestSchema: GenMessage<FollowLogsRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 26);
+  messageDesc(file_steprunner_step_v1_step_service, 31);
 
 /**
  * @generated from message steprunner.step.v1.FollowLogsResponse
@@ -990,7 +1228,7 @@ export type FollowLogsResponse = Message<"steprunner.step.v1.FollowLogsResponse"
  * Use `create(FollowLogsResponseSchema)` to create a new message.
  */
 export const FollowLogsResponseSchema: GenMessage<FollowLogsResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 27);
+  messageDesc(file_steprunner_step_v1_step_service, 32);
 
 /**
  * @generated from message steprunner.step.v1.CancelStepRequest
@@ -1007,7 +1245,7 @@ export type CancelStepRequest = Message<"steprunner.step.v1.CancelStepRequest"> 
  * Use `create(CancelStepRequestSchema)` to create a new message.
  */
 export const CancelStepRequestSchema: GenMessage<CancelStepRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 28);
+  messageDesc(file_steprunner_step_v1_step_service, 33);
 
 /**
  * @generated from message steprunner.step.v1.CancelStepResponse
@@ -1024,7 +1262,7 @@ export type CancelStepResponse = Message<"steprunner.step.v1.CancelStepResponse"
  * Use `create(CancelStepResponseSchema)` to create a new message.
  */
 export const CancelStepResponseSchema: GenMessage<CancelStepResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 29);
+  messageDesc(file_steprunner_step_v1_step_service, 34);
 
 /**
  * @generated from message steprunner.step.v1.GetRuntimeInfoRequest
@@ -1037,7 +1275,7 @@ export type GetRuntimeInfoRequest = Message<"steprunner.step.v1.GetRuntimeInfoRe
  * Use `create(GetRuntimeInfoRequestSchema)` to create a new message.
  */
 export const GetRuntimeInfoRequestSchema: GenMessage<GetRuntimeInfoRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 30);
+  messageDesc(file_steprunner_step_v1_step_service, 35);
 
 /**
  * @generated from message steprunner.step.v1.GetRuntimeInfoResponse
@@ -1085,7 +1323,7 @@ export type GetRuntimeInfoResponse = Message<"steprunner.step.v1.GetRuntimeInfoR
  * Use `create(GetRuntimeInfoResponseSchema)` to create a new message.
  */
 export const GetRuntimeInfoResponseSchema: GenMessage<GetRuntimeInfoResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_step_v1_step_service, 31);
+  messageDesc(file_steprunner_step_v1_step_service, 36);
 
 /**
  * StepState is where a step is; from SUCCESS on, the states are final.
@@ -1150,6 +1388,13 @@ export enum StepState {
    * @generated from enum value: STEP_STATE_HANDED_BACK = 10;
    */
   HANDED_BACK = 10,
+
+  /**
+   * A wait or input step of a change waiting for ContinueChange (or, for a timed wait, for its time).
+   *
+   * @generated from enum value: STEP_STATE_WAITING = 11;
+   */
+  WAITING = 11,
 }
 
 /**
@@ -1157,6 +1402,53 @@ export enum StepState {
  */
 export const StepStateSchema: GenEnum<StepState> = /*@__PURE__*/
   enumDesc(file_steprunner_step_v1_step_service, 0);
+
+/**
+ * StepKind is what a step of a change is: an action run in a container, or a step the service carries out
+ * itself (OpsChain.steps groups, wait_step, input_step, ignore_failure_step).
+ *
+ * @generated from enum steprunner.step.v1.StepKind
+ */
+export enum StepKind {
+  /**
+   * @generated from enum value: STEP_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * An action of actions.rb, run in a fresh container.
+   *
+   * @generated from enum value: STEP_KIND_ACTION = 1;
+   */
+  ACTION = 1,
+
+  /**
+   * A group of child steps with its own strategy; also an ignore-failure wrapper.
+   *
+   * @generated from enum value: STEP_KIND_GROUP = 2;
+   */
+  GROUP = 2,
+
+  /**
+   * Waits until continued (or for wait_seconds), then runs its children.
+   *
+   * @generated from enum value: STEP_KIND_WAIT = 3;
+   */
+  WAIT = 3,
+
+  /**
+   * Waits for input values, writes them into the change's properties, then runs its children.
+   *
+   * @generated from enum value: STEP_KIND_INPUT = 4;
+   */
+  INPUT = 4,
+}
+
+/**
+ * Describes the enum steprunner.step.v1.StepKind.
+ */
+export const StepKindSchema: GenEnum<StepKind> = /*@__PURE__*/
+  enumDesc(file_steprunner_step_v1_step_service, 1);
 
 /**
  * Phase is a part of a step's life whose time is measured.
@@ -1204,7 +1496,7 @@ export enum Phase {
  * Describes the enum steprunner.step.v1.Phase.
  */
 export const PhaseSchema: GenEnum<Phase> = /*@__PURE__*/
-  enumDesc(file_steprunner_step_v1_step_service, 1);
+  enumDesc(file_steprunner_step_v1_step_service, 2);
 
 /**
  * StepService runs each step of a change in its own fresh, discarded runc container: it prepares the context,
@@ -1235,6 +1527,27 @@ export const StepService: GenService<{
     methodKind: "server_streaming";
     input: typeof RunChangeRequestSchema;
     output: typeof RunChangeResponseSchema;
+  },
+  /**
+   * ContinueChange continues a step of a running change that waits (STEP_STATE_WAITING): a wait step, or an
+   * input step with the input values it asks for. The steps nested under it, and the change, then go on.
+   *
+   * @generated from rpc steprunner.step.v1.StepService.ContinueChange
+   */
+  continueChange: {
+    methodKind: "unary";
+    input: typeof ContinueChangeRequestSchema;
+    output: typeof ContinueChangeResponseSchema;
+  },
+  /**
+   * GetChange returns a change's tree: live while it runs, as it ended once it has finished.
+   *
+   * @generated from rpc steprunner.step.v1.StepService.GetChange
+   */
+  getChange: {
+    methodKind: "unary";
+    input: typeof GetChangeRequestSchema;
+    output: typeof GetChangeResponseSchema;
   },
   /**
    * GetStep returns a step's durable record.
