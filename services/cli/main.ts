@@ -33,6 +33,14 @@ const commands: Record<string, CommandEntry> = {
     summary: "cancel a step (a step that has ended stays as it is)",
     load: async () => (await import("./step.js")).cancelCommand,
   },
+  continue: {
+    summary: "continue a change's waiting wait or input step (with --input values for an input step)",
+    load: async () => (await import("./change.js")).continueCommand,
+  },
+  change: {
+    summary: "show a change's tree: live while it runs, as it ended once finished",
+    load: async () => (await import("./change.js")).changeCommand,
+  },
 };
 
 function programHelp(): string {

@@ -15,7 +15,7 @@ import {
 import { serviceTransport } from "../shared/client/transport.js";
 import { BuildProgressPrinter } from "./build-progress.js";
 import { type Command, clientSecurity, serviceAddressOptions } from "./command.js";
-import { LiveStepView } from "./tty-progress.js";
+import { LiveView, renderFrame, StepView } from "./tty-progress.js";
 import { exitStatusOfChange, presentChange } from "./change.js";
 
 const stepAddr = { "step-addr": serviceAddressOptions["step-addr"] };
@@ -61,14 +61,15 @@ export function progressModeOnThisTerminal(requested: RunProgress): RunProgress 
 /** Shows a step's events as they arrive, in the given mode, then its outcome; returns the finished step. */
 export async function presentStep(responses: AsyncIterable<RunStepResponse>, progress: RunProgress): Promise<Step> {
   const builds = new BuildProgressPrinter("plain", (text) => process.stderr.write(text));
-  const live = progress === "tty" ? new LiveStepView(process.stderr) : undefined;
+  const view = new StepView();
+  const live = progress === "tty" ? new LiveView(process.stderr, (now, columns, rows) => renderFrame(view, now, columns, rows)) : undefined;
   let finished: Step | undefined;
   try {
     for await (const response of responses) {
       const event = response.event;
       if (event.case === "finished") finished = event.value.step;
       if (progress === "json") console.log(JSON.stringify(toJson(RunStepResponseSchema, response)));
-      else if (live) live.update(response);
+      else if (live) view.apply(response, Date.now());
       else if (event.case === "accepted") console.error(`step ${event.value.step?.id} accepted`);
       else if (event.case === "phaseChanged") console.error(`${StepState[event.value.state].toLowerCase()}…`);
       else if (event.case === "warning") console.error(`warning: ${event.value}`);
@@ -89,12 +90,17 @@ export async function presentStep(responses: AsyncIterable<RunStepResponse>, pro
 
 export const runCommand: Command = {
   usage:
-    "--repo R --action A [--rev V] [--repo-folder DIR] [--env K=V …] [--properties F] [--timeout S] [--network] [--children] [--dry-run] [--progress plain|tty|json]",
+    "--repo R (--action A | --action-name NAME …) [--rev V] [--repo-folder DIR] [--env K=V …] [--properties F] [--timeout S] [--network] [--children] [--dry-run] [--progress plain|tty|json]",
   options: {
     ...stepAddr,
     repo: { type: "string", description: "the repository: a local path or a git URL" },
     rev: { type: "string", description: "GIT_REV: a branch, tag or commit", default: "HEAD" },
     action: { type: "string", description: 'what opschain-action runs: one or more Rake tasks of actions.rb ("build test"), or -T / -AT to list them' },
+    "action-name": {
+      type: "string",
+      multiple: true,
+      description: 'one action by name or step name, spaces kept ("Hello world action"); repeatable, run in order (instead of --action)',
+    },
     "repo-folder": { type: "string", description: "OPSCHAIN_REPO_FOLDER, e.g. .opschain (default: the service's, .mintpress)" },
     children: {
       type: "boolean",
@@ -114,8 +120,9 @@ export const runCommand: Command = {
     },
   },
   async run(values) {
-    if (!values.repo || !values.action) {
-      console.error("steprunner run: --repo and --action are required");
+    const actionNames = (values["action-name"] as string[] | undefined) ?? [];
+    if (!values.repo || (values.action === undefined) === (actionNames.length === 0)) {
+      console.error("steprunner run: --repo is required, and either --action or --action-name");
       return 2;
     }
     const progress = String(values.progress) as RunProgress;
@@ -156,7 +163,7 @@ export const runCommand: Command = {
     const step = {
       repositoryUrl: /^[a-z]+:\/\//.test(repo) ? repo : resolve(repo),
       gitRev: String(values.rev),
-      action: String(values.action),
+      ...(actionNames.length > 0 ? { actions: actionNames } : { action: String(values.action) }),
       properties,
       secretPointers: (values.secret as string[] | undefined) ?? [],
       hostNetwork: values.network === true,

@@ -88,22 +88,22 @@ export class StepView {
   }
 }
 
-function keepTail(tail: string[], lines: string[]): void {
+export function keepTail(tail: string[], lines: string[]): void {
   tail.push(...lines);
   tail.splice(0, Math.max(0, tail.length - LOG_TAIL_LINES));
 }
 
 const stateName = (state: StepState) => StepState[state]?.toLowerCase() ?? "unknown";
-const seconds = (ms: number) => `${(Math.max(0, ms) / 1000).toFixed(1)}s`;
+export const seconds = (ms: number) => `${(Math.max(0, ms) / 1000).toFixed(1)}s`;
 
 /** "name ….. 1.2s": the timer right-aligned, the line cut to the terminal's width so that it never wraps. */
-function timed(text: string, timer: string, columns: number): string {
+export function timed(text: string, timer: string, columns: number): string {
   const room = columns - 1 - timer.length - 1;
   const cut = text.length > room ? `${text.slice(0, Math.max(0, room - 1))}…` : text;
   return `${cut.padEnd(room)} ${timer}`;
 }
 
-const cutTo = (text: string, columns: number) => (text.length > columns - 1 ? text.slice(0, columns - 1) : text);
+export const cutTo = (text: string, columns: number) => (text.length > columns - 1 ? text.slice(0, columns - 1) : text);
 
 const VERTEX_PREFIX: Partial<Record<VertexState, string>> = {
   [VertexState.CACHED]: "CACHED ",
@@ -157,24 +157,21 @@ export interface Terminal {
 }
 
 /**
- * Redraws the view in place: up to the previous frame's first line, the new frame over it, each line
- * cleared to its end and what is left below cleared; at most every REDRAW_INTERVAL_MS, and in between
- * events too, so that the timers run.
+ * Redraws a view in place: up to the previous frame's first line, the new frame over it, each line cleared
+ * to its end and what is left below cleared; at most every REDRAW_INTERVAL_MS, and in between events too, so
+ * that the timers run. `render` gives the frame at a moment for the terminal's size (renderFrame for a step,
+ * renderChangeFrame for a change).
  */
-export class LiveStepView {
-  private readonly view = new StepView();
+export class LiveView {
   private drawnLines = 0;
   private readonly ticker: NodeJS.Timeout;
 
   constructor(
     private readonly terminal: Terminal,
+    private readonly render: (now: number, columns: number, rows: number) => string,
     private readonly clock: () => number = Date.now,
   ) {
     this.ticker = setInterval(() => this.draw(), REDRAW_INTERVAL_MS);
-  }
-
-  update(response: RunStepResponse): void {
-    this.view.apply(response, this.clock());
   }
 
   /** Draws the final frame and leaves it on the screen. */
@@ -185,7 +182,7 @@ export class LiveStepView {
 
   private draw(): void {
     // A pseudo-terminal nobody sized reports 0 × 0.
-    const frame = renderFrame(this.view, this.clock(), this.terminal.columns || 80, this.terminal.rows || 24);
+    const frame = this.render(this.clock(), this.terminal.columns || 80, this.terminal.rows || 24);
     const up = this.drawnLines > 0 ? `\x1b[${this.drawnLines}A\r` : "";
     this.terminal.write(`${up}${frame.replace(/\n/g, "\x1b[K\n")}\x1b[J`);
     this.drawnLines = frame.split("\n").length - 1;
