@@ -24,7 +24,7 @@ import { CLI, run, stack } from "../support/stack.js";
 /**
  * Issue #14's services side through the running services: the .opschain repo folder, several actions and
  * listings in one step, the step context's keys, a change's child steps (RunChange and `run --children`), dry
- * runs, and "# syntax=" lines. The actions are plain Rake tasks using the runner's current step API
+ * runs, and "# syntax=" lines. The actions are mostly plain Rake tasks using the runner's step API
  * (OpsChain.properties_for, OpsChain.child_steps, OpsChain.context as a Hash).
  */
 const ACTIONS = `
@@ -59,20 +59,7 @@ task(:fan_ok) { OpsChain.child_steps('left', 'other', strategy: :parallel) }
 task(:other) { OpsChain.properties_for(:environment)['other'] = true }
 task(:slow_parent) { OpsChain.child_steps('slow') }
 task(:slow) { puts 'slow start'; $stdout.flush; sleep 120 }
-task(:dry) do
-  if ENV['OPSCHAIN_DRY_RUN'] == 'true'
-    # The runner's library of today has no dry run: add the tree to the result it writes.
-    OpsChain.singleton_class.prepend(Module.new do
-      def write_result
-        super
-        doc = JSON.parse(File.read(result_path))
-        doc['expected_step_tree'] = { 'action' => 'dry', 'children' => [{ 'action' => 'first' }] }
-        File.write(result_path, JSON.generate(doc))
-      end
-    end)
-  end
-  OpsChain.child_steps('first')
-end
+action :dry, steps: ['first']
 `;
 
 type StepRequest = MessageInitShape<typeof RunStepRequestSchema>;
@@ -302,7 +289,12 @@ describe("OpsChain projects' services side (#14) through the running services", 
     assert.equal(change.state, StepState.SUCCESS, change.reason);
     assert.equal(change.root?.children.length, 0);
     const step = (await client.getStep({ stepId: change.root!.id })).step!;
-    assert.deepEqual(toJson(ValueSchema, step.result!.expectedStepTree!), { action: "dry", children: [{ action: "first" }] });
+    assert.deepEqual(toJson(ValueSchema, step.result!.expectedStepTree!), {
+      action: "dry",
+      prerequisites: [],
+      child_execution_strategy: "sequential",
+      children: [{ action: "first", description: "First of two", prerequisites: [], child_execution_strategy: "sequential", children: [] }],
+    });
   });
 
   it("steprunner run --children runs the tree and prints it; --repo-folder and --action with several tasks work", async () => {
