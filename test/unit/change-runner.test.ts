@@ -14,6 +14,8 @@ import type { ImageRootfs } from "../../services/step-service/images/images.js";
 import type { ContainerExit, ContainerRun } from "../../services/step-service/runtime/container.js";
 import { LocalDirectoryContextPreparer, PrebuiltImageBuilder } from "../../services/step-service/steps/local.js";
 import type { ContainerRunner, ImageSource, LayerUpkeep } from "../../services/step-service/steps/ports.js";
+import { ChangeRunner, type ChangeNode, type ChangeView } from "../../services/step-service/steps/change-runner.js";
+import type { StepRequest } from "../../services/step-service/steps/ports.js";
 import { StepRunner } from "../../services/step-service/steps/step-runner.js";
 import { applyPatch, findConflict, PatchError } from "../../services/step-service/steps/json-patch.js";
 
@@ -74,6 +76,15 @@ const children = (strategy: "sequential" | "parallel", ...actions: string[]) => 
   child_step_definitions: { children: actions.map((action) => ({ action })), child_execution_strategy: strategy },
 });
 const diff = (owner: string, ...operations: object[]) => ({ properties_diffs: { [owner]: operations } });
+
+function findNode(node: ChangeNode, id: string): ChangeNode | undefined {
+  if (node.id === id) return node;
+  for (const child of node.children) {
+    const found = findNode(child, id);
+    if (found) return found;
+  }
+  return undefined;
+}
 
 function findStep(step: ChangeStep | undefined, id: string): ChangeStep | undefined {
   if (!step) return undefined;
@@ -553,6 +564,42 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
     const late = await runChange("waitlate", "pause", { timeout: { seconds: 0n, nanos: 500_000_000 } });
     assert.equal(late.change.state, StepState.TIMED_OUT);
     assert.equal(findStep(late.change.root, "waitlate.2")?.state, StepState.TIMED_OUT);
+  });
+
+  /** A validated RunStep request, as the change runner takes it. */
+  const domainRequest = (action: string): StepRequest => ({
+    stepId: "",
+    repositoryUrl: stateDir,
+    gitRev: "HEAD",
+    action,
+    properties: [],
+    secretPointers: [],
+    contextValues: {},
+    repoFolder: ".mintpress",
+    excludeGitHistory: false,
+    timeoutMs: 10_000,
+    hostNetwork: false,
+    limits: settings.defaultLimits,
+    buildWithoutCache: false,
+  });
+
+  it("hands back a change that waits when the service shuts down", async () => {
+    runtime.actions = { pause: () => declared("sequential", { action: "opschain_wait_step_1", type: "wait" }, { action: "after" }), after: () => ({}) };
+    const changes = new ChangeRunner(runner);
+    const ended = new Promise<ChangeView>((resolve) => {
+      changes.start(
+        { changeId: "drained", root: domainRequest("pause"), timeoutMs: 10_000, requestDigest: "d" },
+        (event) => {
+          if (event.type === "tree" && findNode(event.change.root, "drained.2")?.state === "waiting") changes.drain();
+          if (event.type === "finished") resolve(event.change);
+        },
+        new AbortController().signal,
+      );
+    });
+    const change = await ended;
+    assert.equal(change.state, "handed_back");
+    assert.match(change.reason, /shut down while drained\.2 waited; run the change again/);
+    assert.equal(findNode(change.root, "drained.3")?.state, "not_run");
   });
 
   it("keeps a finished change: GetChange shows it, the same request again returns it without running anything", async () => {
