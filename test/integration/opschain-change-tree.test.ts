@@ -19,7 +19,7 @@ import {
 } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { commitFiles, gitIn } from "../support/git-fixture.js";
-import { ROOT, run, stack } from "../support/stack.js";
+import { CLI, run, stack } from "../support/stack.js";
 
 /**
  * Issue #14's step tree through the running services and the base runner's opschain library: repositories
@@ -377,7 +377,7 @@ describe("OpsChain's child step tree (#14): groups, wait and input steps, ignore
   });
 
   it("steprunner: run --children shows the wait, continue continues it, change shows the tree; --action-name", async () => {
-    const cli = (args: string[]) => run("node", [join(ROOT, "dist/services/cli/main.js"), ...args, "--step-addr", stack.stepAddr], { timeoutMs: 300_000 });
+    const cli = (args: string[]) => run("node", [CLI, ...args, "--step-addr", stack.stepAddr], { timeoutMs: 300_000 });
     const id = `${runId}-cli`;
     const running = cli(["run", "--repo", repo, "--rev", "main", "--repo-folder", ".opschain", "--action", "destroy", "--children", "--change-id", id]);
     for (let tries = 0; ; tries++) {
