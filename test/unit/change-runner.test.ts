@@ -588,7 +588,7 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
     const changes = new ChangeRunner(runner);
     const ended = new Promise<ChangeView>((resolve) => {
       changes.start(
-        { changeId: "drained", root: domainRequest("pause"), timeoutMs: 10_000, requestDigest: "d" },
+        { changeId: "drained", root: domainRequest("pause"), timeoutMs: 10_000, requestJson: "{}" },
         (event) => {
           if (event.type === "tree" && findNode(event.change.root, "drained.2")?.state === "waiting") changes.drain();
           if (event.type === "finished") resolve(event.change);

@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import { create, fromJson, type JsonObject, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { timestampFromMs, ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
@@ -69,7 +68,12 @@ export function runChangeHandler(settings: StepServiceSettings, changes: ChangeR
     };
     try {
       changes.start(
-        { changeId: request.changeId, root, timeoutMs: timeoutMs || settings.maxTimeoutMs, requestDigest: requestDigest(request) },
+        {
+          changeId: request.changeId,
+          root,
+          timeoutMs: timeoutMs || settings.maxTimeoutMs,
+          requestJson: canonicalJson(toJson(RunChangeRequestSchema, request)),
+        },
         push,
         context.signal,
         callerOf(context),
@@ -130,13 +134,7 @@ export function getChangeHandler(changes: ChangeRunner) {
   };
 }
 
-/** The request's digest over its JSON form with sorted keys, so that a retry's field order does not matter. */
-function requestDigest(request: RunChangeRequest): string {
-  return createHash("sha256")
-    .update(canonicalJson(toJson(RunChangeRequestSchema, request)))
-    .digest("hex");
-}
-
+/** JSON with sorted keys, so that a retry's field order does not matter. */
 function canonicalJson(value: JsonValue): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
   if (typeof value === "object" && value !== null) {

@@ -16,6 +16,8 @@ export interface StepSubmitter {
   get(id: string): StepRecord | undefined;
   saveChange(record: ChangeRecord): void;
   storedChange(id: string): ChangeRecord | undefined;
+  /** A keyed digest of a request's canonical JSON (what is kept of a finished change's request). */
+  requestDigest(requestJson: string): string;
 }
 
 export interface ChangeRequest {
@@ -25,8 +27,8 @@ export interface ChangeRequest {
   root: StepRequest;
   /** The whole tree's timeout. */
   timeoutMs: number;
-  /** A digest of the whole request: a retry under the same id must send the same one. */
-  requestDigest: string;
+  /** The whole request as canonical JSON: a retry under the same id must send the same one. */
+  requestJson: string;
 }
 
 /**
@@ -140,8 +142,9 @@ export class ChangeRunner {
     const id = request.changeId || randomUUID();
     if (this.changes.has(id)) throw new ChangeExistsError(`the change "${id}" is running; its stream belongs to the call that started it (GetChange shows it)`);
     const stored = this.steps.storedChange(id);
+    const requestDigest = this.steps.requestDigest(request.requestJson);
     if (stored) {
-      if (stored.requestDigest !== request.requestDigest) {
+      if (stored.requestDigest !== requestDigest) {
         throw new ChangeExistsError(
           `the change "${id}" has already run (it ended ${stored.change.state}) with a different request; a retry must send the very same request, or give another change_id`,
         );
@@ -198,7 +201,7 @@ export class ChangeRunner {
         const final = new SecretMasker(view.properties, request.root.secretPointers);
         const finished = { ...snapshot(change), properties: final.json(change.masker.json(structuredClone(view.properties))) };
         try {
-          this.steps.saveChange({ requestDigest: request.requestDigest, change: finished });
+          this.steps.saveChange({ requestDigest, change: finished });
         } catch (error) {
           this.logger?.error("a finished change could not be kept", { change_id: id, error });
         }

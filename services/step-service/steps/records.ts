@@ -1,3 +1,4 @@
+import { createHmac, randomBytes } from "node:crypto";
 import Database from "better-sqlite3";
 import { join } from "node:path";
 import type { ChangeView } from "./change-runner.js";
@@ -56,6 +57,8 @@ export class StepRecords {
   private readonly db: Database.Database;
   /** The statements every step runs, compiled once. */
   private readonly statements: { insert: Database.Statement; save: Database.Statement; get: Database.Statement };
+  /** This state directory's own key for request digests: a kept digest tells nothing of the secrets in a request. */
+  private readonly requestDigestKey: Buffer;
 
   constructor(stateDir: string) {
     this.db = new Database(join(stateDir, "steps.db"));
@@ -70,7 +73,10 @@ export class StepRecords {
       id TEXT PRIMARY KEY,
       request_digest TEXT NOT NULL,
       record TEXT NOT NULL
-    );`);
+    );
+    CREATE TABLE IF NOT EXISTS keys (name TEXT PRIMARY KEY, value BLOB NOT NULL);`);
+    this.db.prepare("INSERT OR IGNORE INTO keys (name, value) VALUES ('request-digest', ?)").run(randomBytes(32));
+    this.requestDigestKey = (this.db.prepare("SELECT value FROM keys WHERE name = 'request-digest'").get() as { value: Buffer }).value;
     this.statements = {
       insert: this.db.prepare(
         `INSERT INTO steps (id, state, created_at, record) VALUES (?, ?, ?, ?)
@@ -80,6 +86,11 @@ export class StepRecords {
       save: this.db.prepare("UPDATE steps SET state = ?, record = ? WHERE id = ?"),
       get: this.db.prepare("SELECT record FROM steps WHERE id = ?"),
     };
+  }
+
+  /** A digest of a request (its canonical JSON), keyed: the same request gives the same digest in this state directory. */
+  requestDigest(requestJson: string): string {
+    return createHmac("sha256", this.requestDigestKey).update(requestJson).digest("hex");
   }
 
   /** Keeps a finished change (its final view, secrets masked) and the digest of the request that ran it. */

@@ -156,6 +156,11 @@ export class StepRunner {
   }
 
   /** Keeps a finished change beside its steps' records. */
+  /** See StepRecords.requestDigest. */
+  requestDigest(requestJson: string): string {
+    return this.records.requestDigest(requestJson);
+  }
+
   saveChange(record: ChangeRecord): void {
     this.records.saveChange(record);
   }

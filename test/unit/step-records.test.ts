@@ -1,0 +1,35 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { StepRecords } from "../../services/step-service/steps/records.js";
+
+describe("StepRecords' request digests", () => {
+  let dirs: string[];
+  before(async () => {
+    dirs = [await mkdtemp(join(tmpdir(), "steprunner-records-")), await mkdtemp(join(tmpdir(), "steprunner-records-"))];
+  });
+  after(async () => {
+    for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("are keyed by the state directory: stable across restarts, unlike a plain hash of the request's secrets", () => {
+    const request = JSON.stringify({ properties: { password: "hunter2" } });
+    const first = new StepRecords(dirs[0]!);
+    const digest = first.requestDigest(request);
+    first.close();
+    const reopened = new StepRecords(dirs[0]!);
+    const other = new StepRecords(dirs[1]!);
+    try {
+      assert.equal(reopened.requestDigest(request), digest, "the same request, the same digest after a restart");
+      assert.notEqual(reopened.requestDigest(`${request} `), digest);
+      assert.notEqual(other.requestDigest(request), digest, "another state directory has its own key");
+      assert.notEqual(digest, createHash("sha256").update(request).digest("hex"), "not a hash anyone could recompute from a guess");
+    } finally {
+      reopened.close();
+      other.close();
+    }
+  });
+});
