@@ -14,7 +14,7 @@ import type { ImageRootfs } from "../../services/step-service/images/images.js";
 import type { ContainerExit, ContainerRun } from "../../services/step-service/runtime/container.js";
 import { LocalDirectoryContextPreparer, PrebuiltImageBuilder } from "../../services/step-service/steps/local.js";
 import type { ContainerRunner, ImageSource, LayerUpkeep } from "../../services/step-service/steps/ports.js";
-import { ChangeRunner, type ChangeNode, type ChangeView } from "../../services/step-service/steps/change-runner.js";
+import { ChangeRunner, type ChangeView, findNode } from "../../services/step-service/steps/change-runner.js";
 import type { StepRequest } from "../../services/step-service/steps/ports.js";
 import { StepRunner } from "../../services/step-service/steps/step-runner.js";
 import { applyPatch, findConflict, PatchError } from "../../services/step-service/steps/json-patch.js";
@@ -76,15 +76,6 @@ const children = (strategy: "sequential" | "parallel", ...actions: string[]) => 
   child_step_definitions: { children: actions.map((action) => ({ action })), child_execution_strategy: strategy },
 });
 const diff = (owner: string, ...operations: object[]) => ({ properties_diffs: { [owner]: operations } });
-
-function findNode(node: ChangeNode, id: string): ChangeNode | undefined {
-  if (node.id === id) return node;
-  for (const child of node.children) {
-    const found = findNode(child, id);
-    if (found) return found;
-  }
-  return undefined;
-}
 
 function findStep(step: ChangeStep | undefined, id: string): ChangeStep | undefined {
   if (!step) return undefined;

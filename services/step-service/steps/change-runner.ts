@@ -608,7 +608,8 @@ function firstRefusedAction(children: ChildDefinition[]): { action: string; mess
   return undefined;
 }
 
-function findNode(node: ChangeNode, id: string): ChangeNode | undefined {
+/** The node of a tree with this id, if any. */
+export function findNode(node: ChangeNode, id: string): ChangeNode | undefined {
   if (node.id === id) return node;
   for (const child of node.children) {
     const found = findNode(child, id);
