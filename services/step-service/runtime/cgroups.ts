@@ -129,8 +129,16 @@ class CgroupV2 implements StepCgroups {
   }
 }
 
-/** A cgroup directory is removed with rmdir (its files are the kernel's), its child cgroups first. */
+/**
+ * A cgroup directory is removed with rmdir (its files are the kernel's), its child cgroups first. Usually runc
+ * has removed the container's own cgroup already, and one rmdir does: the children are listed only when not.
+ */
 async function removeTree(path: string, onProblem: (path: string, error: unknown) => void): Promise<void> {
+  const failure = await rmdir(path).then(
+    () => undefined,
+    (error: NodeJS.ErrnoException) => error,
+  );
+  if (!failure || failure.code === "ENOENT") return;
   const children = await readdir(path, { withFileTypes: true }).catch(() => []);
   await Promise.all(children.filter((child) => child.isDirectory()).map((child) => rmdir(join(path, child.name)).catch(() => undefined)));
   await rmdir(path).catch((error: NodeJS.ErrnoException) => {
