@@ -4,7 +4,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { StepRecords } from "../../services/step-service/steps/records.js";
+import Database from "better-sqlite3";
+import { type StepRecord, StepRecords } from "../../services/step-service/steps/records.js";
 
 describe("StepRecords' request digests", () => {
   let dirs: string[];
@@ -30,6 +31,47 @@ describe("StepRecords' request digests", () => {
     } finally {
       reopened.close();
       other.close();
+    }
+  });
+});
+
+describe("StepRecords written by an earlier version", () => {
+  it("read in today's shape: child steps without kind, name, children or arguments are plain actions", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "steprunner-records-"));
+    try {
+      new StepRecords(dir).close();
+      const old = {
+        id: "old-step",
+        state: "success",
+        createdAt: 1,
+        phases: [],
+        result: { properties: {}, propertiesDiffs: [], children: [{ action: "verify" }], childExecutionStrategy: "parallel" },
+      };
+      const db = new Database(join(dir, "steps.db"));
+      db.prepare("INSERT INTO steps (id, state, created_at, record) VALUES (?, ?, ?, ?)").run(old.id, old.state, old.createdAt, JSON.stringify(old));
+      db.close();
+      const records = new StepRecords(dir);
+      try {
+        const expected = [
+          {
+            action: "verify",
+            stepName: "verify",
+            kind: "action",
+            ignoreFailure: false,
+            childExecutionStrategy: "sequential",
+            waitSeconds: 0,
+            children: [],
+            inputArguments: [],
+          },
+        ];
+        assert.deepEqual(records.get("old-step")?.result?.children, expected);
+        assert.deepEqual(records.list(10, [])[0]?.result?.children, expected);
+        assert.equal((records.get("old-step") as StepRecord).result?.childExecutionStrategy, "parallel");
+      } finally {
+        records.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

@@ -2,7 +2,7 @@ import { createHmac, randomBytes } from "node:crypto";
 import Database from "better-sqlite3";
 import { join } from "node:path";
 import type { ChangeView } from "./change-runner.js";
-import type { StepResultData } from "./result.js";
+import type { ChildDefinition, StepResultData } from "./result.js";
 
 export type StepState = "queued" | "preparing" | "building" | "running" | "success" | "error" | "timed_out" | "cancelled" | "system_error" | "handed_back";
 export type PhaseName = "queue" | "context" | "build" | "pull" | "run" | "teardown";
@@ -117,7 +117,7 @@ export class StepRecords {
 
   get(id: string): StepRecord | undefined {
     const row = this.statements.get.get(id) as { record: string } | undefined;
-    return row ? (JSON.parse(row.record) as StepRecord) : undefined;
+    return row ? storedRecord(row.record) : undefined;
   }
 
   /** Newest first; `after` is the (created_at, id) of the last record of the previous page. */
@@ -133,17 +133,40 @@ export class StepRecords {
       params.push(after.createdAt, after.createdAt, after.id);
     }
     const sql = `SELECT record FROM steps ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY created_at DESC, id DESC LIMIT ?`;
-    return (this.db.prepare(sql).all(...params, limit) as { record: string }[]).map((row) => JSON.parse(row.record) as StepRecord);
+    return (this.db.prepare(sql).all(...params, limit) as { record: string }[]).map((row) => storedRecord(row.record));
   }
 
   unfinished(): StepRecord[] {
     const finals = [...FINAL_STATES];
     return (this.db.prepare(`SELECT record FROM steps WHERE state NOT IN (${finals.map(() => "?").join(", ")})`).all(...finals) as { record: string }[]).map(
-      (row) => JSON.parse(row.record) as StepRecord,
+      (row) => storedRecord(row.record),
     );
   }
 
   close(): void {
     this.db.close();
   }
+}
+
+/**
+ * A record as kept, in today's shape: records written by an earlier version lack the fields added since (a
+ * child step's kind, name, children, wait and input arguments), which get the values they had then.
+ */
+function storedRecord(text: string): StepRecord {
+  const record = JSON.parse(text) as StepRecord;
+  if (record.result) record.result.children = record.result.children.map(storedChild);
+  return record;
+}
+
+function storedChild(child: Partial<ChildDefinition> & { action: string }): ChildDefinition {
+  return {
+    stepName: child.action,
+    kind: "action",
+    ignoreFailure: false,
+    childExecutionStrategy: "sequential",
+    waitSeconds: 0,
+    ...child,
+    children: (child.children ?? []).map(storedChild),
+    inputArguments: child.inputArguments ?? [],
+  };
 }
