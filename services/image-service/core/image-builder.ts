@@ -408,7 +408,8 @@ export class ImageBuilder {
     const expired = Date.now() - record.builtAt > this.settings.reuseTtlMs;
     if (this.output === "registry") {
       // The registry is the image store: an image is reused while its manifest is there.
-      if (!expired && record.reference && (await this.inRegistry(record, signal))) return this.describe(record, undefined, handoff, true, signal);
+      const manifest = !expired && record.reference ? await this.manifestInRegistry(record, signal) : undefined;
+      if (manifest) return this.describe(record, undefined, handoff, true, signal, manifest);
       await this.records.remove(contentKey);
       return undefined;
     }
@@ -456,12 +457,12 @@ export class ImageBuilder {
     return inspect;
   }
 
-  private async inRegistry(record: ReuseRecord, signal?: AbortSignal): Promise<boolean> {
+  /** The image's manifest while the registry has it; undefined once it is gone. */
+  private async manifestInRegistry(record: ReuseRecord, signal?: AbortSignal): Promise<ImageManifest | undefined> {
     try {
-      await this.registry.manifest(parseImageReference(record.reference!).repository, record.manifestDigest!, signal);
-      return true;
+      return (await this.registry.manifest(parseImageReference(record.reference!).repository, record.manifestDigest!, signal)).manifest;
     } catch (error) {
-      if (error instanceof RegistryError && error.status === 404) return false;
+      if (error instanceof RegistryError && error.status === 404) return undefined;
       throw error;
     }
   }
@@ -504,6 +505,8 @@ export class ImageBuilder {
     handoff: Handoff,
     reused: boolean,
     signal?: AbortSignal,
+    /** The manifest when it was just read (by its digest, so it is the same). */
+    knownManifest?: ImageManifest,
   ): Promise<ImageResult> {
     const common = {
       imageId: record.imageId,
@@ -526,7 +529,7 @@ export class ImageBuilder {
       };
     }
     const { repository } = parseImageReference(record.reference!);
-    const { manifest } = await this.registry.manifest(repository, record.manifestDigest!, signal);
+    const manifest = knownManifest ?? (await this.registry.manifest(repository, record.manifestDigest!, signal)).manifest;
     const configFile = await this.registry.config(repository, manifest.config, signal);
     return {
       ...common,

@@ -32,6 +32,9 @@ export interface ImageConfigFile {
   rootfs: { type: string; diff_ids: string[] };
 }
 
+/** How many image configs a client keeps (a few kB each). */
+const CONFIGS_KEPT = 256;
+
 export class RegistryError extends Error {
   constructor(
     message: string,
@@ -48,6 +51,8 @@ export class RegistryError extends Error {
  */
 export class RegistryClient {
   private readonly base: string;
+  /** Image configs read lately, by digest: content-addressed, so a warm step asks for none again. */
+  private readonly configs = new Map<string, ImageConfigFile>();
 
   constructor(
     readonly address: string,
@@ -78,10 +83,15 @@ export class RegistryClient {
   }
 
   async config(repository: string, descriptor: Descriptor, signal?: AbortSignal): Promise<ImageConfigFile> {
+    const known = this.configs.get(descriptor.digest);
+    if (known) return structuredClone(known);
     const response = await this.get(`/${repository}/blobs/${descriptor.digest}`, {}, signal);
     const bytes = Buffer.from(await response.arrayBuffer());
     if (sha256(bytes) !== descriptor.digest) throw new RegistryError(`config ${descriptor.digest} failed its digest check`, 502);
-    return JSON.parse(bytes.toString("utf8")) as ImageConfigFile;
+    const config = JSON.parse(bytes.toString("utf8")) as ImageConfigFile;
+    this.configs.set(descriptor.digest, config);
+    if (this.configs.size > CONFIGS_KEPT) this.configs.delete(this.configs.keys().next().value!);
+    return structuredClone(config);
   }
 
   /** Streams a blob; the stream fails at its end when the bytes do not match the digest. */

@@ -1,6 +1,6 @@
 import { access } from "node:fs/promises";
 import { parseImageReference } from "../../shared/registry/image-reference.js";
-import { RegistryClient } from "../../shared/registry/registry-client.js";
+import { type ImageManifest, RegistryClient } from "../../shared/registry/registry-client.js";
 import type { LayerBlob, LayerStore } from "./layer-store.js";
 
 /** What a container needs of an image's config. */
@@ -28,9 +28,16 @@ export interface ImageRootfs {
   release(): void;
 }
 
+const MANIFESTS_KEPT = 256;
+
 /** Turns either hand-off into lower directories; the runtime never knows which one it was. */
 export class ImageMaterialiser {
   private readonly registries = new Map<string, RegistryClient>();
+  /**
+   * Manifests read lately by a reference that names their digest: the same bytes whatever happens, so a warm
+   * step asks the registry nothing (its config is kept by the registry client, its layers by the layer store).
+   */
+  private readonly manifests = new Map<string, ImageManifest>();
 
   constructor(private readonly layers: LayerStore) {}
 
@@ -46,7 +53,7 @@ export class ImageMaterialiser {
     }
     const reference = parseImageReference(image.reference);
     const registry = this.registry(reference.registry);
-    const { manifest } = await registry.manifest(reference.repository, reference.reference, signal);
+    const manifest = await this.manifest(registry, reference.repository, reference.reference, signal);
     const config = await registry.config(reference.repository, manifest.config, signal);
     const diffIds = config.rootfs?.diff_ids ?? [];
     if (diffIds.length !== manifest.layers.length) {
@@ -72,6 +79,18 @@ export class ImageMaterialiser {
       lowerDirs,
       release: () => this.layers.release(held),
     };
+  }
+
+  private async manifest(registry: RegistryClient, repository: string, reference: string, signal: AbortSignal): Promise<ImageManifest> {
+    const key = `${registry.address}/${repository}@${reference}`;
+    const known = this.manifests.get(key);
+    if (known) return known;
+    const { manifest } = await registry.manifest(repository, reference, signal);
+    if (reference.startsWith("sha256:")) {
+      this.manifests.set(key, manifest);
+      if (this.manifests.size > MANIFESTS_KEPT) this.manifests.delete(this.manifests.keys().next().value!);
+    }
+    return manifest;
   }
 
   private registry(address: string): RegistryClient {
