@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, readFile, rm, utimes } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -25,6 +25,21 @@ describe("the image-service's context cache", () => {
     const local = await cache.materialize(contextId);
     assert.notEqual(local.contextSources.base, base.hostPath);
     assert.equal(await readFile(join(local.contextSources.changes!, "actions.rb"), "utf8"), "task :hello\n", "the repository unpacked from repo.tar");
+  });
+
+  it("makes a context local again when the directories it read in place are no longer where it saved them", async () => {
+    const provider = new LocalContextProvider(dir);
+    const contextId = await provider.add({ files: { "moved.rb": "task :moved\n" }, properties: {}, dockerfile: "FROM scratch\n", defaultDockerfile: false });
+    const root = join(dir, "moved");
+    await new ContextCache(provider, root).materialize(contextId);
+    // As after a restart of both services with the context-service's directories made again elsewhere.
+    const saved = join(root, contextId.slice(7), "sources.json");
+    const sources = JSON.parse(await readFile(saved, "utf8")) as Record<string, string>;
+    const remote = await provider.describe(contextId);
+    for (const directory of remote.directories) sources[directory.name] = `/nonexistent/${directory.name}`;
+    await writeFile(saved, JSON.stringify(sources));
+    const again = await new ContextCache(provider, root).materialize(contextId);
+    for (const directory of remote.directories) assert.equal(again.contextSources[directory.name], directory.hostPath, directory.name);
   });
 
   it("removes contexts unused for longer than its limit, and keeps those in use", async () => {

@@ -123,11 +123,15 @@ export class ContextCache implements ContextSource {
       (text) => JSON.parse(text) as Record<string, string>,
       () => undefined,
     );
-    // Directories read in place may have been removed since (the context-service drops unused ones): then the
-    // context is made local again.
-    const readInPlace = saved !== undefined && remote.directories.some((directory) => saved[directory.name] === directory.hostPath);
-    if (saved !== undefined && (!readInPlace || (await sharedDirectories(remote.directories)))) {
-      this.inPlace.set(contextId, readInPlace ? remote.directories : []);
+    // The saved context is whole when its directories were copied here, or were read in place where the
+    // context-service keeps them now and are still there (it drops unused ones, and may make them again
+    // elsewhere); otherwise the context is made local again.
+    const savedDirectories = remote.directories.map((directory) => saved?.[directory.name]);
+    const copied = savedDirectories.every((path) => path?.startsWith(`${root}/`));
+    const readInPlace =
+      remote.directories.every((directory, index) => savedDirectories[index] === directory.hostPath) && (await sharedDirectories(remote.directories));
+    if (saved !== undefined && (copied || readInPlace)) {
+      this.inPlace.set(contextId, copied ? [] : remote.directories);
       return { ...layout(root, remote), contextSources: saved };
     }
     const staging = `${root}.${process.pid}.${Date.now()}.tmp`;
