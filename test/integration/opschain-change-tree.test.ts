@@ -20,6 +20,7 @@ import {
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { commitFiles, gitIn } from "../support/git-fixture.js";
 import { CLI, run, stack } from "../support/stack.js";
+import { findStep } from "../support/change-steps.js";
 
 /**
  * Issue #14's step tree through the running services and the base runner's opschain library: repositories
@@ -100,16 +101,6 @@ tags = ["web", "blue"]
 name = "toml-server"
 port = 8080
 `;
-
-function findStep(step: ChangeStep | undefined, id: string): ChangeStep | undefined {
-  if (!step) return undefined;
-  if (step.id === id) return step;
-  for (const child of step.children) {
-    const found = findStep(child, id);
-    if (found) return found;
-  }
-  return undefined;
-}
 
 describe("OpsChain's child step tree (#14): groups, wait and input steps, ignored failures, through the running services", () => {
   let work: string;

@@ -7,7 +7,7 @@ import { Code, ConnectError, createClient, createRouterTransport } from "@connec
 import { toJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { ChildExecutionStrategy } from "../../gen/steprunner/context/v1/context_service_pb.js";
-import { type Change, type ChangeStep, type RunChangeResponse, StepKind, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { type Change, type RunChangeResponse, StepKind, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { createLogger } from "../../services/shared/log.js";
 import { stepServiceAdapter, type StepServiceSettings } from "../../services/step-service/api/step-service-adapter.js";
 import type { ImageRootfs } from "../../services/step-service/images/images.js";
@@ -18,6 +18,7 @@ import { ChangeRunner, type ChangeView, findNode } from "../../services/step-ser
 import type { StepRequest } from "../../services/step-service/steps/ports.js";
 import { StepRunner } from "../../services/step-service/steps/step-runner.js";
 import { applyPatch, findConflict, PatchError } from "../../services/step-service/steps/json-patch.js";
+import { findStep } from "../support/change-steps.js";
 
 interface Seen {
   args: string[];
@@ -76,16 +77,6 @@ const children = (strategy: "sequential" | "parallel", ...actions: string[]) => 
   child_step_definitions: { children: actions.map((action) => ({ action })), child_execution_strategy: strategy },
 });
 const diff = (owner: string, ...operations: object[]) => ({ properties_diffs: { [owner]: operations } });
-
-function findStep(step: ChangeStep | undefined, id: string): ChangeStep | undefined {
-  if (!step) return undefined;
-  if (step.id === id) return step;
-  for (const child of step.children) {
-    const found = findStep(child, id);
-    if (found) return found;
-  }
-  return undefined;
-}
 
 describe("RunChange: a step and then its child steps, each a fresh step (fakes for the runtime and images)", () => {
   let stateDir: string;
