@@ -341,29 +341,32 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     runtime.script = (request) => new Promise((resolve) => request.signal.addEventListener("abort", () => resolve({ cancelled: true })));
     for (const part of parts) {
       const dir = await mkdtemp(join(tmpdir(), "steprunner-timeout-"));
-      const timing = new StepRunner(
-        { stateDir: dir, maxConcurrentSteps: 1, logCapBytes: 1000 },
-        {
-          contexts: part.contexts ?? new LocalDirectoryContextPreparer(),
-          images: part.images ?? new PrebuiltImageBuilder("127.0.0.1:5000/x:1"),
-          materialiser: images,
-          layers: images,
-          runtime,
-          logger: createLogger("test", {}, { quiet: true }),
-        },
-      );
-      await timing.recover();
-      const finished = await new Promise<StepRecordOf>((resolve) =>
-        timing.submit(
-          { ...request(dir), stepId: "t", timeoutMs: 100 },
-          (event) => event.type === "finished" && resolve(event.step),
-          new AbortController().signal,
-        ),
-      );
-      assert.equal(finished.state, "timed_out");
-      assert.match(finished.reason, part.reason);
-      await timing.close();
-      await rm(dir, { recursive: true, force: true });
+      try {
+        const timing = new StepRunner(
+          { stateDir: dir, maxConcurrentSteps: 1, logCapBytes: 1000 },
+          {
+            contexts: part.contexts ?? new LocalDirectoryContextPreparer(),
+            images: part.images ?? new PrebuiltImageBuilder("127.0.0.1:5000/x:1"),
+            materialiser: images,
+            layers: images,
+            runtime,
+            logger: createLogger("test", {}, { quiet: true }),
+          },
+        );
+        await timing.recover();
+        const finished = await new Promise<StepRecordOf>((resolve) =>
+          timing.submit(
+            { ...request(dir), stepId: "t", timeoutMs: 100 },
+            (event) => event.type === "finished" && resolve(event.step),
+            new AbortController().signal,
+          ),
+        );
+        assert.equal(finished.state, "timed_out");
+        assert.match(finished.reason, part.reason);
+        await timing.close();
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
     }
   });
 
