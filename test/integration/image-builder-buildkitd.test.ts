@@ -16,11 +16,10 @@ import { createLogger } from "../../services/shared/log.js";
 import { RegistryClient, RegistryError } from "../../services/shared/registry/registry-client.js";
 import { ImageMaterialiser } from "../../services/step-service/images/images.js";
 import { LayerStore } from "../../services/step-service/images/layer-store.js";
-import { ContainerRuntime, instanceTagOf } from "../../services/step-service/runtime/container.js";
 import { LocalContextProvider } from "../support/contexts.js";
 import { run, samePassOnEither, stack } from "../support/stack.js";
 import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
-import { leftovers, removeState, testConfig } from "../support/step-service.js";
+import { leftovers, removeState, runtimeParts, testConfig } from "../support/step-service.js";
 import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
 
 const STEPS_REPOSITORY = "steprunner-test/buildkitd-steps";
@@ -111,22 +110,9 @@ describe(
 
       // The step-service takes it from the registry into its layer store and runs it.
       const config = await testConfig();
-      const logger = createLogger("test", {}, { quiet: true });
       try {
-        const layers = new LayerStore(join(config.stateDir, "layers"), config.layerCacheBytes, logger);
-        await layers.init();
-        const runtime = new ContainerRuntime(
-          {
-            runcPath: "runc",
-            runcRoot: config.runcRoot,
-            workDir: join(config.stateDir, "work"),
-            instanceTag: instanceTagOf(config.stateDir),
-            killGraceMs: 1000,
-            maxResultBytes: 1024,
-          },
-          logger,
-        );
-        const rootfs = await new ImageMaterialiser(layers).materialise({ kind: "registry", reference: built.reference }, new AbortController().signal);
+        const { materialiser, runtime } = await runtimeParts(config);
+        const rootfs = await materialiser.materialise({ kind: "registry", reference: built.reference }, new AbortController().signal);
         const lines: string[] = [];
         const exit = await runtime.run({
           stepId: "buildkitd-image",

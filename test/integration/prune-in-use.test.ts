@@ -10,14 +10,10 @@ import { ImageBuilder } from "../../services/image-service/core/image-builder.js
 import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
 import { DockerApi } from "../../services/image-service/docker/docker-api.js";
 import { ProcMountedLayers } from "../../services/image-service/docker/overlay-mounts.js";
-import { createLogger } from "../../services/shared/log.js";
 import { RegistryClient } from "../../services/shared/registry/registry-client.js";
-import { ImageMaterialiser } from "../../services/step-service/images/images.js";
-import { LayerStore } from "../../services/step-service/images/layer-store.js";
-import { ContainerRuntime, instanceTagOf } from "../../services/step-service/runtime/container.js";
 import { LocalContextProvider } from "../support/contexts.js";
 import { needsDockerd, stack } from "../support/stack.js";
-import { testConfig } from "../support/step-service.js";
+import { runtimeParts, testConfig } from "../support/step-service.js";
 
 const STEPS_REPOSITORY = "steprunner-test/prune-in-use";
 
@@ -78,21 +74,8 @@ describe("pruning step images while a step runs on one (layer-store hand-off)", 
     assert.ok(built.layerDirectories.length > 0);
 
     const config = await testConfig();
-    const logger = createLogger("test", {}, { quiet: true });
-    const layers = new LayerStore(join(config.stateDir, "layers"), config.layerCacheBytes, logger);
-    await layers.init();
-    const runtime = new ContainerRuntime(
-      {
-        runcPath: "runc",
-        runcRoot: config.runcRoot,
-        workDir: join(config.stateDir, "work"),
-        instanceTag: instanceTagOf(config.stateDir),
-        killGraceMs: 1000,
-        maxResultBytes: 1024,
-      },
-      logger,
-    );
-    const rootfs = await new ImageMaterialiser(layers).materialise(
+    const { materialiser, runtime } = await runtimeParts(config);
+    const rootfs = await materialiser.materialise(
       { kind: "layer-directories", imageId: built.imageId, directories: built.layerDirectories, config: { ...built.config } },
       new AbortController().signal,
     );

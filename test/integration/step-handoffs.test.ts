@@ -4,12 +4,10 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
-import { createLogger } from "../../services/shared/log.js";
-import { type ImageRootfs, ImageMaterialiser, type StepImage } from "../../services/step-service/images/images.js";
-import { LayerStore } from "../../services/step-service/images/layer-store.js";
-import { instanceTagOf, ContainerRuntime, type ContainerRun, RuntimeError } from "../../services/step-service/runtime/container.js";
+import type { ImageRootfs, StepImage } from "../../services/step-service/images/images.js";
+import { type ContainerRun, RuntimeError } from "../../services/step-service/runtime/container.js";
 import { needsDockerd, stack } from "../support/stack.js";
-import { leftovers, removeState, repository, startStepService, type TestStepService, testConfig } from "../support/step-service.js";
+import { leftovers, removeState, repository, runtimeParts, startStepService, type TestStepService, testConfig } from "../support/step-service.js";
 import { CLI } from "../support/stack.js";
 
 const exec = promisify(execFile);
@@ -29,21 +27,7 @@ async function dockerLayerDirectories(reference: string): Promise<{ directories:
 describe("both image hand-offs run the same step", needsDockerd("the layer-store hand-off mounts its layer directories"), () => {
   it("mounts dockerd's layer directories read-only with no copy, and pulls from the registry into the layer store", async () => {
     const config = await testConfig();
-    const logger = createLogger("test", {}, { quiet: true });
-    const layers = new LayerStore(join(config.stateDir, "layers"), config.layerCacheBytes, logger);
-    await layers.init();
-    const materialiser = new ImageMaterialiser(layers);
-    const runtime = new ContainerRuntime(
-      {
-        runcPath: "runc",
-        runcRoot: config.runcRoot,
-        workDir: join(config.stateDir, "work"),
-        instanceTag: instanceTagOf(config.stateDir),
-        killGraceMs: 1000,
-        maxResultBytes: 1024,
-      },
-      logger,
-    );
+    const { layers, materialiser, runtime } = await runtimeParts(config);
     const docker = await dockerLayerDirectories(stack.baseRunner);
     const base = (image: ImageRootfs): ContainerRun => ({
       stepId: "handoff",

@@ -9,8 +9,9 @@ import type { ServerSecurity } from "../../services/shared/security.js";
 import { parseListenAddress } from "../../services/shared/server/listen-address.js";
 import { type RunningServer, startServer } from "../../services/shared/server/serve.js";
 import { stepServiceAdapter } from "../../services/step-service/api/step-service-adapter.js";
-import type { LayerStore } from "../../services/step-service/images/layer-store.js";
-import { instanceTagOf } from "../../services/step-service/runtime/container.js";
+import { ImageMaterialiser } from "../../services/step-service/images/images.js";
+import { LayerStore } from "../../services/step-service/images/layer-store.js";
+import { ContainerRuntime, instanceTagOf } from "../../services/step-service/runtime/container.js";
 import { createStepRunner, type StepServiceConfig } from "../../services/step-service/service.js";
 import type { StepRunner } from "../../services/step-service/steps/step-runner.js";
 import { testRunnerImage } from "./runner-image.js";
@@ -39,6 +40,25 @@ export async function testConfig(overrides: Partial<StepServiceConfig> = {}): Pr
     stepImage: await testRunnerImage(),
     ...overrides,
   };
+}
+
+/** The step-service's run-time parts on a test configuration, without its services: a layer store, an image materialiser and the runc runtime. */
+export async function runtimeParts(config: StepServiceConfig): Promise<{ layers: LayerStore; materialiser: ImageMaterialiser; runtime: ContainerRuntime }> {
+  const logger = createLogger("test", {}, { quiet: true });
+  const layers = new LayerStore(join(config.stateDir, "layers"), config.layerCacheBytes, logger);
+  await layers.init();
+  const runtime = new ContainerRuntime(
+    {
+      runcPath: "runc",
+      runcRoot: config.runcRoot,
+      workDir: join(config.stateDir, "work"),
+      instanceTag: instanceTagOf(config.stateDir),
+      killGraceMs: 1000,
+      maxResultBytes: 1024,
+    },
+    logger,
+  );
+  return { layers, materialiser: new ImageMaterialiser(layers), runtime };
 }
 
 export interface TestStepService {
