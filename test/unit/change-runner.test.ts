@@ -8,17 +8,15 @@ import { toJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { ChildExecutionStrategy } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import { type Change, type RunChangeResponse, StepKind, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
-import { createLogger } from "../../services/shared/log.js";
 import { stepServiceAdapter, type StepServiceSettings } from "../../services/step-service/api/step-service-adapter.js";
-import type { ImageRootfs } from "../../services/step-service/images/images.js";
 import type { ContainerExit, ContainerRun } from "../../services/step-service/runtime/container.js";
-import { LocalDirectoryContextPreparer, PrebuiltImageBuilder } from "../../services/step-service/steps/local.js";
-import type { ContainerRunner, ImageSource, LayerUpkeep } from "../../services/step-service/steps/ports.js";
+import type { ContainerRunner } from "../../services/step-service/steps/ports.js";
 import { ChangeRunner, type ChangeView, findNode } from "../../services/step-service/steps/change-runner.js";
 import type { StepRequest } from "../../services/step-service/steps/ports.js";
-import { StepRunner } from "../../services/step-service/steps/step-runner.js";
+import type { StepRunner } from "../../services/step-service/steps/step-runner.js";
 import { applyPatch, findConflict, PatchError } from "../../services/step-service/steps/json-patch.js";
 import { findStep } from "../support/change-steps.js";
+import { fakeStepRunner } from "../support/fake-step-parts.js";
 
 interface Seen {
   args: string[];
@@ -54,16 +52,6 @@ class ScriptedRuntime implements ContainerRunner {
   }
 }
 
-class FakeImages implements ImageSource, LayerUpkeep {
-  async materialise(): Promise<ImageRootfs> {
-    return { imageId: "sha256:fake", config: { env: [], entrypoint: [], cmd: [], workingDir: "/", user: "" }, lowerDirs: ["/nonexistent"], release: () => {} };
-  }
-  async init(): Promise<void> {}
-  async collect(): Promise<string[]> {
-    return [];
-  }
-}
-
 const settings: StepServiceSettings = {
   runcPath: "runc",
   maxConcurrentSteps: 2,
@@ -87,18 +75,7 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
   before(async () => {
     stateDir = await mkdtemp(join(tmpdir(), "steprunner-change-"));
     runtime = new ScriptedRuntime();
-    const images = new FakeImages();
-    runner = new StepRunner(
-      { stateDir, maxConcurrentSteps: 2, logCapBytes: 100_000 },
-      {
-        contexts: new LocalDirectoryContextPreparer(),
-        images: new PrebuiltImageBuilder("127.0.0.1:5000/fake:1"),
-        materialiser: images,
-        layers: images,
-        runtime,
-        logger: createLogger("test", {}, { quiet: true }),
-      },
-    );
+    runner = fakeStepRunner(stateDir, runtime, { maxConcurrentSteps: 2, logCapBytes: 100_000 });
     await runner.recover();
     client = createClient(
       StepService,

@@ -6,13 +6,13 @@ import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import type { BuildProgress } from "../../services/step-service/steps/ports.js";
 import { StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
-import { createLogger, type Fields, type Logger } from "../../services/shared/log.js";
+import type { Fields, Logger } from "../../services/shared/log.js";
 import { stepServiceAdapter, type StepServiceSettings } from "../../services/step-service/api/step-service-adapter.js";
-import type { ImageRootfs } from "../../services/step-service/images/images.js";
 import type { ContainerExit, ContainerRun } from "../../services/step-service/runtime/container.js";
-import { LocalDirectoryContextPreparer, PrebuiltImageBuilder } from "../../services/step-service/steps/local.js";
-import type { ContainerRunner, ImageSource, LayerUpkeep } from "../../services/step-service/steps/ports.js";
-import { CallerLimitError, type StepEvent, StepRunner } from "../../services/step-service/steps/step-runner.js";
+import { PrebuiltImageBuilder } from "../../services/step-service/steps/local.js";
+import type { ContainerRunner } from "../../services/step-service/steps/ports.js";
+import { CallerLimitError, type StepEvent, type StepRunner } from "../../services/step-service/steps/step-runner.js";
+import { FakeImages, fakeStepRunner } from "../support/fake-step-parts.js";
 
 type StepRecordOf = Extract<StepEvent, { type: "finished" }>["step"];
 
@@ -30,23 +30,6 @@ class FakeRuntime implements ContainerRunner {
   }
   async reap(): Promise<string[]> {
     this.reaped++;
-    return [];
-  }
-}
-
-class FakeImages implements ImageSource, LayerUpkeep {
-  held = 0;
-  async materialise(): Promise<ImageRootfs> {
-    this.held++;
-    return {
-      imageId: "sha256:fake",
-      config: { env: [], entrypoint: [], cmd: [], workingDir: "/", user: "" },
-      lowerDirs: ["/nonexistent"],
-      release: () => this.held--,
-    };
-  }
-  async init(): Promise<void> {}
-  async collect(): Promise<string[]> {
     return [];
   }
 }
@@ -83,18 +66,7 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
   let runner: StepRunner;
   let client: ReturnType<typeof createClient<typeof StepService>>;
 
-  const newRunner = () =>
-    new StepRunner(
-      { stateDir, maxConcurrentSteps: 1, logCapBytes: 200 },
-      {
-        contexts: new LocalDirectoryContextPreparer(),
-        images: new PrebuiltImageBuilder("127.0.0.1:5000/fake:1"),
-        materialiser: images,
-        layers: images,
-        runtime,
-        logger: createLogger("test", {}, { quiet: true }),
-      },
-    );
+  const newRunner = () => fakeStepRunner(stateDir, runtime, { images, logCapBytes: 200 });
 
   before(async () => {
     stateDir = await mkdtemp(join(tmpdir(), "steprunner-runner-"));
@@ -148,17 +120,7 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
       child: (fields) => capturing({ ...base, ...fields }),
     });
     const dir = await mkdtemp(join(tmpdir(), "steprunner-logs-"));
-    const logged = new StepRunner(
-      { stateDir: dir, maxConcurrentSteps: 1, logCapBytes: 200 },
-      {
-        contexts: new LocalDirectoryContextPreparer(),
-        images: new PrebuiltImageBuilder("127.0.0.1:5000/fake:1"),
-        materialiser: images,
-        layers: images,
-        runtime,
-        logger: capturing({}),
-      },
-    );
+    const logged = fakeStepRunner(dir, runtime, { images, logCapBytes: 200, logger: capturing({}) });
     try {
       await logged.recover();
       runtime.script = async () => ({ exitCode: 0 });
@@ -212,17 +174,11 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
       [{ images: builder }, /^the image build failed: solve failed$/],
     ] as const) {
       const dir = await mkdtemp(join(tmpdir(), "steprunner-parts-"));
-      const failing = new StepRunner(
-        { stateDir: dir, maxConcurrentSteps: 1, logCapBytes: 1000 },
-        {
-          contexts: "contexts" in parts ? parts.contexts : new LocalDirectoryContextPreparer(),
-          images: "images" in parts ? parts.images : new PrebuiltImageBuilder("127.0.0.1:5000/x:1"),
-          materialiser: images,
-          layers: images,
-          runtime,
-          logger: createLogger("test", {}, { quiet: true }),
-        },
-      );
+      const failing = fakeStepRunner(dir, runtime, {
+        images,
+        contexts: "contexts" in parts ? parts.contexts : undefined,
+        imageBuilder: "images" in parts ? parts.images : new PrebuiltImageBuilder("127.0.0.1:5000/x:1"),
+      });
       await failing.recover();
       const events: StepEvent[] = [];
       await new Promise<void>((resolve) =>
@@ -342,17 +298,11 @@ describe("StepRunner and the StepService adapter (fakes for the runtime and imag
     for (const part of parts) {
       const dir = await mkdtemp(join(tmpdir(), "steprunner-timeout-"));
       try {
-        const timing = new StepRunner(
-          { stateDir: dir, maxConcurrentSteps: 1, logCapBytes: 1000 },
-          {
-            contexts: part.contexts ?? new LocalDirectoryContextPreparer(),
-            images: part.images ?? new PrebuiltImageBuilder("127.0.0.1:5000/x:1"),
-            materialiser: images,
-            layers: images,
-            runtime,
-            logger: createLogger("test", {}, { quiet: true }),
-          },
-        );
+        const timing = fakeStepRunner(dir, runtime, {
+          images,
+          contexts: part.contexts,
+          imageBuilder: part.images ?? new PrebuiltImageBuilder("127.0.0.1:5000/x:1"),
+        });
         await timing.recover();
         const finished = await new Promise<StepRecordOf>((resolve) =>
           timing.submit(
@@ -436,17 +386,7 @@ describe("the per-caller step limit (fakes for the runtime and images)", () => {
         run.signal.addEventListener("abort", () => resolve({ cancelled: true }));
       });
     const images = new FakeImages();
-    runner = new StepRunner(
-      { stateDir, maxConcurrentSteps: 2, maxStepsPerCaller: 2, logCapBytes: 1000 },
-      {
-        contexts: new LocalDirectoryContextPreparer(),
-        images: new PrebuiltImageBuilder("127.0.0.1:5000/fake:1"),
-        materialiser: images,
-        layers: images,
-        runtime,
-        logger: createLogger("test", {}, { quiet: true }),
-      },
-    );
+    runner = fakeStepRunner(stateDir, runtime, { images, maxConcurrentSteps: 2, maxStepsPerCaller: 2 });
     await runner.recover();
   });
   after(async () => {
