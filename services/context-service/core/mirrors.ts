@@ -1,9 +1,10 @@
 import { createHash } from "node:crypto";
-import { mkdir, readdir, rm, stat } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition, invalidField, notFound, unavailable } from "./errors.js";
 import { GitFailure, git, gitMaybe, killOrphanedGit } from "./git.js";
-import { readRef, refExists } from "./refs.js";
+import { isDirectory, readRef, refExists } from "./refs.js";
 import { checkRepositoryUrl, checkRevision, localRepositoryPath } from "./repository-url.js";
 import { SingleFlight } from "../../shared/single-flight.js";
 import { writeAtomically } from "../../shared/files/atomic-write.js";
@@ -59,7 +60,7 @@ export class MirrorStore {
     const url = checkRepositoryUrl(repositoryUrl);
     const rev = checkRevision(gitRev);
     const mirror = this.mirrorPath(url);
-    const known = (await isDirectory(mirror)) ? await lookup(mirror, rev, signal) : undefined;
+    const known = isDirectory(mirror) ? await lookup(mirror, rev, signal) : undefined;
     if (known && (!known.movingRef || (await this.currentSha(url, mirror, known.movingRef, signal)) === known.sha)) {
       return { mirror, gitSha: known.sha, movingRef: known.movingRef !== undefined };
     }
@@ -83,8 +84,8 @@ export class MirrorStore {
     if (path !== undefined) {
       // Read on this machine: a working tree keeps its repository in .git (a directory, or a file naming it),
       // from git's files when they say it plainly, else by git.
-      const gitDir = (await exists(join(path, ".git"))) ? join(path, ".git") : path;
-      const plain = (await isDirectory(gitDir)) ? await readRef(gitDir, ref) : undefined;
+      const gitDir = existsSync(join(path, ".git")) ? join(path, ".git") : path;
+      const plain = isDirectory(gitDir) ? readRef(gitDir, ref) : undefined;
       return plain ?? ((await gitMaybe(["rev-parse", "--verify", "--quiet", `${ref}^{commit}`], { ...options, gitDir }))?.trim() || undefined);
     }
     const listing = await git(["ls-remote", url, ref], options).catch((error: unknown) => {
@@ -106,7 +107,7 @@ export class MirrorStore {
   private async fetchNow(url: string, mirror: string, signal: AbortSignal): Promise<void> {
     const options = { signal, timeoutMs: this.fetchTimeoutMs };
     const args = ["fetch", "--quiet", "--prune", "--force", "--no-write-fetch-head", url, ...REFSPECS];
-    if (await isDirectory(mirror)) {
+    if (isDirectory(mirror)) {
       await git(args, { ...options, gitDir: mirror }).catch((error: unknown) => {
         throw fetchError(url, error);
       });
@@ -148,9 +149,9 @@ async function lookup(mirror: string, rev: string, signal?: AbortSignal): Promis
   if (
     !/^[0-9a-f]{4,40}$/.test(rev) &&
     !rev.startsWith("refs/tags/") &&
-    !(rev !== "HEAD" && !rev.startsWith("refs/") && (await refExists(mirror, `refs/tags/${rev}`)))
+    !(rev !== "HEAD" && !rev.startsWith("refs/") && refExists(mirror, `refs/tags/${rev}`))
   ) {
-    const sha = await readRef(mirror, branchRef);
+    const sha = readRef(mirror, branchRef);
     if (sha) return { sha, movingRef: rev === "HEAD" ? "HEAD" : branchRef };
   }
   if (rev === "HEAD") {
@@ -208,18 +209,4 @@ function fetchError(url: string, error: unknown): Error {
     return failedPrecondition(`repository ${url} needs credentials the context-service does not have: ${why}`);
   }
   return unavailable(`repository ${url} could not be fetched (retry when it is reachable): ${why}`);
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
-}
-
-async function isDirectory(path: string): Promise<boolean> {
-  return stat(path).then(
-    (info) => info.isDirectory(),
-    () => false,
-  );
 }
