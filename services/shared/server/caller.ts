@@ -3,7 +3,6 @@ import type { Http2ServerRequest } from "node:http2";
 import type { TLSSocket } from "node:tls";
 import { createContextKey, type HandlerContext } from "@connectrpc/connect";
 import { acceptedTokenIndex, bearerToken, type ServerSecurity } from "../security.js";
-import { peerAddress } from "./dual-protocol-server.js";
 
 export const CALLER = createContextKey<string>("unknown caller", { description: "who made the call, for limits and messages" });
 
@@ -31,6 +30,6 @@ export function callerFromRequest(request: IncomingMessage | Http2ServerRequest,
     const index = acceptedTokenIndex(security.tokens, bearerToken(request.headers.authorization));
     if (index >= 0) return `token ${security.tokenNames?.[security.tokens[index]!] ?? `#${index + 1}`}`;
   }
-  const address = peerAddress(request);
+  const address = request.socket.remoteAddress;
   return address ? `address ${address}` : "a local socket";
 }

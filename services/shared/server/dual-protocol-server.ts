@@ -5,20 +5,10 @@ import { rm } from "node:fs/promises";
 import type { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { ServerTls } from "../security.js";
 import type { ListenAddress } from "./listen-address.js";
-import { replaying } from "./replaying-duplex.js";
 
 type NodeHandlerFn = ReturnType<typeof connectNodeAdapter>;
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-
-/** Plaintext HTTP/2 sessions run over a relaying stream, which has no address: the peer's is kept here. */
-const sessionPeers = new WeakMap<http2.Http2Session, string>();
-
-/** The address of the peer that sent a request, on either protocol. */
-export function peerAddress(request: http.IncomingMessage | http2.Http2ServerRequest): string | undefined {
-  const session = "stream" in request ? request.stream.session : undefined;
-  return (session && sessionPeers.get(session)) ?? request.socket.remoteAddress;
-}
 
 export interface ProtocolLimits {
   /** HTTP/2 streams one connection may have open at once. */
@@ -36,8 +26,6 @@ export class DualProtocolServer {
   private readonly http2: http2.Http2Server | http2.Http2SecureServer;
   private readonly sockets = new Set<net.Socket>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
-  /** The peer of the plaintext HTTP/2 connection being handed over (the server makes its session at once). */
-  private handedOverPeer: string | undefined;
 
   constructor(handler: NodeHandlerFn, limits: ProtocolLimits, tls?: ServerTls) {
     const settings = { maxConcurrentStreams: limits.maxConcurrentStreams };
@@ -64,7 +52,6 @@ export class DualProtocolServer {
     }
     this.http2.on("session", (session) => {
       this.sessions.add(session);
-      if (this.handedOverPeer !== undefined) sessionPeers.set(session, this.handedOverPeer);
       session.once("close", () => this.sessions.delete(session));
     });
   }
@@ -88,15 +75,15 @@ export class DualProtocolServer {
       if (isHttp2 && received.length < HTTP2_PREFACE.length) return; // need more bytes to decide
       socket.off("data", onData);
       socket.pause();
+      // Either server reads the bytes pushed back first: HTTP/2's session takes what the socket has buffered
+      // before it reads the native handle itself, so both run on the socket as accepted.
+      socket.unshift(received);
       if (isHttp2) {
-        this.handedOverPeer = socket.remoteAddress;
-        this.http2.emit("connection", replaying(socket, received));
-        this.handedOverPeer = undefined;
+        this.http2.emit("connection", socket);
       } else {
-        socket.unshift(received);
         this.http1.emit("connection", socket);
+        socket.resume();
       }
-      socket.resume();
     };
     socket.on("data", onData);
   }
