@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
-import { readFile, stat } from "node:fs/promises";
+import { statSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { StatusResponse } from "../../../gen/moby/buildkit/v1/control_pb.js";
 import type { DockerfileBuild } from "../buildkit/dockerfile-build.js";
@@ -431,16 +432,8 @@ export class ImageBuilder {
     if (
       known &&
       directories.length > 0 &&
-      (
-        await Promise.all(
-          directories.map((dir) =>
-            stat(dir).then(
-              () => true,
-              () => false,
-            ),
-          ),
-        )
-      ).every(Boolean)
+      // Synchronous stats: microseconds each, where a thread-pool round trip costs a tenth of a millisecond or more.
+      directories.every((dir) => statSync(dir, { throwIfNoEntry: false }) !== undefined)
     )
       return known;
     const inspect = await this.images.inspectImage(imageId, signal);

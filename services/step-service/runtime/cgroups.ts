@@ -1,4 +1,5 @@
-import { access, mkdir, readFile, readdir, rmdir, writeFile } from "node:fs/promises";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { access, readFile, readdir, rmdir } from "node:fs/promises";
 import { join } from "node:path";
 
 export const DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup";
@@ -48,12 +49,13 @@ class CgroupV1 implements StepCgroups {
   readonly version = 1;
   constructor(private readonly root: string) {}
 
+  // Synchronous, as the rest of a step's small file work (container.ts, SYNC_FILE_WORK).
   async create(name: string, memoryBytes: number): Promise<void> {
     const path = join(this.root, "memory", name);
-    await mkdir(path, { recursive: true });
-    await writeFile(join(path, "memory.limit_in_bytes"), String(memoryBytes));
+    mkdirSync(path, { recursive: true });
+    writeFileSync(join(path, "memory.limit_in_bytes"), String(memoryBytes));
     // Without swap accounting the file is absent and the limit holds for RAM alone.
-    await writeFile(join(path, "memory.memsw.limit_in_bytes"), String(memoryBytes)).catch(() => undefined);
+    writeIfPresent(join(path, "memory.memsw.limit_in_bytes"), String(memoryBytes));
   }
 
   /**
@@ -87,17 +89,18 @@ class CgroupV2 implements StepCgroups {
   readonly version = 2;
   constructor(private readonly root: string) {}
 
+  // Synchronous, as the rest of a step's small file work (container.ts, SYNC_FILE_WORK).
   async create(name: string, memoryBytes: number): Promise<void> {
     const controllers = await this.wantedControllers();
     // Already enabled on most hosts; a root that refuses (a delegated one with processes in it) is left as it is.
-    await writeFile(join(this.root, "cgroup.subtree_control"), controllers).catch(() => undefined);
+    writeIfPresent(join(this.root, "cgroup.subtree_control"), controllers);
     const path = join(this.root, name);
-    await mkdir(path, { recursive: true });
-    await writeFile(join(path, "memory.max"), String(memoryBytes));
+    mkdirSync(path, { recursive: true });
+    writeFileSync(join(path, "memory.max"), String(memoryBytes));
     // The v1 limit counts memory and swap together; here swap has its own, absent without swap accounting.
-    await writeFile(join(path, "memory.swap.max"), "0").catch(() => undefined);
+    writeIfPresent(join(path, "memory.swap.max"), "0");
     // So that runc can set pids.max and cpu.max on the container's cgroup below this one.
-    await writeFile(join(path, "cgroup.subtree_control"), controllers);
+    writeFileSync(join(path, "cgroup.subtree_control"), controllers);
   }
 
   /**
@@ -126,6 +129,15 @@ class CgroupV2 implements StepCgroups {
       .filter((controller) => available.includes(controller))
       .map((controller) => `+${controller}`)
       .join(" ");
+  }
+}
+
+/** Writes a cgroup file that may be absent or refused; such a write changes nothing. */
+function writeIfPresent(path: string, value: string): void {
+  try {
+    writeFileSync(path, value);
+  } catch {
+    // absent (no swap accounting) or refused (a delegated root): the setting stays as it is
   }
 }
 

@@ -1,7 +1,7 @@
 import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, statSync } from "node:fs";
-import { chmod, chown, cp, lstat, mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { chmodSync, chownSync, lstatSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chown, cp, lstat, mkdir, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { constants } from "node:os";
@@ -15,6 +15,16 @@ import { insideRoot } from "./paths.js";
 import { buildSpec, type Limits, type ResolvedUser, resolveUser } from "./spec.js";
 
 const exec = promisify(execFile);
+/**
+ * runc's environment: it needs none of the service's (a step's comes from its spec), and copying a large one
+ * into every spawn is measurable per step.
+ */
+const RUNC_ENV = { PATH: process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" };
+// SYNC_FILE_WORK: the per-step file work on a step's own few small files and directories (its spec, pid file,
+// runc's log, its result, the directories of a known image's upper layer) is synchronous: on local disk each
+// call takes microseconds, where a round trip through libuv's thread pool costs a tenth of a millisecond or more
+// under load, and a step makes a few dozen of them on its path. What may be large (the upper directory a step
+// filled, the repository copy) stays asynchronous.
 /** Longest line kept whole; longer output is cut into lines of this size so memory stays bounded. */
 const MAX_LINE_BYTES = 64 * 1024;
 
@@ -126,7 +136,7 @@ export class ContainerRuntime {
     try {
       const cgroups = await this.stepCgroups();
       if (known) {
-        await this.makeUpper(dir, known.dirs);
+        this.makeUpper(dir, known.dirs);
         partDone("rootfs");
         await this.writeSpec(id, dir, request, cgroups, known.user, this.overlayOptions(dir, request.image.lowerDirs));
         partDone("setup");
@@ -149,18 +159,21 @@ export class ContainerRuntime {
     }
   }
 
-  /** The step's directories, fresh, with the user's directories made in the upper directory as `dirs` say. */
-  private async makeUpper(dir: string, dirs: PreparedDir[]): Promise<void> {
-    await rm(dir, { recursive: true, force: true });
-    await mkdir(join(dir, "rootfs"), { recursive: true });
-    await mkdir(join(dir, "work"));
+  /**
+   * The step's directories, fresh, with the user's directories made in the upper directory as `dirs` say.
+   * Synchronous, as the step's other small files are (SYNC_FILE_WORK).
+   */
+  private makeUpper(dir: string, dirs: PreparedDir[]): void {
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(join(dir, "rootfs"), { recursive: true });
+    mkdirSync(join(dir, "work"));
     const upper = join(dir, "upper");
-    await mkdir(upper);
+    mkdirSync(upper);
     for (const entry of dirs) {
       const path = join(upper, entry.path);
-      await mkdir(path);
-      await chmod(path, entry.mode);
-      await chown(path, entry.uid, entry.gid);
+      mkdirSync(path);
+      chmodSync(path, entry.mode);
+      chownSync(path, entry.uid, entry.gid);
     }
   }
 
@@ -250,7 +263,7 @@ export class ContainerRuntime {
       binds: request.binds,
       ...(rootfsOverlay ? { rootfsOverlay } : {}),
     });
-    await writeFile(join(dir, "config.json"), JSON.stringify(spec));
+    writeFileSync(join(dir, "config.json"), JSON.stringify(spec));
   }
 
   /** Removes everything a step's container left: runc state, cgroups, mounts and directories. Idempotent. */
@@ -260,11 +273,11 @@ export class ContainerRuntime {
     await killOrphanedRunc(join(dir, "runc.pid"), id);
     // `runc run` deletes its container when the process exits: only a container whose runc was killed (or a
     // crash) leaves state behind, and only then is runc started again to delete it.
-    if (await exists(join(this.settings.runcRoot, id))) {
+    if (exists(join(this.settings.runcRoot, id))) {
       await exec(this.settings.runcPath, ["--root", this.settings.runcRoot, "delete", "--force", id]).catch(() => undefined);
     }
     // Only a rootfs this service mounted on the host: one that runc mounted went with the container.
-    if (await isMountPoint(join(dir, "rootfs"))) await exec("umount", [join(dir, "rootfs")]).catch(() => undefined);
+    if (isMountPoint(join(dir, "rootfs"))) await exec("umount", [join(dir, "rootfs")]).catch(() => undefined);
     // The step's directories and its cgroups are apart: removed at the same time.
     const cgroups = await this.stepCgroups();
     await Promise.all([
@@ -293,11 +306,12 @@ export class ContainerRuntime {
     const spawnStart = performance.now();
     const child = spawn(this.settings.runcPath, ["--root", this.settings.runcRoot, "--log", logFile, "--log-format", "json", "run", "--bundle", bundle, id], {
       stdio: ["ignore", "pipe", "pipe"],
+      env: RUNC_ENV,
     });
     // Starting a process forks this one: its cost grows with the service's memory.
     request.onPart?.("runc-spawn", performance.now() - spawnStart);
     // Recorded so that a restart after a crash can stop the `runc run` this process left behind.
-    if (child.pid) await writeFile(join(bundle, "runc.pid"), String(child.pid));
+    if (child.pid) writeFileSync(join(bundle, "runc.pid"), String(child.pid));
     request.onStarted();
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
       child.once("error", (error) => reject(new RuntimeError(`runc could not be started: ${error.message}`)));
@@ -329,7 +343,7 @@ export class ContainerRuntime {
     try {
       const { code, signal } = await exited;
       await drained;
-      const failure = await runcError(logFile);
+      const failure = runcError(logFile);
       if (failure) throw new RuntimeError(`runc failed: ${failure}`);
       if (signal) throw new RuntimeError(`runc itself was killed by ${signal}`);
       // runc exits with 128+N when the process was killed by signal N.
@@ -352,19 +366,20 @@ export class ContainerRuntime {
     } catch (error) {
       return { problem: (error as Error).message };
     }
-    const info = await lstat(path).catch(() => undefined);
+    const info = lstatSync(path, { throwIfNoEntry: false });
     if (!info) return null;
     if (!info.isFile()) return { problem: `/${resultPath} is not a regular file` };
     if (info.size > this.settings.maxResultBytes) {
       return { problem: `${resultPath} is ${info.size} bytes, more than the ${this.settings.maxResultBytes} bytes a result may have` };
     }
-    return { text: await readFile(path, "utf8") };
+    return { text: readFileSync(path, "utf8") };
   }
 }
 
 /** A directory with a filesystem mounted on it (another device than its parent's). */
-async function isMountPoint(path: string): Promise<boolean> {
-  const [inner, outer] = await Promise.all([stat(path).catch(() => undefined), stat(join(path, "..")).catch(() => undefined)]);
+function isMountPoint(path: string): boolean {
+  const inner = statSync(path, { throwIfNoEntry: false });
+  const outer = statSync(join(path, ".."), { throwIfNoEntry: false });
   return inner !== undefined && outer !== undefined && (inner.dev !== outer.dev || inner.ino === outer.ino);
 }
 
@@ -389,18 +404,15 @@ function preparedKey(request: ContainerRun): string {
   return JSON.stringify([request.image.imageId, request.image.lowerDirs, request.image.config.user, request.userDirs]);
 }
 
-async function exists(path: string): Promise<boolean> {
-  return lstat(path).then(
-    () => true,
-    () => false,
-  );
+function exists(path: string): boolean {
+  return lstatSync(path, { throwIfNoEntry: false }) !== undefined;
 }
 
 /** Kills a `runc run` left by a crashed service, if that pid is still the runc of this container. */
 async function killOrphanedRunc(pidFile: string, id: string): Promise<void> {
-  const pid = Number(await readFile(pidFile, "utf8").catch(() => "0"));
+  const pid = Number(readText(pidFile) || "0");
   if (!pid) return;
-  const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+  const cmdline = readText(`/proc/${pid}/cmdline`);
   if (!cmdline.split("\0").includes(id)) return;
   try {
     process.kill(pid, "SIGKILL");
@@ -410,8 +422,8 @@ async function killOrphanedRunc(pidFile: string, id: string): Promise<void> {
   for (let i = 0; i < 50 && (await stat(`/proc/${pid}`).catch(() => undefined)); i++) await delay(20);
 }
 
-async function runcError(logFile: string): Promise<string | undefined> {
-  const text = await readFile(logFile, "utf8").catch(() => "");
+function runcError(logFile: string): string | undefined {
+  const text = readText(logFile);
   for (const line of text.split("\n")) {
     if (!line) continue;
     try {
@@ -422,6 +434,15 @@ async function runcError(logFile: string): Promise<string | undefined> {
     }
   }
   return undefined;
+}
+
+/** A small file's text, or "" when it cannot be read. */
+function readText(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return "";
+  }
 }
 
 function signalNameOf(number: number): string | null {
