@@ -31,7 +31,7 @@ export function startImageService(
     },
   );
   const unusedImages = new ImageBuilder({
-    contexts: { materialize: async () => assert.fail("no build in these tests") },
+    contexts: { describe: async () => assert.fail("no build in these tests"), materialize: async () => assert.fail("no build in these tests") },
     buildkit: { build: async () => assert.fail("no build in these tests") },
     images: { inspectImage: async () => undefined, removeImage: async () => {}, tagImage: async () => {}, pushImage: async () => assert.fail("no push") },
     registry: {

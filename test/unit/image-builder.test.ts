@@ -31,7 +31,7 @@ describe("retries", () => {
       },
     };
     const images = new ImageBuilder({
-      contexts: { materialize: async () => context },
+      contexts: { describe: async () => context, materialize: async () => context },
       buildkit: buildkit,
       images: fakeImageStore(),
       registry: fakeRegistry(),
@@ -83,10 +83,47 @@ describe("retries", () => {
   });
 });
 
+describe("reuse from a context's description", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "steprunner-reuse-"));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  it("reuses the image of a context whose properties alone changed without making its files local, and makes them local to build", async () => {
+    const described: string[] = [];
+    const materialized: string[] = [];
+    let builds = 0;
+    const contexts = new Map(
+      [context, fakeContext({ contextId: `sha256:${"6".repeat(64)}`, stepContextZip: { digest: `sha256:${"7".repeat(64)}`, size: 2n } })].map((entry) => [
+        entry.contextId,
+        entry,
+      ]),
+    );
+    const images = new ImageBuilder({
+      contexts: {
+        describe: async (id) => (described.push(id), contexts.get(id)!),
+        materialize: async (id) => (materialized.push(id), contexts.get(id)!),
+      },
+      buildkit: { build: async () => (builds++, { "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
+      images: fakeImageStore(),
+      registry: fakeRegistry(),
+      records: new ReuseRecords(join(dir, "records")),
+      settings: fakeSettings(),
+    });
+    const request = (contextId: string) => ({ contextId, baseRunner: "", network: "none" as const, buildWithoutCache: false, handoff: undefined });
+    const built = await images.build(request(context.contextId), () => {});
+    const reused = await images.build(request(`sha256:${"6".repeat(64)}`), () => {});
+    assert.deepEqual([reused.reused, reused.imageId, builds], [true, built.imageId, 1]);
+    assert.deepEqual(materialized, [context.contextId], "only the build made its context local");
+    assert.deepEqual(described, [context.contextId, `sha256:${"6".repeat(64)}`]);
+  });
+});
+
 describe("bad input to a build", () => {
   const images = (materialize: () => Promise<LocalContext>) =>
     new ImageBuilder({
-      contexts: { materialize },
+      contexts: { describe: materialize, materialize },
       buildkit: { build: async () => assert.fail("no build for bad input") },
       images: fakeImageStore({ inspectImage: async () => undefined }),
       registry: fakeRegistry({ manifest: async () => assert.fail("the registry is not asked") }),
@@ -144,7 +181,7 @@ describe("the registry hand-off of a reused image", () => {
       let pushes = 0;
       const lost = new Set<string>();
       const images = new ImageBuilder({
-        contexts: { materialize: async () => context },
+        contexts: { describe: async () => context, materialize: async () => context },
         buildkit: { build: async () => ({ "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
         images: fakeImageStore({ pushImage: async () => ({ digest: pushed[pushes++]!, size: 1 }) }),
         registry: fakeRegistry({
@@ -187,7 +224,7 @@ describe("pruning images a running step may have mounted (layer-store hand-off)"
     try {
       const removed: string[] = [];
       const images = new ImageBuilder({
-        contexts: { materialize: async () => context },
+        contexts: { describe: async () => context, materialize: async () => context },
         buildkit: { build: async () => ({ "containerimage.digest": `sha256:${"5".repeat(64)}` }) },
         images: fakeImageStore({
           inspectImage: async () => fakeInspect({ UpperDir: upper, LowerDir: lower }),

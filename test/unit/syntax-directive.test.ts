@@ -56,7 +56,7 @@ describe("a build of a Dockerfile with a # syntax= line", () => {
     const solves: DockerfileBuild[] = [];
     const looked: string[] = [];
     const images = new ImageBuilder({
-      contexts: { materialize: async () => context },
+      contexts: { describe: async () => context, materialize: async () => context },
       buildkit: {
         build: async (solve) => {
           solves.push(solve);

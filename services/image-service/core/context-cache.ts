@@ -7,7 +7,7 @@ import { spawn } from "node:child_process";
 import { SingleFlight } from "../../shared/single-flight.js";
 import { stableTime } from "../../shared/stable-time.js";
 import { ImageError, invalidField } from "./errors.js";
-import type { ContextFileInfo, ContextSource, LocalContext, RepositoryOptions } from "./model.js";
+import type { ContextDescription, ContextFileInfo, ContextSource, LocalContext, RepositoryOptions } from "./model.js";
 
 export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip" | "trust-store-tar";
 
@@ -54,6 +54,8 @@ export class ContextCache implements ContextSource {
   private lastSweep = Date.now();
   /** Contexts made local lately, least recently used first. */
   private readonly recent = new Map<string, RecentContext>();
+  /** Contexts described lately, least recently used first: a context's id names its content, so a description never changes. */
+  private readonly descriptions = new Map<string, ContextDescription>();
   /** The directories a context just fetched reads in place, until materialize() remembers them with it. */
   private readonly inPlace = new Map<string, RemoteDirectory[]>();
 
@@ -64,8 +66,23 @@ export class ContextCache implements ContextSource {
     private readonly maxAgeMs = 24 * 3600_000,
   ) {}
 
+  /**
+   * A context's description: from the context made local, else from the context-service (GetContext), kept. A
+   * step whose properties alone changed gets a new context whose image exists: this tells so with one round
+   * trip and no file copied.
+   */
+  async describe(contextId: string, signal?: AbortSignal): Promise<ContextDescription> {
+    checkContextId(contextId);
+    const known = this.recent.get(contextId)?.context ?? this.descriptions.get(contextId);
+    if (known) return known;
+    const description = describedBy(await this.provider.describe(contextId, signal));
+    this.descriptions.set(contextId, description);
+    if (this.descriptions.size > RECENT_CONTEXTS) this.descriptions.delete(this.descriptions.keys().next().value!);
+    return description;
+  }
+
   async materialize(contextId: string, signal?: AbortSignal): Promise<LocalContext> {
-    if (!CONTEXT_ID.test(contextId)) throw invalidField("context_id", 'must be a prepared context\'s id: "sha256:" and 64 hex digits', contextId);
+    checkContextId(contextId);
     // A context is named by its content: one made local before is the same while its files and the directories
     // it reads in place are here, and needs no GetContext.
     const known = this.recent.get(contextId);
@@ -236,7 +253,11 @@ interface RecentContext {
   inPlace: RemoteDirectory[];
 }
 
-function layout(root: string, remote: RemoteContext): Omit<LocalContext, "contextSources"> {
+function checkContextId(contextId: string): void {
+  if (!CONTEXT_ID.test(contextId)) throw invalidField("context_id", 'must be a prepared context\'s id: "sha256:" and 64 hex digits', contextId);
+}
+
+function describedBy(remote: RemoteContext): ContextDescription {
   return {
     contextId: remote.contextId,
     gitRev: remote.gitRev,
@@ -246,6 +267,12 @@ function layout(root: string, remote: RemoteContext): Omit<LocalContext, "contex
     repositoryOptions: remote.repositoryOptions,
     stepContextZip: remote.files["step-context-zip"],
     dockerfile: remote.files.dockerfile,
+  };
+}
+
+function layout(root: string, remote: RemoteContext): Omit<LocalContext, "contextSources"> {
+  return {
+    ...describedBy(remote),
     dockerfileDir: join(root, "dockerfile"),
     secretZipPath: join(root, "secret", "step_context.json.zip"),
   };

@@ -15,7 +15,7 @@ import { type ImageConfigFile, type ImageManifest, RegistryError } from "../../s
 import { findRemoteSource } from "./remote-sources.js";
 import { explainBuildFailure, isTransient, rawMessage } from "./build-errors.js";
 import { buildCancelled, failedPrecondition, ImageError, invalidField, notFound, unavailable } from "./errors.js";
-import type { BuildEvent, BuildRequest, ContextSource, Handoff, ImageResult, LocalContext } from "./model.js";
+import type { BuildEvent, BuildRequest, ContextDescription, ContextSource, Handoff, ImageResult, LocalContext } from "./model.js";
 import type { ReuseRecord, ReuseRecords } from "./reuse-records.js";
 import { findSyntaxDirective, isNotUnderstood, registryHostOf, type SyntaxDirective, type SyntaxPolicy } from "./syntax-directive.js";
 
@@ -195,12 +195,14 @@ export class ImageBuilder {
   private async buildOrReuse(request: BuildRequest, emit: Listener, signal?: AbortSignal): Promise<ImageResult> {
     const baseRunner = request.baseRunner || this.settings.defaultBaseRunner;
     const base = this.checkBaseRunner(baseRunner);
-    // The base image's digest is asked of the registry while the context is made local.
+    // The base image's digest is asked of the registry while the context is described.
     const baseDigestAsked = this.resolveBaseImage(base, baseRunner, signal);
     baseDigestAsked.catch(() => undefined);
-    const context = await this.contexts.materialize(request.contextId, signal);
-    // A repository's own Dockerfile is read once, for both checks below; the default one needs neither.
-    const dockerfile = context.defaultDockerfile ? undefined : await readFile(join(context.dockerfileDir, "Dockerfile"), "utf8");
+    // The default Dockerfile needs none of the context's files until a build: a reused image needs only its
+    // description. A repository's own Dockerfile is read once, for both checks below.
+    const described = await this.contexts.describe(request.contextId, signal);
+    const local = described.defaultDockerfile ? undefined : await this.contexts.materialize(request.contextId, signal);
+    const dockerfile = local ? await readFile(join(local.dockerfileDir, "Dockerfile"), "utf8") : undefined;
     if (request.network === "none" && dockerfile !== undefined) {
       const remote = findRemoteSource(dockerfile);
       if (remote) {
@@ -219,12 +221,12 @@ export class ImageBuilder {
     }
     const baseDigest = await baseDigestAsked;
     const buildArgs = {
-      GIT_REV: context.gitRev,
-      GIT_SHA: context.gitSha,
+      GIT_REV: described.gitRev,
+      GIT_SHA: described.gitSha,
       OPSCHAIN_BASE_RUNNER: baseRunner,
       OPSCHAIN_VERSION: this.settings.version,
     };
-    const contentKey = this.contentKey(context, baseDigest, buildArgs, request.network);
+    const contentKey = this.contentKey(described, baseDigest, buildArgs, request.network);
     const handoff = request.handoff ?? this.settings.defaultHandoff;
     if (this.output === "registry" && handoff === "layer-store") {
       throw failedPrecondition(
@@ -237,6 +239,7 @@ export class ImageBuilder {
       if (reused) return reused;
     }
     if (request.reuseOnly) throw notFound(`no image was built for context ${request.contextId} with these inputs (or it is gone); nothing was built`);
+    const context = local ?? (await this.contexts.materialize(request.contextId, signal));
     const key = `${contentKey}/${request.buildWithoutCache}`;
     // Identical builds share one solve; it is cancelled only when every caller waiting for it has gone.
     let listeners = this.listeners.get(key);
@@ -613,7 +616,7 @@ export class ImageBuilder {
     }
   }
 
-  private contentKey(context: LocalContext, baseDigest: string, buildArgs: Record<string, string>, network: string): string {
+  private contentKey(context: ContextDescription, baseDigest: string, buildArgs: Record<string, string>, network: string): string {
     const inputs = {
       // The repository by its commit and options, not by the bytes it travels in (repo.tar's or the
       // directories' depend on which older commits this machine has seen).

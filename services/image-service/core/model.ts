@@ -14,8 +14,8 @@ export interface RepositoryOptions {
   honorExportIgnore: boolean;
 }
 
-/** A prepared context as the image-service needs it, its files on local disk. */
-export interface LocalContext {
+/** A prepared context as the context-service describes it: what its image's reuse key is made of. */
+export interface ContextDescription {
   contextId: string;
   gitRev: string;
   gitSha: string;
@@ -26,6 +26,10 @@ export interface LocalContext {
   repositoryOptions: RepositoryOptions;
   stepContextZip: ContextFileInfo;
   dockerfile: ContextFileInfo;
+}
+
+/** A prepared context as a build needs it, its files on local disk. */
+export interface LocalContext extends ContextDescription {
   /** The build context: its top-level names (the repository's directories, the redacted zip, repo.tar) and where each lies here. */
   contextSources: Record<string, string>;
   /** Holds the Dockerfile. */
@@ -36,6 +40,9 @@ export interface LocalContext {
 
 /** Where prepared contexts come from (the context-service, or a fake in unit tests). */
 export interface ContextSource {
+  /** What a context is, without its files: enough to tell whether its image exists already. */
+  describe(contextId: string, signal?: AbortSignal): Promise<ContextDescription>;
+  /** The context with its files here, for a build. */
   materialize(contextId: string, signal?: AbortSignal): Promise<LocalContext>;
 }
 
