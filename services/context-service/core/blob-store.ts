@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, readdir, readFile, rename, rm, stat, utimes } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Transform, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -75,10 +75,23 @@ export class BlobStore {
     }
   }
 
-  putBuffer(bytes: Buffer): Promise<BlobInfo> {
-    return this.put(async (destination) => {
-      destination.end(bytes);
-    });
+  /**
+   * A small blob from memory (a step context's zips, a Dockerfile): named by its digest first, so that bytes
+   * kept already are only marked used, not written again.
+   */
+  async putBuffer(bytes: Buffer): Promise<BlobInfo> {
+    const info = { digest: `sha256:${createHash("sha256").update(bytes).digest("hex")}`, size: bytes.length };
+    if (await this.touch(info.digest)) return info;
+    const partial = join(this.root, "tmp", `${Date.now()}-${randomBytes(6).toString("hex")}`);
+    try {
+      await writeFile(partial, bytes, { mode: 0o600 });
+      await rename(partial, this.path(info.digest));
+      this.added += info.size;
+      if (this.total !== undefined) this.total += info.size;
+      return info;
+    } finally {
+      await rm(partial, { force: true });
+    }
   }
 
   /** Whether a blob is still here; marks it used. */
