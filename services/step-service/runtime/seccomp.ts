@@ -523,8 +523,17 @@ export function allowedSyscalls(arch: string = process.arch): string[] {
   return [...new Set(names)].filter((name) => !denied.has(name)).sort();
 }
 
-/** The OCI runtime spec's linux.seccomp for a step. */
+/** The profiles made so far, by architecture: the same for every step. */
+const profiles = new Map<string, object>();
+
+/** The OCI runtime spec's linux.seccomp for a step (one object per architecture, shared: never change it). */
 export function seccompProfile(arch: string = process.arch): object {
+  let profile = profiles.get(arch);
+  if (!profile) profiles.set(arch, (profile = makeProfile(arch)));
+  return profile;
+}
+
+function makeProfile(arch: string): object {
   return {
     defaultAction: "SCMP_ACT_ERRNO",
     defaultErrnoRet: EPERM,
