@@ -330,8 +330,9 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
     const propsFile = await propertiesFile(work, properties);
     let n = 0;
     const changed = () => ({ ...properties, environment: { ...properties.environment, run: ++n } });
-    const times: Record<"floor" | "warm" | "props" | "cli" | "runcTrue" | "ruby" | "help" | "node", number[]> = {
+    const times: Record<"floor" | "fresh" | "warm" | "props" | "cli" | "runcTrue" | "ruby" | "help" | "node", number[]> = {
       floor: [],
+      fresh: [],
       warm: [],
       props: [],
       cli: [],
@@ -350,6 +351,9 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
       times.props.push(await seconds(() => steprunnerStep(sample, "main", props)));
       currentScenario = "";
       times.cli.push(await seconds(() => runQuiet(CLI, ["run", "--repo", sample, "--rev", "main", "--action", "hello", "--properties", propsFile])));
+      await probeBundle.setArgs(ACTION_ARGS);
+      await probeBundle.fresh();
+      times.fresh.push(await seconds(() => probeBundle.run(`bench-fresh-${i}`)));
       await probeBundle.setArgs(["true"]);
       times.runcTrue.push(await seconds(() => probeBundle.run(`bench-true-${i}`)));
       await probeBundle.setArgs(["ruby", "-e", "0"]);
@@ -359,7 +363,7 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
     }
     await probeBundle.setArgs(ACTION_ARGS);
     const floor = median(times.floor);
-    const why = `runc alone (\`true\`): ${(median(times.runcTrue) * 1000).toFixed(0)} ms, \`ruby -e 0\`: ${(median(times.ruby) * 1000).toFixed(0)} ms, so Rake, actions.rb and the OpsChain library add ${((floor - median(times.ruby)) * 1000).toFixed(0)} ms`;
+    const why = `runc alone (\`true\`): ${(median(times.runcTrue) * 1000).toFixed(0)} ms, \`ruby -e 0\`: ${(median(times.ruby) * 1000).toFixed(0)} ms, so Rake, actions.rb and the OpsChain library add ${((floor - median(times.ruby)) * 1000).toFixed(0)} ms; the floor's overlay is kept from run to run, and with a new one each run, as every step has, the action takes ${(median(times.fresh) * 1000).toFixed(0)} ms`;
     record({
       name: "F1. floor: the action alone in a bare runc container",
       ours: floor,

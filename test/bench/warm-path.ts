@@ -68,15 +68,34 @@ function execText(file: string, argv: string[]): Promise<{ stdout: string }> {
 }
 
 /**
- * One bare runc bundle over a step image: an overlay of its layers with a fresh upper directory, the step's
- * step_context.json bind-mounted read-only where the step-service mounts it, the repository folder owned by
- * the image's user, and `runc spec`'s defaults otherwise (no seccomp profile, no resource limits, no services).
+ * One bare runc bundle over a step image: an overlay of its layers with a fresh upper directory (mounted once,
+ * and kept from run to run unless fresh() makes a new one), the step's step_context.json bind-mounted read-only
+ * where the step-service mounts it, the repository folder owned by the image's user, and `runc spec`'s defaults
+ * otherwise (no seccomp profile, no resource limits, no services).
  */
 export class BareBundle {
   private constructor(
     readonly dir: string,
     private readonly runcRoot: string,
+    private readonly lowerdir: string,
   ) {}
+
+  /** The repository folder, made in the overlay owned by the image's user. */
+  private repository?: { path: string; uid: number; gid: number };
+
+  /** The overlay, mounted on the bundle's rootfs with an empty upper directory. */
+  private async mount(): Promise<void> {
+    await mkdir(join(this.dir, "upper"));
+    await mkdir(join(this.dir, "work"));
+    await runQuiet("mount", [
+      "-t",
+      "overlay",
+      "overlay",
+      "-o",
+      `lowerdir=${this.lowerdir},upperdir=${join(this.dir, "upper")},workdir=${join(this.dir, "work")}`,
+      join(this.dir, "rootfs"),
+    ]);
+  }
 
   static async create(
     work: string,
@@ -89,22 +108,13 @@ export class BareBundle {
     const dir = join(work, name);
     const rootfs = join(dir, "rootfs");
     await mkdir(rootfs, { recursive: true });
-    await mkdir(join(dir, "upper"));
-    await mkdir(join(dir, "work"));
-    await runQuiet("mount", [
-      "-t",
-      "overlay",
-      "overlay",
-      "-o",
-      `lowerdir=${image.lowerdir},upperdir=${join(dir, "upper")},workdir=${join(dir, "work")}`,
-      rootfs,
-    ]);
-    const bundle = new BareBundle(dir, join(work, "runc"));
+    const bundle = new BareBundle(dir, join(work, "runc"), image.lowerdir);
+    await bundle.mount();
     try {
       const user = await resolveUser(rootfs, image.user);
       const repoDir = `/opt/opschain/${repoFolder}`;
-      await mkdir(join(rootfs, repoDir), { recursive: true });
-      await chown(join(rootfs, repoDir), user.uid, user.gid);
+      bundle.repository = { path: join(rootfs, repoDir), uid: user.uid, gid: user.gid };
+      await bundle.makeRepositoryFolder();
       await writeFile(join(dir, "step_context.json"), stepContext, { mode: 0o644 });
       await runQuiet("runc", ["spec", "--bundle", dir]);
       const spec = JSON.parse(await readFile(join(dir, "config.json"), "utf8"));
@@ -140,6 +150,24 @@ export class BareBundle {
     const spec = JSON.parse(await readFile(join(this.dir, "config.json"), "utf8"));
     spec.process.args = args;
     await writeFile(join(this.dir, "config.json"), JSON.stringify(spec));
+  }
+
+  /**
+   * A new overlay with an empty upper directory (untimed, before run), as every step gets, in place of the one
+   * earlier runs used, whose caches they warmed. The repository folder is made again as create() made it.
+   */
+  async fresh(): Promise<void> {
+    await runQuiet("umount", [join(this.dir, "rootfs")]);
+    await rm(join(this.dir, "upper"), { recursive: true, force: true });
+    await rm(join(this.dir, "work"), { recursive: true, force: true });
+    await this.mount();
+    await this.makeRepositoryFolder();
+  }
+
+  private async makeRepositoryFolder(): Promise<void> {
+    if (!this.repository) return;
+    await mkdir(this.repository.path, { recursive: true });
+    await chown(this.repository.path, this.repository.uid, this.repository.gid);
   }
 
   /** Runs the container to its end (`runc run`, which deletes it on exit). */
