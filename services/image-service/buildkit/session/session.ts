@@ -1,6 +1,5 @@
 import { randomUUID } from "node:crypto";
 import * as http2 from "node:http2";
-import * as net from "node:net";
 import type { Duplex } from "node:stream";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
@@ -8,7 +7,6 @@ import { HealthCheckResponseSchema, HealthCheckResponse_ServingStatus } from "..
 import { GetSecretRequestSchema, GetSecretResponseSchema } from "../../../../gen/moby/buildkit/secrets/v1/secrets_pb.js";
 import { CredentialsRequestSchema, CredentialsResponseSchema } from "../../../../gen/moby/filesync/v1/filesync_pb.js";
 import type { RegistryCredentials } from "../../../shared/registry/credentials.js";
-import { replaying } from "../../../shared/server/replaying-duplex.js";
 import type { BuildKitAddress } from "../address.js";
 import { upgradeDockerConnection } from "../docker-upgrade.js";
 import { type LocalSource, type TransferObserver, sendDirectory, syncOption } from "./file-sync.js";
@@ -131,7 +129,8 @@ export class BuildKitSession {
     const remember = (error: unknown) => (this.failure ??= error);
     // The daemon resets the connection or the tunnel whenever a build ends early: that ends the session only.
     socket.on("error", remember);
-    const session = http2.performServerHandshake(socket instanceof net.Socket ? replaying(socket, Buffer.alloc(0)) : socket);
+    // An upgraded socket is served as it is: Node's HTTP/2 session reads the bytes pushed back onto it first.
+    const session = http2.performServerHandshake(socket);
     session.on("error", remember);
     serveGrpc(session, methods, remember);
     this.http2Session = session;
