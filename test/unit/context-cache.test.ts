@@ -42,6 +42,26 @@ describe("the image-service's context cache", () => {
     for (const directory of remote.directories) assert.equal(again.contextSources[directory.name], directory.hostPath, directory.name);
   });
 
+  it("describes a context with one GetContext, and makes it local after that without asking again", async () => {
+    const provider = new LocalContextProvider(dir);
+    const contextId = await provider.add({
+      files: { "described.rb": "task :described\n" },
+      properties: {},
+      dockerfile: "FROM scratch\n",
+      defaultDockerfile: true,
+    });
+    let asked = 0;
+    const counting = { describe: (id: string) => (asked++, provider.describe(id)), read: provider.read.bind(provider) };
+    const cache = new ContextCache(counting, join(dir, "described"));
+    const description = await cache.describe(contextId);
+    assert.deepEqual([description.contextId, description.defaultDockerfile, asked], [contextId, true, 1]);
+    assert.deepEqual(await readdir(join(dir, "described")).catch(() => []), [], "no file made local by a description");
+    const local = await cache.materialize(contextId);
+    assert.equal(local.stepContextZip.digest, description.stepContextZip.digest);
+    assert.equal(await cache.describe(contextId), local, "described from the local context now");
+    assert.equal(asked, 1);
+  });
+
   it("removes contexts unused for longer than its limit, and keeps those in use", async () => {
     const provider = new LocalContextProvider(dir);
     const add = (name: string) => provider.add({ files: { [name]: name }, properties: {}, dockerfile: "FROM scratch\n", defaultDockerfile: false });

@@ -41,6 +41,8 @@ export interface ContextProvider {
 const CONTEXT_ID = /^sha256:[0-9a-f]{64}$/;
 const SWEEP_INTERVAL_MS = 10 * 60_000;
 const RECENT_CONTEXTS = 256;
+/** How long a description's file locations are trusted for making its context local. */
+const DESCRIPTION_FRESH_MS = 10_000;
 
 /**
  * Makes prepared contexts local. The repository's directories (and repo.tar) are read where the context-service
@@ -54,8 +56,11 @@ export class ContextCache implements ContextSource {
   private lastSweep = Date.now();
   /** Contexts made local lately, least recently used first. */
   private readonly recent = new Map<string, RecentContext>();
-  /** Contexts described lately, least recently used first: a context's id names its content, so a description never changes. */
-  private readonly descriptions = new Map<string, ContextDescription>();
+  /**
+   * Contexts described lately, least recently used first, with the context-service's answer and when it came: a
+   * context's id names its content, so its description never changes; where its files lie may (see fetch).
+   */
+  private readonly descriptions = new Map<string, { description: ContextDescription; remote: RemoteContext; at: number }>();
   /** The directories a context just fetched reads in place, until materialize() remembers them with it. */
   private readonly inPlace = new Map<string, RemoteDirectory[]>();
 
@@ -73,10 +78,11 @@ export class ContextCache implements ContextSource {
    */
   async describe(contextId: string, signal?: AbortSignal): Promise<ContextDescription> {
     checkContextId(contextId);
-    const known = this.recent.get(contextId)?.context ?? this.descriptions.get(contextId);
+    const known = this.recent.get(contextId)?.context ?? this.descriptions.get(contextId)?.description;
     if (known) return known;
-    const description = describedBy(await this.provider.describe(contextId, signal));
-    this.descriptions.set(contextId, description);
+    const remote = await this.provider.describe(contextId, signal);
+    const description = describedBy(remote);
+    this.descriptions.set(contextId, { description, remote, at: Date.now() });
     if (this.descriptions.size > RECENT_CONTEXTS) this.descriptions.delete(this.descriptions.keys().next().value!);
     return description;
   }
@@ -129,7 +135,10 @@ export class ContextCache implements ContextSource {
   }
 
   private async fetch(contextId: string, signal: AbortSignal): Promise<LocalContext> {
-    const remote = await this.provider.describe(contextId, signal);
+    // The answer describe() just had (a build right after its reuse check) saves a second GetContext; an older
+    // one is asked again, for where the context-service keeps the files now.
+    const described = this.descriptions.get(contextId);
+    const remote = described && Date.now() - described.at < DESCRIPTION_FRESH_MS ? described.remote : await this.provider.describe(contextId, signal);
     const root = join(this.dir, contextId.slice(7));
     const saved = await readFile(join(root, "sources.json"), "utf8").then(
       (text) => JSON.parse(text) as Record<string, string>,
