@@ -13,6 +13,7 @@ import type { LayerDirectory, RepositoryOptions } from "./repository-layers.js";
 import { SingleFlight } from "../../shared/single-flight.js";
 import { type PropertySetInput, type StepContextValues, checkStepContextInput, redactSecrets, stepContextDocument, zipStepContext } from "./step-context.js";
 import { writeFileAtomic } from "../../shared/files/atomic-write.js";
+import { keepRecent } from "../../shared/recent-entries.js";
 
 export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip" | "trust-store-tar";
 
@@ -139,8 +140,7 @@ export class ContextPreparer {
       return recent;
     }
     const record = await this.assembleAt(input, configuredFolder, revision, signal);
-    this.recent.set(recentKey(input, configuredFolder, record.gitSha), record);
-    if (this.recent.size > RECENT_CONTEXTS) this.recent.delete(this.recent.keys().next().value!);
+    keepRecent(this.recent, recentKey(input, configuredFolder, record.gitSha), record, RECENT_CONTEXTS);
     return record;
   }
 
@@ -239,8 +239,7 @@ export class ContextPreparer {
       custom && refersToRepoTar(custom.toString("utf8")) ? await inSpan("context.repo_tar", {}, () => this.repoTar(directories, signal)) : undefined;
     const parts: CommitParts = { gitSha: commit.gitSha, repoFolder, repositoryId: commit.repositoryId, warnings, options, directories, custom, repoTar };
     // Keyed by the commit git named: a moving ref may have moved since `revision` was read.
-    this.commits.set(JSON.stringify([input.repositoryUrl, commit.gitSha, configuredFolder, options]), parts);
-    if (this.commits.size > RECENT_CONTEXTS) this.commits.delete(this.commits.keys().next().value!);
+    keepRecent(this.commits, JSON.stringify([input.repositoryUrl, commit.gitSha, configuredFolder, options]), parts, RECENT_CONTEXTS);
     return parts;
   }
 

@@ -8,6 +8,7 @@ import { SingleFlight } from "../../shared/single-flight.js";
 import { stableTime } from "../../shared/stable-time.js";
 import { ImageError, invalidField } from "./errors.js";
 import type { ContextDescription, ContextFileInfo, ContextSource, LocalContext, RepositoryOptions } from "./model.js";
+import { keepRecent } from "../../shared/recent-entries.js";
 
 export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip" | "trust-store-tar";
 
@@ -82,8 +83,7 @@ export class ContextCache implements ContextSource {
     if (known) return known;
     const remote = await this.provider.describe(contextId, signal);
     const description = describedBy(remote);
-    this.descriptions.set(contextId, { description, remote, at: Date.now() });
-    if (this.descriptions.size > RECENT_CONTEXTS) this.descriptions.delete(this.descriptions.keys().next().value!);
+    keepRecent(this.descriptions, contextId, { description, remote, at: Date.now() }, RECENT_CONTEXTS);
     return description;
   }
 
@@ -101,9 +101,7 @@ export class ContextCache implements ContextSource {
     const current = this.recent.get(contextId);
     const entry = current?.context === context ? current : { context, inPlace: this.inPlace.get(contextId) ?? [] };
     this.inPlace.delete(contextId);
-    this.recent.delete(contextId);
-    this.recent.set(contextId, entry);
-    if (this.recent.size > RECENT_CONTEXTS) this.recent.delete(this.recent.keys().next().value!);
+    keepRecent(this.recent, contextId, entry, RECENT_CONTEXTS);
     const now = new Date();
     await utimes(join(this.dir, contextId.slice(7)), now, now).catch(() => undefined);
     if (Date.now() - this.lastSweep > Math.min(this.maxAgeMs, SWEEP_INTERVAL_MS)) await this.sweep();

@@ -18,6 +18,7 @@ import { buildCancelled, failedPrecondition, ImageError, invalidField, notFound,
 import type { BuildEvent, BuildRequest, ContextDescription, ContextSource, Handoff, ImageResult, LocalContext } from "./model.js";
 import type { ReuseRecord, ReuseRecords } from "./reuse-records.js";
 import { findSyntaxDirective, isNotUnderstood, registryHostOf, type SyntaxDirective, type SyntaxPolicy } from "./syntax-directive.js";
+import { keepRecent } from "../../shared/recent-entries.js";
 
 /** Runs a Dockerfile build on BuildKit (buildDockerfile over a BuildKitClient in production). */
 export interface DockerfileBuilder {
@@ -441,8 +442,7 @@ export class ImageBuilder {
       return known;
     const inspect = await this.images.inspectImage(imageId, signal);
     if (inspect) {
-      this.inspected.set(imageId, inspect);
-      if (this.inspected.size > INSPECTED_IMAGES) this.inspected.delete(this.inspected.keys().next().value!);
+      keepRecent(this.inspected, imageId, inspect, INSPECTED_IMAGES);
     } else this.inspected.delete(imageId);
     return inspect;
   }

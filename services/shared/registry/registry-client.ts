@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { Readable, Transform } from "node:stream";
 import type { ReadableStream as WebReadableStream } from "node:stream/web";
+import { keepRecent } from "../recent-entries.js";
 
 export const MANIFEST_MEDIA_TYPES = ["application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"] as const;
 
@@ -89,8 +90,7 @@ export class RegistryClient {
     const bytes = Buffer.from(await response.arrayBuffer());
     if (sha256(bytes) !== descriptor.digest) throw new RegistryError(`config ${descriptor.digest} failed its digest check`, 502);
     const config = JSON.parse(bytes.toString("utf8")) as ImageConfigFile;
-    this.configs.set(descriptor.digest, config);
-    if (this.configs.size > CONFIGS_KEPT) this.configs.delete(this.configs.keys().next().value!);
+    keepRecent(this.configs, descriptor.digest, config, CONFIGS_KEPT);
     return structuredClone(config);
   }
 

@@ -6,6 +6,7 @@ import { unzipSync } from "fflate";
 import { ContextFileKind, ContextService, StepContextValuesSchema } from "../../../gen/steprunner/context/v1/context_service_pb.js";
 import type { ContextPreparer, PartTimer, PreparedStepContext, StepRequest } from "../steps/ports.js";
 import { callService } from "./service-calls.js";
+import { keepRecent } from "../../shared/recent-entries.js";
 
 /** The largest step context read back (the context-service limits properties far below this). */
 const MAX_STEP_CONTEXT_ZIP_BYTES = 64 * 1024 * 1024;
@@ -62,8 +63,7 @@ export class ContextServicePreparer implements ContextPreparer {
       const local = await readSharedFile(context.secretStepContext);
       stepContext = local ? unzipStepContext(local, context.contextId) : await this.readStepContext(context.contextId, signal);
       if (digest && (context.secretStepContext?.sizeBytes ?? 0n) <= BigInt(MAX_KEPT_STEP_CONTEXT_BYTES)) {
-        this.stepContexts.set(digest, stepContext);
-        if (this.stepContexts.size > STEP_CONTEXTS_KEPT) this.stepContexts.delete(this.stepContexts.keys().next().value!);
+        keepRecent(this.stepContexts, digest, stepContext, STEP_CONTEXTS_KEPT);
       }
       onPart(local ? "step-context-shared-file" : "read-step-context-rpc", performance.now() - started);
     }

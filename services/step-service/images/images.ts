@@ -2,6 +2,7 @@ import { access } from "node:fs/promises";
 import { parseImageReference } from "../../shared/registry/image-reference.js";
 import { type ImageManifest, RegistryClient } from "../../shared/registry/registry-client.js";
 import type { LayerBlob, LayerStore } from "./layer-store.js";
+import { keepRecent } from "../../shared/recent-entries.js";
 
 /** What a container needs of an image's config. */
 export interface ImageRunConfig {
@@ -87,8 +88,7 @@ export class ImageMaterialiser {
     if (known) return known;
     const { manifest } = await registry.manifest(repository, reference, signal);
     if (reference.startsWith("sha256:")) {
-      this.manifests.set(key, manifest);
-      if (this.manifests.size > MANIFESTS_KEPT) this.manifests.delete(this.manifests.keys().next().value!);
+      keepRecent(this.manifests, key, manifest, MANIFESTS_KEPT);
     }
     return manifest;
   }

@@ -13,6 +13,7 @@ import type { ImageRootfs } from "../images/images.js";
 import { DEFAULT_CGROUP_ROOT, detectCgroups, type StepCgroups } from "./cgroups.js";
 import { insideRoot } from "./paths.js";
 import { buildSpec, type Limits, type ResolvedUser, resolveUser } from "./spec.js";
+import { keepRecent } from "../../shared/recent-entries.js";
 
 const exec = promisify(execFile);
 /**
@@ -185,8 +186,7 @@ export class ContainerRuntime {
   }
 
   private remember(key: string, prepared: PreparedImage): void {
-    this.prepared.set(key, prepared);
-    if (this.prepared.size > PREPARED_IMAGES) this.prepared.delete(this.prepared.keys().next().value!);
+    keepRecent(this.prepared, key, prepared, PREPARED_IMAGES);
   }
 
   /**

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import type { BuiltStepImage, ImageBuilder, StepRequest } from "./ports.js";
+import { keepRecent } from "../../shared/recent-entries.js";
 
 /** How many kinds of step (requests alike but for their ids) are remembered. */
 const REMEMBERED_REQUESTS = 256;
@@ -71,10 +72,7 @@ export class ImageSpeculation {
 
   /** Notes the context a request was prepared as, for the next request like it. */
   remember(request: StepRequest, contextId: string): void {
-    const key = requestKey(request);
-    this.lastContexts.delete(key);
-    this.lastContexts.set(key, contextId);
-    if (this.lastContexts.size > REMEMBERED_REQUESTS) this.lastContexts.delete(this.lastContexts.keys().next().value!);
+    keepRecent(this.lastContexts, requestKey(request), contextId, REMEMBERED_REQUESTS);
   }
 }
 
