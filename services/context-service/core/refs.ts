@@ -1,5 +1,6 @@
-import { readFileSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import { join } from "node:path";
+import { readSmallFile } from "../../shared/files/small-files.js";
 
 const SHA = /^[0-9a-f]{40}$/;
 /** The refs read here: branches, HEAD, and the mirror's copy of the remote's HEAD. Tags may need peeling: git's. */
@@ -11,15 +12,12 @@ const READABLE = /^(HEAD|refs\/heads\/[A-Za-z0-9._/-]+|refs\/steprunner\/HEAD)$/
  * Undefined whenever the files do not say it plainly (a worktree's .git file, the reftable format, a symbolic
  * ref other than HEAD, a ref that is in neither place or is being repacked): the caller then asks git, which
  * stays the authority. The commit itself is not checked: git keeps branches on commits.
- *
- * The reads are synchronous: they are a few small local files, which a synchronous call reads in microseconds,
- * where each round trip through libuv's thread pool costs a tenth of a millisecond or more, and a warm step
- * makes about ten of them.
+ * The reads are synchronous (readSmallFile says why).
  */
 export function readRef(gitDir: string, ref: string, depth = 0): string | undefined {
   if (!READABLE.test(ref) || ref.split("/").some((part) => part === "" || part === "." || part === "..") || depth > 1) return undefined;
   if (exists(join(gitDir, "commondir")) || exists(join(gitDir, "reftable"))) return undefined;
-  const looseText = readText(join(gitDir, ref));
+  const looseText = readSmallFile(join(gitDir, ref));
   const loose = looseText?.trim();
   if (loose !== undefined) {
     if (SHA.test(loose)) return loose;
@@ -33,12 +31,12 @@ export function readRef(gitDir: string, ref: string, depth = 0): string | undefi
 /** Whether a ref exists as a loose file or in packed-refs (for telling a branch from a tag of the same name). */
 export function refExists(gitDir: string, ref: string): boolean {
   if (exists(join(gitDir, ref))) return true;
-  const packed = readText(join(gitDir, "packed-refs")) ?? "";
+  const packed = readSmallFile(join(gitDir, "packed-refs")) ?? "";
   return packed.split("\n").some((line) => line.slice(41) === ref && SHA.test(line.slice(0, 40)));
 }
 
 function packedRef(gitDir: string, ref: string): string | undefined {
-  const packed = readText(join(gitDir, "packed-refs")) ?? "";
+  const packed = readSmallFile(join(gitDir, "packed-refs")) ?? "";
   for (const line of packed.split("\n")) {
     if (line.slice(41) === ref && line[40] === " " && SHA.test(line.slice(0, 40))) return line.slice(0, 40);
   }
@@ -52,12 +50,4 @@ function exists(path: string): boolean {
 /** Whether a path is a directory (git's directories, a mirror). */
 export function isDirectory(path: string): boolean {
   return statSync(path, { throwIfNoEntry: false })?.isDirectory() ?? false;
-}
-
-function readText(path: string): string | undefined {
-  try {
-    return readFileSync(path, "utf8");
-  } catch {
-    return undefined;
-  }
 }

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream, readFileSync, statSync } from "node:fs";
+import { createReadStream, createWriteStream, statSync } from "node:fs";
 import { mkdir, readFile, readdir, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -9,6 +9,7 @@ import { stableTime } from "../../shared/stable-time.js";
 import { ImageError, invalidField } from "./errors.js";
 import type { ContextDescription, ContextFileInfo, ContextSource, LocalContext, RepositoryOptions } from "./model.js";
 import { keepRecent } from "../../shared/recent-entries.js";
+import { readSmallFile } from "../../shared/files/small-files.js";
 
 export type ContextFileKind = "repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip" | "trust-store-tar";
 
@@ -296,10 +297,6 @@ async function sharedFile(file: ContextFileInfo): Promise<boolean> {
 function sharedDirectoriesHere(directories: RemoteDirectory[]): boolean {
   return directories.every((directory) => {
     if (directory.identity === "empty") return statSync(directory.hostPath, { throwIfNoEntry: false })?.isDirectory() === true;
-    try {
-      return readFileSync(`${directory.hostPath}.identity`, "utf8") === directory.identity;
-    } catch {
-      return false;
-    }
+    return readSmallFile(`${directory.hostPath}.identity`) === directory.identity;
   });
 }

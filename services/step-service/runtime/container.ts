@@ -14,6 +14,7 @@ import { DEFAULT_CGROUP_ROOT, detectCgroups, type StepCgroups } from "./cgroups.
 import { insideRoot } from "./paths.js";
 import { buildSpec, type Limits, type ResolvedUser, resolveUser } from "./spec.js";
 import { keepRecent } from "../../shared/recent-entries.js";
+import { readSmallFile } from "../../shared/files/small-files.js";
 
 const exec = promisify(execFile);
 /**
@@ -413,9 +414,9 @@ function exists(path: string): boolean {
 
 /** Kills a `runc run` left by a crashed service, if that pid is still the runc of this container. */
 async function killOrphanedRunc(pidFile: string, id: string): Promise<void> {
-  const pid = Number(readText(pidFile) || "0");
+  const pid = Number(readSmallFile(pidFile) || "0");
   if (!pid) return;
-  const cmdline = readText(`/proc/${pid}/cmdline`);
+  const cmdline = readSmallFile(`/proc/${pid}/cmdline`) ?? "";
   if (!cmdline.split("\0").includes(id)) return;
   try {
     process.kill(pid, "SIGKILL");
@@ -426,7 +427,7 @@ async function killOrphanedRunc(pidFile: string, id: string): Promise<void> {
 }
 
 function runcError(logFile: string): string | undefined {
-  const text = readText(logFile);
+  const text = readSmallFile(logFile) ?? "";
   for (const line of text.split("\n")) {
     if (!line) continue;
     try {
@@ -437,15 +438,6 @@ function runcError(logFile: string): string | undefined {
     }
   }
   return undefined;
-}
-
-/** A small file's text, or "" when it cannot be read. */
-function readText(path: string): string {
-  try {
-    return readFileSync(path, "utf8");
-  } catch {
-    return "";
-  }
 }
 
 function signalNameOf(number: number): string | null {
