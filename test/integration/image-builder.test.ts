@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, rm, stat } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -147,10 +147,12 @@ describe(
       const again = await images.build(request(await context({ files })), () => {});
       assert.equal(again.reused, true);
       assert.equal(again.imageId, first.imageId);
-      const otherProperties = await images.build(request(await context({ files, properties: { project: { changed: true } } })), () => {});
+      const otherContext = await context({ files, properties: { project: { changed: true } } });
+      const otherProperties = await images.build(request(otherContext), () => {});
       assert.equal(otherProperties.reused, true, "the default Dockerfile keeps properties out of the image");
       assert.equal(otherProperties.imageId, first.imageId);
       assert.equal(counting.solves, solves, "no solve");
+      assert.ok(!(await readdir(join(work, "cache"))).includes(otherContext.slice(7)), "a reuse makes none of the new context's files local");
     });
 
     it("with reuse bypassed, builds the same commit again from BuildKit's cache without sending the repository again", async () => {
