@@ -11,9 +11,9 @@ if [[ "$(cat node_modules/.steprunner-lock-digest 2>/dev/null)" != "$lock_digest
   echo "$lock_digest" >node_modules/.steprunner-lock-digest
 fi
 npx tsc -p .
-# The CLI bundled (dist/services/cli-bundle/steprunner.mjs, a chunk per command): a command loads a few files,
+# The CLI bundled (dist/services/cli-bundle/: a launcher with a code cache per command, and the program): one file,
 # not hundreds of modules. Made again only when what it bundles changed.
-bundle=dist/services/cli-bundle/steprunner.mjs
+bundle=dist/services/cli-bundle/steprunner.cjs
 if [[ ! -f "$bundle" ]] || [[ -n "$(find dist/services dist/gen -name '*.js' -newer "$bundle" -print -quit)" ]]; then
   npm run --silent bundle:cli
 fi

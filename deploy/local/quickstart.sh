@@ -9,7 +9,7 @@ source "$here/env.sh"
 
 # `steprunner` on PATH, as the README uses it: a symlink to this clone's CLI, made again on every run (it may
 # point at another clone). A file of that name that is not a symlink is someone else's and is left alone.
-cli="$STEPRUNNER_ROOT/dist/services/cli-bundle/steprunner.mjs"
+cli="$STEPRUNNER_ROOT/dist/services/cli-bundle/steprunner.cjs"
 link=/usr/local/bin/steprunner
 if [[ -e "$link" && ! -L "$link" ]]; then
   log "warning: $link exists and is not a symlink; left as it is (run the CLI as: node $cli)"

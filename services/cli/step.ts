@@ -10,7 +10,7 @@ import {
   type Step,
   StepService,
   StepState,
-  StepSchema,
+  StepResultSchema,
 } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../shared/client/transport.js";
 import { BuildProgressPrinter } from "./build-progress.js";
@@ -83,7 +83,7 @@ export async function presentStep(responses: AsyncIterable<RunStepResponse>, pro
   if (progress !== "json") {
     if (finished.imageId) console.error(`image ${finished.imageId} ${finished.imageReused ? "reused: nothing to build" : "built"}`);
     console.error(`step ${finished.id}: ${StepState[finished.state].toLowerCase()} (${finished.reason})`);
-    if (finished.result) console.log(JSON.stringify((toJson(StepSchema, finished) as JsonObject).result, null, 2));
+    if (finished.result) console.log(JSON.stringify(toJson(StepResultSchema, finished.result), null, 2));
   }
   return finished;
 }

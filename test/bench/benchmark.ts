@@ -42,7 +42,7 @@ const { values: args } = parseArgs({
 const SECTIONS = new Set(args.only!.split(","));
 const want = (section: string) => SECTIONS.has(section);
 const RUNS = Number(args.runs);
-const CLI = join(ROOT, "dist/services/cli-bundle/steprunner.mjs");
+const CLI = join(ROOT, "dist/services/cli-bundle/steprunner.cjs");
 const properties = {
   project: { app: "bench", opschain: { env: { GREETING: "hello" } } },
   environment: { region: "bench", opschain: { env: { REGION: "bench-1" } } },

@@ -30,7 +30,7 @@ describe("the local stack's lifecycle", () => {
     const pidsBefore = await daemonPids();
     const imageBefore = await registry.manifest(reference.repository, reference.reference);
     const builtBefore = (await stat("dist/services/cli/main.js")).mtimeMs;
-    const bundledBefore = (await stat("dist/services/cli-bundle/steprunner.mjs")).mtimeMs;
+    const bundledBefore = (await stat("dist/services/cli-bundle/steprunner.cjs")).mtimeMs;
 
     const result = await run("deploy/local/up.sh", [], { timeoutMs: 600_000 });
     assert.equal(result.code, 0, result.stderr);
@@ -44,7 +44,7 @@ describe("the local stack's lifecycle", () => {
     assert.equal(Object.keys(pidsBefore).length, 5);
     assert.equal((await registry.manifest(reference.repository, reference.reference)).digest, imageBefore.digest);
     assert.equal((await stat("dist/services/cli/main.js")).mtimeMs, builtBefore, "nothing was recompiled");
-    assert.equal((await stat("dist/services/cli-bundle/steprunner.mjs")).mtimeMs, bundledBefore, "the CLI was not bundled again");
+    assert.equal((await stat("dist/services/cli-bundle/steprunner.cjs")).mtimeMs, bundledBefore, "the CLI was not bundled again");
   });
 
   it("taken down, leaves no process, mount or socket of ours", async () => {

@@ -7,7 +7,7 @@ import { promisify } from "node:util";
 /** The repository root (tests run from dist/test/…). */
 export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 /** The CLI as the build ships it (bundled; the quick start links it as `steprunner`). */
-export const CLI = join(ROOT, "dist/services/cli-bundle/steprunner.mjs");
+export const CLI = join(ROOT, "dist/services/cli-bundle/steprunner.cjs");
 
 const env = (name: string, fallback: string) => process.env[name] || fallback;
 
