@@ -8,6 +8,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 root="$STEPRUNNER_STATE_DIR/buildkitd"
 config="$STEPRUNNER_RUN_DIR/buildkitd.toml"
+# buildkitd's temporary mounts (a snapshot it reads an image's users from, say) go in its TMPDIR: one of ours,
+# so that what a killed buildkitd left mounted there is found and unmounted, not left in the host's /tmp.
+tmp="$STEPRUNNER_RUN_DIR/buildkitd-tmp"
 : "${STEPRUNNER_BUILDKITD_KEEP_BYTES:=10000000000}"
 
 # Answering: it lists a worker over its Control API (with our own client, as the image-service will).
@@ -34,8 +37,10 @@ case "${1:-}" in
     command -v runc >/dev/null || die "buildkitd's OCI worker needs runc; run deploy/local/install.sh"
     stop_daemon buildkitd 5
     unmount_under "$root"
+    unmount_under "$tmp"
     remove_interrupted_build_jobs
-    mkdir -p "$root" "$STEPRUNNER_RUN_DIR"
+    rm -rf "$tmp"
+    mkdir -p "$root" "$STEPRUNNER_RUN_DIR" "$tmp"
     cat >"$config" <<TOML
 [registry."$STEPRUNNER_REGISTRY_ADDR"]
   http = true
@@ -45,7 +50,7 @@ case "${1:-}" in
 TOML
     rm -f "$BUILDKITD_SOCK"
     start_daemon buildkitd "$STEPRUNNER_STATE_DIR/logs/buildkitd.log" \
-      "$STEPRUNNER_BUILDKITD_BIN" --root "$root" --addr "unix://$BUILDKITD_SOCK" --config "$config" \
+      env TMPDIR="$tmp" "$STEPRUNNER_BUILDKITD_BIN" --root "$root" --addr "unix://$BUILDKITD_SOCK" --config "$config" \
         --containerd-worker=false --oci-worker=true --oci-worker-net=host \
         --allow-insecure-entitlement network.host
     wait_for buildkitd 60 answering
@@ -54,7 +59,9 @@ TOML
   stop)
     stop_daemon buildkitd 15
     unmount_under "$root"
+    unmount_under "$tmp"
     remove_interrupted_build_jobs
+    rm -rf "$tmp"
     rm -f "$BUILDKITD_SOCK" "$config"
     ;;
   status)
