@@ -8,6 +8,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { openSync, closeSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -199,6 +200,7 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
 
   it("runs 20 steps over both step-services and both shards; a SIGKILLed buildkitd's builds finish on the other; nothing leaks", async () => {
     const started = Date.now();
+    const hostTempMountsBefore = await buildkitMountsInHostTemp();
     const clients = (["step-service-a", "step-service-b"] as const).map((name) => {
       const transport = serviceTransport(addresses[name], {});
       transports.push(transport);
@@ -295,9 +297,23 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
       mountinfo.split("\n").filter((line) => line.split(" ")[4]?.startsWith(root)),
       [],
     );
+    // A daemon's temporary mounts are made in its TMPDIR, its own folder: the host's temp folder gets none.
+    assert.deepEqual(
+      (await buildkitMountsInHostTemp()).filter((mount) => !hostTempMountsBefore.includes(mount)),
+      [],
+    );
     console.log(
       `multi-host: ${STEPS} steps in ${elapsed} ms; killed buildkitd ${killed.daemon} ${killed.at - started} ms in, running ${killed.running.join(",")}; ` +
         `RUNs seen: ${[...new Set(seen.map((sighting) => `${sighting.lineage}@${sighting.daemon}`))].sort().join(" ")}; ${failedOver.length} steps told of the failover`,
     );
   });
 });
+
+/** Mounts BuildKit made in the host's temp folder (buildkit-mount*: a snapshot it reads an image's users from). */
+async function buildkitMountsInHostTemp(): Promise<string[]> {
+  const prefix = join(tmpdir(), "buildkit-mount");
+  return (await readFile("/proc/self/mountinfo", "utf8"))
+    .split("\n")
+    .map((line) => line.split(" ")[4] ?? "")
+    .filter((mountPoint) => mountPoint.startsWith(prefix));
+}

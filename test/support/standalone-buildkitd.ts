@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import { closeSync, existsSync, openSync } from "node:fs";
-import { chmod, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -44,6 +44,8 @@ export class StandaloneBuildKitd {
     try {
       const binary = process.env.STEPRUNNER_BUILDKITD_BIN || (await extract(SHARED_BUILDKITD_XZ, join(dir, "buildkitd")));
       await writeFile(join(dir, "buildkitd.toml"), `[registry."${stack.registry}"]\n  http = true\n`);
+      // Its temporary mounts (a snapshot it reads users from) in its own folder, where kill() and leftovers() see them.
+      await mkdir(join(dir, "tmp"));
       const log = openSync(join(dir, "buildkitd.log"), "a");
       const daemon = spawn(
         binary,
@@ -59,7 +61,7 @@ export class StandaloneBuildKitd {
           "--oci-worker-net=host",
           ...(options.allowNetworkHost ? ["--allow-insecure-entitlement", "network.host"] : []),
         ],
-        { stdio: ["ignore", log, log] },
+        { stdio: ["ignore", log, log], env: { ...process.env, TMPDIR: join(dir, "tmp") } },
       );
       closeSync(log);
       const buildkitd = new StandaloneBuildKitd(dir, daemon);
