@@ -20,7 +20,7 @@ import { serviceTransport } from "../../services/shared/client/transport.js";
 import type { StepServiceConfig } from "../../services/step-service/service.js";
 import { commitFiles, gitIn } from "../support/git-fixture.js";
 import { ROOT, samePassOnEither, stack } from "../support/stack.js";
-import { StandaloneBuildKitd, buildkitdUnavailable } from "../support/standalone-buildkitd.js";
+import { StandaloneBuildKitd, buildkitdUnavailable, mountPoints } from "../support/standalone-buildkitd.js";
 import { leftovers } from "../support/step-service.js";
 import { waitUntilServing } from "../support/rpc.js";
 
@@ -292,9 +292,8 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
     }
     for (const daemon of daemons) assert.deepEqual(await daemon.leftovers(), { processes: [], containers: [], mounts: [] });
     assert.deepEqual(await sightings(), []);
-    const mountinfo = await readFile("/proc/self/mountinfo", "utf8");
     assert.deepEqual(
-      mountinfo.split("\n").filter((line) => line.split(" ")[4]?.startsWith(root)),
+      (await mountPoints()).filter((mountPoint) => mountPoint.startsWith(root)),
       [],
     );
     // A daemon's temporary mounts are made in its TMPDIR, its own folder: the host's temp folder gets none.
@@ -312,8 +311,5 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
 /** Mounts BuildKit made in the host's temp folder (buildkit-mount*: a snapshot it reads an image's users from). */
 async function buildkitMountsInHostTemp(): Promise<string[]> {
   const prefix = join(tmpdir(), "buildkit-mount");
-  return (await readFile("/proc/self/mountinfo", "utf8"))
-    .split("\n")
-    .map((line) => line.split(" ")[4] ?? "")
-    .filter((mountPoint) => mountPoint.startsWith(prefix));
+  return (await mountPoints()).filter((mountPoint) => mountPoint.startsWith(prefix));
 }

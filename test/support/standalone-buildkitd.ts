@@ -189,12 +189,15 @@ async function extract(compressed: string, binary: string): Promise<string> {
   return binary;
 }
 
-/** Mount points at or below a folder, deepest first (mountinfo's fifth field, octal-escaped). */
-async function mountsUnder(dir: string): Promise<string[]> {
-  const mountinfo = await readFile("/proc/self/mountinfo", "utf8");
-  return mountinfo
+/** Every mount point this process sees (mountinfo's fifth field, octal escapes undone). */
+export async function mountPoints(): Promise<string[]> {
+  return (await readFile("/proc/self/mountinfo", "utf8"))
     .split("\n")
     .map((line) => line.split(" ")[4]?.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8))))
-    .filter((mountPoint): mountPoint is string => mountPoint !== undefined && (mountPoint === dir || mountPoint.startsWith(`${dir}/`)))
-    .sort((a, b) => b.length - a.length);
+    .filter((mountPoint): mountPoint is string => mountPoint !== undefined);
+}
+
+/** Mount points at or below a folder, deepest first. */
+async function mountsUnder(dir: string): Promise<string[]> {
+  return (await mountPoints()).filter((mountPoint) => mountPoint === dir || mountPoint.startsWith(`${dir}/`)).sort((a, b) => b.length - a.length);
 }
