@@ -36,6 +36,7 @@ export interface ImageServiceConfig {
   registryAuthFile?: string;
   contextsMaxAgeMs: number;
   reuseTtlMs: number;
+  baseImageRecheckMs: number;
   inUseHoldMs: number;
   pruneIntervalMs: number;
   maxConcurrentBuilds: number;
@@ -91,6 +92,7 @@ export function readImageServiceConfig(): ImageServiceConfig {
     registryAuthFile: setting("STEPRUNNER_REGISTRY_AUTH_FILE", "") || undefined,
     contextsMaxAgeMs: numberSetting("STEPRUNNER_IMAGE_CONTEXTS_MAX_AGE_MS", 24 * 3600_000),
     reuseTtlMs: numberSetting("STEPRUNNER_IMAGE_REUSE_TTL_HOURS", 168) * 3_600_000,
+    baseImageRecheckMs: numberSetting("STEPRUNNER_BASE_IMAGE_RECHECK_MS", 5000),
     inUseHoldMs: numberSetting("STEPRUNNER_IMAGE_IN_USE_HOLD_HOURS", 25) * 3_600_000,
     pruneIntervalMs: numberSetting("STEPRUNNER_IMAGE_PRUNE_INTERVAL_MINUTES", 60) * 60_000,
     maxConcurrentBuilds: numberSetting("STEPRUNNER_MAX_CONCURRENT_BUILDS", 8),

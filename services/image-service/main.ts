@@ -68,6 +68,7 @@ const images = new ImageBuilder({
     stepsRepository: config.stepsRepository,
     defaultHandoff: config.handoff,
     reuseTtlMs: config.reuseTtlMs,
+    baseImageRecheckMs: config.baseImageRecheckMs,
     maxConcurrentBuilds: config.maxConcurrentBuilds,
     transportAttempts: 3,
     registryCredentials,

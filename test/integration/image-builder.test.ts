@@ -9,7 +9,7 @@ import { BuildKitClient } from "../../services/image-service/buildkit/client.js"
 import { buildDockerfile } from "../../services/image-service/buildkit/dockerfile-build.js";
 import type { VertexEvent } from "../../services/image-service/buildkit/progress.js";
 import { ContextCache } from "../../services/image-service/core/context-cache.js";
-import { type DockerfileBuilder, ImageBuilder } from "../../services/image-service/core/image-builder.js";
+import { type DockerfileBuilder, ImageBuilder, type ImageBuilderSettings } from "../../services/image-service/core/image-builder.js";
 import type { BuildEvent, BuildRequest, Handoff } from "../../services/image-service/core/model.js";
 import { ReuseRecords } from "../../services/image-service/core/reuse-records.js";
 import { DockerApi } from "../../services/image-service/docker/docker-api.js";
@@ -48,6 +48,18 @@ describe(
     let images: ImageBuilder;
     const defaultDockerfile = loadDefaultDockerfile("0.1.0").text;
 
+    function newImageBuilderSettings(handoff: Handoff = "layer-store"): ImageBuilderSettings {
+      return {
+        defaultBaseRunner: stack.baseRunner,
+        version: "0.1.0",
+        stepsRepository: STEPS_REPOSITORY,
+        defaultHandoff: handoff,
+        reuseTtlMs: 3_600_000,
+        maxConcurrentBuilds: 4,
+        transportAttempts: 3,
+      };
+    }
+
     function newImageBuilder(recordsDir: string, cacheDir: string, handoff: Handoff = "layer-store"): ImageBuilder {
       return new ImageBuilder({
         contexts: new ContextCache(provider, cacheDir),
@@ -55,15 +67,7 @@ describe(
         images: docker,
         registry: new RegistryClient(stack.registry),
         records: new ReuseRecords(recordsDir),
-        settings: {
-          defaultBaseRunner: stack.baseRunner,
-          version: "0.1.0",
-          stepsRepository: STEPS_REPOSITORY,
-          defaultHandoff: handoff,
-          reuseTtlMs: 3_600_000,
-          maxConcurrentBuilds: 4,
-          transportAttempts: 3,
-        },
+        settings: newImageBuilderSettings(handoff),
       });
     }
 
@@ -231,6 +235,52 @@ describe(
       const [a, b] = await Promise.all([images.build(request(contextId), () => {}), images.build(request(contextId), () => {})]);
       assert.equal(counting.solves - solves, 1);
       assert.equal(a.imageId, b.imageId);
+    });
+
+    it("reads the base runner's digest from the registry once per recheck time, and builds on a tag pushed anew after it", async () => {
+      const repository = "steprunner-test/moving-base";
+      const tag = `t-${randomBytes(4).toString("hex")}`;
+      const baseRunner = `${stack.registry}/${repository}:${tag}`;
+      const registry = new RegistryClient(stack.registry);
+      let baseAsked = 0;
+      const counted: typeof registry = Object.assign(Object.create(registry), {
+        manifest: (name: string, reference: string, signal?: AbortSignal) => {
+          if (name === repository) baseAsked++;
+          return registry.manifest(name, reference, signal);
+        },
+      });
+      const recheckMs = 1500;
+      const builder = new ImageBuilder({
+        contexts: new ContextCache(provider, join(work, "cache")),
+        buildkit: counting,
+        images: docker,
+        registry: counted,
+        records: new ReuseRecords(join(work, "records-moving-base")),
+        settings: { ...newImageBuilderSettings(), baseImageRecheckMs: recheckMs },
+      });
+      await docker.tagImage(stack.baseRunner, `${stack.registry}/${repository}`, tag);
+      const pushedFirst = await docker.pushImage(`${stack.registry}/${repository}`, tag);
+      let pushedAgain: { digest: string } | undefined;
+      try {
+        const contextId = await context({});
+        const built = await builder.build(request(contextId, { baseRunner }), () => {});
+        const reused = await builder.build(request(contextId, { baseRunner, reuseOnly: true }), () => {});
+        assert.deepEqual([reused.reused, reused.imageId, baseAsked], [true, built.imageId, 1], "one registry request for both builds");
+        // The tag pushed anew, on another image (the one just built): a new base for the builds after the recheck time.
+        await docker.tagImage(built.imageId, `${stack.registry}/${repository}`, tag);
+        pushedAgain = await docker.pushImage(`${stack.registry}/${repository}`, tag);
+        assert.notEqual(pushedAgain.digest, pushedFirst.digest);
+        await new Promise((resolve) => setTimeout(resolve, recheckMs + 100));
+        const afterRecheck = await builder
+          .build(request(contextId, { baseRunner, reuseOnly: true }), () => {})
+          .catch((error) => ConnectError.from(toConnectError(error)));
+        assert.ok(afterRecheck instanceof ConnectError, "no image was built on the new base yet");
+        assert.equal(afterRecheck.code, Code.NotFound);
+        assert.equal(baseAsked, 2);
+      } finally {
+        await docker.removeImage(`${stack.registry}/${repository}:${tag}`).catch(() => {});
+        for (const pushed of [pushedFirst, pushedAgain]) if (pushed) await registry.deleteManifest(repository, pushed.digest).catch(() => {});
+      }
     });
 
     it("hands over through the registry: pushed, with the manifest's layers", async () => {

@@ -120,6 +120,80 @@ describe("reuse from a context's description", () => {
   });
 });
 
+describe("the base runner's digest", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "steprunner-base-digest-"));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  /** An image-builder whose registry names the base runner by `digest()`, counting the times it is asked. */
+  function builderWith(baseImageRecheckMs: number, digest: () => string) {
+    let asked = 0;
+    let builds = 0;
+    const registry = fakeRegistry({
+      manifest: async () => (asked++, { digest: digest(), manifest: { schemaVersion: 2, config: { mediaType: "", digest: "", size: 0 }, layers: [] } }),
+    });
+    const images = new ImageBuilder({
+      contexts: { describe: async () => context, materialize: async () => context },
+      buildkit: { build: async () => (builds++, { "containerimage.digest": `sha256:${String(builds).repeat(64)}` }) },
+      images: fakeImageStore(),
+      registry,
+      records: new ReuseRecords(join(dir, String(Math.random()))),
+      settings: fakeSettings({ baseImageRecheckMs }),
+    });
+    return { images, asked: () => asked, builds: () => builds };
+  }
+  const request = { contextId: context.contextId, baseRunner: "", network: "none" as const, buildWithoutCache: false, handoff: undefined };
+
+  it("asks the registry once within the recheck time, however many builds start, at once or one after another", async () => {
+    const { images, asked, builds } = builderWith(60_000, () => `sha256:${"a".repeat(64)}`);
+    await Promise.all([1, 2, 3].map(() => images.build(request, () => {})));
+    await images.build(request, () => {});
+    await images.build({ ...request, reuseOnly: true }, () => {});
+    assert.deepEqual([asked(), builds()], [1, 1]);
+  });
+
+  it("asks on every build with a recheck time of 0", async () => {
+    const { images, asked } = builderWith(0, () => `sha256:${"a".repeat(64)}`);
+    for (let i = 0; i < 3; i++) await images.build(request, () => {});
+    assert.equal(asked(), 3);
+  });
+
+  it("builds on the base runner's new digest once the recheck time has passed since the tag was pushed anew", async () => {
+    let pushed = "a";
+    const { images, asked, builds } = builderWith(50, () => `sha256:${pushed.repeat(64)}`);
+    const first = await images.build(request, () => {});
+    pushed = "b";
+    const within = await images.build(request, () => {});
+    assert.deepEqual([within.reused, within.imageId, asked()], [true, first.imageId, 1], "within the recheck time: the digest read before");
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    const after = await images.build(request, () => {});
+    assert.deepEqual([after.reused, builds(), asked()], [false, 2, 2], "after it: the new base, a new image");
+    assert.notEqual(after.contentKey, first.contentKey);
+  });
+});
+
+describe("a reused image's hand-off time", () => {
+  it("is written when it is a minute older than the last one this process wrote, and again after the record was removed", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "steprunner-handed-over-"));
+    try {
+      const records = new ReuseRecords(dir);
+      const key = `sha256:${"c".repeat(64)}`;
+      await records.markHandedOver(key, 1_000_000);
+      await records.markHandedOver(key, 1_030_000);
+      assert.equal(await records.handedOverAt(key), 1_000_000, "half a minute later: not written");
+      await records.markHandedOver(key, 1_060_000);
+      assert.equal(await records.handedOverAt(key), 1_060_000, "a minute later: written");
+      await records.remove(key);
+      await records.markHandedOver(key, 1_070_000);
+      assert.equal(await records.handedOverAt(key), 1_070_000, "after a removal: written at once");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("bad input to a build", () => {
   const images = (materialize: () => Promise<LocalContext>) =>
     new ImageBuilder({

@@ -78,6 +78,11 @@ export interface ImageBuilderSettings {
   defaultHandoff: Handoff;
   /** Images older than this are built again rather than reused. */
   reuseTtlMs: number;
+  /**
+   * How long a base runner's digest, once read from the registry, is taken without asking again (a tag pushed
+   * anew is seen by the builds that start this long after); 0 or absent: asked on every build.
+   */
+  baseImageRecheckMs?: number;
   maxConcurrentBuilds: number;
   /** Attempts for a build whose connection to BuildKit fails (not for a failing build). */
   transportAttempts: number;
@@ -150,6 +155,10 @@ export class ImageBuilder {
   private readonly mountedLayers: MountedLayers;
   /** dockerd's descriptions of images reused lately (inspectReused), least recently read first. */
   private readonly inspected = new Map<string, ImageInspect>();
+  /** Each base runner's digest as the registry last gave it, and when it was asked (see baseImageRecheckMs). */
+  private readonly baseDigests = new Map<string, { digest: string; askedAt: number }>();
+  /** Builds starting at once share one registry request for their base runner's digest. */
+  private readonly baseLookups = new SingleFlight<string>();
 
   constructor(options: ImageBuilderOptions) {
     this.contexts = options.contexts;
@@ -603,17 +612,32 @@ export class ImageBuilder {
     return reference;
   }
 
+  /**
+   * The base runner's digest: the registry's answer of the last baseImageRecheckMs, else the registry asked
+   * (once for all the builds asking at the same time).
+   */
   private async resolveBaseImage(reference: ImageReference, baseRunner: string, signal?: AbortSignal): Promise<string> {
-    try {
-      return (await this.registry.manifest(reference.repository, reference.reference, signal)).digest;
-    } catch (error) {
-      if ((error as { status?: number }).status === 404) {
-        throw failedPrecondition(
-          `base_runner: the image ${baseRunner} is not in the registry; push it there, or for the default base runner run deploy/local/runner-image.sh ensure`,
-        );
-      }
-      throw unavailable(`cannot resolve the base runner image ${baseRunner}: ${(error as Error).message}`);
-    }
+    const known = this.baseDigests.get(baseRunner);
+    if (known && Date.now() - known.askedAt < (this.settings.baseImageRecheckMs ?? 0)) return known.digest;
+    return this.baseLookups.run(
+      baseRunner,
+      async (lookupSignal) => {
+        const askedAt = Date.now();
+        try {
+          const { digest } = await this.registry.manifest(reference.repository, reference.reference, lookupSignal);
+          keepRecent(this.baseDigests, baseRunner, { digest, askedAt }, BASE_DIGESTS);
+          return digest;
+        } catch (error) {
+          if ((error as { status?: number }).status === 404) {
+            throw failedPrecondition(
+              `base_runner: the image ${baseRunner} is not in the registry; push it there, or for the default base runner run deploy/local/runner-image.sh ensure`,
+            );
+          }
+          throw unavailable(`cannot resolve the base runner image ${baseRunner}: ${(error as Error).message}`);
+        }
+      },
+      signal,
+    );
   }
 
   private contentKey(context: ContextDescription, baseDigest: string, buildArgs: Record<string, string>, network: string): string {
@@ -634,6 +658,7 @@ export class ImageBuilder {
 }
 
 const INSPECTED_IMAGES = 256;
+const BASE_DIGESTS = 64;
 
 /**
  * Builds of one repository with one Dockerfile share BuildKit's snapshot of their local sources (unchanged

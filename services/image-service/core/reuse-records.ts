@@ -1,7 +1,9 @@
+import { readFileSync } from "node:fs";
 import { mkdir, readFile, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Handoff } from "./model.js";
 import { writeFileAtomic } from "../../shared/files/atomic-write.js";
+import { keepRecent } from "../../shared/recent-entries.js";
 
 /** What was built for a content key, so that the same inputs get the same image without a solve. */
 export interface ReuseRecord {
@@ -17,13 +19,25 @@ export interface ReuseRecord {
   buildDurationMs: number;
 }
 
+/**
+ * How precisely a hand-off's time is kept: prune holds an image for hours after it (inUseHoldMs), so a step
+ * reusing the image needs no write when the last one is this recent.
+ */
+const HANDED_OVER_RESOLUTION_MS = 60_000;
+const HANDED_OVER_REMEMBERED = 1024;
+
 /** Records on disk, one JSON file per content key, written atomically. */
 export class ReuseRecords {
+  /** The hand-off times this process wrote, by content key. */
+  private readonly handedOver = new Map<string, number>();
+
   constructor(private readonly dir: string) {}
 
   async get(contentKey: string): Promise<ReuseRecord | undefined> {
     try {
-      return JSON.parse(await readFile(this.path(contentKey), "utf8")) as ReuseRecord;
+      // Synchronous: a record is a few hundred bytes, read in microseconds, where each of the thread pool's
+      // round trips (open, read, close) costs a tenth of a millisecond or more on a busy host.
+      return JSON.parse(readFileSync(this.path(contentKey), "utf8")) as ReuseRecord;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
       throw error;
@@ -36,6 +50,7 @@ export class ReuseRecords {
   }
 
   async remove(contentKey: string): Promise<void> {
+    this.handedOver.delete(contentKey);
     await rm(this.path(contentKey), { force: true });
     await rm(this.handedOverPath(contentKey), { force: true });
   }
@@ -45,8 +60,11 @@ export class ReuseRecords {
    * directories). Kept beside the record, not in it, so that it never races a push's update of the record.
    */
   async markHandedOver(contentKey: string, at: number): Promise<void> {
+    const written = this.handedOver.get(contentKey);
+    if (written !== undefined && at - written < HANDED_OVER_RESOLUTION_MS) return;
     await mkdir(this.dir, { recursive: true });
     await writeFileAtomic(this.handedOverPath(contentKey), String(at));
+    keepRecent(this.handedOver, contentKey, at, HANDED_OVER_REMEMBERED);
   }
 
   /** When the image was last handed over in dockerd's layer store, if ever. */
