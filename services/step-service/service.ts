@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "../shared/log.js";
 import { type CommonSettings, readCommonSettings } from "../shared/config/common.js";
@@ -22,6 +23,9 @@ export interface StepServiceConfig extends StepServiceSettings {
   logCapBytes: number;
   killGraceMs: number;
   maxResultBytes: number;
+  /** Containers starting at once (STEPRUNNER_STARTING_CONTAINERS; 0: no limit), see ContainerRuntime. */
+  startingAtOnce: number;
+  startWindowMs: number;
   /** With STEPRUNNER_STEP_SOURCES=local: the prebuilt image a local directory runs in. */
   stepImage: string;
 }
@@ -62,6 +66,8 @@ export function configFromEnv(): StepServiceConfig {
     runcPath: setting("STEPRUNNER_RUNC", "runc"),
     runcRoot: setting("STEPRUNNER_STEP_RUNC_ROOT", join(stateDir, "runc")),
     maxConcurrentSteps: numberSetting("STEPRUNNER_MAX_CONCURRENT_STEPS", 4),
+    startingAtOnce: numberSetting("STEPRUNNER_STARTING_CONTAINERS", availableParallelism()),
+    startWindowMs: numberSetting("STEPRUNNER_CONTAINER_START_MS", 500),
     maxStepsPerCaller: numberSetting("STEPRUNNER_MAX_STEPS_PER_CALLER", 0),
     defaultLimits: {
       memoryBytes: numberSetting("STEPRUNNER_STEP_MEMORY_MB", 1024) * MiB,
@@ -94,6 +100,8 @@ export function createStepRunner(
       instanceTag: instanceTagOf(config.stateDir),
       killGraceMs: config.killGraceMs,
       maxResultBytes: config.maxResultBytes,
+      startingAtOnce: config.startingAtOnce,
+      startWindowMs: config.startWindowMs,
     },
     logger,
   );

@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises"
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { createLogger } from "../../services/shared/log.js";
-import { ContainerRuntime, type ContainerRun } from "../../services/step-service/runtime/container.js";
+import { ContainerRuntime, type ContainerRun, type RuntimeSettings } from "../../services/step-service/runtime/container.js";
 import { buildSpec } from "../../services/step-service/runtime/spec.js";
 import { unpackImage } from "../support/rootfs.js";
 import { OUTSIDE_ALLOWLIST_PROBE, SYSCALL_PROBE } from "../support/syscall-probe.js";
@@ -161,14 +161,25 @@ describe("runc with the base runner's root filesystem", samePassOnEither("no Bui
   });
 
   describe("with the step-service's runtime and this host's cgroups", () => {
-    /** Runs a step through ContainerRuntime, the rootfs unpacked above as its one lower directory. */
-    async function runStep(stepId: string, script: string): Promise<Awaited<ReturnType<ContainerRuntime["run"]>>> {
-      const runtime = new ContainerRuntime(
-        { runcPath: "runc", runcRoot: stateRoot, workDir: join(work, "steps"), instanceTag: `test${process.pid}`, killGraceMs: 1000, maxResultBytes: 1024 },
+    function newRuntime(settings: Partial<RuntimeSettings> = {}): ContainerRuntime {
+      return new ContainerRuntime(
+        {
+          runcPath: "runc",
+          runcRoot: stateRoot,
+          workDir: join(work, "steps"),
+          instanceTag: `test${process.pid}`,
+          killGraceMs: 1000,
+          maxResultBytes: 1024,
+          ...settings,
+        },
         createLogger("test", {}, { quiet: true }),
       );
+    }
+
+    /** A step running a shell script over the rootfs unpacked above, its one lower directory. */
+    function shellStep(stepId: string, script: string, extra: Partial<ContainerRun> = {}): ContainerRun & { output: string[] } {
       const output: string[] = [];
-      const request: ContainerRun = {
+      return {
         stepId,
         image: {
           imageId: "unpacked",
@@ -187,12 +198,65 @@ describe("runc with the base runner's root filesystem", samePassOnEither("no Bui
         onOutput: (_stream, text) => output.push(text),
         onStarted: () => {},
         signal: new AbortController().signal,
+        output,
+        ...extra,
       };
+    }
+
+    /** Runs a step through ContainerRuntime and checks that its cgroups went with it. */
+    async function runStep(stepId: string, script: string): Promise<Awaited<ReturnType<ContainerRuntime["run"]>>> {
+      const runtime = newRuntime();
+      const request = shellStep(stepId, script);
       const exit = await runtime.run(request);
       const cgroups = await runtime.stepCgroups();
       assert.ok(!(await cgroups.names()).includes(runtime.containerId(stepId)), "the step's cgroups are removed");
-      return { ...exit, result: { text: output.join("\n") } };
+      return { ...exit, result: { text: request.output.join("\n") } };
     }
+
+    it("starts one container at a time with one start slot, and a long one gives its slot up after the start window", async () => {
+      const runtime = newRuntime({ startingAtOnce: 1, startWindowMs: 400 });
+      const began = performance.now();
+      const starts: number[] = [];
+      const waits: number[] = [];
+      const exits = await Promise.all(
+        ["slot-a", "slot-b", "slot-c"].map((stepId) =>
+          runtime.run(
+            shellStep(stepId, "sleep 1.5", {
+              onStarted: () => starts.push(performance.now() - began),
+              onPart: (part, ms) => part === "start-wait" && waits.push(ms),
+            }),
+          ),
+        ),
+      );
+      const took = performance.now() - began;
+      assert.deepEqual(
+        exits.map((exit) => exit.exitCode),
+        [0, 0, 0],
+      );
+      starts.sort((a, b) => a - b);
+      assert.ok(starts[1]! - starts[0]! >= 300 && starts[2]! - starts[1]! >= 300, `each start waited for the one before's window: ${starts.map(Math.round)}`);
+      assert.ok(took < 3 * 1500, `the three ran side by side once started (${Math.round(took)} ms)`);
+      assert.equal(waits.filter((ms) => ms >= 300).length, 2, `two waited for a slot: ${waits.map(Math.round)}`);
+    });
+
+    it("gives a short container's slot to the next when it exits, and a step cancelled while it waits never starts", async () => {
+      const runtime = newRuntime({ startingAtOnce: 1, startWindowMs: 60_000 });
+      const cancel = new AbortController();
+      let cancelledStarted = false;
+      const first = runtime.run(shellStep("short-a", "sleep 0.5"));
+      const cancelled = runtime.run(shellStep("short-cancelled", "true", { signal: cancel.signal, onStarted: () => (cancelledStarted = true) }));
+      const began = performance.now();
+      const second = runtime.run(shellStep("short-b", "true"));
+      cancel.abort(new Error("cancelled while waiting"));
+      await assert.rejects(cancelled, /cancelled while waiting/);
+      assert.equal((await first).exitCode, 0);
+      assert.equal((await second).exitCode, 0);
+      assert.ok(performance.now() - began >= 400, "the second started after the first had exited, not after the 60 s window");
+      assert.ok(performance.now() - began < 10_000);
+      assert.equal(cancelledStarted, false);
+      const cgroups = await runtime.stepCgroups();
+      assert.ok(!(await cgroups.names()).includes(runtime.containerId("short-cancelled")), "nothing of the cancelled step is left");
+    });
 
     it("tells an OOM kill from the step's own SIGKILL through the parent cgroup's memory limit", async () => {
       // Each in a child of the shell, as a step's command runs under its entry script (not as the container's init).

@@ -1,5 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { createClient, type Client } from "@connectrpc/connect";
 import { StepService } from "../../gen/steprunner/step/v1/step_service_pb.js";
@@ -37,6 +38,8 @@ export async function testConfig(overrides: Partial<StepServiceConfig> = {}): Pr
     logCapBytes: 4 * MiB,
     killGraceMs: 1000,
     maxResultBytes: 64 * MiB,
+    startingAtOnce: availableParallelism(),
+    startWindowMs: 500,
     stepImage: await testRunnerImage(),
     ...overrides,
   };

@@ -15,6 +15,7 @@ import { insideRoot } from "./paths.js";
 import { buildSpec, type Limits, type ResolvedUser, resolveUser } from "./spec.js";
 import { keepRecent } from "../../shared/recent-entries.js";
 import { readSmallFile } from "../../shared/files/small-files.js";
+import { FifoQueue } from "../../shared/fifo-queue.js";
 
 const exec = promisify(execFile);
 /**
@@ -45,6 +46,10 @@ export interface RuntimeSettings {
   maxResultBytes: number;
   /** Where the cgroup hierarchy is mounted; /sys/fs/cgroup unless a test passes a recorded layout. */
   cgroupRoot?: string;
+  /** Containers that may be starting at once (see startSlot); 0 or absent: no limit. */
+  startingAtOnce?: number;
+  /** How long a container counts as starting, from its runc's spawn (or until it exits, if sooner). */
+  startWindowMs?: number;
 }
 
 export type OutputStream = "stdout" | "stderr";
@@ -77,11 +82,12 @@ export interface ContainerRun {
 /**
  * The parts of a container's run, in order: "rootfs" (the step's directories made and the overlay mounted),
  * "setup" (the image's user resolved, the repository folder made, the cgroup created, the spec written),
- * "runc" (`runc run` from its start to its exit and the output drained: the action's own time and runc's),
+ * "start-wait" (waiting for a start slot while other containers start, see startSlot), "runc" (`runc run` from
+ * its start to its exit and the output drained: the action's own time and runc's),
  * "result" (the OOM check and step_result.json read back), "cleanup" (runc state, mount, directories and
  * cgroup removed). "runc-spawn", inside "runc", is the start of the `runc` process alone (a fork of this one).
  */
-export type RunPart = "rootfs" | "setup" | "runc" | "result" | "cleanup" | "runc-spawn";
+export type RunPart = "rootfs" | "setup" | "start-wait" | "runc" | "result" | "cleanup" | "runc-spawn";
 
 export interface ContainerExit {
   /** The process's exit code, or null when a signal ended it. */
@@ -107,11 +113,15 @@ export class ContainerRuntime {
   private volatileOverlay?: boolean;
   /** What runs of each image learnt from its mounted rootfs (see PreparedImage), least recently stored first. */
   private readonly prepared = new Map<string, PreparedImage>();
+  /** Holds the containers that are starting (see startSlot); undefined: no limit. */
+  private readonly starting?: FifoQueue;
 
   constructor(
     private readonly settings: RuntimeSettings,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    if (settings.startingAtOnce) this.starting = new FifoQueue(settings.startingAtOnce);
+  }
 
   /** v1 or v2, detected once. */
   stepCgroups(): Promise<StepCgroups> {
@@ -151,7 +161,16 @@ export class ContainerRuntime {
         if (prepared && !request.repositoryDir) this.remember(key, prepared);
         partDone("setup");
       }
-      const exit = await this.runc(id, dir, request);
+      const releaseStart = await this.startSlot(request.signal);
+      partDone("start-wait");
+      const startWindow = setTimeout(releaseStart, this.settings.startWindowMs ?? 0);
+      let exit: Awaited<ReturnType<ContainerRuntime["runc"]>>;
+      try {
+        exit = await this.runc(id, dir, request);
+      } finally {
+        clearTimeout(startWindow);
+        releaseStart();
+      }
       partDone("runc");
       const oomKilled = exit.signal === "SIGKILL" && (await cgroups.oomKilled(id));
       const result = await this.readResult(upper, request.resultPath);
@@ -356,6 +375,23 @@ export class ContainerRuntime {
       clearTimeout(timer);
       request.signal.removeEventListener("abort", onAbort);
     }
+  }
+
+  /**
+   * Waits until fewer than startingAtOnce containers are starting; resolves with the slot's release. A
+   * container's start (runc, then the action's interpreter loading its libraries) is CPU-bound: more of them
+   * at once than there are cores only share the cores, and each costs more CPU (caches, switches). A long step
+   * gives its slot up after startWindowMs, so that steps that wait on the network still run side by side.
+   */
+  private async startSlot(signal: AbortSignal): Promise<() => void> {
+    const starting = this.starting;
+    if (!starting) return () => {};
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    await new Promise<void>((admitted, refused) => {
+      starting.run(() => (admitted(), released), { signal }).catch(refused);
+    });
+    return release;
   }
 
   private async kill(id: string, signal: string): Promise<void> {
