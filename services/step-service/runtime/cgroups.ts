@@ -1,5 +1,5 @@
-import { mkdirSync, writeFileSync } from "node:fs";
-import { access, readFile, readdir, rmdir } from "node:fs/promises";
+import { mkdirSync, readdirSync, rmdirSync, writeFileSync } from "node:fs";
+import { access, readFile, readdir } from "node:fs/promises";
 import { join } from "node:path";
 
 export const DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup";
@@ -69,10 +69,15 @@ class CgroupV1 implements StepCgroups {
     return (await readNumber(join(path, "memory.failcnt"))) > 0 || (limit > 0 && (await readNumber(join(path, "memory.max_usage_in_bytes"))) >= limit);
   }
 
-  /** Each controller's tree at once: a dozen hierarchies, each a few directory operations. */
+  /** Each controller's tree: a dozen hierarchies, each one rmdir as a rule. */
   async remove(name: string, onProblem: (path: string, error: unknown) => void): Promise<void> {
-    const controllers = await readdir(this.root).catch(() => [] as string[]);
-    await Promise.all(controllers.map((controller) => removeTree(join(this.root, controller, name), onProblem)));
+    let controllers: string[];
+    try {
+      controllers = readdirSync(this.root);
+    } catch (error) {
+      return onProblem(this.root, error);
+    }
+    for (const controller of controllers) removeCgroup(join(this.root, controller, name), onProblem);
   }
 
   async names(): Promise<string[]> {
@@ -115,7 +120,7 @@ class CgroupV2 implements StepCgroups {
   }
 
   async remove(name: string, onProblem: (path: string, error: unknown) => void): Promise<void> {
-    await removeTree(join(this.root, name), onProblem);
+    removeCgroup(join(this.root, name), onProblem);
   }
 
   async names(): Promise<string[]> {
@@ -144,16 +149,22 @@ function writeIfPresent(path: string, value: string): void {
 /**
  * A cgroup directory is removed with rmdir (its files are the kernel's), its child cgroups first. Usually runc
  * has removed the container's own cgroup already, and one rmdir does: the children are listed only when not.
+ * Synchronous, as the rest of a step's small file work (container.ts, SYNC_FILE_WORK).
  */
-async function removeTree(path: string, onProblem: (path: string, error: unknown) => void): Promise<void> {
-  const failure = await rmdir(path).then(
-    () => undefined,
-    (error: NodeJS.ErrnoException) => error,
-  );
+function removeCgroup(path: string, onProblem: (path: string, error: unknown) => void): void {
+  const failed = (action: () => void): NodeJS.ErrnoException | undefined => {
+    try {
+      action();
+      return undefined;
+    } catch (error) {
+      return error as NodeJS.ErrnoException;
+    }
+  };
+  const failure = failed(() => rmdirSync(path));
   if (!failure || failure.code === "ENOENT") return;
-  const children = await readdir(path, { withFileTypes: true }).catch(() => []);
-  await Promise.all(children.filter((child) => child.isDirectory()).map((child) => rmdir(join(path, child.name)).catch(() => undefined)));
-  await rmdir(path).catch((error: NodeJS.ErrnoException) => {
-    if (error.code !== "ENOENT") onProblem(path, error);
+  const children = failed(() => {
+    for (const child of readdirSync(path, { withFileTypes: true })) if (child.isDirectory()) failed(() => rmdirSync(join(path, child.name)));
   });
+  const last = children ?? failed(() => rmdirSync(path));
+  if (last && last.code !== "ENOENT") onProblem(path, last);
 }

@@ -14,7 +14,7 @@ import { DEFAULT_CGROUP_ROOT, detectCgroups, type StepCgroups } from "./cgroups.
 import { insideRoot } from "./paths.js";
 import { buildSpec, type Limits, type ResolvedUser, resolveUser } from "./spec.js";
 import { keepRecent } from "../../shared/recent-entries.js";
-import { readSmallFile } from "../../shared/files/small-files.js";
+import { readSmallFile, removeTree } from "../../shared/files/small-files.js";
 import { FifoQueue } from "../../shared/fifo-queue.js";
 
 const exec = promisify(execFile);
@@ -302,10 +302,7 @@ export class ContainerRuntime {
     if (isMountPoint(join(dir, "rootfs"))) await exec("umount", [join(dir, "rootfs")]).catch(() => undefined);
     // The step's directories and its cgroups are apart: removed at the same time.
     const cgroups = await this.stepCgroups();
-    await Promise.all([
-      rm(dir, { recursive: true, force: true }),
-      cgroups.remove(id, (path, error) => this.logger.warn("could not remove a cgroup", { path, error })),
-    ]);
+    await Promise.all([removeTree(dir), cgroups.remove(id, (path, error) => this.logger.warn("could not remove a cgroup", { path, error }))]);
   }
 
   /** Reaps what a crashed service left: containers under our runc root, our cgroups, mounts and step dirs. */

@@ -1,0 +1,55 @@
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { removeTree } from "../../services/shared/files/small-files.js";
+
+describe("removeTree", () => {
+  let work: string;
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), "steprunner-remove-tree-"));
+  });
+  after(() => rm(work, { recursive: true, force: true }));
+
+  /** A step's directory as runc leaves it: a few directories and files. */
+  async function stepLike(dir: string): Promise<void> {
+    await mkdir(join(dir, "upper/opt/opschain/.mintpress"), { recursive: true });
+    await mkdir(join(dir, "work/work"), { recursive: true });
+    await mkdir(join(dir, "rootfs"));
+    for (const file of ["config.json", "runc.log", "upper/opt/opschain/.mintpress/step_result.json"]) await writeFile(join(dir, file), "{}");
+  }
+
+  it("removes a small tree before it returns to the event loop", async () => {
+    const dir = join(work, "small");
+    await stepLike(dir);
+    const removed = removeTree(dir);
+    assert.equal(existsSync(dir), false, "gone synchronously");
+    await removed;
+  });
+
+  it("removes a larger tree too, asynchronously beyond its first entries", async () => {
+    const dir = join(work, "large");
+    await stepLike(dir);
+    await mkdir(join(dir, "upper/many"));
+    await Promise.all(Array.from({ length: 300 }, (_, i) => writeFile(join(dir, "upper/many", `f${i}`), "x")));
+    const removed = removeTree(dir);
+    assert.equal(existsSync(dir), true, "not all of it at once");
+    await removed;
+    assert.equal(existsSync(dir), false);
+  });
+
+  it("takes a missing tree as removed, and removes a symlink, not what it points to", async () => {
+    await removeTree(join(work, "missing"));
+    const outside = join(work, "outside");
+    await mkdir(outside);
+    await writeFile(join(outside, "keep"), "x");
+    const dir = join(work, "linked");
+    await mkdir(dir);
+    await symlink(outside, join(dir, "link"));
+    await removeTree(dir);
+    assert.equal(existsSync(dir), false);
+    assert.equal(existsSync(join(outside, "keep")), true);
+  });
+});
