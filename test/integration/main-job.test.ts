@@ -132,7 +132,7 @@ describe("the main job: the sample repository's actions through the running serv
     assert.equal(outcome.buildEvents, 0);
   });
 
-  it("asks for the image of a step like the last one while preparing its context, and takes it only for the same context", async () => {
+  it("asks for the image of a step like the last one while preparing its context, and takes it for the same context or one of other properties", async () => {
     const askedEarly = (outcome: Outcome) => outcome.step.phaseParts.some((part) => part.phase === Phase.BUILD && part.name === "image-asked-early");
     const same = await runStep("hello");
     assert.equal(same.step.state, StepState.SUCCESS, same.step.reason);
@@ -145,8 +145,10 @@ describe("the main job: the sample repository's actions through the running serv
       })),
     });
     assert.equal(other.step.state, StepState.SUCCESS, other.step.reason);
-    assert.equal(other.step.imageReused, true);
-    assert.ok(!askedEarly(other), "a step whose inputs differ from every earlier one's is not guessed");
+    assert.deepEqual([other.step.imageReused, other.step.imageId], [true, same.step.imageId]);
+    assert.ok(askedEarly(other), "properties alone changed: the last alike step's image was asked for early, and taken");
+    const otherRevision = await runStep("hello", { gitRev: "custom-dockerfile" });
+    assert.ok(!askedEarly(otherRevision), "a step of a revision no earlier step had is not guessed");
   });
 
   it("builds and runs the custom .mintpress/Dockerfile of a branch", async () => {

@@ -19,6 +19,7 @@ import type { BuildEvent, BuildRequest, ContextDescription, ContextSource, Hando
 import type { ReuseRecord, ReuseRecords } from "./reuse-records.js";
 import { findSyntaxDirective, isNotUnderstood, registryHostOf, type SyntaxDirective, type SyntaxPolicy } from "./syntax-directive.js";
 import { keepRecent } from "../../shared/recent-entries.js";
+import { imageInputs } from "../../shared/image-inputs.js";
 
 /** Runs a Dockerfile build on BuildKit (buildDockerfile over a BuildKitClient in production). */
 export interface DockerfileBuilder {
@@ -641,19 +642,18 @@ export class ImageBuilder {
   }
 
   private contentKey(context: ContextDescription, baseDigest: string, buildArgs: Record<string, string>, network: string): string {
-    const inputs = {
-      // The repository by its commit and options, not by the bytes it travels in (repo.tar's or the
-      // directories' depend on which older commits this machine has seen).
-      gitSha: context.gitSha,
-      repository: context.repositoryOptions,
-      dockerfile: context.dockerfile.digest,
+    const inputs = imageInputs({ ...context, dockerfileDigest: context.dockerfile.digest, stepContextZipDigest: context.stepContextZip.digest });
+    // GIT_REV goes in with the build arguments.
+    const key = {
+      gitSha: inputs.gitSha,
+      repository: inputs.repositoryOptions,
+      dockerfile: inputs.dockerfileDigest,
       baseImage: baseDigest,
       buildArgs,
-      // The default Dockerfile never puts the properties in a layer: a change of properties reuses the image.
-      stepContextZip: context.defaultDockerfile ? null : context.stepContextZip.digest,
+      stepContextZip: inputs.stepContextZipDigest,
       network,
     };
-    return `sha256:${createHash("sha256").update(JSON.stringify(inputs)).digest("hex")}`;
+    return `sha256:${createHash("sha256").update(JSON.stringify(key)).digest("hex")}`;
   }
 }
 

@@ -3,10 +3,17 @@ import { fromJson, type JsonObject } from "@bufbuild/protobuf";
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { unzipSync } from "fflate";
-import { ContextFileKind, ContextService, StepContextValuesSchema } from "../../../gen/steprunner/context/v1/context_service_pb.js";
+import {
+  ContextFileKind,
+  ContextService,
+  DockerfileSource,
+  type PreparedContext,
+  StepContextValuesSchema,
+} from "../../../gen/steprunner/context/v1/context_service_pb.js";
 import type { ContextPreparer, PartTimer, PreparedStepContext, StepRequest } from "../steps/ports.js";
 import { callService } from "./service-calls.js";
 import { keepRecent } from "../../shared/recent-entries.js";
+import { type ImageInputs, imageInputs } from "../../shared/image-inputs.js";
 
 /** The largest step context read back (the context-service limits properties far below this). */
 const MAX_STEP_CONTEXT_ZIP_BYTES = 64 * 1024 * 1024;
@@ -74,6 +81,7 @@ export class ContextServicePreparer implements ContextPreparer {
       repoFolder: context.repoFolder,
       stepContext,
       warnings: context.warnings,
+      imageInputs: imageInputsOf(context),
     };
   }
 
@@ -88,6 +96,25 @@ export class ContextServicePreparer implements ContextPreparer {
     }
     return unzipStepContext(Buffer.concat(chunks), contextId);
   }
+}
+
+/** What the context's image depends on (see ImageInputs); undefined when the context lists no Dockerfile. */
+function imageInputsOf(context: PreparedContext): ImageInputs | undefined {
+  const file = (kind: ContextFileKind) => context.files.find((candidate) => candidate.kind === kind);
+  const dockerfile = file(ContextFileKind.DOCKERFILE);
+  const stepContextZip = file(ContextFileKind.STEP_CONTEXT_ZIP);
+  if (!dockerfile || !stepContextZip) return undefined;
+  return imageInputs({
+    gitRev: context.gitRev,
+    gitSha: context.gitSha,
+    repositoryOptions: {
+      excludeGitHistory: context.repositoryOptions?.excludeGitHistory ?? false,
+      honorExportIgnore: context.repositoryOptions?.honorExportIgnore ?? false,
+    },
+    defaultDockerfile: context.dockerfileSource === DockerfileSource.DEFAULT,
+    dockerfileDigest: dockerfile.digest,
+    stepContextZipDigest: stepContextZip.digest,
+  });
 }
 
 function unzipStepContext(zip: Uint8Array, contextId: string): Record<string, unknown> {

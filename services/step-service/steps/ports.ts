@@ -1,6 +1,7 @@
 import type { ImageRootfs, StepImage } from "../images/images.js";
 import type { ContainerExit, ContainerRun } from "../runtime/container.js";
 import type { Limits } from "../runtime/spec.js";
+import type { ImageInputs } from "../../shared/image-inputs.js";
 
 /**
  * A step's build progress, in the step-service's own terms: the client of the image-service maps its messages
@@ -85,6 +86,8 @@ export interface PreparedStepContext {
   /** A host directory copied to /opt/opschain when the image does not carry the repository (prebuilt images). */
   repositoryDir?: string;
   warnings: string[];
+  /** What the context's image depends on; absent where no image is built from it (prebuilt images). */
+  imageInputs?: ImageInputs;
 }
 
 /**

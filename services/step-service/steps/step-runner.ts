@@ -332,7 +332,7 @@ export class StepRunner {
         guess?.abandon();
         throw error;
       }
-      this.speculation.remember(request, prepared.contextId);
+      this.speculation.remember(request, prepared);
       const built = await this.buildImage(request, active, prepared, masker, guess);
       image = await this.pullImage(active, built);
       const exit = await this.runAction(request, active, { prepared, image, contextFile, masker, deadline });
@@ -367,7 +367,7 @@ export class StepRunner {
     const built = await this.phase(active, "build", async (span) => {
       const onWarning = (message: string) => this.emit(active, { type: "warning", message: masker.text(message) });
       const asked = performance.now();
-      const guessed = await guess?.take(prepared.contextId);
+      const guessed = await guess?.take(prepared);
       if (guessed) {
         this.addPart(active, "image-asked-early", performance.now() - asked);
         guessed.warnings.forEach(onWarning);
