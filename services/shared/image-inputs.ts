@@ -1,7 +1,7 @@
 /**
  * What of a prepared context its step image depends on: the commit (its ref's name goes in as GIT_REV), the
- * repository's options, the Dockerfile, and step_context.json.zip only when the Dockerfile is the repository's
- * own (the default one never puts the properties in a layer). Not the bytes the repository travels in: its
+ * repository's options, the Dockerfile, step_context.json.zip only when the Dockerfile is the repository's own
+ * (the default one never puts the properties in a layer), and the trust store when that Dockerfile copies it. Not the bytes the repository travels in: its
  * directories and repo.tar depend on which older commits a host has seen. Two contexts with the same inputs
  * get the same image from the same base image, build arguments and network: the image-service keys its reuse
  * on them, and the step-service takes the image asked for one context as the other's.
@@ -13,6 +13,8 @@ export interface ImageInputs {
   dockerfileDigest: string;
   /** null with the default Dockerfile. */
   stepContextZipDigest: string | null;
+  /** null unless the Dockerfile copies opschain-trust-store.tar. */
+  trustStoreDigest: string | null;
 }
 
 export interface ImageInputSource {
@@ -22,6 +24,8 @@ export interface ImageInputSource {
   defaultDockerfile: boolean;
   dockerfileDigest: string;
   stepContextZipDigest: string;
+  /** The trust store's tar, when the context has one (a Dockerfile that copies it). */
+  trustStoreDigest?: string;
 }
 
 export function imageInputs(context: ImageInputSource): ImageInputs {
@@ -31,6 +35,7 @@ export function imageInputs(context: ImageInputSource): ImageInputs {
     repositoryOptions: { excludeGitHistory: context.repositoryOptions.excludeGitHistory, honorExportIgnore: context.repositoryOptions.honorExportIgnore },
     dockerfileDigest: context.dockerfileDigest,
     stepContextZipDigest: context.defaultDockerfile ? null : context.stepContextZipDigest,
+    trustStoreDigest: context.trustStoreDigest ?? null,
   };
 }
 
@@ -41,6 +46,7 @@ export function sameImageInputs(a: ImageInputs, b: ImageInputs): boolean {
     a.repositoryOptions.excludeGitHistory === b.repositoryOptions.excludeGitHistory &&
     a.repositoryOptions.honorExportIgnore === b.repositoryOptions.honorExportIgnore &&
     a.dockerfileDigest === b.dockerfileDigest &&
-    a.stepContextZipDigest === b.stepContextZipDigest
+    a.stepContextZipDigest === b.stepContextZipDigest &&
+    a.trustStoreDigest === b.trustStoreDigest
   );
 }

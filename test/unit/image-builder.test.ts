@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -117,6 +117,46 @@ describe("reuse from a context's description", () => {
     assert.deepEqual([reused.reused, reused.imageId, builds], [true, built.imageId, 1]);
     assert.deepEqual(materialized, [context.contextId], "only the build made its context local");
     assert.deepEqual(described, [context.contextId, `sha256:${"6".repeat(64)}`]);
+  });
+});
+
+describe("a repository's Dockerfile that copies the trust store", () => {
+  it("builds again when the trust store changed, and reuses the image while it has not", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "steprunner-trust-store-"));
+    try {
+      await mkdir(join(dir, "dockerfile"));
+      await writeFile(join(dir, "dockerfile", "Dockerfile"), "ARG OPSCHAIN_BASE_RUNNER\nFROM ${OPSCHAIN_BASE_RUNNER}\nCOPY opschain-trust-store.tar /tmp/\n");
+      const custom = (id: string, trustStore: string) =>
+        fakeContext({
+          contextId: `sha256:${id.repeat(64)}`,
+          defaultDockerfile: false,
+          dockerfileDir: join(dir, "dockerfile"),
+          trustStoreTar: { digest: `sha256:${trustStore.repeat(64)}`, size: 1n },
+        });
+      const contexts = new Map([custom("6", "a"), custom("7", "a"), custom("8", "b")].map((entry) => [entry.contextId, entry]));
+      let builds = 0;
+      const images = new ImageBuilder({
+        contexts: { describe: async (id) => contexts.get(id)!, materialize: async (id) => contexts.get(id)! },
+        buildkit: { build: async () => (builds++, { "containerimage.digest": `sha256:${String(builds).repeat(64)}` }) },
+        images: fakeImageStore(),
+        registry: fakeRegistry(),
+        records: new ReuseRecords(join(dir, "records")),
+        settings: fakeSettings(),
+      });
+      const request = (id: string) => ({
+        contextId: `sha256:${id.repeat(64)}`,
+        baseRunner: "",
+        network: "none" as const,
+        buildWithoutCache: false,
+        handoff: undefined,
+      });
+      await images.build(request("6"), () => {});
+      const sameTrustStore = await images.build(request("7"), () => {});
+      const otherTrustStore = await images.build(request("8"), () => {});
+      assert.deepEqual([sameTrustStore.reused, otherTrustStore.reused, builds], [true, false, 2]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -47,6 +47,7 @@ const inputs = (overrides: Partial<ImageInputs> = {}): ImageInputs => ({
   repositoryOptions: { excludeGitHistory: false, honorExportIgnore: false },
   dockerfileDigest: "sha256:dockerfile",
   stepContextZipDigest: null,
+  trustStoreDigest: null,
   ...overrides,
 });
 

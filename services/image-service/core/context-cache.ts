@@ -275,6 +275,7 @@ function describedBy(remote: RemoteContext): ContextDescription {
     repositoryOptions: remote.repositoryOptions,
     stepContextZip: remote.files["step-context-zip"],
     dockerfile: remote.files.dockerfile,
+    ...(remote.files["trust-store-tar"] ? { trustStoreTar: remote.files["trust-store-tar"] } : {}),
   };
 }
 

@@ -642,7 +642,12 @@ export class ImageBuilder {
   }
 
   private contentKey(context: ContextDescription, baseDigest: string, buildArgs: Record<string, string>, network: string): string {
-    const inputs = imageInputs({ ...context, dockerfileDigest: context.dockerfile.digest, stepContextZipDigest: context.stepContextZip.digest });
+    const inputs = imageInputs({
+      ...context,
+      dockerfileDigest: context.dockerfile.digest,
+      stepContextZipDigest: context.stepContextZip.digest,
+      ...(context.trustStoreTar ? { trustStoreDigest: context.trustStoreTar.digest } : {}),
+    });
     // GIT_REV goes in with the build arguments.
     const key = {
       gitSha: inputs.gitSha,
@@ -652,6 +657,8 @@ export class ImageBuilder {
       buildArgs,
       stepContextZip: inputs.stepContextZipDigest,
       network,
+      // Absent (so left out of the JSON) without a trust store: such keys stay what they were before it counted.
+      trustStore: inputs.trustStoreDigest ?? undefined,
     };
     return `sha256:${createHash("sha256").update(JSON.stringify(key)).digest("hex")}`;
   }

@@ -26,6 +26,8 @@ export interface ContextDescription {
   repositoryOptions: RepositoryOptions;
   stepContextZip: ContextFileInfo;
   dockerfile: ContextFileInfo;
+  /** opschain-trust-store.tar, listed when the Dockerfile copies it. */
+  trustStoreTar?: ContextFileInfo;
 }
 
 /** A prepared context as a build needs it, its files on local disk. */

@@ -103,6 +103,7 @@ function imageInputsOf(context: PreparedContext): ImageInputs | undefined {
   const file = (kind: ContextFileKind) => context.files.find((candidate) => candidate.kind === kind);
   const dockerfile = file(ContextFileKind.DOCKERFILE);
   const stepContextZip = file(ContextFileKind.STEP_CONTEXT_ZIP);
+  const trustStore = file(ContextFileKind.TRUST_STORE_TAR);
   if (!dockerfile || !stepContextZip) return undefined;
   return imageInputs({
     gitRev: context.gitRev,
@@ -114,6 +115,7 @@ function imageInputsOf(context: PreparedContext): ImageInputs | undefined {
     defaultDockerfile: context.dockerfileSource === DockerfileSource.DEFAULT,
     dockerfileDigest: dockerfile.digest,
     stepContextZipDigest: stepContextZip.digest,
+    ...(trustStore ? { trustStoreDigest: trustStore.digest } : {}),
   });
 }
 
