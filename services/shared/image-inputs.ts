@@ -1,10 +1,11 @@
 /**
  * What of a prepared context its step image depends on: the commit (its ref's name goes in as GIT_REV), the
  * repository's options, the Dockerfile, step_context.json.zip only when the Dockerfile is the repository's own
- * (the default one never puts the properties in a layer), and the trust store when that Dockerfile copies it. Not the bytes the repository travels in: its
- * directories and repo.tar depend on which older commits a host has seen. Two contexts with the same inputs
- * get the same image from the same base image, build arguments and network: the image-service keys its reuse
- * on them, and the step-service takes the image asked for one context as the other's.
+ * (the default one never puts the properties in a layer), and the trust store when that Dockerfile copies it.
+ * Not the bytes the repository travels in: its directories and repo.tar depend on which older commits a host
+ * has seen. Two contexts with the same inputs get the same image from the same base image, build arguments and
+ * network: the image-service keys its reuse on them, and the step-service takes the image asked for one context
+ * as the other's.
  */
 export interface ImageInputs {
   gitRev: string;
