@@ -78,6 +78,7 @@ describe(
         secrets: input.secrets,
         dockerfile: input.dockerfile ?? defaultDockerfile,
         defaultDockerfile: input.defaultDockerfile ?? input.dockerfile === undefined,
+        ...(input.trustStore !== undefined ? { trustStore: input.trustStore } : {}),
       });
     }
 
@@ -203,6 +204,17 @@ describe(
       assert.equal(state("COPY repo.tar"), "cached");
       assert.equal(state("COPY step_context.json.zip"), "completed");
       assert.equal(state("RUN unzip"), "completed");
+    });
+
+    it("builds a Dockerfile that copies the trust store again when the trust store changed, and reuses its image while it has not", async () => {
+      const files = { "actions.rb": `# trust ${randomBytes(8).toString("hex")}\n` };
+      const dockerfile = "ARG OPSCHAIN_BASE_RUNNER\nFROM ${OPSCHAIN_BASE_RUNNER}\nCOPY opschain-trust-store.tar /opt/opschain-trust-store.tar\n";
+      const first = await images.build(request(await context({ files, dockerfile, trustStore: "CA one\n" })), () => {});
+      const sameTrustStore = await images.build(request(await context({ files, dockerfile, trustStore: "CA one\n" })), () => {});
+      const otherTrustStore = await images.build(request(await context({ files, dockerfile, trustStore: "CA two\n" })), () => {});
+      assert.deepEqual([sameTrustStore.reused, sameTrustStore.imageId], [true, first.imageId]);
+      assert.equal(otherTrustStore.reused, false, "a new trust store is a new image");
+      assert.notEqual(otherTrustStore.imageId, first.imageId);
     });
 
     it("gives secret properties to RUN only as the env_context_zip secret, never to a layer or the config", async () => {

@@ -16,13 +16,15 @@ export interface ContextInput {
   dockerfile: string;
   defaultDockerfile: boolean;
   gitSha?: string;
+  /** A CA certificate's text: opschain-trust-store.tar holding it (as ca.pem) is listed, as for a Dockerfile that copies it. */
+  trustStore?: string;
 }
 
 /**
  * Prepared contexts made on local disk, standing in for the context-service: the given files as the "base"
  * directory (with empty "history" and "changes" beside it, each with its identity file, as the context-service
  * writes them), repo.tar of the same files (owned by the runner user) listed when the Dockerfile names it,
- * the step context zip (redacted and full) and a Dockerfile.
+ * the step context zip (redacted and full), a Dockerfile, and opschain-trust-store.tar when given a trust store.
  */
 export class LocalContextProvider implements ContextProvider {
   private readonly contexts = new Map<string, { remote: RemoteContext; paths: Partial<Record<ContextFileKind, string>> }>();
@@ -39,12 +41,30 @@ export class LocalContextProvider implements ContextProvider {
       await utimes(join(tree, path), time, time);
     }
     await mkdir(join(dir, "empty"));
-    const paths = {
+    const paths: Partial<Record<ContextFileKind, string>> & Record<"repo-tar" | "step-context-zip" | "dockerfile" | "secret-step-context-zip", string> = {
       "repo-tar": join(dir, "repo.tar"),
       "step-context-zip": join(dir, "step_context.json.zip"),
       dockerfile: join(dir, "Dockerfile"),
       "secret-step-context-zip": join(dir, "secret.zip"),
     };
+    if (input.trustStore !== undefined) {
+      await mkdir(join(dir, "trust"));
+      await writeFile(join(dir, "trust", "ca.pem"), input.trustStore);
+      paths["trust-store-tar"] = join(dir, "opschain-trust-store.tar");
+      const trustTar = await run("tar", [
+        "--sort=name",
+        "--mtime=@0",
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+        "-C",
+        join(dir, "trust"),
+        "-cf",
+        paths["trust-store-tar"],
+        "ca.pem",
+      ]);
+      if (trustTar.code !== 0) throw new Error(trustTar.stderr);
+    }
     const tar = await run("tar", ["--sort=name", "--mtime=@0", "--owner=10001", "--group=10001", "--numeric-owner", "-C", tree, "-cf", paths["repo-tar"], "."]);
     if (tar.code !== 0) throw new Error(tar.stderr);
     const json = JSON.stringify({ context: {}, properties: input.properties });
@@ -59,7 +79,7 @@ export class LocalContextProvider implements ContextProvider {
       infos[kind] = { digest: `sha256:${createHash("sha256").update(bytes).digest("hex")}`, size: BigInt(bytes.length) };
     }
     const contextId = `sha256:${createHash("sha256")
-      .update(infos["repo-tar"].digest + infos["step-context-zip"].digest + infos.dockerfile.digest)
+      .update(infos["repo-tar"].digest + infos["step-context-zip"].digest + infos.dockerfile.digest + (infos["trust-store-tar"]?.digest ?? ""))
       .digest("hex")}`;
     const gitSha = input.gitSha ?? createHash("sha1").update(infos["repo-tar"].digest).digest("hex");
     await writeFile(`${tree}.identity`, `tree:${gitSha}`);
