@@ -152,19 +152,23 @@ function writeIfPresent(path: string, value: string): void {
  * Synchronous, as the rest of a step's small file work (container.ts, SYNC_FILE_WORK).
  */
 function removeCgroup(path: string, onProblem: (path: string, error: unknown) => void): void {
-  const failed = (action: () => void): NodeJS.ErrnoException | undefined => {
-    try {
-      action();
-      return undefined;
-    } catch (error) {
-      return error as NodeJS.ErrnoException;
+  try {
+    rmdirSync(path);
+    return;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
+  }
+  try {
+    for (const child of readdirSync(path, { withFileTypes: true })) {
+      if (!child.isDirectory()) continue;
+      try {
+        rmdirSync(join(path, child.name));
+      } catch {
+        // what is left makes the parent's rmdir below fail, and that is reported
+      }
     }
-  };
-  const failure = failed(() => rmdirSync(path));
-  if (!failure || failure.code === "ENOENT") return;
-  const children = failed(() => {
-    for (const child of readdirSync(path, { withFileTypes: true })) if (child.isDirectory()) failed(() => rmdirSync(join(path, child.name)));
-  });
-  const last = children ?? failed(() => rmdirSync(path));
-  if (last && last.code !== "ENOENT") onProblem(path, last);
+    rmdirSync(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") onProblem(path, error);
+  }
 }

@@ -164,13 +164,10 @@ export class ContainerRuntime {
       const releaseStart = await this.startSlot(request.signal);
       partDone("start-wait");
       const startWindow = setTimeout(releaseStart, this.settings.startWindowMs ?? 0);
-      let exit: Awaited<ReturnType<ContainerRuntime["runc"]>>;
-      try {
-        exit = await this.runc(id, dir, request);
-      } finally {
+      const exit = await this.runc(id, dir, request).finally(() => {
         clearTimeout(startWindow);
         releaseStart();
-      }
+      });
       partDone("runc");
       const oomKilled = exit.signal === "SIGKILL" && (await cgroups.oomKilled(id));
       const result = await this.readResult(upper, request.resultPath);
