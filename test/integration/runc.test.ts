@@ -241,13 +241,16 @@ describe("runc with the base runner's root filesystem", samePassOnEither("no Bui
 
     it("gives a short container's slot to the next when it exits, and a step cancelled while it waits never starts", async () => {
       const runtime = newRuntime({ startingAtOnce: 1, startWindowMs: 60_000 });
+      let firstStarted!: () => void;
+      const firstRunning = new Promise<void>((resolve) => (firstStarted = resolve));
+      const first = runtime.run(shellStep("short-a", "sleep 0.5", { onStarted: () => firstStarted() }));
+      await firstRunning;
+      const began = performance.now();
       const cancel = new AbortController();
       let cancelledStarted = false;
-      const first = runtime.run(shellStep("short-a", "sleep 0.5"));
       const cancelled = runtime.run(shellStep("short-cancelled", "true", { signal: cancel.signal, onStarted: () => (cancelledStarted = true) }));
-      const began = performance.now();
       const second = runtime.run(shellStep("short-b", "true"));
-      cancel.abort(new Error("cancelled while waiting"));
+      setTimeout(() => cancel.abort(new Error("cancelled while waiting")), 150);
       await assert.rejects(cancelled, /cancelled while waiting/);
       assert.equal((await first).exitCode, 0);
       assert.equal((await second).exitCode, 0);

@@ -380,6 +380,8 @@ export class ContainerRuntime {
   private async startSlot(signal: AbortSignal): Promise<() => void> {
     const starting = this.starting;
     if (!starting) return () => {};
+    // A step cancelled on its way here starts nothing, whether or not a slot is free.
+    signal.throwIfAborted();
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
     await new Promise<void>((admitted, refused) => {
