@@ -9,6 +9,7 @@ import { ImageMaterialiser } from "./images/images.js";
 import { LayerStore } from "./images/layer-store.js";
 import { ContainerRuntime, instanceTagOf } from "./runtime/container.js";
 import { LocalDirectoryContextPreparer, PrebuiltImageBuilder } from "./steps/local.js";
+import { ReusableImages } from "./steps/reusable-images.js";
 import type { ContextPreparer, ImageBuilder } from "./steps/ports.js";
 import { type StepObserver, StepRunner } from "./steps/step-runner.js";
 
@@ -109,7 +110,7 @@ export function createStepRunner(
     { stateDir: config.stateDir, maxConcurrentSteps: config.maxConcurrentSteps, maxStepsPerCaller: config.maxStepsPerCaller, logCapBytes: config.logCapBytes },
     {
       contexts: ports.contexts ?? new LocalDirectoryContextPreparer(),
-      images: ports.images ?? new PrebuiltImageBuilder(config.stepImage),
+      images: ports.images ? new ReusableImages(ports.images) : new PrebuiltImageBuilder(config.stepImage),
       materialiser: new ImageMaterialiser(layers),
       layers,
       runtime,

@@ -132,11 +132,34 @@ describe("the main job: the sample repository's actions through the running serv
     assert.equal(outcome.buildEvents, 0);
   });
 
+  /** The build phase's part that says where the image came from without a build call of its own, if one does. */
+  const buildPart = (outcome: Outcome) =>
+    outcome.step.phaseParts.find((part) => part.phase === Phase.BUILD && (part.name === "image-asked-early" || part.name === "image-answer-kept"))?.name;
+  /** BuildImage calls the image-service has answered, whatever their outcome. */
+  const imageServiceCalls = async () => {
+    const text = await (await fetch(`http://${stack.imageAddr}/metrics`)).text();
+    return [...text.matchAll(/^steprunner_image_builds_seconds_count\{[^}]*\} (\d+)$/gm)].reduce((sum, match) => sum + Number(match[1]), 0);
+  };
+
+  it("gives the image-service's answer again while it holds, without a call: the image-service sees one call less for each", async () => {
+    // An answer holds until the image-service's base digest is to be asked again (5 s by default): of three steps
+    // in a row, the second or the third is within the time of the one before.
+    const before = await imageServiceCalls();
+    const outcomes = [await runStep("hello"), await runStep("hello"), await runStep("hello")];
+    const calls = (await imageServiceCalls()) - before;
+    for (const outcome of outcomes) assert.equal(outcome.step.state, StepState.SUCCESS, outcome.step.reason);
+    const kept = outcomes.filter((outcome) => buildPart(outcome) === "image-answer-kept").length;
+    assert.ok(kept >= 1, `an answer was given again: ${outcomes.map(buildPart).join(", ")}`);
+    assert.equal(calls, outcomes.length - kept, "each step whose answer was kept made no call; each other step one (asked early)");
+    assert.deepEqual(new Set(outcomes.map((outcome) => outcome.step.imageId)).size, 1);
+    for (const outcome of outcomes) assert.equal(outcome.step.imageReused, true);
+  });
+
   it("asks for the image of a step like the last one while preparing its context, and takes it for the same context or one of other properties", async () => {
-    const askedEarly = (outcome: Outcome) => outcome.step.phaseParts.some((part) => part.phase === Phase.BUILD && part.name === "image-asked-early");
+    const askedEarly = (outcome: Outcome) => buildPart(outcome) !== undefined;
     const same = await runStep("hello");
     assert.equal(same.step.state, StepState.SUCCESS, same.step.reason);
-    assert.ok(askedEarly(same), `the build phase waited only for the early answer: ${same.step.phaseParts.map((part) => part.name).join(", ")}`);
+    assert.ok(askedEarly(same), `the build phase waited only for the early (or kept) answer: ${same.step.phaseParts.map((part) => part.name).join(", ")}`);
     // Other properties make another context (the image is the same: the default Dockerfile does not read them).
     const other = await runStep("hello", {
       properties: Object.entries({ ...properties, project: { ...properties.project, app: "another-app" } }).map(([owner, values]) => ({

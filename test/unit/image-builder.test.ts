@@ -194,10 +194,28 @@ describe("the base runner's digest", () => {
     assert.deepEqual([asked(), builds()], [1, 1]);
   });
 
-  it("asks on every build with a recheck time of 0", async () => {
+  it("asks on every build with a recheck time of 0, and then says no answer may be given again without a call", async () => {
     const { images, asked } = builderWith(0, () => `sha256:${"a".repeat(64)}`);
-    for (let i = 0; i < 3; i++) await images.build(request, () => {});
+    const answers = [];
+    for (let i = 0; i < 3; i++) answers.push(await images.build(request, () => {}));
     assert.equal(asked(), 3);
+    assert.deepEqual(
+      answers.map((answer) => answer.reusableUntilMs),
+      [undefined, undefined, undefined],
+    );
+  });
+
+  it("says each answer holds until the digest it was built or reused on is to be asked again", async () => {
+    const { images } = builderWith(60_000, () => `sha256:${"a".repeat(64)}`);
+    const before = Date.now();
+    const built = await images.build(request, () => {});
+    const reused = await images.build(request, () => {});
+    const after = Date.now();
+    assert.equal(reused.reused, true);
+    for (const answer of [built, reused]) {
+      assert.ok(answer.reusableUntilMs! >= before + 60_000 && answer.reusableUntilMs! <= after + 60_000, `${answer.reusableUntilMs}`);
+    }
+    assert.equal(reused.reusableUntilMs, built.reusableUntilMs, "the same digest, asked once: the same time");
   });
 
   it("builds on the base runner's new digest once the recheck time has passed since the tag was pushed anew", async () => {

@@ -208,5 +208,6 @@ function toBuiltImage(image: ImageResult) {
     reused: image.reused,
     builtAt: timestampFromMs(image.builtAt),
     buildDuration: { seconds: BigInt(Math.floor(image.buildDurationMs / 1000)), nanos: (image.buildDurationMs % 1000) * 1_000_000 },
+    ...(image.reusableUntilMs !== undefined ? { reusableUntil: timestampFromMs(image.reusableUntilMs) } : {}),
   };
 }

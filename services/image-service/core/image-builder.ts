@@ -127,6 +127,12 @@ export interface ImageBuilderOptions {
   mountedLayers?: MountedLayers;
 }
 
+/** A base runner's digest as the registry gave it, and when it was asked (epoch ms). */
+interface BaseDigest {
+  digest: string;
+  askedAt: number;
+}
+
 /** A built image: its record and, for an image in dockerd, what dockerd says of it, inspected once. */
 interface Built {
   record: ReuseRecord;
@@ -157,9 +163,9 @@ export class ImageBuilder {
   /** dockerd's descriptions of images reused lately (inspectReused), least recently read first. */
   private readonly inspected = new Map<string, ImageInspect>();
   /** Each base runner's digest as the registry last gave it, and when it was asked (see baseImageRecheckMs). */
-  private readonly baseDigests = new Map<string, { digest: string; askedAt: number }>();
+  private readonly baseDigests = new Map<string, BaseDigest>();
   /** Builds starting at once share one registry request for their base runner's digest. */
-  private readonly baseLookups = new SingleFlight<string>();
+  private readonly baseLookups = new SingleFlight<BaseDigest>();
 
   constructor(options: ImageBuilderOptions) {
     this.contexts = options.contexts;
@@ -230,7 +236,10 @@ export class ImageBuilder {
         message: `the Dockerfile's line ${skipped.syntax.line} "${skipped.syntax.text}" names the frontend image ${skipped.syntax.image}, which ${skipped.unpullable}; the line is ignored and BuildKit's builtin Dockerfile frontend builds the file`,
       });
     }
-    const baseDigest = await baseDigestAsked;
+    const { digest: baseDigest, askedAt: baseAskedAt } = await baseDigestAsked;
+    // How long another call for the same inputs would be answered with this image: while the digest is held.
+    const recheckMs = this.settings.baseImageRecheckMs ?? 0;
+    const answer = (image: ImageResult): ImageResult => (recheckMs > 0 ? { ...image, reusableUntilMs: baseAskedAt + recheckMs } : image);
     const buildArgs = {
       GIT_REV: described.gitRev,
       GIT_SHA: described.gitSha,
@@ -247,7 +256,7 @@ export class ImageBuilder {
 
     if (!request.buildWithoutCache) {
       const reused = await this.reuse(contentKey, handoff, signal);
-      if (reused) return reused;
+      if (reused) return answer(reused);
     }
     if (request.reuseOnly) throw notFound(`no image was built for context ${request.contextId} with these inputs (or it is gone); nothing was built`);
     const context = local ?? (await this.contexts.materialize(request.contextId, signal));
@@ -281,7 +290,7 @@ export class ImageBuilder {
       listeners.delete(emit);
       if (listeners.size === 0 && this.listeners.get(key) === listeners) this.listeners.delete(key);
     }
-    return this.handOver(built, handoff, false, signal);
+    return answer(await this.handOver(built, handoff, false, signal));
   }
 
   private async solve(
@@ -617,17 +626,18 @@ export class ImageBuilder {
    * The base runner's digest: the registry's answer of the last baseImageRecheckMs, else the registry asked
    * (once for all the builds asking at the same time).
    */
-  private async resolveBaseImage(reference: ImageReference, baseRunner: string, signal?: AbortSignal): Promise<string> {
+  private async resolveBaseImage(reference: ImageReference, baseRunner: string, signal?: AbortSignal): Promise<BaseDigest> {
     const known = this.baseDigests.get(baseRunner);
-    if (known && Date.now() - known.askedAt < (this.settings.baseImageRecheckMs ?? 0)) return known.digest;
+    if (known && Date.now() - known.askedAt < (this.settings.baseImageRecheckMs ?? 0)) return known;
     return this.baseLookups.run(
       baseRunner,
       async (lookupSignal) => {
         const askedAt = Date.now();
         try {
           const { digest } = await this.registry.manifest(reference.repository, reference.reference, lookupSignal);
-          keepRecent(this.baseDigests, baseRunner, { digest, askedAt }, BASE_DIGESTS);
-          return digest;
+          const answer = { digest, askedAt };
+          keepRecent(this.baseDigests, baseRunner, answer, BASE_DIGESTS);
+          return answer;
         } catch (error) {
           if ((error as { status?: number }).status === 404) {
             throw failedPrecondition(

@@ -79,6 +79,8 @@ export interface ImageResult {
   reused: boolean;
   builtAt: number;
   buildDurationMs: number;
+  /** Until when (epoch ms) the same request would get this answer again (see BuiltImage.reusable_until). */
+  reusableUntilMs?: number;
 }
 
 export type BuildEvent = { kind: "queued"; position: number } | { kind: "progress"; events: ProgressEvent[] } | { kind: "warning"; message: string };

@@ -52,6 +52,7 @@ export class ImageServiceBuilder implements ImageBuilder {
       if (response.event.case === "warning") onWarning?.(response.event.value.message);
       if (response.event.case !== "image") continue;
       const image = response.event.value;
+      const reusable = image.reusableUntil ? { reusableUntilMs: timestampMs(image.reusableUntil) } : {};
       if (image.handoff === ImageHandoff.LAYER_STORE) {
         const config = image.config;
         return {
@@ -69,9 +70,10 @@ export class ImageServiceBuilder implements ImageBuilder {
           },
           imageId: image.imageId,
           reused: image.reused,
+          ...reusable,
         };
       }
-      return { image: { kind: "registry", reference: image.reference }, imageId: image.imageId, reused: image.reused };
+      return { image: { kind: "registry", reference: image.reference }, imageId: image.imageId, reused: image.reused, ...reusable };
     }
     throw new Error("the image-service ended the build without an image");
   }

@@ -1,4 +1,4 @@
-import { access } from "node:fs/promises";
+import { statSync } from "node:fs";
 import { parseImageReference } from "../../shared/registry/image-reference.js";
 import { type ImageManifest, RegistryClient } from "../../shared/registry/registry-client.js";
 import type { LayerBlob, LayerStore } from "./layer-store.js";
@@ -45,11 +45,9 @@ export class ImageMaterialiser {
   async materialise(image: StepImage, signal: AbortSignal): Promise<ImageRootfs> {
     if (image.kind === "layer-directories") {
       if (image.directories.length === 0) throw new Error("the image names no layer directories");
-      for (const dir of image.directories) {
-        await access(dir).catch(() => {
-          throw new Error(`layer directory ${dir} of image ${image.imageId} does not exist (is the step-service on dockerd's host?)`);
-        });
-      }
+      // Synchronous stats: microseconds each, where a thread-pool round trip costs a tenth of a millisecond or more.
+      const missing = image.directories.find((dir) => statSync(dir, { throwIfNoEntry: false }) === undefined);
+      if (missing) throw new Error(`layer directory ${missing} of image ${image.imageId} does not exist (is the step-service on dockerd's host?)`);
       return { imageId: image.imageId, config: image.config, lowerDirs: image.directories, release: () => {} };
     }
     const reference = parseImageReference(image.reference);

@@ -108,6 +108,10 @@ export interface BuiltStepImage {
   image: StepImage;
   imageId: string;
   reused: boolean;
+  /** Until when (epoch ms) the image-service would give this answer again for the same inputs; absent: ask. */
+  reusableUntilMs?: number;
+  /** An earlier answer given again, without a call to the image-service (see ReusableImages). */
+  answerKept?: boolean;
 }
 
 /** Builds or reuses a step's image (the image-service's BuildImage, or an image that is already built). */

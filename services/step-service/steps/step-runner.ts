@@ -369,9 +369,14 @@ export class StepRunner {
       const asked = performance.now();
       const guessed = await guess?.take(prepared);
       if (guessed) {
-        this.addPart(active, "image-asked-early", performance.now() - asked);
+        this.addPart(active, guessed.built.answerKept ? "image-answer-kept" : "image-asked-early", performance.now() - asked);
         guessed.warnings.forEach(onWarning);
-        span.setAttributes({ "image.id": guessed.built.imageId, "image.reused": guessed.built.reused, "image.asked_early": true });
+        span.setAttributes({
+          "image.id": guessed.built.imageId,
+          "image.reused": guessed.built.reused,
+          "image.asked_early": true,
+          "image.answer_kept": guessed.built.answerKept ?? false,
+        });
         return guessed.built;
       }
       const buildLog = new BuildLogMasker(masker);
@@ -380,7 +385,8 @@ export class StepRunner {
         const rest = buildLog.flush();
         if (rest) this.emit(active, { type: "build", progress: rest });
       });
-      span.setAttributes({ "image.id": result.imageId, "image.reused": result.reused });
+      if (result.answerKept) this.addPart(active, "image-answer-kept", performance.now() - asked);
+      span.setAttributes({ "image.id": result.imageId, "image.reused": result.reused, "image.answer_kept": result.answerKept ?? false });
       return result;
     });
     Object.assign(active.record, { imageId: built.imageId, imageReused: built.reused });
