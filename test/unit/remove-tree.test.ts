@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { removeTree } from "../../services/shared/files/small-files.js";
+import { removeTree, writeTextFile } from "../../services/shared/files/small-files.js";
 
 describe("removeTree", () => {
   let work: string;
@@ -51,5 +51,25 @@ describe("removeTree", () => {
     await removeTree(dir);
     assert.equal(existsSync(dir), false);
     assert.equal(existsSync(join(outside, "keep")), true);
+  });
+});
+
+describe("writeTextFile", () => {
+  let work: string;
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), "steprunner-write-text-"));
+  });
+  after(() => rm(work, { recursive: true, force: true }));
+
+  it("writes a small file before it returns to the event loop, and a large one too, each with its mode", async () => {
+    const small = join(work, "small.json");
+    const written = writeTextFile(small, '{"a":1}', 0o640);
+    assert.equal(readFileSync(small, "utf8"), '{"a":1}', "written synchronously");
+    await written;
+    const large = join(work, "large.json");
+    const text = "x".repeat(2 * 1024 * 1024);
+    await writeTextFile(large, text, 0o600);
+    assert.equal(readFileSync(large, "utf8"), text);
+    assert.deepEqual([statSync(small).mode & 0o777, statSync(large).mode & 0o777], [0o640, 0o600]);
   });
 });

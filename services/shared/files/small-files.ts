@@ -1,5 +1,5 @@
-import { existsSync, readdirSync, readFileSync, rmdirSync, unlinkSync } from "node:fs";
-import { rm } from "node:fs/promises";
+import { existsSync, readdirSync, readFileSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
+import { rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 
 /**
@@ -13,6 +13,19 @@ export function readSmallFile(path: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The longest text written synchronously (writeTextFile), in characters. */
+const SYNC_WRITE_CHARS = 1024 * 1024;
+
+/**
+ * Writes a text file: at once when it is small, as readSmallFile reads (a step's step_context.json is a few
+ * kilobytes, and the thread pool's three round trips for it cost a millisecond on a busy host); through the
+ * thread pool when it is large, so that it holds up no other work.
+ */
+export async function writeTextFile(path: string, text: string, mode: number): Promise<void> {
+  if (text.length <= SYNC_WRITE_CHARS) writeFileSync(path, text, { mode });
+  else await writeFile(path, text, { mode });
 }
 
 /** How many entries a tree may hold to be removed synchronously (removeTree). */

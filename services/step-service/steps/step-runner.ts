@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { rmSync } from "node:fs";
-import { mkdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { BuildProgress } from "./ports.js";
 import { type Context, context, type Span, SpanStatusCode, trace } from "@opentelemetry/api";
@@ -24,6 +24,7 @@ import { type ChangeRecord, FINAL_STATES, type PhaseName, type StepRecord, StepR
 import { InvalidResultError, parseStepResult, type StepResultData } from "./result.js";
 import { requestEnvironment, runtimeStepContext, stepCommand } from "./run-command.js";
 import { FifoQueue, QueueLeftError } from "../../shared/fifo-queue.js";
+import { writeTextFile } from "../../shared/files/small-files.js";
 import { BuildLogMasker, SecretMasker } from "./secrets.js";
 import { type ImageGuess, ImageSpeculation } from "./image-speculation.js";
 
@@ -406,7 +407,7 @@ export class StepRunner {
     const repoDir = `/opt/opschain/${prepared.repoFolder}`;
     return this.phase(active, "run", async (span) => {
       await this.timedPart(active, "context-file", () =>
-        writeFile(contextFile, JSON.stringify(runtimeStepContext(prepared.stepContext, record.id, request)), { mode: 0o644 }),
+        writeTextFile(contextFile, JSON.stringify(runtimeStepContext(prepared.stepContext, record.id, request)), 0o644),
       );
       log.append("system", `[steprunner] running ${request.action} in image ${record.imageId}`);
       const exited = await this.parts.runtime.run({
@@ -480,7 +481,7 @@ export class StepRunner {
   private async teardown(active: Active, image: ImageRootfs | undefined, contextFile: string): Promise<void> {
     await this.phase(active, "teardown", async () => {
       image?.release();
-      await rm(contextFile, { force: true });
+      rmSync(contextFile, { force: true });
       await this.parts.layers.collect().catch((error: Error) => this.parts.logger.warn("layer collection failed", { error }));
     });
   }
