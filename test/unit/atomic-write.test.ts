@@ -3,7 +3,7 @@ import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { writeAtomically, writeFileAtomic } from "../../services/shared/files/atomic-write.js";
+import { writeAtomically, writeFileAtomic, writeSmallFileAtomic } from "../../services/shared/files/atomic-write.js";
 
 describe("atomic writes", () => {
   let dir: string;
@@ -19,6 +19,18 @@ describe("atomic writes", () => {
     assert.equal(await readFile(path, "utf8"), "new");
     assert.equal((await stat(path)).mode & 0o777, 0o600);
     assert.deepEqual(await readdir(dir), ["record.json"]);
+  });
+
+  it("replaces a small file whole before it returns, with its mode, and leaves no partial; a failed write leaves the old content", async () => {
+    const path = join(dir, "manifest.json");
+    writeSmallFileAtomic(path, "old");
+    writeSmallFileAtomic(path, "new", { mode: 0o600 });
+    assert.equal(await readFile(path, "utf8"), "new");
+    assert.equal((await stat(path)).mode & 0o777, 0o600);
+    assert.throws(() => writeSmallFileAtomic(join(dir, "missing-directory", "x.json"), "x"), /ENOENT/);
+    assert.throws(() => writeSmallFileAtomic(join(dir, "manifest.json", "under-a-file"), "x"), /ENOTDIR/);
+    assert.equal(await readFile(path, "utf8"), "new");
+    assert.deepEqual((await readdir(dir)).filter((name) => name.startsWith("manifest.json.partial")), []);
   });
 
   it("keeps the old content and removes the partial (file or directory) when filling it fails", async () => {
