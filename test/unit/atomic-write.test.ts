@@ -30,7 +30,10 @@ describe("atomic writes", () => {
     assert.throws(() => writeSmallFileAtomic(join(dir, "missing-directory", "x.json"), "x"), /ENOENT/);
     assert.throws(() => writeSmallFileAtomic(join(dir, "manifest.json", "under-a-file"), "x"), /ENOTDIR/);
     assert.equal(await readFile(path, "utf8"), "new");
-    assert.deepEqual((await readdir(dir)).filter((name) => name.startsWith("manifest.json.partial")), []);
+    assert.deepEqual(
+      (await readdir(dir)).filter((name) => name.startsWith("manifest.json.partial")),
+      [],
+    );
   });
 
   it("keeps the old content and removes the partial (file or directory) when filling it fails", async () => {

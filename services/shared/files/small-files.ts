@@ -1,5 +1,5 @@
 import { existsSync, readdirSync, readFileSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
-import { rm, writeFile } from "node:fs/promises";
+import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 
 /**
@@ -10,6 +10,22 @@ import { join } from "node:path";
 export function readSmallFile(path: string): string | undefined {
   try {
     return readFileSync(path, "utf8");
+  } catch {
+    return undefined;
+  }
+}
+
+/** The largest file read synchronously (readBytes). */
+const SYNC_READ_BYTES = 1024 * 1024;
+
+/**
+ * A local file's bytes, or undefined when it cannot be read: at once when its size (as known beforehand) is
+ * small, like readSmallFile; through the thread pool when it is large, so that it holds up no other work.
+ */
+export async function readBytes(path: string, sizeBytes: number): Promise<Buffer | undefined> {
+  if (sizeBytes > SYNC_READ_BYTES) return readFile(path).catch(() => undefined);
+  try {
+    return readFileSync(path);
   } catch {
     return undefined;
   }

@@ -1,7 +1,6 @@
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { fromJson, type JsonObject } from "@bufbuild/protobuf";
 import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
 import { unzipSync } from "fflate";
 import {
   ContextFileKind,
@@ -13,6 +12,7 @@ import {
 import type { ContextPreparer, PartTimer, PreparedStepContext, StepRequest } from "../steps/ports.js";
 import { callService } from "./service-calls.js";
 import { keepRecent } from "../../shared/recent-entries.js";
+import { readBytes } from "../../shared/files/small-files.js";
 import { type ImageInputs, imageInputs } from "../../shared/image-inputs.js";
 
 /** The largest step context read back (the context-service limits properties far below this). */
@@ -131,7 +131,7 @@ function unzipStepContext(zip: Uint8Array, contextId: string): Record<string, un
  */
 async function readSharedFile(file: { hostPath: string; digest: string; sizeBytes: bigint } | undefined): Promise<Buffer | undefined> {
   if (!file?.hostPath || file.sizeBytes > BigInt(MAX_STEP_CONTEXT_ZIP_BYTES)) return undefined;
-  const bytes = await readFile(file.hostPath).catch(() => undefined);
+  const bytes = await readBytes(file.hostPath, Number(file.sizeBytes));
   if (!bytes || BigInt(bytes.length) !== file.sizeBytes) return undefined;
   return `sha256:${createHash("sha256").update(bytes).digest("hex")}` === file.digest ? bytes : undefined;
 }

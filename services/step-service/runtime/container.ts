@@ -1,7 +1,7 @@
 import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, chownSync, lstatSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { chown, cp, lstat, mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
+import { chmodSync, chownSync, lstatSync, mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chown, cp, lstat, mkdir, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { constants } from "node:os";
@@ -14,7 +14,7 @@ import { DEFAULT_CGROUP_ROOT, detectCgroups, type StepCgroups } from "./cgroups.
 import { insideRoot } from "./paths.js";
 import { buildSpec, type Limits, type ResolvedUser, resolveUser } from "./spec.js";
 import { keepRecent } from "../../shared/recent-entries.js";
-import { readSmallFile, removeTree } from "../../shared/files/small-files.js";
+import { readBytes, readSmallFile, removeTree } from "../../shared/files/small-files.js";
 import { FifoQueue } from "../../shared/fifo-queue.js";
 
 const exec = promisify(execFile);
@@ -28,8 +28,6 @@ const RUNC_ENV = { PATH: process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/us
 // call takes microseconds, where a round trip through libuv's thread pool costs a tenth of a millisecond or more
 // under load, and a step makes a few dozen of them on its path. What may be large (the upper directory a step
 // filled, the repository copy) stays asynchronous.
-/** The largest file read synchronously. */
-const SYNC_READ_BYTES = 1024 * 1024;
 /** Longest line kept whole; longer output is cut into lines of this size so memory stays bounded. */
 const MAX_LINE_BYTES = 64 * 1024;
 
@@ -408,7 +406,8 @@ export class ContainerRuntime {
       return { problem: `${resultPath} is ${info.size} bytes, more than the ${this.settings.maxResultBytes} bytes a result may have` };
     }
     // The usual small result is read at once (SYNC_FILE_WORK); a large one without holding up the other steps.
-    return { text: info.size <= SYNC_READ_BYTES ? readFileSync(path, "utf8") : await readFile(path, "utf8") };
+    const bytes = await readBytes(path, info.size);
+    return bytes ? { text: bytes.toString("utf8") } : { problem: `/${resultPath} could not be read` };
   }
 }
 
