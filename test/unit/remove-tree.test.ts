@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { removeTree, writeTextFile } from "../../services/shared/files/small-files.js";
+import { readBytes, removeTree, writeTextFile } from "../../services/shared/files/small-files.js";
 
 describe("removeTree", () => {
   let work: string;
@@ -71,5 +71,25 @@ describe("writeTextFile", () => {
     await writeTextFile(large, text, 0o600);
     assert.equal(readFileSync(large, "utf8"), text);
     assert.deepEqual([statSync(small).mode & 0o777, statSync(large).mode & 0o777], [0o640, 0o600]);
+  });
+});
+
+describe("readBytes", () => {
+  let work: string;
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), "steprunner-read-bytes-"));
+  });
+  after(() => rm(work, { recursive: true, force: true }));
+
+  it("reads a small file, a large one, and says undefined for one that is not there", async () => {
+    const small = join(work, "small.zip");
+    await writeFile(small, "zip");
+    const large = join(work, "large.zip");
+    const text = "y".repeat(2 * 1024 * 1024);
+    await writeFile(large, text);
+    assert.equal((await readBytes(small, 3))?.toString("utf8"), "zip");
+    assert.equal((await readBytes(large, text.length))?.toString("utf8"), text);
+    assert.equal(await readBytes(join(work, "missing"), 3), undefined);
+    assert.equal(await readBytes(join(work, "missing"), text.length), undefined);
   });
 });
