@@ -17,6 +17,7 @@ import type { StepRunner } from "../../services/step-service/steps/step-runner.j
 import { applyPatch, findConflict, PatchError } from "../../services/step-service/steps/json-patch.js";
 import { findStep } from "../support/change-steps.js";
 import { fakeStepRunner } from "../support/fake-step-parts.js";
+import { stepRequest } from "../support/step-request.js";
 
 interface Seen {
   args: string[];
@@ -526,21 +527,7 @@ describe("RunChange: a step and then its child steps, each a fresh step (fakes f
   });
 
   /** A validated RunStep request, as the change runner takes it. */
-  const domainRequest = (action: string): StepRequest => ({
-    stepId: "",
-    repositoryUrl: stateDir,
-    gitRev: "HEAD",
-    action,
-    properties: [],
-    secretPointers: [],
-    contextValues: {},
-    repoFolder: ".mintpress",
-    excludeGitHistory: false,
-    timeoutMs: 10_000,
-    hostNetwork: false,
-    limits: settings.defaultLimits,
-    buildWithoutCache: false,
-  });
+  const domainRequest = (action: string): StepRequest => stepRequest({ repositoryUrl: stateDir, gitRev: "HEAD", action, limits: settings.defaultLimits });
 
   it("hands back a change that waits when the service shuts down", async () => {
     runtime.actions = { pause: () => declared("sequential", { action: "opschain_wait_step_1", type: "wait" }, { action: "after" }), after: () => ({}) };

@@ -10,6 +10,7 @@ import { zipSync } from "fflate";
 import { ContextService } from "../../gen/steprunner/context/v1/context_service_pb.js";
 import { ContextServicePreparer } from "../../services/step-service/clients/context-service-preparer.js";
 import type { StepRequest } from "../../services/step-service/steps/ports.js";
+import { stepRequest } from "../support/step-request.js";
 
 const zipOf = (document: object) => zipSync({ "step_context.json": new TextEncoder().encode(JSON.stringify(document)) });
 
@@ -43,21 +44,7 @@ function fakeContextService(hostPathOf: (zip: Uint8Array) => string = () => "") 
   return { calls, transport };
 }
 
-const request = (run: number): StepRequest => ({
-  stepId: "",
-  repositoryUrl: "/repo",
-  gitRev: "main",
-  action: "hello",
-  properties: [{ owner: "project", properties: { run } }],
-  secretPointers: [],
-  contextValues: {},
-  repoFolder: ".mintpress",
-  excludeGitHistory: false,
-  timeoutMs: 1000,
-  hostNetwork: false,
-  limits: { memoryBytes: 1 << 30, cpuMillis: 1000, pids: 100 },
-  buildWithoutCache: false,
-});
+const request = (run: number): StepRequest => stepRequest({ properties: [{ owner: "project", properties: { run } }], timeoutMs: 1000 });
 
 describe("the step-service's context-service client", () => {
   it("reads a step context once per content: a warm step makes one PrepareContext and no ReadContextFile", async () => {

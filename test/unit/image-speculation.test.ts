@@ -3,23 +3,16 @@ import { describe, it } from "node:test";
 import type { ImageInputs } from "../../services/shared/image-inputs.js";
 import { ImageSpeculation } from "../../services/step-service/steps/image-speculation.js";
 import type { BuiltStepImage, ImageBuilder, ImageBuildOptions, StepRequest } from "../../services/step-service/steps/ports.js";
+import { stepRequest } from "../support/step-request.js";
 
-const request = (overrides: Partial<StepRequest> = {}): StepRequest => ({
-  stepId: "s1",
-  repositoryUrl: "https://git.example/repo.git",
-  gitRev: "main",
-  action: "hello",
-  properties: [{ owner: "project", properties: { a: 1 } }],
-  secretPointers: [],
-  contextValues: {},
-  repoFolder: "",
-  excludeGitHistory: false,
-  timeoutMs: 60_000,
-  hostNetwork: false,
-  limits: { memoryBytes: 1, cpuMillis: 1, pids: 1 },
-  buildWithoutCache: false,
-  ...overrides,
-});
+const request = (overrides: Partial<StepRequest> = {}): StepRequest =>
+  stepRequest({
+    stepId: "s1",
+    repositoryUrl: "https://git.example/repo.git",
+    properties: [{ owner: "project", properties: { a: 1 } }],
+    repoFolder: "",
+    ...overrides,
+  });
 
 /** An image builder that records each call and answers as told. */
 function fakeImages(answer: (contextId: string) => Promise<BuiltStepImage>) {

@@ -5,23 +5,9 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { BuiltStepImage, ImageBuilder, StepRequest } from "../../services/step-service/steps/ports.js";
 import { ReusableImages } from "../../services/step-service/steps/reusable-images.js";
+import { stepRequest } from "../support/step-request.js";
 
-const request = (overrides: Partial<StepRequest> = {}): StepRequest => ({
-  stepId: "s1",
-  repositoryUrl: "https://git.example/repo.git",
-  gitRev: "main",
-  action: "hello",
-  properties: [],
-  secretPointers: [],
-  contextValues: {},
-  repoFolder: "",
-  excludeGitHistory: false,
-  timeoutMs: 60_000,
-  hostNetwork: false,
-  limits: { memoryBytes: 1, cpuMillis: 1, pids: 1 },
-  buildWithoutCache: false,
-  ...overrides,
-});
+const request = (overrides: Partial<StepRequest> = {}): StepRequest => stepRequest({ stepId: "s1", ...overrides });
 
 /** An image-service stand-in: counts calls, says one warning, and answers reusable until `until` (or not at all). */
 function fakeImages(until: number | undefined, image: BuiltStepImage["image"] = { kind: "registry", reference: "r/ctx" }) {

@@ -13,6 +13,7 @@ import { PrebuiltImageBuilder } from "../../services/step-service/steps/local.js
 import type { ContainerRunner } from "../../services/step-service/steps/ports.js";
 import { CallerLimitError, type StepEvent, type StepRunner } from "../../services/step-service/steps/step-runner.js";
 import { FakeImages, fakeStepRunner } from "../support/fake-step-parts.js";
+import { stepRequest } from "../support/step-request.js";
 
 type StepRecordOf = Extract<StepEvent, { type: "finished" }>["step"];
 
@@ -34,21 +35,7 @@ class FakeRuntime implements ContainerRunner {
   }
 }
 
-const request = (repositoryUrl: string) => ({
-  stepId: "",
-  repositoryUrl,
-  gitRev: "",
-  action: "go",
-  properties: [],
-  secretPointers: [],
-  contextValues: {},
-  repoFolder: ".mintpress",
-  excludeGitHistory: false,
-  timeoutMs: 10_000,
-  hostNetwork: false,
-  limits: { memoryBytes: 64 * 1024 * 1024, cpuMillis: 1000, pids: 64 },
-  buildWithoutCache: false,
-});
+const request = (repositoryUrl: string) => stepRequest({ repositoryUrl, gitRev: "", action: "go" });
 
 const settings: StepServiceSettings = {
   runcPath: "runc",
