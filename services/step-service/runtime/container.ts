@@ -240,12 +240,12 @@ export class ContainerRuntime {
     const rootfs = join(dir, "rootfs");
     const user = await resolveUser(rootfs, request.image.config.user);
     if (request.repositoryDir) {
-      const target = await insideRoot(rootfs, "/opt/opschain");
+      const target = insideRoot(rootfs, "/opt/opschain");
       await cp(request.repositoryDir, target, { recursive: true, filter: (source) => !source.endsWith("/.git") });
       await exec("chown", ["-R", "--no-dereference", `${user.uid}:${user.gid}`, target]);
     }
     for (const userDir of request.userDirs) {
-      const target = await insideRoot(rootfs, userDir);
+      const target = insideRoot(rootfs, userDir);
       await mkdir(target, { recursive: true });
       await chown(target, user.uid, user.gid);
     }
@@ -395,7 +395,7 @@ export class ContainerRuntime {
   private async readResult(upper: string, resultPath: string): Promise<ContainerExit["result"]> {
     let path: string;
     try {
-      path = await insideRoot(upper, resultPath);
+      path = insideRoot(upper, resultPath);
     } catch (error) {
       return { problem: (error as Error).message };
     }

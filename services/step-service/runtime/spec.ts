@@ -37,7 +37,7 @@ export async function resolveUser(rootfs: string, user: string): Promise<Resolve
 
 /** Reads /etc/NAME of the rootfs, refusing symlinks, which would resolve on the host. */
 async function readEtc(rootfs: string, name: string): Promise<string> {
-  const path = await insideRoot(rootfs, `/etc/${name}`);
+  const path = insideRoot(rootfs, `/etc/${name}`);
   const info = await lstat(path).catch(() => undefined);
   if (!info) return "";
   if (!info.isFile()) throw new Error(`/etc/${name} of the image is not a regular file`);
