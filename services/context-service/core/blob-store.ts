@@ -6,9 +6,7 @@ import { Transform, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { notFound } from "./errors.js";
 import { writeFileAtomic } from "../../shared/files/atomic-write.js";
-
-/** The largest blob from memory written synchronously (putBuffer). */
-const SYNC_PUT_BYTES = 1024 * 1024;
+import { SMALL_FILE_BYTES } from "../../shared/files/small-files.js";
 
 export interface BlobInfo {
   /** "sha256:<hex>" of the bytes. */
@@ -89,7 +87,7 @@ export class BlobStore {
     try {
       // The usual few kilobytes are written at once: the thread pool's round trips (open, write, close, rename)
       // cost a tenth of a millisecond or more each on a busy host. A large blob holds up no other request.
-      if (bytes.length <= SYNC_PUT_BYTES) {
+      if (bytes.length <= SMALL_FILE_BYTES) {
         writeFileSync(partial, bytes, { mode: 0o600 });
         renameSync(partial, this.path(info.digest));
       } else {

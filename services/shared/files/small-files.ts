@@ -15,15 +15,18 @@ export function readSmallFile(path: string): string | undefined {
   }
 }
 
-/** The largest file read synchronously (readBytes). */
-const SYNC_READ_BYTES = 1024 * 1024;
+/**
+ * Up to this size a file is read or written synchronously (readBytes, writeTextFile, the context-service's small
+ * blobs): a millisecond at most on local disk. A larger one goes through the thread pool and holds up no other work.
+ */
+export const SMALL_FILE_BYTES = 1024 * 1024;
 
 /**
  * A local file's bytes, or undefined when it cannot be read: at once when its size (as known beforehand) is
  * small, like readSmallFile; through the thread pool when it is large, so that it holds up no other work.
  */
 export async function readBytes(path: string, sizeBytes: number): Promise<Buffer | undefined> {
-  if (sizeBytes > SYNC_READ_BYTES) return readFile(path).catch(() => undefined);
+  if (sizeBytes > SMALL_FILE_BYTES) return readFile(path).catch(() => undefined);
   try {
     return readFileSync(path);
   } catch {
@@ -31,16 +34,14 @@ export async function readBytes(path: string, sizeBytes: number): Promise<Buffer
   }
 }
 
-/** The longest text written synchronously (writeTextFile), in characters. */
-const SYNC_WRITE_CHARS = 1024 * 1024;
-
 /**
  * Writes a text file: at once when it is small, as readSmallFile reads (a step's step_context.json is a few
  * kilobytes, and the thread pool's three round trips for it cost a millisecond on a busy host); through the
  * thread pool when it is large, so that it holds up no other work.
  */
 export async function writeTextFile(path: string, text: string, mode: number): Promise<void> {
-  if (text.length <= SYNC_WRITE_CHARS) writeFileSync(path, text, { mode });
+  // Characters, not bytes: near enough for a threshold.
+  if (text.length <= SMALL_FILE_BYTES) writeFileSync(path, text, { mode });
   else await writeFile(path, text, { mode });
 }
 
