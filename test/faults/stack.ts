@@ -10,6 +10,7 @@ import { clientSecurityFromSettings } from "../../services/shared/config/common.
 
 const exec = promisify(execFile);
 const env = (name: string, fallback: string) => process.env[name] || fallback;
+const SERVICES = ["context-service", "image-service", "step-service"] as const;
 
 /** A local stack as deploy/local/env.sh describes it, with the same defaults, and the means to hurt it. */
 export class FaultStack {
@@ -51,7 +52,7 @@ export class FaultStack {
   }
 
   async daemonPids(): Promise<number[]> {
-    const names = [this.buildkit, "registry", "context-service", "image-service", "step-service"];
+    const names = [this.buildkit, "registry", ...SERVICES];
     return (await Promise.all(names.map((name) => this.pidOf(name)))).filter((pid): pid is number => pid !== undefined);
   }
 
@@ -67,6 +68,22 @@ export class FaultStack {
     process.kill(pid, "SIGKILL");
     await waitUntil(`${service} (pid ${pid}) to exit`, 20_000, async () => !(await alive(pid)));
     if (service === "step-service") this.resetClients();
+  }
+
+  /**
+   * The services whose recorded process is gone though nobody stopped it (a crash), each with the end of its
+   * log, where the crash's stack is.
+   */
+  async exitedServices(): Promise<string[]> {
+    const exited: string[] = [];
+    for (const service of SERVICES) {
+      const pid = await this.pidOf(service);
+      if (!pid || (await alive(pid))) continue;
+      const log = join(this.stateDir, "logs", `${service}.log`);
+      const tail = (await readFile(log, "utf8").catch(() => "")).split("\n").slice(-25).join("\n  ");
+      exited.push(`${service} (pid ${pid}) exited; the end of ${log}:\n  ${tail}`);
+    }
+    return exited;
   }
 
   /** Starts the services that are not serving (after a kill), with extra settings for the ones started now. */

@@ -233,7 +233,9 @@ export class FaultSuite {
       } catch (error) {
         problems.push(`${kind}: ${(error as Error).message}`);
       }
+      await this.reviveExited(kind, problems);
       await this.settle(ids, problems);
+      await this.reviveExited(kind, problems);
       // A leak that stays is reported once, by the fault that left it.
       const leaks = (await this.leaksAfterCleanUp()).filter((leak) => !this.reportedLeaks.has(leak));
       for (const leak of leaks) this.reportedLeaks.add(leak);
@@ -249,6 +251,15 @@ export class FaultSuite {
     }
     result.seconds = (Date.now() - began) / 1000;
     return result;
+  }
+
+  /** A service that crashed is a finding of the fault; it is started again so that the suite can go on. */
+  private async reviveExited(kind: FaultKind, problems: string[]): Promise<void> {
+    const exited = await this.stack.exitedServices();
+    if (exited.length === 0) return;
+    problems.push(...exited.map((text) => `${kind}: ${text}`));
+    if (exited.some((text) => text.startsWith("step-service"))) this.stack.resetClients();
+    await this.stack.startServices();
   }
 
   /** Polls for leaks for a while: a BuildKit job or a git process may take a moment to notice its cancel. */

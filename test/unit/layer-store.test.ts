@@ -110,6 +110,26 @@ describe("LayerStore", () => {
     assert.deepEqual(await readdir(join(root, "tmp")), []);
   });
 
+  it("fails the unpack, and nothing else, when the blob breaks off in the middle of a file", async () => {
+    // Seen in CI: a registry stopped mid-pull took the step-service down with an unhandled error of the tar entry
+    // being written. The break comes right after the entry's header, while the unpacker is still making its parents.
+    const layer = await tarOf([{ name: "deep/er/big.bin", content: "x".repeat(64 * 1024) }]);
+    const broken: LayerBlob = {
+      diffId: `sha256:${createHash("sha256").update(layer).digest("hex")}`,
+      compression: "none",
+      async open() {
+        return new Readable({
+          read() {
+            this.push(layer.subarray(0, 512 + 1024));
+            setImmediate(() => this.destroy(new Error("blob broke off: terminated")));
+          },
+        });
+      },
+    };
+    await assert.rejects(store.acquire([broken], signal), /broke off/);
+    assert.deepEqual(await readdir(join(root, "tmp")), [], "the staging directory is gone");
+  });
+
   it("keeps entries inside the layer: .. stops at its root, and no entry is written through a symlink", async () => {
     const [dir] = await store.acquire([blobOf(await tarOf([{ name: "../../climbed", content: "x" }]))], signal);
     assert.equal(await readFile(join(dir!, "climbed"), "utf8"), "x");

@@ -150,6 +150,7 @@ export class LayerStore {
   private async unpack(blob: LayerBlob, signal: AbortSignal): Promise<string> {
     const staging = join(this.root, "tmp", `${hex(blob.diffId)}-${process.hrtime.bigint()}`);
     const started = Date.now();
+    const unpacker = new TarUnpacker(join(staging, "root"));
     try {
       await mkdir(join(staging, "root"), { recursive: true });
       const hash = createHash("sha256");
@@ -159,7 +160,6 @@ export class LayerStore {
           callback(null, chunk);
         },
       });
-      const unpacker = new TarUnpacker(join(staging, "root"));
       const source = await blob.open(signal);
       if (blob.compression === "gzip") await pipeline(source, createGunzip(), tap, unpacker.extract, { signal });
       else await pipeline(source, tap, unpacker.extract, { signal });
@@ -185,6 +185,7 @@ export class LayerStore {
       this.logger.info("unpacked layer", { diffId: blob.diffId, bytes: unpacker.bytes, ms: Date.now() - started });
       return join(this.dir(blob.diffId), "root");
     } catch (error) {
+      await unpacker.settled();
       await rm(staging, { recursive: true, force: true });
       throw error;
     }
@@ -217,6 +218,8 @@ function hex(diffId: string): string {
 class TarUnpacker {
   readonly extract = tar.extract();
   bytes = 0;
+  /** The entry being written: settled before a failed unpack removes its staging directory. */
+  private writing: Promise<void> = Promise.resolve();
   private readonly whiteouts: string[] = [];
   private readonly opaque: string[] = [];
   private readonly devices: { path: string; type: "c" | "b" | "p"; major: number; minor: number; mode: number; uid: number; gid: number }[] = [];
@@ -224,7 +227,12 @@ class TarUnpacker {
 
   constructor(private readonly root: string) {
     this.extract.on("entry", (header, stream, next) => {
-      this.entry(header, stream as unknown as Readable).then(() => next(), next);
+      // When the blob breaks off, the extract destroys the entry in progress with the blob's error, which the
+      // unpack's pipeline reports. Unheard, that error would crash the process; and a pipeline started on the
+      // destroyed entry would never settle, so the error aborts the entry's write instead.
+      const broken = new AbortController();
+      stream.on("error", (error: Error) => broken.abort(error));
+      this.writing = this.entry(header, stream as unknown as Readable, broken.signal).then(() => next(), next);
     });
   }
 
@@ -246,7 +254,7 @@ class TarUnpacker {
     return join(this.root, clean);
   }
 
-  private async entry(header: tar.Header, stream: Readable): Promise<void> {
+  private async entry(header: tar.Header, stream: Readable, broken: AbortSignal): Promise<void> {
     const path = await this.target(header.name);
     const base = path.slice(path.lastIndexOf("/") + 1);
     const mode = header.mode ?? 0o644;
@@ -275,7 +283,7 @@ class TarUnpacker {
       case "file":
       case "contiguous-file":
         await rm(path, { force: true, recursive: true });
-        await pipeline(stream, createWriteStream(path, { mode: 0o600 }));
+        await pipeline(stream, createWriteStream(path, { mode: 0o600 }), { signal: broken });
         this.bytes += header.size ?? 0;
         await chown(path, uid, gid);
         await chmod(path, mode); // after chown, which clears setuid bits
@@ -308,6 +316,11 @@ class TarUnpacker {
       default:
         return; // pax headers are consumed by tar-stream; other types carry no file
     }
+  }
+
+  /** Resolves once no entry is being written (its promise never rejects: next() carries its error). */
+  settled(): Promise<void> {
+    return this.writing;
   }
 
   async finish(): Promise<void> {
