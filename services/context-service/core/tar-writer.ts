@@ -7,6 +7,8 @@ export const FIXED_MTIME = new Date(Date.UTC(2000, 0, 1));
 /** The runner image's user (opschain, 10001), so that the unpacked repository belongs to the step. */
 export const RUNNER_OWNER = { uid: 10001, gid: 10001, uname: "opschain", gname: "opschain" } as const;
 
+type TarEntry = ReturnType<tar.Pack["entry"]>;
+
 /**
  * Writes a tar with normalised headers to a destination, honouring backpressure: every method resolves once
  * its bytes were accepted, so a slow reader slows the producer instead of filling memory.
@@ -32,9 +34,9 @@ export class TarWriter {
   async file(name: string, executable: boolean, size: number, body: Buffer | AsyncIterable<Uint8Array>): Promise<void> {
     const mode = executable ? 0o755 : 0o644;
     if (Buffer.isBuffer(body)) return this.entry({ name, type: "file", mode, size }, body);
-    let sink!: ReturnType<tar.Pack["entry"]>;
+    let sink!: TarEntry;
     const written = new Promise<void>((resolve, reject) => {
-      sink = this.pack.entry({ name, type: "file", mode, size, mtime: FIXED_MTIME, ...RUNNER_OWNER }, (error) => (error ? reject(error) : resolve()));
+      sink = this.open({ name, type: "file", mode, size }, undefined, (error) => (error ? reject(error) : resolve()));
     });
     written.catch(() => undefined);
     for await (const chunk of body) {
@@ -55,9 +57,20 @@ export class TarWriter {
 
   private entry(header: Partial<tar.Header> & { name: string }, body?: Buffer): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      const full = { ...header, mtime: FIXED_MTIME, ...RUNNER_OWNER };
-      if (body) this.pack.entry(full, body, (error) => (error ? reject(error) : resolve()));
-      else this.pack.entry(full, (error) => (error ? reject(error) : resolve())).end(Buffer.alloc(0));
+      const sink = this.open(header, body, (error) => (error ? reject(error) : resolve()));
+      if (!body) sink.end(Buffer.alloc(0));
     });
+  }
+
+  /**
+   * Starts an entry, with the fixed time and the runner's owner. When the tar fails (an abort, a broken
+   * destination), the pack destroys the entry in progress, and any waiting, with its error: the callback
+   * carries it, and an entry nobody listens to would end the process.
+   */
+  private open(header: Partial<tar.Header> & { name: string }, body: Buffer | undefined, callback: (error?: Error | null) => void): TarEntry {
+    const full = { ...header, mtime: FIXED_MTIME, ...RUNNER_OWNER };
+    const sink = body ? this.pack.entry(full, body, callback) : this.pack.entry(full, callback);
+    sink.on("error", () => undefined);
+    return sink;
   }
 }
