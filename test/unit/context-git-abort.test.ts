@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:http";
 import type { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { killOrphanedGit, spawnGit } from "../../services/context-service/core/git.js";
 
@@ -50,6 +51,28 @@ describe("git fetches that are stopped", () => {
     await connected();
     await assert.rejects(finished, /killed/);
     await disconnected();
+  });
+
+  it("a git killed by a cancel before it read its input fails its call, and does not end the process", async () => {
+    // A cancel that lands before git is started kills it at once; writing its input then meets EPIPE.
+    const revisions = `${"0".repeat(40)}\n`.repeat(20_000);
+    for (let i = 0; i < 50; i++) {
+      const controller = new AbortController();
+      controller.abort(new Error("cancelled"));
+      const { child, finished } = spawnGit(["pack-objects", "--revs", "--stdout"], { gitDir: join(dir, "none.git"), signal: controller.signal });
+      child.stdin.end(revisions);
+      child.stdout.resume();
+      await assert.rejects(finished, /cancelled/);
+    }
+    // An EPIPE nobody hears would surface as an uncaught exception before this test ends.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  });
+
+  it("out of file descriptors, a git call fails with a message that says so, and the process lives on", () => {
+    const script = fileURLToPath(new URL("../support/git-without-descriptors.js", import.meta.url));
+    const run = spawnSync("bash", ["-c", `ulimit -n 64 && exec "${process.execPath}" "${script}"`], { encoding: "utf8" });
+    assert.equal(run.status, 0, run.stderr);
+    assert.match(run.stdout, /^failed: cannot start git --version: no pipes could be made for it \(out of file descriptors\?\)$/m);
   });
 
   it("a restart kills the git a crashed service left working in its directory", async () => {

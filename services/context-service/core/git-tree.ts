@@ -107,7 +107,6 @@ export class GitTrees {
     try {
       await git(["read-tree", sha], options);
       const checkout = spawnGit(["checkout-index", "--force", "-z", "--stdin"], options);
-      checkout.child.stdin.on("error", () => undefined);
       checkout.child.stdin.end(Buffer.concat(entries.flatMap((entry) => [entry.path, Buffer.from([0])])));
       await checkout.finished;
     } finally {

@@ -48,6 +48,19 @@ export function spawnGit(args: string[], options: GitOptions = {}): { child: Chi
   // git runs helpers of its own (git-remote-http holds a fetch's connection): it gets a process group, and a
   // cancel or timeout kills the whole group, or the helper would go on fetching after git itself is gone.
   const child = spawn("git", args, { env, detached: true });
+  let stderr = "";
+  // Listening first: a git that cannot start (out of file descriptors, say) emits 'error' on the next tick.
+  const finished = new Promise<void>((resolve, reject) => {
+    child.on("error", (error) => reject(options.signal?.aborted ? (options.signal.reason ?? error) : error));
+    child.on("close", (code) => {
+      if (options.signal?.aborted) reject(options.signal.reason ?? new Error("aborted"));
+      else if (code === 0) resolve();
+      else reject(new GitFailure(args, code, stderr));
+    });
+  });
+  // The caller awaits finished; this keeps an early rejection from being reported as unhandled meanwhile.
+  finished.catch(() => undefined);
+  if (!child.stdin || !child.stdout || !child.stderr) throw new Error(`cannot start git ${args[0]}: no pipes could be made for it (out of file descriptors?)`);
   const killGroup = () => {
     try {
       if (child.pid) process.kill(-child.pid, "SIGKILL");
@@ -62,23 +75,14 @@ export function spawnGit(args: string[], options: GitOptions = {}): { child: Chi
     clearTimeout(timer);
     options.signal?.removeEventListener("abort", killGroup);
   });
-  let stderr = "";
+  // git's exit status tells whether it failed; a write to a git that is gone (EPIPE) must not end the process.
+  child.stdin.on("error", () => undefined);
   child.stderr.setEncoding("utf8");
   child.stderr.on("data", (text: string) => {
     // Keep the end: that is where git says why it failed.
     stderr = (stderr + text).slice(-8192);
   });
-  const finished = new Promise<void>((resolve, reject) => {
-    child.on("error", (error) => reject(options.signal?.aborted ? (options.signal.reason ?? error) : error));
-    child.on("close", (code) => {
-      if (options.signal?.aborted) reject(options.signal.reason ?? new Error("aborted"));
-      else if (code === 0) resolve();
-      else reject(new GitFailure(args, code, stderr));
-    });
-  });
-  // The caller awaits finished; this keeps an early rejection from being reported as unhandled meanwhile.
-  finished.catch(() => undefined);
-  return { child, finished };
+  return { child: child as ChildProcessWithoutNullStreams, finished };
 }
 
 /** Runs git to its end and returns its stdout as bytes (for commands with small output). */
@@ -86,7 +90,6 @@ export async function gitBytes(args: string[], options: GitOptions = {}): Promis
   const { child, finished } = spawnGit(args, options);
   const chunks: Buffer[] = [];
   child.stdout.on("data", (chunk: Buffer) => chunks.push(chunk));
-  child.stdin.on("error", () => undefined);
   child.stdin.end();
   await finished;
   return Buffer.concat(chunks);

@@ -238,13 +238,16 @@ export class ContextCache implements ContextSource {
   private async unpackRepoTar(contextId: string, dir: string, signal: AbortSignal): Promise<void> {
     await mkdir(dir, { recursive: true });
     const child = spawn("tar", ["-x", "-m", "-C", dir], { stdio: ["pipe", "ignore", "pipe"], signal });
-    let stderr = "";
-    child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
+    // Listening first: a tar that cannot start (out of file descriptors, say) emits 'error' on the next tick.
     const exited = new Promise<number | null>((resolve, reject) => {
       child.once("error", reject);
       child.once("close", resolve);
     });
     exited.catch(() => undefined);
+    if (!child.stdin || !child.stderr)
+      throw new ImageError("unavailable", "cannot start tar to unpack repo.tar: no pipes could be made for it (out of file descriptors?)");
+    let stderr = "";
+    child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
     // tar may exit once it has read the archive's end blocks, before our stream has ended: its exit status,
     // not the closed pipe, says whether the archive was whole.
     await pipeline(this.provider.read(contextId, "repo-tar", signal), child.stdin, { signal }).catch((error: NodeJS.ErrnoException) => {
