@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { once } from "node:events";
+import { pipeline } from "node:stream/promises";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { ContextFileKind, ContextService, DockerfileSource } from "../../gen/steprunner/context/v1/context_service_pb.js";
@@ -70,19 +70,19 @@ export const contextCommand: Command = {
         const hash = createHash("sha256");
         const { digest, size } = await writeAtomically(path, async (partial) => {
           const sink = createWriteStream(partial);
-          try {
-            for await (const chunk of releasedChunks(client.readContextFile({ contextId: context.contextId, kind: file.kind }))) {
-              hash.update(chunk);
-              if (!sink.write(chunk)) await once(sink, "drain");
-            }
-            sink.end();
-            await once(sink, "finish");
-            const digest = `sha256:${hash.digest("hex")}`;
-            if (file.digest && digest !== file.digest) throw new Error(`${file.name} arrived as ${digest}, not ${file.digest}`);
-            return { digest, size: sink.bytesWritten };
-          } finally {
-            sink.destroy();
-          }
+          await pipeline(
+            releasedChunks(client.readContextFile({ contextId: context.contextId, kind: file.kind })),
+            async function* (chunks: AsyncIterable<Uint8Array>) {
+              for await (const chunk of chunks) {
+                hash.update(chunk);
+                yield chunk;
+              }
+            },
+            sink,
+          );
+          const digest = `sha256:${hash.digest("hex")}`;
+          if (file.digest && digest !== file.digest) throw new Error(`${file.name} arrived as ${digest}, not ${file.digest}`);
+          return { digest, size: sink.bytesWritten };
         });
         written.push({ name: file.name, digest, size });
       }

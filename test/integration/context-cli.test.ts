@@ -1,13 +1,17 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import { unzipSync } from "fflate";
 import { type TestContextService, startTestContextService } from "../support/context-service.js";
 import { type Fixture, makeFixture } from "../support/git-fixture.js";
 import { CLI, run, samePassOnEither } from "../support/stack.js";
+
+const exec = promisify(execFile);
 
 describe("steprunner context", samePassOnEither("no BuildKit"), () => {
   let work: string;
@@ -90,6 +94,27 @@ describe("steprunner context", samePassOnEither("no BuildKit"), () => {
     assert.equal(result.code, 2);
     assert.match(result.stderr, /must be a JSON object/);
     await assert.rejects(readdir(join(work, "never")));
+  });
+
+  it("on a full disk, fails with the write's error and leaves no partial file", async () => {
+    const out = join(work, "full");
+    await mkdir(out);
+    await exec("mount", ["-t", "tmpfs", "-o", "size=8k", "steprunner-test-full", out]);
+    try {
+      const result = await run("node", [CLI, "context", "--repo", fixture.path, "--rev", "main", "--out", out, "--context-addr", service.address]);
+      assert.equal(result.code, 1);
+      assert.match(result.stderr, /ENOSPC: no space left on device/);
+      assert.doesNotMatch(result.stderr, /Unhandled 'error' event/);
+      // The files written before the disk filled up are whole; the one it failed on is not there at all.
+      const left = await readdir(out);
+      assert.ok(!left.includes("repo.tar"), "repo.tar does not fit in 8 KB");
+      assert.deepEqual(
+        left.filter((name) => name.includes(".partial-")),
+        [],
+      );
+    } finally {
+      await exec("umount", [out]);
+    }
   });
 
   it("reports the service's code for an unknown revision and exits 1", async () => {

@@ -58,7 +58,14 @@ export class BlobStore {
     try {
       const writing = pipeline(hashing, createWriteStream(partial, { mode: 0o600 }));
       writing.catch(() => undefined);
-      await produce(hashing);
+      try {
+        await produce(hashing);
+      } catch (error) {
+        // Unended, the file's stream would stay open for good: end it, and let it close before the file goes.
+        hashing.destroy(error as Error);
+        await writing.catch(() => undefined);
+        throw error;
+      }
       await writing;
       const info = { digest: `sha256:${hash.digest("hex")}`, size };
       const known = await stat(this.path(info.digest)).then(
