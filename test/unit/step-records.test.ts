@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { type StepRecord, StepRecords } from "../../services/step-service/steps/records.js";
+import { FINAL_STATES, type StepRecord, StepRecords } from "../../services/step-service/steps/records.js";
 
 describe("StepRecords' request digests", () => {
   let dirs: string[];
@@ -69,6 +69,45 @@ describe("StepRecords written by an earlier version", () => {
         assert.equal((records.get("old-step") as StepRecord).result?.childExecutionStrategy, "parallel");
       } finally {
         records.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("StepRecords' unfinished records", () => {
+  it("are the records not final, found through a partial index that holds only them (a restart reads no history)", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "steprunner-records-"));
+    try {
+      // A database made before the index existed gets it when opened.
+      const db = new Database(join(dir, "steps.db"));
+      db.exec("CREATE TABLE steps (id TEXT PRIMARY KEY, state TEXT NOT NULL, created_at INTEGER NOT NULL, record TEXT NOT NULL)");
+      const insert = db.prepare("INSERT INTO steps (id, state, created_at, record) VALUES (?, ?, ?, ?)");
+      const states = [...FINAL_STATES, "queued", "running", "success", "building"];
+      states.forEach((state, index) =>
+        insert.run(`step-${index}`, state, index, JSON.stringify({ id: `step-${index}`, state, createdAt: index, phases: [], result: null })),
+      );
+      db.close();
+      const records = new StepRecords(dir);
+      try {
+        assert.deepEqual(
+          records
+            .unfinished()
+            .map((record) => record.state)
+            .sort(),
+          ["building", "queued", "running"],
+        );
+      } finally {
+        records.close();
+      }
+      const reopened = new Database(join(dir, "steps.db"), { readonly: true });
+      try {
+        const finals = [...FINAL_STATES].map((state) => `'${state}'`).join(", ");
+        const plan = reopened.prepare(`EXPLAIN QUERY PLAN SELECT record FROM steps WHERE state NOT IN (${finals})`).all() as { detail: string }[];
+        assert.match(plan.map((step) => step.detail).join("; "), /USING INDEX steps_unfinished/);
+      } finally {
+        reopened.close();
       }
     } finally {
       await rm(dir, { recursive: true, force: true });
