@@ -1,4 +1,4 @@
-import { availableParallelism } from "node:os";
+import { availableParallelism, totalmem } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "../shared/log.js";
 import { type CommonSettings, readCommonSettings } from "../shared/config/common.js";
@@ -58,20 +58,30 @@ export function readStepServiceProcessConfig(): StepServiceProcessConfig {
   };
 }
 
+/**
+ * Steps at once when STEPRUNNER_MAX_CONCURRENT_STEPS is not set: two a CPU, since a step waiting on the network
+ * leaves its core to another (container starts, which are CPU-bound, are limited apart), and no more than the
+ * host's memory holds at each step's memory limit.
+ */
+export function defaultMaxConcurrentSteps(cpus: number, hostMemoryBytes: number, stepMemoryBytes: number): number {
+  return Math.max(1, Math.min(2 * cpus, Math.floor(hostMemoryBytes / stepMemoryBytes)));
+}
+
 /** The step-service's core settings (docs/settings.md), from the environment. */
 export function configFromEnv(): StepServiceConfig {
   const stateDir = setting("STEPRUNNER_STEP_STATE_DIR", join(setting("STEPRUNNER_STATE_DIR", "/var/lib/steprunner"), "step"));
   const registry = setting("STEPRUNNER_REGISTRY_ADDR", "127.0.0.1:5000");
+  const stepMemoryBytes = numberSetting("STEPRUNNER_STEP_MEMORY_MB", 1024) * MiB;
   return {
     stateDir,
     runcPath: setting("STEPRUNNER_RUNC", "runc"),
     runcRoot: setting("STEPRUNNER_STEP_RUNC_ROOT", join(stateDir, "runc")),
-    maxConcurrentSteps: numberSetting("STEPRUNNER_MAX_CONCURRENT_STEPS", 4),
+    maxConcurrentSteps: numberSetting("STEPRUNNER_MAX_CONCURRENT_STEPS", defaultMaxConcurrentSteps(availableParallelism(), totalmem(), stepMemoryBytes)),
     startingAtOnce: numberSetting("STEPRUNNER_STARTING_CONTAINERS", availableParallelism()),
     startWindowMs: numberSetting("STEPRUNNER_CONTAINER_START_MS", 500),
     maxStepsPerCaller: numberSetting("STEPRUNNER_MAX_STEPS_PER_CALLER", 0),
     defaultLimits: {
-      memoryBytes: numberSetting("STEPRUNNER_STEP_MEMORY_MB", 1024) * MiB,
+      memoryBytes: stepMemoryBytes,
       cpuMillis: numberSetting("STEPRUNNER_STEP_CPU_MILLIS", 2000),
       pids: numberSetting("STEPRUNNER_STEP_PIDS", 512),
     },
