@@ -74,14 +74,14 @@ export class FaultStack {
    * The services whose recorded process is gone though nobody stopped it (a crash), each with the end of its
    * log, where the crash's stack is.
    */
-  async exitedServices(): Promise<string[]> {
-    const exited: string[] = [];
+  async exitedServices(): Promise<{ service: string; report: string }[]> {
+    const exited: { service: string; report: string }[] = [];
     for (const service of SERVICES) {
       const pid = await this.pidOf(service);
       if (!pid || (await alive(pid))) continue;
       const log = join(this.stateDir, "logs", `${service}.log`);
       const tail = (await readFile(log, "utf8").catch(() => "")).split("\n").slice(-25).join("\n  ");
-      exited.push(`${service} (pid ${pid}) exited; the end of ${log}:\n  ${tail}`);
+      exited.push({ service, report: `${service} (pid ${pid}) exited; the end of ${log}:\n  ${tail}` });
     }
     return exited;
   }

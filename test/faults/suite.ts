@@ -257,8 +257,8 @@ export class FaultSuite {
   private async reviveExited(kind: FaultKind, problems: string[]): Promise<void> {
     const exited = await this.stack.exitedServices();
     if (exited.length === 0) return;
-    problems.push(...exited.map((text) => `${kind}: ${text}`));
-    if (exited.some((text) => text.startsWith("step-service"))) this.stack.resetClients();
+    problems.push(...exited.map(({ report }) => `${kind}: ${report}`));
+    if (exited.some(({ service }) => service === "step-service")) this.stack.resetClients();
     await this.stack.startServices();
   }
 
