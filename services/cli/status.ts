@@ -36,10 +36,17 @@ export const statusCommand: Command = {
         image.getBuilderInfo({}, { timeoutMs: CALL_TIMEOUT_MS }).catch((error: unknown) => ConnectError.from(error)),
         step.getRuntimeInfo({}, { timeoutMs: CALL_TIMEOUT_MS }).catch((error: unknown) => ConnectError.from(error)),
       ]);
+      // An image-service from before several daemons lists none: its one daemon is in the first fields.
+      const daemons =
+        builder instanceof ConnectError
+          ? []
+          : builder.buildkits.length > 0
+            ? builder.buildkits
+            : [{ address: builder.buildkitAddress, version: builder.buildkitVersion, workers: builder.workers, problem: "" }];
       const ok =
         health.every((service) => service.ok) &&
         !(builder instanceof ConnectError) &&
-        builder.workers.length > 0 &&
+        daemons.every((daemon) => daemon.problem === "" && daemon.workers.length > 0) &&
         builder.registryApiVersion !== "" &&
         !(runtime instanceof ConnectError);
 
@@ -51,9 +58,15 @@ export const statusCommand: Command = {
       if (builder instanceof ConnectError) {
         console.log(`${"BuildKit".padEnd(16)} unknown: ${builder.message}`);
       } else {
-        console.log(`${"BuildKit".padEnd(16)} ${builder.buildkitAddress} (version ${builder.buildkitVersion || "not reported: no Info call before v0.11"})`);
-        if (builder.workers.length === 0) console.log(`${"".padEnd(16)} no workers`);
-        for (const worker of builder.workers) console.log(`${"  worker".padEnd(16)} ${worker.id}: ${worker.platforms.join(", ")}`);
+        for (const daemon of daemons) {
+          if (daemon.problem) {
+            console.log(`${"BuildKit".padEnd(16)} ${daemon.address} not answering: ${daemon.problem}`);
+            continue;
+          }
+          console.log(`${"BuildKit".padEnd(16)} ${daemon.address} (version ${daemon.version || "not reported: no Info call before v0.11"})`);
+          if (daemon.workers.length === 0) console.log(`${"".padEnd(16)} no workers`);
+          for (const worker of daemon.workers) console.log(`${"  worker".padEnd(16)} ${worker.id}: ${worker.platforms.join(", ")}`);
+        }
         console.log(`${"registry".padEnd(16)} ${builder.registryAddress.padEnd(22)} ${builder.registryApiVersion || "not answering"}`);
         console.log(`${"base runner".padEnd(16)} ${builder.defaultBaseRunner}`);
       }

@@ -41,7 +41,6 @@ const builds = metrics.histogram(
 const retries = metrics.counter("steprunner_buildkit_retries_total", "Builds tried again after the connection to BuildKit failed", []);
 const tls = config.buildkitTls ? await readBuildKitTls(config.buildkitTls) : undefined;
 const buildkits = config.buildkitAddresses.map((address) => new BuildKitClient(address, { tls: address.startsWith("tcp://") ? tls : undefined }));
-const buildkit = buildkits[0]!;
 const registryCredentials = config.registryAuthFile ? readRegistryCredentials(config.registryAuthFile) : undefined;
 const sharded = new ShardedBuilder(
   buildkits.map((client, index) => ({
@@ -53,7 +52,11 @@ const sharded = new ShardedBuilder(
 );
 const registry = new RegistryClient(config.registryAddress);
 const contextService = serviceTransport(config.contextAddress, common.clientSecurity);
-const builder = new Builder(buildkit, registry, { buildkitAddress: config.buildkitAddresses[0]!, defaultBaseRunner: config.defaultBaseRunner });
+const builder = new Builder(
+  buildkits.map((api, index) => ({ address: config.buildkitAddresses[index]!, api })),
+  registry,
+  { defaultBaseRunner: config.defaultBaseRunner },
+);
 const images = new ImageBuilder({
   contexts: new ContextCache(new ContextServiceProvider(contextService.transport), join(config.stateDir, "contexts"), config.contextsMaxAgeMs),
   buildkit: sharded,

@@ -1,7 +1,7 @@
 // The multi-host topology, simulated on one machine: two standalone buildkitd (the StatefulSet's two pods) and
 // two step-services (the DaemonSet on two nodes: separate state, runc roots and ports) share one registry and one
 // context- and image-service. 20 steps of several repositories run over them; one buildkitd is SIGKILLed while a
-// RUN of ours runs in it, and its builds finish on the other.
+// RUN of ours runs in it, and its builds finish on the other. The image-service's cache calls then reach every daemon.
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
@@ -12,8 +12,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { type Step, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { BuildKitClient } from "../../services/image-service/buildkit/client.js";
 import { type BuildKitShard, ShardedBuilder } from "../../services/image-service/buildkit/sharded-builder.js";
 import { isTransient } from "../../services/image-service/core/build-errors.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
@@ -79,6 +81,8 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
   const stepStates = { "step-service-a": "", "step-service-b": "" };
   const repositories: Array<{ url: string; lineage: string; shard?: number }> = [];
   const transports: Array<ReturnType<typeof serviceTransport>> = [];
+  /** The daemon the first test SIGKILLs. */
+  let killedDaemon: number | undefined;
 
   before(async () => {
     await mkdir(join(stack.stateDir, "tmp"), { recursive: true });
@@ -247,6 +251,7 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
     assert.deepEqual(new Set(results.map((result) => result.name)), new Set(["step-service-a", "step-service-b"]));
 
     assert.ok(killed, `a RUN of ours was seen in a buildkitd (${elapsed} ms)`);
+    killedDaemon = killed.daemon;
     const survivor = 1 - killed.daemon;
     const before = seen.filter((sighting) => sighting.at <= killed!.at);
     const afterKill = seen.filter((sighting) => sighting.at > killed!.at);
@@ -305,6 +310,45 @@ describe("the multi-host topology: two buildkitd, two step-services, one registr
       `multi-host: ${STEPS} steps in ${elapsed} ms; killed buildkitd ${killed.daemon} ${killed.at - started} ms in, running ${killed.running.join(",")}; ` +
         `RUNs seen: ${[...new Set(seen.map((sighting) => `${sighting.lineage}@${sighting.daemon}`))].sort().join(" ")}; ${failedOver.length} steps told of the failover`,
     );
+  });
+
+  it("reports, measures and prunes every daemon's cache, and names the daemon that is down", async (t) => {
+    if (killedDaemon === undefined) return t.skip("the first test killed no daemon");
+    const killed = daemons[killedDaemon]!;
+    const survivor = daemons[1 - killedDaemon]!;
+    const transport = serviceTransport(addresses["image-service"], {});
+    transports.push(transport);
+    const images = createClient(ImageService, transport.transport);
+
+    const info = await images.getBuilderInfo({}, { timeoutMs: 30_000 });
+    assert.deepEqual(
+      info.buildkits.map((daemon) => daemon.address),
+      daemons.map((daemon) => daemon.address),
+    );
+    const [down, up] = [killed, survivor].map((daemon) => info.buildkits.find((entry) => entry.address === daemon.address)!);
+    assert.match(down!.problem, /unavailable|ECONNREFUSED|ENOENT/i, "the killed daemon is reported with why it did not answer");
+    assert.deepEqual([down!.version, down!.workers], ["", []]);
+    assert.equal(up!.problem, "");
+    assert.match(up!.version, /^v0\.24/);
+    assert.ok(up!.workers.length > 0, "the survivor's workers are listed");
+
+    // The survivor built most steps: it holds cache records no build uses now.
+    const survivorClient = new BuildKitClient(survivor.address);
+    try {
+      const unused = async () => (await survivorClient.diskUsage()).filter((record) => !record.inUse);
+      assert.ok((await unused()).length > 0, "the survivor holds cache records");
+      for (const call of [() => images.getDiskUsage({}, { timeoutMs: 30_000 }), () => images.pruneCache({ all: true }, { timeoutMs: 120_000 })]) {
+        const failure = await call().then(
+          () => assert.fail("a call on every daemon succeeded with one of them down"),
+          (error: unknown) => ConnectError.from(error),
+        );
+        assert.equal(failure.code, Code.Unavailable);
+        assert.ok(failure.message.includes(killed.address.replace(/^unix:\/\//, "")), `the failure names the killed daemon: ${failure.message}`);
+      }
+      assert.deepEqual(await unused(), [], "the prune reached the survivor, whichever daemon is first in the list");
+    } finally {
+      survivorClient.close();
+    }
   });
 });
 

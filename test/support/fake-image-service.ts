@@ -23,12 +23,9 @@ export function startImageService(
   extra: Pick<ServerOptions, "security" | "limits" | "httpRoutes"> = {},
 ): Promise<RunningServer> {
   const builder = new Builder(
-    fakeBuildKit,
+    [{ address: "docker-unix:///fake.sock", api: fakeBuildKit }],
     { address: "registry.test:5000", apiVersion: async () => "registry/2.0" },
-    {
-      buildkitAddress: "docker-unix:///fake.sock",
-      defaultBaseRunner: "registry.test:5000/runner:1",
-    },
+    { defaultBaseRunner: "registry.test:5000/runner:1" },
   );
   const unusedImages = new ImageBuilder({
     contexts: { describe: async () => assert.fail("no build in these tests"), materialize: async () => assert.fail("no build in these tests") },

@@ -49,7 +49,7 @@ export async function startTestImageService(options: { contextAddress: string; b
       transportAttempts: 1,
     },
   });
-  const builder = new Builder(buildkit, registry, { buildkitAddress: options.buildkitAddress, defaultBaseRunner: stack.baseRunner });
+  const builder = new Builder([{ address: options.buildkitAddress, api: buildkit }], registry, { defaultBaseRunner: stack.baseRunner });
   const server = await startServer({
     address: { kind: "tcp", host: "127.0.0.1", port: 0 },
     services: [ImageService],

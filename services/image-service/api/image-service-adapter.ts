@@ -60,13 +60,21 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
 
     async getBuilderInfo(_request, context) {
       const info = await builder.info(context.signal);
+      const buildkits = info.buildkits.map((daemon) => ({
+        address: daemon.address,
+        version: daemon.version ?? "",
+        workers: daemon.workers.map((worker) => ({ id: worker.id, platforms: worker.platforms, labels: worker.labels })),
+        problem: daemon.problem ?? "",
+      }));
+      const [first] = buildkits;
       return {
-        buildkitAddress: info.buildkitAddress,
-        buildkitVersion: info.buildkitVersion ?? "",
-        workers: info.workers.map((worker) => ({ id: worker.id, platforms: worker.platforms, labels: worker.labels })),
+        buildkitAddress: first!.address,
+        buildkitVersion: first!.version,
+        workers: first!.workers,
         registryAddress: info.registryAddress,
         registryApiVersion: info.registryApiVersion ?? "",
         defaultBaseRunner: info.defaultBaseRunner,
+        buildkits,
       };
     },
 
@@ -82,6 +90,7 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
           recordType: record.recordType,
           lastUsedAt: record.lastUsedAt ? timestampFromDate(record.lastUsedAt) : undefined,
           usageCount: record.usageCount,
+          buildkitAddress: record.buildkitAddress,
         })),
         totalBytes: records.reduce((sum, record) => sum + record.sizeBytes, 0n),
       };

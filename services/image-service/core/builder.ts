@@ -15,52 +15,94 @@ export interface BuildKitApi {
   version(signal?: AbortSignal): Promise<string | undefined>;
 }
 
-export interface BuilderInfo {
-  buildkitAddress: string;
-  buildkitVersion: string | undefined;
+/** One BuildKit daemon builds are spread over, by the address it is configured with. */
+export interface BuildKitDaemon {
+  address: string;
+  api: BuildKitApi;
+}
+
+export interface DaemonInfo {
+  address: string;
+  version: string | undefined;
   workers: BuildKitWorker[];
+  /** Why the daemon did not answer; undefined when it did. */
+  problem: string | undefined;
+}
+
+export interface BuilderInfo {
+  /** Every daemon, in the configured order. */
+  buildkits: DaemonInfo[];
   registryAddress: string;
   registryApiVersion: string | undefined;
   defaultBaseRunner: string;
 }
 
-export interface BuilderSettings {
+/** A build cache record and the daemon that holds it. */
+export interface DaemonCacheRecord extends CacheUsageRecord {
   buildkitAddress: string;
-  defaultBaseRunner: string;
 }
 
-/** The image-service's view of its builder: BuildKit and the registry it hands images over through. */
+/**
+ * The image-service's view of its builders: every BuildKit daemon it spreads builds over, and the registry it
+ * hands images over through. The cache calls reach every daemon, since each holds the cache of its own builds.
+ */
 export class Builder {
   constructor(
-    private readonly buildkit: BuildKitApi,
+    private readonly daemons: BuildKitDaemon[],
     private readonly registry: RegistryProbe,
-    private readonly settings: BuilderSettings,
-  ) {}
+    private readonly settings: { defaultBaseRunner: string },
+  ) {
+    if (daemons.length === 0) throw new Error("at least one BuildKit daemon is needed");
+  }
 
+  /**
+   * Each daemon's version and workers, or why it did not answer. Fails only when none answered (with the first
+   * daemon's failure), so that one daemon down still shows the others.
+   */
   async info(signal?: AbortSignal): Promise<BuilderInfo> {
-    const [workers, buildkitVersion, registryApiVersion] = await Promise.all([
-      this.buildkit.listWorkers(signal),
-      this.buildkit.version(signal),
+    const [answers, registryApiVersion] = await Promise.all([
+      Promise.allSettled(this.daemons.map(async ({ api }) => ({ workers: await api.listWorkers(signal), version: await api.version(signal) }))),
       this.registry.apiVersion(signal).catch((error) => {
         if (signal?.aborted) throw error;
         return undefined;
       }),
     ]);
+    signal?.throwIfAborted();
+    if (answers.every((answer) => answer.status === "rejected")) throw answers[0]!.reason;
     return {
-      buildkitAddress: this.settings.buildkitAddress,
-      buildkitVersion,
-      workers,
+      buildkits: answers.map((answer, index) => ({
+        address: this.daemons[index]!.address,
+        version: answer.status === "fulfilled" ? answer.value.version : undefined,
+        workers: answer.status === "fulfilled" ? answer.value.workers : [],
+        problem: answer.status === "rejected" ? messageOf(answer.reason) : undefined,
+      })),
       registryAddress: this.registry.address,
       registryApiVersion,
       defaultBaseRunner: this.settings.defaultBaseRunner,
     };
   }
 
-  diskUsage(signal?: AbortSignal): Promise<CacheUsageRecord[]> {
-    return this.buildkit.diskUsage(signal);
+  /** The cache records of every daemon; fails naming a daemon that did not answer. */
+  async diskUsage(signal?: AbortSignal): Promise<DaemonCacheRecord[]> {
+    return (await this.onEveryDaemon((api) => api.diskUsage(signal))).flat();
   }
 
-  prune(options: PruneOptions, signal?: AbortSignal): Promise<CacheUsageRecord[]> {
-    return this.buildkit.prune(options, signal);
+  /**
+   * Prunes every daemon's cache with the same options and returns what was removed. A daemon that failed fails
+   * the call once the others are done, so that their pruning is not cut short.
+   */
+  async prune(options: PruneOptions, signal?: AbortSignal): Promise<DaemonCacheRecord[]> {
+    return (await this.onEveryDaemon((api) => api.prune(options, signal))).flat();
+  }
+
+  private async onEveryDaemon(call: (api: BuildKitApi) => Promise<CacheUsageRecord[]>): Promise<DaemonCacheRecord[][]> {
+    const answers = await Promise.allSettled(
+      this.daemons.map(async ({ address, api }) => (await call(api)).map((record) => ({ ...record, buildkitAddress: address }))),
+    );
+    const failed = answers.find((answer) => answer.status === "rejected");
+    if (failed) throw failed.reason;
+    return answers.map((answer) => (answer as PromiseFulfilledResult<DaemonCacheRecord[]>).value);
   }
 }
+
+const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error));

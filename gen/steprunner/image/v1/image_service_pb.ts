@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file steprunner/image/v1/image_service.proto.
  */
 export const file_steprunner_image_v1_image_service: GenFile = /*@__PURE__*/
-  fileDesc("CidzdGVwcnVubmVyL2ltYWdlL3YxL2ltYWdlX3NlcnZpY2UucHJvdG8SE3N0ZXBydW5uZXIuaW1hZ2UudjEi2QEKEUJ1aWxkSW1hZ2VSZXF1ZXN0EhIKCmNvbnRleHRfaWQYASABKAkSEwoLYmFzZV9ydW5uZXIYAiABKAkSNgoMbmV0d29ya19tb2RlGAMgASgOMiAuc3RlcHJ1bm5lci5pbWFnZS52MS5OZXR3b3JrTW9kZRIbChNidWlsZF93aXRob3V0X2NhY2hlGAQgASgIEjIKB2hhbmRvZmYYBSABKA4yIS5zdGVwcnVubmVyLmltYWdlLnYxLkltYWdlSGFuZG9mZhISCgpyZXVzZV9vbmx5GAYgASgIIvEBChJCdWlsZEltYWdlUmVzcG9uc2USMgoGcXVldWVkGAEgASgLMiAuc3RlcHJ1bm5lci5pbWFnZS52MS5CdWlsZFF1ZXVlZEgAEjYKCHByb2dyZXNzGAIgASgLMiIuc3RlcHJ1bm5lci5pbWFnZS52MS5CdWlsZFByb2dyZXNzSAASNAoHd2FybmluZxgDIAEoCzIhLnN0ZXBydW5uZXIuaW1hZ2UudjEuQnVpbGRXYXJuaW5nSAASMAoFaW1hZ2UYBCABKAsyHy5zdGVwcnVubmVyLmltYWdlLnYxLkJ1aWx0SW1hZ2VIAEIHCgVldmVudCIfCgtCdWlsZFF1ZXVlZBIQCghwb3NpdGlvbhgBIAEoBSIfCgxCdWlsZFdhcm5pbmcSDwoHbWVzc2FnZRgBIAEoCSLYAQoGVmVydGV4Eg4KBmRpZ2VzdBgBIAEoCRIOCgZudW1iZXIYAiABKAUSDAoEbmFtZRgDIAEoCRIvCgVzdGF0ZRgEIAEoDjIgLnN0ZXBydW5uZXIuaW1hZ2UudjEuVmVydGV4U3RhdGUSLgoKc3RhcnRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMY29tcGxldGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgHIAEoCSJkCgxWZXJ0ZXhTdGF0dXMSFQoNdmVydGV4X2RpZ2VzdBgBIAEoCRIKCgJpZBgCIAEoCRIPCgdjdXJyZW50GAMgASgDEg0KBXRvdGFsGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoCCKKAQoJVmVydGV4TG9nEhUKDXZlcnRleF9kaWdlc3QYASABKAkSLgoGc3RyZWFtGAIgASgOMh4uc3RlcHJ1bm5lci5pbWFnZS52MS5Mb2dTdHJlYW0SDAoEZGF0YRgDIAEoDBIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKhAQoNQnVpbGRQcm9ncmVzcxItCgh2ZXJ0ZXhlcxgBIAMoCzIbLnN0ZXBydW5uZXIuaW1hZ2UudjEuVmVydGV4EjMKCHN0YXR1c2VzGAIgAygLMiEuc3RlcHJ1bm5lci5pbWFnZS52MS5WZXJ0ZXhTdGF0dXMSLAoEbG9ncxgDIAMoCzIeLnN0ZXBydW5uZXIuaW1hZ2UudjEuVmVydGV4TG9nIlAKBUxheWVyEg4KBmRpZ2VzdBgBIAEoCRIPCgdkaWZmX2lkGAIgASgJEhIKCnNpemVfYnl0ZXMYAyABKAMSEgoKbWVkaWFfdHlwZRgEIAEoCSLLAQoLSW1hZ2VDb25maWcSCwoDZW52GAEgAygJEhIKCmVudHJ5cG9pbnQYAiADKAkSCwoDY21kGAMgAygJEhMKC3dvcmtpbmdfZGlyGAQgASgJEgwKBHVzZXIYBSABKAkSPAoGbGFiZWxzGAYgAygLMiwuc3RlcHJ1bm5lci5pbWFnZS52MS5JbWFnZUNvbmZpZy5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIrEDCgpCdWlsdEltYWdlEhAKCGltYWdlX2lkGAEgASgJEjIKB2hhbmRvZmYYAiABKA4yIS5zdGVwcnVubmVyLmltYWdlLnYxLkltYWdlSGFuZG9mZhIRCglyZWZlcmVuY2UYAyABKAkSFwoPbWFuaWZlc3RfZGlnZXN0GAQgASgJEjAKBmNvbmZpZxgFIAEoCzIgLnN0ZXBydW5uZXIuaW1hZ2UudjEuSW1hZ2VDb25maWcSKgoGbGF5ZXJzGAYgAygLMhouc3RlcHJ1bm5lci5pbWFnZS52MS5MYXllchIZChFsYXllcl9kaXJlY3RvcmllcxgHIAMoCRITCgtjb250ZW50X2tleRgIIAEoCRIOCgZyZXVzZWQYCSABKAgSLAoIYnVpbHRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDmJ1aWxkX2R1cmF0aW9uGAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKDnJldXNhYmxlX3VudGlsGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIXChVHZXRCdWlsZGVySW5mb1JlcXVlc3QijwEKBldvcmtlchIKCgJpZBgBIAEoCRIRCglwbGF0Zm9ybXMYAiADKAkSNwoGbGFiZWxzGAMgAygLMicuc3RlcHJ1bm5lci5pbWFnZS52MS5Xb3JrZXIuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLPAQoWR2V0QnVpbGRlckluZm9SZXNwb25zZRIYChBidWlsZGtpdF9hZGRyZXNzGAEgASgJEhgKEGJ1aWxka2l0X3ZlcnNpb24YAiABKAkSLAoHd29ya2VycxgDIAMoCzIbLnN0ZXBydW5uZXIuaW1hZ2UudjEuV29ya2VyEhgKEHJlZ2lzdHJ5X2FkZHJlc3MYBCABKAkSHAoUcmVnaXN0cnlfYXBpX3ZlcnNpb24YBSABKAkSGwoTZGVmYXVsdF9iYXNlX3J1bm5lchgGIAEoCSIVChNHZXREaXNrVXNhZ2VSZXF1ZXN0Ir4BCgtDYWNoZVJlY29yZBIKCgJpZBgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRISCgpzaXplX2J5dGVzGAMgASgDEg4KBmluX3VzZRgEIAEoCBIOCgZzaGFyZWQYBSABKAgSEwoLcmVjb3JkX3R5cGUYBiABKAkSMAoMbGFzdF91c2VkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgt1c2FnZV9jb3VudBgIIAEoAyJeChRHZXREaXNrVXNhZ2VSZXNwb25zZRIxCgdyZWNvcmRzGAEgAygLMiAuc3RlcHJ1bm5lci5pbWFnZS52MS5DYWNoZVJlY29yZBITCgt0b3RhbF9ieXRlcxgCIAEoAyJmChFQcnVuZUNhY2hlUmVxdWVzdBILCgNhbGwYASABKAgSEgoKa2VlcF9ieXRlcxgCIAEoAxIwCg1rZWVwX2R1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkYKElBydW5lQ2FjaGVSZXNwb25zZRIXCg9yZWNsYWltZWRfYnl0ZXMYASABKAMSFwoPcmVjb3Jkc19yZW1vdmVkGAIgASgFIkMKElBydW5lSW1hZ2VzUmVxdWVzdBItCgpvbGRlcl90aGFuGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkMKE1BydW5lSW1hZ2VzUmVzcG9uc2USFgoOaW1hZ2VzX3JlbW92ZWQYASABKAUSFAoMY29udGVudF9rZXlzGAIgAygJKlkKC05ldHdvcmtNb2RlEhwKGE5FVFdPUktfTU9ERV9VTlNQRUNJRklFRBAAEhUKEU5FVFdPUktfTU9ERV9OT05FEAESFQoRTkVUV09SS19NT0RFX0hPU1QQAipoCgxJbWFnZUhhbmRvZmYSHQoZSU1BR0VfSEFORE9GRl9VTlNQRUNJRklFRBAAEhoKFklNQUdFX0hBTkRPRkZfUkVHSVNUUlkQARIdChlJTUFHRV9IQU5ET0ZGX0xBWUVSX1NUT1JFEAIqrwEKC1ZlcnRleFN0YXRlEhwKGFZFUlRFWF9TVEFURV9VTlNQRUNJRklFRBAAEhgKFFZFUlRFWF9TVEFURV9TVEFSVEVEEAESGgoWVkVSVEVYX1NUQVRFX0NPTVBMRVRFRBACEhcKE1ZFUlRFWF9TVEFURV9DQUNIRUQQAxIYChRWRVJURVhfU1RBVEVfRVJST1JFRBAEEhkKFVZFUlRFWF9TVEFURV9DQU5DRUxFRBAFKmwKCUxvZ1N0cmVhbRIaChZMT0dfU1RSRUFNX1VOU1BFQ0lGSUVEEAASFQoRTE9HX1NUUkVBTV9TVERPVVQQARIVChFMT0dfU1RSRUFNX1NUREVSUhACEhUKEUxPR19TVFJFQU1fU1lTVEVNEAMymQQKDEltYWdlU2VydmljZRJkCgpCdWlsZEltYWdlEiYuc3RlcHJ1bm5lci5pbWFnZS52MS5CdWlsZEltYWdlUmVxdWVzdBonLnN0ZXBydW5uZXIuaW1hZ2UudjEuQnVpbGRJbWFnZVJlc3BvbnNlIgOQAgIwARJuCg5HZXRCdWlsZGVySW5mbxIqLnN0ZXBydW5uZXIuaW1hZ2UudjEuR2V0QnVpbGRlckluZm9SZXF1ZXN0Gisuc3RlcHJ1bm5lci5pbWFnZS52MS5HZXRCdWlsZGVySW5mb1Jlc3BvbnNlIgOQAgESaAoMR2V0RGlza1VzYWdlEiguc3RlcHJ1bm5lci5pbWFnZS52MS5HZXREaXNrVXNhZ2VSZXF1ZXN0Gikuc3RlcHJ1bm5lci5pbWFnZS52MS5HZXREaXNrVXNhZ2VSZXNwb25zZSIDkAIBEmIKClBydW5lQ2FjaGUSJi5zdGVwcnVubmVyLmltYWdlLnYxLlBydW5lQ2FjaGVSZXF1ZXN0Gicuc3RlcHJ1bm5lci5pbWFnZS52MS5QcnVuZUNhY2hlUmVzcG9uc2UiA5ACAhJlCgtQcnVuZUltYWdlcxInLnN0ZXBydW5uZXIuaW1hZ2UudjEuUHJ1bmVJbWFnZXNSZXF1ZXN0Giguc3RlcHJ1bm5lci5pbWFnZS52MS5QcnVuZUltYWdlc1Jlc3BvbnNlIgOQAgJiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CidzdGVwcnVubmVyL2ltYWdlL3YxL2ltYWdlX3NlcnZpY2UucHJvdG8SE3N0ZXBydW5uZXIuaW1hZ2UudjEi2QEKEUJ1aWxkSW1hZ2VSZXF1ZXN0EhIKCmNvbnRleHRfaWQYASABKAkSEwoLYmFzZV9ydW5uZXIYAiABKAkSNgoMbmV0d29ya19tb2RlGAMgASgOMiAuc3RlcHJ1bm5lci5pbWFnZS52MS5OZXR3b3JrTW9kZRIbChNidWlsZF93aXRob3V0X2NhY2hlGAQgASgIEjIKB2hhbmRvZmYYBSABKA4yIS5zdGVwcnVubmVyLmltYWdlLnYxLkltYWdlSGFuZG9mZhISCgpyZXVzZV9vbmx5GAYgASgIIvEBChJCdWlsZEltYWdlUmVzcG9uc2USMgoGcXVldWVkGAEgASgLMiAuc3RlcHJ1bm5lci5pbWFnZS52MS5CdWlsZFF1ZXVlZEgAEjYKCHByb2dyZXNzGAIgASgLMiIuc3RlcHJ1bm5lci5pbWFnZS52MS5CdWlsZFByb2dyZXNzSAASNAoHd2FybmluZxgDIAEoCzIhLnN0ZXBydW5uZXIuaW1hZ2UudjEuQnVpbGRXYXJuaW5nSAASMAoFaW1hZ2UYBCABKAsyHy5zdGVwcnVubmVyLmltYWdlLnYxLkJ1aWx0SW1hZ2VIAEIHCgVldmVudCIfCgtCdWlsZFF1ZXVlZBIQCghwb3NpdGlvbhgBIAEoBSIfCgxCdWlsZFdhcm5pbmcSDwoHbWVzc2FnZRgBIAEoCSLYAQoGVmVydGV4Eg4KBmRpZ2VzdBgBIAEoCRIOCgZudW1iZXIYAiABKAUSDAoEbmFtZRgDIAEoCRIvCgVzdGF0ZRgEIAEoDjIgLnN0ZXBydW5uZXIuaW1hZ2UudjEuVmVydGV4U3RhdGUSLgoKc3RhcnRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMY29tcGxldGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgHIAEoCSJkCgxWZXJ0ZXhTdGF0dXMSFQoNdmVydGV4X2RpZ2VzdBgBIAEoCRIKCgJpZBgCIAEoCRIPCgdjdXJyZW50GAMgASgDEg0KBXRvdGFsGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoCCKKAQoJVmVydGV4TG9nEhUKDXZlcnRleF9kaWdlc3QYASABKAkSLgoGc3RyZWFtGAIgASgOMh4uc3RlcHJ1bm5lci5pbWFnZS52MS5Mb2dTdHJlYW0SDAoEZGF0YRgDIAEoDBIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKhAQoNQnVpbGRQcm9ncmVzcxItCgh2ZXJ0ZXhlcxgBIAMoCzIbLnN0ZXBydW5uZXIuaW1hZ2UudjEuVmVydGV4EjMKCHN0YXR1c2VzGAIgAygLMiEuc3RlcHJ1bm5lci5pbWFnZS52MS5WZXJ0ZXhTdGF0dXMSLAoEbG9ncxgDIAMoCzIeLnN0ZXBydW5uZXIuaW1hZ2UudjEuVmVydGV4TG9nIlAKBUxheWVyEg4KBmRpZ2VzdBgBIAEoCRIPCgdkaWZmX2lkGAIgASgJEhIKCnNpemVfYnl0ZXMYAyABKAMSEgoKbWVkaWFfdHlwZRgEIAEoCSLLAQoLSW1hZ2VDb25maWcSCwoDZW52GAEgAygJEhIKCmVudHJ5cG9pbnQYAiADKAkSCwoDY21kGAMgAygJEhMKC3dvcmtpbmdfZGlyGAQgASgJEgwKBHVzZXIYBSABKAkSPAoGbGFiZWxzGAYgAygLMiwuc3RlcHJ1bm5lci5pbWFnZS52MS5JbWFnZUNvbmZpZy5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIrEDCgpCdWlsdEltYWdlEhAKCGltYWdlX2lkGAEgASgJEjIKB2hhbmRvZmYYAiABKA4yIS5zdGVwcnVubmVyLmltYWdlLnYxLkltYWdlSGFuZG9mZhIRCglyZWZlcmVuY2UYAyABKAkSFwoPbWFuaWZlc3RfZGlnZXN0GAQgASgJEjAKBmNvbmZpZxgFIAEoCzIgLnN0ZXBydW5uZXIuaW1hZ2UudjEuSW1hZ2VDb25maWcSKgoGbGF5ZXJzGAYgAygLMhouc3RlcHJ1bm5lci5pbWFnZS52MS5MYXllchIZChFsYXllcl9kaXJlY3RvcmllcxgHIAMoCRITCgtjb250ZW50X2tleRgIIAEoCRIOCgZyZXVzZWQYCSABKAgSLAoIYnVpbHRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDmJ1aWxkX2R1cmF0aW9uGAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKDnJldXNhYmxlX3VudGlsGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIXChVHZXRCdWlsZGVySW5mb1JlcXVlc3QijwEKBldvcmtlchIKCgJpZBgBIAEoCRIRCglwbGF0Zm9ybXMYAiADKAkSNwoGbGFiZWxzGAMgAygLMicuc3RlcHJ1bm5lci5pbWFnZS52MS5Xb3JrZXIuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJxCg5CdWlsZEtpdERhZW1vbhIPCgdhZGRyZXNzGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSLAoHd29ya2VycxgDIAMoCzIbLnN0ZXBydW5uZXIuaW1hZ2UudjEuV29ya2VyEg8KB3Byb2JsZW0YBCABKAkihwIKFkdldEJ1aWxkZXJJbmZvUmVzcG9uc2USGAoQYnVpbGRraXRfYWRkcmVzcxgBIAEoCRIYChBidWlsZGtpdF92ZXJzaW9uGAIgASgJEiwKB3dvcmtlcnMYAyADKAsyGy5zdGVwcnVubmVyLmltYWdlLnYxLldvcmtlchIYChByZWdpc3RyeV9hZGRyZXNzGAQgASgJEhwKFHJlZ2lzdHJ5X2FwaV92ZXJzaW9uGAUgASgJEhsKE2RlZmF1bHRfYmFzZV9ydW5uZXIYBiABKAkSNgoJYnVpbGRraXRzGAcgAygLMiMuc3RlcHJ1bm5lci5pbWFnZS52MS5CdWlsZEtpdERhZW1vbiIVChNHZXREaXNrVXNhZ2VSZXF1ZXN0ItgBCgtDYWNoZVJlY29yZBIKCgJpZBgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRISCgpzaXplX2J5dGVzGAMgASgDEg4KBmluX3VzZRgEIAEoCBIOCgZzaGFyZWQYBSABKAgSEwoLcmVjb3JkX3R5cGUYBiABKAkSMAoMbGFzdF91c2VkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgt1c2FnZV9jb3VudBgIIAEoAxIYChBidWlsZGtpdF9hZGRyZXNzGAkgASgJIl4KFEdldERpc2tVc2FnZVJlc3BvbnNlEjEKB3JlY29yZHMYASADKAsyIC5zdGVwcnVubmVyLmltYWdlLnYxLkNhY2hlUmVjb3JkEhMKC3RvdGFsX2J5dGVzGAIgASgDImYKEVBydW5lQ2FjaGVSZXF1ZXN0EgsKA2FsbBgBIAEoCBISCgprZWVwX2J5dGVzGAIgASgDEjAKDWtlZXBfZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRgoSUHJ1bmVDYWNoZVJlc3BvbnNlEhcKD3JlY2xhaW1lZF9ieXRlcxgBIAEoAxIXCg9yZWNvcmRzX3JlbW92ZWQYAiABKAUiQwoSUHJ1bmVJbWFnZXNSZXF1ZXN0Ei0KCm9sZGVyX3RoYW4YASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQwoTUHJ1bmVJbWFnZXNSZXNwb25zZRIWCg5pbWFnZXNfcmVtb3ZlZBgBIAEoBRIUCgxjb250ZW50X2tleXMYAiADKAkqWQoLTmV0d29ya01vZGUSHAoYTkVUV09SS19NT0RFX1VOU1BFQ0lGSUVEEAASFQoRTkVUV09SS19NT0RFX05PTkUQARIVChFORVRXT1JLX01PREVfSE9TVBACKmgKDEltYWdlSGFuZG9mZhIdChlJTUFHRV9IQU5ET0ZGX1VOU1BFQ0lGSUVEEAASGgoWSU1BR0VfSEFORE9GRl9SRUdJU1RSWRABEh0KGUlNQUdFX0hBTkRPRkZfTEFZRVJfU1RPUkUQAiqvAQoLVmVydGV4U3RhdGUSHAoYVkVSVEVYX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUVkVSVEVYX1NUQVRFX1NUQVJURUQQARIaChZWRVJURVhfU1RBVEVfQ09NUExFVEVEEAISFwoTVkVSVEVYX1NUQVRFX0NBQ0hFRBADEhgKFFZFUlRFWF9TVEFURV9FUlJPUkVEEAQSGQoVVkVSVEVYX1NUQVRFX0NBTkNFTEVEEAUqbAoJTG9nU3RyZWFtEhoKFkxPR19TVFJFQU1fVU5TUEVDSUZJRUQQABIVChFMT0dfU1RSRUFNX1NURE9VVBABEhUKEUxPR19TVFJFQU1fU1RERVJSEAISFQoRTE9HX1NUUkVBTV9TWVNURU0QAzKZBAoMSW1hZ2VTZXJ2aWNlEmQKCkJ1aWxkSW1hZ2USJi5zdGVwcnVubmVyLmltYWdlLnYxLkJ1aWxkSW1hZ2VSZXF1ZXN0Gicuc3RlcHJ1bm5lci5pbWFnZS52MS5CdWlsZEltYWdlUmVzcG9uc2UiA5ACAjABEm4KDkdldEJ1aWxkZXJJbmZvEiouc3RlcHJ1bm5lci5pbWFnZS52MS5HZXRCdWlsZGVySW5mb1JlcXVlc3QaKy5zdGVwcnVubmVyLmltYWdlLnYxLkdldEJ1aWxkZXJJbmZvUmVzcG9uc2UiA5ACARJoCgxHZXREaXNrVXNhZ2USKC5zdGVwcnVubmVyLmltYWdlLnYxLkdldERpc2tVc2FnZVJlcXVlc3QaKS5zdGVwcnVubmVyLmltYWdlLnYxLkdldERpc2tVc2FnZVJlc3BvbnNlIgOQAgESYgoKUHJ1bmVDYWNoZRImLnN0ZXBydW5uZXIuaW1hZ2UudjEuUHJ1bmVDYWNoZVJlcXVlc3QaJy5zdGVwcnVubmVyLmltYWdlLnYxLlBydW5lQ2FjaGVSZXNwb25zZSIDkAICEmUKC1BydW5lSW1hZ2VzEicuc3RlcHJ1bm5lci5pbWFnZS52MS5QcnVuZUltYWdlc1JlcXVlc3QaKC5zdGVwcnVubmVyLmltYWdlLnYxLlBydW5lSW1hZ2VzUmVzcG9uc2UiA5ACAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message steprunner.image.v1.BuildImageRequest
@@ -515,19 +515,57 @@ export const WorkerSchema: GenMessage<Worker> = /*@__PURE__*/
   messageDesc(file_steprunner_image_v1_image_service, 12);
 
 /**
+ * BuildKitDaemon is one of the BuildKit daemons builds are spread over (by repository lineage).
+ *
+ * @generated from message steprunner.image.v1.BuildKitDaemon
+ */
+export type BuildKitDaemon = Message<"steprunner.image.v1.BuildKitDaemon"> & {
+  /**
+   * Where it is reached, e.g. "docker-unix:///var/lib/steprunner/run/docker.sock" or "tcp://buildkitd-0:1234".
+   *
+   * @generated from field: string address = 1;
+   */
+  address: string;
+
+  /**
+   * Empty when the daemon cannot tell (BuildKit before v0.11 has no Info call) or did not answer.
+   *
+   * @generated from field: string version = 2;
+   */
+  version: string;
+
+  /**
+   * @generated from field: repeated steprunner.image.v1.Worker workers = 3;
+   */
+  workers: Worker[];
+
+  /**
+   * Why the daemon did not answer; empty when it did.
+   *
+   * @generated from field: string problem = 4;
+   */
+  problem: string;
+};
+
+/**
+ * Describes the message steprunner.image.v1.BuildKitDaemon.
+ * Use `create(BuildKitDaemonSchema)` to create a new message.
+ */
+export const BuildKitDaemonSchema: GenMessage<BuildKitDaemon> = /*@__PURE__*/
+  messageDesc(file_steprunner_image_v1_image_service, 13);
+
+/**
  * @generated from message steprunner.image.v1.GetBuilderInfoResponse
  */
 export type GetBuilderInfoResponse = Message<"steprunner.image.v1.GetBuilderInfoResponse"> & {
   /**
-   * Where BuildKit is reached, e.g. "docker-unix:///var/lib/steprunner/run/docker.sock".
+   * The first daemon's address, version and workers, as in buildkits[0].
    *
    * @generated from field: string buildkit_address = 1;
    */
   buildkitAddress: string;
 
   /**
-   * Empty when the daemon cannot tell (BuildKit before v0.11 has no Info call).
-   *
    * @generated from field: string buildkit_version = 2;
    */
   buildkitVersion: string;
@@ -555,6 +593,13 @@ export type GetBuilderInfoResponse = Message<"steprunner.image.v1.GetBuilderInfo
    * @generated from field: string default_base_runner = 6;
    */
   defaultBaseRunner: string;
+
+  /**
+   * Every daemon, in the order STEPRUNNER_BUILDKIT_ADDR names them.
+   *
+   * @generated from field: repeated steprunner.image.v1.BuildKitDaemon buildkits = 7;
+   */
+  buildkits: BuildKitDaemon[];
 };
 
 /**
@@ -562,7 +607,7 @@ export type GetBuilderInfoResponse = Message<"steprunner.image.v1.GetBuilderInfo
  * Use `create(GetBuilderInfoResponseSchema)` to create a new message.
  */
 export const GetBuilderInfoResponseSchema: GenMessage<GetBuilderInfoResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_image_v1_image_service, 13);
+  messageDesc(file_steprunner_image_v1_image_service, 14);
 
 /**
  * @generated from message steprunner.image.v1.GetDiskUsageRequest
@@ -575,7 +620,7 @@ export type GetDiskUsageRequest = Message<"steprunner.image.v1.GetDiskUsageReque
  * Use `create(GetDiskUsageRequestSchema)` to create a new message.
  */
 export const GetDiskUsageRequestSchema: GenMessage<GetDiskUsageRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_image_v1_image_service, 14);
+  messageDesc(file_steprunner_image_v1_image_service, 15);
 
 /**
  * @generated from message steprunner.image.v1.CacheRecord
@@ -620,6 +665,13 @@ export type CacheRecord = Message<"steprunner.image.v1.CacheRecord"> & {
    * @generated from field: int64 usage_count = 8;
    */
   usageCount: bigint;
+
+  /**
+   * The daemon that holds the record (see BuildKitDaemon.address).
+   *
+   * @generated from field: string buildkit_address = 9;
+   */
+  buildkitAddress: string;
 };
 
 /**
@@ -627,7 +679,7 @@ export type CacheRecord = Message<"steprunner.image.v1.CacheRecord"> & {
  * Use `create(CacheRecordSchema)` to create a new message.
  */
 export const CacheRecordSchema: GenMessage<CacheRecord> = /*@__PURE__*/
-  messageDesc(file_steprunner_image_v1_image_service, 15);
+  messageDesc(file_steprunner_image_v1_image_service, 16);
 
 /**
  * @generated from message steprunner.image.v1.GetDiskUsageResponse
@@ -639,6 +691,8 @@ export type GetDiskUsageResponse = Message<"steprunner.image.v1.GetDiskUsageResp
   records: CacheRecord[];
 
   /**
+   * Over every daemon.
+   *
    * @generated from field: int64 total_bytes = 2;
    */
   totalBytes: bigint;
@@ -649,7 +703,7 @@ export type GetDiskUsageResponse = Message<"steprunner.image.v1.GetDiskUsageResp
  * Use `create(GetDiskUsageResponseSchema)` to create a new message.
  */
 export const GetDiskUsageResponseSchema: GenMessage<GetDiskUsageResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_image_v1_image_service, 16);
+  messageDesc(file_steprunner_image_v1_image_service, 17);
 
 /**
  * @generated from message steprunner.image.v1.PruneCacheRequest
@@ -682,7 +736,7 @@ export type PruneCacheRequest = Message<"steprunner.image.v1.PruneCacheRequest">
  * Use `create(PruneCacheRequestSchema)` to create a new message.
  */
 export const PruneCacheRequestSchema: GenMessage<PruneCacheRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_image_v1_image_service, 17);
+  messageDesc(file_steprunner_image_v1_image_service, 18);
 
 /**
  * @generated from message steprunner.image.v1.PruneCacheResponse
@@ -704,7 +758,7 @@ export type PruneCacheResponse = Message<"steprunner.image.v1.PruneCacheResponse
  * Use `create(PruneCacheResponseSchema)` to create a new message.
  */
 export const PruneCacheResponseSchema: GenMessage<PruneCacheResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_image_v1_image_service, 18);
+  messageDesc(file_steprunner_image_v1_image_service, 19);
 
 /**
  * @generated from message steprunner.image.v1.PruneImagesRequest
@@ -723,7 +777,7 @@ export type PruneImagesRequest = Message<"steprunner.image.v1.PruneImagesRequest
  * Use `create(PruneImagesRequestSchema)` to create a new message.
  */
 export const PruneImagesRequestSchema: GenMessage<PruneImagesRequest> = /*@__PURE__*/
-  messageDesc(file_steprunner_image_v1_image_service, 19);
+  messageDesc(file_steprunner_image_v1_image_service, 20);
 
 /**
  * @generated from message steprunner.image.v1.PruneImagesResponse
@@ -747,7 +801,7 @@ export type PruneImagesResponse = Message<"steprunner.image.v1.PruneImagesRespon
  * Use `create(PruneImagesResponseSchema)` to create a new message.
  */
 export const PruneImagesResponseSchema: GenMessage<PruneImagesResponse> = /*@__PURE__*/
-  messageDesc(file_steprunner_image_v1_image_service, 20);
+  messageDesc(file_steprunner_image_v1_image_service, 21);
 
 /**
  * NetworkMode is the network of RUN instructions during a build. There is no bridge network.
@@ -909,7 +963,8 @@ export const ImageService: GenService<{
     output: typeof BuildImageResponseSchema;
   },
   /**
-   * GetBuilderInfo reports the BuildKit daemon (version where it tells, workers) and the registry.
+   * GetBuilderInfo reports each BuildKit daemon (version where it tells, workers, or why it did not answer) and
+   * the registry. It fails (UNAVAILABLE) only when no daemon answers.
    *
    * @generated from rpc steprunner.image.v1.ImageService.GetBuilderInfo
    */
@@ -919,7 +974,7 @@ export const ImageService: GenService<{
     output: typeof GetBuilderInfoResponseSchema;
   },
   /**
-   * GetDiskUsage reports BuildKit's build cache records.
+   * GetDiskUsage reports the build cache records of every BuildKit daemon.
    *
    * @generated from rpc steprunner.image.v1.ImageService.GetDiskUsage
    */
@@ -929,7 +984,7 @@ export const ImageService: GenService<{
     output: typeof GetDiskUsageResponseSchema;
   },
   /**
-   * PruneCache frees BuildKit's build cache, keeping what the request asks to keep.
+   * PruneCache frees the build cache of every BuildKit daemon, keeping on each what the request asks to keep.
    *
    * @generated from rpc steprunner.image.v1.ImageService.PruneCache
    */
