@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 data_root="$STEPRUNNER_STATE_DIR/docker"
+: "${STEPRUNNER_DOCKERD_BUILD_CACHE_KEEP_BYTES:=10000000000}"
 exec_root="$STEPRUNNER_RUN_DIR/docker-exec"
 
 answering() { curl -sf --unix-socket "$DOCKER_SOCK" http://docker/_ping; }
@@ -23,8 +24,11 @@ case "${1:-}" in
     unmount_under "$data_root/buildkit/executor"
     remove_interrupted_build_jobs
     mkdir -p "$data_root" "$exec_root"
-    # An empty config file keeps a host-wide /etc/docker/daemon.json from changing our daemon.
-    echo '{}' >"$STEPRUNNER_RUN_DIR/dockerd.json"
+    # A config file of our own keeps a host-wide /etc/docker/daemon.json from changing our daemon. It turns on
+    # the garbage collection of BuildKit's cache, which dockerd leaves off unless told: without it the cache of
+    # every build ever made stays on disk.
+    printf '{"builder": {"gc": {"enabled": true, "defaultKeepStorage": "%s"}}}\n' "$STEPRUNNER_DOCKERD_BUILD_CACHE_KEEP_BYTES" \
+      >"$STEPRUNNER_RUN_DIR/dockerd.json"
     start_daemon dockerd "$STEPRUNNER_STATE_DIR/logs/dockerd.log" \
       dockerd --config-file "$STEPRUNNER_RUN_DIR/dockerd.json" \
         --data-root "$data_root" --exec-root "$exec_root" \
