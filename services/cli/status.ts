@@ -1,8 +1,9 @@
 import { createClient } from "@connectrpc/connect";
 import { ConnectError } from "@connectrpc/connect";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
-import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
+import { type CacheCollectionRule, ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
 import { StepService } from "../../gen/steprunner/step/v1/step_service_pb.js";
+import { formatBytes } from "../shared/build-progress.js";
 import { serviceTransport } from "../shared/client/transport.js";
 import { type Command, clientSecurity, serviceAddressOptions } from "./command.js";
 
@@ -65,7 +66,10 @@ export const statusCommand: Command = {
           }
           console.log(`${"BuildKit".padEnd(16)} ${daemon.address} (version ${daemon.version || "not reported: no Info call before v0.11"})`);
           if (daemon.workers.length === 0) console.log(`${"".padEnd(16)} no workers`);
-          for (const worker of daemon.workers) console.log(`${"  worker".padEnd(16)} ${worker.id}: ${worker.platforms.join(", ")}`);
+          for (const worker of daemon.workers) {
+            console.log(`${"  worker".padEnd(16)} ${worker.id}: ${worker.platforms.join(", ")}`);
+            console.log(`${"  cache gc".padEnd(16)} ${describeCacheCollection(worker.cacheCollection)}`);
+          }
         }
         console.log(`${"registry".padEnd(16)} ${builder.registryAddress.padEnd(22)} ${builder.registryApiVersion || "not answering"}`);
         console.log(`${"base runner".padEnd(16)} ${builder.defaultBaseRunner}`);
@@ -89,6 +93,17 @@ async function checkHealth(name: string, address: string, transport: Parameters<
   } catch (error) {
     return { name, address, status: `unreachable: ${ConnectError.from(error).message}`, ok: false };
   }
+}
+
+/** A worker's garbage collection of its build cache, in a few words: its rules and the size it keeps the cache to. */
+function describeCacheCollection(rules: CacheCollectionRule[]): string {
+  if (rules.length === 0) return "off: the build cache grows without bound";
+  // A rule collects once the cache passes its max_used_bytes (v0.13 and later), else its reserved_bytes.
+  const bound = rules.reduce((largest, rule) => {
+    const ruleBound = rule.maxUsedBytes > 0n ? rule.maxUsedBytes : rule.reservedBytes;
+    return ruleBound > largest ? ruleBound : largest;
+  }, 0n);
+  return `${rules.length} rule${rules.length === 1 ? "" : "s"}${bound > 0n ? `, the cache kept to about ${formatBytes(bound)}` : ""}`;
 }
 
 function plain(value: unknown): unknown {

@@ -4,6 +4,8 @@ import { after, describe, it } from "node:test";
 import { createClient } from "@connectrpc/connect";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { ContextService } from "../../gen/steprunner/context/v1/context_service_pb.js";
+import { ImageService } from "../../gen/steprunner/image/v1/image_service_pb.js";
+import { formatBytes } from "../../services/shared/build-progress.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
 import { CLI, ROOT, run, stack } from "../support/stack.js";
 import { clientSecurityFromSettings } from "../../services/shared/config/common.js";
@@ -14,6 +16,10 @@ const services = [
   { name: "step-service", address: stack.stepAddr, service: "steprunner.step.v1.StepService" },
 ];
 const BUF = join(ROOT, "node_modules/.bin/buf");
+/** What the stack's scripts keep BuildKit's cache to (deploy/local/dockerd.sh, buildkitd.sh). */
+const CACHE_KEEP_BYTES = BigInt(
+  (stack.buildkit === "dockerd" ? process.env.STEPRUNNER_DOCKERD_BUILD_CACHE_KEEP_BYTES : process.env.STEPRUNNER_BUILDKITD_KEEP_BYTES) ?? 10_000_000_000,
+);
 
 describe("the running services", () => {
   const transports = services.map((service) => serviceTransport(service.address, clientSecurityFromSettings()));
@@ -45,6 +51,8 @@ describe("the running services", () => {
     assert.match(result.stdout, stack.buildkit === "dockerd" ? /^ +worker +moby: linux\/amd64/m : /^ +worker +[a-z0-9]+: linux\/amd64/m);
     assert.match(result.stdout, /^registry +\S+ +registry\/2\.0$/m);
     assert.match(result.stdout, /^runc +runc version \d+\.\d+\.\d+/m);
+    // The stack turns on the collection of BuildKit's cache (dockerd leaves it off unless told), whichever BuildKit.
+    assert.match(result.stdout, new RegExp(`^ +cache gc +\\d+ rules, the cache kept to about ${formatBytes(CACHE_KEEP_BYTES)}$`, "m"));
 
     const json = await run("node", [
       CLI,
@@ -61,6 +69,19 @@ describe("the running services", () => {
     const status = JSON.parse(json.stdout);
     assert.equal(status.ok, true);
     assert.match(status.builder.workers[0].id, stack.buildkit === "dockerd" ? /^moby$/ : /^[a-z0-9]+$/);
+  });
+
+  it("GetBuilderInfo reports the garbage collection of BuildKit's cache as the stack configured it", async () => {
+    const info = await createClient(ImageService, transports[1]!.transport).getBuilderInfo({}, { timeoutMs: 15_000 });
+    assert.equal(info.buildkits.length, 1);
+    const [worker] = info.buildkits[0]!.workers;
+    // Its last rule, over every record, brings the whole cache down to the configured size.
+    const collectsAll = worker?.cacheCollection.find((rule) => rule.all);
+    assert.ok(
+      collectsAll,
+      `a rule over every record: ${JSON.stringify(worker?.cacheCollection, (_, value) => (typeof value === "bigint" ? `${value}` : value))}`,
+    );
+    assert.equal(collectsAll.reservedBytes, CACHE_KEEP_BYTES);
   });
 
   it("steprunner status fails, naming the service, when one does not answer", async () => {

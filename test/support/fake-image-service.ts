@@ -9,7 +9,14 @@ import { type ServerOptions, startServer, type RunningServer } from "../../servi
 
 /** An image-service whose BuildKit and registry are fakes: for tests of the server around it. */
 const fakeBuildKit: BuildKitApi = {
-  listWorkers: async () => [{ id: "fake", platforms: ["linux/amd64"], labels: {} }],
+  listWorkers: async () => [
+    {
+      id: "fake",
+      platforms: ["linux/amd64"],
+      labels: {},
+      cacheCollection: [{ all: false, keepDurationMs: 48 * 3_600_000, reservedBytes: 0n, maxUsedBytes: 0n, minFreeBytes: 0n, filters: ["type==source.local"] }],
+    },
+  ],
   diskUsage: async () => [
     { id: "a", description: "one", sizeBytes: 100n, inUse: false, shared: false, recordType: "regular", lastUsedAt: undefined, usageCount: 1n },
     { id: "b", description: "two", sizeBytes: 50n, inUse: true, shared: false, recordType: "regular", lastUsedAt: new Date(0), usageCount: 2n },

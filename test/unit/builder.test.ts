@@ -22,7 +22,7 @@ function fakeDaemon(name: string, records: CacheUsageRecord[] | "unreachable") {
   const api: BuildKitApi = {
     listWorkers: async () => {
       if (records === "unreachable") throw unreachable();
-      return [{ id: `${name}-worker`, platforms: ["linux/amd64"], labels: {} }];
+      return [{ id: `${name}-worker`, platforms: ["linux/amd64"], labels: {}, cacheCollection: [] }];
     },
     version: async () => {
       if (records === "unreachable") throw unreachable();

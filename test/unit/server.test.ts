@@ -43,6 +43,10 @@ describe("a service server (gRPC, gRPC-Web and Connect on one port)", () => {
     it(`answers ${name}`, async () => {
       const info = await createClient(ImageService, transport()).getBuilderInfo({});
       assert.equal(info.workers[0]?.id, "fake");
+      assert.deepEqual(
+        info.workers[0]?.cacheCollection.map((rule) => [rule.keepDuration?.seconds, rule.filters]),
+        [[48n * 3600n, ["type==source.local"]]],
+      );
       assert.equal(info.registryApiVersion, "registry/2.0");
       const usage = await createClient(ImageService, transport()).getDiskUsage({});
       assert.equal(usage.totalBytes, 150n);

@@ -1,6 +1,5 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromDate, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
   type BuildImageResponseSchema,
@@ -63,7 +62,19 @@ export function imageServiceAdapter(builder: Builder, images: ImageBuilder): Par
       const buildkits = info.buildkits.map((daemon) => ({
         address: daemon.address,
         version: daemon.version ?? "",
-        workers: daemon.workers.map((worker) => ({ id: worker.id, platforms: worker.platforms, labels: worker.labels })),
+        workers: daemon.workers.map((worker) => ({
+          id: worker.id,
+          platforms: worker.platforms,
+          labels: worker.labels,
+          cacheCollection: worker.cacheCollection.map((rule) => ({
+            all: rule.all,
+            keepDuration: rule.keepDurationMs > 0 ? durationFromMs(rule.keepDurationMs) : undefined,
+            reservedBytes: rule.reservedBytes,
+            maxUsedBytes: rule.maxUsedBytes,
+            minFreeBytes: rule.minFreeBytes,
+            filters: rule.filters,
+          })),
+        })),
         problem: daemon.problem ?? "",
       }));
       const [first] = buildkits;

@@ -17,6 +17,18 @@ export interface BuildKitWorker {
   /** "os/architecture[/variant]" */
   platforms: string[];
   labels: Record<string, string>;
+  /** Its garbage collection of the build cache; empty when off. */
+  cacheCollection: CacheCollectionRule[];
+}
+
+/** One rule of a worker's garbage collection (sizes 0 when the daemon does not set or know them). */
+export interface CacheCollectionRule {
+  all: boolean;
+  keepDurationMs: number;
+  reservedBytes: bigint;
+  maxUsedBytes: bigint;
+  minFreeBytes: bigint;
+  filters: string[];
 }
 
 export interface CacheUsageRecord {
@@ -60,6 +72,14 @@ export class BuildKitClient {
       id: record.ID,
       platforms: record.platforms.map((p) => [p.OS, p.Architecture, p.Variant].filter(Boolean).join("/")),
       labels: { ...record.Labels },
+      cacheCollection: record.GCPolicy.map((policy) => ({
+        all: policy.all,
+        keepDurationMs: Number(policy.keepDuration / 1_000_000n),
+        reservedBytes: policy.keepBytes,
+        maxUsedBytes: policy.maxUsedSpace,
+        minFreeBytes: policy.minFreeSpace,
+        filters: policy.filters,
+      })),
     }));
   }
 
