@@ -109,7 +109,9 @@ export async function* followLog(path: string, from: number, live: StepLog | und
     controller.abort();
     wake?.();
   };
-  signal.addEventListener("abort", stop, { once: true });
+  // A signal aborted already fires no event: the reader then gets what the file holds and no more.
+  if (signal.aborted) controller.abort();
+  else signal.addEventListener("abort", stop, { once: true });
   live?.once("end", stop);
   const queue: LogLine[] = [];
   const onLine = (line: LogLine) => {
