@@ -83,25 +83,26 @@ export class Builder {
   }
 
   /** The cache records of every daemon; fails naming a daemon that did not answer. */
-  async diskUsage(signal?: AbortSignal): Promise<DaemonCacheRecord[]> {
-    return (await this.onEveryDaemon((api) => api.diskUsage(signal))).flat();
+  diskUsage(signal?: AbortSignal): Promise<DaemonCacheRecord[]> {
+    return this.onEveryDaemon((api) => api.diskUsage(signal));
   }
 
   /**
    * Prunes every daemon's cache with the same options and returns what was removed. A daemon that failed fails
    * the call once the others are done, so that their pruning is not cut short.
    */
-  async prune(options: PruneOptions, signal?: AbortSignal): Promise<DaemonCacheRecord[]> {
-    return (await this.onEveryDaemon((api) => api.prune(options, signal))).flat();
+  prune(options: PruneOptions, signal?: AbortSignal): Promise<DaemonCacheRecord[]> {
+    return this.onEveryDaemon((api) => api.prune(options, signal));
   }
 
-  private async onEveryDaemon(call: (api: BuildKitApi) => Promise<CacheUsageRecord[]>): Promise<DaemonCacheRecord[][]> {
+  /** The records each daemon answers, each marked with its daemon; the first failure once every daemon is done. */
+  private async onEveryDaemon(call: (api: BuildKitApi) => Promise<CacheUsageRecord[]>): Promise<DaemonCacheRecord[]> {
     const answers = await Promise.allSettled(
       this.daemons.map(async ({ address, api }) => (await call(api)).map((record) => ({ ...record, buildkitAddress: address }))),
     );
     const failed = answers.find((answer) => answer.status === "rejected");
     if (failed) throw failed.reason;
-    return answers.map((answer) => (answer as PromiseFulfilledResult<DaemonCacheRecord[]>).value);
+    return answers.flatMap((answer) => (answer as PromiseFulfilledResult<DaemonCacheRecord[]>).value);
   }
 }
 
