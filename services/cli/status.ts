@@ -78,6 +78,7 @@ export const statusCommand: Command = {
         console.log(`${"runc".padEnd(16)} unknown: ${runtime.message}`);
       } else {
         console.log(`${"runc".padEnd(16)} ${runtime.runcVersion} (OCI spec ${runtime.ociSpecVersion}, cgroup v${runtime.cgroupVersion})`);
+        console.log(`${"steps".padEnd(16)} ${runtime.runningSteps} running, ${runtime.queuedSteps} queued, at most ${runtime.maxConcurrentSteps} at once`);
       }
       return ok ? 0 : 1;
     } finally {

@@ -51,6 +51,7 @@ describe("the running services", () => {
     assert.match(result.stdout, stack.buildkit === "dockerd" ? /^ +worker +moby: linux\/amd64/m : /^ +worker +[a-z0-9]+: linux\/amd64/m);
     assert.match(result.stdout, /^registry +\S+ +registry\/2\.0$/m);
     assert.match(result.stdout, /^runc +runc version \d+\.\d+\.\d+/m);
+    assert.match(result.stdout, /^steps +\d+ running, \d+ queued, at most [1-9]\d* at once$/m);
     // The stack turns on the collection of BuildKit's cache (dockerd leaves it off unless told), whichever BuildKit.
     assert.match(result.stdout, new RegExp(`^ +cache gc +\\d+ rules, the cache kept to about ${formatBytes(CACHE_KEEP_BYTES)}$`, "m"));
 
