@@ -15,7 +15,7 @@ import { ReuseRecords } from "../../services/image-service/core/reuse-records.js
 import { DockerApi } from "../../services/image-service/docker/docker-api.js";
 import { RegistryClient } from "../../services/shared/registry/registry-client.js";
 import { type ContextInput, LocalContextProvider } from "../support/contexts.js";
-import { needsDockerd, run, stack } from "../support/stack.js";
+import { baseRunnerInDockerd, needsDockerd, run, stack } from "../support/stack.js";
 import { toConnectError } from "../../services/image-service/api/image-service-adapter.js";
 
 const STEPS_REPOSITORY = "steprunner-test/steps";
@@ -270,6 +270,7 @@ describe(
         records: new ReuseRecords(join(work, "records-moving-base")),
         settings: { ...newImageBuilderSettings(), baseImageRecheckMs: recheckMs },
       });
+      await baseRunnerInDockerd();
       await docker.tagImage(stack.baseRunner, `${stack.registry}/${repository}`, tag);
       const pushedFirst = await docker.pushImage(`${stack.registry}/${repository}`, tag);
       let pushedAgain: { digest: string } | undefined;

@@ -9,7 +9,7 @@ import { BuildKitClient } from "../../services/image-service/buildkit/client.js"
 import { buildDockerfile } from "../../services/image-service/buildkit/dockerfile-build.js";
 import { DockerApi } from "../../services/image-service/docker/docker-api.js";
 import { readRegistryCredentials } from "../../services/shared/registry/credentials.js";
-import { needsDockerd, run, stack } from "../support/stack.js";
+import { baseRunnerInDockerd, needsDockerd, run, stack } from "../support/stack.js";
 
 const AUTH_REGISTRY = "127.0.0.1:5011";
 
@@ -54,6 +54,7 @@ describe(
       );
       // The base runner, pushed into the registry with the credentials.
       const docker = new DockerApi(`${stack.runDir}/docker.sock`, readRegistryCredentials(join(work, "config.json")));
+      await baseRunnerInDockerd();
       await docker.tagImage(stack.baseRunner, `${AUTH_REGISTRY}/steprunner/runner`, "auth-test");
       await docker.pushImage(`${AUTH_REGISTRY}/steprunner/runner`, "auth-test");
       await docker.removeImage(image);

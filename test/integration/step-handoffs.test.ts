@@ -6,9 +6,8 @@ import { promisify } from "node:util";
 import { StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import type { ImageRootfs, StepImage } from "../../services/step-service/images/images.js";
 import { type ContainerRun, RuntimeError } from "../../services/step-service/runtime/container.js";
-import { needsDockerd, stack } from "../support/stack.js";
+import { baseRunnerInDockerd, CLI, needsDockerd, stack } from "../support/stack.js";
 import { leftovers, removeState, repository, runtimeParts, startStepService, type TestStepService, testConfig } from "../support/step-service.js";
-import { CLI } from "../support/stack.js";
 
 const exec = promisify(execFile);
 
@@ -28,6 +27,7 @@ describe("both image hand-offs run the same step", needsDockerd("the layer-store
   it("mounts dockerd's layer directories read-only with no copy, and pulls from the registry into the layer store", async () => {
     const config = await testConfig();
     const { layers, materialiser, runtime } = await runtimeParts(config);
+    await baseRunnerInDockerd();
     const docker = await dockerLayerDirectories(stack.baseRunner);
     const base = (image: ImageRootfs): ContainerRun => ({
       stepId: "handoff",

@@ -70,3 +70,19 @@ export function samePassOnEither(why: string, otherSkip?: string): { skip: strin
   if (otherSkip) return { skip: otherSkip };
   return { skip: stack.buildkit === "dockerd" ? false : `the same whichever BuildKit the stack runs (${why}): run in the dockerd pass` };
 }
+
+let baseRunnerPulled: Promise<void> | undefined;
+
+/**
+ * The base runner in the stack's dockerd image store, for the tests that tag or inspect it there. The stack puts
+ * base images in the registry only (deploy/local/debian-image.sh), and dockerd's BuildKit keeps what it pulls for
+ * builds out of the image store, so on a new machine dockerd has no base runner until it is pulled.
+ */
+export function baseRunnerInDockerd(): Promise<void> {
+  baseRunnerPulled ??= run("/usr/bin/docker", ["--host", `unix://${stack.runDir}/docker.sock`, "pull", "--quiet", stack.baseRunner], {
+    timeoutMs: 300_000,
+  }).then((result) => {
+    if (result.code !== 0) throw new Error(`docker pull ${stack.baseRunner} into the stack's dockerd failed: ${result.stderr}`);
+  });
+  return baseRunnerPulled;
+}

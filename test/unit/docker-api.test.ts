@@ -4,6 +4,7 @@ import * as http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { DockerApi } from "../../services/image-service/docker/docker-api.js";
 
 /** A stand-in for dockerd's socket that records the X-Registry-Auth of each push and answers it as pushed. */
@@ -45,6 +46,34 @@ describe("DockerApi's push credentials", () => {
       assert.deepEqual(JSON.parse(Buffer.from(header, "base64url").toString("utf8")), expected);
     } finally {
       await dockerd.close();
+    }
+  });
+});
+
+describe("DockerApi's tag", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "steprunner-docker-api-"));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  it("fails naming the image when dockerd does not have it, rather than leaving the push after it to fail", async () => {
+    const socketPath = join(dir, "docker.sock");
+    // dockerd's answer to a tag of an image it does not have.
+    const server = http.createServer((_request, response) => {
+      response.writeHead(404, { "content-type": "application/json" });
+      response.end(JSON.stringify({ message: "No such image: registry.test:5000/runner:1" }));
+    });
+    await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+    try {
+      const failure = await new DockerApi(socketPath).tagImage("registry.test:5000/runner:1", "registry.test:5000/steps", "t").then(
+        () => assert.fail("tagging a missing image succeeded"),
+        (error: unknown) => ConnectError.from(error),
+      );
+      assert.equal(failure.code, Code.FailedPrecondition);
+      assert.match(failure.message, /answered 404: No such image: registry\.test:5000\/runner:1/);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
     }
   });
 });

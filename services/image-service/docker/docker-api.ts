@@ -39,9 +39,10 @@ export class DockerApi {
     return JSON.parse(response.body) as ImageInspect;
   }
 
+  /** Fails (FAILED_PRECONDITION, dockerd's "No such image") when dockerd does not have the image. */
   async tagImage(image: string, repository: string, tag: string, signal?: AbortSignal): Promise<void> {
     const query = new URLSearchParams({ repo: repository, tag });
-    await this.request("POST", `/images/${encodeURIComponent(image)}/tag?${query}`, {}, signal);
+    await this.request("POST", `/images/${encodeURIComponent(image)}/tag?${query}`, {}, signal, []);
   }
 
   async removeImage(name: string, signal?: AbortSignal): Promise<void> {
