@@ -15,12 +15,17 @@ import { GitTrees } from "./core/git-tree.js";
 import { GitRepositories } from "./core/repositories.js";
 import { DEFAULT_LAYER_LIMITS, RepositoryLayers } from "./core/repository-layers.js";
 
+const DEFAULT_MIRRORS_MAX_AGE_MS = 30 * 24 * 3600_000;
+const MIN_MIRRORS_MAX_AGE_MS = 3600_000;
+
 export interface ContextServiceSettings {
   stateDir: string;
   repoFolder: string;
   cacheMaxBytes: number;
   fetchTimeoutMs: number;
   layersMaxAgeMs: number;
+  /** A repository's mirror unused this long is removed; 0 keeps mirrors for good. */
+  mirrorsMaxAgeMs: number;
   maxDockerfileBytes: number;
   maxPropertiesBytes: number;
   /** Where the CA certificates of opschain-trust-store.tar come from; empty: the tar is empty. */
@@ -46,12 +51,22 @@ export function readContextServiceConfig(): ContextServiceConfig {
 export function contextServiceSettings(): ContextServiceSettings {
   const repoFolder = setting("OPSCHAIN_REPO_FOLDER", DEFAULT_REPO_FOLDER);
   checkRepoFolder(repoFolder);
+  const fetchTimeoutMs = numberSetting("STEPRUNNER_CONTEXT_FETCH_TIMEOUT_MS", 600_000);
+  const mirrorsMaxAgeMs = numberSetting("STEPRUNNER_CONTEXT_MIRRORS_MAX_AGE_MS", DEFAULT_MIRRORS_MAX_AGE_MS);
+  // A mirror in use must never look unused: the limit stays far above the longest fetch.
+  const shortestMirrorsMaxAgeMs = Math.max(MIN_MIRRORS_MAX_AGE_MS, 2 * fetchTimeoutMs);
+  if (mirrorsMaxAgeMs !== 0 && mirrorsMaxAgeMs < shortestMirrorsMaxAgeMs) {
+    throw new Error(
+      `STEPRUNNER_CONTEXT_MIRRORS_MAX_AGE_MS must be 0 (keep mirrors) or at least ${shortestMirrorsMaxAgeMs} (an hour, and twice STEPRUNNER_CONTEXT_FETCH_TIMEOUT_MS), got ${mirrorsMaxAgeMs}`,
+    );
+  }
   return {
     stateDir: setting("STEPRUNNER_CONTEXT_STATE_DIR", join(setting("STEPRUNNER_STATE_DIR", "/var/lib/steprunner"), "context")),
     repoFolder,
     cacheMaxBytes: numberSetting("STEPRUNNER_CONTEXT_CACHE_MAX_BYTES", 10 * 1024 ** 3),
-    fetchTimeoutMs: numberSetting("STEPRUNNER_CONTEXT_FETCH_TIMEOUT_MS", 600_000),
+    fetchTimeoutMs,
     layersMaxAgeMs: numberSetting("STEPRUNNER_CONTEXT_LAYERS_MAX_AGE_MS", DEFAULT_LAYER_LIMITS.maxAgeMs),
+    mirrorsMaxAgeMs,
     maxDockerfileBytes: numberSetting("STEPRUNNER_CONTEXT_MAX_DOCKERFILE_BYTES", 1024 * 1024),
     maxPropertiesBytes: numberSetting("STEPRUNNER_CONTEXT_MAX_PROPERTIES_BYTES", 4 * 1024 * 1024),
     trustStoreDir: setting("STEPRUNNER_TRUST_STORE_DIR", ""),
@@ -74,7 +89,7 @@ export async function openContextService(settings: ContextServiceSettings, versi
   await layers.init();
   const blobs = new BlobStore(join(settings.stateDir, "cache"), settings.cacheMaxBytes);
   await blobs.init();
-  const mirrors = new MirrorStore(settings.stateDir, settings.fetchTimeoutMs);
+  const mirrors = new MirrorStore(settings.stateDir, settings.fetchTimeoutMs, settings.mirrorsMaxAgeMs);
   await mirrors.init();
   const repositories = new GitRepositories(mirrors, trees, layers);
   const preparer = new ContextPreparer({

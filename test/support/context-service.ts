@@ -26,6 +26,7 @@ export async function startTestContextService(overrides: Partial<ContextServiceS
     cacheMaxBytes: 1024 ** 3,
     fetchTimeoutMs: 60_000,
     layersMaxAgeMs: 3600_000,
+    mirrorsMaxAgeMs: 0,
     maxDockerfileBytes: 1024 * 1024,
     maxPropertiesBytes: 64 * 1024,
     trustStoreDir: "",

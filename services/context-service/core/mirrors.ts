@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, renameSync, statSync, utimesSync } from "node:fs";
 import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition, invalidField, notFound, unavailable } from "./errors.js";
@@ -27,6 +27,10 @@ interface Lookup {
   movingRef?: string;
 }
 
+/** How often a mirror's use is written down, at most (its directory's mtime), and how often mirrors are swept. */
+const MARK_USED_INTERVAL_MS = 60_000;
+const SWEEP_INTERVAL_MS = 10 * 60_000;
+
 /**
  * One bare mirror per repository under root/mirrors. A revision is fetched only when the mirror does not know
  * it, or it is a moving ref that has moved: where a moving ref points is learnt first with one cheap look
@@ -34,22 +38,71 @@ interface Lookup {
  * single-flight: a request that arrives while a fetch runs waits for that fetch instead of starting another, so
  * the mirror is never fetched twice at once; looks at one ref are single-flight likewise.
  * (One service process owns a state directory; git's own ref locks guard the rest.)
+ *
+ * A mirror unused for maxAgeMs (0: kept for good) is removed by the sweep that follows a fetch (at most every
+ * few minutes) or the service's start; a later request for its repository clones it again. Each request marks
+ * its mirror used before anything else, and the sweep decides and moves a mirror out of the way in one
+ * synchronous step, so a request either marked the mirror first (and it stays) or finds it gone and fetches it
+ * anew. maxAgeMs is far above any request's run (the settings hold it above the fetch timeout).
  */
 export class MirrorStore {
   private readonly fetches = new SingleFlight<void>();
   private readonly refLooks = new SingleFlight<string | undefined>();
+  /** When each mirror's use was last written down. */
+  private readonly markedAt = new Map<string, number>();
+  private lastSweep = 0;
 
   constructor(
     private readonly root: string,
     private readonly fetchTimeoutMs: number,
+    private readonly maxAgeMs: number = 0,
+    private readonly now: () => number = Date.now,
   ) {}
 
-  /** Stops the fetches a crash left running and removes the mirrors it left half-made. */
+  /** Stops the fetches a crash left running, removes the mirrors it left half-made, and sweeps. */
   async init(): Promise<void> {
     const dir = join(this.root, "mirrors");
     await mkdir(dir, { recursive: true });
     await killOrphanedGit(dir);
     for (const name of await readdir(dir)) if (name.includes(".partial-")) await rm(join(dir, name), { recursive: true, force: true });
+    await this.sweep();
+  }
+
+  /**
+   * Removes the mirrors unused for longer than maxAgeMs; returns their names. Each is renamed aside (a name that
+   * init() removes after a crash) in the same synchronous pass that read its last use, then deleted.
+   */
+  async sweep(): Promise<string[]> {
+    if (this.maxAgeMs <= 0) return [];
+    this.lastSweep = this.now();
+    const dir = join(this.root, "mirrors");
+    const oldest = this.now() - this.maxAgeMs;
+    const removed: string[] = [];
+    const moved: string[] = [];
+    for (const name of readdirSync(dir)) {
+      if (!name.endsWith(".git")) continue;
+      const usedAt = statSync(join(dir, name), { throwIfNoEntry: false })?.mtimeMs ?? Number.POSITIVE_INFINITY;
+      if (usedAt >= oldest) continue;
+      const aside = join(dir, `${name}.partial-unused-${process.pid}-${this.now()}`);
+      renameSync(join(dir, name), aside);
+      this.markedAt.delete(join(dir, name));
+      removed.push(name);
+      moved.push(aside);
+    }
+    for (const aside of moved) await rm(aside, { recursive: true, force: true });
+    return removed;
+  }
+
+  /** Writes down that a mirror is used now (its directory's mtime), at most once a minute. */
+  private markUsed(mirror: string): void {
+    const now = this.now();
+    if (now - (this.markedAt.get(mirror) ?? 0) < MARK_USED_INTERVAL_MS) return;
+    try {
+      utimesSync(mirror, new Date(now), new Date(now));
+      this.markedAt.set(mirror, now);
+    } catch {
+      // gone (a sweep, or never fetched): the fetch that follows makes it anew, with a fresh mtime
+    }
   }
 
   mirrorPath(url: string): string {
@@ -60,11 +113,16 @@ export class MirrorStore {
     const url = checkRepositoryUrl(repositoryUrl);
     const rev = checkRevision(gitRev);
     const mirror = this.mirrorPath(url);
+    // First, before anything asynchronous: see the class comment.
+    this.markUsed(mirror);
     const known = isDirectory(mirror) ? await lookup(mirror, rev, signal) : undefined;
     if (known && (!known.movingRef || (await this.currentSha(url, mirror, known.movingRef, signal)) === known.sha)) {
       return { mirror, gitSha: known.sha, movingRef: known.movingRef !== undefined };
     }
     await this.fetch(url, mirror, signal);
+    // A mirror this fetch made was not there to be marked at the start; marked, it is safe from the sweep.
+    this.markUsed(mirror);
+    if (this.now() - this.lastSweep >= SWEEP_INTERVAL_MS) await this.sweep();
     const found = await lookup(mirror, rev, signal);
     if (!found) throw notFound(`git_rev: "${rev}" is not a branch, tag or commit of ${url}`);
     return { mirror, gitSha: found.sha, movingRef: found.movingRef !== undefined };
