@@ -20,8 +20,21 @@ import { createClient } from "@connectrpc/connect";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { Phase, StepService, StepState } from "../../gen/steprunner/step/v1/step_service_pb.js";
 import { serviceTransport } from "../../services/shared/client/transport.js";
+import { configFromEnv } from "../../services/step-service/service.js";
 import { ROOT, run, stack } from "../support/stack.js";
-import { BareBundle, bareThroughput, cpuPerStep, DOCKER, envOf, median, runQuiet, seconds, stepContextOf, stepImageLayers } from "./warm-path.js";
+import {
+  BareBundle,
+  bareThroughput,
+  StepSpecBundle,
+  cpuPerStep,
+  DOCKER,
+  envOf,
+  median,
+  runQuiet,
+  seconds,
+  stepContextOf,
+  stepImageLayers,
+} from "./warm-path.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -309,6 +322,8 @@ const formatFloorRow = (row: FloorRow) => {
 };
 
 const ACTION_ARGS = ["opschain-action", "hello"];
+/** A step's limits when its request sets none, as the step-service's settings give them. */
+const STEP_LIMITS = configFromEnv().defaultLimits;
 
 /**
  * The warm path against its floor, interleaved run by run: the action alone in a bare runc container (and, to
@@ -323,15 +338,21 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
   const prepared = await stockContext(work, sample, "main", properties);
   const stepContext = await stepContextOf(join(prepared, "step_context.json.zip"));
   const env = envOf(properties);
-  const bundles: BareBundle[] = [];
+  const bundles: (BareBundle | StepSpecBundle)[] = [];
   try {
     for (const name of ["bare-0", "bare-1"]) bundles.push(await BareBundle.create(work, name, image, stepContext, env));
     const [floorBundle, probeBundle] = bundles as [BareBundle, BareBundle];
+    const stepSpec = (withSeccomp: boolean) =>
+      StepSpecBundle.create(work, `spec-${withSeccomp}`, image, floorBundle.rootfs, stepContext, env, STEP_LIMITS, withSeccomp);
+    const [specBundle, noSeccompBundle] = [await stepSpec(true), await stepSpec(false)];
+    bundles.push(specBundle, noSeccompBundle);
     const propsFile = await propertiesFile(work, properties);
     let n = 0;
     const changed = () => ({ ...properties, environment: { ...properties.environment, run: ++n } });
-    const times: Record<"floor" | "fresh" | "warm" | "props" | "cli" | "runcTrue" | "ruby" | "help" | "node", number[]> = {
+    const times: Record<"floor" | "fresh" | "spec" | "noSeccomp" | "warm" | "props" | "cli" | "runcTrue" | "ruby" | "help" | "node", number[]> = {
       floor: [],
+      spec: [],
+      noSeccomp: [],
       fresh: [],
       warm: [],
       props: [],
@@ -358,6 +379,18 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
       times.runcTrue.push(await seconds(() => probeBundle.run(`bench-true-${i}`)));
       await probeBundle.setArgs(["ruby", "-e", "0"]);
       times.ruby.push(await seconds(() => probeBundle.run(`bench-ruby-${i}`)));
+      for (const [label, bundle, into] of [
+        ["spec", specBundle, times.spec],
+        ["no-seccomp", noSeccompBundle, times.noSeccomp],
+      ] as const) {
+        const id = `bench-${label}-${i}`;
+        await bundle.prepare(id);
+        try {
+          into.push(await seconds(() => bundle.run(id)));
+        } finally {
+          await bundle.cleanup(id);
+        }
+      }
       times.help.push(await seconds(() => runQuiet(CLI, ["--help"])));
       times.node.push(await seconds(() => runQuiet(process.execPath, ["-e", "0"])));
     }
@@ -374,6 +407,7 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
       boundName: "floor",
       note: why,
     });
+    const ms = (seconds: number) => `${(seconds * 1000).toFixed(0)} ms`;
     record({
       name: "F2. warm step over gRPC (same commit and properties, image reused)",
       ours: median(times.warm),
@@ -382,6 +416,7 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
       kind: "difference",
       limit: 0.03,
       boundName: "floor",
+      note: `the step's own container spec in bare runc, no service (its seccomp profile, limits and cgroups, the overlay mounted by runc with a new upper directory): ${ms(median(times.spec))}, ${ms(median(times.noSeccomp))} without the seccomp profile`,
     });
     record({
       name: "F3. only the properties changed, over gRPC",

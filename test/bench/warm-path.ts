@@ -2,10 +2,12 @@
 // alone in a bare runc container (the same image's layers, the same `opschain-action` entry and step-context
 // mount, no services), measured interleaved in one run. Used by benchmark.ts, and alone with `--only warm-path`.
 import { spawn } from "node:child_process";
-import { chown, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { unzipSync } from "fflate";
-import { resolveUser } from "../../services/step-service/runtime/spec.js";
+import { detectCgroups, type StepCgroups } from "../../services/step-service/runtime/cgroups.js";
+import { overlayLowerDirs } from "../../services/step-service/runtime/container.js";
+import { buildSpec, type Limits, resolveUser } from "../../services/step-service/runtime/spec.js";
 import { stack } from "../support/stack.js";
 
 export interface Timed {
@@ -79,6 +81,11 @@ export class BareBundle {
     private readonly runcRoot: string,
     private readonly lowerdir: string,
   ) {}
+
+  /** The mounted overlay the container runs on. */
+  get rootfs(): string {
+    return join(this.dir, "rootfs");
+  }
 
   /** The repository folder, made in the overlay owned by the image's user. */
   private repository?: { path: string; uid: number; gid: number };
@@ -177,6 +184,106 @@ export class BareBundle {
 
   async close(): Promise<void> {
     await runQuiet("umount", [join(this.dir, "rootfs")]).catch(() => undefined);
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The step's own container in bare runc: the spec the step-service writes (`buildSpec`: its seccomp profile, the
+ * CPU and pids limits, a cgroup below a parent of ours that holds the memory limit, the image's overlay mounted by
+ * runc with a new upper directory each run), run by this process with no service around it. Beside the floor it
+ * tells how much of a warm step's `runc` part is the container's spec and how much the services' work beside it.
+ * prepare() and cleanup() are untimed, as the step-service's `setup` and `cleanup` parts are outside its `runc`.
+ */
+export class StepSpecBundle {
+  private constructor(
+    private readonly dir: string,
+    private readonly runcRoot: string,
+    private readonly spec: Record<string, unknown>,
+    private readonly lowerdir: string,
+    /** The upper directory's folders on the way to the repository folder: path, mode and owner. */
+    private readonly folders: { path: string; mode: number; uid: number; gid: number }[],
+    private readonly cgroups: StepCgroups,
+    private readonly memoryBytes: number,
+  ) {}
+
+  /**
+   * `floorRootfs` is a mounted rootfs of the same image (the floor's), read for the image's user and the
+   * folders on the way to the repository folder; `withSeccomp` false leaves the profile out, to tell its cost.
+   */
+  static async create(
+    work: string,
+    name: string,
+    image: StepImageLayers,
+    floorRootfs: string,
+    stepContext: string,
+    env: Record<string, string>,
+    limits: Limits,
+    withSeccomp: boolean,
+    repoFolder = ".mintpress",
+  ): Promise<StepSpecBundle> {
+    const dir = join(work, name);
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, "step_context.json"), stepContext, { mode: 0o644 });
+    const user = await resolveUser(floorRootfs, image.user);
+    const repoDir = `/opt/opschain/${repoFolder}`;
+    const folders = [];
+    const parts = repoDir.split("/").filter(Boolean);
+    for (let depth = 1; depth <= parts.length; depth++) {
+      const path = parts.slice(0, depth).join("/");
+      const info = await lstat(join(floorRootfs, path));
+      folders.push({ path, mode: info.mode & 0o7777, uid: info.uid, gid: info.gid });
+    }
+    const spec = buildSpec({
+      rootfs: join(dir, "rootfs"),
+      image: { env: image.env, entrypoint: [], cmd: [], workingDir: image.workingDir, user: image.user },
+      user,
+      args: ["opschain-action", "hello"],
+      env: { ...env, OPSCHAIN_REPO_FOLDER: repoFolder },
+      hostname: "step",
+      limits,
+      hostNetwork: false,
+      cgroupsPath: "/",
+      binds: [{ source: join(dir, "step_context.json"), destination: `${repoDir}/step_context.json` }],
+      rootfsOverlay: [],
+    }) as Record<string, unknown> & { linux: Record<string, unknown> };
+    if (!withSeccomp) delete spec.linux.seccomp;
+    // The image's layers bottom first, as the step-service holds them.
+    const lowerdir = overlayLowerDirs(image.lowerdir.split(":").reverse());
+    return new StepSpecBundle(dir, join(work, "runc"), spec, lowerdir, folders, await detectCgroups(), limits.memoryBytes);
+  }
+
+  /** A new upper directory and the step's parent cgroup, and the spec naming them, for the container `id`. */
+  async prepare(id: string): Promise<void> {
+    await rm(join(this.dir, "upper"), { recursive: true, force: true });
+    await rm(join(this.dir, "work"), { recursive: true, force: true });
+    for (const folder of ["rootfs", "upper", "work"]) await mkdir(join(this.dir, folder), { recursive: true });
+    for (const folder of this.folders) {
+      const path = join(this.dir, "upper", folder.path);
+      await mkdir(path);
+      await chmod(path, folder.mode);
+      await chown(path, folder.uid, folder.gid);
+    }
+    await this.cgroups.create(id, this.memoryBytes);
+    const spec = structuredClone(this.spec) as { mounts: { options?: string[] }[]; linux: { cgroupsPath: string } };
+    spec.mounts[0]!.options = [`lowerdir=${this.lowerdir}`, `upperdir=${join(this.dir, "upper")}`, `workdir=${join(this.dir, "work")}`, "volatile"];
+    spec.linux.cgroupsPath = `/${id}/container`;
+    await writeFile(join(this.dir, "config.json"), JSON.stringify(spec));
+  }
+
+  /** Runs the container to its end (`runc run`, which deletes it on exit). */
+  async run(id: string): Promise<void> {
+    await runQuiet("runc", ["--root", this.runcRoot, "run", "--bundle", this.dir, id]);
+  }
+
+  /** Removes the step's parent cgroup (runc removed the container's own). */
+  async cleanup(id: string): Promise<void> {
+    await this.cgroups.remove(id, (path, error) => {
+      throw new Error(`could not remove the cgroup ${path}: ${(error as Error).message}`);
+    });
+  }
+
+  async close(): Promise<void> {
     await rm(this.dir, { recursive: true, force: true });
   }
 }
