@@ -131,11 +131,13 @@ describe("runc with the base runner's root filesystem", samePassOnEither("no Bui
 
     it("kills a process that calls through the 32-bit entry point (int 0x80), which the profile does not list", {
       skip: process.arch !== "x64" && "x86-64 only",
-    }, async () => {
+    }, async (t) => {
       const probePath = join(bundle, "rootfs", "tmp", "int80-getpid");
       await writeFile(probePath, int80GetpidElf(), { mode: 0o755 });
-      const killed = await runWithOurSpec("int80", ["/tmp/int80-getpid"], true);
       const plain = await runWithOurSpec("int80-plain", ["/tmp/int80-getpid"], false);
+      // Some hosts (a paravirtualised kernel, one booted with ia32_emulation=0) run no 32-bit call at all.
+      if (plain.code === 128 + 11) return t.skip("this host runs no 32-bit call even without the profile (SIGSEGV): nothing for the profile to refuse");
+      const killed = await runWithOurSpec("int80", ["/tmp/int80-getpid"], true);
       assert.equal(plain.code, 1, `without the profile the i386 getpid answers the container's pid 1 as exit status: ${plain.stderr}`);
       assert.equal(killed.code, 128 + 31, `with it the process dies of SIGSYS: ${killed.stderr}`);
     });
