@@ -1,4 +1,4 @@
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, chownSync, lstatSync, mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { chown, cp, lstat, mkdir, readdir, rm, stat } from "node:fs/promises";
@@ -11,7 +11,6 @@ import { promisify } from "node:util";
 import type { Logger } from "../../shared/log.js";
 import type { ImageRootfs } from "../images/images.js";
 import { DEFAULT_CGROUP_ROOT, detectCgroups, type StepCgroups } from "./cgroups.js";
-import { type Launched, Launcher } from "./launcher.js";
 import { insideRoot } from "./paths.js";
 import { buildSpec, type Limits, type ResolvedUser, resolveUser } from "./spec.js";
 import { keepRecent } from "../../shared/recent-entries.js";
@@ -20,7 +19,8 @@ import { FifoQueue } from "../../shared/fifo-queue.js";
 
 const exec = promisify(execFile);
 /**
- * runc's environment (the launcher shell's): it needs none of the service's (a step's comes from its spec).
+ * runc's environment: it needs none of the service's (a step's comes from its spec), and copying a large one
+ * into every spawn is measurable per step.
  */
 const RUNC_ENV = { PATH: process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" };
 // SYNC_FILE_WORK: the per-step file work on a step's own few small files and directories (its spec, pid file,
@@ -83,7 +83,7 @@ export interface ContainerRun {
  * "start-wait" (waiting for a start slot while other containers start, see startSlot), "runc" (`runc run` from
  * its start to its exit and the output drained: the action's own time and runc's),
  * "result" (the OOM check and step_result.json read back), "cleanup" (runc state, mount, directories and
- * cgroup removed). "runc-spawn", inside "runc", is the start of the `runc` process alone (through the Launcher).
+ * cgroup removed). "runc-spawn", inside "runc", is the start of the `runc` process alone (a fork of this one).
  */
 export type RunPart = "rootfs" | "setup" | "start-wait" | "runc" | "result" | "cleanup" | "runc-spawn";
 
@@ -113,8 +113,6 @@ export class ContainerRuntime {
   private readonly prepared = new Map<string, PreparedImage>();
   /** Holds the containers that are starting (see startSlot); undefined: no limit. */
   private readonly starting?: FifoQueue;
-  /** Starts runc without forking this process (see Launcher). */
-  private readonly launcher = new Launcher(RUNC_ENV);
 
   constructor(
     private readonly settings: RuntimeSettings,
@@ -320,25 +318,20 @@ export class ContainerRuntime {
   private async runc(id: string, bundle: string, request: ContainerRun): Promise<Omit<ContainerExit, "oomKilled" | "result">> {
     const logFile = join(bundle, "runc.log");
     const spawnStart = performance.now();
-    let launched: Launched;
-    try {
-      launched = await this.launcher.launch(
-        this.settings.runcPath,
-        ["--root", this.settings.runcRoot, "--log", logFile, "--log-format", "json", "run", "--bundle", bundle, id],
-        bundle,
-      );
-    } catch (error) {
-      throw new RuntimeError(`runc could not be started: ${this.settings.runcPath}: ${(error as Error).message}`);
-    }
-    // From the request to the launcher's shell until runc runs.
+    const child = spawn(this.settings.runcPath, ["--root", this.settings.runcRoot, "--log", logFile, "--log-format", "json", "run", "--bundle", bundle, id], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: RUNC_ENV,
+    });
+    // Starting a process forks this one: its cost grows with the service's memory.
     request.onPart?.("runc-spawn", performance.now() - spawnStart);
     // Recorded so that a restart after a crash can stop the `runc run` this process left behind.
-    writeFileSync(join(bundle, "runc.pid"), String(launched.pid));
+    if (child.pid) writeFileSync(join(bundle, "runc.pid"), String(child.pid));
     request.onStarted();
-    const exited = launched.exited.catch((error: Error) => {
-      throw new RuntimeError(`runc's exit could not be told: ${error.message}`);
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
+      child.once("error", (error) => reject(new RuntimeError(`runc could not be started: ${error.message}`)));
+      child.once("close", (code, signal) => resolve({ code, signal }));
     });
-    const drained = Promise.all([lines(launched.stdout, "stdout", request.onOutput), lines(launched.stderr, "stderr", request.onOutput)]);
+    const drained = Promise.all([lines(child.stdout!, "stdout", request.onOutput), lines(child.stderr!, "stderr", request.onOutput)]);
 
     let timedOut = false;
     let cancelled = false;
@@ -362,15 +355,14 @@ export class ContainerRuntime {
     if (request.signal.aborted) onAbort();
     else request.signal.addEventListener("abort", onAbort, { once: true });
     try {
-      const status = await exited;
+      const { code, signal } = await exited;
       await drained;
       const failure = runcError(logFile);
       if (failure) throw new RuntimeError(`runc failed: ${failure}`);
-      // runc exits with 128+N when the process was killed by signal N, and so does the shell's status of a runc
-      // killed by signal N; only the latter leaves the container's state behind (runc deletes it as it ends).
-      const signalName = status > 128 && status <= 128 + 64 ? signalNameOf(status - 128) : null;
-      if (signalName && exists(join(this.settings.runcRoot, id))) throw new RuntimeError(`runc itself was killed by ${signalName}`);
-      return { exitCode: signalName ? null : status, signal: signalName, timedOut, cancelled };
+      if (signal) throw new RuntimeError(`runc itself was killed by ${signal}`);
+      // runc exits with 128+N when the process was killed by signal N.
+      const signalName = code !== null && code > 128 && code <= 128 + 64 ? signalNameOf(code - 128) : null;
+      return { exitCode: signalName ? null : code, signal: signalName, timedOut, cancelled };
     } finally {
       clearTimeout(timer);
       request.signal.removeEventListener("abort", onAbort);
