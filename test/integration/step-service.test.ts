@@ -14,7 +14,7 @@ import { instanceTagOf } from "../../services/step-service/runtime/container.js"
 import { leftovers, removeState, repository, startStepService, type TestStepService, testConfig } from "../support/step-service.js";
 import type { StepServiceConfig } from "../../services/step-service/service.js";
 import { ConnectError, Code } from "@connectrpc/connect";
-import { ROOT } from "../support/stack.js";
+import { ROOT, samePassOnEither } from "../support/stack.js";
 
 const ACTIONS = `
 task(:ok) { puts 'hello from the action' }
@@ -51,7 +51,9 @@ async function runStep(client: Client<typeof StepService>, request: Request): Pr
   return { events, step: (last.event.value as { step: Step }).step, lines };
 }
 
-describe("step-service with real runc and the base runner", () => {
+const NO_BUILDKIT = "no BuildKit: the step-service alone, its image from the registry";
+
+describe("step-service with real runc and the base runner", samePassOnEither(NO_BUILDKIT), () => {
   let service: TestStepService;
   let repo: string;
   const request = (action: string, extra: Request = {}): Request => ({ repositoryUrl: repo, action, ...extra });
@@ -326,7 +328,7 @@ describe("step-service with real runc and the base runner", () => {
   });
 });
 
-describe("a step-service killed mid-step", () => {
+describe("a step-service killed mid-step", samePassOnEither(NO_BUILDKIT), () => {
   it("is reaped at restart and the step is marked system_error", async () => {
     const config = await testConfig();
     const repo = await repository(config, ACTIONS);
