@@ -179,7 +179,7 @@ export class BareBundle {
 
   /** Runs the container to its end (`runc run`, which deletes it on exit). */
   async run(id: string): Promise<void> {
-    await runQuiet("runc", ["--root", this.runcRoot, "run", "--bundle", this.dir, id]);
+    await runcRun(this.runcRoot, this.dir, id);
   }
 
   async close(): Promise<void> {
@@ -273,7 +273,7 @@ export class StepSpecBundle {
 
   /** Runs the container to its end (`runc run`, which deletes it on exit). */
   async run(id: string): Promise<void> {
-    await runQuiet("runc", ["--root", this.runcRoot, "run", "--bundle", this.dir, id]);
+    await runcRun(this.runcRoot, this.dir, id);
   }
 
   /** Removes the step's parent cgroup (runc removed the container's own). */
@@ -286,6 +286,11 @@ export class StepSpecBundle {
   async close(): Promise<void> {
     await rm(this.dir, { recursive: true, force: true });
   }
+}
+
+/** `runc run` of a bundle to its end (runc deletes the container as it exits). */
+function runcRun(runcRoot: string, bundle: string, id: string): Promise<void> {
+  return runQuiet("runc", ["--root", runcRoot, "run", "--bundle", bundle, id]);
 }
 
 /** step_context.json of a step, as the step-service mounts it: from the CLI's prepared context (no secrets here). */
