@@ -26,8 +26,7 @@ configure_runner() {
   chroot "$rootfs" groupadd --gid 10001 opschain
   chroot "$rootfs" useradd --uid 10001 --gid 10001 --home-dir /opt/opschain --no-create-home --shell /bin/bash opschain
   install -d -o 10001 -g 10001 -m 0755 "$rootfs/opt/opschain"
-  if [[ -d "$runner_src/bin" ]]; then install -m 0755 "$runner_src"/bin/* "$rootfs/usr/local/bin/"; fi
-  if [[ -d "$runner_src/lib" ]]; then install_opschain_gem "$rootfs"; fi
+  install_opschain_gem "$rootfs"
   # The docs' Dockerfile copies CA certificates to the anchors directory as opschain, and
   # opschain_configure_project_repo.sh appends them to this bundle (SSL_CERT_FILE, GIT_SSL_CAINFO).
   install -d -o 10001 -g 10001 -m 0755 "$rootfs/etc/pki/ca-trust/source/anchors" "$rootfs/etc/pki/tls/certs"
@@ -38,15 +37,19 @@ configure_runner() {
   fi
 }
 
-# deploy/runner/lib in /usr/local/lib/opschain-core/lib, registered as the installed gem opschain-core (its
-# gem directory a link there), depending on Debian's hashie and rake.
+# deploy/runner as /usr/local/lib/opschain-core: lib/ registered as the installed gem opschain-core (its gem
+# directory a link there), depending on Debian's hashie and rake; bin/ beside it, as in deploy/runner (the Ruby
+# commands load lib/opschain/boot.rb relative to themselves), each command linked into /usr/local/bin; and
+# gem-paths, boot.rb's record of where RubyGems finds the library's gems, made as the image's user.
 install_opschain_gem() {
-  local rootfs="$1" gem_dir=/usr/local/lib/opschain-core gems version
+  local rootfs="$1" gem_dir=/usr/local/lib/opschain-core gems version command
   version="$(sed -n "s/^  VERSION = '\(.*\)'$/\1/p" "$runner_src/lib/opschain/version.rb")"
   [[ -n "$version" ]] || die "no VERSION in $runner_src/lib/opschain/version.rb"
   install -d "$rootfs$gem_dir"
-  cp -r "$runner_src/lib" "$rootfs$gem_dir/"
+  cp -r "$runner_src/lib" "$runner_src/bin" "$rootfs$gem_dir/"
   chmod -R a+rX "$rootfs$gem_dir"
+  chmod a+x "$rootfs$gem_dir"/bin/*
+  for command in "$rootfs$gem_dir"/bin/*; do ln -sfn "$gem_dir/bin/${command##*/}" "$rootfs/usr/local/bin/${command##*/}"; done
   gems="$(chroot "$rootfs" ruby -e 'print Gem.default_dir')"
   install -d "$rootfs$gems/specifications" "$rootfs$gems/gems"
   ln -sfn "$gem_dir" "$rootfs$gems/gems/opschain-core-$version"
@@ -62,6 +65,8 @@ Gem::Specification.new do |spec|
   spec.add_runtime_dependency 'rake'
 end
 RUBY
+  chroot --userspec=10001:10001 "$rootfs" env -i HOME=/opt/opschain LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin \
+    ruby -e "require '$gem_dir/lib/opschain/boot'; OpsChain::Boot.record" >"$rootfs$gem_dir/gem-paths"
 }
 
 case "${1:-}" in

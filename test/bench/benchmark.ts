@@ -327,9 +327,9 @@ const STEP_LIMITS = configFromEnv().defaultLimits;
 
 /**
  * The warm path against its floor, interleaved run by run: the action alone in a bare runc container (and, to
- * explain that floor, `true` and `ruby -e 0` in the same container), a warm step and a properties-only step over
- * gRPC from this long-lived client, a warm step through the CLI, `steprunner --help` against `node -e 0`; then
- * 20 steps at once against the same action in bare runc two at a time.
+ * explain that floor, `true`, `ruby -e 0` and `ruby --disable-gems -e 0` in the same container), a warm step and
+ * a properties-only step over gRPC from this long-lived client, a warm step through the CLI, `steprunner --help`
+ * against `node -e 0`; then 20 steps at once against the same action in bare runc two at a time.
  */
 async function warmPath(work: string, sample: string, record: (row: FloorRow) => void): Promise<void> {
   currentScenario = "";
@@ -349,19 +349,21 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
     const propsFile = await propertiesFile(work, properties);
     let n = 0;
     const changed = () => ({ ...properties, environment: { ...properties.environment, run: ++n } });
-    const times: Record<"floor" | "fresh" | "spec" | "noSeccomp" | "warm" | "props" | "cli" | "runcTrue" | "ruby" | "help" | "node", number[]> = {
-      floor: [],
-      spec: [],
-      noSeccomp: [],
-      fresh: [],
-      warm: [],
-      props: [],
-      cli: [],
-      runcTrue: [],
-      ruby: [],
-      help: [],
-      node: [],
-    };
+    const times: Record<"floor" | "fresh" | "spec" | "noSeccomp" | "warm" | "props" | "cli" | "runcTrue" | "ruby" | "rubyNoGems" | "help" | "node", number[]> =
+      {
+        floor: [],
+        spec: [],
+        noSeccomp: [],
+        fresh: [],
+        warm: [],
+        props: [],
+        cli: [],
+        runcTrue: [],
+        ruby: [],
+        rubyNoGems: [],
+        help: [],
+        node: [],
+      };
     await runQuiet(CLI, ["run", "--repo", sample, "--rev", "main", "--action", "hello", "--properties", propsFile]);
     for (let i = 0; i < RUNS; i++) {
       times.floor.push(await seconds(() => floorBundle.run(`bench-floor-${i}`)));
@@ -379,6 +381,8 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
       times.runcTrue.push(await seconds(() => probeBundle.run(`bench-true-${i}`)));
       await probeBundle.setArgs(["ruby", "-e", "0"]);
       times.ruby.push(await seconds(() => probeBundle.run(`bench-ruby-${i}`)));
+      await probeBundle.setArgs(["ruby", "--disable-gems", "-e", "0"]);
+      times.rubyNoGems.push(await seconds(() => probeBundle.run(`bench-ruby-no-gems-${i}`)));
       for (const [label, bundle, into] of [
         ["spec", specBundle, times.spec],
         ["no-seccomp", noSeccompBundle, times.noSeccomp],
@@ -396,7 +400,8 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
     }
     await probeBundle.setArgs(ACTION_ARGS);
     const floor = median(times.floor);
-    const why = `runc alone (\`true\`): ${(median(times.runcTrue) * 1000).toFixed(0)} ms, \`ruby -e 0\`: ${(median(times.ruby) * 1000).toFixed(0)} ms, so Rake, actions.rb and the OpsChain library add ${((floor - median(times.ruby)) * 1000).toFixed(0)} ms; the floor's overlay is kept from run to run, and with a new one each run, as every step has, the action takes ${(median(times.fresh) * 1000).toFixed(0)} ms`;
+    const ms = (seconds: number) => `${(seconds * 1000).toFixed(0)} ms`;
+    const why = `runc alone (\`true\`): ${ms(median(times.runcTrue))}, \`ruby -e 0\`: ${ms(median(times.ruby))}, \`ruby --disable-gems -e 0\` (how the runner's commands start Ruby, RubyGems loaded only if needed): ${ms(median(times.rubyNoGems))}, so Rake, actions.rb and the OpsChain library add ${ms(floor - median(times.rubyNoGems))}; the floor's overlay is kept from run to run, and with a new one each run, as every step has, the action takes ${ms(median(times.fresh))}`;
     record({
       name: "F1. floor: the action alone in a bare runc container",
       ours: floor,
@@ -407,7 +412,6 @@ async function warmPath(work: string, sample: string, record: (row: FloorRow) =>
       boundName: "floor",
       note: why,
     });
-    const ms = (seconds: number) => `${(seconds * 1000).toFixed(0)} ms`;
     record({
       name: "F2. warm step over gRPC (same commit and properties, image reused)",
       ours: median(times.warm),

@@ -168,6 +168,26 @@ RUN --mount=type=secret,required=true,id=env_context_zip,uid=10001,gid=10001,tar
 RUN opschain-action -AT > /opt/opschain/actions-listing.txt
 `;
 
+/**
+ * No Gemfile: the runner starts Ruby without RubyGems (deploy/runner/lib/opschain/boot.rb) and loads it only when
+ * the action needs it: a gem the load path lacks (rexml, one of Ruby's bundled gems), the constant Gem, Kernel#gem.
+ */
+const GEMS_WITHOUT_GEMFILE = `action :gems do
+  puts "rubygems at the start: #{Object.autoload?(:Gem) ? 'deferred' : 'loaded'}"
+  require 'rexml/document'
+  puts "rexml: #{REXML::Document.new('<a>read</a>').root.text}"
+  puts "after rexml: #{Object.autoload?(:Gem) ? 'deferred' : 'loaded'}, Gem::Version #{Gem::Version.new('1.10') > Gem::Version.new('1.9')}"
+  gem 'minitest'
+  require 'minitest'
+  puts "minitest #{Minitest::VERSION.split('.').first}"
+  begin
+    require 'no_such_feature_anywhere'
+  rescue LoadError => e
+    puts "missing: #{e.message}"
+  end
+end
+`;
+
 describe("OpsChain projects from the public docs run unchanged on the base runner", () => {
   let work: string;
   const steps = serviceTransport(stack.stepAddr, {});
@@ -191,6 +211,7 @@ describe("OpsChain projects from the public docs run unchanged on the base runne
     });
     repos.context = await repository("context", { "actions.rb": CONTEXT_GUIDE });
     repos.resources = await repository("resources", { "actions.rb": RESOURCES_GUIDE });
+    repos.gems = await repository("gems", { "actions.rb": GEMS_WITHOUT_GEMFILE });
     repos.missingGem = await repository("missing-gem", {
       "actions.rb": "action(:hello) { puts 'hello' }\n",
       Gemfile: `${GEMFILE}gem 'no-such-gem-in-the-image'\n`,
@@ -321,6 +342,21 @@ describe("OpsChain projects from the public docs run unchanged on the base runne
     const postcard = await runStep(repos.resources!, "earth:australia:perth:send_postcard");
     assert.equal(postcard.step.state, StepState.SUCCESS, postcard.stderr);
     assert.match(postcard.stdout, /^Sending postcard from Perth$/m);
+  });
+
+  it("without a Gemfile, RubyGems is loaded only when the action needs a gem, and then works as always", async () => {
+    const outcome = await runStep(repos.gems!, "gems");
+    assert.equal(outcome.step.state, StepState.SUCCESS, `${outcome.step.reason}\n${outcome.stderr}`);
+    assert.equal(
+      outcome.stdout,
+      [
+        "rubygems at the start: deferred",
+        "rexml: read",
+        "after rexml: loaded, Gem::Version true",
+        "minitest 5",
+        "missing: cannot load such file -- no_such_feature_anywhere",
+      ].join("\n"),
+    );
   });
 
   it("a Gemfile asking for a gem the image lacks fails naming it (no network at run time)", async () => {

@@ -5,6 +5,7 @@
 # deploy/runner/README.md describes the API.
 require 'json'
 require 'rake'
+require_relative 'opschain/lazy_yaml'
 require_relative 'opschain/version'
 require_relative 'opschain/properties'
 require_relative 'opschain/toml'

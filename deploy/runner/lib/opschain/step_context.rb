@@ -1,7 +1,6 @@
 # frozen_string_literal: true
 
 require 'json'
-require 'yaml'
 require 'zlib'
 
 module OpsChain
