@@ -123,3 +123,21 @@ class LazyYamlTest < Minitest::Test
     assert_equal "---\na:\n- 1\n- 2\n{\"b\"=>2}\nfalse\npsych: true\n", dump.stdout
   end
 end
+
+# A command copied away from the library (as an image might install it) still runs: RubyGems loads at once.
+class CopiedCommandTest < Minitest::Test
+  include RunnerTest
+
+  def test_a_copy_of_opschain_action_elsewhere_runs_its_action
+    write_context
+    write('actions.rb', <<~RUBY)
+      action(:hello) { puts "hello, rubygems \#{Object.autoload?(:Gem) ? 'deferred' : 'loaded'}" }
+    RUBY
+    copy = File.join(@repo, 'elsewhere', 'opschain-action')
+    FileUtils.mkdir_p(File.dirname(copy))
+    FileUtils.cp(File.join(BIN, 'opschain-action'), copy)
+    stdout, stderr, status = Open3.capture3({ 'RUBYLIB' => LIB, 'OPSCHAIN_REPO_DIR' => @repo, 'HOME' => @repo }, copy, 'hello', chdir: @repo)
+    assert status.success?, stderr
+    assert_equal "hello, rubygems loaded\n", stdout
+  end
+end

@@ -26,10 +26,13 @@ async function push(): Promise<string> {
   const { manifest } = await registry.manifest(base.repository, base.reference);
   const config = (await registry.config(base.repository, manifest.config)) as unknown as { rootfs: { diff_ids: string[] }; history?: object[] };
 
+  // The commands beside the library and linked into /usr/local/bin, as runner-image.sh installs them.
   const binDir = join(ROOT, "deploy/runner/bin");
   const pack = tar.pack();
   for (const name of (await readdir(binDir)).sort()) {
-    pack.entry({ name: `usr/local/bin/${name}`, mode: 0o755, uid: 0, gid: 0, mtime: new Date(0) }, await readFile(join(binDir, name)));
+    const installed = `/usr/local/lib/opschain-core/bin/${name}`;
+    pack.entry({ name: installed.slice(1), mode: 0o755, uid: 0, gid: 0, mtime: new Date(0) }, await readFile(join(binDir, name)));
+    pack.entry({ name: `usr/local/bin/${name}`, type: "symlink", linkname: installed, mode: 0o777, uid: 0, gid: 0, mtime: new Date(0) });
   }
   // The opschain library, where runner-image.sh installs it as the gem opschain-core.
   const libDir = join(ROOT, "deploy/runner/lib");
