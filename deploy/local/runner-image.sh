@@ -39,8 +39,9 @@ configure_runner() {
 
 # deploy/runner as /usr/local/lib/opschain-core: lib/ registered as the installed gem opschain-core (its gem
 # directory a link there), depending on Debian's hashie and rake; bin/ beside it, as in deploy/runner (the Ruby
-# commands load lib/opschain/boot.rb relative to themselves), each command linked into /usr/local/bin; and
-# gem-paths, boot.rb's record of where RubyGems finds the library's gems, made as the image's user.
+# commands load lib/opschain/boot.rb relative to themselves), each command linked into /usr/local/bin;
+# gem-paths, boot.rb's record of where RubyGems finds the library's gems, made as the image's user; and
+# compiled/, the files a start loads as Ruby compiles them (lib/opschain/compiled_code.rb).
 install_opschain_gem() {
   local rootfs="$1" gem_dir=/usr/local/lib/opschain-core gems version command
   version="$(sed -n "s/^  VERSION = '\(.*\)'$/\1/p" "$runner_src/lib/opschain/version.rb")"
@@ -67,6 +68,10 @@ end
 RUBY
   chroot --userspec=10001:10001 "$rootfs" env -i HOME=/opt/opschain LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin \
     ruby -e "require '$gem_dir/lib/opschain/boot'; OpsChain::Boot.record" >"$rootfs$gem_dir/gem-paths"
+  # Started as a step starts (the image's HOME, the record), the files a start loads compiled into compiled/.
+  chroot "$rootfs" env -i HOME=/opt/opschain LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin ruby --disable-gems -e \
+    "require '$gem_dir/lib/opschain/boot'; OpsChain::Boot.start; require 'opschain'; OpsChain::CompiledCode.compile"
+  chmod -R a+rX "$rootfs$gem_dir/compiled"
 }
 
 case "${1:-}" in

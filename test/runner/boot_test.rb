@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require_relative 'test_helper'
+require 'opschain/compiled_code'
 
 # OpsChain::Boot with this host's Ruby and gems: a record made as runner-image.sh makes it, then Ruby started
 # without RubyGems as the runner's commands start it.
@@ -139,5 +140,58 @@ class CopiedCommandTest < Minitest::Test
     stdout, stderr, status = Open3.capture3({ 'RUBYLIB' => LIB, 'OPSCHAIN_REPO_DIR' => @repo, 'HOME' => @repo }, copy, 'hello', chdir: @repo)
     assert status.success?, stderr
     assert_equal "hello, rubygems loaded\n", stdout
+  end
+end
+
+# The image's compiled files (lib/opschain/compiled_code.rb): used while their sources are unchanged.
+class CompiledCodeTest < Minitest::Test
+  include RunnerTest
+
+  def ruby_script(script, *args)
+    stdout, stderr, status = Open3.capture3({ 'RUBYLIB' => nil, 'RUBYOPT' => nil }, 'ruby', '--disable-gems', '-I', LIB, '-e', script, *args, chdir: @repo)
+    assert status.success?, stderr
+    stdout
+  end
+
+  def test_a_compiled_file_loads_while_its_source_is_unchanged_and_a_changed_one_is_compiled_again
+    source = File.join(@repo, 'sample.rb')
+    compiled = File.join(@repo, 'compiled')
+    File.write(source, "SAMPLE = 'first'\n")
+    ruby_script("require 'opschain/compiled_code'; require ARGV[0]; OpsChain::CompiledCode.compile(ARGV[1])", source, compiled)
+    assert File.file?(File.join(compiled, OpsChain::CompiledCode.entry_name(source)))
+
+    served = <<~RUBY
+      require 'opschain/compiled_code'
+      OpsChain::CompiledCode.use(ARGV[1])
+      puts OpsChain::CompiledCode.load(ARGV[1], ARGV[0]).class
+      require ARGV[0]
+      puts SAMPLE
+    RUBY
+    assert_equal "RubyVM::InstructionSequence\nfirst\n", ruby_script(served, source, compiled)
+
+    # The compiled entry is made to say something else: what a require gives shows which one was loaded.
+    entry = File.join(compiled, OpsChain::CompiledCode.entry_name(source))
+    stamp = File.binread(entry).split("\n", 2).first
+    File.binwrite(entry, "#{stamp}\n".b + RubyVM::InstructionSequence.compile("SAMPLE = 'compiled'", source).to_binary)
+    assert_equal "RubyVM::InstructionSequence\ncompiled\n", ruby_script(served, source, compiled)
+
+    File.write(source, "SAMPLE = 'second'\n")
+    assert_equal "NilClass\nsecond\n", ruby_script(served, source, compiled)
+    # Compiled again, then changed to a source of the same size: its mtime tells.
+    ruby_script("require 'opschain/compiled_code'; require ARGV[0]; OpsChain::CompiledCode.compile(ARGV[1])", source, compiled)
+    File.write(source, "SAMPLE = 'secont'\n")
+    File.utime(Time.now + 5, Time.now + 5, source)
+    assert_equal "NilClass\nsecont\n", ruby_script(served, source, compiled)
+  end
+
+  def test_an_entry_from_another_ruby_or_garbage_is_compiled_as_usual
+    source = File.join(@repo, 'sample.rb')
+    compiled = File.join(@repo, 'compiled')
+    File.write(source, "SAMPLE = 'source'\n")
+    FileUtils.mkdir_p(compiled)
+    stamp = "#{File.size(source)} #{File.mtime(source).to_i}"
+    File.binwrite(File.join(compiled, OpsChain::CompiledCode.entry_name(source)), "#{stamp}\nnot an instruction sequence")
+    script = "require 'opschain/compiled_code'; OpsChain::CompiledCode.use(ARGV[1]); require ARGV[0]; puts SAMPLE"
+    assert_equal "source\n", ruby_script(script, source, compiled)
   end
 end

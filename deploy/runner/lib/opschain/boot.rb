@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require_relative 'compiled_code'
+
 module OpsChain
   # How the runner's Ruby commands start. Their first line runs Ruby without RubyGems (`--disable-gems`): loading
   # RubyGems and activating the library's gems through it (opschain-core, rake, hashie) took about 65 ms of
@@ -11,7 +13,7 @@ module OpsChain
   # With the record, RubyGems still loads the moment anything needs it: the constant Gem (Bundler, a Gemfile),
   # Kernel#gem, or a require that the load path cannot satisfy (any other installed gem), which is then tried
   # again through RubyGems. What Ruby loads with RubyGems for better error messages (error_highlight,
-  # did_you_mean) is loaded either way.
+  # did_you_mean) is loaded either way. Either way the files the image compiled load compiled (CompiledCode).
   module Boot
     RECORD = File.expand_path('../../gem-paths', __dir__)
     # What changes where RubyGems looks for gems, or what Ruby loads before us.
@@ -20,6 +22,7 @@ module OpsChain
     module_function
 
     def start(record = RECORD)
+      CompiledCode.use
       paths = recorded_paths(record)
       if paths
         $LOAD_PATH.unshift(*paths)
