@@ -3,7 +3,7 @@ import { existsSync, readdirSync, renameSync, statSync, utimesSync } from "node:
 import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition, invalidField, notFound, unavailable } from "./errors.js";
-import { GitFailure, git, gitMaybe, killOrphanedGit } from "./git.js";
+import { GitFailure, type GitOptions, git, gitMaybe, killOrphanedGit } from "./git.js";
 import { isDirectory, readRef, refExists } from "./refs.js";
 import { checkRepositoryUrl, checkRevision, localRepositoryPath } from "./repository-url.js";
 import { SingleFlight } from "../../shared/single-flight.js";
@@ -174,7 +174,7 @@ export class MirrorStore {
     // A new mirror is made beside its final place and renamed in when complete, so a failed first fetch
     // leaves nothing behind.
     await mkdir(join(this.root, "mirrors"), { recursive: true });
-    const settings = [
+    const settings: [string, string][] = [
       ["gc.auto", "0"], // a fetch must not repack while another request streams objects
       ["core.logAllRefUpdates", "false"],
       ["steprunner.url", url],
@@ -182,7 +182,7 @@ export class MirrorStore {
     await writeAtomically(mirror, async (partial) => {
       if (url.startsWith("/") && (await this.cloneLocal(url, partial, settings, options))) return;
       await git(["init", "--quiet", "--bare", partial], options);
-      for (const [key, value] of settings) await git(["config", key!, value!], { ...options, gitDir: partial });
+      for (const [key, value] of settings) await git(["config", key, value], { ...options, gitDir: partial });
       await git(args, { ...options, gitDir: partial }).catch((error: unknown) => {
         throw fetchError(url, error);
       });
@@ -197,20 +197,14 @@ export class MirrorStore {
    * against 193 of a first step's fixed cost). False (the partial mirror emptied) when the repository's HEAD names
    * no commit: the fetch then says why, as for any other repository.
    */
-  private async cloneLocal(url: string, partial: string, settings: string[][], options: { signal: AbortSignal; timeoutMs: number }): Promise<boolean> {
+  private async cloneLocal(url: string, partial: string, settings: [string, string][], options: GitOptions): Promise<boolean> {
     const config = settings.flatMap(([key, value]) => ["--config", `${key}=${value}`]);
     await git(["clone", "--quiet", "--bare", ...config, url, partial], options).catch((error: unknown) => {
       throw fetchError(url, error);
     });
     await git(["config", "--remove-section", "remote.origin"], { ...options, gitDir: partial }).catch(() => undefined);
     // HEAD as cloned: the remote's HEAD (a branch, or the commit of a detached one).
-    const recorded = await git(["update-ref", REMOTE_HEAD, "HEAD"], { ...options, gitDir: partial }).then(
-      () => true,
-      (error: unknown) => {
-        if (error instanceof GitFailure) return false;
-        throw error;
-      },
-    );
+    const recorded = (await gitMaybe(["update-ref", REMOTE_HEAD, "HEAD"], { ...options, gitDir: partial })) !== undefined;
     if (!recorded) await rm(partial, { recursive: true, force: true });
     return recorded;
   }
